@@ -1,0 +1,221 @@
+"""Lossless image codecs for native DICOM frames, and the trained zstd dictionary for headers.
+
+Owns the mapping between the raw bytes of one uncompressed frame and a JPEG-LS or JPEG-XL
+bitstream, which must restore those bytes bit for bit, and loads the shipped header dictionary.
+Pure functions over bytes: no storage, no keys and no DICOM parsing (the caller supplies the layout).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import imagecodecs
+import numpy as np
+import numpy.typing as npt
+import zstandard
+
+from engine.errors import FormatError
+
+__all__ = [
+    "HEADER_DICT_ID",
+    "HEADER_DICT_VERSION",
+    "ImageCodec",
+    "PixelLayout",
+    "PixelLayoutLike",
+    "decode_frame",
+    "encode_frame",
+    "header_dictionary",
+]
+
+# Bumped when the shipped dictionary changes; headers compressed with version N need asset vN.
+HEADER_DICT_VERSION = 1
+# Stored in every zstd frame made with the dictionary. 0x4456 is "DV"; the low half is the version.
+# zstd reserves IDs below 32768 and from 2**31 up, so this sits in the private range.
+HEADER_DICT_ID = 0x4456_0000 + HEADER_DICT_VERSION
+_HEADER_DICT_ASSET = f"header-dict-v{HEADER_DICT_VERSION}.zstd"
+
+# Effort 1 ("lightning") is the ~1 GB/s setting measured in DESIGN.md section 5.
+_JPEGXL_EFFORT = 1
+
+_Array = npt.NDArray[np.unsignedinteger]
+
+
+class ImageCodec(enum.IntEnum):
+    """Codec identifiers; the values are stored in chunk metadata, so never renumber them."""
+
+    JPEGLS = 1
+    JPEGXL = 2
+
+
+class PixelLayoutLike(Protocol):
+    """The attributes of a native frame that the codecs need (DICOM group 0028 plus byte order)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def columns(self) -> int: ...
+    @property
+    def samples_per_pixel(self) -> int: ...
+    @property
+    def bits_allocated(self) -> int: ...
+    @property
+    def bits_stored(self) -> int: ...
+    @property
+    def pixel_representation(self) -> int: ...
+    @property
+    def planar_configuration(self) -> int: ...
+    @property
+    def little_endian(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    """A concrete `PixelLayoutLike`, for tests and callers without one of their own."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    planar_configuration: int
+    little_endian: bool
+
+
+def encode_frame(
+    codec: ImageCodec, raw: bytes | memoryview, layout: PixelLayoutLike
+) -> bytes | None:
+    """Encode one native frame losslessly, or return None when the caller should use zstd.
+
+    None means the layout is not one the codecs take (big endian, bits allocated other than 8 or
+    16, samples other than 1 or 3, a length that does not match the layout) or the codec failed
+    or did not restore `raw` exactly. Every returned bitstream has been decoded and compared.
+    """
+    raw = memoryview(raw).cast("B")
+    if not _supported(layout) or raw.nbytes != _frame_bytes(layout):
+        return None
+    try:
+        encoded = _ENCODERS[codec](_to_codec_array(raw, layout))
+        restored = decode_frame(codec, encoded, layout, raw.nbytes)
+    except Exception:  # any codec failure, whatever its type, means "fall back to zstd"
+        return None
+    return encoded if restored == raw else None
+
+
+def decode_frame(
+    codec: ImageCodec, encoded: bytes | memoryview, layout: PixelLayoutLike, raw_length: int
+) -> bytes:
+    """Return the raw frame bytes that `encode_frame` encoded; raise FormatError if impossible."""
+    if not _supported(layout) or raw_length != _frame_bytes(layout):
+        raise FormatError(f"image codec cannot restore this layout ({raw_length} bytes)")
+    decoder = _DECODERS.get(codec)
+    if decoder is None:
+        raise FormatError(f"unknown image codec {codec!r}")
+    try:
+        decoded = decoder(encoded)
+    except Exception as exc:
+        raise FormatError(f"{ImageCodec(codec).name} bitstream does not decode: {exc}") from exc
+    raw = _from_codec_array(decoded, layout)
+    if len(raw) != raw_length:
+        raise FormatError(f"decoded frame is {len(raw)} bytes, expected {raw_length}")
+    return raw
+
+
+@functools.cache
+def header_dictionary() -> zstandard.ZstdCompressionDict:
+    """The shipped zstd dictionary for DICOM headers (trained by benchmarks/train_header_dict.py)."""
+    asset = importlib.resources.files("engine") / "assets" / _HEADER_DICT_ASSET
+    dictionary = zstandard.ZstdCompressionDict(
+        asset.read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
+    )
+    if dictionary.dict_id() != HEADER_DICT_ID:
+        raise FormatError(f"{_HEADER_DICT_ASSET} has dict_id {dictionary.dict_id()}")
+    return dictionary
+
+
+def _supported(layout: PixelLayoutLike) -> bool:
+    return (
+        layout.little_endian
+        and layout.bits_allocated in (8, 16)
+        and layout.samples_per_pixel in (1, 3)
+        and layout.rows > 0
+        and layout.columns > 0
+    )
+
+
+def _frame_bytes(layout: PixelLayoutLike) -> int:
+    bytes_per_sample = layout.bits_allocated // 8
+    return layout.rows * layout.columns * layout.samples_per_pixel * bytes_per_sample
+
+
+def _sign_flip(layout: PixelLayoutLike) -> int:
+    """The XOR mask that maps two's complement words onto unsigned ones in the same order.
+
+    The codecs take unsigned samples only. A plain reinterpretation would put -1 next to 65535 and
+    break prediction around zero; flipping the top bit of the whole stored word keeps neighbours
+    neighbours and is its own inverse, so any high bits above bits_stored survive untouched.
+    """
+    return 1 << (layout.bits_allocated - 1) if layout.pixel_representation == 1 else 0
+
+
+def _to_codec_array(raw: bytes | memoryview, layout: PixelLayoutLike) -> _Array:
+    """Raw little-endian frame bytes -> (rows, cols) or (rows, cols, 3) unsigned array."""
+    dtype = np.uint8 if layout.bits_allocated == 8 else np.dtype("<u2")
+    words = np.frombuffer(raw, dtype=dtype)
+    flip = _sign_flip(layout)
+    if flip:
+        words = words ^ words.dtype.type(flip)
+    if layout.samples_per_pixel == 1:
+        return words.reshape(layout.rows, layout.columns)
+    if layout.planar_configuration == 1:
+        planes = words.reshape(3, layout.rows, layout.columns)
+        return np.ascontiguousarray(planes.transpose(1, 2, 0))
+    return words.reshape(layout.rows, layout.columns, 3)
+
+
+def _from_codec_array(decoded: npt.NDArray[np.generic], layout: PixelLayoutLike) -> bytes:
+    """Inverse of `_to_codec_array`; raise FormatError when the decoded image has another shape."""
+    dtype = np.dtype(np.uint8) if layout.bits_allocated == 8 else np.dtype(np.uint16)
+    shape: tuple[int, ...] = (layout.rows, layout.columns)
+    if layout.samples_per_pixel == 3:
+        shape += (3,)
+    if decoded.dtype != dtype or decoded.shape != shape:
+        raise FormatError(f"decoded image is {decoded.dtype}{decoded.shape}, expected {shape}")
+    words = decoded
+    flip = _sign_flip(layout)
+    if flip:
+        words = words ^ dtype.type(flip)
+    if layout.samples_per_pixel == 3 and layout.planar_configuration == 1:
+        words = words.transpose(2, 0, 1)
+    return np.ascontiguousarray(words).astype("<" + dtype.str[1:], copy=False).tobytes()
+
+
+def _encode_jpegls(image: _Array) -> bytes:
+    return bytes(imagecodecs.jpegls_encode(image))
+
+
+def _encode_jpegxl(image: _Array) -> bytes:
+    return bytes(imagecodecs.jpegxl_encode(image, lossless=True, effort=_JPEGXL_EFFORT))
+
+
+def _decode_jpegls(encoded: bytes | memoryview) -> npt.NDArray[np.generic]:
+    return np.asarray(imagecodecs.jpegls_decode(encoded))
+
+
+def _decode_jpegxl(encoded: bytes | memoryview) -> npt.NDArray[np.generic]:
+    return np.asarray(imagecodecs.jpegxl_decode(encoded))
+
+
+_ENCODERS: dict[ImageCodec, Callable[[_Array], bytes]] = {
+    ImageCodec.JPEGLS: _encode_jpegls,
+    ImageCodec.JPEGXL: _encode_jpegxl,
+}
+_DECODERS: dict[ImageCodec, Callable[[bytes | memoryview], npt.NDArray[np.generic]]] = {
+    ImageCodec.JPEGLS: _decode_jpegls,
+    ImageCodec.JPEGXL: _decode_jpegxl,
+}

@@ -1,0 +1,77 @@
+"""The `Store` contract: a flat namespace of immutable, named byte objects.
+
+Backends (memory, local filesystem, and later object storage) implement exactly this and raise only
+`engine.errors` exceptions. Retry, fault injection and metrics are wrappers that are themselves a
+`Store`. A store knows nothing of packs, keys or snapshots.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+from engine.errors import InvalidName
+
+# One path component: lower-case hex ids, key names, `.json` suffixes. Upper case is refused so
+# that case-insensitive filesystems cannot alias two names.
+_COMPONENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+MAX_DEPTH = 4  # e.g. "packs/ab/<64 hex>": deep enough for fan-out, shallow enough to list cheaply
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid object name, else raise `InvalidName` with the reason."""
+    if not name or name.startswith("/") or name.endswith("/"):
+        raise InvalidName(f"invalid object name {name!r}: must be relative, no trailing slash")
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise InvalidName(f"invalid object name {name!r}: deeper than {MAX_DEPTH} levels")
+    for part in parts:
+        # Refusing ".." and leading dots keeps names inside the store and away from temp files.
+        if not _COMPONENT.match(part) or part in (".", ".."):
+            raise InvalidName(f"invalid object name {name!r}: bad component {part!r}")
+    return name
+
+
+class Store(ABC):
+    """Contract every backend honours.
+
+    - `put` is atomic and durable when it returns; it is write-once: a put to an existing name
+      is a no-op (names are content hashes or unique ids, so the content is the same).
+    - `get` and `size` raise `ObjectNotFound` for a missing object.
+    - `get_range` returns at most `length` bytes; a read past the end returns the bytes that exist
+      (possibly none) and never raises for that.
+    - `list(prefix)` yields full names under the folder `prefix` in no particular order; a missing
+      folder yields nothing.
+    - `delete` raises `ObjectNotFound` for a missing object.
+    """
+
+    @abstractmethod
+    async def put(self, name: str, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    async def get(self, name: str) -> bytes: ...
+
+    @abstractmethod
+    async def get_range(self, name: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    async def size(self, name: str) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+
+    @abstractmethod
+    async def delete(self, name: str) -> None: ...
+
+    async def exists(self, name: str) -> bool:
+        from engine.errors import ObjectNotFound
+
+        try:
+            await self.size(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the default has none."""

@@ -1,0 +1,74 @@
+"""A fault-injecting `Store` wrapper for crash, corruption and retry tests.
+
+Rules are checked in order on every call; the first that matches raises its error (or corrupts the
+result). Production code never uses this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from engine.errors import StoreError, TransientError
+from engine.store.base import Store
+
+
+@dataclass
+class Fault:
+    op: str  # "put", "get", "get_range", "size", "list", "delete" or "*"
+    match: Callable[[str], bool] = lambda name: True
+    times: int = 1  # how many calls fail; -1 for every call
+    error: type[StoreError] = TransientError
+    corrupt: bool = False  # instead of raising, flip a byte in what `get`/`get_range` return
+
+
+@dataclass
+class FaultyStore(Store):
+    inner: Store
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def _fault(self, op: str, name: str) -> Fault | None:
+        self.calls.append((op, name))
+        for fault in self.faults:
+            if fault.op in (op, "*") and fault.times != 0 and fault.match(name):
+                if fault.times > 0:
+                    fault.times -= 1
+                if not fault.corrupt:
+                    raise fault.error(f"injected {op} fault on {name}")
+                return fault
+        return None
+
+    @staticmethod
+    def _flip(data: bytes) -> bytes:
+        if not data:
+            return data
+        mid = len(data) // 2
+        return data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
+
+    async def put(self, name: str, data: bytes | memoryview) -> None:
+        self._fault("put", name)
+        await self.inner.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        fault = self._fault("get", name)
+        data = await self.inner.get(name)
+        return self._flip(data) if fault else data
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        fault = self._fault("get_range", name)
+        data = await self.inner.get_range(name, offset, length)
+        return self._flip(data) if fault else data
+
+    async def size(self, name: str) -> int:
+        self._fault("size", name)
+        return await self.inner.size(name)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        self._fault("list", prefix)
+        async for name in self.inner.list(prefix):
+            yield name
+
+    async def delete(self, name: str) -> None:
+        self._fault("delete", name)
+        await self.inner.delete(name)

@@ -1,0 +1,117 @@
+"""Local-filesystem `Store`: one file per object under a root folder.
+
+Durability order for `put` (DESIGN invariant 1): write a temp file, fsync it, hard-link it to its
+final name (which fails rather than overwrites, so objects stay write-once), fsync the folder.
+A crash leaves at most a stray `.tmp-*` file, never a partial object under a real name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from engine.errors import ObjectNotFound, StoreError
+from engine.store.base import Store, validate_name
+
+T = TypeVar("T")
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes | memoryview, *, exclusive: bool = True) -> bool:
+    """Atomically create `path` with `data`; return False if it already existed (exclusive)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    async def _run(self, name: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object not found: {name}") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StoreError(f"storage full while writing {name}") from None
+            raise StoreError(f"{name}: {e.strerror or e}") from None
+
+    async def put(self, name: str, data: bytes | memoryview) -> None:
+        path = self._path(name)
+        await self._run(name, lambda: write_durably(path, data))
+
+    async def get(self, name: str) -> bytes:
+        return await self._run(name, self._path(name).read_bytes)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        path = self._path(name)
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+
+        return await self._run(name, read)
+
+    async def size(self, name: str) -> int:
+        path = self._path(name)
+        return await self._run(name, lambda: path.stat().st_size)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        base = self.root / prefix if prefix else self.root
+        names = await asyncio.to_thread(self._walk, base)
+        for name in names:
+            yield name
+
+    def _walk(self, base: Path) -> list[str]:
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root)
+            for f in filenames:
+                if not f.startswith("."):
+                    out.append(str(rel / f) if str(rel) != "." else f)
+        return out
+
+    async def delete(self, name: str) -> None:
+        path = self._path(name)
+
+        def unlink() -> None:
+            path.unlink()
+            fsync_dir(path.parent)
+
+        await self._run(name, unlink)
