@@ -2,7 +2,7 @@
 
 Owns the mapping between the raw bytes of one uncompressed frame and a JPEG-LS or JPEG-XL
 bitstream, which must restore those bytes bit for bit, and loads the shipped header dictionary.
-Pure functions over bytes: no storage, no keys and no DICOM parsing (the caller supplies the layout).
+Pure functions over bytes: no storage, no keys and no DICOM parsing (callers supply the layout).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import importlib.resources
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import imagecodecs
 import numpy as np
@@ -42,7 +42,7 @@ _HEADER_DICT_ASSET = f"header-dict-v{HEADER_DICT_VERSION}.zstd"
 # Effort 1 ("lightning") is the ~1 GB/s setting measured in DESIGN.md section 5.
 _JPEGXL_EFFORT = 1
 
-_Array = npt.NDArray[np.unsignedinteger]
+_Image = npt.NDArray[Any]
 
 
 class ImageCodec(enum.IntEnum):
@@ -128,7 +128,7 @@ def decode_frame(
 
 @functools.cache
 def header_dictionary() -> zstandard.ZstdCompressionDict:
-    """The shipped zstd dictionary for DICOM headers (trained by benchmarks/train_header_dict.py)."""
+    """The shipped zstd dictionary for DICOM headers (see benchmarks/train_header_dict.py)."""
     asset = importlib.resources.files("engine") / "assets" / _HEADER_DICT_ASSET
     dictionary = zstandard.ZstdCompressionDict(
         asset.read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
@@ -163,13 +163,13 @@ def _sign_flip(layout: PixelLayoutLike) -> int:
     return 1 << (layout.bits_allocated - 1) if layout.pixel_representation == 1 else 0
 
 
-def _to_codec_array(raw: bytes | memoryview, layout: PixelLayoutLike) -> _Array:
+def _to_codec_array(raw: bytes | memoryview, layout: PixelLayoutLike) -> _Image:
     """Raw little-endian frame bytes -> (rows, cols) or (rows, cols, 3) unsigned array."""
     dtype = np.uint8 if layout.bits_allocated == 8 else np.dtype("<u2")
     words = np.frombuffer(raw, dtype=dtype)
     flip = _sign_flip(layout)
     if flip:
-        words = words ^ words.dtype.type(flip)
+        words = words ^ np.array(flip, dtype=words.dtype)
     if layout.samples_per_pixel == 1:
         return words.reshape(layout.rows, layout.columns)
     if layout.planar_configuration == 1:
@@ -178,7 +178,7 @@ def _to_codec_array(raw: bytes | memoryview, layout: PixelLayoutLike) -> _Array:
     return words.reshape(layout.rows, layout.columns, 3)
 
 
-def _from_codec_array(decoded: npt.NDArray[np.generic], layout: PixelLayoutLike) -> bytes:
+def _from_codec_array(decoded: _Image, layout: PixelLayoutLike) -> bytes:
     """Inverse of `_to_codec_array`; raise FormatError when the decoded image has another shape."""
     dtype = np.dtype(np.uint8) if layout.bits_allocated == 8 else np.dtype(np.uint16)
     shape: tuple[int, ...] = (layout.rows, layout.columns)
@@ -189,33 +189,38 @@ def _from_codec_array(decoded: npt.NDArray[np.generic], layout: PixelLayoutLike)
     words = decoded
     flip = _sign_flip(layout)
     if flip:
-        words = words ^ dtype.type(flip)
+        words = words ^ np.array(flip, dtype=dtype)
     if layout.samples_per_pixel == 3 and layout.planar_configuration == 1:
         words = words.transpose(2, 0, 1)
     return np.ascontiguousarray(words).astype("<" + dtype.str[1:], copy=False).tobytes()
 
 
-def _encode_jpegls(image: _Array) -> bytes:
+def _buffer(data: bytes | memoryview) -> bytes:
+    """imagecodecs reads any buffer without a copy; its type stubs only name bytes."""
+    return cast(bytes, data)
+
+
+def _encode_jpegls(image: _Image) -> bytes:
     return bytes(imagecodecs.jpegls_encode(image))
 
 
-def _encode_jpegxl(image: _Array) -> bytes:
+def _encode_jpegxl(image: _Image) -> bytes:
     return bytes(imagecodecs.jpegxl_encode(image, lossless=True, effort=_JPEGXL_EFFORT))
 
 
-def _decode_jpegls(encoded: bytes | memoryview) -> npt.NDArray[np.generic]:
-    return np.asarray(imagecodecs.jpegls_decode(encoded))
+def _decode_jpegls(encoded: bytes | memoryview) -> _Image:
+    return np.asarray(imagecodecs.jpegls_decode(_buffer(encoded)))
 
 
-def _decode_jpegxl(encoded: bytes | memoryview) -> npt.NDArray[np.generic]:
-    return np.asarray(imagecodecs.jpegxl_decode(encoded))
+def _decode_jpegxl(encoded: bytes | memoryview) -> _Image:
+    return np.asarray(imagecodecs.jpegxl_decode(_buffer(encoded)))
 
 
-_ENCODERS: dict[ImageCodec, Callable[[_Array], bytes]] = {
+_ENCODERS: dict[ImageCodec, Callable[[_Image], bytes]] = {
     ImageCodec.JPEGLS: _encode_jpegls,
     ImageCodec.JPEGXL: _encode_jpegxl,
 }
-_DECODERS: dict[ImageCodec, Callable[[bytes | memoryview], npt.NDArray[np.generic]]] = {
+_DECODERS: dict[ImageCodec, Callable[[bytes | memoryview], _Image]] = {
     ImageCodec.JPEGLS: _decode_jpegls,
     ImageCodec.JPEGXL: _decode_jpegxl,
 }
