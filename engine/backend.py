@@ -62,6 +62,10 @@ class Backend(ABC):
     @abstractmethod
     async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes: ...
 
+    async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
+        """Return (pack size, its last `length` bytes): enough to read a trailer and manifest."""
+        raise NotImplementedError
+
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
 

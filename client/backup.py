@@ -1,0 +1,284 @@
+"""The backup pipeline: walk → chunk → id → dedupe → seal → pack → catalogue → commit.
+
+Reading runs in one thread, hashing and sealing on a pool sized to the cores, and the event loop
+keeps order, dedupes, and writes packs. At most `MAX_IN_FLIGHT` chunks are in memory at once, so
+memory is bounded whatever the file sizes. Files that cannot be read, or change while being read,
+are reported and left out of the snapshot without aborting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import blob
+from engine.blob import Codec, Content, Hint
+from engine.catalogue import Entry, SnapshotBody
+from engine.chunker import Piece
+from engine.ids import ChunkId, SnapshotId
+
+from client.repository import Repository, now_rfc3339
+from client.walk import Found, layout_of, pieces, walk
+
+MAX_IN_FLIGHT = 8  # chunks being hashed/sealed at once (each ≤ 16 MiB)
+QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
+QUERY_BATCH_COUNT = 2000
+
+
+@dataclass
+class Summary:
+    snapshot: str = ""
+    parent: str | None = None
+    files: int = 0
+    dirs: int = 0
+    files_unchanged: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_new: int = 0
+    bytes_stored: int = 0
+    packs: int = 0
+    bytes_uploaded: int = 0
+    duration_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(slots=True)
+class _Sealed:
+    chunk_id: ChunkId
+    raw_len: int
+    content: int
+    sealed: bytes | None  # None: already known, nothing to store
+
+
+class FileChanged(Exception):
+    pass
+
+
+class Backup:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        image_codec: Codec = Codec.JPEGLS,
+        progress: Callable[[Summary, str], None] | None = None,
+        host: str | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.repo = repo
+        self.image_codec = image_codec
+        self.progress = progress or (lambda s, p: None)
+        self.host = host or socket.gethostname()
+        self.summary = Summary()
+        self.refs: dict[ChunkId, None] = {}
+        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, "seal")
+        self._reader = ThreadPoolExecutor(1, "read")
+        self._query: list[_Sealed] = []
+        self._query_bytes = 0
+        self._queried: set[ChunkId] = set()  # ids in `_query`, for dedupe within the batch
+
+    async def run(self, paths: list[str], tags: list[str] | None = None) -> Summary:
+        start = time.monotonic()
+        if not self.repo.backend.knows_chunks:
+            await self.repo.sync_index()  # packs left by a crashed run become known again
+        parent = await self._parent(paths)
+        try:
+            with tempfile.TemporaryFile() as catalogue:
+                await self._walk(paths, catalogue)
+                tree = await self._store_catalogue(catalogue)
+            await self._flush_query()
+            await self.repo.packer.flush()
+            body = SnapshotBody(
+                now_rfc3339(), self.host, sorted(os.path.abspath(p) for p in paths), tree,
+                self._stats(), tags or [],
+            )
+            sid = await self.repo.commit(body, parent, self.refs, self.host)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._reader.shutdown(wait=False, cancel_futures=True)
+        s = self.summary
+        s.snapshot, s.parent = sid.hex(), parent.hex() if parent else None
+        s.packs, s.bytes_stored = self.repo.packer.packs_written, self.repo.packer.bytes_written
+        s.bytes_uploaded = getattr(self.repo.backend, "bytes_sent", 0)
+        s.duration_s = round(time.monotonic() - start, 3)
+        return s
+
+    def _stats(self) -> dict[str, Any]:
+        s = self.summary
+        return {"files": s.files, "dirs": s.dirs, "bytes": s.bytes_total}
+
+    async def _parent(self, paths: list[str]) -> SnapshotId | None:
+        want = sorted(os.path.abspath(p) for p in paths)
+        for sid, _, body in reversed(await self.repo.snapshots()):
+            if body.host == self.host and body.paths == want:
+                return sid
+        return None
+
+    # walking
+
+    async def _walk(self, paths: list[str], catalogue: Any) -> None:
+        errors = self.summary.errors
+        found_iter = walk(paths, errors)
+        while (found := await self._next(found_iter)) is not None:
+            entry = await self._entry(found)
+            if entry is not None:
+                catalogue.write(entry.encode())
+                self.progress(self.summary, found.path)
+        catalogue.seek(0)
+
+    async def _next(self, it: Iterator[Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, next, it, None)
+
+    async def _entry(self, found: Found) -> Entry | None:
+        st, path = found.st, found.path
+        rel = path.lstrip("/")
+        if stat.S_ISDIR(st.st_mode):
+            self.summary.dirs += 1
+            return Entry(rel, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        if stat.S_ISLNK(st.st_mode):
+            return Entry(rel, "symlink", 0o777, st.st_mtime_ns, target=os.readlink(path))
+        if not stat.S_ISREG(st.st_mode):
+            return None  # sockets, fifos, devices: nothing to restore
+        try:
+            entry = await self._file(path, rel, st)
+        except (OSError, FileChanged) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self.summary.errors.append(f"{path}: {msg}")
+            return None
+        self.summary.files += 1
+        self.summary.bytes_total += entry.size
+        return entry
+
+    # files
+
+    async def _file(self, path: str, rel: str, st: os.stat_result) -> Entry:
+        cached = self._cached(path, st)
+        if cached is not None:
+            self.summary.files_unchanged += 1
+            return Entry(rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
+                         cached["chunks"], dicom=cached.get("dicom"))
+        chunks, dicom = await self._read_file(path, st)
+        entry = Entry(rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
+                      chunks, dicom=dicom)
+        self.repo.index.put_files([(path, _cache_record(st, entry))])
+        return entry
+
+    def _cached(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
+        rec = self.repo.index.get_file(path)
+        if rec is None or rec["sig"] != _signature(st):
+            return None
+        chunks = [(ChunkId.parse(c), n) for c, n in rec["chunks"]]
+        # The cache is trusted only while the index still knows every chunk it names.
+        if not all(c in self.repo.index for c, _ in chunks):
+            return None
+        return {"chunks": chunks, "dicom": rec.get("dicom")}
+
+    async def _read_file(
+        self, path: str, st: os.stat_result
+    ) -> tuple[list[tuple[ChunkId, int]], dict[str, str] | None]:
+        loop = asyncio.get_running_loop()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            layout = await loop.run_in_executor(self._reader, layout_of, f, size)
+            it = pieces(self.repo.chunker, f, layout, size, self.image_codec)
+            chunks = await self._chunks(it)
+        after = os.stat(path)
+        if after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+            raise FileChanged("changed while being read; skipped")
+        self.summary.bytes_read += size
+        return chunks, (layout.attrs or None) if layout else None
+
+    async def _chunks(self, it: Iterator[tuple[Piece, Hint]]) -> list[tuple[ChunkId, int]]:
+        loop = asyncio.get_running_loop()
+        window: deque[asyncio.Future[_Sealed]] = deque()
+        chunks: list[tuple[ChunkId, int]] = []
+        while True:
+            item = await self._next(it)
+            if item is not None:
+                piece, hint = item
+                window.append(loop.run_in_executor(self._pool, self._seal, piece.data, hint))
+            while window and (item is None or len(window) >= MAX_IN_FLIGHT):
+                sealed = await window.popleft()
+                chunks.append((sealed.chunk_id, sealed.raw_len))
+                await self._accept(sealed)
+            if item is None:
+                return chunks
+
+    def _seal(self, data: bytes, hint: Hint) -> _Sealed:
+        """Worker thread: name the chunk, and seal it only if the index does not know it."""
+        cid = self.repo.key.chunk_id(data)
+        if cid in self.repo.index:
+            return _Sealed(cid, len(data), hint.content, None)
+        return _Sealed(cid, len(data), hint.content, blob.seal(self.repo.key, cid, data, hint))
+
+    async def _accept(self, s: _Sealed) -> None:
+        self.summary.chunks_total += 1
+        if s.sealed is None or s.chunk_id in self._queried or s.chunk_id in self.repo.packer:
+            return
+        if s.chunk_id in self.repo.index:  # stored since this worker looked
+            return
+        self.refs[s.chunk_id] = None
+        if not self.repo.backend.knows_chunks:
+            await self._store(s)
+            return
+        self._query.append(s)
+        self._queried.add(s.chunk_id)
+        self._query_bytes += len(s.sealed)
+        if self._query_bytes >= QUERY_BATCH_BYTES or len(self._query) >= QUERY_BATCH_COUNT:
+            await self._flush_query()
+
+    async def _flush_query(self) -> None:
+        """Ask the server which of the chunks unknown here it lacks; store only those."""
+        batch, self._query, self._query_bytes = self._query, [], 0
+        self._queried = set()
+        if not batch:
+            return
+        missing = await self.repo.backend.missing([s.chunk_id for s in batch])
+        self.repo.index.add_remote(s.chunk_id for s in batch if s.chunk_id not in missing)
+        for s in batch:
+            if s.chunk_id in missing:
+                await self._store(s)
+
+    async def _store(self, s: _Sealed) -> None:
+        assert s.sealed is not None
+        self.repo.packer.add(s.chunk_id, s.sealed, s.raw_len, s.content)
+        self.summary.chunks_new += 1
+        self.summary.bytes_new += s.raw_len
+        if self.repo.packer.full:
+            await self.repo.packer.flush()
+
+    # catalogue
+
+    async def _store_catalogue(self, catalogue: Any) -> list[tuple[ChunkId, int]]:
+        size = os.fstat(catalogue.fileno()).st_size
+        it = ((p, Hint(Content.TREE)) for p in self.repo.chunker.cut_stream(catalogue, size, 0, 0))
+        before = self.summary.chunks_total
+        tree = await self._chunks(it)
+        self.summary.chunks_total = before
+        for cid, _ in tree:
+            self.refs[cid] = None  # the server must hold every catalogue chunk
+        return tree
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _cache_record(st: os.stat_result, entry: Entry) -> dict[str, Any]:
+    rec: dict[str, Any] = {"sig": _signature(st), "chunks": [[c.hex(), n] for c, n in entry.chunks]}
+    if entry.dicom:
+        rec["dicom"] = entry.dicom
+    return rec

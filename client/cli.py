@@ -1,0 +1,276 @@
+"""The `dicomvault` command line: parses arguments and the environment, runs one command, and
+maps every error to a one-line message and an exit code in one place.
+
+Only this module (and `__main__`) reads the environment; everything below takes explicit values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from engine.backend import Backend, LocalBackend
+from engine.blob import Codec
+from engine.errors import CheckFailed, DicomvaultError, UsageError
+from engine.keys import KdfParams
+from engine.store.local import LocalStore
+
+from client.backup import Backup
+from client.check import check
+from client.progress import Progress
+from client.repository import Repository, init_repository
+from client.restore import Restorer, catalogue
+
+EXIT_INTERRUPTED = 130
+
+ENV_HELP = """environment:
+  DICOMVAULT_REPO           repository: a local path or http(s)://host:port/NAME
+  DICOMVAULT_PASSWORD_FILE  file whose first line is the passphrase
+  DICOMVAULT_PASSWORD       the passphrase itself (prefer the file)
+  DICOMVAULT_TOKEN          bearer token for a chunk server
+  DICOMVAULT_CACHE_DIR      where the local index lives (default ~/.cache/dicomvault)
+
+exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
+  10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
+  14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems"""
+
+EXIT_PARTIAL = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dicomvault",
+        description="Deduplicating, encrypted backup for medical imaging.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-r", "--repo", help="repository location (env DICOMVAULT_REPO)")
+    p.add_argument("-p", "--password-file", help="passphrase file (env DICOMVAULT_PASSWORD_FILE)")
+    p.add_argument("--token", help="chunk-server token (env DICOMVAULT_TOKEN)")
+    p.add_argument("--cacert", help="CA certificate to trust for https repositories")
+    p.add_argument("--cache-dir", help="local index folder (env DICOMVAULT_CACHE_DIR)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--json", action="store_true", help="print one JSON document")
+        return c
+
+    c = cmd("init", "create a repository")
+    c.add_argument("--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB)")
+    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes")
+    c = cmd("backup", "back up files and folders into a new snapshot")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
+    c.add_argument("--host", help="host name recorded in the snapshot")
+    c.add_argument(
+        "--image-codec",
+        choices=["jpegls", "jpegxl", "none"],
+        default="jpegls",
+        help="lossless codec for native DICOM pixel data (none: zstd)",
+    )
+    cmd("snapshots", "list snapshots")
+    c = cmd("ls", "list the files in a snapshot")
+    c.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    c = cmd("restore", "restore a snapshot into a folder")
+    c.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    c.add_argument("--target", required=True, help="folder to restore into")
+    c.add_argument("--include", action="append", default=[], help="restore only this path")
+    c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
+    c.add_argument("--read-data", action="store_true", help="read and verify every pack")
+    cmd("repair-index", "rebuild the local index from the packs")
+    return p
+
+
+def open_backend(args: argparse.Namespace) -> Backend:
+    location = args.repo or os.environ.get("DICOMVAULT_REPO")
+    if not location:
+        raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
+    if location.startswith(("http://", "https://")):
+        from engine.remote import RemoteBackend
+
+        token = args.token or os.environ.get("DICOMVAULT_TOKEN")
+        if not token:
+            raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
+        return RemoteBackend(location, token, cafile=args.cacert)
+    return LocalBackend(LocalStore(location), location)
+
+
+def read_passphrase(args: argparse.Namespace) -> bytes:
+    path = args.password_file or os.environ.get("DICOMVAULT_PASSWORD_FILE")
+    if path:
+        try:
+            text = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+        if not text or not text[0]:
+            raise UsageError(f"password file {path} is empty")
+        return text[0].encode()
+    if "DICOMVAULT_PASSWORD" in os.environ:
+        return os.environ["DICOMVAULT_PASSWORD"].encode()
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("passphrase: ").encode()
+    raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")
+
+
+def cache_root(args: argparse.Namespace) -> Path:
+    path = args.cache_dir or os.environ.get("DICOMVAULT_CACHE_DIR")
+    return Path(path) if path else Path.home() / ".cache" / "dicomvault"
+
+
+def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(json.dumps(doc, indent=None if args.json else 2) if args.json else text)
+
+
+async def _with_repo(
+    args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]
+) -> int:
+    backend = open_backend(args)
+    try:
+        repo = await Repository.open(backend, read_passphrase(args), cache_root(args))
+    except BaseException:
+        await backend.close()
+        raise
+    try:
+        return await fn(repo)
+    finally:
+        await repo.close()
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    kdf = KdfParams(iterations=args.kdf_iterations, memory_kib=int(args.kdf_memory_mib * 1024))
+    backend = open_backend(args)
+    try:
+        config = await init_repository(backend, read_passphrase(args), kdf)
+    finally:
+        await backend.close()
+    emit(args, {"id": config.repo_id, "repo": backend.location},
+         f"created repository {config.repo_id} at {backend.location}")
+    return 0
+
+
+async def cmd_backup(args: argparse.Namespace) -> int:
+    codec = {"jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[args.image_codec]
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path}: no such file or folder")
+
+    async def run(repo: Repository) -> int:
+        progress = Progress(enabled=None if not args.json else False)
+        summary = await Backup(repo, image_codec=codec, progress=progress, host=args.host).run(
+            args.paths, args.tag
+        )
+        progress.done()
+        for err in summary.errors:
+            print(f"warning: {err}", file=sys.stderr)
+        s = summary
+        emit(args, s.as_json(),
+             f"snapshot {s.snapshot[:8]} saved: {s.files} files, {s.bytes_total:,} bytes; "
+             f"read {s.bytes_read:,}, new {s.chunks_new} chunks / {s.bytes_new:,} bytes, "
+             f"stored {s.bytes_stored:,} bytes in {s.packs} packs, {s.duration_s:.1f} s")
+        return EXIT_PARTIAL if s.errors else 0
+
+    return await _with_repo(args, run)
+
+
+async def cmd_snapshots(args: argparse.Namespace) -> int:
+    async def run(repo: Repository) -> int:
+        rows = [
+            {"id": sid.hex(), "time": body.time, "host": body.host, "paths": body.paths,
+             "tags": body.tags, **body.stats}
+            for sid, _, body in await repo.snapshots()
+        ]
+        lines = [f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  "
+                 f"{' '.join(r['paths'])}" for r in rows]
+        emit(args, {"snapshots": rows}, "\n".join(lines) or "no snapshots")
+        return 0
+
+    return await _with_repo(args, run)
+
+
+async def cmd_ls(args: argparse.Namespace) -> int:
+    async def run(repo: Repository) -> int:
+        _, body = await repo.load_snapshot(await repo.resolve(args.snapshot))
+        rows = [e.to_json() async for e in catalogue(repo, body)]
+        for r in rows:
+            r.pop("chunks", None)
+        emit(args, {"entries": rows},
+             "\n".join(f"{r['type'][0]} {r['size']:>12} /{r['path']}" for r in rows))
+        return 0
+
+    return await _with_repo(args, run)
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    async def run(repo: Repository) -> int:
+        progress = Progress(enabled=None if not args.json else False)
+        restorer = Restorer(repo, Path(args.target), includes=args.include, progress=progress)
+        s = await restorer.run(await repo.resolve(args.snapshot))
+        progress.done()
+        emit(args, s.as_json(), f"restored {s.files} files, {s.bytes_written:,} bytes "
+                                f"into {args.target} in {s.duration_s:.1f} s")
+        return 0
+
+    return await _with_repo(args, run)
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    async def run(repo: Repository) -> int:
+        report = await check(repo, read_data=args.read_data)
+        for problem in report.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        emit(args, report.as_json(),
+             f"checked {report.packs} packs, {report.snapshots} snapshots"
+             + (f", {report.bytes_verified:,} bytes read" if args.read_data else "")
+             + (f": {len(report.problems)} problems" if report.problems else ": no problems"))
+        if report.problems:
+            raise CheckFailed(f"check found {len(report.problems)} problems")
+        return 0
+
+    return await _with_repo(args, run)
+
+
+async def cmd_repair_index(args: argparse.Namespace) -> int:
+    async def run(repo: Repository) -> int:
+        repo.index.clear()
+        packs = await repo.sync_index()
+        emit(args, {"packs": packs, "chunks": repo.index.chunk_count()},
+             f"index rebuilt from {packs} packs: {repo.index.chunk_count()} chunks")
+        return 0
+
+    return await _with_repo(args, run)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "init": cmd_init,
+    "backup": cmd_backup,
+    "snapshots": cmd_snapshots,
+    "ls": cmd_ls,
+    "restore": cmd_restore,
+    "check": cmd_check,
+    "repair-index": cmd_repair_index,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except DicomvaultError as e:
+        print(f"dicomvault: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dicomvault: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""An open repository as the client sees it: backend, master key, local index and pack writer.
+
+Owns the write order of invariant 1 on the client side (pack durable at the backend → index →
+commit) and the index's reconciliation with the packs the backend holds. Knows nothing of
+command-line arguments or what is being backed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine import blob
+from engine.backend import Backend
+from engine.catalogue import PACK_HEADER_AD, SNAPSHOT_AD, SnapshotBody
+from engine.chunker import Chunker
+from engine.commit import CommitRecord
+from engine.errors import (
+    FormatError,
+    IntegrityError,
+    NotFound,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    WrongPassphrase,
+)
+from engine.ids import ChunkId, PackId, SnapshotId
+from engine.index import LocalIndex, Location
+from engine.keys import KdfParams, MasterKey, key_name, unwrap, wrap
+from engine.pack import (
+    ENTRY_SIZE,
+    TARGET_SIZE,
+    TRAILER_SIZE,
+    ManifestEntry,
+    PackBuilder,
+    parse_manifest,
+    parse_trailer,
+)
+
+CONFIG_VERSION = 1
+_HEADER_ENTRY = struct.Struct("<IB")  # raw length u32, content kind u8: 5 bytes per chunk
+INDEX_SYNC_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RepoConfig:
+    version: int
+    repo_id: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"version": self.version, "id": self.repo_id}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RepoConfig:
+        try:
+            doc = json.loads(data)
+            if doc["version"] != CONFIG_VERSION:
+                raise FormatError(f"unsupported repository version {doc['version']}")
+            return cls(doc["version"], str(doc["id"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"malformed repository config: {e}") from None
+
+
+async def init_repository(backend: Backend, passphrase: bytes, kdf: KdfParams) -> RepoConfig:
+    try:
+        await backend.get_config()
+    except (RepositoryNotFound, ObjectNotFound):
+        pass
+    else:
+        raise RepositoryExists(f"a repository already exists at {backend.location}")
+    config = RepoConfig(CONFIG_VERSION, secrets.token_hex(16))
+    key_object = wrap(MasterKey.generate(), passphrase, kdf)
+    # Key before config: a config without a key would be a repository nobody can open.
+    await backend.put_key(key_name(key_object), key_object)
+    await backend.put_config(config.encode())
+    return config
+
+
+async def _unlock(backend: Backend, passphrase: bytes) -> MasterKey:
+    for name in await backend.list_keys():
+        try:
+            return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
+        except WrongPassphrase:
+            continue
+    raise WrongPassphrase()
+
+
+class Repository:
+    def __init__(
+        self, backend: Backend, config: RepoConfig, key: MasterKey, index: LocalIndex
+    ) -> None:
+        self.backend, self.config, self.key, self.index = backend, config, key, index
+        self.chunker = Chunker(key.chunker_seed)
+        self.packer = Packer(self)
+
+    @classmethod
+    async def open(cls, backend: Backend, passphrase: bytes, cache_root: Path) -> Repository:
+        config = RepoConfig.decode(await backend.get_config())
+        key = await _unlock(backend, passphrase)
+        index = LocalIndex(cache_root / config.repo_id)
+        return cls(backend, config, key, index)
+
+    async def close(self) -> None:
+        self.index.close()
+        await self.backend.close()
+
+    # index reconciliation (invariant 3: the index is a cache of what the packs say)
+
+    async def sync_index(self) -> int:
+        """Index every pack the backend holds that the index lacks; return how many."""
+        todo = [p async for p in self.backend.list_packs() if not self.index.has_pack(p)]
+        sem = asyncio.Semaphore(INDEX_SYNC_CONCURRENCY)
+
+        async def one(pack_id: PackId) -> None:
+            async with sem:
+                size, entries = await self.read_manifest(pack_id)
+                self.index.add_pack(pack_id, size, entries)
+
+        await asyncio.gather(*(one(p) for p in todo))
+        return len(todo)
+
+    async def read_manifest(self, pack_id: PackId) -> tuple[int, list[ManifestEntry]]:
+        """Fetch a pack's trailer and manifest with two range reads (never the whole pack)."""
+        size, trailer = await self.backend.get_pack_tail(pack_id, TRAILER_SIZE)
+        count, header_len, blob_len = _parse_trailer_for(pack_id, trailer, size)
+        manifest = await self.backend.get_pack_range(
+            pack_id, blob_len + header_len, count * ENTRY_SIZE
+        )
+        try:
+            return size, list(parse_manifest(manifest, blob_len))
+        except FormatError as e:
+            raise FormatError(f"pack {pack_id.hex()}: {e}") from None
+
+    # reading
+
+    async def locate(self, chunk_id: ChunkId) -> Location:
+        loc = self.index.lookup(chunk_id)
+        if loc is None or not loc.known:
+            await self.sync_index()
+            loc = self.index.lookup(chunk_id)
+        if loc is None or not loc.known:
+            raise IntegrityError(f"chunk {chunk_id.hex()} is referenced but in no pack")
+        return loc
+
+    async def read_chunk(self, chunk_id: ChunkId) -> bytes:
+        loc = await self.locate(chunk_id)
+        sealed = await self.backend.get_pack_range(loc.pack_id, loc.offset, loc.length)
+        if len(sealed) != loc.length:
+            raise IntegrityError(f"pack {loc.pack_id.hex()} is truncated")
+        try:
+            return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
+        except IntegrityError as e:
+            raise IntegrityError(f"pack {loc.pack_id.hex()}: {e}") from None
+
+    # snapshots
+
+    async def commit(self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId],
+                     agent: str) -> SnapshotId:
+        sealed = blob.seal_plaintext(self.key, SNAPSHOT_AD, body.encode())
+        record = CommitRecord(body.time, agent, parent, tuple(dict.fromkeys(refs)), sealed)
+        return await self.backend.commit(record.encode())
+
+    async def load_snapshot(self, snapshot_id: SnapshotId) -> tuple[CommitRecord, SnapshotBody]:
+        record = CommitRecord.decode(await self.backend.get_snapshot(snapshot_id))
+        plain = blob.open_plaintext(self.key, SNAPSHOT_AD, record.sealed)
+        return record, SnapshotBody.decode(plain)
+
+    async def snapshots(self) -> list[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
+        out = []
+        for sid in await self.backend.list_snapshots():
+            record, body = await self.load_snapshot(sid)
+            out.append((sid, record, body))
+        return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
+
+    async def resolve(self, name: str) -> SnapshotId:
+        """Snapshot by `latest`, full id or unique id prefix."""
+        snaps = await self.snapshots()
+        if name == "latest":
+            if not snaps:
+                raise NotFound("the repository has no snapshots")
+            return snaps[-1][0]
+        found = [s[0] for s in snaps if s[0].hex().startswith(name.lower())]
+        if len(found) != 1:
+            raise NotFound(f"no unique snapshot matches {name!r}")
+        return found[0]
+
+
+def _parse_trailer_for(pack_id: PackId, trailer: bytes, size: int) -> tuple[int, int, int]:
+    try:
+        return parse_trailer(trailer, size)
+    except FormatError as e:
+        raise FormatError(f"pack {pack_id.hex()}: {e}") from None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Packer:
+    """Collects sealed blobs into packs and writes each sealed pack durably, then indexes it."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.builder = PackBuilder()
+        self.header: list[bytes] = []
+        self.packs_written = 0
+        self.bytes_written = 0
+
+    def __contains__(self, chunk_id: ChunkId) -> bool:
+        return chunk_id in self.builder
+
+    def add(self, chunk_id: ChunkId, sealed: bytes, raw_len: int, content: int) -> None:
+        self.builder.add(chunk_id, sealed)
+        self.header.append(_HEADER_ENTRY.pack(raw_len, content))
+
+    @property
+    def full(self) -> bool:
+        return self.builder.blob_bytes >= TARGET_SIZE
+
+    async def flush(self) -> None:
+        if not len(self.builder):
+            return
+        builder, header = self.builder, b"".join(self.header)
+        self.builder, self.header = PackBuilder(), []
+        sealed_header = blob.seal_plaintext(self.repo.key, PACK_HEADER_AD, header)
+        pack_id, data = await asyncio.to_thread(builder.finish, sealed_header)
+        await self.repo.backend.put_pack(pack_id, data)
+        self.repo.index.add_pack(pack_id, len(data), builder.entries)
+        self.packs_written += 1
+        self.bytes_written += len(data)
