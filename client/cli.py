@@ -267,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     except DicomvaultError as e:
         print(f"dicomvault: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a bug: still one line, with the traceback on request
+        if os.environ.get("DICOMVAULT_DEBUG"):
+            raise
+        print(f"dicomvault: internal error: {type(e).__name__}: {e} "
+              "(set DICOMVAULT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dicomvault: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -57,7 +57,9 @@ class MasterKey:
         self.id_key = _derive(secret, "chunk id")
         self.encryption_key = _derive(secret, "blob encryption")
         # FastCDC's gear-table seed: keyed so chunk boundaries do not reveal content to the server.
-        self.chunker_seed = int.from_bytes(_derive(secret, "chunker seed")[:8], "little")
+        # 63 bits: pyfastcdc converts the seed through a signed 64-bit C integer.
+        seed = int.from_bytes(_derive(secret, "chunker seed")[:8], "little")
+        self.chunker_seed = seed & (2**63 - 1)
 
     @classmethod
     def generate(cls) -> MasterKey:
