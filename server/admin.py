@@ -1,0 +1,41 @@
+"""Offline administration on a data folder: create repositories and mint their tokens, reindex.
+
+Owns operations the CLI runs against DATA directly (the running server may share the LMDB
+environment; LMDB is multi-process safe). Must not parse arguments or print.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from server.auth import Role, mint_token
+from server.config import ServerConfig
+from server.index import ServerIndex
+from server.reindex import ReindexReport, reindex
+from server.repos import Repositories
+
+
+@contextmanager
+def open_index(config: ServerConfig) -> Iterator[ServerIndex]:
+    index = ServerIndex(config.index_path, config.index_map_size)
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def create_repository(repos: Repositories, index: ServerIndex, name: str) -> dict[str, str]:
+    """Create repository `name` and return one fresh token per role (shown once, stored hashed)."""
+    repos.create(name)
+    return {str(role): mint_token(index, name, role) for role in Role}
+
+
+def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
+    with open_index(config) as index:
+        return create_repository(Repositories(config.repos_dir), index, name)
+
+
+def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
+    with open_index(config) as index:
+        return reindex(Repositories(config.repos_dir), index, verify=verify)

@@ -1,0 +1,118 @@
+"""The aiohttp application factory: wiring, middlewares and background tasks.
+
+Owns `make_app(config)`, which tests and `__main__` both call, the one error middleware that maps
+`engine.errors` to HTTP status codes and JSON bodies, request metrics, and the lifecycle of the
+index and the temp-file sweeper (`cleanup_ctx`). Must not contain route logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from engine.errors import DicomvaultError
+from server.config import ServerConfig
+from server.errors import MissingChunks, http_status
+from server.handlers import routes
+from server.index import ServerIndex
+from server.metrics import Metrics
+from server.repos import Repositories
+from server.state import CLOCK, CONFIG, INDEX, METRICS, REPOS
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    416: "range_not_satisfiable",
+}
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, "code": code, **extra}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DicomvaultError as e:
+        status, code = http_status(e)
+        extra = e.details() if isinstance(e, MissingChunks) else {}
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.path, e)
+        return _error(status, code, str(e), **extra)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, _HTTP_CODES.get(e.status, "http_error"), e.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal server error")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe(request.method, route, status, time.perf_counter() - start)
+
+
+async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[INDEX] = ServerIndex(config.index_path, config.index_map_size)
+    # Nothing is uploading yet, so every temp file is a leftover of a crash or kill.
+    removed = await asyncio.to_thread(app[REPOS].sweep_temp_files)
+    if removed:
+        log.info("removed %d temp files left by an earlier run", removed)
+    yield
+    app[INDEX].close()
+
+
+async def _sweep_forever(app: web.Application) -> None:
+    config = app[CONFIG]
+    while True:
+        await asyncio.sleep(config.sweep_interval)
+        await asyncio.to_thread(app[REPOS].sweep_temp_files, config.incoming_max_age)
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_sweep_forever(app))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> web.Application:
+    # Metrics outermost so they time the error responses too.
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=config.max_body_size
+    )
+    app[CONFIG] = config
+    app[REPOS] = Repositories(config.repos_dir)
+    app[METRICS] = Metrics()
+    app[CLOCK] = clock
+    app.cleanup_ctx.append(_index_ctx)
+    app.cleanup_ctx.append(_sweeper_ctx)
+    app.add_routes(routes)
+    return app

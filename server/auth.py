@@ -1,0 +1,81 @@
+"""Bearer tokens, roles and repository isolation.
+
+Owns minting tokens (random 32 bytes, URL-safe text), storing them only as BLAKE3 hashes in the
+server index, and deciding whether a request may perform an action on a repository. Must not
+know routes or storage: handlers name the action they need and get back the repository name.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import re
+import secrets
+import time
+
+import blake3
+from aiohttp import web
+
+from engine.errors import InvalidName, PermissionDenied, RepositoryNotFound
+from server.errors import Unauthenticated
+from server.index import ServerIndex
+
+# Repository names become folder names and LMDB key prefixes: lower case (no aliasing on
+# case-insensitive filesystems), no dots or slashes (no traversal), no NUL (the key separator).
+_REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TOKEN_BYTES = 32
+
+
+class Role(enum.StrEnum):
+    BACKUP = "backup"  # append-only: add packs, commits, absent keys/config; read its repository
+    RESTORE = "restore"  # read only
+    ADMIN = "admin"  # everything on its repository, including agent status
+
+
+class Action(enum.Enum):
+    READ = frozenset({Role.BACKUP, Role.RESTORE, Role.ADMIN})
+    APPEND = frozenset({Role.BACKUP, Role.ADMIN})
+    ADMIN = frozenset({Role.ADMIN})
+
+
+def validate_repo_name(name: str) -> str:
+    if not _REPO_NAME.match(name):
+        raise InvalidName(f"invalid repository name {name!r}")
+    return name
+
+
+def hash_token(token: str) -> bytes:
+    return blake3.blake3(token.encode()).digest()
+
+
+def mint_token(index: ServerIndex, repo: str, role: Role) -> str:
+    """Create a token for `repo` with `role`; only its hash is stored, so show it once."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    index.put_token(hash_token(token), {"repo": repo, "role": str(role), "created": time.time()})
+    return token
+
+
+def bearer_token(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing bearer token")
+    return token.strip()
+
+
+def authorize(index: ServerIndex, token: str, repo: str, action: Action) -> Role:
+    """Return the token's role if it may do `action` on `repo`; raise otherwise.
+
+    Lookup is by the token's BLAKE3 hash, so lookup timing can reveal at most hash prefixes,
+    never the token; the final compare is constant-time anyway. A valid token for another
+    repository gets `RepositoryNotFound` (404), so tokens cannot probe which repositories exist.
+    """
+    digest = hash_token(token)
+    doc = index.get_token(digest)
+    if doc is None:
+        raise Unauthenticated("unknown token")
+    if not hmac.compare_digest(doc.get("repo", "").encode(), repo.encode()):
+        raise RepositoryNotFound(f"no repository {repo!r}")
+    role = Role(doc["role"])
+    if role not in action.value:
+        raise PermissionDenied(f"role {role} may not do this")
+    return role

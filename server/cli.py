@@ -1,0 +1,131 @@
+"""`dicomvault-server`: the provider's command line (serve, repo create, reindex).
+
+Owns argument parsing, reading the TOML config, printing, and the one place where engine errors
+become a one-line message and an exit code. Must not hold server logic: it calls `server.app`
+and `server.admin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from engine.errors import DicomvaultError, UsageError
+from server.config import ServerConfig, load_config
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    return load_config(
+        getattr(args, "config", None),
+        data_dir=args.data,
+        listen=getattr(args, "listen", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        max_body_size=getattr(args, "max_body_size", None),
+    )
+
+
+def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"cannot load TLS certificate/key: {e}") from None
+    return ctx
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from server.app import make_app
+
+    config = _config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ssl_context = _ssl_context(config)
+    web.run_app(make_app(config), host=config.host, port=config.port, ssl_context=ssl_context)
+    return 0
+
+
+def cmd_repo_create(args: argparse.Namespace) -> int:
+    from server.admin import create_repository_offline
+
+    tokens = create_repository_offline(_config(args), args.name)
+    if args.json:
+        print(json.dumps({"repository": args.name, "tokens": tokens}))
+    else:
+        print(f"created repository {args.name}; tokens are shown once, store them now:")
+        for role, token in tokens.items():
+            print(f"  {role:8} {token}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from server.admin import reindex_offline
+
+    report = reindex_offline(_config(args), verify=args.verify)
+    if args.json:
+        print(json.dumps(asdict(report)))
+    else:
+        print(
+            f"reindexed {report.repositories} repositories: {report.packs} packs, "
+            f"{report.chunks} chunks, {report.snapshots} snapshots, {report.bad} unreadable"
+        )
+    return 17 if report.bad else 0  # CheckFailed's exit code: something needs a look
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="server data folder (or data_dir in --config)")
+    p.add_argument("--config", type=Path, help="server TOML config file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomvault-server", description="dicomvault chunk server"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the chunk server")
+    _data_arg(serve)
+    serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8420)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key")
+    serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
+    serve.set_defaults(func=cmd_serve)
+
+    repo = sub.add_parser("repo", help="manage repositories")
+    repo_sub = repo.add_subparsers(dest="repo_command", required=True)
+    create = repo_sub.add_parser("create", help="create a repository and print its tokens")
+    create.add_argument("name", help="repository name: [a-z0-9][a-z0-9_-]{0,63}")
+    _data_arg(create)
+    create.add_argument("--json", action="store_true", help="print JSON")
+    create.set_defaults(func=cmd_repo_create)
+
+    rx = sub.add_parser("reindex", help="rebuild the index from stored packs and snapshots")
+    _data_arg(rx)
+    rx.add_argument("--verify", action="store_true", help="also re-hash every pack")
+    rx.add_argument("--json", action="store_true", help="print JSON")
+    rx.set_defaults(func=cmd_reindex)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except DicomvaultError as e:
+        print(f"dicomvault-server: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line for the operator, never a traceback
+        print(f"dicomvault-server: unexpected error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,82 @@
+"""Server configuration: one frozen `ServerConfig`, loaded from TOML plus command-line overrides.
+
+Owns the settings and their defaults. Only the CLI reads files and arguments; everything else
+receives a `ServerConfig` and must not read the environment or the filesystem for settings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UsageError
+
+MiB = 1024 * 1024
+DEFAULT_PORT = 8420
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A pack is ~16 MiB; 64 MiB leaves room for oversized packs and big first-backup commits.
+    max_body_size: int = 64 * MiB
+    max_missing_ids: int = 100_000  # 3.2 MB of ids per query: one LMDB read txn stays short
+    # LMDB maps this much address space (sparse on disk): ~100 bytes per chunk → ~10^8 chunks.
+    index_map_size: int = 16 * 1024 * MiB
+    # Stale upload temp files older than this are removed by the sweeper (live uploads are younger).
+    incoming_max_age: float = 24 * 3600.0
+    sweep_interval: float = 3600.0
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.lmdb"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.data_dir / "repos"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 as `[::1]:PORT`)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("data_dir", "tls_cert", "tls_key"):
+        return Path(value) if value is not None else None
+    if name == "listen":
+        return parse_listen(str(value))
+    return value
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
+    """Read `path` (TOML, optional), then apply non-None `overrides` (CLI flags win)."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"cannot read config {path}: {e}") from None
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(ServerConfig)} | {"listen"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise UsageError(f"unknown server settings: {', '.join(unknown)}")
+    values = {k: _coerce(k, v) for k, v in doc.items()}
+    if "listen" in values:
+        values["host"], values["port"] = values.pop("listen")
+    if "data_dir" not in values:
+        raise UsageError("the data folder is required (--data or data_dir in the config file)")
+    config = ServerConfig(**values)
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise UsageError("TLS needs both a certificate and a key")
+    return config

@@ -1,0 +1,261 @@
+"""HTTP handlers for `/v1`: parse the request, authorize, call intake/index/store, answer JSON.
+
+Owns the routes and their request/response bodies (documented in docs/api.md). Handlers raise
+`engine.errors`; the error middleware in `server.app` turns them into status codes. Must not
+implement storage or verification logic itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
+from engine.errors import ObjectExists, ObjectNotFound, UsageError
+from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
+from engine.pack import pack_name
+from engine.store.local import write_durably
+from server.auth import Action, authorize, bearer_token, validate_repo_name
+from server.errors import BodyTooLarge, MissingChunks
+from server.intake import receive_pack
+from server.reindex import snapshot_summary
+from server.repos import Repository
+from server.state import CLOCK, CONFIG, INDEX, METRICS, REPOS
+
+SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
+PAGE = 10_000  # packs per listing page
+
+_T = TypeVar("_T", PackId, SnapshotId)
+routes = web.RouteTableDef()
+R = "/v1/repos/{name}"
+
+
+def _repository(request: web.Request, action: Action) -> Repository:
+    """Validate the name (400), the token (401), its repository (404) and role (403)."""
+    name = validate_repo_name(request.match_info["name"])
+    authorize(request.app[INDEX], bearer_token(request), name, action)
+    return request.app[REPOS].get(name)
+
+
+def _parse_id(cls: type[_T], text: str) -> _T:
+    try:
+        return cls.parse(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+async def _small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
+    if (request.content_length or 0) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    data = await request.read()
+    if len(data) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    return data
+
+
+@routes.get("/v1/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "api": 1})
+
+
+# -- config and key objects: write-once, put-if-absent ------------------------------------
+
+
+async def _get_object(request: web.Request, name: str) -> web.Response:
+    repo = _repository(request, Action.READ)
+    data = await repo.store.get(name)
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def _put_if_absent(request: web.Request, name: str) -> web.Response:
+    repo = _repository(request, Action.APPEND)
+    data = await _small_body(request)
+    path = repo.object_path(name)
+    if await asyncio.to_thread(write_durably, path, data):
+        return web.json_response({"created": True}, status=201)
+    if await repo.store.get(name) != data:
+        raise ObjectExists(f"{name} already exists with different content")
+    return web.json_response({"created": False})
+
+
+@routes.get(R + "/config")
+async def get_config(request: web.Request) -> web.Response:
+    return await _get_object(request, "config")
+
+
+@routes.put(R + "/config")
+async def put_config(request: web.Request) -> web.Response:
+    return await _put_if_absent(request, "config")
+
+
+@routes.get(R + "/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    names = sorted([n.removeprefix("keys/") async for n in repo.store.list("keys")])
+    return web.json_response({"keys": names})
+
+
+@routes.get(R + "/keys/{key}")
+async def get_key(request: web.Request) -> web.Response:
+    return await _get_object(request, "keys/" + request.match_info["key"])
+
+
+@routes.put(R + "/keys/{key}")
+async def put_key(request: web.Request) -> web.Response:
+    return await _put_if_absent(request, "keys/" + request.match_info["key"])
+
+
+# -- chunks and packs ----------------------------------------------------------------------
+
+
+@routes.post(R + "/missing")
+async def missing(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    cap = request.app[CONFIG].max_missing_ids * ID_SIZE
+    body = await _small_body(request, cap)
+    if len(body) % ID_SIZE:
+        raise UsageError(f"body must be whole {ID_SIZE}-byte chunk ids")
+    view = memoryview(body)
+    ids = [bytes(view[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
+    absent = await asyncio.to_thread(request.app[INDEX].missing, repo.name, ids)
+    metrics = request.app[METRICS]
+    metrics.missing_query_ids += len(ids)
+    metrics.missing_ids_returned += len(absent)
+    return web.Response(body=b"".join(absent), content_type="application/octet-stream")
+
+
+@routes.get(R + "/packs")
+async def list_packs(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    after_text = request.query.get("after")
+    after = _parse_id(PackId, after_text) if after_text else None
+    limit = min(int(request.query.get("limit", PAGE)), PAGE)
+    rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
+    page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
+    more = len(rows) == limit
+    return web.json_response({"packs": page, "next": page[-1]["id"] if more else None})
+
+
+async def _counted(body: AsyncIterator[bytes], request: web.Request) -> AsyncIterator[bytes]:
+    metrics = request.app[METRICS]
+    async for piece in body:
+        metrics.bytes_received += len(piece)
+        yield piece
+
+
+@routes.put(R + "/packs/{id}")
+async def put_pack(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.APPEND)
+    pack_id = _parse_id(PackId, request.match_info["id"])
+    config, index, metrics = request.app[CONFIG], request.app[INDEX], request.app[METRICS]
+    if (request.content_length or 0) > config.max_body_size:
+        raise BodyTooLarge(f"pack larger than {config.max_body_size} bytes")
+    if index.has_pack(repo.name, pack_id):
+        # Idempotent: answer without reading or rewriting; the body is discarded unread.
+        metrics.packs_duplicate += 1
+        return web.json_response({"pack": pack_id.hex(), "created": False})
+    body = _counted(request.content.iter_any(), request)
+    result = await receive_pack(repo, index, pack_id, body, config.max_body_size)
+    if result.created:
+        metrics.packs_stored += 1
+    else:
+        metrics.packs_duplicate += 1
+    doc = {"pack": pack_id.hex(), "created": result.created, "chunks": result.chunks}
+    return web.json_response(doc, status=201 if result.created else 200)
+
+
+async def _file(repo: Repository, name: str) -> web.FileResponse:
+    path = repo.object_path(name)
+    if not await asyncio.to_thread(path.is_file):
+        raise ObjectNotFound(f"no object {name}")
+    # FileResponse serves `Range: bytes=a-b` (206, 416 past the end) with sendfile.
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+@routes.get(R + "/packs/{id}")
+async def get_pack(request: web.Request) -> web.StreamResponse:
+    repo = _repository(request, Action.READ)
+    return await _file(repo, pack_name(_parse_id(PackId, request.match_info["id"])))
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) -> None:
+    absent = request.app[INDEX].missing(repo.name, record.refs)
+    if absent:
+        request.app[METRICS].commits_refused += 1
+        raise MissingChunks([ChunkId(a) for a in absent])
+
+
+def _store_commit(
+    request: web.Request, repo: Repository, sid: SnapshotId, record: CommitRecord, data: bytes
+) -> None:
+    path = repo.object_path(snapshot_name(sid))
+    write_durably(path, data)  # False means a retried commit: same bytes, same name
+    summary = snapshot_summary(record, path.stat().st_mtime)
+    request.app[INDEX].add_snapshot(repo.name, sid, summary)
+
+
+@routes.post(R + "/snapshots")
+async def commit(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.APPEND)
+    data = await _small_body(request, request.app[CONFIG].max_body_size)
+    record = CommitRecord.decode(data)
+    sid = snapshot_id_of(data)
+    # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
+    await asyncio.to_thread(_check_refs, request, repo, record)
+    await asyncio.to_thread(_store_commit, request, repo, sid, record, data)
+    request.app[METRICS].commits += 1
+    return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+@routes.get(R + "/snapshots")
+async def list_snapshots(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
+    docs = [{"id": sid.hex(), **summary} for sid, summary in rows]
+    docs.sort(key=lambda d: (d["time"], d["id"]))
+    return web.json_response({"snapshots": docs})
+
+
+@routes.get(R + "/snapshots/{id}")
+async def get_snapshot(request: web.Request) -> web.FileResponse:
+    repo = _repository(request, Action.READ)
+    sid = _parse_id(SnapshotId, request.match_info["id"])
+    return await _file(repo, snapshot_name(sid))
+
+
+# -- agent heartbeats ----------------------------------------------------------------------
+
+
+@routes.post(R + "/heartbeat")
+async def post_heartbeat(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.APPEND)
+    try:
+        info: Any = json.loads(await _small_body(request, 64 * 1024))
+    except ValueError:
+        raise UsageError("heartbeat body must be JSON") from None
+    if not isinstance(info, dict) or not isinstance(info.get("agent"), str) or not info["agent"]:
+        raise UsageError('heartbeat must be a JSON object with a string "agent"')
+    agent = info["agent"][:128]
+    doc = {"agent": agent, "received": request.app[CLOCK](), "info": info}
+    request.app[INDEX].put_heartbeat(repo.name, agent, doc)
+    return web.json_response({"received": doc["received"]})
+
+
+@routes.get(R + "/heartbeat")
+async def get_heartbeat(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.ADMIN)
+    return web.json_response({"heartbeats": request.app[INDEX].heartbeats(repo.name)})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    count = len(await asyncio.to_thread(request.app[REPOS].names))
+    text = request.app[METRICS].render(repositories=count)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")

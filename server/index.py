@@ -1,0 +1,177 @@
+"""The server's LMDB index: one environment under DATA/index.lmdb with named databases.
+
+Owns which chunk lives in which pack (per repository), pack sizes and arrival times, snapshot
+summaries, the last heartbeat per agent and the hashed tokens. Chunks, packs and snapshots are a
+cache rebuilt from stored packs and commit records (`server.reindex`); tokens and heartbeats are
+not. Must not touch pack files or know HTTP.
+
+Keys are `repo name ‖ 0x00 ‖ id`, so one database serves every repository and a repository's rows
+form one contiguous, prefix-scannable range.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from engine.errors import StoreError
+from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
+from engine.pack import ManifestEntry
+
+_LOCATION = struct.Struct(f"<{ID_SIZE}sII")  # pack id ‖ offset u32 ‖ length u32: 40 bytes
+_PACK = struct.Struct("<Qd")  # size u64 ‖ arrival time (unix seconds, f64)
+_DBS = ("chunks", "packs", "snapshots", "heartbeats", "tokens")
+CACHE_DBS = ("chunks", "packs", "snapshots")  # what reindex may drop and rebuild
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    pack_id: PackId
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackRow:
+    pack_id: PackId
+    size: int
+    time: float
+
+
+def _prefix(repo: str) -> bytes:
+    return repo.encode() + b"\0"
+
+
+class ServerIndex:
+    """Thin typed wrapper over the LMDB environment; every method is one transaction."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            # max_readers: readers run in worker threads; lock=True keeps multi-process safe (CLI
+            # `repo create` while `serve` runs).
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), max_readers=256)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open index {path}: {e}") from None
+        self.dbs = {name: self.env.open_db(name.encode()) for name in _DBS}
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- chunks and packs ------------------------------------------------------------------
+
+    def add_pack(
+        self, repo: str, pack_id: PackId, size: int, time: float, entries: Iterable[ManifestEntry]
+    ) -> None:
+        """Index one pack and all its chunks in a single write transaction."""
+        p = _prefix(repo)
+        with self.env.begin(write=True) as txn:
+            chunks = txn.cursor(self.dbs["chunks"])
+            # putmulti: one C-level loop for the ~1000s of entries of a 16 MiB pack.
+            chunks.putmulti(
+                (p + e.chunk_id, _LOCATION.pack(pack_id, e.offset, e.length)) for e in entries
+            )
+            txn.put(p + pack_id, _PACK.pack(size, time), db=self.dbs["packs"])
+
+    def has_pack(self, repo: str, pack_id: PackId) -> bool:
+        with self.env.begin(db=self.dbs["packs"]) as txn:
+            return txn.get(_prefix(repo) + pack_id) is not None
+
+    def missing(self, repo: str, ids: Iterable[bytes]) -> list[bytes]:
+        """Return the ids not indexed for `repo`, in order, from one read transaction."""
+        p = _prefix(repo)
+        with self.env.begin(db=self.dbs["chunks"], buffers=True) as txn:
+            get = txn.get
+            return [i for i in ids if get(p + i) is None]
+
+    def locate(self, repo: str, chunk_id: ChunkId) -> ChunkLocation | None:
+        with self.env.begin(db=self.dbs["chunks"]) as txn:
+            raw = txn.get(_prefix(repo) + chunk_id)
+        if raw is None:
+            return None
+        pack, offset, length = _LOCATION.unpack(raw)
+        return ChunkLocation(PackId(pack), offset, length)
+
+    def packs(self, repo: str, after: PackId | None = None, limit: int = 10_000) -> list[PackRow]:
+        """One page of a repository's packs in id order, starting after `after`."""
+        p = _prefix(repo)
+        out: list[PackRow] = []
+        with self.env.begin(db=self.dbs["packs"]) as txn:
+            cur = txn.cursor()
+            start = p + after + b"\0" if after else p
+            if not cur.set_range(start):
+                return out
+            for key, value in cur:
+                if not key.startswith(p) or len(out) >= limit:
+                    break
+                size, time = _PACK.unpack(value)
+                out.append(PackRow(PackId(key[len(p) :]), size, time))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: txn.stat(self.dbs[name])["entries"] for name in CACHE_DBS}
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def add_snapshot(self, repo: str, snapshot_id: SnapshotId, summary: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.dbs["snapshots"]) as txn:
+            txn.put(_prefix(repo) + snapshot_id, json.dumps(summary).encode())
+
+    def snapshots(self, repo: str) -> Iterator[tuple[SnapshotId, dict[str, Any]]]:
+        for key, value in self._scan("snapshots", repo):
+            yield SnapshotId(key), json.loads(value)
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def put_heartbeat(self, repo: str, agent: str, doc: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.dbs["heartbeats"]) as txn:
+            txn.put(_prefix(repo) + agent.encode(), json.dumps(doc).encode())
+
+    def heartbeats(self, repo: str) -> list[dict[str, Any]]:
+        return [json.loads(v) for _, v in self._scan("heartbeats", repo)]
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def put_token(self, token_hash: bytes, doc: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.dbs["tokens"]) as txn:
+            txn.put(token_hash, json.dumps(doc).encode())
+
+    def get_token(self, token_hash: bytes) -> dict[str, Any] | None:
+        with self.env.begin(db=self.dbs["tokens"]) as txn:
+            raw = txn.get(token_hash)
+        return json.loads(raw) if raw is not None else None
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def drop_repo_cache(self, repo: str) -> None:
+        """Delete a repository's cache rows (chunks, packs, snapshots) in one transaction."""
+        p = _prefix(repo)
+        with self.env.begin(write=True) as txn:
+            for name in CACHE_DBS:
+                cur = txn.cursor(self.dbs[name])
+                if cur.set_range(p):
+                    while cur.key().startswith(p):
+                        if not cur.delete():
+                            break
+
+    def dump(self, repo: str) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Every cache row of a repository (tests compare an index before and after reindex)."""
+        return {name: list(self._scan(name, repo)) for name in CACHE_DBS}
+
+    def _scan(self, db: str, repo: str) -> Iterator[tuple[bytes, bytes]]:
+        p = _prefix(repo)
+        with self.env.begin(db=self.dbs[db]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(p):
+                return
+            for key, value in cur:
+                if not key.startswith(p):
+                    break
+                yield key[len(p) :], value

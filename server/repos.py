@@ -1,0 +1,110 @@
+"""Per-repository storage on the server: an engine `LocalStore` at DATA/repos/NAME/.
+
+Owns repository folders, their layout (`config`, `keys/*`, `packs/xx/<id>`, `snapshots/<id>`, the
+same as `engine.backend.LocalBackend`, so a server repository folder is also a valid local
+repository) and the `.incoming/` folder where uploads land before they are linked into place.
+Must not hold keys or decide who may do what.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from pathlib import Path
+
+from engine.errors import RepositoryExists, RepositoryNotFound
+from engine.store.base import validate_name
+from engine.store.local import TMP_PREFIX, LocalStore, fsync_dir
+from server.auth import validate_repo_name
+
+INCOMING = ".incoming"  # dot-folder: LocalStore.list and LocalBackend never see it
+
+
+class Repository:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.store = LocalStore(root)
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / INCOMING
+
+    def new_temp_path(self) -> Path:
+        return self.incoming / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+
+    def object_path(self, name: str) -> Path:
+        return self.root / validate_name(name)  # same names, same layout as LocalStore
+
+
+class Repositories:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, name: str) -> Repository:
+        path = self.root / validate_repo_name(name)
+        if not path.is_dir():
+            raise RepositoryNotFound(f"no repository {name!r}")
+        return Repository(name, path)
+
+    def create(self, name: str) -> Repository:
+        path = self.root / validate_repo_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise RepositoryExists(f"repository {name!r} already exists") from None
+        (path / INCOMING).mkdir()
+        fsync_dir(self.root)
+        return Repository(name, path)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+
+    def sweep_temp_files(self, older_than: float | None = None) -> int:
+        """Remove upload and store temp files; all of them at start-up (`older_than=None`).
+
+        A temp file is never visible under a real name (invariant 1), so deleting it only
+        forgets an upload that was never acknowledged.
+        """
+        removed = 0
+        cutoff = time.time() - older_than if older_than is not None else None
+        for name in self.names():
+            for dirpath, _, files in os.walk(self.root / name):
+                for f in files:
+                    if f.startswith(TMP_PREFIX):
+                        removed += _remove_if_old(Path(dirpath) / f, cutoff)
+        return removed
+
+
+def _remove_if_old(path: Path, cutoff: float | None) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        if cutoff is None or path.stat().st_mtime < cutoff:
+            path.unlink()
+            return 1
+    return 0
+
+
+def link_durably(tmp: Path, final: Path) -> bool:
+    """Publish an fsynced temp file under `final`; False if it already existed (write-once).
+
+    Same order as `engine.store.local.write_durably`: the data is durable before the name
+    appears, and the folder is fsynced before we acknowledge, so a crash never exposes a
+    partial object and an acknowledged object survives.
+    """
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(final.parent.parent)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(final.parent)
+    return True

@@ -1,0 +1,21 @@
+"""Typed keys for the objects an application holds (aiohttp `AppKey`s).
+
+Owns only the names; `server.app` fills them and handlers read them. Must not create anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.index import ServerIndex
+from server.metrics import Metrics
+from server.repos import Repositories
+
+CONFIG = web.AppKey("config", ServerConfig)
+INDEX = web.AppKey("index", ServerIndex)
+REPOS = web.AppKey("repos", Repositories)
+METRICS = web.AppKey("metrics", Metrics)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
