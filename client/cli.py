@@ -146,7 +146,12 @@ async def _with_repo(
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    kdf = KdfParams(iterations=args.kdf_iterations, memory_kib=int(args.kdf_memory_mib * 1024))
+    memory_kib = int(args.kdf_memory_mib * 1024)
+    if memory_kib < 8 or args.kdf_iterations < 1:
+        raise UsageError("Argon2id needs --kdf-memory-mib of at least 8 KiB and 1 iteration")
+    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
+    lanes = min(KdfParams().lanes, memory_kib // 8)
+    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
     backend = open_backend(args)
     try:
         config = await init_repository(backend, read_passphrase(args), kdf)

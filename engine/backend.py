@@ -113,6 +113,11 @@ class LocalBackend(Backend):
     async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes:
         return await self.store.get_range(pack_name(pack_id), offset, length)
 
+    async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
+        name = pack_name(pack_id)
+        size = await self.store.size(name)
+        return size, await self.store.get_range(name, max(0, size - length), length)
+
     async def list_packs(self) -> AsyncIterator[PackId]:
         async for name in self.store.list("packs"):
             try:
