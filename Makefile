@@ -1,0 +1,44 @@
+# The two commands a new machine needs are `make demo` and `make test` (see README.md).
+PY ?= python3
+PIP ?= $(PY) -m pip
+# Debian packages the tests and benchmarks use as real peers: restic (comparison), dcmtk
+# (storescu/dcmsend DICOM senders).
+APT_PACKAGES ?= restic dcmtk
+
+.PHONY: setup setup-system demo test test-fast check lint format types bench
+
+setup:
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+
+setup-system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	scripts/demo.sh
+
+test: setup setup-system
+	$(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint:
+	$(PY) -m ruff check engine server client tests benchmarks
+	$(PY) -m ruff format --check engine server client tests benchmarks
+
+format:
+	$(PY) -m ruff format engine server client tests benchmarks
+	$(PY) -m ruff check --fix engine server client tests benchmarks
+
+types:
+	$(PY) -m mypy
+
+check: setup setup-system lint types
+	$(PY) -m pytest -q -ra
+
+bench: setup setup-system
+	$(PY) -m benchmarks.throughput
