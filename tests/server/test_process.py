@@ -1,0 +1,145 @@
+"""The server as an operator runs it: `python -m server` in a subprocess, killed mid-upload."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.remote import RemoteBackend
+from tests.server.conftest import make_pack
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "server", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, data: Path, port: int) -> None:
+        args = ["serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *args],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "server exited during start-up"
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("server did not become healthy")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+def test_repo_create_prints_tokens_and_refuses_duplicates(data: Path) -> None:
+    out = cli("repo", "create", "clinic", "--data", str(data), "--json")
+    assert out.returncode == 0, out.stderr
+    tokens = json.loads(out.stdout)["tokens"]
+    assert set(tokens) == {"backup", "restore", "admin"}
+    again = cli("repo", "create", "clinic", "--data", str(data))
+    assert again.returncode == 11  # RepositoryExists.exit_code
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    bad = cli("repo", "create", "../x", "--data", str(data))
+    assert bad.returncode != 0 and "invalid repository name" in bad.stderr
+    assert cli("reindex", "--data", str(data), "--json").returncode == 0
+
+
+def _send_partial_upload(
+    url: str, token: str, pack_id: str, data: bytes, sent: int
+) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (
+        f"PUT /v1/repos/clinic/packs/{pack_id} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    for i in range(0, sent, 256 * 1024):  # slowly, like a thin uplink
+        sock.sendall(data[i : i + 256 * 1024])
+        time.sleep(0.01)
+    return sock
+
+
+def _wait_for_temp_file(incoming: Path, at_least: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sizes = [p.stat().st_size for p in incoming.iterdir()]
+        if sizes and max(sizes) >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError("upload never reached the temp file")
+
+
+async def test_sigkill_mid_upload_exposes_no_partial_pack(data: Path) -> None:
+    tokens = json.loads(cli("repo", "create", "clinic", "--data", str(data), "--json").stdout)
+    token = tokens["tokens"]["backup"]
+    repo = data / "repos" / "clinic"
+    pack_id, pack, ids = make_pack(chunks=16, size=1024 * 1024)  # a full 16 MiB pack
+    port = free_port()
+
+    server = ServerProcess(data, port)
+    try:
+        sock = _send_partial_upload(server.url, token, pack_id.hex(), pack, 6 * 1024 * 1024)
+        _wait_for_temp_file(repo / ".incoming", 1024 * 1024)
+        server.kill()
+        sock.close()
+    finally:
+        server.stop()
+    assert not list(repo.glob("packs/**/*[0-9a-f]"))  # nothing under a real name
+    assert list((repo / ".incoming").iterdir())  # the partial upload is only a temp file
+
+    server = ServerProcess(data, port)
+    backend = RemoteBackend(f"{server.url}/clinic", token)
+    try:
+        assert not list((repo / ".incoming").iterdir())  # swept at start-up
+        assert await backend.missing(ids) == set(ids)
+        assert [p async for p in backend.list_packs()] == []
+        await backend.put_pack(pack_id, pack)
+        assert await backend.missing(ids) == set()
+        assert await backend.get_pack_range(pack_id, 1000, 10) == pack[1000:1010]
+    finally:
+        await backend.close()
+        server.stop()

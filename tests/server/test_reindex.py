@@ -1,0 +1,41 @@
+"""The server index is a cache: reindex rebuilds exactly what intake and commits wrote."""
+
+from __future__ import annotations
+
+from server.reindex import reindex
+from server.state import INDEX, REPOS
+from tests.server.conftest import REPO, Harness, make_commit, make_pack
+
+
+async def test_reindex_rebuilds_identical_index(srv: Harness) -> None:
+    backend = srv.backend()
+    refs = []
+    for _ in range(4):
+        pack_id, data, ids = make_pack(chunks=20, size=300)
+        await backend.put_pack(pack_id, data)
+        refs += ids
+    await backend.commit(make_commit(refs[:30], agent="pc-1"))
+    await backend.commit(make_commit(refs[30:], agent="pc-2"))
+    await backend.heartbeat({"agent": "pc-1"})
+    index = srv.app[INDEX]
+    before = index.dump(REPO)
+    assert len(before["chunks"]) == 80 and len(before["snapshots"]) == 2
+
+    index.drop_repo_cache(REPO)
+    assert index.dump(REPO) == {"chunks": [], "packs": [], "snapshots": []}
+    assert await backend.missing(refs) == set(refs)
+
+    report = reindex(srv.app[REPOS], index, verify=True)
+    assert (report.packs, report.chunks, report.snapshots, report.bad) == (4, 80, 2, 0)
+    assert index.dump(REPO) == before
+    assert len(index.heartbeats(REPO)) == 1  # not a cache: kept
+
+
+async def test_reindex_skips_stray_files(srv: Harness) -> None:
+    pack_id, data, _ = make_pack()
+    await srv.backend().put_pack(pack_id, data)
+    stray = srv.config.repos_dir / REPO / "packs" / "zz"
+    stray.mkdir()
+    (stray / "not-a-pack").write_bytes(b"junk")
+    report = reindex(srv.app[REPOS], srv.app[INDEX])
+    assert (report.packs, report.bad) == (1, 1)
