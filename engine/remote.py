@@ -177,17 +177,18 @@ class RemoteBackend(Backend):
 
     async def _fetch(
         self, method: str, path: str, what: str, ok: tuple[int, ...], **kw: Any
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, str, bytes]:
+        """Return (status, Content-Range header or "", body) for an expected status."""
         try:
             async with self._client().request(method, f"{self._root}/{path}", **kw) as resp:
                 if resp.status not in ok:
                     raise await _error_from(resp, what)
-                return resp.status, await resp.read()
+                return resp.status, resp.headers.get("Content-Range", ""), await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise TransientError(f"{what}: {type(e).__name__}: {e}") from None
 
     async def _request(self, method: str, path: str, what: str, **kw: Any) -> bytes:
-        return (await self._fetch(method, path, what, (200, 201), **kw))[1]
+        return (await self._fetch(method, path, what, (200, 201), **kw))[2]
 
     async def _json(self, method: str, path: str, what: str, **kw: Any) -> Any:
         body = await self._request(method, path, what, **kw)
@@ -240,12 +241,30 @@ class RemoteBackend(Backend):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         what = f"pack {pack_id.short()}"
         # 416: the range starts past the end; the Store contract returns no bytes for that.
-        status, body = await self._fetch(
+        status, _, body = await self._fetch(
             "GET", f"packs/{pack_id.hex()}", what, (200, 206, 416), headers=headers
         )
         if status == 416:
             return b""
         return body if status == 206 else body[offset : offset + length]
+
+    async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
+        # A suffix range ("bytes=-N") gets the trailer and manifest in one round trip; the
+        # total size comes back in Content-Range ("bytes a-b/SIZE").
+        status, content_range, body = await self._fetch(
+            "GET",
+            f"packs/{pack_id.hex()}",
+            f"pack {pack_id.short()}",
+            (200, 206),
+            headers={"Range": f"bytes=-{max(1, length)}"},
+        )
+        if status == 200:
+            return len(body), body[-length:] if length else b""
+        try:
+            size = int(content_range.rsplit("/", 1)[1])
+        except (IndexError, ValueError):
+            raise TransientError(f"pack {pack_id.short()}: bad Content-Range") from None
+        return size, body[-length:] if length else b""
 
     async def list_packs(self) -> AsyncIterator[PackId]:
         after: str | None = None

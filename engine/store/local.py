@@ -8,6 +8,7 @@ A crash leaves at most a stray `.tmp-*` file, never a partial object under a rea
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import errno
 import os
@@ -97,8 +98,8 @@ class LocalStore(Store):
         for name in names:
             yield name
 
-    def _walk(self, base: Path) -> list[str]:
-        out: list[str] = []
+    def _walk(self, base: Path) -> builtins.list[str]:  # `list` here is the method
+        out: builtins.list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root)

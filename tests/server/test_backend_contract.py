@@ -55,6 +55,8 @@ async def test_pack_round_trip_range_and_idempotent_put(backend: Backend) -> Non
     assert await backend.get_pack_range(pack_id, len(data) - 5, 100) == data[-5:]
     assert await backend.get_pack_range(pack_id, len(data) + 10, 100) == b""
     assert [p async for p in backend.list_packs()] == [pack_id]
+    assert await backend.get_pack_tail(pack_id, 24) == (len(data), data[-24:])
+    assert await backend.get_pack_tail(pack_id, len(data) + 50) == (len(data), data)
 
 
 async def test_pack_with_wrong_name_is_refused(backend: Backend) -> None:
