@@ -93,7 +93,8 @@ class LocalStore(Store):
         return await self._run(name, lambda: path.stat().st_size)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        base = self.root / prefix if prefix else self.root
+        # Validated like a name, so a prefix such as ".." cannot list outside the root.
+        base = self.root / validate_name(prefix) if prefix else self.root
         names = await asyncio.to_thread(self._walk, base)
         for name in names:
             yield name

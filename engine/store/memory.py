@@ -28,7 +28,7 @@ class MemoryStore(Store):
         return len(await self.get(name))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        folder = prefix.rstrip("/") + "/" if prefix else ""
+        folder = validate_name(prefix) + "/" if prefix else ""
         for name in list(self.objects):
             if name.startswith(folder):
                 yield name

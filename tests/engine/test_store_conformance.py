@@ -1,0 +1,158 @@
+"""The `Store` contract (engine/store/base.py), one suite run against every backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.errors import InvalidName, ObjectNotFound, StoreError
+from engine.store.base import Store
+from engine.store.faulty import FaultyStore
+from engine.store.local import LocalStore
+from engine.store.memory import MemoryStore
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "memory": lambda tmp: MemoryStore(),
+    "local": lambda tmp: LocalStore(tmp / "store"),
+    "faulty-no-faults": lambda tmp: FaultyStore(LocalStore(tmp / "store")),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = BACKENDS[request.param](tmp_path)
+    yield s
+    await s.close()
+
+
+async def names(store: Store, prefix: str = "") -> list[str]:
+    return sorted([n async for n in store.list(prefix)])
+
+
+async def test_put_then_get_returns_the_bytes(store: Store) -> None:
+    await store.put("packs/ab/abcdef", b"hello")
+    assert await store.get("packs/ab/abcdef") == b"hello"
+    assert await store.size("packs/ab/abcdef") == 5
+    assert await store.exists("packs/ab/abcdef")
+
+
+async def test_put_accepts_memoryview_and_empty_objects(store: Store) -> None:
+    await store.put("a", memoryview(b"view"))
+    await store.put("empty", b"")
+    assert await store.get("a") == b"view"
+    assert await store.get("empty") == b""
+    assert await store.size("empty") == 0
+
+
+async def test_put_is_write_once_and_idempotent(store: Store) -> None:
+    await store.put("config", b"first")
+    await store.put("config", b"first")
+    await store.put("config", b"second")  # write-once: a put to an existing name is a no-op
+    assert await store.get("config") == b"first"
+    assert await names(store) == ["config"]
+
+
+async def test_get_and_size_of_missing_object_raise_object_not_found(store: Store) -> None:
+    with pytest.raises(ObjectNotFound):
+        await store.get("nothing")
+    with pytest.raises(ObjectNotFound):
+        await store.size("nothing")
+    with pytest.raises(ObjectNotFound):
+        await store.get_range("nothing", 0, 1)
+    assert not await store.exists("nothing")
+
+
+async def test_object_not_found_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.get("keys/none")
+
+
+async def test_get_range_returns_the_requested_bytes(store: Store) -> None:
+    await store.put("obj", bytes(range(100)))
+    assert await store.get_range("obj", 10, 5) == bytes(range(10, 15))
+    assert await store.get_range("obj", 0, 100) == bytes(range(100))
+
+
+async def test_get_range_past_the_end_is_short_and_never_raises(store: Store) -> None:
+    await store.put("obj", bytes(range(10)))
+    assert await store.get_range("obj", 8, 100) == bytes([8, 9])
+    assert await store.get_range("obj", 10, 5) == b""
+    assert await store.get_range("obj", 50, 5) == b""
+
+
+async def test_list_yields_full_names_under_a_prefix_folder(store: Store) -> None:
+    for name in ("packs/00/p1", "packs/ff/p2", "snapshots/s1", "keys/k1", "config", "packsx"):
+        await store.put(name, b"x")
+    assert await names(store, "packs") == ["packs/00/p1", "packs/ff/p2"]
+    assert await names(store, "snapshots") == ["snapshots/s1"]
+    assert await names(store) == sorted(
+        ["packs/00/p1", "packs/ff/p2", "snapshots/s1", "keys/k1", "config", "packsx"]
+    )
+
+
+async def test_list_of_a_missing_folder_yields_nothing(store: Store) -> None:
+    assert await names(store, "snapshots") == []
+    await store.put("keys/k", b"x")
+    assert await names(store, "snapshots") == []
+
+
+async def test_delete_removes_the_object(store: Store) -> None:
+    await store.put("snapshots/s", b"x")
+    await store.delete("snapshots/s")
+    assert not await store.exists("snapshots/s")
+    assert await names(store, "snapshots") == []
+    await store.put("snapshots/s", b"again")  # the name is free again
+    assert await store.get("snapshots/s") == b"again"
+
+
+async def test_delete_of_missing_object_raises_object_not_found(store: Store) -> None:
+    with pytest.raises(ObjectNotFound):
+        await store.delete("nothing")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/etc/passwd",
+        "/abs",
+        "..",
+        "../escape",
+        "packs/../../escape",
+        "packs/./x",
+        ".hidden",
+        "packs/.tmp-1234",
+        "Upper",
+        "packs/AB/x",
+        "trailing/",
+        "double//slash",
+        "a/b/c/d/e",
+        "space name",
+        "back\\slash",
+        "x" * 129,
+    ],
+)
+async def test_invalid_names_are_refused_by_every_operation(store: Store, name: str) -> None:
+    with pytest.raises(InvalidName):
+        await store.put(name, b"x")
+    with pytest.raises(InvalidName):
+        await store.get(name)
+    with pytest.raises(InvalidName):
+        await store.size(name)
+    with pytest.raises(InvalidName):
+        await store.delete(name)
+
+
+async def test_valid_names_include_hex_ids_and_suffixes(store: Store) -> None:
+    deep = "packs/ab/" + "ab" * 32
+    for name in (deep, "keys/0123abc", "a.json", "x-y_z", "a/b/c/d"):
+        await store.put(name, name.encode())
+        assert await store.get(name) == name.encode()
+
+
+@pytest.mark.parametrize("prefix", ["..", "../..", "/", "/etc", "packs/../..", "Packs"])
+async def test_list_refuses_a_prefix_outside_the_namespace(store: Store, prefix: str) -> None:
+    with pytest.raises(InvalidName):
+        await names(store, prefix)
