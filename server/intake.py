@@ -122,7 +122,7 @@ async def receive_pack(
     body: AsyncIterator[bytes],
     max_size: int,
 ) -> IntakeResult:
-    sink = await asyncio.to_thread(_Sink, repo.new_temp_path())
+    sink = await asyncio.to_thread(lambda: _Sink(repo.new_temp_path()))
     try:
         await _receive(sink, body, max_size)
         return await asyncio.to_thread(_publish, repo, index, pack_id, sink)

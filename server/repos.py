@@ -33,6 +33,8 @@ class Repository:
         return self.root / INCOMING
 
     def new_temp_path(self) -> Path:
+        # mkdir: a repository folder copied in from a local repository has no `.incoming/` yet.
+        self.incoming.mkdir(exist_ok=True)
         return self.incoming / f"{TMP_PREFIX}{secrets.token_hex(8)}"
 
     def object_path(self, name: str) -> Path:
@@ -69,15 +71,18 @@ class Repositories:
         """Remove upload and store temp files; all of them at start-up (`older_than=None`).
 
         A temp file is never visible under a real name (invariant 1), so deleting it only
-        forgets an upload that was never acknowledged.
+        forgets an upload that was never acknowledged. Only folders that receive temp files are
+        scanned: packs arrive by link from `.incoming/`, so the (huge) `packs/` tree is skipped.
         """
         removed = 0
         cutoff = time.time() - older_than if older_than is not None else None
         for name in self.names():
-            for dirpath, _, files in os.walk(self.root / name):
-                for f in files:
-                    if f.startswith(TMP_PREFIX):
-                        removed += _remove_if_old(Path(dirpath) / f, cutoff)
+            root = self.root / name
+            for folder in (root / INCOMING, root, root / "keys", root / "snapshots"):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    for entry in os.scandir(folder):
+                        if entry.name.startswith(TMP_PREFIX) and entry.is_file():
+                            removed += _remove_if_old(Path(entry.path), cutoff)
         return removed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.backend import LocalBackend
+from engine.store.local import LocalStore
 from server.reindex import reindex
 from server.state import INDEX, REPOS
 from tests.server.conftest import REPO, Harness, make_commit, make_pack
@@ -39,3 +41,18 @@ async def test_reindex_skips_stray_files(srv: Harness) -> None:
     (stray / "not-a-pack").write_bytes(b"junk")
     report = reindex(srv.app[REPOS], srv.app[INDEX])
     assert (report.packs, report.bad) == (1, 1)
+
+
+async def test_server_repository_folder_is_a_local_repository(srv: Harness) -> None:
+    backend = srv.backend()
+    await backend.put_config(b"cfg")
+    await backend.put_key("k0", b"wrapped")
+    pack_id, data, ids = make_pack()
+    await backend.put_pack(pack_id, data)
+    snapshot_id = await backend.commit(make_commit(ids))
+    local = LocalBackend(LocalStore(srv.config.repos_dir / REPO))
+    assert await local.get_config() == b"cfg"
+    assert await local.list_keys() == ["k0"]
+    assert [p async for p in local.list_packs()] == [pack_id]
+    assert await local.get_pack(pack_id) == data
+    assert await local.list_snapshots() == [snapshot_id]
