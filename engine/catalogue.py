@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import FormatError
 from engine.ids import ChunkId
 
 VERSION = 1
@@ -98,14 +99,19 @@ class SnapshotBody:
 
     @classmethod
     def decode(cls, data: bytes) -> SnapshotBody:
-        doc = json.loads(data)
-        if doc.get("version") != VERSION:
-            raise ValueError(f"unsupported snapshot version {doc.get('version')}")
-        return cls(
-            time=doc["time"],
-            host=doc["host"],
-            paths=doc["paths"],
-            tree=[(ChunkId.parse(c), n) for c, n in doc["tree"]],
-            stats=doc["stats"],
-            tags=doc.get("tags", []),
-        )
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != VERSION:
+                raise FormatError(f"unsupported snapshot version {doc.get('version')}")
+            return cls(
+                time=doc["time"],
+                host=doc["host"],
+                paths=doc["paths"],
+                tree=[(ChunkId.parse(c), n) for c, n in doc["tree"]],
+                stats=doc["stats"],
+                tags=doc.get("tags", []),
+            )
+        except FormatError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FormatError(f"malformed snapshot body: {e}") from None

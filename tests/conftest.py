@@ -1,4 +1,4 @@
-"""Fixtures shared by the engine and client tests: initialised repositories and a real DICOM tree."""
+"""Fixtures shared by engine and client tests: initialised repositories and a real DICOM tree."""
 
 from __future__ import annotations
 

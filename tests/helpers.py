@@ -82,7 +82,9 @@ class Vault:
     def command(self, *args: str, prefix: tuple[str, ...] = ()) -> list[str]:
         return [*prefix, *_cli_command(), *args]
 
-    def run(self, *args: str, timeout: float = 600, prefix: tuple[str, ...] = (), **env: str) -> Result:
+    def run(
+        self, *args: str, timeout: float = 600, prefix: tuple[str, ...] = (), **env: str
+    ) -> Result:
         proc = subprocess.run(
             self.command(*args, prefix=prefix),
             env=self.env(**env),

@@ -41,7 +41,8 @@ async def test_wildcard_fault_applies_to_every_operation() -> None:
 
 
 async def test_corrupt_fault_flips_one_byte_of_what_is_read() -> None:
-    store = FaultyStore(MemoryStore(), [Fault("get", corrupt=True), Fault("get_range", corrupt=True)])
+    faults = [Fault("get", corrupt=True), Fault("get_range", corrupt=True)]
+    store = FaultyStore(MemoryStore(), faults)
     data = bytes(100)
     await store.put("obj", data)
     corrupted = await store.get("obj")

@@ -1,0 +1,140 @@
+"""Pack format: build, parse and verify without keys; corruption is named and typed."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from engine.errors import FormatError, IntegrityError
+from engine.ids import ChunkId, PackId
+from engine.pack import (
+    ENTRY_SIZE,
+    TRAILER_SIZE,
+    PackBuilder,
+    pack_id_of,
+    pack_name,
+    read_pack_info,
+    verify_pack,
+)
+
+
+def build(blobs: list[bytes], header: bytes = b"sealed-header") -> tuple[PackId, bytes, list]:
+    builder = PackBuilder()
+    ids = [ChunkId(bytes([i + 1]) * 32) for i in range(len(blobs))]
+    for cid, blob in zip(ids, blobs, strict=True):
+        builder.add(cid, blob)
+    pack_id, data = builder.finish(header)
+    return pack_id, data, ids
+
+
+def test_build_parse_verify_round_trip() -> None:
+    blobs = [b"a" * 10, b"bb" * 50, b"c"]
+    pack_id, data, ids = build(blobs)
+    assert pack_id == pack_id_of(data)
+    info = verify_pack(pack_id, data)
+    assert [e.chunk_id for e in info.entries] == ids
+    assert [data[e.offset : e.offset + e.length] for e in info.entries] == blobs
+    assert data[info.header_offset : info.header_offset + info.header_len] == b"sealed-header"
+    assert info.size == len(data) == sum(map(len, blobs)) + 13 + 3 * ENTRY_SIZE + TRAILER_SIZE
+    assert data[-TRAILER_SIZE:][:4] == b"DVPK"
+
+
+def test_empty_pack_round_trips() -> None:
+    pack_id, data, _ = build([], header=b"")
+    assert read_pack_info(data).entries == ()
+    assert verify_pack(pack_id, data).size == TRAILER_SIZE
+
+
+def test_builder_refuses_the_same_chunk_twice() -> None:
+    builder = PackBuilder()
+    builder.add(ChunkId(bytes(32)), b"x")
+    assert ChunkId(bytes(32)) in builder
+    with pytest.raises(ValueError):
+        builder.add(ChunkId(bytes(32)), b"y")
+
+
+@pytest.mark.parametrize("where", [0, 15, -30, -1])
+def test_any_corrupted_byte_raises_integrity_error_naming_the_pack(where: int) -> None:
+    pack_id, data, _ = build([b"x" * 20, b"y" * 20])
+    corrupted = bytearray(data)
+    corrupted[where] ^= 0x01
+    with pytest.raises(IntegrityError, match=pack_id.hex()):
+        verify_pack(pack_id, bytes(corrupted))
+
+
+def test_truncated_pack_raises_integrity_error_naming_the_pack() -> None:
+    pack_id, data, _ = build([b"x" * 20])
+    with pytest.raises(IntegrityError, match=pack_id.hex()):
+        verify_pack(pack_id, data[:-5])
+
+
+def _retrailer(data: bytes, **fields: int | bytes) -> bytes:
+    magic, version, count, header_len, blob_len = struct.unpack("<4sB3xIIQ", data[-24:])
+    values = {
+        "magic": magic,
+        "version": version,
+        "count": count,
+        "header_len": header_len,
+        "blob_len": blob_len,
+        **fields,
+    }
+    trailer = struct.pack("<4sB3xIIQ", *values.values())
+    return data[:-24] + trailer
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"magic": b"NOPE"}, "magic"),
+        ({"version": 9}, "version"),
+        ({"count": 3}, "add up"),
+        ({"header_len": 1}, "add up"),
+    ],
+)
+def test_bad_trailer_raises_format_error(fields: dict, message: str) -> None:
+    _, data, _ = build([b"x" * 20, b"y" * 20])
+    bad = _retrailer(data, **fields)
+    with pytest.raises(FormatError, match=message):
+        read_pack_info(bad)
+    with pytest.raises(FormatError, match=pack_id_of(bad).hex()):
+        verify_pack(pack_id_of(bad), bad)
+
+
+def test_too_short_for_a_trailer_raises_format_error() -> None:
+    with pytest.raises(FormatError, match="too short"):
+        read_pack_info(b"DVPK")
+
+
+def _manifest_at(data: bytes) -> int:
+    _count, header_len, blob_len = struct.unpack("<IIQ", data[-16:])
+    return blob_len + header_len
+
+
+def test_manifest_with_a_gap_raises_format_error() -> None:
+    _, data, _ = build([b"x" * 20, b"y" * 20])
+    at = _manifest_at(data) + ENTRY_SIZE + 32  # second entry's offset field
+    bad = data[:at] + struct.pack("<I", 21) + data[at + 4 :]
+    with pytest.raises(FormatError, match="tile"):
+        read_pack_info(bad)
+
+
+def test_manifest_naming_a_chunk_twice_raises_format_error() -> None:
+    _, data, ids = build([b"x" * 20, b"y" * 20])
+    at = _manifest_at(data) + ENTRY_SIZE  # second entry's chunk id
+    bad = data[:at] + bytes(ids[0]) + data[at + 32 :]
+    with pytest.raises(FormatError, match="twice"):
+        read_pack_info(bad)
+
+
+def test_manifest_not_covering_the_blob_area_raises_format_error() -> None:
+    _, data, _ = build([b"x" * 20, b"y" * 20])
+    at = _manifest_at(data) + ENTRY_SIZE + 36  # second entry's length field
+    bad = data[:at] + struct.pack("<I", 19) + data[at + 4 :]
+    with pytest.raises(FormatError, match="cover"):
+        read_pack_info(bad)
+
+
+def test_pack_name_fans_out_by_two_hex_digits() -> None:
+    pack_id = PackId(bytes.fromhex("ab" + "00" * 31))
+    assert pack_name(pack_id) == f"packs/ab/{pack_id.hex()}"
