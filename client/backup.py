@@ -94,27 +94,45 @@ class Backup:
         start = time.monotonic()
         if not self.repo.backend.knows_chunks:
             await self.repo.sync_index()  # packs left by a crashed run become known again
+        sent_before = self.repo.backend.bytes_uploaded
         parent = await self._parent(paths)
+        uploading = self._start_uploader()
         try:
             with tempfile.TemporaryFile() as catalogue:
                 await self._walk(paths, catalogue)
                 tree = await self._store_catalogue(catalogue)
             await self._flush_query()
             await self.repo.packer.flush()
+            await self._finish_uploads(uploading)
             body = SnapshotBody(
                 now_rfc3339(), self.host, sorted(os.path.abspath(p) for p in paths), tree,
                 self._stats(), tags or [],
             )
             sid = await self.repo.commit(body, parent, self.refs, self.host)
         finally:
+            if uploading is not None:
+                uploading.cancel()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._reader.shutdown(wait=False, cancel_futures=True)
         s = self.summary
         s.snapshot, s.parent = sid.hex(), parent.hex() if parent else None
         s.packs, s.bytes_stored = self.repo.packer.packs_written, self.repo.packer.bytes_written
-        s.bytes_uploaded = getattr(self.repo.backend, "bytes_sent", 0)
+        s.bytes_uploaded = self.repo.backend.bytes_uploaded - sent_before
         s.duration_s = round(time.monotonic() - start, 3)
         return s
+
+    def _start_uploader(self) -> asyncio.Task[None] | None:
+        """Upload sealed packs while the backup goes on (leftovers of a killed run first)."""
+        if self.repo.uploader is None:
+            return None
+        return asyncio.create_task(self.repo.uploader.run(), name="uploader")
+
+    async def _finish_uploads(self, uploading: asyncio.Task[None] | None) -> None:
+        """Commit only once the server holds every pack (invariant 1)."""
+        if uploading is None or self.repo.uploader is None:
+            return
+        self.repo.uploader.stop()
+        await uploading  # raises the uploader's error, if it stopped on one
 
     def _stats(self) -> dict[str, Any]:
         s = self.summary

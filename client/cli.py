@@ -24,6 +24,7 @@ from engine.store.local import LocalStore
 from client.backup import Backup
 from client.check import check
 from client.progress import Progress
+from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
 from client.repository import Repository, init_repository
 from client.restore import Restorer, catalogue
 
@@ -55,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="chunk-server token (env DICOMVAULT_TOKEN)")
     p.add_argument("--cacert", help="CA certificate to trust for https repositories")
     p.add_argument("--cache-dir", help="local index folder (env DICOMVAULT_CACHE_DIR)")
+    p.add_argument(
+        "--limit-upload",
+        metavar="RATE",
+        help="upload limit to a chunk server, e.g. 4Mbit, 500KiB (default: unlimited)",
+    )
+    p.add_argument(
+        "--upload-schedule",
+        metavar="TOML",
+        help="file with an [upload] table: rate and [[upload.windows]] (days, start, end, "
+        "rate); re-read while running, so edits apply without a restart",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -98,7 +110,7 @@ def open_backend(args: argparse.Namespace) -> Backend:
         token = args.token or os.environ.get("DICOMVAULT_TOKEN")
         if not token:
             raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        return RemoteBackend(location, token, cafile=args.cacert)
+        return RemoteBackend(location, token, ca_file=args.cacert)
     return LocalBackend(LocalStore(location), location)
 
 
@@ -126,6 +138,16 @@ def cache_root(args: argparse.Namespace) -> Path:
     return Path(path) if path else Path.home() / ".cache" / "dicomvault"
 
 
+def rate_limiter(args: argparse.Namespace) -> RateLimiter:
+    base = Schedule(default=parse_rate(args.limit_upload))
+    if args.upload_schedule:
+        path = Path(args.upload_schedule)
+        if not path.is_file():
+            raise UsageError(f"upload schedule {path} does not exist")
+        return RateLimiter(ScheduleFile(path, base))
+    return RateLimiter(base)
+
+
 def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     print(json.dumps(doc, indent=None if args.json else 2) if args.json else text)
 
@@ -135,7 +157,9 @@ async def _with_repo(
 ) -> int:
     backend = open_backend(args)
     try:
-        repo = await Repository.open(backend, read_passphrase(args), cache_root(args))
+        repo = await Repository.open(
+            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
+        )
     except BaseException:
         await backend.close()
         raise

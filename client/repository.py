@@ -33,6 +33,8 @@ from engine.errors import (
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
 from engine.keys import KdfParams, MasterKey, key_name, unwrap, wrap
+from client.ratelimit import RateLimiter
+from client.spool import Spool, Uploader
 from engine.pack import (
     ENTRY_SIZE,
     TARGET_SIZE,
@@ -93,18 +95,37 @@ async def _unlock(backend: Backend, passphrase: bytes) -> MasterKey:
 
 class Repository:
     def __init__(
-        self, backend: Backend, config: RepoConfig, key: MasterKey, index: LocalIndex
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        key: MasterKey,
+        index: LocalIndex,
+        uploader: Uploader | None = None,
     ) -> None:
         self.backend, self.config, self.key, self.index = backend, config, key, index
+        self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
         self.packer = Packer(self)
 
     @classmethod
-    async def open(cls, backend: Backend, passphrase: bytes, cache_root: Path) -> Repository:
+    async def open(
+        cls,
+        backend: Backend,
+        passphrase: bytes,
+        cache_root: Path,
+        *,
+        limiter: RateLimiter | None = None,
+        spool_dir: Path | None = None,
+    ) -> Repository:
+        """Unlock a repository; a chunk-server repository gets a pack spool and an uploader."""
         config = RepoConfig.decode(await backend.get_config())
         key = await _unlock(backend, passphrase)
-        index = LocalIndex(cache_root / config.repo_id)
-        return cls(backend, config, key, index)
+        index = LocalIndex(cache_root / config.repo_id / "index")
+        uploader = None
+        if backend.knows_chunks:
+            spool = Spool(spool_dir or cache_root / config.repo_id / "spool")
+            uploader = Uploader(backend, spool, limiter)
+        return cls(backend, config, key, index, uploader)
 
     async def close(self) -> None:
         self.index.close()
@@ -230,7 +251,14 @@ class Packer:
         self.builder, self.header = PackBuilder(), []
         sealed_header = blob.seal_plaintext(self.repo.key, PACK_HEADER_AD, header)
         pack_id, data = await asyncio.to_thread(builder.finish, sealed_header)
-        await self.repo.backend.put_pack(pack_id, data)
+        uploader = self.repo.uploader
+        # Invariant 1: the pack is durable (at the backend, or in the spool) before the index.
+        if uploader is None:
+            await self.repo.backend.put_pack(pack_id, data)
+        else:
+            await asyncio.to_thread(uploader.spool.put, pack_id, data)
         self.repo.index.add_pack(pack_id, len(data), builder.entries)
+        if uploader is not None:
+            uploader.notify()
         self.packs_written += 1
         self.bytes_written += len(data)

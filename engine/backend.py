@@ -8,7 +8,7 @@ the plaintext repository config and commit records; neither sees plaintext or ke
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 from engine.commit import snapshot_id_of, snapshot_name, verify_commit
@@ -27,6 +27,7 @@ class Backend(ABC):
       whether that answer is authoritative; a backend that cannot tell returns every id, and the
       client then relies on its own index (rebuilt from `list_packs`).
     - `put_pack` is idempotent and verifies the pack against its name before it is visible.
+      `body`, when given, yields exactly `data` in pieces: the caller paces the upload with it.
     - `commit` stores a commit record under its BLAKE3 name; an authoritative backend refuses a
       record whose `refs` name chunks it does not hold.
     - Missing objects raise `ObjectNotFound`; a missing repository raises `RepositoryNotFound`.
@@ -34,6 +35,11 @@ class Backend(ABC):
 
     knows_chunks: bool = False
     location: str = ""
+
+    @property
+    def bytes_uploaded(self) -> int:
+        """Bytes sent over the network; a remote backend counts its sockets, a local one 0."""
+        return 0
 
     @abstractmethod
     async def get_config(self) -> bytes: ...
@@ -48,7 +54,9 @@ class Backend(ABC):
     @abstractmethod
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]: ...
     @abstractmethod
-    async def put_pack(self, pack_id: PackId, data: bytes) -> None: ...
+    async def put_pack(
+        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+    ) -> None: ...
     @abstractmethod
     async def get_pack(self, pack_id: PackId) -> bytes: ...
     @abstractmethod
@@ -103,7 +111,9 @@ class LocalBackend(Backend):
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         return set(ids)
 
-    async def put_pack(self, pack_id: PackId, data: bytes) -> None:
+    async def put_pack(
+        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+    ) -> None:
         verify_pack(pack_id, data)
         await self.store.put(pack_name(pack_id), data)
 

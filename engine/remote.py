@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -226,10 +226,18 @@ class RemoteBackend(Backend):
             out.update(ChunkId(body[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE))
         return out
 
-    async def put_pack(self, pack_id: PackId, data: bytes) -> None:
-        # One bytes payload: aiohttp sends it with Content-Length straight from this buffer.
+    async def put_pack(
+        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+    ) -> None:
+        # Content-Length is always sent, so a paced `body` still goes as one plain request
+        # (no chunked encoding) and the server can refuse an oversize pack before reading it.
+        headers = {**_OCTETS, "Content-Length": str(len(data))}
         await self._request(
-            "PUT", f"packs/{pack_id.hex()}", f"pack {pack_id.short()}", data=data, headers=_OCTETS
+            "PUT",
+            f"packs/{pack_id.hex()}",
+            f"pack {pack_id.short()}",
+            data=data if body is None else body,
+            headers=headers,
         )
 
     async def get_pack(self, pack_id: PackId) -> bytes:

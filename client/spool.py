@@ -1,0 +1,155 @@
+"""The pack spool and its uploader: sealed packs wait on local disk until the server has them.
+
+A pack enters the spool durably (temp file, fsync, link, folder fsync) before the index records
+its chunks, and leaves it only after the server acknowledged it, so a crash, a dropped link or a
+server restart costs at most the re-sending of packs that were not acknowledged. The uploader
+retries transient failures with capped exponential backoff and sends each body through the rate
+limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.backend import Backend
+from engine.errors import TransientError
+from engine.ids import PackId
+from engine.store.local import TMP_PREFIX, write_durably
+
+from client.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+SEND_PIECE = 64 * 1024  # bytes handed to the socket per rate-limiter grant
+BACKOFF_START = 0.5
+BACKOFF_MAX = 60.0
+
+
+class Spool:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for stray in folder.glob(f"{TMP_PREFIX}*"):  # from a crash mid-write; never a pack
+            stray.unlink(missing_ok=True)
+
+    def _path(self, pack_id: PackId) -> Path:
+        return self.folder / pack_id.hex()
+
+    def put(self, pack_id: PackId, data: bytes) -> None:
+        write_durably(self._path(pack_id), data)
+
+    def read(self, pack_id: PackId) -> bytes:
+        return self._path(pack_id).read_bytes()
+
+    def remove(self, pack_id: PackId) -> None:
+        self._path(pack_id).unlink(missing_ok=True)
+
+    def pending(self) -> list[PackId]:
+        """Packs waiting, oldest first (the order they were sealed in)."""
+        entries = []
+        for p in self.folder.iterdir():
+            with contextlib.suppress(ValueError, FileNotFoundError):
+                entries.append((p.stat().st_mtime_ns, PackId.parse(p.name)))
+        return [pid for _, pid in sorted(entries)]
+
+    def bytes_pending(self) -> int:
+        total = 0
+        for p in self.folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if not p.name.startswith("."):
+                    total += p.stat().st_size
+        return total
+
+
+@dataclass
+class UploadStats:
+    packs: int = 0
+    bytes: int = 0
+    retries: int = 0
+    last_error: str | None = None
+
+
+async def _pieces(data: bytes, limiter: RateLimiter) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_PIECE):
+        piece = view[start : start + SEND_PIECE]
+        await limiter.acquire(len(piece))
+        yield bytes(piece)
+
+
+class Uploader:
+    """Moves packs from the spool to the backend, oldest first, one at a time."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        spool: Spool,
+        limiter: RateLimiter | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        max_attempts: int | None = None,
+    ) -> None:
+        self.backend, self.spool = backend, spool
+        self.limiter = limiter or RateLimiter()
+        self.stats = UploadStats()
+        self._sleep = sleep
+        self._max_attempts = max_attempts
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def notify(self) -> None:
+        """A new pack is in the spool."""
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Upload everything in the spool now; return when it is empty."""
+        while pending := self.spool.pending():
+            for pack_id in pending:
+                await self._upload(pack_id)
+
+    async def run(self) -> None:
+        """Upload packs as they arrive, until `stop` — then finish what is spooled and return."""
+        while True:
+            self._wake.clear()
+            await self.drain()
+            if self._stopping:
+                return
+            await self._wake.wait()
+
+    def stop(self) -> None:
+        """Ask `run` to return once the spool is empty (never abandoning a pack midway)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def _upload(self, pack_id: PackId) -> None:
+        data = await asyncio.to_thread(self.spool.read, pack_id)
+        delay, attempt = BACKOFF_START, 0
+        while True:
+            attempt += 1
+            try:
+                await self.backend.put_pack(pack_id, data, body=_pieces(data, self.limiter))
+                break
+            except TransientError as e:
+                self.stats.retries += 1
+                self.stats.last_error = str(e)
+                if self._max_attempts and attempt >= self._max_attempts:
+                    raise
+                log.warning("upload of pack %s failed (%s); retrying in %.1f s",
+                            pack_id.short(), e, delay)
+                await self._sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, BACKOFF_MAX)
+        self.spool.remove(pack_id)
+        self.stats.packs += 1
+        self.stats.bytes += len(data)
+        self.stats.last_error = None
+
+
+def spool_folder(cache_root: Path, repo_id: str) -> Path:
+    return cache_root / repo_id / "spool"
+
