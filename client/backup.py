@@ -20,14 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from client.repository import Repository, now_rfc3339
+from client.walk import Found, layout_of, pieces, walk
 from engine import blob
 from engine.blob import Codec, Content, Hint
 from engine.catalogue import Entry, SnapshotBody
 from engine.chunker import Piece
 from engine.ids import ChunkId, SnapshotId
-
-from client.repository import Repository, now_rfc3339
-from client.walk import Found, layout_of, pieces, walk
 
 MAX_IN_FLIGHT = 8  # chunks being hashed/sealed at once (each ≤ 16 MiB)
 QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
@@ -105,8 +104,12 @@ class Backup:
             await self.repo.packer.flush()
             await self._finish_uploads(uploading)
             body = SnapshotBody(
-                now_rfc3339(), self.host, sorted(os.path.abspath(p) for p in paths), tree,
-                self._stats(), tags or [],
+                now_rfc3339(),
+                self.host,
+                sorted(os.path.abspath(p) for p in paths),
+                tree,
+                self._stats(),
+                tags or [],
             )
             sid = await self.repo.commit(body, parent, self.refs, self.host)
         finally:
@@ -186,11 +189,19 @@ class Backup:
         cached = self._cached(path, st)
         if cached is not None:
             self.summary.files_unchanged += 1
-            return Entry(rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
-                         cached["chunks"], dicom=cached.get("dicom"))
+            return Entry(
+                rel,
+                "file",
+                stat.S_IMODE(st.st_mode),
+                st.st_mtime_ns,
+                st.st_size,
+                cached["chunks"],
+                dicom=cached.get("dicom"),
+            )
         chunks, dicom = await self._read_file(path, st)
-        entry = Entry(rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
-                      chunks, dicom=dicom)
+        entry = Entry(
+            rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, chunks, dicom=dicom
+        )
         self.repo.index.put_files([(path, _cache_record(st, entry))])
         return entry
 

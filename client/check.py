@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from client.repository import Repository
+from client.restore import catalogue
 from engine import blob
 from engine.errors import DicomvaultError
 from engine.ids import PackId
 from engine.pack import verify_pack
-
-from client.repository import Repository
-from client.restore import catalogue
 
 READ_CONCURRENCY = 4
 

@@ -11,15 +11,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
-
-from engine.backend import Backend, LocalBackend
-from engine.blob import Codec
-from engine.errors import CheckFailed, DicomvaultError, UsageError
-from engine.keys import KdfParams
-from engine.store.local import LocalStore
 
 from client.backup import Backup
 from client.check import check
@@ -27,6 +21,11 @@ from client.progress import Progress
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
 from client.repository import Repository, init_repository
 from client.restore import Restorer, catalogue
+from engine.backend import Backend, LocalBackend
+from engine.blob import Codec
+from engine.errors import CheckFailed, DicomvaultError, UsageError
+from engine.keys import KdfParams
+from engine.store.local import LocalStore
 
 EXIT_INTERRUPTED = 130
 
@@ -152,9 +151,7 @@ def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     print(json.dumps(doc, indent=None if args.json else 2) if args.json else text)
 
 
-async def _with_repo(
-    args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]
-) -> int:
+async def _with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]) -> int:
     backend = open_backend(args)
     try:
         repo = await Repository.open(
@@ -181,8 +178,11 @@ async def cmd_init(args: argparse.Namespace) -> int:
         config = await init_repository(backend, read_passphrase(args), kdf)
     finally:
         await backend.close()
-    emit(args, {"id": config.repo_id, "repo": backend.location},
-         f"created repository {config.repo_id} at {backend.location}")
+    emit(
+        args,
+        {"id": config.repo_id, "repo": backend.location},
+        f"created repository {config.repo_id} at {backend.location}",
+    )
     return 0
 
 
@@ -201,10 +201,13 @@ async def cmd_backup(args: argparse.Namespace) -> int:
         for err in summary.errors:
             print(f"warning: {err}", file=sys.stderr)
         s = summary
-        emit(args, s.as_json(),
-             f"snapshot {s.snapshot[:8]} saved: {s.files} files, {s.bytes_total:,} bytes; "
-             f"read {s.bytes_read:,}, new {s.chunks_new} chunks / {s.bytes_new:,} bytes, "
-             f"stored {s.bytes_stored:,} bytes in {s.packs} packs, {s.duration_s:.1f} s")
+        emit(
+            args,
+            s.as_json(),
+            f"snapshot {s.snapshot[:8]} saved: {s.files} files, {s.bytes_total:,} bytes; "
+            f"read {s.bytes_read:,}, new {s.chunks_new} chunks / {s.bytes_new:,} bytes, "
+            f"stored {s.bytes_stored:,} bytes in {s.packs} packs, {s.duration_s:.1f} s",
+        )
         return EXIT_PARTIAL if s.errors else 0
 
     return await _with_repo(args, run)
@@ -213,12 +216,20 @@ async def cmd_backup(args: argparse.Namespace) -> int:
 async def cmd_snapshots(args: argparse.Namespace) -> int:
     async def run(repo: Repository) -> int:
         rows = [
-            {"id": sid.hex(), "time": body.time, "host": body.host, "paths": body.paths,
-             "tags": body.tags, **body.stats}
+            {
+                "id": sid.hex(),
+                "time": body.time,
+                "host": body.host,
+                "paths": body.paths,
+                "tags": body.tags,
+                **body.stats,
+            }
             for sid, _, body in await repo.snapshots()
         ]
-        lines = [f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  "
-                 f"{' '.join(r['paths'])}" for r in rows]
+        lines = [
+            f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  {' '.join(r['paths'])}"
+            for r in rows
+        ]
         emit(args, {"snapshots": rows}, "\n".join(lines) or "no snapshots")
         return 0
 
@@ -231,8 +242,11 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         rows = [e.to_json() async for e in catalogue(repo, body)]
         for r in rows:
             r.pop("chunks", None)
-        emit(args, {"entries": rows},
-             "\n".join(f"{r['type'][0]} {r['size']:>12} /{r['path']}" for r in rows))
+        emit(
+            args,
+            {"entries": rows},
+            "\n".join(f"{r['type'][0]} {r['size']:>12} /{r['path']}" for r in rows),
+        )
         return 0
 
     return await _with_repo(args, run)
@@ -244,8 +258,12 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         restorer = Restorer(repo, Path(args.target), includes=args.include, progress=progress)
         s = await restorer.run(await repo.resolve(args.snapshot))
         progress.done()
-        emit(args, s.as_json(), f"restored {s.files} files, {s.bytes_written:,} bytes "
-                                f"into {args.target} in {s.duration_s:.1f} s")
+        emit(
+            args,
+            s.as_json(),
+            f"restored {s.files} files, {s.bytes_written:,} bytes "
+            f"into {args.target} in {s.duration_s:.1f} s",
+        )
         return 0
 
     return await _with_repo(args, run)
@@ -256,10 +274,13 @@ async def cmd_check(args: argparse.Namespace) -> int:
         report = await check(repo, read_data=args.read_data)
         for problem in report.problems:
             print(f"error: {problem}", file=sys.stderr)
-        emit(args, report.as_json(),
-             f"checked {report.packs} packs, {report.snapshots} snapshots"
-             + (f", {report.bytes_verified:,} bytes read" if args.read_data else "")
-             + (f": {len(report.problems)} problems" if report.problems else ": no problems"))
+        emit(
+            args,
+            report.as_json(),
+            f"checked {report.packs} packs, {report.snapshots} snapshots"
+            + (f", {report.bytes_verified:,} bytes read" if args.read_data else "")
+            + (f": {len(report.problems)} problems" if report.problems else ": no problems"),
+        )
         if report.problems:
             raise CheckFailed(f"check found {len(report.problems)} problems")
         return 0
@@ -271,14 +292,17 @@ async def cmd_repair_index(args: argparse.Namespace) -> int:
     async def run(repo: Repository) -> int:
         repo.index.clear()
         packs = await repo.sync_index()
-        emit(args, {"packs": packs, "chunks": repo.index.chunk_count()},
-             f"index rebuilt from {packs} packs: {repo.index.chunk_count()} chunks")
+        emit(
+            args,
+            {"packs": packs, "chunks": repo.index.chunk_count()},
+            f"index rebuilt from {packs} packs: {repo.index.chunk_count()} chunks",
+        )
         return 0
 
     return await _with_repo(args, run)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "init": cmd_init,
     "backup": cmd_backup,
     "snapshots": cmd_snapshots,
@@ -299,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line, with the traceback on request
         if os.environ.get("DICOMVAULT_DEBUG"):
             raise
-        print(f"dicomvault: internal error: {type(e).__name__}: {e} "
-              "(set DICOMVAULT_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"dicomvault: internal error: {type(e).__name__}: {e} "
+            "(set DICOMVAULT_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("dicomvault: interrupted", file=sys.stderr)

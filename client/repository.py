@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from client.ratelimit import RateLimiter
+from client.spool import Spool, Uploader
 from engine import blob
 from engine.backend import Backend
 from engine.catalogue import PACK_HEADER_AD, SNAPSHOT_AD, SnapshotBody
@@ -33,8 +35,6 @@ from engine.errors import (
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
 from engine.keys import KdfParams, MasterKey, key_name, unwrap, wrap
-from client.ratelimit import RateLimiter
-from client.spool import Spool, Uploader
 from engine.pack import (
     ENTRY_SIZE,
     TARGET_SIZE,
@@ -181,8 +181,9 @@ class Repository:
 
     # snapshots
 
-    async def commit(self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId],
-                     agent: str) -> SnapshotId:
+    async def commit(
+        self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId], agent: str
+    ) -> SnapshotId:
         sealed = blob.seal_plaintext(self.key, SNAPSHOT_AD, body.encode())
         record = CommitRecord(body.time, agent, parent, tuple(dict.fromkeys(refs)), sealed)
         return await self.backend.commit(record.encode())

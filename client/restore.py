@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.repository import Repository
 from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.errors import UsageError
 from engine.ids import ChunkId, SnapshotId
-
-from client.repository import Repository
 
 FETCH_CONCURRENCY = 8
 

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.ratelimit import RateLimiter
 from engine.backend import Backend
 from engine.errors import TransientError
 from engine.ids import PackId
 from engine.store.local import TMP_PREFIX, write_durably
-
-from client.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 SEND_PIECE = 64 * 1024  # bytes handed to the socket per rate-limiter grant
@@ -140,8 +139,9 @@ class Uploader:
                 self.stats.last_error = str(e)
                 if self._max_attempts and attempt >= self._max_attempts:
                     raise
-                log.warning("upload of pack %s failed (%s); retrying in %.1f s",
-                            pack_id.short(), e, delay)
+                log.warning(
+                    "upload of pack %s failed (%s); retrying in %.1f s", pack_id.short(), e, delay
+                )
                 await self._sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX)
         self.spool.remove(pack_id)
@@ -152,4 +152,3 @@ class Uploader:
 
 def spool_folder(cache_root: Path, repo_id: str) -> Path:
     return cache_root / repo_id / "spool"
-

@@ -37,8 +37,8 @@ _LAYOUT = struct.Struct("<IIBBBBBB")  # image layout prefix for image codecs: 14
 BLOB_OVERHEAD = 1 + SALT_SIZE + TAG_SIZE + _FRAME.size
 ZSTD_LEVEL = 3
 PROBE_SIZE = 16 * 1024  # bytes compressed at level 1 to decide whether zstd is worth it
-PROBE_MIN_SAVING = 0.03
-IMAGE_TRY_ZSTD_RATIO = 5  # below 5x from the image codec, also try zstd and keep the smaller  # store as is when the probe saves less than 3 %
+PROBE_MIN_SAVING = 0.03  # store as is when the probe saves less than 3 %
+IMAGE_TRY_ZSTD_RATIO = 5  # below 5x from the image codec, also try zstd and keep the smaller
 
 
 class Codec(enum.IntEnum):
@@ -154,8 +154,8 @@ def decode(codec: int, payload: bytes | memoryview, raw_len: int) -> bytes:
         from engine.dicom.segment import PixelLayout
         from engine.imagecodec import ImageCodec, decode_frame
 
-        fields = _LAYOUT.unpack_from(payload)
-        layout = PixelLayout(*fields[:7], little_endian=bool(fields[7]))
+        rows, cols, spp, alloc, stored, rep, planar, little = _LAYOUT.unpack_from(payload)
+        layout = PixelLayout(rows, cols, spp, alloc, stored, rep, planar, bool(little))
         image = ImageCodec.JPEGLS if codec == Codec.JPEGLS else ImageCodec.JPEGXL
         return decode_frame(image, payload[_LAYOUT.size :], layout, raw_len)
     raise FormatError(f"unknown codec {codec}")

@@ -52,9 +52,12 @@ class Entry:
         return doc
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogateescape"
-        ) + b"\n"
+        return (
+            json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode(
+                "utf-8", "surrogateescape"
+            )
+            + b"\n"
+        )
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Entry:

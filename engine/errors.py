@@ -62,7 +62,7 @@ class ObjectNotFound(StoreError):
 
 
 class ObjectExists(StoreError):
-    """A different object already exists under this name (content-addressed objects are immutable)."""
+    """A different object already exists under this name (objects are write-once)."""
 
 
 class InvalidName(StoreError):

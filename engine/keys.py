@@ -25,6 +25,7 @@ KEY_FILE_VERSION = 1
 SECRET_SIZE = 32  # bytes of master secret and of every subkey
 SALT_SIZE = 16
 NONCE_SIZE = 12
+_HEADER_FIELDS = ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")
 _CONTEXT = "dicomvault 2026-11 {}"  # BLAKE3 derive_key contexts; changing one is a format change
 
 
@@ -92,7 +93,9 @@ def unwrap(key_object: bytes, passphrase: bytes) -> MasterKey:
     """Open a key object with `passphrase`; raise `WrongPassphrase` if it does not open."""
     try:
         doc = json.loads(key_object)
-        header = {k: doc[k] for k in ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")}
+        header = {
+            k: doc[k] for k in ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")
+        }
         if header["version"] != KEY_FILE_VERSION or header["kdf"] != "argon2id":
             raise FormatError(f"unsupported key object version {header['version']}")
         kdf = KdfParams(int(doc["iterations"]), int(doc["lanes"]), int(doc["memory_kib"]))
