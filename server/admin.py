@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from server.auth import Role, mint_token
+from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex
@@ -28,7 +28,7 @@ def open_index(config: ServerConfig) -> Iterator[ServerIndex]:
 def create_repository(repos: Repositories, index: ServerIndex, name: str) -> dict[str, str]:
     """Create repository `name` and return one fresh token per role (shown once, stored hashed)."""
     repos.create(name)
-    return {str(role): mint_token(index, name, role) for role in Role}
+    return {str(role): mint_token(index, name, role) for role in PRACTICE_ROLES}
 
 
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
@@ -39,3 +39,18 @@ def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
     with open_index(config) as index:
         return reindex(Repositories(config.repos_dir), index, verify=verify)
+
+
+def create_peer_token_offline(config: ServerConfig, peer: str) -> str:
+    """Mint a replica token for the primary site labelled `peer` (shown once, stored hashed)."""
+    with open_index(config) as index:
+        return mint_replica_token(index, peer)
+
+
+def promote_replica_offline(config: ServerConfig, name: str) -> bool:
+    """Make a replica held here writable by its practice (after the primary is gone for good)."""
+    from server.replication.state import ReplicationState
+
+    with open_index(config) as index:
+        Repositories(config.repos_dir).get(name)
+        return ReplicationState(index).release_replica(name)

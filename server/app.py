@@ -2,7 +2,7 @@
 
 Owns `make_app(config)`, which tests and `__main__` both call, the one error middleware that maps
 `engine.errors` to HTTP status codes and JSON bodies, request metrics, and the lifecycle of the
-index and the temp-file sweeper (`cleanup_ctx`). Must not contain route logic.
+index, the replicators and the temp-file sweeper (`cleanup_ctx`). Must not contain route logic.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from server.errors import MissingChunks, http_status
 from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
+from server.replica import routes as replica_routes
+from server.replication.service import Replication
 from server.repos import Repositories
-from server.state import CLOCK, CONFIG, INDEX, METRICS, REPOS
+from server.state import CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,6 +90,15 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     app[INDEX].close()
 
 
+async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
+    # After the index: the queue lives in the same LMDB environment.
+    replication = Replication(app[CONFIG], app[INDEX], app[REPOS], app[CLOCK])
+    app[REPLICATION] = replication
+    replication.start()
+    yield
+    await replication.stop()
+
+
 async def _sweep_forever(app: web.Application) -> None:
     config = app[CONFIG]
     while True:
@@ -113,6 +124,8 @@ def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) ->
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app.cleanup_ctx.append(_index_ctx)
+    app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     app.add_routes(routes)
+    app.add_routes(replica_routes)
     return app

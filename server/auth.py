@@ -30,6 +30,12 @@ class Role(enum.StrEnum):
     BACKUP = "backup"  # append-only: add packs, commits, absent keys/config; read its repository
     RESTORE = "restore"  # read only
     ADMIN = "admin"  # everything on its repository, including agent status
+    # Server-wide, held by a primary site: push replicas (packs, commits, keys, config, token
+    # hashes) under /v1/replica and list inventories; never read pack bodies, never delete.
+    REPLICA = "replica"
+
+
+PRACTICE_ROLES = (Role.BACKUP, Role.RESTORE, Role.ADMIN)  # minted per repository
 
 
 class Action(enum.Enum):
@@ -55,6 +61,24 @@ def mint_token(index: ServerIndex, repo: str, role: Role) -> str:
     return token
 
 
+def mint_replica_token(index: ServerIndex, peer: str) -> str:
+    """A token a primary site (labelled `peer`) uses to push replicas here; shown once."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    doc = {"repo": "", "role": str(Role.REPLICA), "peer": peer, "created": time.time()}
+    index.put_token(hash_token(token), doc)
+    return token
+
+
+def authorize_replica(index: ServerIndex, token: str) -> str:
+    """Return the label of the primary site holding this replica token; raise otherwise."""
+    doc = index.get_token(hash_token(token))
+    if doc is None:
+        raise Unauthenticated("unknown token")
+    if doc.get("role") != Role.REPLICA:
+        raise PermissionDenied("only a replica token may push replicas")
+    return str(doc["peer"])
+
+
 def bearer_token(request: web.Request) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -73,6 +97,8 @@ def authorize(index: ServerIndex, token: str, repo: str, action: Action) -> Role
     doc = index.get_token(digest)
     if doc is None:
         raise Unauthenticated("unknown token")
+    if doc.get("role") == Role.REPLICA:
+        raise PermissionDenied("a replica token may only push replicas (/v1/replica)")
     if not hmac.compare_digest(doc.get("repo", "").encode(), repo.encode()):
         raise RepositoryNotFound(f"no repository {repo!r}")
     role = Role(doc["role"])

@@ -1,4 +1,4 @@
-"""`dicomvault-server`: the provider's command line (serve, repo create, reindex).
+"""`dicomvault-server`: the provider's command line (serve, repo, peer-token, reindex).
 
 Owns argument parsing, reading the TOML config, printing, and the one place where engine errors
 become a one-line message and an exit code. Must not hold server logic: it calls `server.app`
@@ -15,14 +15,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from engine.errors import DicomvaultError, UsageError
 from server.config import ServerConfig, load_config
 
 
+def _cli_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    urls, tokens = getattr(args, "peer", None) or [], getattr(args, "peer_token", None) or []
+    if len(urls) != len(tokens):
+        raise UsageError("give one --peer-token for each --peer, in the same order")
+    return [{"url": u, "token": t, "mode": "continuous"} for u, t in zip(urls, tokens, strict=True)]
+
+
 def _config(args: argparse.Namespace) -> ServerConfig:
     return load_config(
         getattr(args, "config", None),
+        add_peers=_cli_peers(args),
+        site_name=getattr(args, "site_name", None),
         data_dir=args.data,
         listen=getattr(args, "listen", None),
         tls_cert=getattr(args, "tls_cert", None),
@@ -81,6 +91,32 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 17 if report.bad else 0  # CheckFailed's exit code: something needs a look
 
 
+def cmd_peer_token_create(args: argparse.Namespace) -> int:
+    from server.admin import create_peer_token_offline
+
+    token = create_peer_token_offline(_config(args), args.name)
+    if args.json:
+        print(json.dumps({"peer": args.name, "role": "replica", "token": token}))
+    else:
+        print(f"replica token for primary site {args.name!r} (shown once, store it now):")
+        print(f"  {token}")
+        print("it may push replicas to this server; it cannot read packs or delete anything")
+    return 0
+
+
+def cmd_repo_promote(args: argparse.Namespace) -> int:
+    from server.admin import promote_replica_offline
+
+    changed = promote_replica_offline(_config(args), args.name)
+    if args.json:
+        print(json.dumps({"repository": args.name, "promoted": changed}))
+    elif changed:
+        print(f"{args.name} is no longer a replica: its practice may back up to this site")
+    else:
+        print(f"{args.name} was not a replica; nothing changed")
+    return 0
+
+
 def _data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="server data folder (or data_dir in --config)")
     p.add_argument("--config", type=Path, help="server TOML config file")
@@ -98,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
+    serve.add_argument("--site-name", help="this site's name in replication status")
+    serve.add_argument(
+        "--peer", action="append", help="replicate to this peer server URL (continuous mode)"
+    )
+    serve.add_argument(
+        "--peer-token", action="append", help="replica token minted on the peer (one per --peer)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     repo = sub.add_parser("repo", help="manage repositories")
@@ -107,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(create)
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_repo_create)
+    promote = repo_sub.add_parser(
+        "promote", help="make a replica held here writable (the primary site is gone for good)"
+    )
+    promote.add_argument("name", help="repository name")
+    _data_arg(promote)
+    promote.add_argument("--json", action="store_true", help="print JSON")
+    promote.set_defaults(func=cmd_repo_promote)
+
+    peer = sub.add_parser("peer-token", help="tokens primary sites use to replicate here")
+    peer_sub = peer.add_subparsers(dest="peer_command", required=True)
+    ptc = peer_sub.add_parser("create", help="mint a replica token (push-only, server-wide)")
+    _data_arg(ptc)
+    ptc.add_argument("--name", default="primary", help="label of the primary site using it")
+    ptc.add_argument("--json", action="store_true", help="print JSON")
+    ptc.set_defaults(func=cmd_peer_token_create)
 
     rx = sub.add_parser("reindex", help="rebuild the index from stored packs and snapshots")
     _data_arg(rx)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from server.replication.settings import PeerConfig, peers_from_list
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8420
@@ -32,6 +33,14 @@ class ServerConfig:
     # Stale upload temp files older than this are removed by the sweeper (live uploads are younger).
     incoming_max_age: float = 24 * 3600.0
     sweep_interval: float = 3600.0
+    # Replication (docs/design.md "Replication"): this site's name, as clients see it in
+    # `snapshots`, and the peers every pack, commit, key object and token hash is pushed to.
+    site_name: str = "primary"
+    peers: tuple[PeerConfig, ...] = ()
+    # How often a replicator looks for work it was not woken for (items queued by another
+    # process, a window opening) and the longest wait between retries of an unreachable peer.
+    replication_poll_interval: float = 2.0
+    replication_retry_max: float = 60.0
 
     @property
     def index_path(self) -> Path:
@@ -55,11 +64,16 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(value) if value is not None else None
     if name == "listen":
         return parse_listen(str(value))
+    if name == "peers":
+        return peers_from_list(value)
     return value
 
 
-def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
-    """Read `path` (TOML, optional), then apply non-None `overrides` (CLI flags win)."""
+def load_config(
+    path: Path | None = None, *, add_peers: list[dict[str, Any]] | None = None, **overrides: Any
+) -> ServerConfig:
+    """Read `path` (TOML, optional), then apply non-None `overrides` (CLI flags win);
+    `add_peers` (from `--peer`/`--peer-token`) are appended to the file's `[[peers]]`."""
     doc: dict[str, Any] = {}
     if path is not None:
         try:
@@ -67,6 +81,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UsageError(f"cannot read config {path}: {e}") from None
     doc.update({k: v for k, v in overrides.items() if v is not None})
+    if add_peers:
+        doc["peers"] = [*doc.get("peers", []), *add_peers]
     known = {f.name for f in fields(ServerConfig)} | {"listen"}
     unknown = sorted(set(doc) - known)
     if unknown:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
-from engine.errors import ObjectExists, ObjectNotFound, UsageError
+from engine.errors import ObjectExists, ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import pack_name
 from engine.store.local import write_durably
@@ -23,8 +23,10 @@ from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.errors import BodyTooLarge, MissingChunks
 from server.intake import receive_pack
 from server.reindex import snapshot_summary
+from server.replication.state import CONFIG as CONFIG_ITEM
+from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, INDEX, METRICS, REPOS
+from server.state import CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS
 
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
 PAGE = 10_000  # packs per listing page
@@ -38,17 +40,20 @@ def _repository(request: web.Request, action: Action) -> Repository:
     """Validate the name (400), the token (401), its repository (404) and role (403)."""
     name = validate_repo_name(request.match_info["name"])
     authorize(request.app[INDEX], bearer_token(request), name, action)
+    if action is not Action.READ and request.app[REPLICATION].state.replica_owner(name):
+        # Writes here would diverge from the primary; `repo promote` ends the replica.
+        raise PermissionDenied(f"this site holds a replica of {name!r}; back up to the primary")
     return request.app[REPOS].get(name)
 
 
-def _parse_id(cls: type[_T], text: str) -> _T:
+def parse_id(cls: type[_T], text: str) -> _T:
     try:
         return cls.parse(text)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-async def _small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
+async def small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
     if (request.content_length or 0) > limit:
         raise BodyTooLarge(f"body larger than {limit} bytes")
     data = await request.read()
@@ -73,13 +78,28 @@ async def _get_object(request: web.Request, name: str) -> web.Response:
 
 async def _put_if_absent(request: web.Request, name: str) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    data = await _small_body(request)
+    return await store_small_object(request, repo, name, await small_body(request))
+
+
+async def store_small_object(
+    request: web.Request, repo: Repository, name: str, data: bytes
+) -> web.Response:
+    """Write-once `config` or `keys/<name>`: 201 created, 200 same bytes, 409 different."""
     path = repo.object_path(name)
     if await asyncio.to_thread(write_durably, path, data):
+        if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
+            items = [Item(CONFIG_ITEM, "config"), Item(TOKENS, "tokens")]
+        else:
+            items = [Item(KEY, name.removeprefix("keys/"))]
+        await _notify(request, repo, items)
         return web.json_response({"created": True}, status=201)
     if await repo.store.get(name) != data:
         raise ObjectExists(f"{name} already exists with different content")
     return web.json_response({"created": False})
+
+
+async def _notify(request: web.Request, repo: Repository, items: list[Item]) -> None:
+    await asyncio.to_thread(request.app[REPLICATION].notify, repo.name, items)
 
 
 @routes.get(R + "/config")
@@ -116,7 +136,7 @@ async def put_key(request: web.Request) -> web.Response:
 async def missing(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
     cap = request.app[CONFIG].max_missing_ids * ID_SIZE
-    body = await _small_body(request, cap)
+    body = await small_body(request, cap)
     if len(body) % ID_SIZE:
         raise UsageError(f"body must be whole {ID_SIZE}-byte chunk ids")
     view = memoryview(body)
@@ -132,7 +152,7 @@ async def missing(request: web.Request) -> web.Response:
 async def list_packs(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
     after_text = request.query.get("after")
-    after = _parse_id(PackId, after_text) if after_text else None
+    after = parse_id(PackId, after_text) if after_text else None
     limit = min(int(request.query.get("limit", PAGE)), PAGE)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
@@ -150,7 +170,11 @@ async def _counted(body: AsyncIterator[bytes], request: web.Request) -> AsyncIte
 @routes.put(R + "/packs/{id}")
 async def put_pack(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    pack_id = _parse_id(PackId, request.match_info["id"])
+    return await accept_pack(request, repo, parse_id(PackId, request.match_info["id"]))
+
+
+async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -> web.Response:
+    """Stream, verify, store and index a pack (server.intake), then queue it for the peers."""
     config, index, metrics = request.app[CONFIG], request.app[INDEX], request.app[METRICS]
     if (request.content_length or 0) > config.max_body_size:
         raise BodyTooLarge(f"pack larger than {config.max_body_size} bytes")
@@ -164,6 +188,8 @@ async def put_pack(request: web.Request) -> web.Response:
         metrics.packs_stored += 1
     else:
         metrics.packs_duplicate += 1
+    # Queued even when not created: a pack linked by a killed upload was never queued.
+    await _notify(request, repo, [Item(PACK, pack_id.hex(), result.size)])
     doc = {"pack": pack_id.hex(), "created": result.created, "chunks": result.chunks}
     return web.json_response(doc, status=201 if result.created else 200)
 
@@ -179,7 +205,7 @@ async def _file(repo: Repository, name: str) -> web.FileResponse:
 @routes.get(R + "/packs/{id}")
 async def get_pack(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
-    return await _file(repo, pack_name(_parse_id(PackId, request.match_info["id"])))
+    return await _file(repo, pack_name(parse_id(PackId, request.match_info["id"])))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -204,14 +230,21 @@ def _store_commit(
 @routes.post(R + "/snapshots")
 async def commit(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    data = await _small_body(request, request.app[CONFIG].max_body_size)
+    data = await small_body(request, request.app[CONFIG].max_body_size)
+    sid = await accept_commit(request, repo, data)
+    return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> SnapshotId:
+    """Check a commit's refs, store it durably, index it, then queue it for the peers."""
     record = CommitRecord.decode(data)
     sid = snapshot_id_of(data)
     # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
     await asyncio.to_thread(_check_refs, request, repo, record)
     await asyncio.to_thread(_store_commit, request, repo, sid, record, data)
     request.app[METRICS].commits += 1
-    return web.json_response({"snapshot": sid.hex()}, status=201)
+    await _notify(request, repo, [Item(SNAPSHOT, sid.hex())])
+    return sid
 
 
 @routes.get(R + "/snapshots")
@@ -226,7 +259,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
 @routes.get(R + "/snapshots/{id}")
 async def get_snapshot(request: web.Request) -> web.FileResponse:
     repo = _repository(request, Action.READ)
-    sid = _parse_id(SnapshotId, request.match_info["id"])
+    sid = parse_id(SnapshotId, request.match_info["id"])
     return await _file(repo, snapshot_name(sid))
 
 
@@ -237,7 +270,7 @@ async def get_snapshot(request: web.Request) -> web.FileResponse:
 async def post_heartbeat(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
     try:
-        info: Any = json.loads(await _small_body(request, 64 * 1024))
+        info: Any = json.loads(await small_body(request, 64 * 1024))
     except ValueError:
         raise UsageError("heartbeat body must be JSON") from None
     if not isinstance(info, dict) or not isinstance(info.get("agent"), str) or not info["agent"]:
@@ -254,8 +287,19 @@ async def get_heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"heartbeats": request.app[INDEX].heartbeats(repo.name)})
 
 
+# -- replication status ----------------------------------------------------------------------
+
+
+@routes.get(R + "/replication")
+async def replication_status(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    doc = await asyncio.to_thread(request.app[REPLICATION].repo_status, repo.name)
+    return web.json_response(doc)
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     count = len(await asyncio.to_thread(request.app[REPOS].names))
     text = request.app[METRICS].render(repositories=count)
+    text += await asyncio.to_thread(request.app[REPLICATION].render_metrics)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

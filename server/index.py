@@ -28,6 +28,7 @@ _LOCATION = struct.Struct(f"<{ID_SIZE}sII")  # pack id ‖ offset u32 ‖ length
 _PACK = struct.Struct("<Qd")  # size u64 ‖ arrival time (unix seconds, f64)
 _DBS = ("chunks", "packs", "snapshots", "heartbeats", "tokens")
 CACHE_DBS = ("chunks", "packs", "snapshots")  # what reindex may drop and rebuild
+MAX_DBS = 16  # room for the replication tables (server.replication.state) in the same env
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class ServerIndex:
         try:
             # max_readers: readers run in worker threads; lock=True keeps multi-process safe (CLI
             # `repo create` while `serve` runs).
-            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(_DBS), max_readers=256)
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=MAX_DBS, max_readers=256)
         except lmdb.Error as e:
             raise StoreError(f"cannot open index {path}: {e}") from None
         self.dbs = {name: self.env.open_db(name.encode()) for name in _DBS}
@@ -147,6 +148,15 @@ class ServerIndex:
         with self.env.begin(db=self.dbs["tokens"]) as txn:
             raw = txn.get(token_hash)
         return json.loads(raw) if raw is not None else None
+
+    def tokens(self) -> list[tuple[bytes, dict[str, Any]]]:
+        """Every (token hash, record); a few per repository, so a full scan is cheap."""
+        with self.env.begin(db=self.dbs["tokens"]) as txn:
+            return [(bytes(k), json.loads(v)) for k, v in txn.cursor()]
+
+    def delete_token(self, token_hash: bytes) -> None:
+        with self.env.begin(write=True, db=self.dbs["tokens"]) as txn:
+            txn.delete(token_hash)
 
     # -- maintenance -----------------------------------------------------------------------
 

@@ -62,6 +62,13 @@ class Repositories:
         fsync_dir(self.root)
         return Repository(name, path)
 
+    def ensure(self, name: str) -> Repository:
+        """The repository `name`, created if absent (a replica arriving from its primary)."""
+        try:
+            return self.create(name)
+        except RepositoryExists:
+            return self.get(name)
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []

@@ -12,6 +12,7 @@ from aiohttp import web
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.metrics import Metrics
+from server.replication.service import Replication
 from server.repos import Repositories
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -19,3 +20,4 @@ INDEX = web.AppKey("index", ServerIndex)
 REPOS = web.AppKey("repos", Repositories)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+REPLICATION = web.AppKey("replication", Replication)

@@ -1,0 +1,144 @@
+"""Peer-side routes `/v1/replica/repos/{name}/...`: what a primary site may do here.
+
+Owns the replica role's surface: implicit creation of a replicated repository, bound to the
+primary that created it; write-once pushes of config, key objects, packs (verified by their
+BLAKE3 name on arrival, exactly like a practice's upload) and commits (refused while a
+referenced chunk is missing); the practice's token hashes; and inventories (which packs are
+missing, which snapshots are held). There is no route to read a pack or delete anything.
+Must not implement storage or verification itself: it reuses `server.handlers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import RepositoryNotFound, UsageError
+from engine.ids import ID_SIZE, PackId
+from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
+from server.handlers import (
+    PAGE,
+    accept_commit,
+    accept_pack,
+    parse_id,
+    small_body,
+    store_small_object,
+)
+from server.replication.state import ReplicationState
+from server.repos import Repository
+from server.state import CLOCK, CONFIG, INDEX, REPLICATION, REPOS
+
+routes = web.RouteTableDef()
+RR = "/v1/replica/repos/{name}"
+
+
+def _replica(request: web.Request, *, create: bool) -> Repository:
+    """The repository this replica token may push to, created on first push if absent.
+
+    A repository belongs to the primary that created it here; a practice's own repository on
+    this site, or one replicated from another primary, answers 404 exactly like an absent one,
+    so a primary can neither probe nor touch another practice's data.
+    """
+    name = validate_repo_name(request.match_info["name"])
+    owner = authorize_replica(request.app[INDEX], bearer_token(request))
+    state: ReplicationState = request.app[REPLICATION].state
+    repos = request.app[REPOS]
+    current = state.replica_owner(name)
+    if current is None:
+        if not create or name in repos.names():
+            raise RepositoryNotFound(f"no repository {name!r}")
+        # Owner first, folder second: a crash in between leaves a claim whose folder the
+        # next push creates, never a folder that looks like a practice's own repository.
+        current = state.claim_replica(name, owner, request.app[CLOCK]())
+    if current != owner:
+        raise RepositoryNotFound(f"no repository {name!r}")
+    return repos.ensure(name)
+
+
+@routes.put(RR + "/config")
+async def put_config(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    return await store_small_object(request, repo, "config", await small_body(request))
+
+
+@routes.put(RR + "/keys/{key}")
+async def put_key(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    name = "keys/" + request.match_info["key"]
+    return await store_small_object(request, repo, name, await small_body(request))
+
+
+@routes.put(RR + "/packs/{id}")
+async def put_pack(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    return await accept_pack(request, repo, parse_id(PackId, request.match_info["id"]))
+
+
+@routes.post(RR + "/snapshots")
+async def commit(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    data = await small_body(request, request.app[CONFIG].max_body_size)
+    sid = await accept_commit(request, repo, data)
+    return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+@routes.put(RR + "/tokens")
+async def put_tokens(request: web.Request) -> web.Response:
+    """Replace this repository's replicated token hashes, so the practice's tokens work here."""
+    repo = _replica(request, create=True)
+    hashes = _parse_tokens(await small_body(request))
+    added = await asyncio.to_thread(_replace_tokens, request, repo.name, hashes)
+    return web.json_response({"tokens": len(hashes), "added": added})
+
+
+def _parse_tokens(body: bytes) -> dict[bytes, str]:
+    try:
+        doc: Any = json.loads(body)
+        rows = doc["tokens"]
+        out = {bytes.fromhex(r["hash"]): str(r["role"]) for r in rows}
+    except (ValueError, KeyError, TypeError):
+        raise UsageError('tokens body must be {"tokens": [{"hash": hex, "role": role}]}') from None
+    if any(len(h) != ID_SIZE or role not in PRACTICE_ROLES for h, role in out.items()):
+        raise UsageError("token hashes are 32 bytes and roles are backup, restore or admin")
+    return out
+
+
+def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -> int:
+    index, now = request.app[INDEX], request.app[CLOCK]()
+    existing = index.tokens()
+    for h, doc in existing:  # revoked at the primary: revoked here
+        if doc.get("repo") == repo and doc.get("replicated") and h not in hashes:
+            index.delete_token(h)
+    held = {h: doc for h, doc in existing}
+    added = 0
+    for h, role in hashes.items():
+        current = held.get(h)
+        if current is not None and (current.get("repo") != repo or current.get("role") != role):
+            continue  # never re-point a token that belongs to another repository or role
+        if current is None:
+            index.put_token(h, {"repo": repo, "role": role, "created": now, "replicated": True})
+            added += 1
+    return added
+
+
+@routes.post(RR + "/packs/missing")
+async def packs_missing(request: web.Request) -> web.Response:
+    """Body: raw 32-byte pack ids; answer: those this replica does not hold, in order."""
+    repo = _replica(request, create=False)
+    body = await small_body(request, PAGE * ID_SIZE)
+    if len(body) % ID_SIZE:
+        raise UsageError(f"body must be whole {ID_SIZE}-byte pack ids")
+    index = request.app[INDEX]
+    ids = [PackId(body[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
+    absent = await asyncio.to_thread(lambda: [p for p in ids if not index.has_pack(repo.name, p)])
+    return web.Response(body=b"".join(absent), content_type="application/octet-stream")
+
+
+@routes.get(RR + "/snapshots")
+async def list_snapshots(request: web.Request) -> web.Response:
+    repo = _replica(request, create=False)
+    rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
+    return web.json_response({"snapshots": sorted(sid.hex() for sid, _ in rows)})
