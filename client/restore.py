@@ -112,12 +112,17 @@ class Restorer:
     async def _file(self, entry: Entry, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.dicomvault-restore")
-        with open(tmp, "wb") as f:
-            async for data in self.read_file(entry.chunks):
-                f.write(data)
-            os.fchmod(f.fileno(), entry.mode)
-        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as f:
+                async for data in self.read_file(entry.chunks):
+                    f.write(data)
+                os.fchmod(f.fileno(), entry.mode)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+            os.replace(tmp, dest)
+        except BaseException:
+            # A failed chunk must not leave a partial file behind, even under a temp name.
+            tmp.unlink(missing_ok=True)
+            raise
         self.summary.files += 1
         self.summary.bytes_written += entry.size
 
