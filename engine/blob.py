@@ -100,7 +100,9 @@ def _encode_image(data: bytes | memoryview, hint: Hint) -> tuple[Codec, bytes] |
     from engine.imagecodec import ImageCodec, encode_frame
 
     layout = hint.layout
-    if layout is None:
+    # Any other `image_codec` (e.g. ZSTD for `--image-codec none`) means no image codec: the
+    # blob's codec byte must name the codec that made the payload, or restore cannot decode it.
+    if layout is None or hint.image_codec not in (Codec.JPEGLS, Codec.JPEGXL):
         return None
     codec = ImageCodec.JPEGXL if hint.image_codec == Codec.JPEGXL else ImageCodec.JPEGLS
     encoded = encode_frame(codec, data, layout)  # type: ignore[arg-type]
