@@ -298,6 +298,30 @@ class RemoteBackend(Backend):
             "GET", f"snapshots/{snapshot_id.hex()}", f"snapshot {snapshot_id.short()}"
         )
 
+    async def replication_status(self) -> dict[str, Any] | None:
+        """The server's replication status for this repository (docs/api.md), or None from a
+        server that does not replicate (an older one answers 404 for the route)."""
+        try:
+            doc = await self._json("GET", "replication", "replication status")
+        except ObjectNotFound:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def snapshot_sites(self) -> dict[SnapshotId, dict[str, bool]] | None:
+        """For each snapshot this site holds: {site name: complete there?}, this site first."""
+        doc = await self.replication_status()
+        if doc is None:
+            return None
+        here = str(doc.get("site") or "primary")
+        peers = doc.get("peers") or []
+        out: dict[SnapshotId, dict[str, bool]] = {}
+        for sid in await self.list_snapshots():
+            sites = {here: True}
+            for peer in peers:
+                sites[str(peer["name"])] = bool(peer.get("snapshots", {}).get(sid.hex(), False))
+            out[sid] = sites
+        return out
+
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._request("POST", "heartbeat", "heartbeat", json=info)
 
