@@ -24,6 +24,7 @@ from client.restore import Restorer, catalogue
 from engine.backend import Backend, LocalBackend
 from engine.blob import Codec
 from engine.errors import CheckFailed, DicomvaultError, UsageError
+from engine.ids import SnapshotId
 from engine.keys import KdfParams
 from engine.store.local import LocalStore
 
@@ -226,8 +227,15 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
             }
             for sid, _, body in await repo.snapshots()
         ]
+        # Per site (this server and each replication peer): is the snapshot complete there?
+        status = getattr(repo.backend, "snapshot_sites", None)
+        sites = await status() if status is not None else None
+        for r in rows:
+            if sites is not None:
+                r["sites"] = sites.get(SnapshotId.parse(r["id"]), {})
         lines = [
             f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  {' '.join(r['paths'])}"
+            + "".join(f"  {s}:{'yes' if ok else 'no'}" for s, ok in r.get("sites", {}).items())
             for r in rows
         ]
         emit(args, {"snapshots": rows}, "\n".join(lines) or "no snapshots")
