@@ -25,7 +25,6 @@ from client.walk import Found, layout_of, pieces, walk
 from engine import blob
 from engine.blob import Codec, Content, Hint
 from engine.catalogue import Entry, SnapshotBody
-from engine.chunker import Piece
 from engine.ids import ChunkId, SnapshotId
 
 MAX_IN_FLIGHT = 8  # chunks being hashed/sealed at once (each ≤ 16 MiB)
@@ -67,6 +66,17 @@ class FileChanged(Exception):
     pass
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A catalogue entry waiting for its chunks; written once `last_seq` has been popped."""
+
+    path: str
+    entry: Entry
+    st: os.stat_result | None = None  # set for files read now: the files-cache signature
+    last_seq: int = 0
+    error: str | None = None
+
+
 class Backup:
     def __init__(
         self,
@@ -76,8 +86,14 @@ class Backup:
         progress: Callable[[Summary, str], None] | None = None,
         host: str | None = None,
         workers: int | None = None,
+        files_cache: bool = True,
+        find_parent: bool = True,
     ) -> None:
+        """`files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
+        skips the parent search (which reads every snapshot): the agent backs up each arrived
+        file once, under a name it never reuses, and tracks what it has committed itself."""
         self.repo = repo
+        self.files_cache, self.find_parent = files_cache, find_parent
         self.image_codec = image_codec
         self.progress = progress or (lambda s, p: None)
         self.host = host or socket.gethostname()
@@ -88,13 +104,19 @@ class Backup:
         self._query: list[_Sealed] = []
         self._query_bytes = 0
         self._queried: set[ChunkId] = set()  # ids in `_query`, for dedupe within the batch
+        # The in-flight window across files: futures in submission order, each with the chunk
+        # list its result belongs to; `_seq` counts submissions, `_popped` completions.
+        self._window: deque[tuple[asyncio.Future[_Sealed], list[tuple[ChunkId, int]]]] = deque()
+        self._ready: deque[_Pending] = deque()
+        self._seq = self._popped = 0
+        self._catalogue: Any = None
 
     async def run(self, paths: list[str], tags: list[str] | None = None) -> Summary:
         start = time.monotonic()
         if not self.repo.backend.knows_chunks:
             await self.repo.sync_index()  # packs left by a crashed run become known again
         sent_before = self.repo.backend.bytes_uploaded
-        parent = await self._parent(paths)
+        parent = await self._parent(paths) if self.find_parent else None
         uploading = self._start_uploader()
         try:
             with tempfile.TemporaryFile() as catalogue:
@@ -151,61 +173,66 @@ class Backup:
     # walking
 
     async def _walk(self, paths: list[str], catalogue: Any) -> None:
-        errors = self.summary.errors
-        found_iter = walk(paths, errors)
+        """Chunks of many files are in flight at once; entries reach the catalogue in order."""
+        self._catalogue = catalogue
+        found_iter = walk(paths, self.summary.errors)
         while (found := await self._next(found_iter)) is not None:
-            entry = await self._entry(found)
-            if entry is not None:
-                catalogue.write(entry.encode())
-                self.progress(self.summary, found.path)
+            pending = await self._entry(found)
+            if pending is not None:
+                self._ready.append(pending)
+                self._emit_ready()
+        await self._drain()
         catalogue.seek(0)
+
+    def _emit_ready(self) -> None:
+        """Write every finished entry at the head of the queue to the catalogue."""
+        while self._ready and self._ready[0].last_seq <= self._popped:
+            p = self._ready.popleft()
+            if p.error is not None:
+                self.summary.errors.append(f"{p.path}: {p.error}")
+                continue
+            entry = p.entry
+            if entry.type == "file":
+                self.summary.files += 1
+                self.summary.bytes_total += entry.size
+                if p.st is not None and self.files_cache:
+                    self.repo.index.put_files([(p.path, _cache_record(p.st, entry))])
+            self._catalogue.write(entry.encode())
+            self.progress(self.summary, p.path)
 
     async def _next(self, it: Iterator[Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._reader, next, it, None)
 
-    async def _entry(self, found: Found) -> Entry | None:
+    async def _entry(self, found: Found) -> _Pending | None:
         st, path = found.st, found.path
         rel = path.lstrip("/")
         if stat.S_ISDIR(st.st_mode):
             self.summary.dirs += 1
-            return Entry(rel, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            return _Pending(path, Entry(rel, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns))
         if stat.S_ISLNK(st.st_mode):
-            return Entry(rel, "symlink", 0o777, st.st_mtime_ns, target=os.readlink(path))
+            target = os.readlink(path)
+            return _Pending(path, Entry(rel, "symlink", 0o777, st.st_mtime_ns, target=target))
         if not stat.S_ISREG(st.st_mode):
             return None  # sockets, fifos, devices: nothing to restore
-        try:
-            entry = await self._file(path, rel, st)
-        except (OSError, FileChanged) as e:
-            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.summary.errors.append(f"{path}: {msg}")
-            return None
-        self.summary.files += 1
-        self.summary.bytes_total += entry.size
-        return entry
-
-    # files
-
-    async def _file(self, path: str, rel: str, st: os.stat_result) -> Entry:
+        entry = Entry(rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size)
         cached = self._cached(path, st)
         if cached is not None:
             self.summary.files_unchanged += 1
-            return Entry(
-                rel,
-                "file",
-                stat.S_IMODE(st.st_mode),
-                st.st_mtime_ns,
-                st.st_size,
-                cached["chunks"],
-                dicom=cached.get("dicom"),
-            )
-        chunks, dicom = await self._read_file(path, st)
-        entry = Entry(
-            rel, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, chunks, dicom=dicom
-        )
-        self.repo.index.put_files([(path, _cache_record(st, entry))])
-        return entry
+            entry.chunks, entry.dicom = cached["chunks"], cached.get("dicom")
+            return _Pending(path, entry)
+        pending = _Pending(path, entry, st)
+        try:
+            await self._read_file(pending)
+        except (OSError, FileChanged) as e:
+            pending.error = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            pending.st = None
+        return pending
+
+    # files
 
     def _cached(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
+        if not self.files_cache:
+            return None
         rec = self.repo.index.get_file(path)
         if rec is None or rec["sig"] != _signature(st):
             return None
@@ -215,36 +242,43 @@ class Backup:
             return None
         return {"chunks": chunks, "dicom": rec.get("dicom")}
 
-    async def _read_file(
-        self, path: str, st: os.stat_result
-    ) -> tuple[list[tuple[ChunkId, int]], dict[str, str] | None]:
+    async def _read_file(self, p: _Pending) -> None:
+        """Read and chunk one file, submitting its chunks; they finish sealing later."""
         loop = asyncio.get_running_loop()
-        with open(path, "rb") as f:
+        with open(p.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             layout = await loop.run_in_executor(self._reader, layout_of, f, size)
             it = pieces(self.repo.chunker, f, layout, size, self.image_codec)
-            chunks = await self._chunks(it)
-        after = os.stat(path)
-        if after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+            while (item := await self._next(it)) is not None:
+                p.last_seq = await self._submit(item[0].data, item[1], p.entry.chunks)
+        after = os.stat(p.path)
+        assert p.st is not None
+        if after.st_size != p.st.st_size or after.st_mtime_ns != p.st.st_mtime_ns:
             raise FileChanged("changed while being read; skipped")
         self.summary.bytes_read += size
-        return chunks, (layout.attrs or None) if layout else None
+        p.entry.dicom = (layout.attrs or None) if layout else None
 
-    async def _chunks(self, it: Iterator[tuple[Piece, Hint]]) -> list[tuple[ChunkId, int]]:
+    async def _submit(self, data: bytes, hint: Hint, into: list[tuple[ChunkId, int]]) -> int:
+        """Queue one chunk for hashing and sealing; its (id, length) is appended to `into`
+        in order. Returns the chunk's sequence number."""
         loop = asyncio.get_running_loop()
-        window: deque[asyncio.Future[_Sealed]] = deque()
-        chunks: list[tuple[ChunkId, int]] = []
-        while True:
-            item = await self._next(it)
-            if item is not None:
-                piece, hint = item
-                window.append(loop.run_in_executor(self._pool, self._seal, piece.data, hint))
-            while window and (item is None or len(window) >= MAX_IN_FLIGHT):
-                sealed = await window.popleft()
-                chunks.append((sealed.chunk_id, sealed.raw_len))
-                await self._accept(sealed)
-            if item is None:
-                return chunks
+        self._window.append((loop.run_in_executor(self._pool, self._seal, data, hint), into))
+        self._seq += 1
+        while len(self._window) >= MAX_IN_FLIGHT:
+            await self._pop()
+        return self._seq
+
+    async def _pop(self) -> None:
+        future, into = self._window.popleft()
+        sealed = await future
+        into.append((sealed.chunk_id, sealed.raw_len))
+        self._popped += 1
+        await self._accept(sealed)
+        self._emit_ready()
+
+    async def _drain(self) -> None:
+        while self._window:
+            await self._pop()
 
     def _seal(self, data: bytes, hint: Hint) -> _Sealed:
         """Worker thread: name the chunk, and seal it only if the index does not know it."""
@@ -293,9 +327,11 @@ class Backup:
 
     async def _store_catalogue(self, catalogue: Any) -> list[tuple[ChunkId, int]]:
         size = os.fstat(catalogue.fileno()).st_size
-        it = ((p, Hint(Content.TREE)) for p in self.repo.chunker.cut_stream(catalogue, size, 0, 0))
+        tree: list[tuple[ChunkId, int]] = []
         before = self.summary.chunks_total
-        tree = await self._chunks(it)
+        for piece in self.repo.chunker.cut_stream(catalogue, size, 0, 0):
+            await self._submit(piece.data, Hint(Content.TREE), tree)
+        await self._drain()
         self.summary.chunks_total = before
         for cid, _ in tree:
             self.refs[cid] = None  # the server must hold every catalogue chunk

@@ -19,6 +19,7 @@ MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 8 * 1024 * 1024
 MAX_FRAME_CHUNK = 16 * 1024 * 1024  # native frames up to this size stay one chunk
+BUFFERED_MAX = 16 * 1024 * 1024  # segments up to this size are read whole, then cut in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,16 @@ class Chunker:
 
     def cut_stream(self, f: BinaryIO, length: int, offset: int, segment: int) -> Iterator[Piece]:
         """FastCDC over `length` bytes of `f`, which is positioned at `offset`."""
+        if length <= MIN_SIZE:  # one chunk whatever the content: skip the chunker entirely
+            if length:
+                yield Piece(offset, _read_exact(f, length), segment)
+            return
+        if length <= BUFFERED_MAX:
+            # pyfastcdc's stream mode costs milliseconds per call to set up; a buffer is cheap.
+            data = _read_exact(f, length)
+            for c in self._cdc.cut_buf(data):
+                yield Piece(offset + c.offset, data[c.offset : c.offset + c.length], segment)
+            return
         for c in self._cdc.cut_stream(_Window(f, length)):
             yield Piece(offset + c.offset, bytes(c.data), segment)
 

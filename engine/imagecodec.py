@@ -104,7 +104,8 @@ def encode_frame(
         restored = decode_frame(codec, encoded, layout, raw.nbytes)
     except Exception:  # any codec failure, whatever its type, means "fall back to zstd"
         return None
-    return encoded if restored == raw else None
+    # bytes == bytes is one memcmp; memoryview == bytes compares element by element (~10x slower).
+    return encoded if restored == raw.tobytes() else None
 
 
 def decode_frame(
