@@ -2,8 +2,8 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 # Debian packages the tests and benchmarks use as real peers: restic (comparison), dcmtk
-# (storescu/dcmsend DICOM senders).
-APT_PACKAGES ?= restic dcmtk
+# (storescu/dcmsend DICOM senders), orthanc (a real PACS receiving `restore --to-pacs`).
+APT_PACKAGES ?= restic dcmtk orthanc
 
 .PHONY: setup setup-system demo test test-fast check lint format types bench
 

@@ -17,13 +17,24 @@ from typing import Any
 
 from client.backup import Backup
 from client.check import check
+from client.find import (
+    DateRange,
+    Query,
+    find,
+    parse_attr,
+    render_text,
+    snapshot_holding,
+    study_selector,
+)
 from client.progress import Progress
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
 from client.repository import Repository, init_repository
 from client.restore import Restorer, catalogue
+from client.topacs import InstanceResult, Peer, SendFailed, check_aet, send_study
 from engine.backend import Backend, LocalBackend
 from engine.blob import Codec
-from engine.errors import CheckFailed, DicomvaultError, UsageError
+from engine.catalogue import Entry
+from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
 from engine.store.local import LocalStore
@@ -39,7 +50,8 @@ ENV_HELP = """environment:
 
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
-  14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems"""
+  14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
+  18 a DICOM peer did not store every instance"""
 
 EXIT_PARTIAL = 3
 
@@ -90,10 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     cmd("snapshots", "list snapshots")
     c = cmd("ls", "list the files in a snapshot")
     c.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
-    c = cmd("restore", "restore a snapshot into a folder")
-    c.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
-    c.add_argument("--target", required=True, help="folder to restore into")
+    c = cmd("restore", "restore a snapshot into a folder, or one study into a folder or a PACS")
+    c.add_argument(
+        "snapshot",
+        nargs="?",
+        help="snapshot id, unique prefix, or 'latest' (with --study or --series, default: the "
+        "newest snapshot holding it)",
+    )
+    c.add_argument("--target", help="folder to restore into")
     c.add_argument("--include", action="append", default=[], help="restore only this path")
+    _dicom_restore_options(c)
+    c = cmd("find", "search the snapshots' DICOM catalogue for studies")
+    _find_options(c)
     c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
@@ -261,17 +281,132 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 
 async def cmd_restore(args: argparse.Namespace) -> int:
+    select = _restore_selection(args)
+    peer = Peer.parse(args.to_pacs) if args.to_pacs else None
+    check_aet(args.calling_aet)
+
     async def run(repo: Repository) -> int:
+        snapshot = await repo.resolve(args.snapshot) if args.snapshot else None
+        if select is not None:
+            snapshot = await snapshot_holding(repo, select, snapshot)
+        assert snapshot is not None
+        if peer is not None and select is not None:
+            return await _restore_to_pacs(args, repo, snapshot, select, peer)
         progress = Progress(enabled=None if not args.json else False)
-        restorer = Restorer(repo, Path(args.target), includes=args.include, progress=progress)
-        s = await restorer.run(await repo.resolve(args.snapshot))
+        restorer = Restorer(
+            repo, Path(args.target), includes=args.include, select=select, progress=progress
+        )
+        s = await restorer.run(snapshot)
         progress.done()
+        if select is not None and s.files == 0:
+            raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
         emit(
             args,
             s.as_json(),
             f"restored {s.files} files, {s.bytes_written:,} bytes "
             f"into {args.target} in {s.duration_s:.1f} s",
         )
+        return 0
+
+    return await _with_repo(args, run)
+
+
+# DICOM restore and find: the options, their checks, and the two runners.
+
+
+def _dicom_restore_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--study", metavar="UID", help="restore only this study's files")
+    c.add_argument("--series", metavar="UID", help="restore only this series' files")
+    c.add_argument(
+        "--to-pacs",
+        metavar="AET@HOST:PORT",
+        help="send the study by C-STORE, in each instance's own transfer syntax, instead of "
+        "writing files",
+    )
+    c.add_argument("--calling-aet", default="DICOMVAULT", help="our AE title (default DICOMVAULT)")
+    c.add_argument("--dicom-timeout", type=float, default=30.0, help="seconds to wait for the peer")
+
+
+def _restore_selection(args: argparse.Namespace) -> Callable[[Entry], bool] | None:
+    """Check the restore arguments; the study/series filter, or None for a plain restore."""
+    dicom = bool(args.study or args.series)
+    if args.to_pacs and not dicom:
+        raise UsageError("--to-pacs needs --study or --series")
+    if args.to_pacs and args.target:
+        raise UsageError("give either --target or --to-pacs, not both")
+    if not args.to_pacs and not args.target:
+        raise UsageError("restore needs --target (or --to-pacs with --study)")
+    if not dicom and not args.snapshot:
+        raise UsageError("restore needs a snapshot (or --study/--series)")
+    return study_selector(args.study, args.series) if dicom else None
+
+
+async def _restore_to_pacs(
+    args: argparse.Namespace,
+    repo: Repository,
+    snapshot: SnapshotId,
+    select: Callable[[Entry], bool],
+    peer: Peer,
+) -> int:
+    def report(r: InstanceResult) -> None:
+        if not args.json:
+            print(f"{'ok    ' if r.ok else 'FAILED'} /{r.path}  {r.sop_instance}  {r.message}")
+
+    s = await send_study(
+        repo, snapshot, select, peer, args.calling_aet, timeout=args.dicom_timeout, report=report
+    )
+    emit(
+        args,
+        s.as_json(),
+        f"sent {s.sent} of {s.instances} instances ({s.bytes_sent:,} bytes) "
+        f"to {peer} in {s.duration_s:.1f} s",
+    )
+    if s.failed:
+        raise SendFailed(f"{s.failed} of {s.instances} instances were not stored by {peer}")
+    return 0
+
+
+def _find_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--patient-name", metavar="PATTERN", help="wildcards * and ?, e.g. 'DOE^J*'")
+    c.add_argument("--patient-id", metavar="ID")
+    c.add_argument("--birth-date", metavar="YYYYMMDD", help="PatientBirthDate, exact")
+    c.add_argument("--study-date", metavar="RANGE", help="YYYYMMDD, or a range A-B, A- or -B")
+    c.add_argument("--modality", metavar="MOD", help="e.g. CT, MR (series modality)")
+    c.add_argument("--accession", metavar="NUMBER")
+    c.add_argument("--study", metavar="UID", help="StudyInstanceUID")
+    c.add_argument("--series", metavar="UID", help="SeriesInstanceUID")
+    c.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEYWORD=VALUE",
+        help="any catalogue attribute, exact (repeatable), e.g. SOPInstanceUID=1.2.3",
+    )
+    c.add_argument("--snapshot", help="search only this snapshot (default: all)")
+
+
+_FIND_FLAGS = {
+    "patient_id": "PatientID",
+    "birth_date": "PatientBirthDate",
+    "modality": "Modality",
+    "accession": "AccessionNumber",
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+}
+
+
+async def cmd_find(args: argparse.Namespace) -> int:
+    exact = dict(parse_attr(a) for a in args.attr)
+    for flag, keyword in _FIND_FLAGS.items():
+        if getattr(args, flag) is not None:
+            exact[keyword] = getattr(args, flag)
+    date = DateRange.parse(args.study_date) if args.study_date else None
+    query = Query(exact, args.patient_name, date)
+
+    async def run(repo: Repository) -> int:
+        only = await repo.resolve(args.snapshot) if args.snapshot else None
+        result = await find(repo, query, only)
+        emit(args, result.as_json(), render_text(result))
         return 0
 
     return await _with_repo(args, run)
@@ -316,6 +451,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "snapshots": cmd_snapshots,
     "ls": cmd_ls,
     "restore": cmd_restore,
+    "find": cmd_find,
     "check": cmd_check,
     "repair-index": cmd_repair_index,
 }
