@@ -1,11 +1,11 @@
 # The two commands a new machine needs are `make demo` and `make test` (see README.md).
 PY ?= python3
 PIP ?= $(PY) -m pip
-# Debian packages the tests and benchmarks use as real peers: restic (comparison), dcmtk
-# (storescu/dcmsend DICOM senders), orthanc (a real PACS receiving `restore --to-pacs`).
-APT_PACKAGES ?= restic dcmtk orthanc
+# Debian packages the tests and benchmarks use as real peers: restic and borgbackup (comparison),
+# dcmtk (storescu/dcmsend DICOM senders), orthanc (a real PACS receiving `restore --to-pacs`).
+APT_PACKAGES ?= restic dcmtk orthanc borgbackup
 
-.PHONY: setup setup-system demo test test-fast check lint format types bench
+.PHONY: setup setup-system demo test test-fast check lint format types bench bench-bandwidth
 
 setup:
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
@@ -42,3 +42,8 @@ check: setup setup-system lint types
 
 bench: setup setup-system
 	$(PY) -m benchmarks.throughput
+
+# Bytes on the wire per day against restic and borg (see benchmarks/README.md); pass options
+# with BANDWIDTH_ARGS, e.g. make bench-bandwidth BANDWIDTH_ARGS="--rate-mbit 4 --scale 0.5".
+bench-bandwidth: setup setup-system
+	$(PY) -m benchmarks.bandwidth $(BANDWIDTH_ARGS)
