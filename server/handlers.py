@@ -99,7 +99,9 @@ async def store_small_object(
 
 
 async def _notify(request: web.Request, repo: Repository, items: list[Item]) -> None:
-    await asyncio.to_thread(request.app[REPLICATION].notify, repo.name, items)
+    replication = request.app[REPLICATION]
+    if await asyncio.to_thread(replication.enqueue, repo.name, items):
+        replication.wake()  # asyncio.Event: set it from the loop, not the worker thread
 
 
 @routes.get(R + "/config")

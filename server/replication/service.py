@@ -1,9 +1,9 @@
 """The replication service of one server: the queue, one replicator per peer, lag reporting.
 
-Owns what the rest of the server sees of replication: `notify` (called by handlers when a pack,
-commit, key object or config lands), the per-repository status for `GET .../replication`, the
-lag gauges for `/metrics`, and the replicator tasks' lifecycle (started and cancelled by the
-app's `cleanup_ctx`). Must not serve HTTP routes itself.
+Owns what the rest of the server sees of replication: `enqueue` and `wake` (called by handlers
+when a pack, commit, key object or config lands), the per-repository status for
+`GET .../replication`, the lag gauges for `/metrics`, and the replicator tasks' lifecycle
+(started and cancelled by the app's `cleanup_ctx`). Must not serve HTTP routes itself.
 """
 
 from __future__ import annotations
@@ -59,13 +59,16 @@ class Replication:
 
     # -- intake hooks -----------------------------------------------------------------------
 
-    def notify(self, repo: str, items: Iterable[Item]) -> None:
-        """Queue `items` of `repo` for every peer and wake the replicators (continuous mode
-        pushes at once; scheduled mode waits for its window). Replicas held here are not passed
-        on, so two sites replicating to each other cannot loop."""
+    def enqueue(self, repo: str, items: Iterable[Item]) -> bool:
+        """Queue `items` of `repo` for every peer (one LMDB transaction; blocking, so call it
+        from a worker thread); True if the replicators should be woken. Replicas held here are
+        not passed on, so two sites replicating to each other cannot loop."""
         if not self.replicators or self.state.replica_owner(repo) is not None:
-            return
-        self.state.enqueue([r.name for r in self.replicators], repo, items, self.clock())
+            return False
+        return self.state.enqueue([r.name for r in self.replicators], repo, items, self.clock()) > 0
+
+    def wake(self) -> None:
+        """Continuous peers push at once; scheduled ones look at their window. Loop thread only."""
         for r in self.replicators:
             r.wake.set()
 
