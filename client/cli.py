@@ -117,7 +117,40 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
+    _agent_parsers(cmd)
     return p
+
+
+def _agent_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    c = cmd("agent", "run the practice agent: receive DICOM, watch folders, back up what arrives")
+    c.add_argument(
+        "--config",
+        metavar="TOML",
+        help="agent config (see docs/agent.example.toml); "
+        "re-read while running for windows, limits and spool thresholds",
+    )
+    c.add_argument("--spool", metavar="DIR", help="spool folder for received instances and packs")
+    c.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="ledger and status file folder (env DICOMVAULT_STATE_DIR)",
+    )
+    c.add_argument("--dicom-listen", metavar="HOST:PORT", help="run a DICOM C-STORE receiver")
+    c.add_argument("--ae-title", metavar="AET", help="the receiver's AE title")
+    c.add_argument(
+        "--watch",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="watch a folder for new and changed files (repeatable)",
+    )
+    c.add_argument("--name", help="agent name in snapshots and heartbeats (default: host name)")
+    c.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    c = cmd("status", "show a running agent's sources, queue, rate, last commit and errors")
+    c.add_argument(
+        "--state-dir", metavar="DIR", help="the agent's state folder (env DICOMVAULT_STATE_DIR)"
+    )
+    c.add_argument("--config", metavar="TOML", help="take the state folder from this agent config")
 
 
 def open_backend(args: argparse.Namespace) -> Backend:
@@ -445,6 +478,18 @@ async def cmd_repair_index(args: argparse.Namespace) -> int:
     return await _with_repo(args, run)
 
 
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from client.agent.cli import run_agent
+
+    return await run_agent(args)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from client.agent.cli import show_status
+
+    return show_status(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "init": cmd_init,
     "backup": cmd_backup,
@@ -454,6 +499,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "find": cmd_find,
     "check": cmd_check,
     "repair-index": cmd_repair_index,
+    "agent": cmd_agent,
+    "status": cmd_status,
 }
 
 

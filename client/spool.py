@@ -118,6 +118,7 @@ class Uploader:
             self._wake.clear()
             await self.drain()
             if self._stopping:
+                self._stopping = False  # one stop per run: the next backup runs it again
                 return
             await self._wake.wait()
 

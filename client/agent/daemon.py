@@ -1,0 +1,494 @@
+"""The practice agent: sources in, snapshots out, one asyncio loop.
+
+Owns the agent's life: starting the receiver and the folder watcher, deciding when a batch is
+due (`batching`), backing up exactly the files of a batch as one snapshot (`client.backup`),
+recording the commit (`Ledger`) before deleting spooled instances, answering Storage Commitment,
+sending heartbeats, re-reading the live policy, and writing the status file every second.
+Deletion order (the agent's safety rule): server commit → ledger → unlink. Does not parse
+flags or read the environment: the CLI builds the `AgentConfig`, `Repository` and clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from client.agent import batching
+from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
+from client.agent.config import AgentConfig, load_policy
+from client.agent.inbox import Inbox, Instance
+from client.agent.ledger import CommitmentRequest, Ledger
+from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
+from client.agent.status import STATUS_VERSION, write_status
+from client.agent.watcher import Settled, Settler, Watcher
+from client.backup import Backup, Summary
+from client.repository import Repository, now_rfc3339
+from engine.errors import DicomvaultError, UsageError
+
+log = logging.getLogger(__name__)
+TICK = 0.2  # the batch loop looks at the queue this often (and at once on an arrival)
+RETRY_SECONDS = 30.0  # a file that failed waits this long before its next try
+BACKOFF_MAX = 60.0
+SHUTDOWN_GRACE = 10.0  # a batch under way gets this long to commit before it is cancelled
+KEEP_ERRORS = 20
+RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
+
+
+def agent_version() -> str:
+    try:
+        return version("dicomvault")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Commit:
+    snapshot: str
+    time: str
+    files: int
+    bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, repo: Repository, clock: Clock | None = None) -> None:
+        self.config, self.repo = config, repo
+        self.clock = clock or SystemClock()
+        self.policy = config.policy
+        self.inbox = Inbox(config.instances_dir)
+        self.ledger = Ledger(config.state_dir / "ledger.sqlite")
+        self.queue = Queue()
+        self.settler = Settler(self.clock.monotonic)
+        self.receiver: Receiver | None = None
+        self.watcher: Watcher | None = None
+        self.errors: deque[dict[str, str]] = deque(maxlen=KEEP_ERRORS)
+        self.alerts: list[str] = []
+        self.last_commit: Commit | None = None
+        self.decision = Decision(False, "batch")
+        self.started = now_rfc3339()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._batching = False
+        self._uploaded: deque[tuple[float, int]] = deque()
+        self._config_mtime = _mtime(config.config_file)
+        self._report_after: dict[str, float] = {}
+        self._heartbeat_now = asyncio.Event()
+
+    # life cycle
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until `request_stop`; on return nothing acknowledged is lost."""
+        self._loop = asyncio.get_running_loop()
+        last = self.ledger.get_meta("last_commit")
+        self.last_commit = Commit(**last) if last else None
+        self._resume_spool()
+        self._start_sources()
+        tasks = [
+            asyncio.create_task(c, name=n)
+            for n, c in (
+                ("batches", self._batch_loop()),
+                ("heartbeat", self._heartbeat_loop()),
+                ("status", self._status_loop()),
+                ("rescan", self._rescan_loop()),
+                ("config", self._config_loop()),
+            )
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._stop_sources()  # no new acknowledgements from here on
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._idle()), SHUTDOWN_GRACE)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._write_status(state="stopped")
+        self.ledger.close()
+        log.info("agent stopped; %d files wait in the queue for the next start", self.queue.files)
+
+    async def _idle(self) -> None:
+        while self._batching:
+            await asyncio.sleep(0.05)
+
+    def _resume_spool(self) -> None:
+        """Instances received before a restart (acknowledged, not yet committed) queue first."""
+        now = self.clock.monotonic()
+        for inst in self.inbox.pending():
+            self.queue.add(Item(str(inst.path), inst.size, now, inst))
+        if self.queue.files:
+            log.info("resuming %d received instances from the spool", self.queue.files)
+
+    def _start_sources(self) -> None:
+        if self.config.dicom is not None:
+            self.receiver = Receiver(
+                self.config.dicom,
+                self.inbox,
+                on_instance=self._instance_arrived,
+                on_commitment=self._commitment_arrived,
+                accepting=self._accepting,
+            )
+            self.receiver.start()
+            log.info("DICOM listener %s on port %d", self.config.dicom.ae_title, self.receiver.port)
+        if self.config.watch:
+            assert self._loop is not None
+            self.watcher = Watcher(self.config.watch, self.settler, self._loop)
+            self.watcher.start()
+            for e in self.watcher.errors:
+                self._error(e)
+
+    def _stop_sources(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    # arrivals (the receiver calls these from its threads)
+
+    def _accepting(self) -> bool:
+        limit = self.policy.spool_max_bytes
+        return limit is None or self.inbox.held_bytes < limit
+
+    def _instance_arrived(self, inst: Instance) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._enqueue_instance, inst)
+
+    def _enqueue_instance(self, inst: Instance) -> None:
+        self.queue.add(Item(str(inst.path), inst.size, self.clock.monotonic(), inst))
+        self._wake.set()
+
+    def _commitment_arrived(self, req: CommitmentRequest) -> None:
+        self.ledger.add_commitment(req)  # durable before the N-ACTION is answered
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _is_new(self, path: str) -> bool:
+        """Watched file not in the queue, and changed since it was last committed."""
+        if path in self.queue.items:
+            return False
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return self.ledger.watched_signature(path) != (st.st_size, st.st_mtime_ns)
+
+    def _collect_settled(self) -> None:
+        for s in self.settler.ready():
+            if self._is_new(s.path):
+                self.queue.add(self._watched_item(s))
+
+    def _watched_item(self, s: Settled) -> Item:
+        return Item(s.path, s.size, self.clock.monotonic(), mtime_ns=s.mtime_ns)
+
+    # batches
+
+    async def _batch_loop(self) -> None:
+        await self._resume_uploads()
+        backoff = 1.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            self._wake.clear()
+            self._collect_settled()
+            await self._report_commitments()
+            if not self._decide().due:
+                continue
+            try:
+                await self._run_batch()
+                backoff = 1.0
+            except (DicomvaultError, OSError) as e:
+                self._error(f"backup failed: {e}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _decide(self) -> Decision:
+        now = self.clock.monotonic()
+        waiting = self.queue.waiting(now)
+        self.decision = batching.due(
+            self.policy,
+            self.clock.now(),
+            now,
+            waiting,
+            self.queue.last_arrival,
+            self._spool_bytes(),
+        )
+        return self.decision
+
+    async def _resume_uploads(self) -> None:
+        """Packs sealed before a restart go out first (their chunks are already indexed)."""
+        uploader = self.repo.uploader
+        if uploader is not None and uploader.spool.pending():
+            try:
+                await uploader.drain()
+            except DicomvaultError as e:
+                self._error(f"uploading spooled packs: {e}")
+
+    async def _run_batch(self) -> None:
+        now = self.clock.monotonic()
+        items = batching.take(self.queue.waiting(now), self.policy)
+        for item in items:
+            item.in_batch = True
+        self._batching = True
+        try:
+            summary = await self._backup([i.path for i in items])
+        except BaseException:
+            for item in items:
+                item.in_batch = False
+            raise
+        finally:
+            self._batching = False
+        self._settle_batch(items, summary)
+
+    async def _backup(self, paths: list[str]) -> Summary:
+        backup = Backup(self.repo, host=self.config.name, files_cache=False, find_parent=False)
+        summary = await backup.run(paths, ["agent"])
+        log.info(
+            "snapshot %s: %d files, %d new bytes, %d bytes uploaded",
+            summary.snapshot[:8],
+            summary.files,
+            summary.bytes_new,
+            summary.bytes_uploaded,
+        )
+        return summary
+
+    def _settle_batch(self, items: list[Item], summary: Summary) -> None:
+        """The snapshot is committed: ledger first, then delete spooled instances."""
+        failed = {e.split(": ", 1)[0] for e in summary.errors}
+        done = [i for i in items if i.path not in failed]
+        when = time.time()
+        uids = [i.instance.sop_instance_uid for i in done if i.instance]
+        self.ledger.record_instances(uids, summary.snapshot, when)
+        self.ledger.record_watched(
+            ((i.path, i.size, i.mtime_ns) for i in done if not i.instance), summary.snapshot, when
+        )
+        self.last_commit = Commit(
+            summary.snapshot, now_rfc3339(), len(done), sum(i.size for i in done)
+        )
+        self.ledger.put_meta("last_commit", self.last_commit.as_json())
+        self.inbox.remove([i.instance for i in done if i.instance])
+        for i in done:
+            del self.queue.items[i.path]
+        for i in items:
+            if i.path in failed:
+                self._retry_later(i, summary)
+
+    def _retry_later(self, item: Item, summary: Summary) -> None:
+        item.in_batch = False
+        message = next(e for e in summary.errors if e.startswith(item.path + ": "))
+        self._error(message)
+        if item.instance is None:  # a watched file: settle it again (it may have changed)
+            del self.queue.items[item.path]
+            w = next((w for w in self.config.watch if item.path.startswith(str(w.path))), None)
+            if w is not None:
+                self.settler.touch(item.path, w)
+        elif not os.path.exists(item.path):
+            del self.queue.items[item.path]
+        else:
+            item.not_before = self.clock.monotonic() + RETRY_SECONDS
+
+    # Storage Commitment
+
+    async def _report_commitments(self) -> None:
+        if self.receiver is None:
+            return
+        now = time.time()
+        for req in self.ledger.commitments():
+            if self._report_after.get(req.transaction_uid, 0) > now:
+                continue
+            result = self._commitment_result(req, now)
+            if result is None:
+                continue
+            delivered = await asyncio.to_thread(self.receiver.send_report, req, *result)
+            if delivered:
+                self.ledger.remove_commitment(req.transaction_uid)
+                self._report_after.pop(req.transaction_uid, None)
+            else:
+                self._report_after[req.transaction_uid] = now + RETRY_SECONDS
+
+    def _commitment_result(
+        self, req: CommitmentRequest, now: float
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]] | None:
+        """(committed, failed) once every instance is decided; None while some are queued."""
+        uids = [uid for _, uid in req.items]
+        committed = self.ledger.committed(uids)
+        queued = self.queue.uids() & set(uids)
+        if queued and now - req.received < self.policy.commitment_timeout_seconds:
+            return None
+        ok = [(c, i) for c, i in req.items if i in committed]
+        failed = [
+            (c, i, PROCESSING_FAILURE if i in queued else NO_SUCH_INSTANCE)
+            for c, i in req.items
+            if i not in committed
+        ]
+        return ok, failed
+
+    # heartbeat, live config, rescans
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.repo.backend.heartbeat(self._heartbeat())
+            except DicomvaultError as e:
+                self._error(f"heartbeat: {e}")
+            self._heartbeat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_now.wait(), self.policy.heartbeat_seconds)
+
+    def _heartbeat(self) -> dict[str, Any]:
+        return {
+            "agent": self.config.name,
+            "version": agent_version(),
+            "time": now_rfc3339(),
+            "queue_files": self.queue.files,
+            "queue_bytes": self.queue.bytes,
+            "bytes_pending": self._bytes_pending(),
+            "last_commit": self.last_commit.as_json() if self.last_commit else None,
+            "alerts": list(self.alerts),
+            "errors": len(self.errors),
+        }
+
+    async def _config_loop(self) -> None:
+        path = self.config.config_file
+        while path is not None:
+            await asyncio.sleep(1.0)
+            mtime = _mtime(path)
+            if mtime == self._config_mtime:
+                continue
+            self._config_mtime = mtime
+            try:
+                self.policy = await asyncio.to_thread(load_policy, path)
+                log.info("re-read %s: new policy in force", path)
+            except UsageError as e:
+                self._error(f"keeping the previous policy: {e}")
+
+    async def _rescan_loop(self) -> None:
+        """A walk at start (what changed while the agent was down), then every rescan period."""
+        while self.watcher is not None:
+            try:
+                for path, w in await asyncio.to_thread(self.watcher.changed, self._is_new):
+                    self.settler.touch(path, w)
+            except OSError as e:
+                self._error(f"rescanning watched folders: {e}")
+            await asyncio.sleep(self.config.rescan_seconds)
+
+    # status
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._check_alerts()
+            self._write_status()
+            await asyncio.sleep(1.0)
+
+    def _check_alerts(self) -> None:
+        limit, used = self.policy.spool_alert_bytes, self._spool_bytes()
+        alerts = []
+        if limit is not None and used >= limit:
+            alerts.append(f"spool holds {used:,} bytes, over the alert threshold of {limit:,}")
+        if alerts and not self.alerts:
+            for a in alerts:
+                log.warning("ALERT: %s", a)
+            self._heartbeat_now.set()  # tell the server now, not at the next heartbeat
+        self.alerts = alerts
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.errors.append({"time": now_rfc3339(), "message": message})
+
+    def _spool_bytes(self) -> int:
+        return self.inbox.held_bytes + self._packs_bytes()
+
+    def _packs_bytes(self) -> int:
+        uploader = self.repo.uploader
+        return uploader.spool.bytes_pending() if uploader is not None else 0
+
+    def _bytes_pending(self) -> int:
+        return self.queue.bytes + self._packs_bytes()
+
+    def _upload_rate(self) -> float:
+        t, sent = self.clock.monotonic(), self.repo.backend.bytes_uploaded
+        self._uploaded.append((t, sent))
+        while len(self._uploaded) > 1 and t - self._uploaded[0][0] > RATE_WINDOW:
+            self._uploaded.popleft()
+        t0, s0 = self._uploaded[0]
+        return (sent - s0) / (t - t0) if t > t0 else 0.0
+
+    def _limit(self) -> float | None:
+        uploader = self.repo.uploader
+        return uploader.limiter.current_rate() if uploader is not None else None
+
+    def status(self, state: str = "running") -> dict[str, Any]:
+        rate, limit, pending = self._upload_rate(), self._limit(), self._bytes_pending()
+        speed = rate if rate > 0 else limit
+        queued_instances = sum(1 for i in self.queue.items.values() if i.instance)
+        return {
+            "version": STATUS_VERSION,
+            "agent": self.config.name,
+            "pid": os.getpid(),
+            "dicomvault": agent_version(),
+            "state": state,
+            "started": self.started,
+            "updated": now_rfc3339(),
+            "updated_unix": time.time(),
+            "repository": self.repo.backend.location,
+            "sources": self.config.sources(),
+            "dicom_port": self.receiver.port if self.receiver else None,
+            "queue": {
+                "files": self.queue.files,
+                "bytes": self.queue.bytes,
+                "instances": queued_instances,
+                "watched": self.queue.files - queued_instances,
+                "settling": len(self.settler),
+            },
+            "spool": {
+                "bytes": self.inbox.held_bytes,
+                "packs_bytes": self._packs_bytes(),
+                "max_bytes": self.policy.spool_max_bytes,
+                "alert_bytes": self.policy.spool_alert_bytes,
+            },
+            "bytes_pending": pending,
+            "mode": self.decision.mode,
+            "window": self.decision.window,
+            "upload": {
+                "rate_bytes_per_s": round(rate),
+                "limit_bytes_per_s": limit,
+                "bytes_total": self.repo.backend.bytes_uploaded,
+            },
+            "eta_seconds": round(pending / speed, 1)
+            if pending and speed
+            else (0 if not pending else None),
+            "last_commit": self.last_commit.as_json() if self.last_commit else None,
+            "received": self.receiver.received if self.receiver else 0,
+            "refused": self.receiver.refused if self.receiver else 0,
+            "commitments_pending": len(self.ledger.commitments()),
+            "errors": list(self.errors),
+            "alerts": list(self.alerts),
+        }
+
+    def _write_status(self, state: str = "running") -> None:
+        try:
+            write_status(self.config.state_dir, self.status(state))
+        except OSError as e:
+            log.error("cannot write the status file: %s", e)
+
+
+def _mtime(path: Any) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path is not None else None
+    except OSError:
+        return None

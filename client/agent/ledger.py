@@ -1,0 +1,126 @@
+"""The agent's durable memory of what it has committed, in one SQLite file in the state folder.
+
+Owns three tables: `instances` (SOP Instance UIDs committed off-site, for Storage Commitment),
+`watched` (the size and mtime of each watched file as last committed, so a restart does not send
+unchanged files again) and `commitments` (Storage Commitment requests not yet answered, so a
+report still goes out after a restart). Rows are written only after the server accepted the
+snapshot, so the ledger may lag the repository but never runs ahead of it. Thread-safe: the
+receiver's threads and the daemon share one connection behind a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (uid TEXT PRIMARY KEY, snapshot TEXT, committed REAL);
+CREATE TABLE IF NOT EXISTS watched (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, snapshot TEXT, committed REAL);
+CREATE TABLE IF NOT EXISTS commitments (
+    transaction_uid TEXT PRIMARY KEY, calling_ae TEXT, address TEXT, items TEXT, received REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentRequest:
+    """One N-ACTION: which instances (class UID, instance UID) the peer wants committed."""
+
+    transaction_uid: str
+    calling_ae: str
+    address: str
+    items: tuple[tuple[str, str], ...]
+    received: float
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # committed instances and watched files
+
+    def record_instances(self, uids: Iterable[str], snapshot: str, when: float) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?)",
+            ((uid, snapshot, when) for uid in uids),
+        )
+
+    def committed(self, uids: Iterable[str]) -> set[str]:
+        """The subset of `uids` that some committed snapshot holds."""
+        out: set[str] = set()
+        for uid in uids:
+            if self._query("SELECT 1 FROM instances WHERE uid = ?", (uid,)):
+                out.add(uid)
+        return out
+
+    def record_watched(
+        self, rows: Iterable[tuple[str, int, int]], snapshot: str, when: float
+    ) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO watched VALUES (?, ?, ?, ?, ?)",
+            ((p, size, mtime, snapshot, when) for p, size, mtime in rows),
+        )
+
+    def watched_signature(self, path: str) -> tuple[int, int] | None:
+        rows = self._query("SELECT size, mtime_ns FROM watched WHERE path = ?", (path,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    # Storage Commitment requests
+
+    def add_commitment(self, req: CommitmentRequest) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO commitments VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    req.transaction_uid,
+                    req.calling_ae,
+                    req.address,
+                    json.dumps(req.items),
+                    req.received,
+                )
+            ],
+        )
+
+    def commitments(self) -> list[CommitmentRequest]:
+        rows = self._query("SELECT * FROM commitments ORDER BY received")
+        return [
+            CommitmentRequest(t, ae, addr, tuple((c, i) for c, i in json.loads(items)), r)
+            for t, ae, addr, items, r in rows
+        ]
+
+    def remove_commitment(self, transaction_uid: str) -> None:
+        self._write("DELETE FROM commitments WHERE transaction_uid = ?", [(transaction_uid,)])
+
+    # small facts for the status (last commit)
+
+    def put_meta(self, key: str, value: Any) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, json.dumps(value))])
+
+    def get_meta(self, key: str) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None

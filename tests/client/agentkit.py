@@ -1,0 +1,343 @@
+"""Test harness for the practice agent: a real chunk server subprocess, a real agent subprocess,
+real DICOM senders (dcmtk) and polling helpers with timeouts.
+
+Nothing is mocked: the server is `python -m server serve` on a free loopback port, the agent is
+`dicomvault agent` as a user starts it. A missing tool (dcmtk, Orthanc) fails the test with a
+message saying what to install, never skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydicom
+
+from tests.helpers import CHEAP_KDF_ARGS, PASSPHRASE, Result, _cli_command
+
+STORESCU = "/usr/bin/storescu"
+DCMSEND = "/usr/bin/dcmsend"
+AGENT_AET = "DVAGENT"
+T = TypeVar("T")
+
+
+def require_tool(path: str, package: str) -> None:
+    assert os.access(path, os.X_OK), (
+        f"{path} is missing: install the Debian package {package!r} (make setup-system)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class ChunkServer:
+    """`dicomvault-server serve` in a subprocess with one repository, `clinic`."""
+
+    root: Path
+    port: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    name: str = "clinic"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.name}"
+
+    def start(self) -> ChunkServer:
+        data = self.root / "server"
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "repo",
+                "create",
+                self.name,
+                "--data",
+                str(data),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.tokens = json.loads(out.stdout)["tokens"]
+        self.port = free_port()
+        log = open(self.root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--data",
+                str(data),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for("the chunk server to answer /v1/health", self._healthy)
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/health", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def get(self, path: str, role: str = "admin") -> Any:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/repos/{self.name}/{path}",
+            headers={"Authorization": f"Bearer {self.tokens[role]}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@dataclass
+class AgentSite:
+    """A practice machine: passphrase, cache, spool and state folders, and the agent process."""
+
+    root: Path
+    server: ChunkServer
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
+        env.update(
+            DICOMVAULT_REPO=self.server.url,
+            DICOMVAULT_TOKEN=self.server.tokens["backup"],
+            DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
+            DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
+            **self.extra_env,
+        )
+        return env
+
+    def cli(self, *args: str, timeout: float = 300) -> Result:
+        proc = subprocess.run(
+            [*_cli_command(), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.cli(*args, "--json")
+        assert result.rc == 0, f"dicomvault {' '.join(args)} exited {result.rc}: {result.err}"
+        return result.doc
+
+    def init(self) -> AgentSite:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "passphrase").write_bytes(PASSPHRASE + b"\n")
+        result = self.cli("init", *CHEAP_KDF_ARGS)
+        assert result.rc == 0, result.err
+        return self
+
+    def start(self, *args: str) -> AgentSite:
+        """Start `dicomvault agent ARGS` and wait until its status file says it is running."""
+        (self.root / "status-before").unlink(missing_ok=True)
+        log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
+        self.proc = subprocess.Popen(
+            [
+                *_cli_command(),
+                "agent",
+                "--spool",
+                str(self.spool),
+                "--state-dir",
+                str(self.state),
+                *args,
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        pid = self.proc.pid
+        wait_for("the agent to report itself running", lambda: self._running(pid))
+        return self
+
+    def _running(self, pid: int) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the agent exited {self.proc.returncode}:\n{self.log()}")
+        doc = self.status()
+        return bool(doc and doc["pid"] == pid and doc["state"] == "running")
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads((self.state / "status.json").read_text()))
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def dicom_port(self) -> int:
+        doc = self.status()
+        assert doc is not None and doc["dicom_port"], "the agent runs no DICOM listener"
+        return int(doc["dicom_port"])
+
+    def log(self) -> str:
+        return (self.root / "agent.log").read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=60)
+        self.proc = None
+        return rc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+        self.proc = None
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return list(self.cli_json("snapshots")["snapshots"])
+
+    def spooled(self) -> list[Path]:
+        folder = self.spool / "instances"
+        return (
+            sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+            if folder.is_dir()
+            else []
+        )
+
+    def restore_all(self, target: Path) -> list[Path]:
+        """Restore every snapshot into `target`; return the restored files."""
+        for snap in self.snapshots():
+            result = self.cli("restore", snap["id"], "--target", str(target))
+            assert result.rc == 0, result.err
+        return sorted(p for p in target.rglob("*") if p.is_file())
+
+
+# DICOM
+
+
+def dataset_digest(path: Path) -> tuple[str, str]:
+    """(SOP Instance UID, SHA-256 of the pixel data bytes as stored): what a C-STORE hop keeps
+    when the transfer syntax is kept, whatever it does to the meta group."""
+    ds = pydicom.dcmread(path, force=True)
+    pixels = ds.get((0x7FE0, 0x0010))
+    data = pixels.value if pixels is not None else b""
+    if isinstance(data, list | tuple):
+        data = b"".join(data)
+    return str(ds.SOPInstanceUID), hashlib.sha256(bytes(data or b"")).hexdigest()
+
+
+def dataset_body(path: Path) -> bytes:
+    """The encoded dataset after the File Meta group: the bytes a sender put on the wire."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM", f"{path} is not a DICOM Part 10 file"
+    # (0002,0000) UL, explicit VR little endian: tag 4, VR 2, length 2, value 4 bytes.
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]
+
+
+def transfer_syntax(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+def pick_files(candidates: list[Path], syntaxes: set[str], limit: int) -> list[Path]:
+    """Up to `limit` files in one of `syntaxes`, with distinct SOP Instance UIDs."""
+    out, seen = [], set()
+    for path in candidates:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid, ts = str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID)
+        except Exception:
+            continue
+        if ts in syntaxes and uid not in seen and "SOPClassUID" in ds:
+            seen.add(uid)
+            out.append(path)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def storescu(
+    port: int, *files: Path, timeout: float = 120, options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    require_tool(STORESCU, "dcmtk")
+    return subprocess.run(
+        [
+            STORESCU,
+            *options,
+            "-aec",
+            AGENT_AET,
+            "-aet",
+            "MODALITY",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def dcmsend(port: int, *files: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    require_tool(DCMSEND, "dcmtk")
+    return subprocess.run(
+        [
+            DCMSEND,
+            "-dn",
+            "-aec",
+            AGENT_AET,
+            "-aet",
+            "PACS",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
