@@ -42,6 +42,7 @@ check: setup setup-system lint types
 
 bench: setup setup-system
 	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.dicom_ratio
 
 # Bytes on the wire per day against restic and borg (see benchmarks/README.md); pass options
 # with BANDWIDTH_ARGS, e.g. make bench-bandwidth BANDWIDTH_ARGS="--rate-mbit 4 --scale 0.5".
