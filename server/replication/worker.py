@@ -1,7 +1,7 @@
 """One replicator per peer: drains the durable queue in order and runs anti-entropy passes.
 
-Owns the push loop (FIFO per repository, round-robin across repositories), the ordering rule
-that a commit is pushed only after every item queued before it was acknowledged (so a snapshot
+Owns the push loop (oldest first per repository, round-robin across repositories), the ordering
+rule that a commit is pushed only after every item queued before it was acknowledged (so a snapshot
 at the peer never lacks a pack the primary held when it was committed), pacing through the
 token bucket, the time window of a scheduled peer, retry with capped backoff, and the
 anti-entropy comparison of inventories. Must not serve HTTP or change what the primary stores.
@@ -37,6 +37,7 @@ from server.repos import Repositories, Repository
 
 log = logging.getLogger(__name__)
 PIECE = 256 * 1024  # bytes read from disk and granted by the bucket at a time
+LOOKAHEAD = 64  # queued items looked at per repository when the oldest are being retried
 PAGE = 10_000  # local packs compared with the peer per inventory question
 PRACTICE_ROLES = ("backup", "restore", "admin")  # replica tokens are never replicated
 BACKOFF_START = 0.5
@@ -97,7 +98,7 @@ class Replicator:
         self.wake = asyncio.Event()
         self._next_anti_entropy = 0.0  # due at start-up
         self._peer_backoff = _Backoff()
-        self._repo_backoff: dict[str, _Backoff] = {}
+        self._item_backoff: dict[tuple[str, str, str], _Backoff] = {}
 
     @property
     def name(self) -> str:
@@ -153,21 +154,31 @@ class Replicator:
     # -- draining the queue -----------------------------------------------------------------
 
     async def drain_round(self) -> bool:
-        """Push the head item of every repository with work; True if anything was pushed."""
+        """Push one item of every repository with work; True if anything was pushed."""
         busy = False
         for repo in await asyncio.to_thread(self.state.repos_with_work, self.name):
-            now = self.clock()
-            if not self.peer.may_send(now):
+            if not self.peer.may_send(self.clock()):
                 break
-            backoff = self._repo_backoff.get(repo)
-            if backoff is not None and now < backoff.not_before:
-                continue
-            head = await asyncio.to_thread(self.state.head, self.name, repo)
-            if head:
-                busy |= await self._push_head(repo, head[0])
+            head = await asyncio.to_thread(self.state.head, self.name, repo, LOOKAHEAD)
+            item = self._next_sendable(repo, head)
+            if item is not None:
+                busy |= await self._push(repo, item)
         return busy
 
-    async def _push_head(self, repo: str, item: Item) -> bool:
+    def _next_sendable(self, repo: str, head: list[Item]) -> Item | None:
+        """The oldest item that may go now. A commit goes only when nothing older is queued
+        (so every pack it may need is at the peer); packs and key objects may pass an item the
+        peer refused, so one bad pack does not hold back the others."""
+        now = self.clock()
+        for i, item in enumerate(head):
+            backoff = self._item_backoff.get((repo, item.kind, item.name))
+            if backoff is not None and now < backoff.not_before:
+                continue
+            if item.kind != SNAPSHOT or i == 0:
+                return item
+        return None
+
+    async def _push(self, repo: str, item: Item) -> bool:
         try:
             await self.push(repo, item)
         except PeerRefused as e:
@@ -179,7 +190,7 @@ class Replicator:
             await asyncio.to_thread(self.state.drop, self.name, repo, item)
             return True
         await asyncio.to_thread(self.state.ack, self.name, repo, [item], self.clock())
-        self._repo_backoff.pop(repo, None)
+        self._item_backoff.pop((repo, item.kind, item.name), None)
         self.status.up, self.status.last_success = True, self.clock()
         return True
 
@@ -192,7 +203,7 @@ class Replicator:
             self.state.drop(self.name, repo, item)
             self.request_anti_entropy()
             return
-        backoff = self._repo_backoff.setdefault(repo, _Backoff())
+        backoff = self._item_backoff.setdefault((repo, item.kind, item.name), _Backoff())
         delay = backoff.fail(self.clock(), self.retry_max)
         log.error("peer %s refused %s %s of %s: %s (retry in %.1f s)", self.name, item.kind,
                   item.name[:16], repo, e, delay)  # fmt: skip
