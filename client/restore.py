@@ -20,7 +20,8 @@ from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.errors import UsageError
 from engine.ids import ChunkId, SnapshotId
 
-FETCH_CONCURRENCY = 8
+FETCH_CONCURRENCY = 4  # chunk reads in flight per file
+FILES_IN_FLIGHT = 8  # files restored at once
 
 
 @dataclass
@@ -80,34 +81,55 @@ class Restorer:
         self.select = select or (lambda e: True)
         self.progress = progress or (lambda s, p: None)
         self.summary = RestoreSummary()
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def run(self, snapshot_id: SnapshotId) -> RestoreSummary:
         start = time.monotonic()
         _, body = await self.repo.load_snapshot(snapshot_id)
         self.summary.snapshot = snapshot_id.hex()
         dirs: list[Entry] = []
-        async for entry in catalogue(self.repo, body):
-            if not (matches(entry, self.includes) and self.select(entry)):
-                continue
-            dest = safe_target(self.target, entry.path)
-            if entry.type == "dir":
-                dest.mkdir(parents=True, exist_ok=True)
-                dirs.append(entry)
-                self.summary.dirs += 1
-            elif entry.type == "symlink":
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.is_symlink() or dest.exists():
-                    dest.unlink()
-                os.symlink(entry.target or "", dest)
-            else:
-                await self._file(entry, dest)
-            self.progress(self.summary, entry.path)
+        try:
+            async for entry in catalogue(self.repo, body):
+                if not (matches(entry, self.includes) and self.select(entry)):
+                    continue
+                dest = safe_target(self.target, entry.path)
+                if entry.type == "dir":
+                    dest.mkdir(parents=True, exist_ok=True)
+                    dirs.append(entry)
+                    self.summary.dirs += 1
+                elif entry.type == "symlink":
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if dest.is_symlink() or dest.exists():
+                        dest.unlink()
+                    os.symlink(entry.target or "", dest)
+                else:
+                    await self._start_file(entry, dest)
+                self.progress(self.summary, entry.path)
+            await self._finish_files()
+        finally:
+            for task in self._writing:  # a failure elsewhere: stop the files in flight
+                task.cancel()
         for entry in reversed(dirs):  # after their contents, or writing would change the mtime
             dest = safe_target(self.target, entry.path)
             os.chmod(dest, entry.mode)
             os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
         self.summary.duration_s = round(time.monotonic() - start, 3)
         return self.summary
+
+    async def _start_file(self, entry: Entry, dest: Path) -> None:
+        """Restore files concurrently (most DICOM files are one or two chunks, so a window
+        within one file would leave the decode threads idle); stop at the first failure."""
+        while len(self._writing) >= FILES_IN_FLIGHT:
+            done, self._writing = await asyncio.wait(
+                self._writing, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()
+        self._writing.add(asyncio.create_task(self._file(entry, dest)))
+
+    async def _finish_files(self) -> None:
+        await asyncio.gather(*self._writing)
+        self._writing = set()
 
     async def _file(self, entry: Entry, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
