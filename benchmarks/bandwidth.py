@@ -417,10 +417,9 @@ def chart(rep: dict[str, Any], path: Path) -> None:
 
 
 def _short(kinds: list[str]) -> str:
+    """Event names two to a line, for the x-axis labels."""
     names = [k for k in kinds if k != "new"]
-    return "\n".join(
-        names[i : i + 2] and "+".join(names[i : i + 2]) for i in range(0, len(names), 2)
-    )
+    return "\n".join("+".join(names[i : i + 2]) for i in range(0, len(names), 2))
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import zstandard
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -70,6 +71,8 @@ FIRST = ("Anna", "Maria", "Elena", "Sofia", "Laura", "Julia", "Clara", "Ines", "
 LAST = ("Schmidt", "Rossi", "Dubois", "Novak", "Garcia", "Jansen", "Berg", "Moreau", "Costa")
 REFERRING = ("Weber^Thomas^^Dr", "Martin^Claire^^Dr", "Silva^Joao^^Dr", "Keller^Eva^^Dr")
 BASE_DATE = np.datetime64("2026-03-02")
+# A new instance: its dataset, its frames (raw pixels), and its codestream if it is compressed.
+Instance = tuple[Dataset, list[np.ndarray], bytes | None]
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -128,7 +131,9 @@ def _window(rng: np.random.Generator, zoom: float) -> tuple[float, ...]:
     return (top, top + span, left, left + span)
 
 
-def _finish(img: np.ndarray, rng: np.random.Generator, sigma: float, lo: int, hi: int, dtype: str):
+def _finish(
+    img: np.ndarray, rng: np.random.Generator, sigma: float, lo: int, hi: int, dtype: str
+) -> np.ndarray:
     """Add low sensor-like noise, clip to the stored range and quantise."""
     noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
     return np.clip(np.rint(img + noise), lo, hi).astype(dtype)
@@ -306,7 +311,7 @@ class Archive:
         words = [self.seed, *(int.from_bytes(str(p).encode()[:8], "little") for p in parts)]
         return np.random.default_rng(words)
 
-    def uid(self, *parts: object) -> str:
+    def uid(self, *parts: object) -> UID:
         return generate_uid(entropy_srcs=[f"dvbench/{self.seed}", *map(str, parts)])
 
     # days
@@ -394,7 +399,15 @@ class Archive:
         self.studies[key] = study
         return study
 
-    def _store(self, study: Study, name: str, ds: Dataset, frames, stream, log: DayLog) -> None:
+    def _store(
+        self,
+        study: Study,
+        name: str,
+        ds: Dataset,
+        frames: list[np.ndarray],
+        stream: bytes | None,
+        log: DayLog,
+    ) -> None:
         data = to_bytes(ds)
         self._write(self.root / study.folder / name, data, log)
         study.files.append(name)
@@ -432,9 +445,7 @@ def to_bytes(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _instance(
-    name: str, img: np.ndarray, *, frames: int = 1, j2k: bool = False
-) -> tuple[Dataset, list[np.ndarray], bytes | None]:
+def _instance(name: str, img: np.ndarray, *, frames: int = 1, j2k: bool = False) -> Instance:
     """A new dataset from template `name` carrying `img` (frames stacked on axis 0 if > 1)."""
     ds = copy.deepcopy(template(name))
     if "DerivationDescription" in ds:
@@ -467,7 +478,7 @@ def _as_mammo(ds: Dataset, view: int, tomo: bool) -> Dataset:
     return ds
 
 
-def _build_mg(a: Archive, s: Study) -> Iterator[list[tuple]]:
+def _build_mg(a: Archive, s: Study) -> Iterator[list[Instance]]:
     rows, cols = a.profile.dim(3328), a.profile.dim(2560)
     out = []
     for view in range(4):
@@ -476,7 +487,7 @@ def _build_mg(a: Archive, s: Study) -> Iterator[list[tuple]]:
     yield out
 
 
-def _build_dbt(a: Archive, s: Study) -> Iterator[list[tuple]]:
+def _build_dbt(a: Archive, s: Study) -> Iterator[list[Instance]]:
     rows, cols, n = a.profile.dim(1664), a.profile.dim(1280), a.profile.series(10)
     out = []
     for view in range(2):
@@ -486,10 +497,12 @@ def _build_dbt(a: Archive, s: Study) -> Iterator[list[tuple]]:
     yield out
 
 
-def _build_slices(source: str, tmpl: str, base: int, size: int, sigma: float, j2k: bool = False):
+def _build_slices(
+    source: str, tmpl: str, base: int, size: int, sigma: float, j2k: bool = False
+) -> Callable[[Archive, Study], Iterator[list[Instance]]]:
     """Series of slices from `source`'s pixels under `tmpl`'s header (one series if long)."""
 
-    def build(a: Archive, s: Study) -> Iterator[list[tuple]]:
+    def build(a: Archive, s: Study) -> Iterator[list[Instance]]:
         count, dim = a.profile.series(base), a.profile.dim(size)
         for series in range(1 if base > 40 else 2):
             imgs = slice_series(a.rng(s.key, series), source, dim, count, sigma)
@@ -498,12 +511,12 @@ def _build_slices(source: str, tmpl: str, base: int, size: int, sigma: float, j2
     return build
 
 
-def _build_us(a: Archive, s: Study) -> Iterator[list[tuple]]:
+def _build_us(a: Archive, s: Study) -> Iterator[list[Instance]]:
     rng = a.rng(s.key)
     yield [_instance("US1_UNCI", us_image(rng)) for _ in range(a.profile.series(12))]
 
 
-def _build_cr_j2k(a: Archive, s: Study) -> Iterator[list[tuple]]:
+def _build_cr_j2k(a: Archive, s: Study) -> Iterator[list[Instance]]:
     rows, cols = a.profile.dim(1760), a.profile.dim(1760)
     out = []
     for view in range(2):
@@ -514,7 +527,7 @@ def _build_cr_j2k(a: Archive, s: Study) -> Iterator[list[tuple]]:
     yield out
 
 
-BUILDERS: dict[str, Callable[[Archive, Study], Iterator[list[tuple]]]] = {
+BUILDERS: dict[str, Callable[[Archive, Study], Iterator[list[Instance]]]] = {
     "MG": _build_mg,
     "DBT": _build_dbt,
     "CT": _build_slices("693_UNCI", "693_UNCI", 160, 512, 4.0),
@@ -636,7 +649,7 @@ def ev_reroute(a: Archive, log: DayLog) -> None:
 def _pydicom_hop(ds: FileDataset) -> bytes:
     """What a DICOM router does to an instance: new meta group, implicit VR, same pixels."""
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = "1.2.276.0.7230010.3.0.3.6.7"
+    ds.file_meta.ImplementationClassUID = UID("1.2.276.0.7230010.3.0.3.6.7")
     ds.file_meta.ImplementationVersionName = "OFFIS_DCMTK_367"
     ds.file_meta.SourceApplicationEntityTitle = "PACS"
     return to_bytes(ds)
