@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.backup import Backup
 from client.check import check
@@ -30,7 +30,6 @@ from client.progress import Progress
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
 from client.repository import Repository, init_repository
 from client.restore import Restorer, catalogue
-from client.topacs import InstanceResult, Peer, SendFailed, check_aet, send_study
 from engine.backend import Backend, LocalBackend
 from engine.blob import Codec
 from engine.catalogue import Entry
@@ -38,6 +37,9 @@ from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
 from engine.store.local import LocalStore
+
+if TYPE_CHECKING:  # pydicom and pynetdicom cost ~0.5 s at start-up: loaded only to send a study
+    from client.topacs import InstanceResult, Peer
 
 EXIT_INTERRUPTED = 130
 
@@ -314,6 +316,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 
 async def cmd_restore(args: argparse.Namespace) -> int:
+    from client.topacs import Peer, check_aet
+
     select = _restore_selection(args)
     peer = Peer.parse(args.to_pacs) if args.to_pacs else None
     check_aet(args.calling_aet)
@@ -381,6 +385,8 @@ async def _restore_to_pacs(
     select: Callable[[Entry], bool],
     peer: Peer,
 ) -> int:
+    from client.topacs import SendFailed, send_study
+
     def report(r: InstanceResult) -> None:
         if not args.json:
             print(f"{'ok    ' if r.ok else 'FAILED'} /{r.path}  {r.sop_instance}  {r.message}")

@@ -15,10 +15,8 @@ import struct
 import warnings
 from dataclasses import dataclass
 
-import pydicom
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.valuerep import TEXT_VR_DELIMS
-from pydicom.values import convert_PN
+# pydicom is imported where it is used: it costs ~0.5 s at start-up, and the fast walker needs it
+# only for non-ASCII names and for the files it leaves to pydicom.
 
 # --- Part 10 framing -----------------------------------------------------------------------------
 PREAMBLE_SIZE = 128  # bytes of free-form preamble before the magic
@@ -573,6 +571,8 @@ def _ascii(raw: bytes) -> str:
 
 
 def _encodings(raw: bytes | None) -> list[str]:
+    from pydicom.charset import convert_encodings
+
     terms = [t.strip() for t in _ascii(raw).split("\\")] if raw else [""]
     try:
         with warnings.catch_warnings():
@@ -583,6 +583,9 @@ def _encodings(raw: bytes | None) -> list[str]:
 
 
 def _text(raw: bytes, encodings: list[str]) -> str:
+    from pydicom.charset import decode_bytes
+    from pydicom.valuerep import TEXT_VR_DELIMS
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -593,13 +596,16 @@ def _text(raw: bytes, encodings: list[str]) -> str:
 
 
 def _person_name(raw: bytes, encodings: list[str]) -> str:
+    from pydicom.valuerep import PersonName
+    from pydicom.values import convert_PN
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             value = convert_PN(raw, encodings)
     except Exception:
         return _text(raw, encodings)
-    names = [value] if isinstance(value, pydicom.valuerep.PersonName) else list(value)
+    names = [value] if isinstance(value, PersonName) else list(value)
     return "\\".join(str(name) for name in names).rstrip("\x00 ")
 
 
@@ -637,6 +643,8 @@ class _MemoryReader(io.RawIOBase):
 
 def _pydicom_layout(view: memoryview, reason: str) -> DicomLayout:
     """Catalogue attributes through pydicom for files the walker left alone; bytes stay RAW."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
