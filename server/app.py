@@ -2,7 +2,8 @@
 
 Owns `make_app(config)`, which tests and `__main__` both call, the one error middleware that maps
 `engine.errors` to HTTP status codes and JSON bodies, request metrics, and the lifecycle of the
-index, the replicators and the temp-file sweeper (`cleanup_ctx`). Must not contain route logic.
+index, the replicators, the temp-file sweeper, the scrub schedule and the alert service
+(`cleanup_ctx`). Must not contain route logic.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from engine.errors import DicomvaultError
+from server.alerts.service import AlertService
 from server.config import ServerConfig
 from server.errors import MissingChunks, http_status
 from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
+from server.monitor import routes as monitor_routes
 from server.replica import routes as replica_routes
 from server.replication.service import Replication
 from server.repos import Repositories
-from server.state import CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS
+from server.scrub import Scrubber, run_scheduled
+from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,6 +118,33 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Scrub (docs/design.md "Scrub and healing"): after the index and replication (it reads
+    # the replica bindings); a scheduled pass every `scrub_interval`, 0 for on demand only.
+    config = app[CONFIG]
+    app[SCRUB] = scrubber = Scrubber(config, app[INDEX], app[REPOS], app[CLOCK])
+    task = None
+    if config.scrub_interval > 0:
+        task = asyncio.create_task(run_scheduled(scrubber, config.scrub_interval, app[CLOCK]))
+    yield
+    await scrubber.stop()
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Alerts (docs/design.md "Alerts"): evaluated every `alerts.evaluate_interval`.
+    service = AlertService(app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], app[CLOCK])
+    app[ALERTS] = service
+    task = asyncio.create_task(service.run(), name="alerts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> web.Application:
     # Metrics outermost so they time the error responses too.
     app = web.Application(
@@ -126,6 +157,9 @@ def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) ->
     app.cleanup_ctx.append(_index_ctx)
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
+    app.cleanup_ctx.append(_scrub_ctx)
+    app.cleanup_ctx.append(_alerts_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
+    app.add_routes(monitor_routes)
     return app

@@ -1,4 +1,5 @@
-"""`dicomvault-server`: the provider's command line (serve, repo, peer-token, reindex).
+"""`dicomvault-server`: the provider's command line (serve, repo, peer-token, reindex, scrub,
+alerts, provider-token).
 
 Owns argument parsing, reading the TOML config, printing, and the one place where engine errors
 become a one-line message and an exit code. Must not hold server logic: it calls `server.app`
@@ -95,12 +96,20 @@ def cmd_peer_token_create(args: argparse.Namespace) -> int:
     from server.admin import create_peer_token_offline
 
     token = create_peer_token_offline(_config(args), args.name)
+    if args.heal:
+        from server.monitor_admin import grant_heal_offline
+
+        grant_heal_offline(_config(args), token)
     if args.json:
-        print(json.dumps({"peer": args.name, "role": "replica", "token": token}))
+        print(json.dumps({"peer": args.name, "role": "replica", "token": token, "heal": args.heal}))
     else:
         print(f"replica token for primary site {args.name!r} (shown once, store it now):")
         print(f"  {token}")
-        print("it may push replicas to this server; it cannot read packs or delete anything")
+        if args.heal:
+            print("it may push replicas to this server and read back packs of its own replicas")
+            print("(scrub healing); it cannot read other data or delete anything")
+        else:
+            print("it may push replicas to this server; it cannot read packs or delete anything")
     return 0
 
 
@@ -115,6 +124,81 @@ def cmd_repo_promote(args: argparse.Namespace) -> int:
     else:
         print(f"{args.name} was not a replica; nothing changed")
     return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from server.monitor_admin import scrub_offline, with_rate
+    from server.replication.settings import parse_rate
+
+    config = with_rate(_config(args), parse_rate(args.rate) if args.rate else None)
+    report = scrub_offline(config, args.repo or None)
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        for bad in report.bad:
+            fate = f"healed from {bad.healed_from}" if bad.healed_from else "NOT HEALED"
+            print(f"BAD {bad.repo} {bad.pack}: {bad.reason}; {fate}")
+            for error in bad.errors if not bad.healed_from else []:
+                print(f"    {error}")
+        print(
+            f"scrubbed {report.repositories} repositories: {report.packs_checked} packs, "
+            f"{report.bytes_checked:,} bytes; {len(report.bad)} bad, "
+            f"{len(report.unhealed)} not healed"
+        )
+    return 17 if report.unhealed else 0  # CheckFailed's exit code
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from server.alerts.conditions import iso
+    from server.monitor_admin import open_alerts_offline
+
+    alerts = open_alerts_offline(_config(args))
+    if args.json:
+        print(json.dumps({"alerts": alerts}))
+        return 0
+    for a in alerts:
+        sent = f"sent {a['sends']}x" if a["sends"] else "not delivered yet"
+        print(f"{iso(float(a['opened']))}  {a['kind']:16} {a['message']}  ({sent})")
+    print(f"{len(alerts)} open alerts" if alerts else "no open alerts")
+    return 0
+
+
+def cmd_provider_token_create(args: argparse.Namespace) -> int:
+    from server.monitor_admin import create_provider_token_offline
+
+    token = create_provider_token_offline(_config(args), args.name)
+    if args.json:
+        print(json.dumps({"provider": args.name, "role": "provider", "token": token}))
+    else:
+        print(f"provider token {args.name!r} (shown once, store it now):")
+        print(f"  {token}")
+        print("it reads the status page (/status#token=…), every repository's scrub and drill")
+        print("results and the open alerts; it cannot read any practice's data")
+    return 0
+
+
+def _monitor_parsers(sub: Any) -> None:
+    sc = sub.add_parser(
+        "scrub", help="re-hash every stored pack now; quarantine and heal bad ones from a peer"
+    )
+    _data_arg(sc)
+    sc.add_argument("--repo", action="append", help="only this repository (repeatable)")
+    sc.add_argument("--rate", help="hash at most this fast, e.g. 100MiB/s (default scrub_rate)")
+    sc.add_argument("--json", action="store_true", help="print JSON")
+    sc.set_defaults(func=cmd_scrub)
+
+    al = sub.add_parser("alerts", help="list open alerts")
+    _data_arg(al)
+    al.add_argument("--json", action="store_true", help="print JSON")
+    al.set_defaults(func=cmd_alerts)
+
+    pt = sub.add_parser("provider-token", help="the provider's token for the status page")
+    pt_sub = pt.add_subparsers(dest="provider_command", required=True)
+    ptc = pt_sub.add_parser("create", help="mint a provider token (server-wide, read-only status)")
+    _data_arg(ptc)
+    ptc.add_argument("--name", default="provider", help="label of the token")
+    ptc.add_argument("--json", action="store_true", help="print JSON")
+    ptc.set_defaults(func=cmd_provider_token_create)
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -163,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     ptc = peer_sub.add_parser("create", help="mint a replica token (push-only, server-wide)")
     _data_arg(ptc)
     ptc.add_argument("--name", default="primary", help="label of the primary site using it")
+    ptc.add_argument(
+        "--heal",
+        action="store_true",
+        help="also let it read back packs of its own replicas, so the primary's scrub can heal",
+    )
     ptc.add_argument("--json", action="store_true", help="print JSON")
     ptc.set_defaults(func=cmd_peer_token_create)
 
@@ -171,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--verify", action="store_true", help="also re-hash every pack")
     rx.add_argument("--json", action="store_true", help="print JSON")
     rx.set_defaults(func=cmd_reindex)
+    _monitor_parsers(sub)
     return parser
 
 

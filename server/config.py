@@ -7,12 +7,13 @@ receives a `ServerConfig` and must not read the environment or the filesystem fo
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
-from server.replication.settings import PeerConfig, peers_from_list
+from server.alerts.settings import AlertSettings, RepoPolicy, alerts_from_dict, repos_from_dict
+from server.replication.settings import PeerConfig, parse_rate, peers_from_list
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8420
@@ -41,6 +42,13 @@ class ServerConfig:
     # process, a window opening) and the longest wait between retries of an unreachable peer.
     replication_poll_interval: float = 2.0
     replication_retry_max: float = 60.0
+    # Scrub (docs/design.md "Scrub and healing"): every stored pack is re-hashed this often
+    # (0: only on demand), at most `scrub_rate` bytes per second so uploads are not starved.
+    scrub_interval: float = 7 * 24 * 3600.0
+    scrub_rate: float | None = 50 * MiB
+    # Alerts (docs/design.md "Alerts", docs/server.example.toml): `[alerts]` and `[repos.NAME]`.
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    repos: tuple[RepoPolicy, ...] = ()
 
     @property
     def index_path(self) -> Path:
@@ -66,6 +74,12 @@ def _coerce(name: str, value: Any) -> Any:
         return parse_listen(str(value))
     if name == "peers":
         return peers_from_list(value)
+    if name == "scrub_rate":
+        return parse_rate(value)
+    if name == "alerts":
+        return alerts_from_dict(value)
+    if name == "repos":
+        return repos_from_dict(value)
     return value
 
 

@@ -22,11 +22,12 @@ from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.errors import BodyTooLarge, MissingChunks
 from server.intake import receive_pack
+from server.monitor_metrics import render as render_monitor_metrics
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
 from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS
+from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
 
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
 PAGE = 10_000  # packs per listing page
@@ -304,4 +305,10 @@ async def metrics(request: web.Request) -> web.Response:
     count = len(await asyncio.to_thread(request.app[REPOS].names))
     text = request.app[METRICS].render(repositories=count)
     text += await asyncio.to_thread(request.app[REPLICATION].render_metrics)
+    text += await asyncio.to_thread(_monitor_metrics, request.app)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def _monitor_metrics(app: web.Application) -> str:
+    """Scrub and alert series (server.monitor_metrics)."""
+    return render_monitor_metrics(app[SCRUB].state, app[ALERTS].store)

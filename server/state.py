@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from server.alerts.service import AlertService
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
 from server.repos import Repositories
+from server.scrub import Scrubber
 
 CONFIG = web.AppKey("config", ServerConfig)
 INDEX = web.AppKey("index", ServerIndex)
@@ -21,3 +23,5 @@ REPOS = web.AppKey("repos", Repositories)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 REPLICATION = web.AppKey("replication", Replication)
+SCRUB = web.AppKey("scrub", Scrubber)
+ALERTS = web.AppKey("alerts", AlertService)

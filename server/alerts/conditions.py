@@ -1,0 +1,306 @@
+"""What is wrong right now: facts gathered from the index, replication, scrub and drill records,
+and the pure rules that turn them into conditions.
+
+Owns `gather` (blocking reads: call it in a worker thread) and `evaluate` (pure, so tests and the
+status page see exactly what the alert service sees). A condition's `key` is stable while the
+same thing stays wrong, so the store can repeat and resolve it. Must not deliver or store alerts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from server.alerts.settings import Effective, effective
+from server.config import ServerConfig
+from server.drills import DrillRecords
+from server.index import ServerIndex
+from server.replication.state import ReplicationState
+from server.repos import Repositories
+from server.scrubstate import ScrubState
+
+PAGE = 10_000
+
+AGENT_SILENT = "agent_silent"
+AGENT_ALERT = "agent_alert"
+NO_COMMIT = "no_commit"
+REPLICATION_LAG = "replication_lag"
+SCRUB_FAILED = "scrub_failed"
+DRILL_FAILED = "drill_failed"
+DISK_FULL = "disk_full"
+
+
+class HasReplicators(Protocol):
+    """What `gather` needs of `server.replication.service.Replication`."""
+
+    state: ReplicationState
+
+    @property
+    def replicators(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str  # stable identity: repo/kind[/subject]
+    repo: str | None  # None: server-wide, the provider's business only
+    kind: str
+    message: str
+
+
+@dataclass
+class RepoFacts:
+    name: str
+    policy: Effective
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    last_commit: float | None = None  # receive time of the newest snapshot
+    initialised: float | None = None  # the practice's `init` (config written)
+    snapshots: int = 0
+    packs: int = 0
+    stored_bytes: int = 0
+    lag: dict[str, dict[str, Any]] = field(default_factory=dict)  # peer → lag
+    replica_of: str | None = None
+    scrub: dict[str, Any] | None = None
+    unhealed: list[dict[str, Any]] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Facts:
+    now: float
+    site: str
+    repos: list[RepoFacts]
+    disk_total: int
+    disk_used: int
+    disk_threshold: float
+    scrub_progress: dict[str, Any] | None
+
+    @property
+    def disk_fraction(self) -> float:
+        return self.disk_used / self.disk_total if self.disk_total else 0.0
+
+
+# -- gathering ----------------------------------------------------------------------------------
+
+
+def gather(
+    config: ServerConfig,
+    index: ServerIndex,
+    repos: Repositories,
+    replication: HasReplicators | None,
+    now: float,
+) -> Facts:
+    scrub, drills = ScrubState(index), DrillRecords(index)
+    disk = shutil.disk_usage(config.data_dir)
+    rows = [
+        _repo_facts(config, index, repos, replication, scrub, drills, name, now)
+        for name in repos.names()
+    ]
+    return Facts(
+        now,
+        config.site_name,
+        rows,
+        disk.total,
+        disk.total - disk.free,
+        config.alerts.disk_threshold,
+        scrub.progress(),
+    )
+
+
+def _repo_facts(
+    config: ServerConfig,
+    index: ServerIndex,
+    repos: Repositories,
+    replication: HasReplicators | None,
+    scrub: ScrubState,
+    drills: DrillRecords,
+    name: str,
+    now: float,
+) -> RepoFacts:
+    facts = RepoFacts(name, effective(config.alerts, config.repos, name))
+    facts.heartbeats = index.heartbeats(name)
+    snaps = [summary for _, summary in index.snapshots(name)]
+    facts.snapshots = len(snaps)
+    facts.last_commit = max((float(s.get("received", 0)) for s in snaps), default=None)
+    config_file = repos.root / name / "config"
+    facts.initialised = config_file.stat().st_mtime if config_file.is_file() else None
+    facts.packs, facts.stored_bytes = _pack_totals(index, name)
+    if replication is not None:
+        facts.replica_of = replication.state.replica_owner(name)
+        facts.lag = {
+            r.name: _lag(replication.state, r.name, name, now) for r in replication.replicators
+        }
+    facts.scrub = scrub.run(name)
+    facts.unhealed = scrub.unhealed(name)
+    facts.drills = drills.latest(name)
+    return facts
+
+
+def _pack_totals(index: ServerIndex, repo: str) -> tuple[int, int]:
+    count = size = 0
+    after = None
+    while True:
+        page = index.packs(repo, after, PAGE)
+        count += len(page)
+        size += sum(r.size for r in page)
+        if len(page) < PAGE:
+            return count, size
+        after = page[-1].pack_id
+
+
+def _lag(state: ReplicationState, peer: str, repo: str, now: float) -> dict[str, Any]:
+    lag = state.lag(peer, repo)
+    age = max(0.0, now - lag.oldest_pack_time) if lag.oldest_pack_time is not None else None
+    return {"pending_packs": lag.packs, "pending_bytes": lag.bytes, "oldest_age": age}
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+def evaluate(facts: Facts) -> list[Condition]:
+    out: list[Condition] = []
+    for repo in facts.repos:
+        out += _heartbeat_conditions(repo, facts.now)
+        out += _commit_conditions(repo, facts.now)
+        out += _lag_conditions(repo)
+        out += _scrub_conditions(repo)
+        out += _drill_conditions(repo)
+    if facts.disk_fraction >= facts.disk_threshold:
+        out.append(
+            Condition(
+                f"{facts.site}/{DISK_FULL}",
+                None,
+                DISK_FULL,
+                f"server disk {facts.disk_fraction:.0%} full (threshold "
+                f"{facts.disk_threshold:.0%}, {_size(facts.disk_total - facts.disk_used)} "
+                "free)",
+            )
+        )
+    return out
+
+
+def _heartbeat_conditions(repo: RepoFacts, now: float) -> list[Condition]:
+    out = []
+    for hb in repo.heartbeats:
+        agent, seen = str(hb.get("agent")), float(hb.get("received", 0))
+        age, allowed = now - seen, repo.policy.heartbeat_timeout
+        if age > allowed:
+            out.append(
+                Condition(
+                    f"{repo.name}/{AGENT_SILENT}/{agent}",
+                    repo.name,
+                    AGENT_SILENT,
+                    f"{repo.name}: agent {agent} silent for {duration(age)} (last heartbeat "
+                    f"{iso(seen)}, allowed {duration(allowed)})",
+                )
+            )
+        reported = _agent_alerts(hb.get("info", {}))
+        if reported:
+            out.append(
+                Condition(
+                    f"{repo.name}/{AGENT_ALERT}/{agent}",
+                    repo.name,
+                    AGENT_ALERT,
+                    f"{repo.name}: agent {agent} reports: {'; '.join(reported)}",
+                )
+            )
+    return out
+
+
+def _agent_alerts(info: Any) -> list[str]:
+    alerts = info.get("alerts") if isinstance(info, dict) else None
+    if not isinstance(alerts, list):
+        return []
+    return [str(a.get("message", a)) if isinstance(a, dict) else str(a) for a in alerts][:20]
+
+
+def _commit_conditions(repo: RepoFacts, now: float) -> list[Condition]:
+    since = repo.last_commit if repo.last_commit is not None else repo.initialised
+    if since is None or repo.replica_of is not None:
+        return []  # not initialised yet, or a replica (its primary is watched at its own site)
+    age, allowed = now - since, repo.policy.commit_policy_seconds
+    if age <= allowed:
+        return []
+    what = f"last commit {iso(since)}" if repo.last_commit is not None else "no commit ever"
+    return [
+        Condition(
+            f"{repo.name}/{NO_COMMIT}",
+            repo.name,
+            NO_COMMIT,
+            f"{repo.name}: no snapshot committed for {duration(age)} ({what}; policy "
+            f"{duration(allowed)})",
+        )
+    ]
+
+
+def _lag_conditions(repo: RepoFacts) -> list[Condition]:
+    out = []
+    for peer, lag in repo.lag.items():
+        age = lag.get("oldest_age")
+        if age is not None and age > repo.policy.replication_lag_threshold:
+            out.append(
+                Condition(
+                    f"{repo.name}/{REPLICATION_LAG}/{peer}",
+                    repo.name,
+                    REPLICATION_LAG,
+                    f"{repo.name}: replication to {peer} lags {duration(age)} "
+                    f"({lag['pending_packs']} packs, {_size(lag['pending_bytes'])} pending; "
+                    f"threshold {duration(repo.policy.replication_lag_threshold)})",
+                )
+            )
+    return out
+
+
+def _scrub_conditions(repo: RepoFacts) -> list[Condition]:
+    if not repo.unhealed:
+        return []
+    ids = ", ".join(d["pack"][:16] for d in repo.unhealed[:5])
+    return [
+        Condition(
+            f"{repo.name}/{SCRUB_FAILED}",
+            repo.name,
+            SCRUB_FAILED,
+            f"{repo.name}: scrub found {len(repo.unhealed)} bad packs not yet healed ({ids})",
+        )
+    ]
+
+
+def _drill_conditions(repo: RepoFacts) -> list[Condition]:
+    out = []
+    for d in repo.drills:
+        if d.get("ok"):
+            continue
+        detail = "; ".join(d.get("problems", [])[:3])
+        counts = f"{d['mismatches']} mismatches, {d['errors']} errors of {d['files']} files"
+        out.append(
+            Condition(
+                f"{repo.name}/{DRILL_FAILED}/{d['agent']}/{d['site']}",
+                repo.name,
+                DRILL_FAILED,
+                f"{repo.name}: fire drill by {d['agent']} against {d['site']} failed "
+                f"at {d['time']}: {counts} ({detail})",
+            )
+        )
+    return out
+
+
+def duration(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

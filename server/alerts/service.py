@@ -1,0 +1,211 @@
+"""The alert service: evaluate every condition periodically and drive each alert through
+open → repeated every `repeat_interval` → resolved (one message), plus the daily digest.
+
+Owns the state machine's transitions and who hears about what: a repository's alerts go to its
+practice's recipients and webhooks and to the provider's; server-wide alerts (disk) and the full
+digest go to the provider only; each practice with its own recipients gets a digest of its own
+repository. Delivery is at least once: an alert is marked sent when any channel took it.
+Started and cancelled by the app's `cleanup_ctx`; the clock is injected. Must not serve HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from server.alerts.conditions import Condition, Facts, HasReplicators, evaluate, gather, iso
+from server.alerts.delivery import Message, Notifier, Outcome
+from server.alerts.settings import effective
+from server.alerts.store import AlertStore
+from server.config import ServerConfig
+from server.index import ServerIndex
+from server.repos import Repositories
+
+log = logging.getLogger(__name__)
+SUBJECT = "[dicomvault {site}] {tag} {text}"
+
+
+class AlertService:
+    def __init__(
+        self,
+        config: ServerConfig,
+        index: ServerIndex,
+        repos: Repositories,
+        replication: HasReplicators | None,
+        clock: Callable[[], float],
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config, self.index, self.repos = config, index, repos
+        self.replication, self.clock = replication, clock
+        self.store = AlertStore(index)
+        self.notifier = notifier or Notifier(config.alerts)
+        self.last_facts: Facts | None = None
+        self.last_tick: float | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # a bug or a full disk must not end alerting for good
+                log.exception("alert evaluation failed")
+            await asyncio.sleep(self.config.alerts.evaluate_interval)
+
+    async def tick(self) -> list[Condition]:
+        """One evaluation: open, repeat and resolve alerts, then the digest if due."""
+        now = self.clock()
+        facts = await asyncio.to_thread(
+            gather, self.config, self.index, self.repos, self.replication, now
+        )
+        conditions = evaluate(facts)
+        records = await asyncio.to_thread(self.store.all)
+        for c in conditions:
+            await self._hold(c, records.pop(c.key, None), now)
+        for doc in records.values():
+            await self._clear(doc, now)
+        self.last_facts, self.last_tick = facts, now
+        await self._digest(facts, now)
+        return conditions
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    async def _hold(self, c: Condition, doc: dict[str, Any] | None, now: float) -> None:
+        if doc is None or doc.get("state") != "open":
+            doc = {
+                "key": c.key,
+                "repo": c.repo,
+                "kind": c.kind,
+                "opened": now,
+                "last_sent": None,
+                "sends": 0,
+                "state": "open",
+                "resolved": None,
+                "last_error": None,
+            }
+        doc["message"] = c.message
+        last = doc["last_sent"]
+        if last is None or now - float(last) >= self.config.alerts.repeat_interval:
+            event = "alert" if doc["sends"] == 0 else "repeat"
+            outcome = await self._send(event, doc, now)
+            doc["last_error"] = "; ".join(outcome.errors) or None
+            if outcome.ok:
+                doc["last_sent"], doc["sends"] = now, doc["sends"] + 1
+        await asyncio.to_thread(self.store.put, doc)
+
+    async def _clear(self, doc: dict[str, Any], now: float) -> None:
+        if not doc.get("sends"):
+            await asyncio.to_thread(self.store.delete, doc["key"])  # nobody was told: no news
+            return
+        doc["state"], doc["resolved"] = "resolving", doc.get("resolved") or now
+        outcome = await self._send("resolved", doc, now)
+        if outcome.ok:
+            await asyncio.to_thread(self.store.delete, doc["key"])
+        else:
+            doc["last_error"] = "; ".join(outcome.errors)
+            await asyncio.to_thread(self.store.put, doc)
+
+    async def _send(self, event: str, doc: dict[str, Any], now: float) -> Outcome:
+        tag = {"alert": "ALERT", "repeat": "STILL FAILING", "resolved": "RESOLVED"}[event]
+        subject = SUBJECT.format(site=self.config.site_name, tag=tag, text=doc["message"])
+        lines = [
+            f"{tag}: {doc['message']}",
+            "",
+            f"since:    {iso(float(doc['opened']))}",
+            f"site:     {self.config.site_name}",
+            f"alert:    {doc['key']}",
+        ]
+        if event == "resolved":
+            lines.append(f"resolved: {iso(float(doc['resolved']))}")
+        elif event == "repeat":
+            lines.append(
+                f"repeated every {self.config.alerts.repeat_interval:.0f} s until it clears"
+            )
+        payload = {
+            "event": event,
+            "site": self.config.site_name,
+            "time": now,
+            **{k: doc[k] for k in ("key", "repo", "kind", "message", "opened", "resolved")},
+        }
+        recipients, webhooks = self._audience(doc.get("repo"))
+        message = Message(event, subject[:200], "\n".join(lines) + "\n", payload)
+        return await self.notifier.send(message, recipients, webhooks)
+
+    def _audience(self, repo: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if repo is None:
+            return self.config.alerts.provider_recipients, self.config.alerts.webhooks
+        policy = effective(self.config.alerts, self.config.repos, repo)
+        return policy.recipients, policy.webhooks
+
+    # -- the daily digest ------------------------------------------------------------------------
+
+    async def _digest(self, facts: Facts, now: float) -> None:
+        minute = self.config.alerts.digest_minute()
+        local = datetime.fromtimestamp(now)
+        if minute is None or local.hour * 60 + local.minute < minute:
+            return
+        today = local.date().isoformat()
+        last = await asyncio.to_thread(self.store.last_digest)
+        if last is not None and last.get("date") == today:
+            return
+        open_alerts = await asyncio.to_thread(self.store.open_alerts)
+        outcome = await self._send_digest(facts, open_alerts, None, today, now)
+        for repo in facts.repos:
+            if repo.policy.practice_recipients or _own_webhooks(self.config, repo.name):
+                await self._send_digest(facts, open_alerts, repo.name, today, now)
+        if outcome.ok:
+            await asyncio.to_thread(self.store.set_digest, today, now)
+
+    async def _send_digest(
+        self, facts: Facts, alerts: list[dict[str, Any]], repo: str | None, today: str, now: float
+    ) -> Outcome:
+        names = [r.name for r in facts.repos if repo is None or r.name == repo]
+        mine = [a for a in alerts if repo is None or a.get("repo") == repo]
+        lines = digest_lines(names, mine)
+        verdict = "all is well" if not mine else f"{len(mine)} open alerts"
+        scope = repo or f"{len(names)} repositories"
+        subject = SUBJECT.format(
+            site=self.config.site_name, tag="DIGEST", text=f"{today}: {scope}, {verdict}"
+        )
+        payload = {
+            "event": "digest",
+            "site": self.config.site_name,
+            "time": now,
+            "date": today,
+            "repo": repo,
+            "ok": not mine,
+            "repositories": names,
+            "alerts": [{k: a[k] for k in ("key", "repo", "kind", "message")} for a in mine],
+        }
+        text = (
+            f"Daily digest of {self.config.site_name}, {today}: {verdict}.\n"
+            "A missing digest means the alerting itself is down.\n\n" + "\n".join(lines)
+        )
+        if repo is None:
+            audience = (self.config.alerts.provider_recipients, self.config.alerts.webhooks)
+        else:
+            policy = effective(self.config.alerts, self.config.repos, repo)
+            audience = (policy.practice_recipients, _own_webhooks(self.config, repo))
+        return await self.notifier.send(Message("digest", subject, text + "\n", payload), *audience)
+
+
+def _own_webhooks(config: ServerConfig, repo: str) -> tuple[str, ...]:
+    return next((p.webhooks for p in config.repos if p.name == repo), ())
+
+
+def digest_lines(names: list[str], alerts: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for name in names:
+        mine = [a for a in alerts if a.get("repo") == name]
+        out.append(f"{name}: OK" if not mine else f"{name}: {len(mine)} open alerts")
+        out += [f"  - {a['message']}" for a in mine]
+    out += [f"server: {a['message']}" for a in alerts if a.get("repo") is None]
+    return out
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

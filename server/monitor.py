@@ -1,0 +1,204 @@
+"""HTTP routes for proof and alarm: scrub results, drill reports, open alerts, the healing read a
+primary makes of its own replica at a peer, and the provider's status page (docs/api.md).
+
+Owns these routes' authorization and JSON shapes. Practice tokens see their own repository's
+scrub, drill and alert records; the provider token (`server.provider`) sees every repository's
+and the status page; a replica token may read back a pack only from a replica bound to its own
+primary label. Must not run scrubs or evaluate alerts itself (`server.scrub`, `server.alerts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from engine.errors import ObjectNotFound, PermissionDenied, RepositoryNotFound, UsageError
+from engine.ids import PackId
+from engine.pack import pack_name
+from server.alerts.conditions import Facts, RepoFacts, gather
+from server.auth import Action, authorize, authorize_replica, bearer_token, validate_repo_name
+from server.drills import DrillRecords, parse_report
+from server.handlers import parse_id, small_body
+from server.provider import authorize_provider, may_heal
+from server.repos import Repository
+from server.state import ALERTS, CLOCK, CONFIG, INDEX, REPLICATION, REPOS, SCRUB
+from server.status_page import STATUS_HTML
+
+routes = web.RouteTableDef()
+R = "/v1/repos/{name}"
+DRILL_BODY = 64 * 1024
+
+
+def _repository(request: web.Request, action: Action) -> Repository:
+    name = validate_repo_name(request.match_info["name"])
+    authorize(request.app[INDEX], bearer_token(request), name, action)
+    if action is not Action.READ and request.app[REPLICATION].state.replica_owner(name):
+        raise PermissionDenied(f"this site holds a replica of {name!r}; report to the primary")
+    return request.app[REPOS].get(name)
+
+
+# -- scrub ------------------------------------------------------------------------------------
+
+
+@routes.get(R + "/scrub")
+async def repo_scrub(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    state = request.app[SCRUB].state
+    doc = {
+        "repo": repo.name,
+        "last_run": await asyncio.to_thread(state.run, repo.name),
+        "bad": await asyncio.to_thread(state.bad, repo.name),
+        "progress": await asyncio.to_thread(state.progress),
+    }
+    return web.json_response(doc)
+
+
+@routes.get("/v1/scrub")
+async def all_scrubs(request: web.Request) -> web.Response:
+    authorize_provider(request.app[INDEX], request)
+    state = request.app[SCRUB].state
+    doc = {
+        "progress": await asyncio.to_thread(state.progress),
+        "repos": await asyncio.to_thread(state.runs),
+        "bad": await asyncio.to_thread(state.bad),
+    }
+    return web.json_response(doc)
+
+
+@routes.post("/v1/scrub")
+async def start_scrub(request: web.Request) -> web.Response:
+    """Start a pass now (in the background); 409 while one runs in this server."""
+    authorize_provider(request.app[INDEX], request)
+    if not request.app[SCRUB].start():
+        return web.json_response({"started": False, "running": True}, status=409)
+    return web.json_response({"started": True}, status=202)
+
+
+# -- drills -----------------------------------------------------------------------------------
+
+
+@routes.post(R + "/drills")
+async def post_drill(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.APPEND)
+    try:
+        body: Any = json.loads(await small_body(request, DRILL_BODY))
+    except ValueError:
+        raise UsageError("drill report must be JSON") from None
+    report = parse_report(body, request.app[CLOCK]())
+    await asyncio.to_thread(DrillRecords(request.app[INDEX]).put, repo.name, report)
+    return web.json_response({"received": report["received"]}, status=201)
+
+
+@routes.get(R + "/drills")
+async def get_drills(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    rows = await asyncio.to_thread(DrillRecords(request.app[INDEX]).latest, repo.name)
+    return web.json_response({"drills": rows})
+
+
+# -- alerts -----------------------------------------------------------------------------------
+
+
+@routes.get("/v1/alerts")
+async def all_alerts(request: web.Request) -> web.Response:
+    authorize_provider(request.app[INDEX], request)
+    docs = await asyncio.to_thread(request.app[ALERTS].store.open_alerts)
+    return web.json_response({"alerts": docs})
+
+
+@routes.get(R + "/alerts")
+async def repo_alerts(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.ADMIN)
+    docs = await asyncio.to_thread(request.app[ALERTS].store.open_alerts)
+    return web.json_response({"alerts": [d for d in docs if d.get("repo") == repo.name]})
+
+
+# -- healing: a primary reads back its own replica ----------------------------------------------
+
+
+@routes.get("/v1/replica/repos/{name}/packs/{id}")
+async def replica_pack(request: web.Request) -> web.StreamResponse:
+    """The pack body, for the primary that pushed it (scrub healing, docs/design.md)."""
+    name = validate_repo_name(request.match_info["name"])
+    index, token = request.app[INDEX], bearer_token(request)
+    owner = authorize_replica(index, token)
+    if not may_heal(index, token):
+        # Opt-in per token (`peer-token create --heal`): by default a replica token never reads
+        # a pack body, and answers exactly as if the route did not exist.
+        raise ObjectNotFound("this replica token may not read packs back (peer-token --heal)")
+    if request.app[REPLICATION].state.replica_owner(name) != owner:
+        raise RepositoryNotFound(f"no repository {name!r}")
+    repo = request.app[REPOS].get(name)
+    pack_id = parse_id(PackId, request.match_info["id"])
+    path = repo.object_path(pack_name(pack_id))
+    # Only an indexed pack: a bad one found by this site's scrub is not handed on.
+    if not request.app[INDEX].has_pack(name, pack_id) or not path.is_file():
+        raise ObjectNotFound(f"no pack {pack_id.hex()}")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+# -- status page ------------------------------------------------------------------------------
+
+
+@routes.get("/status")
+async def status_page(request: web.Request) -> web.Response:
+    """Static HTML with inline CSS and JS; the data comes from /status.json with the provider
+    token, which the page takes from its URL fragment (never sent to the server in a URL)."""
+    return web.Response(text=STATUS_HTML, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+@routes.get("/status.json")
+async def status_json(request: web.Request) -> web.Response:
+    authorize_provider(request.app[INDEX], request)
+    app = request.app
+    now = app[CLOCK]()
+    facts = await asyncio.to_thread(
+        gather, app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], now
+    )
+    alerts = await asyncio.to_thread(app[ALERTS].store.open_alerts)
+    return web.json_response(status_document(facts, alerts), headers={"Cache-Control": "no-store"})
+
+
+def status_document(facts: Facts, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "site": facts.site,
+        "time": facts.now,
+        "disk": {
+            "total": facts.disk_total,
+            "used": facts.disk_used,
+            "fraction": round(facts.disk_fraction, 4),
+            "threshold": facts.disk_threshold,
+        },
+        "scrub": facts.scrub_progress,
+        "alerts": alerts,
+        "repos": [_repo_row(r, facts.now, alerts) for r in facts.repos],
+    }
+
+
+def _repo_row(r: RepoFacts, now: float, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    seen = max((float(h.get("received", 0)) for h in r.heartbeats), default=None)
+    lags = [v["oldest_age"] for v in r.lag.values() if v.get("oldest_age") is not None]
+    mine = [a for a in alerts if a.get("repo") == r.name]
+    drills = sorted(r.drills, key=lambda d: float(d.get("received", 0)))
+    return {
+        "name": r.name,
+        "replica_of": r.replica_of,
+        "agents": [{"agent": h.get("agent"), "received": h.get("received")} for h in r.heartbeats],
+        "last_heartbeat": seen,
+        "heartbeat_age": now - seen if seen is not None else None,
+        "last_commit": r.last_commit,
+        "snapshots": r.snapshots,
+        "packs": r.packs,
+        "stored_bytes": r.stored_bytes,
+        "replication": r.lag,
+        "replication_lag": max(lags) if lags else (0.0 if r.lag else None),
+        "scrub": r.scrub,
+        "scrub_unhealed": len(r.unhealed),
+        "drill": drills[-1] if drills else None,
+        "alerts": mine,
+        "state": "alert" if mine else "ok",
+    }

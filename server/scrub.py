@@ -1,0 +1,329 @@
+"""Scrub: re-hash every stored pack, quarantine the ones that rotted, heal them from a peer.
+
+Owns one pass over the packs the index names (and the bad packs of earlier passes still waiting
+for a good copy): each pack is read in 1 MiB pieces and hashed with BLAKE3 in a worker thread,
+paced by a token bucket (`scrub_rate`) so uploads keep the disk. A pack whose bytes no longer
+hash to its name (or that vanished) is moved to DATA/quarantine/REPO/<id>, taken out of the
+index (`ScrubState.mark_bad`) and fetched again from each configured peer (`server.heal`). Also
+owns the schedule (`run_scheduled`). Must not serve HTTP; must not delete a bad pack's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+
+from engine.errors import DicomvaultError
+from engine.ids import ChunkId, PackId
+from engine.pack import pack_name
+from server.config import ServerConfig
+from server.heal import heal
+from server.index import ServerIndex
+from server.intake import read_pack_info_file
+from server.replication.bucket import TokenBucket
+from server.replication.state import ReplicationState
+from server.repos import Repositories, Repository
+from server.scrubstate import ScrubState
+
+log = logging.getLogger(__name__)
+PIECE = 1024 * 1024  # bytes hashed per thread hop and per bucket grant
+PAGE = 1000  # index rows per page: the pass never holds a repository's pack list
+PROGRESS_EVERY = 2.0  # seconds between progress records (each one is an LMDB write)
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class BadPack:
+    repo: str
+    pack: str
+    reason: str
+    healed_from: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScrubReport:
+    started: float = 0.0
+    finished: float = 0.0
+    repositories: int = 0
+    packs_checked: int = 0
+    bytes_checked: int = 0
+    bad: list[BadPack] = field(default_factory=list)
+
+    @property
+    def unhealed(self) -> list[BadPack]:
+        return [b for b in self.bad if b.healed_from is None]
+
+    def as_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["healed"] = len(self.bad) - len(self.unhealed)
+        doc["unhealed"] = len(self.unhealed)
+        return doc
+
+
+def quarantine_path(data_dir: Path, repo: str, pack_id: PackId) -> Path:
+    base = data_dir / QUARANTINE / repo / pack_id.hex()
+    path, n = base, 0
+    while path.exists():  # the same pack rotted twice: keep both copies
+        n += 1
+        path = base.with_name(f"{base.name}.{n}")
+    return path
+
+
+class Scrubber:
+    def __init__(
+        self,
+        config: ServerConfig,
+        index: ServerIndex,
+        repos: Repositories,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config, self.index, self.repos, self.clock = config, index, repos, clock
+        self.state = ScrubState(index)
+        self.replication = ReplicationState(index)
+        self.bucket = TokenBucket(config.scrub_rate)
+        self._lock = asyncio.Lock()
+        self._report = ScrubReport()
+        self._last_progress = 0.0
+        self._task: asyncio.Task[ScrubReport] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def start(self) -> bool:
+        """Start a pass in the background (`POST /v1/scrub`); False if one is running."""
+        if self.running or (self._task is not None and not self._task.done()):
+            return False
+        self._task = asyncio.create_task(self.run_pass(), name="scrub-on-demand")
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run_pass(self, only: list[str] | None = None) -> ScrubReport:
+        """Scrub every repository (or `only` these); one pass at a time per process."""
+        async with self._lock:
+            self._report = report = ScrubReport(started=self.clock())
+            names = only if only is not None else await asyncio.to_thread(self.repos.names)
+            for name in names:
+                await self._scrub_repo(self.repos.get(name))
+                report.repositories += 1
+            report.finished = self.clock()
+            await asyncio.to_thread(self._save_progress, None, True)
+            return report
+
+    # -- one repository --------------------------------------------------------------------
+
+    async def _scrub_repo(self, repo: Repository) -> None:
+        report = self._report
+        before = (report.packs_checked, report.bytes_checked, len(report.bad))
+        started = self.clock()
+        await self._retry_unhealed(repo)
+        after: PackId | None = None
+        while True:
+            page = await asyncio.to_thread(self.index.packs, repo.name, after, PAGE)
+            for row in page:
+                await self._check(repo, row.pack_id)
+                await self._maybe_progress(repo.name)
+            if len(page) < PAGE:
+                break
+            after = page[-1].pack_id
+        await asyncio.to_thread(self._save_run, repo.name, started, before)
+
+    async def _check(self, repo: Repository, pack_id: PackId) -> None:
+        path = repo.object_path(pack_name(pack_id))
+        reason = await self._verify(path, pack_id)
+        self._report.packs_checked += 1
+        if reason is not None:
+            await self._bad(repo, pack_id, reason)
+
+    async def _verify(self, path: Path, pack_id: PackId) -> str | None:
+        """None if the file hashes to its name, else why not."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            return "the pack file is missing"
+        except OSError as e:
+            return f"cannot open: {e.strerror}"
+        try:
+            while True:
+                await self.bucket.take(PIECE)
+                n = await asyncio.to_thread(_hash_piece, f, hasher)
+                self._report.bytes_checked += n
+                if n < PIECE:
+                    break
+        except OSError as e:
+            return f"read error: {e.strerror}"
+        finally:
+            await asyncio.to_thread(f.close)
+        digest = hasher.digest()
+        return None if digest == pack_id else f"content hashes to {digest.hex()}"
+
+    # -- bad packs -------------------------------------------------------------------------
+
+    async def _bad(self, repo: Repository, pack_id: PackId, reason: str) -> None:
+        log.error("scrub: %s pack %s is bad: %s", repo.name, pack_id.hex(), reason)
+        bad = BadPack(repo.name, pack_id.hex(), reason)
+        self._report.bad.append(bad)
+        where = await asyncio.to_thread(self._quarantine, repo, pack_id, reason)
+        log.info("scrub: quarantined %s/%s at %s", repo.name, pack_id.short(), where)
+        await self._heal(repo, pack_id, bad)
+
+    def _quarantine(self, repo: Repository, pack_id: PackId, reason: str) -> str | None:
+        src = repo.object_path(pack_name(pack_id))
+        dest: Path | None = quarantine_path(self.config.data_dir, repo.name, pack_id)
+        assert dest is not None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            dest = None  # missing, or another scrub process moved it first
+        chunks = _manifest_chunks(dest) if dest is not None else None
+        doc = {
+            "repo": repo.name,
+            "pack": pack_id.hex(),
+            "found": self.clock(),
+            "reason": reason,
+            "quarantine": str(dest) if dest else None,
+            "healed": None,
+            "healed_from": None,
+            "error": None,
+        }
+        self.state.mark_bad(repo.name, pack_id, doc, chunks)
+        return str(dest) if dest else None
+
+    async def _heal(self, repo: Repository, pack_id: PackId, bad: BadPack) -> None:
+        if await asyncio.to_thread(self.replication.replica_owner, repo.name) is not None:
+            # A replica held here: this site has no token to read the primary's copy. The
+            # primary's anti-entropy finds the pack missing here and pushes it again.
+            bad.errors.append("replica: the primary re-sends it (anti-entropy)")
+            await asyncio.to_thread(self.state.update_bad, repo.name, pack_id, error=bad.errors[-1])
+            return
+        result = await heal(self.config.peers, repo, self.index, pack_id, self.config.max_body_size)
+        bad.healed_from, bad.errors = result.peer, list(result.errors)
+        changes: dict[str, Any] = {"error": "; ".join(result.errors) or None}
+        if result.peer is not None:
+            changes.update(healed=self.clock(), healed_from=result.peer)
+        await asyncio.to_thread(self.state.update_bad, repo.name, pack_id, **changes)
+
+    async def _retry_unhealed(self, repo: Repository) -> None:
+        """Bad packs of earlier passes: healed meanwhile (a client or the primary re-sent
+        them), or try the peers again."""
+        for doc in await asyncio.to_thread(self.state.unhealed, repo.name):
+            pack_id = PackId.parse(doc["pack"])
+            if await asyncio.to_thread(self.index.has_pack, repo.name, pack_id):
+                await asyncio.to_thread(
+                    self.state.update_bad,
+                    repo.name,
+                    pack_id,
+                    healed=self.clock(),
+                    healed_from="re-upload",
+                )
+                continue
+            bad = BadPack(repo.name, pack_id.hex(), str(doc.get("reason")))
+            self._report.bad.append(bad)
+            await self._heal(repo, pack_id, bad)
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _save_run(self, repo: str, started: float, before: tuple[int, int, int]) -> None:
+        r = self._report
+        found = r.bad[before[2] :]
+        unhealed = [d["pack"] for d in self.state.unhealed(repo)]
+        self.state.put_run(
+            repo,
+            {
+                "started": started,
+                "finished": self.clock(),
+                "packs_checked": r.packs_checked - before[0],
+                "bytes_checked": r.bytes_checked - before[1],
+                "bad": len(found),
+                "healed": sum(1 for b in found if b.healed_from is not None),
+                "unhealed": unhealed,
+            },
+        )
+
+    async def _maybe_progress(self, repo: str) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = now
+            await asyncio.to_thread(self._save_progress, repo, False)
+
+    def _save_progress(self, repo: str | None, done: bool) -> None:
+        r = self._report
+        self.state.set_progress(
+            {
+                "running": not done,
+                "pid": os.getpid(),
+                "repo": repo,
+                "started": r.started,
+                "finished": r.finished if done else None,
+                "updated": self.clock(),
+                "packs_checked": r.packs_checked,
+                "bytes_checked": r.bytes_checked,
+                "bad": len(r.bad),
+                "unhealed": len(r.unhealed),
+            }
+        )
+
+
+def _hash_piece(f: BinaryIO, hasher: Any) -> int:
+    data = f.read(PIECE)
+    hasher.update(data)
+    return len(data)
+
+
+def _manifest_chunks(path: Path) -> list[ChunkId] | None:
+    try:
+        return [e.chunk_id for e in read_pack_info_file(path).entries]
+    except (DicomvaultError, OSError):
+        return None  # the damage reached the manifest: mark_bad scans the index instead
+
+
+async def run_scheduled(scrubber: Scrubber, interval: float, clock: Callable[[], float]) -> None:
+    """Run a pass whenever the last one (by any process) finished `interval` seconds ago."""
+    while True:
+        last = await asyncio.to_thread(_last_finished, scrubber.state)
+        wait = last + interval - clock() if last is not None else 0.0
+        if wait > 0:
+            await asyncio.sleep(min(wait, 60.0))  # re-read: a CLI pass may have run meanwhile
+            continue
+        try:
+            report = await scrubber.run_pass()
+            log.info(
+                "scrub pass: %d packs, %d bytes, %d bad, %d unhealed",
+                report.packs_checked,
+                report.bytes_checked,
+                len(report.bad),
+                len(report.unhealed),
+            )
+        except (DicomvaultError, OSError) as e:
+            log.error("scrub pass failed: %s", e)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    scrubber.state.set_progress,
+                    {"running": False, "error": str(e), "finished": clock()},
+                )
+            await asyncio.sleep(60.0)
+
+
+def _last_finished(state: ScrubState) -> float | None:
+    progress = state.progress()
+    if progress is None:
+        return None
+    finished = progress.get("finished")
+    return float(finished) if finished is not None else None
