@@ -1,0 +1,137 @@
+"""Scrub: flip bytes in packs stored at the primary and watch scrub find, quarantine and heal them
+from the peer — by the CLI against a running server's data folder, and in process.
+
+Two real chunk servers on loopback replicate a real client repository (encrypted packs, real
+commits); the corrupted pack is named by the CLI, moved to DATA/quarantine, fetched from the
+peer with the opt-in healing right of the replica token, and `check --read-data` passes after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from asyncio.subprocess import PIPE, STDOUT
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from client.check import check
+from engine.ids import PackId
+from engine.pack import pack_name
+from server.state import ALERTS, SCRUB
+from tests.server.conftest import make_commit
+from tests.server.monitorkit import (
+    REPO,
+    Site,
+    backup,
+    flip_byte,
+    init_practice,
+    make_tree,
+    pack_files,
+    start_site,
+    wait_for,
+)
+
+
+@pytest.fixture
+async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
+    b = await start_site(tmp_path, "site-b")
+    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
+    a = await start_site(tmp_path, "site-a", [peer])
+    a.add_repo()
+    yield a, b
+    await a.server.close()
+    await b.server.close()
+
+
+async def _scrub_cli(site: Site, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """`dicomvault-server scrub` in a real process, while both servers keep serving (the peer
+    runs in this event loop, so the process is awaited, not waited for)."""
+    peers = "".join(
+        f'[[peers]]\nname = "{p.name}"\nurl = "{p.url}"\ntoken = "{p.token}"\n'
+        for p in site.config.peers
+    )
+    cfg = tmp_path / "scrub.toml"
+    cfg.write_text(f"index_map_size = {site.config.index_map_size}\n{peers}")
+    cmd = [sys.executable, "-m", "server", "scrub", "--data", str(site.config.data_dir)]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "--config", str(cfg), *extra, stdout=PIPE, stderr=STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_cli_scrub_names_quarantines_and_heals_a_flipped_pack_while_serving(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, _ = sites
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=12, size=2_000_000))
+        await wait_for(a.settled, what="replication to site-b")
+        victim = pack_files(a)[0]
+        good = victim.read_bytes()
+        flip_byte(victim, 100)
+
+        rc, out = await _scrub_cli(a, tmp_path)
+        assert rc == 0, out
+        assert f"BAD {REPO} {victim.name}" in out and "healed from site-b" in out
+        quarantined = a.config.data_dir / "quarantine" / REPO / victim.name
+        assert quarantined.is_file() and quarantined.read_bytes() != good
+        assert victim.read_bytes() == good
+
+        report = await check(repo, read_data=True)
+        assert report.problems == [] and report.packs == len(pack_files(a))
+        rc, out = await _scrub_cli(a, tmp_path, "--json")
+        assert rc == 0 and json.loads(out.splitlines()[-1])["bad"] == []
+    finally:
+        await repo.close()
+
+
+async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_alerted(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, b = sites
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=3))
+        await wait_for(a.settled, what="replication to site-b")
+    finally:
+        await repo.close()
+    victim = pack_files(a)[-1]
+    pack_id = PackId.parse(victim.name)
+    (b.repo_dir() / pack_name(pack_id)).unlink()  # the peer lost its copy too
+    flip_byte(victim, victim.stat().st_size // 2)
+
+    report = await a.app[SCRUB].run_pass()
+    assert [bad.pack for bad in report.unhealed] == [victim.name]
+    assert not victim.exists()
+    headers = {"Authorization": f"Bearer {a.tokens[REPO]['backup']}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        chunks = _chunk_ids(a.config.data_dir / "quarantine" / REPO / victim.name)
+        async with http.post(f"{a.url}/v1/repos/{REPO}/missing", data=b"".join(chunks)) as r:
+            assert len(await r.read()) == 32 * len(chunks)  # every chunk of it is missing now
+        async with http.post(f"{a.url}/v1/repos/{REPO}/snapshots", data=make_commit(chunks)) as r:
+            assert r.status == 409 and (await r.json())["code"] == "missing_chunks"
+        async with http.get(f"{a.url}/v1/repos/{REPO}/scrub") as r:
+            doc = await r.json()
+            assert doc["last_run"]["unhealed"] == [victim.name]
+            assert doc["bad"][0]["healed"] is None and "site-b" in doc["bad"][0]["error"]
+        async with http.get(f"{a.url}/metrics") as r:
+            text = await r.text()
+            assert f'dicomvault_scrub_repo_unhealed{{repo="{REPO}"}} 1' in text
+            assert "dicomvault_scrub_running 0" in text
+    conditions = await a.app[ALERTS].tick()
+    assert any(c.kind == "scrub_failed" and victim.name[:16] in c.message for c in conditions)
+    rc, out = await _scrub_cli(a, tmp_path)
+    assert rc == 17 and "NOT HEALED" in out
+
+
+def _chunk_ids(path: Path) -> list[bytes]:
+    from server.intake import read_pack_info_file
+
+    return [bytes(e.chunk_id) for e in read_pack_info_file(path).entries]
