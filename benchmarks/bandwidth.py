@@ -405,7 +405,9 @@ def chart(rep: dict[str, Any], path: Path) -> None:
     ax.yaxis.set_minor_formatter(plain)
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xticks(days, [f"day {r['day']}\n{_short(r['events'])}" for r in rep["days"]], fontsize=8)
-    ax.set_ylabel("MB sent (log scale)")
+    top = max(max(v) for v in series.values()) / MB
+    ax.set_ylim(top=top * 1.6)  # room for the labels over the tallest bars
+    ax.set_ylabel("MB sent, log scale (lower is better)")
     ax.set_title(
         f"Bytes on the wire per day — {rep['rate_mbit']:g} Mbit/s link, scale {rep['scale']}"
     )
