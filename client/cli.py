@@ -53,7 +53,7 @@ ENV_HELP = """environment:
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
-  18 a DICOM peer did not store every instance"""
+  18 a DICOM peer did not store every instance, 19 a fire drill found a mismatch"""
 
 EXIT_PARTIAL = 3
 
@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
+    _drill_parser(cmd)
     _agent_parsers(cmd)
     return p
 
@@ -155,17 +156,37 @@ def _agent_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--config", metavar="TOML", help="take the state folder from this agent config")
 
 
+def _drill_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    c = cmd(
+        "drill",
+        "fire drill: restore a random sample (and every file of the last day) in memory and "
+        "compare it with the source files or the recorded chunk ids",
+    )
+    c.add_argument("--sample-percent", type=float, default=1.0, help="share of files (default 1)")
+    c.add_argument("--recent-hours", type=float, default=24.0, help="all files this recent")
+    c.add_argument("--max-files", type=int, help="restore at most this many files")
+    c.add_argument("--seed", type=int, help="random seed (default: fresh each run)")
+    c.add_argument(
+        "--site", metavar="URL", help="restore from this site instead, e.g. the peer's repo URL"
+    )
+    c.add_argument("--site-token", help="token at --site (default: --token; it is replicated)")
+    c.add_argument("--agent", help="name in the report (default: the host name)")
+    c.add_argument("--state-dir", metavar="DIR", help="append the report to DIR/drills.jsonl")
+    c.add_argument("--no-source", action="store_true", help="do not compare with source files")
+
+
 def open_backend(args: argparse.Namespace) -> Backend:
     location = args.repo or os.environ.get("DICOMVAULT_REPO")
     if not location:
         raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
     if location.startswith(("http://", "https://")):
         from engine.remote import RemoteBackend
+        from engine.retry import RetryingBackend
 
         token = args.token or os.environ.get("DICOMVAULT_TOKEN")
         if not token:
             raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        return RemoteBackend(location, token, ca_file=args.cacert)
+        return RetryingBackend(RemoteBackend(location, token, ca_file=args.cacert))
     return LocalBackend(LocalStore(location), location)
 
 
@@ -484,6 +505,58 @@ async def cmd_repair_index(args: argparse.Namespace) -> int:
     return await _with_repo(args, run)
 
 
+async def cmd_drill(args: argparse.Namespace) -> int:
+    import random
+    import socket
+
+    from client import drill
+
+    if not 0 <= args.sample_percent <= 100:
+        raise UsageError("--sample-percent must be between 0 and 100")
+    settings = drill.DrillSettings(args.sample_percent, args.recent_hours, args.max_files)
+
+    async def run(repo: Repository) -> int:
+        target, site = repo, _site_name(repo.backend.location)
+        if args.site:
+            from engine.remote import RemoteBackend
+
+            token = args.site_token or args.token or os.environ.get("DICOMVAULT_TOKEN") or ""
+            backend = RemoteBackend(args.site, token, ca_file=args.cacert)
+            target, site = drill.site_repository(repo, backend, cache_root(args)), args.site
+        try:
+            report = await drill.run_drill(
+                target, settings, agent=args.agent or socket.gethostname(), site=site,
+                rng=random.Random(args.seed), source_root=None if args.no_source else Path("/"),
+            )  # fmt: skip
+        finally:
+            if target is not repo:
+                await target.close()
+        return await _drill_done(args, repo, report)
+
+    return await _with_repo(args, run)
+
+
+def _site_name(location: str) -> str:
+    return location if location.startswith(("http://", "https://")) else "local"
+
+
+async def _drill_done(args: argparse.Namespace, repo: Repository, report: Any) -> int:
+    from client import drill
+
+    if args.state_dir:
+        drill.record(Path(args.state_dir), report)
+    try:
+        await drill.report_to_server(repo.backend, report)
+    except DicomvaultError as e:  # the drill itself is the result; the report is a courtesy
+        print(f"warning: drill result not reported to the server: {e}", file=sys.stderr)
+    emit(args, report.as_json(), drill.render(report))
+    if not report.ok:
+        raise drill.DrillFailed(
+            f"fire drill failed: {report.mismatches} mismatches, {report.errors} errors"
+        )
+    return 0
+
+
 async def cmd_agent(args: argparse.Namespace) -> int:
     from client.agent.cli import run_agent
 
@@ -505,6 +578,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "find": cmd_find,
     "check": cmd_check,
     "repair-index": cmd_repair_index,
+    "drill": cmd_drill,
     "agent": cmd_agent,
     "status": cmd_status,
 }

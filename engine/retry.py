@@ -1,0 +1,122 @@
+"""`RetryingBackend`: a `Backend` that retries transient failures of the backend it wraps.
+
+Every `Backend` operation is safe to repeat (reads; write-once puts; commits named by their
+hash), so any call that fails with `TransientError` — a dropped connection, a server restart,
+a 5xx — is retried with capped exponential backoff until `deadline` seconds have passed. Other
+errors pass through at once. A pack upload with a paced `body` cannot be replayed from here:
+its caller (the client's uploader) owns those retries. Sleep and clock are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from engine.backend import Backend
+from engine.errors import TransientError
+from engine.ids import ChunkId, PackId, SnapshotId
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+FIRST_DELAY = 0.5
+MAX_DELAY = 30.0
+
+
+class RetryingBackend(Backend):
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        deadline: float = 300.0,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.knows_chunks, self.location = inner.knows_chunks, inner.location
+        self.deadline, self._sleep, self._monotonic = deadline, sleep, monotonic
+        self.retries = 0
+
+    def __getattr__(self, name: str) -> Any:  # backend-specific extras (e.g. replication status)
+        return getattr(self.inner, name)
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self.inner.bytes_uploaded
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        give_up, delay = self._monotonic() + self.deadline, FIRST_DELAY
+        while True:
+            try:
+                return await call()
+            except TransientError as e:
+                if self._monotonic() + delay > give_up:
+                    raise
+                self.retries += 1
+                log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
+                await self._sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, MAX_DELAY)
+
+    async def get_config(self) -> bytes:
+        return await self._retry("get config", self.inner.get_config)
+
+    async def put_config(self, data: bytes) -> None:
+        await self._retry("put config", lambda: self.inner.put_config(data))
+
+    async def list_keys(self) -> list[str]:
+        return await self._retry("list keys", self.inner.list_keys)
+
+    async def get_key(self, name: str) -> bytes:
+        return await self._retry("get key", lambda: self.inner.get_key(name))
+
+    async def put_key(self, name: str, data: bytes) -> None:
+        await self._retry("put key", lambda: self.inner.put_key(name, data))
+
+    async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
+        return await self._retry("missing-query", lambda: self.inner.missing(ids))
+
+    async def put_pack(
+        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+    ) -> None:
+        if body is not None:
+            await self.inner.put_pack(pack_id, data, body)
+            return
+        await self._retry("pack upload", lambda: self.inner.put_pack(pack_id, data))
+
+    async def get_pack(self, pack_id: PackId) -> bytes:
+        return await self._retry("pack read", lambda: self.inner.get_pack(pack_id))
+
+    async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes:
+        return await self._retry(
+            "pack read", lambda: self.inner.get_pack_range(pack_id, offset, length)
+        )
+
+    async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
+        return await self._retry("pack read", lambda: self.inner.get_pack_tail(pack_id, length))
+
+    async def list_packs(self) -> AsyncIterator[PackId]:
+        packs = await self._retry("list packs", self._collect_packs)
+        for pack_id in packs:
+            yield pack_id
+
+    async def _collect_packs(self) -> list[PackId]:
+        # Listed whole so a retry restarts cleanly; 32 bytes a pack (≈ 2 MB per TB stored).
+        return [p async for p in self.inner.list_packs()]
+
+    async def commit(self, record: bytes) -> SnapshotId:
+        return await self._retry("commit", lambda: self.inner.commit(record))
+
+    async def list_snapshots(self) -> list[SnapshotId]:
+        return await self._retry("list snapshots", self.inner.list_snapshots)
+
+    async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes:
+        return await self._retry("get snapshot", lambda: self.inner.get_snapshot(snapshot_id))
+
+    async def heartbeat(self, info: dict[str, Any]) -> None:
+        await self._retry("heartbeat", lambda: self.inner.heartbeat(info))
+
+    async def close(self) -> None:
+        await self.inner.close()
