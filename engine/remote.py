@@ -325,6 +325,9 @@ class RemoteBackend(Backend):
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._request("POST", "heartbeat", "heartbeat", json=info)
 
+    async def report_drill(self, report: dict[str, Any]) -> None:
+        await self._request("POST", "drills", "drill report", json=report)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -23,6 +23,7 @@ from typing import Any
 from client.agent import batching
 from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
 from client.agent.config import AgentConfig, load_policy
+from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
 from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
@@ -83,6 +84,7 @@ class Agent:
         self._config_mtime = _mtime(config.config_file)
         self._report_after: dict[str, float] = {}
         self._heartbeat_now = asyncio.Event()
+        self.drills = DrillScheduler(self)  # fire drills: client/agent/drills.py, [drill]
 
     # life cycle
 
@@ -105,6 +107,7 @@ class Agent:
                 ("status", self._status_loop()),
                 ("rescan", self._rescan_loop()),
                 ("config", self._config_loop()),
+                ("drills", self.drills.run()),
             )
         ]
         try:
@@ -361,6 +364,7 @@ class Agent:
             "last_commit": self.last_commit.as_json() if self.last_commit else None,
             "alerts": list(self.alerts),
             "errors": len(self.errors),
+            "drill": self.drills.summary(),
         }
 
     async def _config_loop(self) -> None:
