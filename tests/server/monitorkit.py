@@ -188,6 +188,7 @@ class MailSink:
 
     def __init__(self) -> None:
         self.mails: list[Mail] = []
+        self.port = 0  # set by the test once its Controller listens
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append(Mail(list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
