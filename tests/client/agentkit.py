@@ -154,8 +154,8 @@ class AgentSite:
             DICOMVAULT_TOKEN=self.server.tokens["backup"],
             DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
             DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
-            **self.extra_env,
         )
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, timeout: float = 300) -> Result:
