@@ -157,3 +157,13 @@ async def _cli(site: Site, *args: str) -> tuple[int, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode() + err.decode()
+
+
+def test_the_documented_example_config_loads() -> None:
+    from server.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "docs" / "server.example.toml")
+    assert config.alerts.provider_recipients and config.alerts.smtp_starttls
+    assert {p.name for p in config.repos} == {"smith-radiology", "night-clinic"}
+    assert config.scrub_rate == 50 * 1024 * 1024
