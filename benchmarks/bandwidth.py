@@ -434,7 +434,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rate-mbit", type=float, default=10.0, help="link rate (default 10 Mbit/s)")
-    p.add_argument("--scale", type=float, default=1.0, help="corpus scale (1 ≈ 390 MB on day 0)")
+    p.add_argument("--scale", type=float, default=1.0, help="corpus scale (1 ≈ 375 MB on day 0)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument("--days", type=int, default=5, help="days of events after day 0 (default 5)")
     p.add_argument(

@@ -276,7 +276,7 @@ class Profile:
         return max(16, int(n * self.pixel) // 16 * 16)
 
 
-# Day 0 at scale 1 (≈ 390 MB): a breast-imaging and general practice.
+# Day 0 at scale 1 (≈ 375 MB, 292 files): a breast-imaging and general practice.
 DAY0_STUDIES = {"MG": 2, "DBT": 1, "CT": 1, "MR": 2, "US": 2, "CRJ2K": 1, "MRJ2K": 1}
 # Each later day (≈ 100 MB at scale 1): screening mammography, ultrasound, and CT or MR.
 DAILY_STUDIES = ({"MG": 1, "US": 1, "MR": 1}, {"MG": 1, "US": 1, "CTS": 1})
@@ -780,7 +780,7 @@ EVENTS: dict[str, Callable[[Archive, DayLog], None]] = {
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.corpus", description=__doc__)
     p.add_argument("--out", type=Path, required=True, help="folder to build the practice in")
-    p.add_argument("--scale", type=float, default=1.0, help="1 ≈ 390 MB on day 0 (default 1)")
+    p.add_argument("--scale", type=float, default=1.0, help="1 ≈ 375 MB on day 0 (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--days", type=int, default=5, help="days of events after day 0 (default 5)")
     p.add_argument("--no-measure", action="store_true", help="skip the ideal-engine codecs")
