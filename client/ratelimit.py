@@ -32,6 +32,7 @@ _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 _DAY_SETS = {"weekdays": "mon-fri", "weekends": "sat-sun", "daily": "mon-sun", "all": "mon-sun"}
 log = logging.getLogger(__name__)
 BURST_SECONDS = 0.2  # the bucket holds this much time at the current rate
+MIN_SLEEP = 0.001
 
 
 def parse_rate(text: str | int | float | None) -> float | None:
@@ -175,7 +176,9 @@ class RateLimiter:
         self._refill(rate)
         self._tokens -= n
         while self._tokens < 0:
-            await self._sleep(min(-self._tokens / rate, 1.0))  # re-read the schedule each second
+            # Re-read the schedule at least each second; never sleep less than a millisecond
+            # (a float deficit of 1e-12 would otherwise spin without time advancing).
+            await self._sleep(min(max(-self._tokens / rate, MIN_SLEEP), 1.0))
             rate = self.current_rate()
             if rate is None:
                 self._tokens = 0.0

@@ -184,6 +184,9 @@ class RemoteBackend(Backend):
                 if resp.status not in ok:
                     raise await _error_from(resp, what)
                 return resp.status, resp.headers.get("Content-Range", ""), await resp.read()
+        except aiohttp.ClientConnectorCertificateError as e:
+            # Not transient: retrying cannot make an untrusted certificate trusted.
+            raise StoreError(f"{what}: untrusted TLS certificate: {e.certificate_error}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise TransientError(f"{what}: {type(e).__name__}: {e}") from None
 
