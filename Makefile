@@ -1,6 +1,11 @@
 # The two commands a new machine needs are `make demo` and `make test` (see README.md).
-PY ?= python3
-PIP ?= $(PY) -m pip
+# Everything installs into a project virtualenv, so a clone never disturbs (or depends on) what
+# the machine's Python already has; recipes find its console scripts first on PATH.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+PIP := $(PY) -m pip
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Debian packages the tests and benchmarks use as real peers: restic and borgbackup (comparison),
 # dcmtk (storescu/dcmsend DICOM senders), orthanc (a real PACS receiving `restore --to-pacs`),
 # chromium (the status page in a real headless browser, tests/server/test_status_page.py).
@@ -9,6 +14,7 @@ APT_PACKAGES ?= restic dcmtk orthanc borgbackup chromium
 .PHONY: setup setup-system demo test test-fast check lint format types bench bench-bandwidth
 
 setup:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
 
 setup-system:
