@@ -283,7 +283,9 @@ async def cmd_backup(args: argparse.Namespace) -> int:
             s.as_json(),
             f"snapshot {s.snapshot[:8]} saved: {s.files} files, {s.bytes_total:,} bytes; "
             f"read {s.bytes_read:,}, new {s.chunks_new} chunks / {s.bytes_new:,} bytes, "
-            f"stored {s.bytes_stored:,} bytes in {s.packs} packs, {s.duration_s:.1f} s",
+            f"stored {s.bytes_stored:,} bytes in {s.packs} packs"
+            + (f", uploaded {s.bytes_uploaded:,} bytes" if s.bytes_uploaded else "")
+            + f", {s.duration_s:.1f} s",
         )
         return EXIT_PARTIAL if s.errors else 0
 
