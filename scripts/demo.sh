@@ -14,7 +14,13 @@ mkdir -p "$work"
 rm -rf "$work"/{primary,peer,cache,restored-*}
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-wait_up() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/v1/health" >/dev/null && return; sleep 0.1; done; echo "server on $1 did not start" >&2; exit 1; }
+wait_up() {
+  for _ in $(seq 100); do
+    $PY -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/v1/health', timeout=1)" 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2; exit 1
+}
 
 echo "== dicomvault demo in $work"
 echo "== sample: $(ls "$sample" | wc -l) real DICOM files, $(du -sh "$sample" | cut -f1)"
