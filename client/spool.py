@@ -71,6 +71,7 @@ class UploadStats:
     packs: int = 0
     bytes: int = 0
     retries: int = 0
+    failures_in_row: int = 0  # failed attempts since the last acknowledged pack
     last_error: str | None = None
 
 
@@ -137,6 +138,7 @@ class Uploader:
                 break
             except TransientError as e:
                 self.stats.retries += 1
+                self.stats.failures_in_row += 1
                 self.stats.last_error = str(e)
                 if self._max_attempts and attempt >= self._max_attempts:
                     raise
@@ -148,6 +150,7 @@ class Uploader:
         self.spool.remove(pack_id)
         self.stats.packs += 1
         self.stats.bytes += len(data)
+        self.stats.failures_in_row = 0
         self.stats.last_error = None
 
 

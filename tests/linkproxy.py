@@ -2,9 +2,10 @@
 
 Forwards every connection to one upstream address and can pace the client→server direction to a
 byte rate (one link shared by all connections), count the bytes each way, and reset every open
-connection on command or once a number of upstream bytes has passed. It runs its own event loop
-in a daemon thread, so synchronous tests (which run the CLI in a subprocess) and asyncio code
-can both drive it. It knows nothing of HTTP or dicomvault.
+connection on command or once a number of upstream bytes has passed, or reset just the
+connections that try to carry more than a given size (small requests pass, bulk uploads die).
+It runs its own event loop in a daemon thread, so synchronous tests (which run the CLI in a
+subprocess) and asyncio code can both drive it. It knows nothing of HTTP or dicomvault.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class _Pair:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    bytes_up: int = 0
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -73,6 +75,9 @@ class LinkProxy:
         self.port = 0
         self.reset_after: int | None = None  # reset all connections once bytes_up passes this
         self.refuse = False  # reset new connections at once (a link that is down)
+        # Reset a connection before it carries more than this many upstream bytes (a link on
+        # which bulk transfers die while small requests such as heartbeats get through).
+        self.max_connection_bytes: int | None = None
         self._clock = clock
         self._busy_until = 0.0
         self._pairs: set[_Pair] = set()
@@ -179,6 +184,8 @@ class LinkProxy:
     ) -> None:
         try:
             while data := await reader.read(PIECE):
+                if upstream and self._too_big(pair, len(data)):
+                    raise ConnectionResetError("connection over max_connection_bytes")
                 if upstream:
                     await self._pace(len(data))
                 writer.write(data)
@@ -198,6 +205,11 @@ class LinkProxy:
             self._pairs.discard(pair)
             pair.client.close()
             pair.server.close()
+
+    def _too_big(self, pair: _Pair, n: int) -> bool:
+        pair.bytes_up += n
+        limit = self.max_connection_bytes
+        return limit is not None and pair.bytes_up > limit
 
     async def _pace(self, n: int) -> None:
         """One link for all connections: each piece occupies it for n / rate seconds."""

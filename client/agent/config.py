@@ -22,6 +22,7 @@ from engine.errors import UsageError
 DEFAULT_AE_TITLE = "DICOMVAULT"
 DEFAULT_PORT = 11112
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "~*")
+DELETE_AFTER = ("commit", "peer")  # [spool] delete_after: when a spooled instance may go
 
 
 def parse_size(value: str | int | float | None) -> int | None:
@@ -94,6 +95,10 @@ class Policy:
     spool_alert_bytes: int | None = None
     heartbeat_seconds: float = 60.0
     commitment_timeout_seconds: float = 86400.0  # unknown instances fail after this long
+    # "commit": delete a spooled instance once the primary committed its snapshot; "peer": only
+    # once every peer site holds that snapshot too (and Storage Commitment waits as long).
+    delete_after: str = "commit"
+    upload_failures_alert: int = 5  # failed pack uploads in a row that raise an alert (0: never)
 
     def realtime_at(self, when: datetime) -> RealtimeWindow | None:
         for w in self.realtime:
@@ -195,6 +200,9 @@ def from_doc(doc: dict[str, Any], default_state: Path | None = None) -> AgentCon
 def policy_from_doc(doc: dict[str, Any]) -> Policy:
     batch, spool = doc.get("batch", {}), doc.get("spool", {})
     base = Policy()
+    delete_after = str(spool.get("delete_after", base.delete_after))
+    if delete_after not in DELETE_AFTER:
+        raise ValueError(f"spool.delete_after must be one of {DELETE_AFTER}, got {delete_after!r}")
     return Policy(
         realtime=tuple(_realtime(w) for w in doc.get("realtime", [])),
         batch_interval_seconds=float(batch.get("interval_seconds", base.batch_interval_seconds)),
@@ -206,6 +214,10 @@ def policy_from_doc(doc: dict[str, Any]) -> Policy:
         heartbeat_seconds=float(doc.get("heartbeat", {}).get("interval_seconds", 60)),
         commitment_timeout_seconds=float(
             doc.get("dicom", {}).get("commitment_timeout_seconds", 86400)
+        ),
+        delete_after=delete_after,
+        upload_failures_alert=int(
+            doc.get("alerts", {}).get("upload_failures", base.upload_failures_alert)
         ),
     )
 

@@ -2,9 +2,10 @@
 
 Owns the agent's life: starting the receiver and the folder watcher, deciding when a batch is
 due (`batching`), backing up exactly the files of a batch as one snapshot (`client.backup`),
-recording the commit (`Ledger`) before deleting spooled instances, answering Storage Commitment,
-sending heartbeats, re-reading the live policy, and writing the status file every second.
-Deletion order (the agent's safety rule): server commit → ledger → unlink. Does not parse
+recording the commit (`Ledger`) before deleting spooled instances (or holding them until the
+peer sites have the snapshot too, `PeerHold`), answering Storage Commitment, sending heartbeats,
+re-reading the live policy, and writing the status file every second. Deletion order (the
+agent's safety rule): server commit → [every peer holds it →] ledger → unlink. Does not parse
 flags or read the environment: the CLI builds the `AgentConfig`, `Repository` and clock.
 """
 
@@ -21,11 +22,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from client.agent import batching
+from client.agent.alerts import agent_alerts
 from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
 from client.agent.config import AgentConfig, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
+from client.agent.peerhold import PeerHold
 from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
 from client.agent.status import STATUS_VERSION, write_status
 from client.agent.watcher import Settled, Settler, Watcher
@@ -40,6 +43,7 @@ BACKOFF_MAX = 60.0
 SHUTDOWN_GRACE = 10.0  # a batch under way gets this long to commit before it is cancelled
 KEEP_ERRORS = 20
 RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
+PEER_POLL = 5.0  # delete_after = "peer": ask the server this often which snapshots peers hold
 
 
 def agent_version() -> str:
@@ -67,6 +71,7 @@ class Agent:
         self.policy = config.policy
         self.inbox = Inbox(config.instances_dir)
         self.ledger = Ledger(config.state_dir / "ledger.sqlite")
+        self.hold = PeerHold(self.ledger, self.inbox)
         self.queue = Queue()
         self.settler = Settler(self.clock.monotonic)
         self.receiver: Receiver | None = None
@@ -108,6 +113,7 @@ class Agent:
                 ("rescan", self._rescan_loop()),
                 ("config", self._config_loop()),
                 ("drills", self.drills.run()),
+                ("peer-hold", self._release_loop()),
             )
         ]
         try:
@@ -132,9 +138,10 @@ class Agent:
 
     def _resume_spool(self) -> None:
         """Instances received before a restart (acknowledged, not yet committed) queue first."""
-        now = self.clock.monotonic()
+        now, held = self.clock.monotonic(), self.hold.paths()
         for inst in self.inbox.pending():
-            self.queue.add(Item(str(inst.path), inst.size, now, inst))
+            if str(inst.path) not in held:  # committed already; waits for the peers
+                self.queue.add(Item(str(inst.path), inst.size, now, inst))
         if self.queue.files:
             log.info("resuming %d received instances from the spool", self.queue.files)
 
@@ -271,12 +278,16 @@ class Agent:
         return summary
 
     def _settle_batch(self, items: list[Item], summary: Summary) -> None:
-        """The snapshot is committed: ledger first, then delete spooled instances."""
+        """The snapshot is committed: ledger first, then delete (or hold) spooled instances."""
         failed = {e.split(": ", 1)[0] for e in summary.errors}
         done = [i for i in items if i.path not in failed]
         when = time.time()
-        uids = [i.instance.sop_instance_uid for i in done if i.instance]
-        self.ledger.record_instances(uids, summary.snapshot, when)
+        instances = [i.instance for i in done if i.instance]
+        if self.policy.delete_after == "peer":
+            self.hold.hold(summary.snapshot, instances)
+        else:
+            uids = [i.sop_instance_uid for i in instances]
+            self.ledger.record_instances(uids, summary.snapshot, when)
         self.ledger.record_watched(
             ((i.path, i.size, i.mtime_ns) for i in done if not i.instance), summary.snapshot, when
         )
@@ -284,7 +295,8 @@ class Agent:
             summary.snapshot, now_rfc3339(), len(done), sum(i.size for i in done)
         )
         self.ledger.put_meta("last_commit", self.last_commit.as_json())
-        self.inbox.remove([i.instance for i in done if i.instance])
+        if self.policy.delete_after != "peer":
+            self.inbox.remove(instances)
         for i in done:
             del self.queue.items[i.path]
         for i in items:
@@ -304,6 +316,20 @@ class Agent:
             del self.queue.items[item.path]
         else:
             item.not_before = self.clock.monotonic() + RETRY_SECONDS
+
+    async def _release_loop(self) -> None:
+        """Held instances go once every peer holds their snapshot (at once under "commit")."""
+        while True:
+            await asyncio.sleep(PEER_POLL)
+            wait = self.policy.delete_after == "peer"
+            try:
+                released = await self.hold.release_ready(self.repo.backend, wait)
+            except (DicomvaultError, OSError) as e:
+                log.warning("cannot learn which snapshots the peer sites hold: %s", e)
+                continue
+            if released:
+                log.info("the peer sites hold %d more snapshots: spool freed", len(released))
+                self._wake.set()  # Storage Commitment requests may be decided now
 
     # Storage Commitment
 
@@ -330,7 +356,7 @@ class Agent:
         """(committed, failed) once every instance is decided; None while some are queued."""
         uids = [uid for _, uid in req.items]
         committed = self.ledger.committed(uids)
-        queued = self.queue.uids() & set(uids)
+        queued = (self.queue.uids() | self.hold.uids()) & set(uids)
         if queued and now - req.received < self.policy.commitment_timeout_seconds:
             return None
         ok = [(c, i) for c, i in req.items if i in committed]
@@ -400,14 +426,14 @@ class Agent:
             await asyncio.sleep(1.0)
 
     def _check_alerts(self) -> None:
-        limit, used = self.policy.spool_alert_bytes, self._spool_bytes()
-        alerts = []
-        if limit is not None and used >= limit:
-            alerts.append(f"spool holds {used:,} bytes, over the alert threshold of {limit:,}")
+        uploader = self.repo.uploader
+        stats = uploader.stats if uploader is not None else None
+        alerts = agent_alerts(self.policy, self._spool_bytes(), stats)
         if alerts and not self.alerts:
             for a in alerts:
                 log.warning("ALERT: %s", a)
-            self._heartbeat_now.set()  # tell the server now, not at the next heartbeat
+        if bool(alerts) != bool(self.alerts):
+            self._heartbeat_now.set()  # tell the server now (raised or cleared), not later
         self.alerts = alerts
 
     def _error(self, message: str) -> None:
@@ -464,6 +490,7 @@ class Agent:
                 "packs_bytes": self._packs_bytes(),
                 "max_bytes": self.policy.spool_max_bytes,
                 "alert_bytes": self.policy.spool_alert_bytes,
+                "held_for_peer": self.hold.instances,
             },
             "bytes_pending": pending,
             "mode": self.decision.mode,

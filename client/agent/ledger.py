@@ -1,11 +1,12 @@
 """The agent's durable memory of what it has committed, in one SQLite file in the state folder.
 
-Owns three tables: `instances` (SOP Instance UIDs committed off-site, for Storage Commitment),
+Owns four tables: `instances` (SOP Instance UIDs committed off-site, for Storage Commitment),
 `watched` (the size and mtime of each watched file as last committed, so a restart does not send
-unchanged files again) and `commitments` (Storage Commitment requests not yet answered, so a
-report still goes out after a restart). Rows are written only after the server accepted the
-snapshot, so the ledger may lag the repository but never runs ahead of it. Thread-safe: the
-receiver's threads and the daemon share one connection behind a lock.
+unchanged files again), `commitments` (Storage Commitment requests not yet answered, so a
+report still goes out after a restart) and `held` (spooled instances committed at the primary
+that wait for the peer sites, with `[spool] delete_after = "peer"`). Rows are written only after
+the server accepted the snapshot, so the ledger may lag the repository but never runs ahead of
+it. Thread-safe: the receiver's threads and the daemon share one connection behind a lock.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS watched (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, snapshot TEXT, committed REAL);
 CREATE TABLE IF NOT EXISTS commitments (
     transaction_uid TEXT PRIMARY KEY, calling_ae TEXT, address TEXT, items TEXT, received REAL);
+CREATE TABLE IF NOT EXISTS held (path TEXT PRIMARY KEY, uid TEXT, size INTEGER, snapshot TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -115,6 +117,25 @@ class Ledger:
 
     def remove_commitment(self, transaction_uid: str) -> None:
         self._write("DELETE FROM commitments WHERE transaction_uid = ?", [(transaction_uid,)])
+
+    # spooled instances waiting for the peer sites (delete_after = "peer")
+
+    def hold(self, rows: Iterable[tuple[str, str, int]], snapshot: str) -> None:
+        """Record (path, SOP Instance UID, size) of instances committed in `snapshot`."""
+        self._write(
+            "INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)",
+            ((path, uid, size, snapshot) for path, uid, size in rows),
+        )
+
+    def held(self) -> dict[str, list[tuple[str, str, int]]]:
+        """snapshot → [(path, uid, size)], oldest rows first."""
+        out: dict[str, list[tuple[str, str, int]]] = {}
+        for path, uid, size, snapshot in self._query("SELECT * FROM held ORDER BY rowid"):
+            out.setdefault(str(snapshot), []).append((str(path), str(uid), int(size)))
+        return out
+
+    def release(self, snapshot: str) -> None:
+        self._write("DELETE FROM held WHERE snapshot = ?", [(snapshot,)])
 
     # small facts for the status (last commit)
 
