@@ -11,7 +11,6 @@ import enum
 import functools
 import importlib.resources
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import imagecodecs
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from engine.dicom.segment import PixelLayout  # the concrete layout; re-exported for callers
 from engine.errors import FormatError
 
 __all__ = [
@@ -71,20 +71,6 @@ class PixelLayoutLike(Protocol):
     def planar_configuration(self) -> int: ...
     @property
     def little_endian(self) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PixelLayout:
-    """A concrete `PixelLayoutLike`, for tests and callers without one of their own."""
-
-    rows: int
-    columns: int
-    samples_per_pixel: int
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    planar_configuration: int
-    little_endian: bool
 
 
 def encode_frame(

@@ -28,9 +28,10 @@ from engine.pack import (
     parse_manifest,
     parse_trailer,
 )
+from engine.store.local import link_durably
 from server.errors import BodyTooLarge, HashMismatch
 from server.index import ServerIndex
-from server.repos import Repository, link_durably
+from server.repos import Repository
 
 WRITE_BATCH = 1024 * 1024  # hand the disk and hasher 1 MiB at a time: few thread hops per pack
 

@@ -99,24 +99,3 @@ def _remove_if_old(path: Path, cutoff: float | None) -> int:
             path.unlink()
             return 1
     return 0
-
-
-def link_durably(tmp: Path, final: Path) -> bool:
-    """Publish an fsynced temp file under `final`; False if it already existed (write-once).
-
-    Same order as `engine.store.local.write_durably`: the data is durable before the name
-    appears, and the folder is fsynced before we acknowledge, so a crash never exposes a
-    partial object and an acknowledged object survives.
-    """
-    if not final.parent.is_dir():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fsync_dir(final.parent.parent)
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(final.parent)
-    return True

@@ -32,26 +32,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, data: bytes | memoryview, *, exclusive: bool = True) -> bool:
-    """Atomically create `path` with `data`; return False if it already existed (exclusive)."""
+def link_durably(tmp: Path, final: Path) -> bool:
+    """Publish an fsynced temp file under `final`; return False if it already existed.
+
+    A hard link fails rather than overwrites, so objects stay write-once; the folder is fsynced
+    (and its parent, when the folder is new) before returning, so an acknowledged object survives
+    a crash and a partial one never appears under a real name. The temp name is always removed.
+    """
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(final.parent.parent)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(final.parent)
+    return True
+
+
+def write_durably(path: Path, data: bytes | memoryview) -> bool:
+    """Atomically create `path` with `data`; return False if it already existed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    try:
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-    return True
+    return link_durably(tmp, path)
 
 
 class LocalStore(Store):
