@@ -19,13 +19,13 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import blake3
 
-from client.repository import Repository, now_rfc3339
+from client.repository import Repository
 from client.restore import catalogue
 from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError
@@ -80,6 +80,10 @@ class DrillReport:
 
 
 # -- the sample ---------------------------------------------------------------------------------
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _parse_time(text: str) -> float:
@@ -173,10 +177,12 @@ async def run_drill(
     now: float | None = None,
     source_root: Path | None = Path("/"),
 ) -> DrillReport:
-    """Restore the sample from `repo` (whichever site its backend points at) and compare."""
+    """Restore the sample from `repo` (whichever site its backend points at) and compare.
+    `now` (default: the system clock) is the drill's time: its record and the recent window."""
     start = time.monotonic()
-    report = DrillReport(agent, site, now_rfc3339(), settings.sample_percent)
-    chosen = sample(repo, settings, rng or random.Random(), time.time() if now is None else now)
+    when = time.time() if now is None else now
+    report = DrillReport(agent, site, _rfc3339(when), settings.sample_percent)
+    chosen = sample(repo, settings, rng or random.Random(), when)
     snapshots: set[SnapshotId] = set()
     pending: set[asyncio.Task[None]] = set()
     try:

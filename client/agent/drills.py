@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,10 +75,11 @@ class DrillScheduler:
         agent: Agent,
         schedule: DrillSchedule | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.agent = agent
         self.schedule = schedule or DrillSchedule.from_file(agent.config.config_file)
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self.last: dict[str, Any] | None = None
         past = drill.history(agent.config.state_dir, last=1)
         self.last = past[-1] if past else None
@@ -94,17 +95,17 @@ class DrillScheduler:
     async def run(self) -> None:
         if self.schedule.interval_hours <= 0:
             return
-        await asyncio.sleep(self.schedule.first_delay)
+        await self.sleep(self.schedule.first_delay)
         while True:
             wait = self._due_in()
             if wait > 0:
-                await asyncio.sleep(min(wait, 3600.0))
+                await self.sleep(min(wait, 3600.0))
                 continue
             try:
                 await self.drill_once()
             except (DicomvaultError, OSError) as e:
                 log.error("fire drill could not run: %s", e)
-                await asyncio.sleep(min(3600.0, self.schedule.interval_hours * 3600))
+                await self.sleep(min(3600.0, self.schedule.interval_hours * 3600))
 
     def _due_in(self) -> float:
         if self.last is None:
@@ -121,7 +122,7 @@ class DrillScheduler:
         try:
             report = await drill.run_drill(
                 repo, self.schedule.settings, agent=self.agent.config.name, site=str(site),
-                rng=random.Random(),
+                rng=random.Random(), now=self.clock(),
             )  # fmt: skip
         finally:
             if repo is not self.agent.repo:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +72,14 @@ async def practice_repository(
 
 
 @asynccontextmanager
-async def running(config: AgentConfig, repo: Repository) -> AsyncIterator[Agent]:
-    """The agent running on this loop until the block ends (then stopped as SIGTERM would)."""
+async def running(
+    config: AgentConfig, repo: Repository, setup: Callable[[Agent], None] | None = None
+) -> AsyncIterator[Agent]:
+    """The agent running on this loop until the block ends (then stopped as SIGTERM would);
+    `setup` may swap its parts (e.g. a drill scheduler with a test clock) before it starts."""
     agent = Agent(config, repo)
+    if setup is not None:
+        setup(agent)
     task = asyncio.create_task(agent.run(), name="agent")
     await wait_for(lambda: agent.receiver is not None or task.done(), what="the DICOM listener")
     try:

@@ -1,0 +1,87 @@
+"""The agent's scheduled fire drills (`[drill]`), with an injected clock: the first drill runs at
+start, the next not before `interval_hours` have passed on that clock, every `peer_every`-th
+one restores from the peer site, and each result reaches the server in the heartbeat and as a
+drill report. A primary and a peer chunk server run in process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import drill
+from client.agent.daemon import Agent
+from client.agent.drills import DrillSchedule, DrillScheduler
+from server.drills import DrillRecords
+from server.state import INDEX
+from tests.client.agentloop import agent_config, practice_repository, running
+from tests.server.monitorkit import REPO, FakeClock, Site, backup, make_tree, start_site, wait_for
+
+
+async def quick_sleep(seconds: float) -> None:
+    """The scheduler's sleeps, cut short: it looks at the (fake) clock again every 20 ms."""
+    await asyncio.sleep(min(seconds, 0.02))
+
+
+@pytest.fixture
+async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
+    b = await start_site(tmp_path, "site-b")
+    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
+    a = await start_site(tmp_path, "site-a", [peer])
+    a.add_repo()
+    yield a, b
+    await a.server.close()
+    await b.server.close()
+
+
+def heartbeat_drill(site: Site) -> dict[str, Any] | None:
+    """The drill summary in the agent's last heartbeat, as the server stored it."""
+    for hb in site.app[INDEX].heartbeats(REPO):
+        if hb["agent"] == "pc-1":
+            return hb["info"].get("drill")
+    return None
+
+
+def drilled_at(site: Site, url: str) -> Any:
+    summary = heartbeat_drill(site)
+    return summary if summary and summary["site"] == url else None
+
+
+async def test_drills_run_on_schedule_alternate_to_the_peer_and_reach_the_server(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, b = sites
+    config = agent_config(tmp_path)
+    repo = await practice_repository(a, config)
+    await backup(repo, make_tree(tmp_path, files=3, size=50_000))
+    await wait_for(a.settled, what="the peer to hold the snapshot")
+    primary_url, peer_url = f"{a.url}/{REPO}", f"{b.url}/{REPO}"
+    schedule = DrillSchedule(
+        interval_hours=1.0,
+        sample_percent=100.0,
+        first_delay=0.0,
+        peer_every=2,
+        peer_url=peer_url,
+        peer_token=a.tokens[REPO]["restore"],
+    )
+    clock = FakeClock()
+
+    def scheduled(agent: Agent) -> None:
+        agent.drills = DrillScheduler(agent, schedule, clock=clock, sleep=quick_sleep)
+
+    async with running(config, repo, setup=scheduled):
+        first = await wait_for(lambda: drilled_at(a, primary_url), what="the first drill")
+        assert first["ok"] and first["files"] == 3 and first["mismatches"] == 0
+
+        await asyncio.sleep(0.5)  # 25 looks at the clock: not due for another hour
+        assert len(drill.history(config.state_dir, last=10)) == 1
+
+        clock.advance(3600)
+        second = await wait_for(lambda: drilled_at(a, peer_url), what="the drill at the peer")
+        assert second["ok"] and second["files"] == 3
+    reports = DrillRecords(a.app[INDEX]).latest(REPO)
+    assert {(r["site"], r["ok"]) for r in reports} == {(primary_url, True), (peer_url, True)}
+    assert [d["site"] for d in drill.history(config.state_dir, last=10)] == [primary_url, peer_url]
