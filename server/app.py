@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from engine.errors import DicomvaultError
+from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.config import ServerConfig
 from server.errors import MissingChunks, http_status
@@ -28,7 +30,17 @@ from server.replica import routes as replica_routes
 from server.replication.service import Replication
 from server.repos import Repositories
 from server.scrub import Scrubber, run_scheduled
-from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
+from server.state import (
+    ALERTS,
+    CLOCK,
+    CONFIG,
+    DISK_USAGE,
+    INDEX,
+    METRICS,
+    REPLICATION,
+    REPOS,
+    SCRUB,
+)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,7 +148,14 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     # Alerts (docs/design.md "Alerts"): evaluated every `alerts.evaluate_interval`.
-    service = AlertService(app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], app[CLOCK])
+    service = AlertService(
+        app[CONFIG],
+        app[INDEX],
+        app[REPOS],
+        app[REPLICATION],
+        app[CLOCK],
+        disk_usage=app[DISK_USAGE],
+    )
     app[ALERTS] = service
     task = asyncio.create_task(service.run(), name="alerts")
     yield
@@ -145,7 +164,13 @@ async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) -> web.Application:
+def make_app(
+    config: ServerConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    disk_usage: DiskUsageFn = shutil.disk_usage,
+) -> web.Application:
+    """The server; tests inject the clock and the disk-usage probe behind the disk alert."""
     # Metrics outermost so they time the error responses too.
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware], client_max_size=config.max_body_size
@@ -154,6 +179,7 @@ def make_app(config: ServerConfig, *, clock: Callable[[], float] = time.time) ->
     app[REPOS] = Repositories(config.repos_dir)
     app[METRICS] = Metrics()
     app[CLOCK] = clock
+    app[DISK_USAGE] = disk_usage
     app.cleanup_ctx.append(_index_ctx)
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)

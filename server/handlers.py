@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -225,7 +226,11 @@ def _store_commit(
     request: web.Request, repo: Repository, sid: SnapshotId, record: CommitRecord, data: bytes
 ) -> None:
     path = repo.object_path(snapshot_name(sid))
-    write_durably(path, data)  # False means a retried commit: same bytes, same name
+    if write_durably(path, data):  # False means a retried commit: same bytes, same name
+        # The receive time (the no-commit alert's clock) is the file's mtime, which reindex
+        # reads back; it comes from the app's clock so that tests can move it.
+        received = request.app[CLOCK]()
+        os.utime(path, (received, received))
     summary = snapshot_summary(record, path.stat().st_mtime)
     request.app[INDEX].add_snapshot(repo.name, sid, summary)
 

@@ -24,7 +24,7 @@ from server.drills import DrillRecords, parse_report
 from server.handlers import parse_id, small_body
 from server.provider import authorize_provider, may_heal
 from server.repos import Repository
-from server.state import ALERTS, CLOCK, CONFIG, INDEX, REPLICATION, REPOS, SCRUB
+from server.state import ALERTS, CLOCK, CONFIG, DISK_USAGE, INDEX, REPLICATION, REPOS, SCRUB
 from server.status_page import STATUS_HTML
 
 routes = web.RouteTableDef()
@@ -157,7 +157,7 @@ async def status_json(request: web.Request) -> web.Response:
     app = request.app
     now = app[CLOCK]()
     facts = await asyncio.to_thread(
-        gather, app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], now
+        gather, app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], now, app[DISK_USAGE]
     )
     alerts = await asyncio.to_thread(app[ALERTS].store.open_alerts)
     return web.json_response(status_document(facts, alerts), headers={"Cache-Control": "no-store"})

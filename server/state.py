@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.config import ServerConfig
 from server.index import ServerIndex
@@ -22,6 +23,7 @@ INDEX = web.AppKey("index", ServerIndex)
 REPOS = web.AppKey("repos", Repositories)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)

@@ -9,8 +9,10 @@ same thing stays wrong, so the store can repeat and resolve it. Must not deliver
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from server.alerts.settings import Effective, effective
@@ -30,6 +32,18 @@ REPLICATION_LAG = "replication_lag"
 SCRUB_FAILED = "scrub_failed"
 DRILL_FAILED = "drill_failed"
 DISK_FULL = "disk_full"
+
+
+class DiskUsage(Protocol):
+    """What `shutil.disk_usage` returns (bytes)."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def free(self) -> int: ...
+
+
+DiskUsageFn = Callable[[Path], DiskUsage]  # `shutil.disk_usage`, or a test's stand-in
 
 
 class HasReplicators(Protocol):
@@ -90,9 +104,10 @@ def gather(
     repos: Repositories,
     replication: HasReplicators | None,
     now: float,
+    disk_usage: DiskUsageFn = shutil.disk_usage,
 ) -> Facts:
     scrub, drills = ScrubState(index), DrillRecords(index)
-    disk = shutil.disk_usage(config.data_dir)
+    disk = disk_usage(config.data_dir)
     rows = [
         _repo_facts(config, index, repos, replication, scrub, drills, name, now)
         for name in repos.names()

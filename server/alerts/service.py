@@ -13,11 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from server.alerts.conditions import Condition, Facts, HasReplicators, evaluate, gather, iso
+from server.alerts.conditions import (
+    Condition,
+    DiskUsageFn,
+    Facts,
+    HasReplicators,
+    evaluate,
+    gather,
+    iso,
+)
 from server.alerts.delivery import Message, Notifier, Outcome
 from server.alerts.settings import effective
 from server.alerts.store import AlertStore
@@ -38,9 +47,11 @@ class AlertService:
         replication: HasReplicators | None,
         clock: Callable[[], float],
         notifier: Notifier | None = None,
+        disk_usage: DiskUsageFn = shutil.disk_usage,
     ) -> None:
         self.config, self.index, self.repos = config, index, repos
         self.replication, self.clock = replication, clock
+        self.disk_usage = disk_usage
         self.store = AlertStore(index)
         self.notifier = notifier or Notifier(config.alerts)
         self.last_facts: Facts | None = None
@@ -58,7 +69,7 @@ class AlertService:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
         now = self.clock()
         facts = await asyncio.to_thread(
-            gather, self.config, self.index, self.repos, self.replication, now
+            gather, self.config, self.index, self.repos, self.replication, now, self.disk_usage
         )
         conditions = evaluate(facts)
         records = await asyncio.to_thread(self.store.all)

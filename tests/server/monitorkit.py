@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from client.backup import Backup
 from client.repository import Repository, init_repository
 from engine.remote import RemoteBackend
 from server.admin import create_repository
+from server.alerts.conditions import DiskUsageFn
 from server.app import make_app
 from server.auth import mint_replica_token
 from server.config import ServerConfig
@@ -97,10 +99,15 @@ def site_config(root: Path, name: str, peers: Sequence[dict[str, Any]], **kw: An
 
 
 async def start_site(
-    root: Path, name: str, peers: Sequence[dict[str, Any]] = (), clock: Any = time.time, **kw: Any
+    root: Path,
+    name: str,
+    peers: Sequence[dict[str, Any]] = (),
+    clock: Any = time.time,
+    disk_usage: DiskUsageFn = shutil.disk_usage,
+    **kw: Any,
 ) -> Site:
     config = site_config(root, name, peers, **kw)
-    app = make_app(config, clock=clock)
+    app = make_app(config, clock=clock, disk_usage=disk_usage)
     server = TestServer(app)
     await server.start_server()
     return Site(app, server, config)

@@ -1,0 +1,148 @@
+"""The alert conditions that need time or a full disk, on real in-process chunk servers with an
+injected clock: replication lag over its threshold while the peer is unreachable (resolved once
+it catches up), no commit within the practice's policy (resolved by the next commit), and the
+server's disk over `disk_threshold` (an injected disk-usage probe; resolved when space returns).
+Each alert is opened by the running alert service and read from its store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.alerts.settings import AlertSettings
+from server.state import ALERTS
+from tests.linkproxy import LinkProxy
+from tests.server.monitorkit import (
+    REPO,
+    FakeClock,
+    Site,
+    backup,
+    init_practice,
+    make_tree,
+    start_site,
+    wait_for,
+)
+
+QUIET = {"evaluate_interval": 0.05, "digest_time": None}
+
+
+def alerting(**thresholds: Any) -> AlertSettings:
+    thresholds.setdefault("disk_threshold", 1.01)  # the test machine's disk is not the subject
+    return AlertSettings(**QUIET, **thresholds)
+
+
+async def next_tick(site: Site) -> None:
+    service = site.app[ALERTS]
+    before = service.last_tick
+    await wait_for(lambda: service.last_tick != before, what="an alert evaluation")
+
+
+async def evaluated(site: Site) -> list[dict[str, Any]]:
+    """The open alerts after an evaluation that started after this call."""
+    await next_tick(site)  # may have gathered its facts before the call
+    await next_tick(site)
+    return site.app[ALERTS].store.open_alerts()
+
+
+def kinds(alerts: list[dict[str, Any]]) -> list[str]:
+    return [a["kind"] for a in alerts]
+
+
+@pytest.fixture
+async def lagging(tmp_path: Path) -> AsyncIterator[tuple[Site, LinkProxy, FakeClock]]:
+    clock = FakeClock()
+    b = await start_site(tmp_path, "site-b")
+    with LinkProxy(b.server.port) as link:
+        link.refuse = True  # the peer is unreachable
+        peer = {"url": link.url, "token": b.replica_token("site-a"), "name": "site-b"}
+        settings = alerting(replication_lag_threshold=600.0)
+        a = await start_site(tmp_path, "site-a", [peer], clock=clock, alerts=settings)
+        a.add_repo()
+        yield a, link, clock
+        await a.server.close()
+    await b.server.close()
+
+
+async def test_replication_lag_over_its_threshold_opens_and_resolves_once_the_peer_catches_up(
+    lagging: tuple[Site, LinkProxy, FakeClock], tmp_path: Path
+) -> None:
+    a, link, clock = lagging
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=2, size=100_000))
+    finally:
+        await repo.close()
+    assert "replication_lag" not in kinds(await evaluated(a))  # queued, but not for long
+
+    clock.advance(601)
+    alerts = await evaluated(a)
+    lag = next(x for x in alerts if x["kind"] == "replication_lag")
+    assert lag["key"] == f"{REPO}/replication_lag/site-b" and "site-b" in lag["message"]
+
+    link.refuse = False
+    await wait_for(a.settled, what="the peer to catch up")
+    assert "replication_lag" not in kinds(await evaluated(a))
+
+
+async def test_no_commit_within_the_policy_opens_and_the_next_commit_resolves_it(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    site = await start_site(tmp_path, "site-a", clock=clock, alerts=alerting(commit_policy_hours=1))
+    site.add_repo()
+    repo = await init_practice(site, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=1))
+        assert "no_commit" not in kinds(await evaluated(site))
+
+        clock.advance(3601)
+        alert = next(a for a in await evaluated(site) if a["kind"] == "no_commit")
+        assert alert["repo"] == REPO and "last commit" in alert["message"]
+
+        (tmp_path / "tree" / "new.bin").write_bytes(b"a new study" * 1000)
+        await backup(repo, tmp_path / "tree")
+        assert "no_commit" not in kinds(await evaluated(site))
+    finally:
+        await repo.close()
+        await site.server.close()
+
+
+@dataclass
+class Disk:
+    """A disk-usage probe the test fills and empties (what `shutil.disk_usage` returns)."""
+
+    total: int = 1000 * 10**9
+    used: int = 500 * 10**9
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+    def __call__(self, path: Path) -> Disk:
+        assert Path(path).is_dir()  # asked about the data folder, which exists
+        return self
+
+
+async def test_server_disk_over_its_threshold_is_a_provider_alert_until_space_returns(
+    tmp_path: Path,
+) -> None:
+    disk = Disk()
+    site = await start_site(
+        tmp_path, "site-a", disk_usage=disk, alerts=alerting(disk_threshold=0.9)
+    )
+    try:
+        assert kinds(await evaluated(site)) == []
+
+        disk.used = 950 * 10**9
+        alerts = await evaluated(site)
+        assert kinds(alerts) == ["disk_full"] and alerts[0]["repo"] is None  # provider's only
+        assert "95% full" in alerts[0]["message"] and "50.0 GB free" in alerts[0]["message"]
+
+        disk.used = 800 * 10**9
+        assert kinds(await evaluated(site)) == []
+    finally:
+        await site.server.close()
