@@ -148,6 +148,12 @@ def _agent_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="watch a folder for new and changed files (repeatable)",
     )
     c.add_argument("--name", help="agent name in snapshots and heartbeats (default: host name)")
+    c.add_argument(
+        "--once",
+        action="store_true",
+        help="catch up and exit: back up the spool and every new or changed file in the "
+        "watched folders as they are now (no listener, no settle wait)",
+    )
     c.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     c = cmd("status", "show a running agent's sources, queue, rate, last commit and errors")
     c.add_argument(

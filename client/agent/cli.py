@@ -26,6 +26,7 @@ from engine.errors import UsageError
 
 DEFAULT_STATE_DIR = Path("/var/lib/dicomvault/agent")
 EXIT_NOT_RUNNING = 18
+EXIT_PARTIAL = 3  # as `dicomvault backup`: done, but some files were left for the next run
 
 
 def _env_state_dir() -> Path | None:
@@ -93,6 +94,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
     try:
+        if args.once:
+            return 0 if await agent.run_once() else EXIT_PARTIAL
         await agent.run()
     finally:
         await repo.close()

@@ -24,14 +24,14 @@ from typing import Any
 from client.agent import batching
 from client.agent.alerts import agent_alerts
 from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
-from client.agent.config import AgentConfig, load_policy
+from client.agent.config import AgentConfig, WatchSettings, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
 from client.agent.peerhold import PeerHold
 from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
 from client.agent.status import STATUS_VERSION, write_status
-from client.agent.watcher import Settled, Settler, Watcher
+from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
 from engine.errors import DicomvaultError, UsageError
@@ -120,6 +120,31 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown(tasks)
+
+    async def run_once(self) -> bool:
+        """Catch-up mode (`agent --once`): back up what the spool holds and every new or changed
+        file in the watched folders as they are now, in batches, then return. The folders are
+        taken as complete (no settle wait) and no DICOM listener is started. Returns False when
+        some file could not be backed up (it is logged, and left for the next run)."""
+        self._loop = asyncio.get_running_loop()
+        self._resume_spool()
+        await self._resume_uploads()
+        now = self.clock.monotonic()
+        for w in self.config.watch:
+            for path in await asyncio.to_thread(self._new_files, w):
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(path)
+                    self.queue.add(Item(path, st.st_size, now, mtime_ns=st.st_mtime_ns))
+        try:
+            while self.queue.waiting(self.clock.monotonic()):
+                await self._run_batch()  # a file that fails waits RETRY_SECONDS: not retried here
+        finally:
+            self._write_status(state="stopped")
+            self.ledger.close()
+        return not self.errors
+
+    def _new_files(self, watch: WatchSettings) -> list[str]:
+        return [p for p in scan(watch) if self._is_new(p)]
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self._stop_sources()  # no new acknowledgements from here on

@@ -393,3 +393,25 @@ def test_sigterm_stops_cleanly_and_status_says_so(site: AgentSite) -> None:
     status = site.cli("status", "--state-dir", str(site.state), "--json")
     assert status.rc == 18 and status.doc["running"] is False
     assert "stopped" in site.log()
+
+
+def test_once_backs_up_the_watched_folders_as_they_are_and_exits(
+    site: AgentSite, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "watched"
+    (inbox / "study").mkdir(parents=True)
+    (inbox / "study" / "a.dcm").write_bytes(ct_small().read_bytes())
+    (inbox / "notes.txt").write_text("not DICOM, backed up as bytes\n")
+    once = ("agent", "--once", "--watch", str(inbox), "--spool", str(site.spool))
+    result = site.cli(*once, "--state-dir", str(site.state))
+    assert result.rc == 0, result.err
+    (snapshot,) = site.snapshots()
+    assert snapshot["files"] == 2
+    result = site.cli(*once, "--state-dir", str(site.state))
+    assert result.rc == 0 and len(site.snapshots()) == 1, "unchanged files were sent again"
+    (inbox / "notes.txt").write_text("changed\n")
+    assert site.cli(*once, "--state-dir", str(site.state)).rc == 0
+    assert [s["files"] for s in site.snapshots()] == [2, 1]
+    out = tmp_path / "out"
+    assert site.cli("restore", "latest", "--target", str(out)).rc == 0
+    assert (out / str(inbox / "notes.txt").lstrip("/")).read_text() == "changed\n"
