@@ -27,9 +27,11 @@ from engine.blob import Codec, Content, Hint
 from engine.catalogue import Entry, SnapshotBody
 from engine.ids import ChunkId, SnapshotId
 
-MAX_IN_FLIGHT = 8  # chunks being hashed/sealed at once (each ≤ 16 MiB)
+MAX_IN_FLIGHT = 16  # chunks being hashed and sealed at once...
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # ...and their bytes: memory stays bounded
 QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
 QUERY_BATCH_COUNT = 2000
+FILES_CACHE_BATCH = 256  # files-cache records written per LMDB transaction
 
 
 @dataclass
@@ -68,12 +70,12 @@ class FileChanged(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    """A catalogue entry waiting for its chunks; written once `last_seq` has been popped."""
+    """A catalogue entry waiting for its chunks; written once none is outstanding."""
 
     path: str
     entry: Entry
     st: os.stat_result | None = None  # set for files read now: the files-cache signature
-    last_seq: int = 0
+    outstanding: int = 0  # chunks submitted and not yet back from the seal pool
     error: str | None = None
 
 
@@ -104,12 +106,13 @@ class Backup:
         self._query: list[_Sealed] = []
         self._query_bytes = 0
         self._queried: set[ChunkId] = set()  # ids in `_query`, for dedupe within the batch
-        # The in-flight window across files: futures in submission order, each with the chunk
-        # list its result belongs to; `_seq` counts submissions, `_popped` completions.
-        self._window: deque[tuple[asyncio.Future[_Sealed], list[tuple[ChunkId, int]]]] = deque()
+        # Chunks in flight across files, each with the slot of its file's chunk list it fills;
+        # completions are taken in any order, so one large frame never idles the other worker.
+        self._inflight: dict[asyncio.Future[_Sealed], tuple[list[Any], int, _Pending | None]] = {}
+        self._inflight_bytes = 0
         self._ready: deque[_Pending] = deque()
-        self._seq = self._popped = 0
         self._catalogue: Any = None
+        self._cache_updates: list[tuple[str, dict[str, Any]]] = []
 
     async def run(self, paths: list[str], tags: list[str] | None = None) -> Summary:
         start = time.monotonic()
@@ -182,11 +185,18 @@ class Backup:
                 self._ready.append(pending)
                 self._emit_ready()
         await self._drain()
+        self._write_files_cache()
         catalogue.seek(0)
+
+    def _write_files_cache(self) -> None:
+        """One LMDB transaction (one fsync) per batch of files, not per file: losing a batch
+        in a crash only means those files are read again next time."""
+        self.repo.index.put_files(self._cache_updates)
+        self._cache_updates = []
 
     def _emit_ready(self) -> None:
         """Write every finished entry at the head of the queue to the catalogue."""
-        while self._ready and self._ready[0].last_seq <= self._popped:
+        while self._ready and self._ready[0].outstanding == 0:
             p = self._ready.popleft()
             if p.error is not None:
                 self.summary.errors.append(f"{p.path}: {p.error}")
@@ -196,7 +206,9 @@ class Backup:
                 self.summary.files += 1
                 self.summary.bytes_total += entry.size
                 if p.st is not None and self.files_cache:
-                    self.repo.index.put_files([(p.path, _cache_record(p.st, entry))])
+                    self._cache_updates.append((p.path, _cache_record(p.st, entry)))
+                    if len(self._cache_updates) >= FILES_CACHE_BATCH:
+                        self._write_files_cache()
             self._catalogue.write(entry.encode())
             self.progress(self.summary, p.path)
 
@@ -250,7 +262,7 @@ class Backup:
             layout = await loop.run_in_executor(self._reader, layout_of, f, size)
             it = pieces(self.repo.chunker, f, layout, size, self.image_codec)
             while (item := await self._next(it)) is not None:
-                p.last_seq = await self._submit(item[0].data, item[1], p.entry.chunks)
+                await self._submit(item[0].data, item[1], p.entry.chunks, p)
         after = os.stat(p.path)
         assert p.st is not None
         if after.st_size != p.st.st_size or after.st_mtime_ns != p.st.st_mtime_ns:
@@ -258,27 +270,37 @@ class Backup:
         self.summary.bytes_read += size
         p.entry.dicom = (layout.attrs or None) if layout else None
 
-    async def _submit(self, data: bytes, hint: Hint, into: list[tuple[ChunkId, int]]) -> int:
-        """Queue one chunk for hashing and sealing; its (id, length) is appended to `into`
-        in order. Returns the chunk's sequence number."""
+    async def _submit(
+        self, data: bytes, hint: Hint, into: list[Any], owner: _Pending | None = None
+    ) -> None:
+        """Queue one chunk for hashing and sealing; its (id, length) fills the next slot of
+        `into`. Waits while the pool has enough work (by count and by bytes)."""
         loop = asyncio.get_running_loop()
-        self._window.append((loop.run_in_executor(self._pool, self._seal, data, hint), into))
-        self._seq += 1
-        while len(self._window) >= MAX_IN_FLIGHT:
-            await self._pop()
-        return self._seq
+        future = loop.run_in_executor(self._pool, self._seal, data, hint)
+        self._inflight[future] = (into, len(into), owner)
+        into.append(None)
+        self._inflight_bytes += len(data)
+        if owner is not None:
+            owner.outstanding += 1
+        while len(self._inflight) >= MAX_IN_FLIGHT or self._inflight_bytes >= MAX_IN_FLIGHT_BYTES:
+            await self._collect()
 
-    async def _pop(self) -> None:
-        future, into = self._window.popleft()
-        sealed = await future
-        into.append((sealed.chunk_id, sealed.raw_len))
-        self._popped += 1
-        await self._accept(sealed)
+    async def _collect(self) -> None:
+        """Take whatever the pool has finished, then write the entries that are complete."""
+        done, _ = await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            into, slot, owner = self._inflight.pop(future)
+            sealed = future.result()
+            into[slot] = (sealed.chunk_id, sealed.raw_len)
+            self._inflight_bytes -= sealed.raw_len
+            if owner is not None:
+                owner.outstanding -= 1
+            await self._accept(sealed)
         self._emit_ready()
 
     async def _drain(self) -> None:
-        while self._window:
-            await self._pop()
+        while self._inflight:
+            await self._collect()
 
     def _seal(self, data: bytes, hint: Hint) -> _Sealed:
         """Worker thread: name the chunk, and seal it only if the index does not know it."""

