@@ -3,8 +3,10 @@
 Every `Backend` operation is safe to repeat (reads; write-once puts; commits named by their
 hash), so any call that fails with `TransientError` — a dropped connection, a server restart,
 a 5xx — is retried with capped exponential backoff until `deadline` seconds have passed. Other
-errors pass through at once. A pack upload with a paced `body` cannot be replayed from here:
-its caller (the client's uploader) owns those retries. Sleep and clock are injected.
+errors pass through at once. `last_error` names the failure being retried (None once a call
+succeeds), so a caller can show an outage before the deadline runs out. A pack upload with a
+paced `body` cannot be replayed from here: its caller (the client's uploader) owns those
+retries. Sleep and clock are injected.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class RetryingBackend(Backend):
         self.knows_chunks, self.location = inner.knows_chunks, inner.location
         self.deadline, self._sleep, self._monotonic = deadline, sleep, monotonic
         self.retries = 0
+        self.last_error: str | None = None
 
     def __getattr__(self, name: str) -> Any:  # backend-specific extras (e.g. replication status)
         return getattr(self.inner, name)
@@ -51,14 +54,18 @@ class RetryingBackend(Backend):
         give_up, delay = self._monotonic() + self.deadline, FIRST_DELAY
         while True:
             try:
-                return await call()
+                result = await call()
             except TransientError as e:
+                self.last_error = f"{what} failed: {e}"
                 if self._monotonic() + delay > give_up:
                     raise
                 self.retries += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
                 await self._sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, MAX_DELAY)
+            else:
+                self.last_error = None
+                return result
 
     async def get_config(self) -> bytes:
         return await self._retry("get config", self.inner.get_config)

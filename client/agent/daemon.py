@@ -89,6 +89,7 @@ class Agent:
         self._config_mtime = _mtime(config.config_file)
         self._report_after: dict[str, float] = {}
         self._heartbeat_now = asyncio.Event()
+        self._unreachable: str | None = None  # the repository's failure being retried, if any
         self.drills = DrillScheduler(self)  # fire drills: client/agent/drills.py, [drill]
 
     # life cycle
@@ -446,9 +447,20 @@ class Agent:
 
     async def _status_loop(self) -> None:
         while True:
+            self._check_repository()
             self._check_alerts()
             self._write_status()
             await asyncio.sleep(1.0)
+
+    def _check_repository(self) -> None:
+        """An outage shows in the errors when it starts, not when the retries give up (the
+        backend retries for minutes); the spool keeps everything meanwhile."""
+        failing = getattr(self.repo.backend, "last_error", None)
+        if failing and not self._unreachable:
+            self._error(f"repository unreachable, retrying (files wait in the spool): {failing}")
+        elif self._unreachable and not failing:
+            log.info("the repository answers again")
+        self._unreachable = failing if isinstance(failing, str) else None
 
     def _check_alerts(self) -> None:
         uploader = self.repo.uploader
