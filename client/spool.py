@@ -101,6 +101,7 @@ class Uploader:
         self._sleep = sleep
         self._max_attempts = max_attempts
         self._wake = asyncio.Event()
+        self._leftovers = set(spool.pending())  # packs a previous process left unacknowledged
         self._stopping = False
 
     def notify(self) -> None:
@@ -129,6 +130,13 @@ class Uploader:
         self._wake.set()
 
     async def _upload(self, pack_id: PackId) -> None:
+        if pack_id in self._leftovers:
+            # Spooled by a run that died: the server may have taken the whole body without the
+            # acknowledgement reaching us. Ask first rather than send 16 MiB again.
+            self._leftovers.discard(pack_id)
+            if await self.backend.has_pack(pack_id):
+                self.spool.remove(pack_id)
+                return
         data = await asyncio.to_thread(self.spool.read, pack_id)
         delay, attempt = BACKOFF_START, 0
         while True:

@@ -74,6 +74,14 @@ class Backend(ABC):
         """Return (pack size, its last `length` bytes): enough to read a trailer and manifest."""
         raise NotImplementedError
 
+    async def has_pack(self, pack_id: PackId) -> bool:
+        """Whether the repository holds this pack (without fetching it)."""
+        try:
+            await self.get_pack_tail(pack_id, 1)
+        except ObjectNotFound:
+            return False
+        return True
+
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
 

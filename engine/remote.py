@@ -259,6 +259,12 @@ class RemoteBackend(Backend):
             return b""
         return body if status == 206 else body[offset : offset + length]
 
+    async def has_pack(self, pack_id: PackId) -> bool:
+        status, _, _ = await self._fetch(
+            "HEAD", f"packs/{pack_id.hex()}", f"pack {pack_id.short()}", (200, 404)
+        )
+        return status == 200
+
     async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
         # A suffix range ("bytes=-N") gets the trailer and manifest in one round trip; the
         # total size comes back in Content-Range ("bytes a-b/SIZE").

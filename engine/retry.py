@@ -101,6 +101,9 @@ class RetryingBackend(Backend):
             "pack read", lambda: self.inner.get_pack_range(pack_id, offset, length)
         )
 
+    async def has_pack(self, pack_id: PackId) -> bool:
+        return await self._retry("pack lookup", lambda: self.inner.has_pack(pack_id))
+
     async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
         return await self._retry("pack read", lambda: self.inner.get_pack_tail(pack_id, length))
 

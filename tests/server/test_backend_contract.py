@@ -48,7 +48,9 @@ async def test_key_objects_listed_and_read(backend: Backend) -> None:
 
 async def test_pack_round_trip_range_and_idempotent_put(backend: Backend) -> None:
     pack_id, data, _ = make_pack()
+    assert not await backend.has_pack(pack_id)
     await backend.put_pack(pack_id, data)
+    assert await backend.has_pack(pack_id)
     await backend.put_pack(pack_id, data)
     assert await backend.get_pack(pack_id) == data
     assert await backend.get_pack_range(pack_id, 10, 100) == data[10:110]
