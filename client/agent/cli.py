@@ -3,7 +3,7 @@
 Owns the agent's precedence rules (flag > config file > environment), the upload limiter it
 gets (the config file's `[upload]` table, re-read while running), logging set-up and the signal
 handlers (SIGTERM and SIGINT stop the agent cleanly). Shares the repository plumbing of
-`client.cli`; holds no agent logic.
+`client.cli_common`; holds no agent logic.
 """
 
 from __future__ import annotations
@@ -19,14 +19,19 @@ from pathlib import Path
 from client.agent.config import AgentConfig, Overrides, RepositorySettings, load, read_toml
 from client.agent.daemon import Agent
 from client.agent.status import read_status, render
-from client.cli import cache_root, open_backend, rate_limiter, read_passphrase
+from client.cli_common import (
+    EXIT_PARTIAL,
+    cache_root,
+    open_backend,
+    rate_limiter,
+    read_passphrase,
+)
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
 from client.repository import Repository
 from engine.errors import UsageError
 
 DEFAULT_STATE_DIR = Path("/var/lib/dicomvault/agent")
 EXIT_NOT_RUNNING = 18
-EXIT_PARTIAL = 3  # as `dicomvault backup`: done, but some files were left for the next run
 
 
 def _env_state_dir() -> Path | None:
@@ -48,7 +53,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _fill_repository_args(args: argparse.Namespace, repo: RepositorySettings) -> None:
-    """A flag wins over the config file, which wins over the environment (read by client.cli)."""
+    """A flag wins over the config file, which wins over the environment (client.cli_common)."""
     args.repo = args.repo or repo.url
     args.password_file = args.password_file or repo.password_file
     args.cache_dir = args.cache_dir or repo.cache_dir

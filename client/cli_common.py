@@ -1,0 +1,91 @@
+"""Plumbing shared by the `dicomvault` commands: where the repository is, the passphrase, the
+local cache, the upload limiter, output, and opening a repository for one command.
+
+With `client.cli`, the only code that reads the environment; everything below takes values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
+from client.repository import Repository
+from engine.backend import Backend, LocalBackend
+from engine.errors import UsageError
+from engine.store.local import LocalStore
+
+EXIT_PARTIAL = 3  # done, but some files were skipped or left for the next run
+
+
+def open_backend(args: argparse.Namespace) -> Backend:
+    location = args.repo or os.environ.get("DICOMVAULT_REPO")
+    if not location:
+        raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
+    if location.startswith(("http://", "https://")):
+        from engine.remote import RemoteBackend
+        from engine.retry import RetryingBackend
+
+        token = args.token or os.environ.get("DICOMVAULT_TOKEN")
+        if not token:
+            raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
+        return RetryingBackend(RemoteBackend(location, token, ca_file=args.cacert))
+    return LocalBackend(LocalStore(location), location)
+
+
+def read_passphrase(args: argparse.Namespace) -> bytes:
+    path = args.password_file or os.environ.get("DICOMVAULT_PASSWORD_FILE")
+    if path:
+        try:
+            text = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+        if not text or not text[0]:
+            raise UsageError(f"password file {path} is empty")
+        return text[0].encode()
+    if "DICOMVAULT_PASSWORD" in os.environ:
+        return os.environ["DICOMVAULT_PASSWORD"].encode()
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("passphrase: ").encode()
+    raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")
+
+
+def cache_root(args: argparse.Namespace) -> Path:
+    path = args.cache_dir or os.environ.get("DICOMVAULT_CACHE_DIR")
+    return Path(path) if path else Path.home() / ".cache" / "dicomvault"
+
+
+def rate_limiter(args: argparse.Namespace) -> RateLimiter:
+    base = Schedule(default=parse_rate(args.limit_upload))
+    if args.upload_schedule:
+        path = Path(args.upload_schedule)
+        if not path.is_file():
+            raise UsageError(f"upload schedule {path} does not exist")
+        return RateLimiter(ScheduleFile(path, base))
+    return RateLimiter(base)
+
+
+def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(json.dumps(doc, indent=None if args.json else 2) if args.json else text)
+
+
+async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]) -> int:
+    backend = open_backend(args)
+    try:
+        repo = await Repository.open(
+            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
+        )
+    except BaseException:
+        await backend.close()
+        raise
+    try:
+        return await fn(repo)
+    finally:
+        await repo.close()
