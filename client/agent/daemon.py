@@ -18,7 +18,6 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from client.agent import batching
@@ -30,7 +29,7 @@ from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
 from client.agent.peerhold import PeerHold
 from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
-from client.agent.status import STATUS_VERSION, write_status
+from client.agent.status import agent_version, status_document, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
@@ -44,13 +43,6 @@ SHUTDOWN_GRACE = 10.0  # a batch under way gets this long to commit before it is
 KEEP_ERRORS = 20
 RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
 PEER_POLL = 5.0  # delete_after = "peer": ask the server this often which snapshots peers hold
-
-
-def agent_version() -> str:
-    try:
-        return version("dicomvault")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass
@@ -262,7 +254,7 @@ class Agent:
             now,
             waiting,
             self.queue.last_arrival,
-            self._spool_bytes(),
+            self.spool_bytes(),
         )
         return self.decision
 
@@ -412,7 +404,7 @@ class Agent:
             "time": now_rfc3339(),
             "queue_files": self.queue.files,
             "queue_bytes": self.queue.bytes,
-            "bytes_pending": self._bytes_pending(),
+            "bytes_pending": self.bytes_pending(),
             "last_commit": self.last_commit.as_json() if self.last_commit else None,
             "alerts": list(self.alerts),
             "errors": len(self.errors),
@@ -465,7 +457,7 @@ class Agent:
     def _check_alerts(self) -> None:
         uploader = self.repo.uploader
         stats = uploader.stats if uploader is not None else None
-        alerts = agent_alerts(self.policy, self._spool_bytes(), stats)
+        alerts = agent_alerts(self.policy, self.spool_bytes(), stats)
         if alerts and not self.alerts:
             for a in alerts:
                 log.warning("ALERT: %s", a)
@@ -477,17 +469,17 @@ class Agent:
         log.error("%s", message)
         self.errors.append({"time": now_rfc3339(), "message": message})
 
-    def _spool_bytes(self) -> int:
-        return self.inbox.held_bytes + self._packs_bytes()
+    def spool_bytes(self) -> int:
+        return self.inbox.held_bytes + self.packs_bytes()
 
-    def _packs_bytes(self) -> int:
+    def packs_bytes(self) -> int:
         uploader = self.repo.uploader
         return uploader.spool.bytes_pending() if uploader is not None else 0
 
-    def _bytes_pending(self) -> int:
-        return self.queue.bytes + self._packs_bytes()
+    def bytes_pending(self) -> int:
+        return self.queue.bytes + self.packs_bytes()
 
-    def _upload_rate(self) -> float:
+    def upload_rate(self) -> float:
         t, sent = self.clock.monotonic(), self.repo.backend.bytes_uploaded
         self._uploaded.append((t, sent))
         while len(self._uploaded) > 1 and t - self._uploaded[0][0] > RATE_WINDOW:
@@ -495,58 +487,12 @@ class Agent:
         t0, s0 = self._uploaded[0]
         return (sent - s0) / (t - t0) if t > t0 else 0.0
 
-    def _limit(self) -> float | None:
+    def rate_limit(self) -> float | None:
         uploader = self.repo.uploader
         return uploader.limiter.current_rate() if uploader is not None else None
 
     def status(self, state: str = "running") -> dict[str, Any]:
-        rate, limit, pending = self._upload_rate(), self._limit(), self._bytes_pending()
-        speed = rate if rate > 0 else limit
-        queued_instances = sum(1 for i in self.queue.items.values() if i.instance)
-        return {
-            "version": STATUS_VERSION,
-            "agent": self.config.name,
-            "pid": os.getpid(),
-            "dicomvault": agent_version(),
-            "state": state,
-            "started": self.started,
-            "updated": now_rfc3339(),
-            "updated_unix": time.time(),
-            "repository": self.repo.backend.location,
-            "sources": self.config.sources(),
-            "dicom_port": self.receiver.port if self.receiver else None,
-            "queue": {
-                "files": self.queue.files,
-                "bytes": self.queue.bytes,
-                "instances": queued_instances,
-                "watched": self.queue.files - queued_instances,
-                "settling": len(self.settler),
-            },
-            "spool": {
-                "bytes": self.inbox.held_bytes,
-                "packs_bytes": self._packs_bytes(),
-                "max_bytes": self.policy.spool_max_bytes,
-                "alert_bytes": self.policy.spool_alert_bytes,
-                "held_for_peer": self.hold.instances,
-            },
-            "bytes_pending": pending,
-            "mode": self.decision.mode,
-            "window": self.decision.window,
-            "upload": {
-                "rate_bytes_per_s": round(rate),
-                "limit_bytes_per_s": limit,
-                "bytes_total": self.repo.backend.bytes_uploaded,
-            },
-            "eta_seconds": round(pending / speed, 1)
-            if pending and speed
-            else (0 if not pending else None),
-            "last_commit": self.last_commit.as_json() if self.last_commit else None,
-            "received": self.receiver.received if self.receiver else 0,
-            "refused": self.receiver.refused if self.receiver else 0,
-            "commitments_pending": len(self.ledger.commitments()),
-            "errors": list(self.errors),
-            "alerts": list(self.alerts),
-        }
+        return status_document(self, state)
 
     def _write_status(self, state: str = "running") -> None:
         try:
