@@ -18,7 +18,7 @@ from typing import Any
 from client.repository import Repository
 from client.restore import catalogue
 from engine.catalogue import Entry, SnapshotBody
-from engine.dicom.segment import CATALOGUE
+from engine.dicom.attrs import CATALOGUE
 from engine.errors import NotFound, UsageError
 from engine.ids import SnapshotId
 

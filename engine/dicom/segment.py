@@ -1,7 +1,8 @@
 """DICOM byte layout: where the header, each pixel frame and the trailer of a Part 10 file lie.
 
 Owns the fast tag walker (explicit/implicit VR little endian) that cuts a file into segments for
-the chunker and pulls out the catalogue attributes, with pydicom as the fallback for odd files.
+the chunker and collects the catalogue attributes' raw values (decoded by `engine.dicom.attrs`,
+which also reads odd files through pydicom).
 It never raises, never copies the whole buffer, never decodes pixels and never rewrites bytes:
 segments always cover the input exactly, so restore stays bit-exact whatever the layout says.
 """
@@ -9,14 +10,19 @@ segments always cover the input exactly, so restore stays bit-exact whatever the
 from __future__ import annotations
 
 import enum
-import io
 import itertools
 import struct
-import warnings
 from dataclasses import dataclass
 
-# pydicom is imported where it is used: it costs ~0.5 s at start-up, and the fast walker needs it
-# only for non-ASCII names and for the files it leaves to pydicom.
+from engine.dicom.attrs import (
+    CATALOGUE,
+    TAG_CHARSET,
+    TAG_NUMBER_OF_FRAMES,
+    TAG_TRANSFER_SYNTAX,
+    ascii_value,
+    decode_attrs,
+    pydicom_attrs,
+)
 
 # --- Part 10 framing -----------------------------------------------------------------------------
 PREAMBLE_SIZE = 128  # bytes of free-form preamble before the magic
@@ -43,9 +49,6 @@ TAG_ITEM = 0xFFFEE000
 TAG_ITEM_DELIMITER = 0xFFFEE00D
 TAG_SEQUENCE_DELIMITER = 0xFFFEE0DD
 ITEM_GROUP = 0xFFFE
-TAG_TRANSFER_SYNTAX = 0x00020010
-TAG_CHARSET = 0x00080005
-TAG_NUMBER_OF_FRAMES = 0x00280008
 TAG_SAMPLES_PER_PIXEL = 0x00280002
 TAG_PLANAR_CONFIGURATION = 0x00280006
 TAG_ROWS = 0x00280010
@@ -62,21 +65,6 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"  # retired; left to pydicom
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"  # zlib over the dataset; left to pydicom
 
-# Catalogue attributes: tag -> (keyword, how the value is decoded).
-CATALOGUE: dict[int, tuple[str, str]] = {
-    0x00100020: ("PatientID", "text"),
-    0x00100010: ("PatientName", "pn"),
-    0x00100030: ("PatientBirthDate", "ascii"),
-    0x0020000D: ("StudyInstanceUID", "ascii"),
-    0x00080020: ("StudyDate", "ascii"),
-    0x00080050: ("AccessionNumber", "text"),
-    0x00081030: ("StudyDescription", "text"),
-    0x00080060: ("Modality", "ascii"),
-    0x0020000E: ("SeriesInstanceUID", "ascii"),
-    0x00080018: ("SOPInstanceUID", "ascii"),
-    TAG_TRANSFER_SYNTAX: ("TransferSyntaxUID", "ascii"),
-    TAG_NUMBER_OF_FRAMES: ("NumberOfFrames", "ascii"),
-}
 PIXEL_TAGS = frozenset(
     {TAG_SAMPLES_PER_PIXEL, TAG_PLANAR_CONFIGURATION, TAG_ROWS, TAG_COLUMNS, TAG_BITS_ALLOCATED,
      TAG_BITS_STORED, TAG_PIXEL_REPRESENTATION, TAG_EXTENDED_OFFSET_TABLE, TAG_CHARSET}
@@ -85,9 +73,6 @@ COLLECTED = frozenset(CATALOGUE) | PIXEL_TAGS
 # Tags the walker stops at, keyed as read by one little endian uint32: element << 16 | group.
 _NOTICED_LE = {((t & 0xFFFF) << 16) | (t >> 16): t for t in COLLECTED | {TAG_PIXEL_DATA}}
 MAX_COLLECTED_VALUE = 1 << 20  # bytes; a larger catalogue value is ignored, not copied
-PYDICOM_DEFER_SIZE = 64 << 10  # bytes; larger values stay unread in the pydicom fallback
-
-_ESC = 0x1B  # ISO 2022 escape: ASCII bytes that still need the charset to decode
 
 # Frame starts recognised inside fragments when no offset table says where frames begin.
 FRAME_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51")  # JPEG SOI (2 B), JPEG 2000 SOC+SIZ (4 B)
@@ -203,7 +188,7 @@ class _Pixel:
 def _fast_layout(view: memoryview) -> DicomLayout:
     collected: dict[int, bytes] = {}
     pos = _dataset_start(view, collected)
-    ts = _ascii(collected[TAG_TRANSFER_SYNTAX]) if TAG_TRANSFER_SYNTAX in collected else None
+    ts = ascii_value(collected[TAG_TRANSFER_SYNTAX]) if TAG_TRANSFER_SYNTAX in collected else None
     if ts in (EXPLICIT_VR_BE, DEFLATED_LE):
         raise _Malformed(f"transfer syntax {ts} is left to pydicom")
     bare = pos == 0 or view[PREAMBLE_SIZE:META_START] != MAGIC
@@ -214,7 +199,7 @@ def _fast_layout(view: memoryview) -> DicomLayout:
         raise _Malformed("big endian dataset is left to pydicom")
     implicit = encoding == "implicit"
     pixel = _walk_top_level(view, pos, implicit, collected, stop_at_pixels=True)
-    attrs = _decode_attrs(collected)
+    attrs = decode_attrs(collected)
     if not ts:  # no file meta: name the encoding the dataset was found in
         ts = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
     if pixel is None:
@@ -452,7 +437,7 @@ def _number_of_frames(collected: dict[int, bytes]) -> int | None:
     if raw is None or not raw.strip(b"\x00 "):
         return 1
     try:
-        return int(_ascii(raw).strip())
+        return int(ascii_value(raw).strip())
     except ValueError:
         return None
 
@@ -546,125 +531,10 @@ def _starts_frame(view: memoryview, pos: int) -> bool:
     return any(view[pos : pos + len(m)] == m for m in FRAME_START_MARKERS)
 
 
-# --- catalogue attributes ------------------------------------------------------------------------
-
-
-def _decode_attrs(collected: dict[int, bytes]) -> dict[str, str]:
-    attrs = {}
-    encodings: list[str] | None = None
-    for tag, (keyword, kind) in CATALOGUE.items():
-        raw = collected.get(tag)
-        if raw is None:
-            continue
-        if kind == "ascii" or (raw.isascii() and _ESC not in raw):
-            value = _ascii(raw)  # the default repertoire needs no charset (and no pydicom)
-        else:
-            encodings = encodings or _encodings(collected.get(TAG_CHARSET))
-            value = _person_name(raw, encodings) if kind == "pn" else _text(raw, encodings)
-        if value:
-            attrs[keyword] = value
-    return attrs
-
-
-def _ascii(raw: bytes) -> str:
-    return raw.decode("latin-1").rstrip("\x00 ")
-
-
-def _encodings(raw: bytes | None) -> list[str]:
-    from pydicom.charset import convert_encodings
-
-    terms = [t.strip() for t in _ascii(raw).split("\\")] if raw else [""]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return convert_encodings(terms)
-    except Exception:  # an unknown charset must not lose the catalogue entry
-        return ["iso8859"]
-
-
-def _text(raw: bytes, encodings: list[str]) -> str:
-    from pydicom.charset import decode_bytes
-    from pydicom.valuerep import TEXT_VR_DELIMS
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            decoded = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
-    except Exception:
-        decoded = raw.decode("latin-1")
-    return "\\".join(v.rstrip("\x00 ") for v in decoded.split("\\")).rstrip("\x00 ")
-
-
-def _person_name(raw: bytes, encodings: list[str]) -> str:
-    from pydicom.valuerep import PersonName
-    from pydicom.values import convert_PN
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value = convert_PN(raw, encodings)
-    except Exception:
-        return _text(raw, encodings)
-    names = [value] if isinstance(value, PersonName) else list(value)
-    return "\\".join(str(name) for name in names).rstrip("\x00 ")
-
-
 # --- pydicom fallback ----------------------------------------------------------------------------
-
-
-class _MemoryReader(io.RawIOBase):
-    """A read-only, seekable file over a memoryview, so pydicom never gets a copy of the buffer."""
-
-    def __init__(self, view: memoryview) -> None:
-        super().__init__()
-        self._view = view
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        chunk = self._view[self._pos : self._pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
-        self._pos += len(chunk)
-        return len(chunk)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 def _pydicom_layout(view: memoryview, reason: str) -> DicomLayout:
     """Catalogue attributes through pydicom for files the walker left alone; bytes stay RAW."""
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = _MemoryReader(view)
-            ds = pydicom.dcmread(
-                reader, stop_before_pixels=True, force=True, defer_size=PYDICOM_DEFER_SIZE
-            )
-            attrs = {keyword: _pydicom_str(ds.get(keyword)) for keyword, _ in CATALOGUE.values()}
-            ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    except Exception:
-        return _raw(len(view), reason, None, {})
-    attrs = {k: v for k, v in attrs.items() if v}
-    if ts:
-        attrs["TransferSyntaxUID"] = str(ts)
-    return _raw(len(view), reason, str(ts) if ts else None, attrs)
-
-
-def _pydicom_str(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value).rstrip("\x00 ")  # type: ignore[attr-defined]
-    return str(value).rstrip("\x00 ")
+    ts, attrs = pydicom_attrs(view)
+    return _raw(len(view), reason, ts, attrs)
