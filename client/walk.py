@@ -34,25 +34,11 @@ class Found:
 
 def walk(paths: list[str], errors: list[str]) -> Iterator[Found]:
     """Yield every path under `paths` (not following symlinks), sorted, parents first."""
-    for top in sorted(os.path.abspath(p) for p in paths):
-        try:
-            st = os.lstat(top)
-        except OSError as e:
-            errors.append(f"{top}: {e.strerror}")
-            continue
-        yield Found(top, st)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(top, errors)
+    yield from _walk_paths(sorted(os.path.abspath(p) for p in paths), errors)
 
 
-def _walk_dir(folder: str, errors: list[str]) -> Iterator[Found]:
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as e:
-        errors.append(f"{folder}: {e.strerror}")
-        return
-    for name in names:
-        path = os.path.join(folder, name)
+def _walk_paths(paths: list[str], errors: list[str]) -> Iterator[Found]:
+    for path in paths:
         try:
             st = os.lstat(path)
         except OSError as e:
@@ -60,7 +46,12 @@ def _walk_dir(folder: str, errors: list[str]) -> Iterator[Found]:
             continue
         yield Found(path, st)
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(path, errors)
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as e:
+                errors.append(f"{path}: {e.strerror}")
+                continue
+            yield from _walk_paths([os.path.join(path, n) for n in names], errors)
 
 
 def layout_of(f: BinaryIO, size: int) -> DicomLayout | None:
