@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from client.agent.config import AgentConfig, Overrides, RepositorySettings, load, read_toml
 from client.agent.daemon import Agent
@@ -22,6 +23,7 @@ from client.agent.status import read_status, render
 from client.cli_common import (
     EXIT_PARTIAL,
     cache_root,
+    emit,
     open_backend,
     rate_limiter,
     read_passphrase,
@@ -100,11 +102,22 @@ async def run_agent(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, agent.request_stop)
     try:
         if args.once:
-            return 0 if await agent.run_once() else EXIT_PARTIAL
+            return _report_once(args, await agent.run_once())
         await agent.run()
     finally:
         await repo.close()
     return 0
+
+
+def _report_once(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    emit(
+        args,
+        doc,
+        f"caught up: {len(doc['snapshots'])} snapshots, {doc['files']} files, "
+        f"{doc['bytes_new']:,} new bytes, {doc['bytes_uploaded']:,} bytes uploaded, "
+        f"{doc['duration_s']:.1f} s",
+    )
+    return EXIT_PARTIAL if doc["errors"] else 0
 
 
 def status_dir(args: argparse.Namespace) -> Path:

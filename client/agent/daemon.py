@@ -82,6 +82,7 @@ class Agent:
         self._report_after: dict[str, float] = {}
         self._heartbeat_now = asyncio.Event()
         self._unreachable: str | None = None  # the repository's failure being retried, if any
+        self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
         self.drills = DrillScheduler(self)  # fire drills: client/agent/drills.py, [drill]
 
     # life cycle
@@ -114,12 +115,13 @@ class Agent:
         finally:
             await self._shutdown(tasks)
 
-    async def run_once(self) -> bool:
+    async def run_once(self) -> dict[str, Any]:
         """Catch-up mode (`agent --once`): back up what the spool holds and every new or changed
-        file in the watched folders as they are now, in batches, then return. The folders are
-        taken as complete (no settle wait) and no DICOM listener is started. Returns False when
-        some file could not be backed up (it is logged, and left for the next run)."""
+        file in the watched folders as they are now, in batches, then return their summed
+        summary (`errors` lists files left for the next run). The folders are taken as complete
+        (no settle wait) and no DICOM listener is started."""
         self._loop = asyncio.get_running_loop()
+        start = time.monotonic()
         self._resume_spool()
         await self._resume_uploads()
         now = self.clock.monotonic()
@@ -128,13 +130,14 @@ class Agent:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     self.queue.add(Item(path, st.st_size, now, mtime_ns=st.st_mtime_ns))
+        self._batch_summaries = []
         try:
             while self.queue.waiting(self.clock.monotonic()):
                 await self._run_batch()  # a file that fails waits RETRY_SECONDS: not retried here
         finally:
             self._write_status(state="stopped")
             self.ledger.close()
-        return not self.errors
+        return _summed(self._batch_summaries, self.errors, time.monotonic() - start)
 
     def _new_files(self, watch: WatchSettings) -> list[str]:
         return [p for p in scan(watch) if self._is_new(p)]
@@ -286,6 +289,8 @@ class Agent:
     async def _backup(self, paths: list[str]) -> Summary:
         backup = Backup(self.repo, host=self.config.name, files_cache=False, find_parent=False)
         summary = await backup.run(paths, ["agent"])
+        if self._batch_summaries is not None:
+            self._batch_summaries.append(summary)
         log.info(
             "snapshot %s: %d files, %d new bytes, %d bytes uploaded",
             summary.snapshot[:8],
@@ -506,3 +511,17 @@ def _mtime(path: Any) -> int | None:
         return os.stat(path).st_mtime_ns if path is not None else None
     except OSError:
         return None
+
+
+_SUMMED = ("files", "bytes_read", "bytes_total", "chunks_new", "bytes_new", "bytes_stored",
+           "packs", "bytes_uploaded")  # fmt: skip
+
+
+def _summed(batches: list[Summary], errors: Any, seconds: float) -> dict[str, Any]:
+    """One summary for a catch-up run, in the shape of `dicomvault backup --json`."""
+    doc: dict[str, Any] = {k: sum(getattr(b, k) for b in batches) for k in _SUMMED}
+    doc["snapshots"] = [b.snapshot for b in batches]
+    doc["snapshot"] = batches[-1].snapshot if batches else ""
+    doc["duration_s"] = round(seconds, 3)
+    doc["errors"] = [e["message"] for e in errors]
+    return doc

@@ -403,10 +403,12 @@ def test_once_backs_up_the_watched_folders_as_they_are_and_exits(
     (inbox / "study" / "a.dcm").write_bytes(ct_small().read_bytes())
     (inbox / "notes.txt").write_text("not DICOM, backed up as bytes\n")
     once = ("agent", "--once", "--watch", str(inbox), "--spool", str(site.spool))
-    result = site.cli(*once, "--state-dir", str(site.state))
+    result = site.cli(*once, "--state-dir", str(site.state), "--json")
     assert result.rc == 0, result.err
     (snapshot,) = site.snapshots()
     assert snapshot["files"] == 2
+    assert result.doc["snapshots"] == [snapshot["id"]] and result.doc["files"] == 2
+    assert result.doc["bytes_uploaded"] > 0 and result.doc["errors"] == []
     result = site.cli(*once, "--state-dir", str(site.state))
     assert result.rc == 0 and len(site.snapshots()) == 1, "unchanged files were sent again"
     (inbox / "notes.txt").write_text("changed\n")
