@@ -235,10 +235,10 @@ def test_storage_commitment_reports_committed_and_failed_instances(site: AgentSi
     reports: list[tuple[int, Dataset]] = []
     got = threading.Event()
 
-    def on_report(event: Any) -> int:
+    def on_report(event: Any) -> tuple[int, None]:
         reports.append((event.event_type, event.event_information))
         got.set()
-        return 0
+        return 0x0000, None  # pynetdicom wants (status, event reply); a bare 0 stalls the reply
 
     ae = AE("MODALITY")
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
