@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mb", type=float, default=64, help="corpus size in MB (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ingest-packs", type=int, default=16, help="packs per ingest measurement")
-    p.add_argument("--out", type=Path, default=Path("link.json"), help="JSON results file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dv-link" / "link.json",
+        help="JSON results file (default: $TMPDIR/dv-link/link.json, outside the checkout)",
+    )
     p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
     p.add_argument("--server-only", action="store_true", help="skip the backups over the link")
     args = p.parse_args(argv)
@@ -328,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     print(markdown(doc))
     return 0
