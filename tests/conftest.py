@@ -1,9 +1,11 @@
-"""Fixtures shared by engine and client tests: initialised repositories and a real DICOM tree."""
+"""Fixtures shared across the test tiers: initialised repositories, a real DICOM tree, and two
+chunk servers replicating site-a → site-b."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Vault, pydicom_data_files, pydicom_test_files
+from tests.server.monitorkit import Site, start_site
 
 
 @pytest.fixture
@@ -69,3 +72,15 @@ def dicom_backup(tmp_path_factory: pytest.TempPathFactory) -> BackedUp:
     vault = Vault(root / "vault").init()
     summary = vault.json("backup", str(tree))
     return BackedUp(vault, tree, summary)
+
+
+@pytest.fixture
+async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
+    """Two in-process chunk servers, site-a replicating to site-b, with one practice on site-a."""
+    b = await start_site(tmp_path, "site-b")
+    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
+    a = await start_site(tmp_path, "site-a", [peer])
+    a.add_repo()
+    yield a, b
+    await a.server.close()
+    await b.server.close()

@@ -6,11 +6,8 @@ drill report. A primary and a peer chunk server run in process."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from client import drill
 from client.agent.daemon import Agent
@@ -18,23 +15,12 @@ from client.agent.drills import DrillSchedule, DrillScheduler
 from server.drills import DrillRecords
 from server.state import INDEX
 from tests.client.agentloop import agent_config, practice_repository, running
-from tests.server.monitorkit import REPO, FakeClock, Site, backup, make_tree, start_site, wait_for
+from tests.server.monitorkit import REPO, FakeClock, Site, backup, make_tree, wait_for
 
 
 async def quick_sleep(seconds: float) -> None:
     """The scheduler's sleeps, cut short: it looks at the (fake) clock again every 20 ms."""
     await asyncio.sleep(min(seconds, 0.02))
-
-
-@pytest.fixture
-async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
-    b = await start_site(tmp_path, "site-b")
-    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
-    a = await start_site(tmp_path, "site-a", [peer])
-    a.add_repo()
-    yield a, b
-    await a.server.close()
-    await b.server.close()
 
 
 def heartbeat_drill(site: Site) -> dict[str, Any] | None:

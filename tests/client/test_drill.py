@@ -10,7 +10,6 @@ import json
 import os
 import random
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,10 @@ from tests.server.monitorkit import (
     init_practice,
     make_tree,
     pack_files,
-    start_site,
     wait_for,
 )
 
 ALL = DrillSettings(sample_percent=100.0)
-
-
-@pytest.fixture
-async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
-    b = await start_site(tmp_path, "site-b")
-    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
-    a = await start_site(tmp_path, "site-a", [peer])
-    a.add_repo()
-    yield a, b
-    await a.server.close()
-    await b.server.close()
 
 
 async def test_drill_passes_on_a_good_repository_comparing_with_the_sources(

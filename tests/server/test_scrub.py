@@ -12,11 +12,9 @@ import asyncio
 import json
 import sys
 from asyncio.subprocess import PIPE, STDOUT
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from client.check import check
 from engine.ids import PackId
@@ -31,20 +29,8 @@ from tests.server.monitorkit import (
     init_practice,
     make_tree,
     pack_files,
-    start_site,
     wait_for,
 )
-
-
-@pytest.fixture
-async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
-    b = await start_site(tmp_path, "site-b")
-    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
-    a = await start_site(tmp_path, "site-a", [peer])
-    a.add_repo()
-    yield a, b
-    await a.server.close()
-    await b.server.close()
 
 
 async def _scrub_cli(site: Site, tmp_path: Path, *extra: str) -> tuple[int, str]:
