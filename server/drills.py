@@ -47,7 +47,7 @@ def parse_report(doc: Any, received: float) -> dict[str, Any]:
 class DrillRecords:
     def __init__(self, index: ServerIndex) -> None:
         self.env = index.env
-        self.db = self.env.open_db(b"drills")
+        self.db = index.dbs["drills"]
 
     def put(self, repo: str, report: dict[str, Any]) -> None:
         key = "\0".join((repo, report["agent"], report["site"])).encode()

@@ -28,7 +28,16 @@ _LOCATION = struct.Struct(f"<{ID_SIZE}sII")  # pack id ‖ offset u32 ‖ length
 _PACK = struct.Struct("<Qd")  # size u64 ‖ arrival time (unix seconds, f64)
 _DBS = ("chunks", "packs", "snapshots", "heartbeats", "tokens")
 CACHE_DBS = ("chunks", "packs", "snapshots")  # what reindex may drop and rebuild
-MAX_DBS = 16  # room for the replication tables (server.replication.state) in the same env
+# Every named table in the environment, the other modules' included (replication queue, scrub,
+# drills, alerts). py-lmdb's open_db takes LMDB's write lock while holding the GIL, so opening a
+# table while another thread writes can deadlock: all are opened here, once, before any thread
+# runs, and the modules that own them take their handles from `ServerIndex.dbs`.
+TABLES = (
+    *_DBS,
+    *("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas"),
+    *("scrub", "drills", "alerts"),
+)
+MAX_DBS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +69,7 @@ class ServerIndex:
             self.env = lmdb.open(str(path), map_size=map_size, max_dbs=MAX_DBS, max_readers=256)
         except lmdb.Error as e:
             raise StoreError(f"cannot open index {path}: {e}") from None
-        self.dbs = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self.dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
 
     def close(self) -> None:
         self.env.close()

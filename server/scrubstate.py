@@ -40,7 +40,7 @@ class ScrubState:
     def __init__(self, index: ServerIndex) -> None:
         self.index = index
         self.env = index.env
-        self.db = self.env.open_db(b"scrub")
+        self.db = index.dbs["scrub"]
 
     # -- progress and results ----------------------------------------------------------------
 

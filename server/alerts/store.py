@@ -23,7 +23,7 @@ _DIGEST = b"digest"
 class AlertStore:
     def __init__(self, index: ServerIndex) -> None:
         self.env = index.env
-        self.db = self.env.open_db(b"alerts")
+        self.db = index.dbs["alerts"]
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every record, open or resolving, by key."""

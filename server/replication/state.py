@@ -66,7 +66,7 @@ def _prefix(*parts: str) -> bytes:
 class ReplicationState:
     def __init__(self, index: ServerIndex) -> None:
         self.env = index.env
-        self.db = {name: self.env.open_db(name.encode()) for name in _TABLES}
+        self.db = {name: index.dbs[name] for name in _TABLES}
 
     # -- queue -------------------------------------------------------------------------------
 
