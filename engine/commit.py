@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import blake3
@@ -77,7 +76,3 @@ def verify_commit(snapshot_id: SnapshotId, record: bytes) -> CommitRecord:
 
 def snapshot_name(snapshot_id: SnapshotId) -> str:
     return f"snapshots/{snapshot_id.hex()}"
-
-
-def dedupe(ids: Iterable[ChunkId]) -> tuple[ChunkId, ...]:
-    return tuple(dict.fromkeys(ids))
