@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MB, build_corpus, corpus_files
-from client.ratelimit import parse_rate
 from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
+from engine.rates import parse_rate
 from engine.remote import RemoteBackend
 from tests.linkproxy import LinkProxy
 

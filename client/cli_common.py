@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
+from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.backend import Backend, LocalBackend
 from engine.errors import UsageError
+from engine.rates import parse_rate
 from engine.store.local import LocalStore
 
 EXIT_PARTIAL = 3  # done, but some files were skipped or left for the next run

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -21,33 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.rates import TokenBucket, parse_rate
 
-_UNITS = {
-    "": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
-    "g": 10**9, "gb": 10**9, "gib": 2**30,
-    "bit": 1 / 8, "kbit": 1000 / 8, "mbit": 10**6 / 8, "gbit": 10**9 / 8,
-}  # fmt: skip
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*?)(?:/s|ps)?\s*$", re.IGNORECASE)
 _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 _DAY_SETS = {"weekdays": "mon-fri", "weekends": "sat-sun", "daily": "mon-sun", "all": "mon-sun"}
 log = logging.getLogger(__name__)
 BURST_SECONDS = 0.2  # the bucket holds this much time at the current rate
-MIN_SLEEP = 0.001
-
-
-def parse_rate(text: str | int | float | None) -> float | None:
-    """'4Mbit' → 500000.0 bytes/s; 'unlimited', '0' or None → None (no limit)."""
-    if text is None:
-        return None
-    if isinstance(text, int | float):
-        return float(text) if text > 0 else None
-    if text.strip().lower() in ("unlimited", "none", "off", "0", ""):
-        return None
-    m = _RATE.match(text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UsageError(f"not a rate: {text!r} (try 4Mbit, 500KiB, 2MB)")
-    rate = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    return rate if rate > 0 else None
 
 
 def parse_days(text: str) -> frozenset[int]:
@@ -139,12 +117,9 @@ class ScheduleFile:
         return self._schedule
 
 
-class RateLimiter:
-    """A token bucket whose rate follows a `Schedule`; debt is allowed, then waited off.
-
-    `schedule` is a fixed `Schedule` or a callable returning the current one (e.g. a
-    `ScheduleFile`), consulted on every grant.
-    """
+class RateLimiter(TokenBucket):
+    """The engine's token bucket with its rate from a `Schedule` — a fixed one or a callable
+    returning the current one (e.g. a `ScheduleFile`) — consulted on every grant."""
 
     def __init__(
         self,
@@ -154,33 +129,14 @@ class RateLimiter:
         now: Callable[[], datetime] = datetime.now,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        self.schedule = schedule
-        self._monotonic, self._now, self._sleep = monotonic, now, sleep
-        self._tokens = 0.0
-        self._last = monotonic()
+        self.schedule, self._now = schedule, now
+        super().__init__(
+            self._scheduled_rate, burst_seconds=BURST_SECONDS, clock=monotonic, sleep=sleep
+        )
 
-    def current_rate(self) -> float | None:
+    def _scheduled_rate(self) -> float | None:
         schedule = self.schedule if isinstance(self.schedule, Schedule) else self.schedule()
         return schedule.rate_at(self._now())
 
-    def _refill(self, rate: float) -> None:
-        t = self._monotonic()
-        self._tokens = min(self._tokens + (t - self._last) * rate, rate * BURST_SECONDS)
-        self._last = t
-
     async def acquire(self, n: int) -> None:
-        rate = self.current_rate()
-        if rate is None:
-            self._tokens, self._last = 0.0, self._monotonic()
-            return
-        self._refill(rate)
-        self._tokens -= n
-        while self._tokens < 0:
-            # Re-read the schedule at least each second; never sleep less than a millisecond
-            # (a float deficit of 1e-12 would otherwise spin without time advancing).
-            await self._sleep(min(max(-self._tokens / rate, MIN_SLEEP), 1.0))
-            rate = self.current_rate()
-            if rate is None:
-                self._tokens = 0.0
-                return
-            self._refill(rate)
+        await self.take(n)

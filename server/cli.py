@@ -127,8 +127,8 @@ def cmd_repo_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    from engine.rates import parse_rate
     from server.monitor_admin import scrub_offline, with_rate
-    from server.replication.settings import parse_rate
 
     config = with_rate(_config(args), parse_rate(args.rate) if args.rate else None)
     report = scrub_offline(config, args.repo or None)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.rates import parse_rate
 from server.alerts.settings import AlertSettings, RepoPolicy, alerts_from_dict, repos_from_dict
-from server.replication.settings import PeerConfig, parse_rate, peers_from_list
+from server.replication.settings import PeerConfig, peers_from_list
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8420

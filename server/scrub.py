@@ -25,11 +25,11 @@ import blake3
 from engine.errors import DicomvaultError
 from engine.ids import ChunkId, PackId
 from engine.pack import pack_name
+from engine.rates import TokenBucket
 from server.config import ServerConfig
 from server.heal import heal
 from server.index import ServerIndex
 from server.intake import read_pack_info_file
-from server.replication.bucket import TokenBucket
 from server.replication.state import ReplicationState
 from server.repos import Repositories, Repository
 from server.scrubstate import ScrubState

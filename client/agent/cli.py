@@ -28,9 +28,10 @@ from client.cli_common import (
     rate_limiter,
     read_passphrase,
 )
-from client.ratelimit import RateLimiter, Schedule, ScheduleFile, parse_rate
+from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.errors import UsageError
+from engine.rates import parse_rate
 
 DEFAULT_STATE_DIR = Path("/var/lib/dicomvault/agent")
 EXIT_NOT_RUNNING = 18

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from client.ratelimit import Schedule, Window, parse_rate
+from client.ratelimit import Schedule, Window
 from engine.errors import UsageError
+from engine.rates import parse_rate
 
 DEFAULT_AE_TITLE = "DICOMVAULT"
 DEFAULT_PORT = 11112

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.errors import UsageError
+from engine.rates import parse_rate
 
 CONTINUOUS = "continuous"  # push each pack and commit as soon as it lands
 SCHEDULED = "scheduled"  # push only inside the configured time windows (e.g. a nightly mirror)
@@ -22,27 +23,7 @@ DEFAULT_ANTI_ENTROPY = 3600.0  # seconds between inventory comparisons with the 
 
 # Peer names are LMDB key components (NUL separates them) and metric label values.
 _PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgKMG]?)(i?)([bB])(?:it)?(?:/s|ps)?\s*$")
 _WINDOW = re.compile(r"^\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*$")
-_PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
-_BINARY = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_rate(value: Any) -> float | None:
-    """Bytes per second from `10485760`, `"10MiB/s"`, `"80Mbit/s"` or `"500kB/s"`; 0/None: none."""
-    if value is None or value in (0, "0", "", "unlimited"):
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise UsageError(f"rate limit must be positive, got {value}")
-        return float(value)
-    m = _RATE.match(str(value))
-    if not m:
-        raise UsageError(f"cannot read rate limit {value!r} (e.g. 10MiB/s or 80Mbit/s)")
-    number, prefix, binary, unit = m.groups()
-    scale = (_BINARY if binary else _PREFIX)[prefix.lower()]
-    rate = float(number) * scale
-    return rate / 8 if unit == "b" else rate  # lower-case b: bits
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
+from engine.rates import TokenBucket
 from server.index import ServerIndex
-from server.replication.bucket import TokenBucket
 from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable
 from server.replication.settings import PeerConfig
 from server.replication.state import (

@@ -20,7 +20,6 @@ from client.ratelimit import (
     ScheduleFile,
     Window,
     parse_days,
-    parse_rate,
 )
 from engine.errors import UsageError
 from tests.linkproxy import max_in_window
@@ -70,34 +69,6 @@ def bytes_between(samples: list[tuple[float, int]], t0: float, t1: float) -> int
 
 
 # parsing
-
-
-@pytest.mark.parametrize(
-    ("text", "rate"),
-    [
-        ("4Mbit", 500_000.0),
-        ("10Mbit/s", 1_250_000.0),
-        ("500KiB", 512_000.0),
-        ("2MB", 2_000_000.0),
-        ("1.5mib", 1.5 * 2**20),
-        ("800kbps", 800_000.0),
-        ("1000", 1000.0),
-        ("unlimited", None),
-        ("0", None),
-        (None, None),
-        (250_000, 250_000.0),
-    ],
-)
-def test_parse_rate_understands_bits_bytes_and_binary_prefixes(
-    text: str | int | None, rate: float | None
-) -> None:
-    assert parse_rate(text) == rate
-
-
-@pytest.mark.parametrize("text", ["fast", "4 Mbitz", "-3MB", "MB"])
-def test_parse_rate_refuses_nonsense_with_a_hint(text: str) -> None:
-    with pytest.raises(UsageError, match="not a rate"):
-        parse_rate(text)
 
 
 def test_parse_days_handles_names_ranges_and_wraparound() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import server
 
-ALLOWED_ENGINE = {"engine.ids", "engine.errors", "engine.pack", "engine.commit", "engine.store"}
+ALLOWED_ENGINE = {"engine.ids", "engine.errors", "engine.rates", "engine.pack", "engine.commit", "engine.store"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -23,13 +23,13 @@ from aiohttp.test_utils import TestServer
 from engine.errors import PermissionDenied, RepositoryNotFound, UsageError
 from engine.ids import PackId
 from engine.pack import pack_name
+from engine.rates import parse_rate
 from engine.remote import RemoteBackend
 from server.admin import create_repository
 from server.app import make_app
 from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
-from server.replication.bucket import TokenBucket
-from server.replication.settings import Window, parse_rate, peer_from_dict
+from server.replication.settings import Window, peer_from_dict
 from server.state import INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_pack
 
@@ -377,25 +377,6 @@ async def test_anti_entropy_fills_a_peer_added_later_and_one_that_lost_a_pack(
 
 
 # -- pieces --------------------------------------------------------------------------------
-
-
-async def test_token_bucket_paces_to_its_rate_with_a_one_second_burst() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    bucket = TokenBucket(1000.0, clock=lambda: now[0], sleep=sleep)
-    await bucket.take(1000)  # the burst
-    assert slept == []
-    for _ in range(5):
-        await bucket.take(500)
-    assert sum(slept) == pytest.approx(2.5)
-    unlimited = TokenBucket(None, clock=lambda: now[0], sleep=sleep)
-    await unlimited.take(10**9)
-    assert sum(slept) == pytest.approx(2.5)
 
 
 def test_windows_wrap_past_midnight() -> None:
