@@ -123,7 +123,7 @@ def latency(root: Path, study: list[Path]) -> dict[str, Any]:
 
 def _link(port: int) -> tuple[Any, tuple[str, ...]]:
     try:
-        from tests.linkproxy import LinkProxy
+        from benchmarks.linkproxy import LinkProxy
     except ImportError:
         return None, ("--limit-upload", "10Mbit")
     return LinkProxy(port, rate=LINK_RATE).start(), ()

@@ -247,7 +247,7 @@ def run_days(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rate_bps = args.rate_mbit * 1_000_000
     archive = Archive(work / "practice", args.scale, args.seed)
     peers = [] if args.skip_peers else [p(work) for p in (Restic, Borg) if p.available()]
-    from tests.linkproxy import LinkProxy
+    from benchmarks.linkproxy import LinkProxy
 
     with chunk_server(work / "server") as (port, token), LinkProxy(port, rate=rate_bps / 8) as px:
         dv = Dicomvault(work, f"{px.url}/bench", token, px)

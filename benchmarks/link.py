@@ -42,7 +42,7 @@ from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
 from engine.rates import parse_rate
 from engine.remote import RemoteBackend
-from tests.linkproxy import LinkProxy
+from benchmarks.linkproxy import LinkProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "bench"

@@ -24,7 +24,7 @@ from tests.client.agentloop import (
     send,
     server_alerts,
 )
-from tests.linkproxy import LinkProxy
+from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import REPO, Site, Webhook, start_site, wait_for
 
 SMALL_REQUESTS = 16 * 1024  # heartbeats and missing-queries pass; a 128 KiB pack never does

@@ -29,7 +29,7 @@ from tests.client.agentloop import (
     send,
     store_and_commit,
 )
-from tests.linkproxy import LinkProxy
+from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import REPO, Site, start_site, wait_for
 
 POLL = 0.1  # the agent asks the primary which snapshots the peer holds this often (test only)

@@ -2,7 +2,7 @@
 
 Every test starts `python -m server serve` on a free port (real LMDB in tmp_path), creates a
 repository with `repo create --json`, and drives the client as a user would, through
-DICOMVAULT_REPO=http(s)://… and DICOMVAULT_TOKEN. Link faults come from `tests.linkproxy`:
+DICOMVAULT_REPO=http(s)://… and DICOMVAULT_TOKEN. Link faults come from `benchmarks.linkproxy`:
 a paced link keeps packs waiting in the spool, and resets drop connections mid-upload.
 Nothing asserts wall-clock speed; the rate test checks bytes per elapsed second, generously.
 """
@@ -37,7 +37,7 @@ from tests.helpers import (
     tree_state,
     write_pattern_file,
 )
-from tests.linkproxy import LinkProxy, max_in_window
+from benchmarks.linkproxy import LinkProxy, max_in_window
 from tests.server.test_tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import pytest
 
 from server.alerts.settings import AlertSettings
 from server.state import ALERTS
-from tests.linkproxy import LinkProxy
+from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import (
     REPO,
     FakeClock,
