@@ -27,7 +27,8 @@ setup-system:
 demo: setup
 	scripts/demo.sh
 
-test: setup setup-system
+# The test command (and CI's): lint, types, then the whole suite.
+test: setup setup-system lint types
 	$(PY) -m pytest -q -ra
 
 test-fast: setup
@@ -44,8 +45,7 @@ format:
 types:
 	$(PY) -m mypy
 
-check: setup setup-system lint types
-	$(PY) -m pytest -q -ra
+check: test
 
 bench: setup setup-system
 	$(PY) -m benchmarks.throughput

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MB, build_corpus, corpus_files
+from benchmarks.linkproxy import LinkProxy
 from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
 from engine.rates import parse_rate
 from engine.remote import RemoteBackend
-from benchmarks.linkproxy import LinkProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "bench"

@@ -82,4 +82,3 @@ def test_the_walker_resolves_relative_and_lazy_imports() -> None:
     )
     names = set(imports(ROOT / "engine" / "store" / "probe.py", source))
     assert {"engine.store.base", "engine.keys", "client.cli", "engine.dicom.segment"} <= names
-

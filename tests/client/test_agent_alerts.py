@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.linkproxy import LinkProxy
 from client.agent.alerts import agent_alerts
 from client.agent.config import Policy, load_policy
 from client.spool import UploadStats
@@ -24,7 +25,6 @@ from tests.client.agentloop import (
     send,
     server_alerts,
 )
-from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import REPO, Site, Webhook, start_site, wait_for
 
 SMALL_REQUESTS = 16 * 1024  # heartbeats and missing-queries pass; a 128 KiB pack never does

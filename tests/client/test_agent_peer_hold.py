@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.linkproxy import LinkProxy
 from client.agent import daemon
 from client.agent.config import load_policy
 from client.agent.daemon import Agent
@@ -29,7 +30,6 @@ from tests.client.agentloop import (
     send,
     store_and_commit,
 )
-from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import REPO, Site, start_site, wait_for
 
 POLL = 0.1  # the agent asks the primary which snapshots the peer holds this often (test only)

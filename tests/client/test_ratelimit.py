@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.linkproxy import max_in_window
 from client.ratelimit import (
     RateLimiter,
     Schedule,
@@ -22,7 +23,6 @@ from client.ratelimit import (
     parse_days,
 )
 from engine.errors import UsageError
-from benchmarks.linkproxy import max_in_window
 
 PIECE = 64 * 1024  # what the uploader hands to the limiter at a time (client.spool.SEND_PIECE)
 MONDAY = datetime(2024, 5, 6)  # a Monday

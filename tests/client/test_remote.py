@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.linkproxy import LinkProxy, max_in_window
 from tests.helpers import (
     CHEAP_KDF_ARGS,
     PASSPHRASE,
@@ -37,7 +38,6 @@ from tests.helpers import (
     tree_state,
     write_pattern_file,
 )
-from benchmarks.linkproxy import LinkProxy, max_in_window
 from tests.server.test_tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]

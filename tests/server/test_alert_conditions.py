@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.linkproxy import LinkProxy
 from server.alerts.settings import AlertSettings
 from server.state import ALERTS
-from benchmarks.linkproxy import LinkProxy
 from tests.server.monitorkit import (
     REPO,
     FakeClock,
