@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         help="snapshot id, unique prefix, or 'latest' (with --study or --series, default: the "
         "newest snapshot holding it)",
     )
-    c.add_argument("--target", help="folder to restore into")
+    c.add_argument(
+        "--target", help="folder to restore into (nothing is written outside it, or through a link)"
+    )
     c.add_argument("--include", action="append", default=[], help="restore only this path")
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")

@@ -192,6 +192,13 @@ class Restorer:
         finally:
             for task in window:
                 task.cancel()
+                task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """A read left behind may already have failed: take its error, as nobody awaits it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def describe(error: BaseException) -> str:

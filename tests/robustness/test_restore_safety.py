@@ -25,6 +25,7 @@ pytestmark = pytest.mark.robustness
 
 EXIT_RESTORE_INCOMPLETE = 20
 MTIME = 1_700_000_000_123_456_789
+PIECE = 4096  # bytes per chunk of a crafted file
 
 
 def _file(path: str, data: bytes) -> tuple[Entry, bytes]:
@@ -44,8 +45,8 @@ async def craft_snapshot(
     entries: Sequence[tuple[Entry, bytes | None]],
     unstored: frozenset[str] = frozenset(),
 ) -> None:
-    """Commit a snapshot holding exactly `entries` (in this order): each file's data as one
-    chunk, stored unless its path is in `unstored` (a missing chunk)."""
+    """Commit a snapshot holding exactly `entries` (in this order): each file's data in chunks
+    of PIECE bytes, stored unless its path is in `unstored` (missing chunks)."""
     repo = await Repository.open(vault.backend(), PASSPHRASE, vault.cache)
     try:
         refs: list[ChunkId] = []
@@ -60,10 +61,11 @@ async def craft_snapshot(
 
         catalogue = b""
         for entry, data in entries:
-            if data is not None and entry.path in unstored:
-                entry.chunks = [(repo.key.chunk_id(data), len(data))]
-            elif data is not None:
-                entry.chunks = [(put(data, Content.DATA), len(data))]
+            for piece in _pieces(data):
+                cid = repo.key.chunk_id(piece)
+                if entry.path not in unstored:
+                    put(piece, Content.DATA)
+                entry.chunks.append((cid, len(piece)))
             catalogue += entry.encode()
         tree = [(put(catalogue, Content.TREE), len(catalogue))]
         await repo.packer.flush()
@@ -72,6 +74,11 @@ async def craft_snapshot(
         await repo.commit(body, None, refs, "crafted")
     finally:
         await repo.close()
+
+
+def _pieces(data: bytes | None) -> list[bytes]:
+    data = data or b""
+    return [data[i : i + PIECE] for i in range(0, len(data), PIECE)]
 
 
 def assert_incomplete(result: Result, *refused: str) -> None:
@@ -177,6 +184,17 @@ async def test_a_missing_chunk_fails_one_file_and_every_other_file_restores(
     assert not (out / "d/f007").exists()
     assert sorted(os.listdir(out / "d")) == [e.path[2:] for e, _ in files if e.path != "d/f007"]
     assert result.doc["files"] == 39
+
+
+async def test_a_file_whose_chunks_are_all_missing_leaves_no_task_unretrieved(
+    vault: Vault, tmp_path: Path
+) -> None:
+    """Several chunk reads of one file in flight fail together: each failure is collected."""
+    lost = _file("lost", os.urandom(PIECE * 6))
+    await craft_snapshot(vault, [lost, _file("kept", b"kept")], unstored=frozenset({"lost"}))
+    result = vault.run("restore", "latest", "--target", str(tmp_path / "out"))
+    assert_incomplete(result, "lost")
+    assert _everything_under(tmp_path / "out") == ["kept"]
 
 
 def test_a_folder_in_the_way_fails_that_file_and_the_rest_restore(
