@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         "newest snapshot holding it)",
     )
     c.add_argument(
-        "--target", help="folder to restore into (nothing is written outside it, or through a link)"
+        "--target", help="folder to restore into (nothing is written outside it or through a link)"
     )
     c.add_argument("--include", action="append", default=[], help="restore only this path")
     dicom_restore_options(c)
