@@ -36,7 +36,7 @@ from client.find import (
 )
 from client.progress import Progress
 from client.repository import Repository, init_repository
-from client.restore import Restorer, catalogue
+from client.restore import RestoreIncomplete, Restorer, catalogue
 from engine.blob import Codec
 from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
@@ -57,7 +57,8 @@ ENV_HELP = """environment:
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
-  18 a DICOM peer did not store every instance, 19 a fire drill found a mismatch"""
+  18 a DICOM peer did not store every instance, 19 a fire drill found a mismatch,
+  20 restore completed but some files failed (listed on stderr and in --json errors)"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         help="snapshot id, unique prefix, or 'latest' (with --study or --series, default: the "
         "newest snapshot holding it)",
     )
-    c.add_argument("--target", help="folder to restore into")
+    c.add_argument(
+        "--target", help="folder to restore into (nothing is written outside it or through a link)"
+    )
     c.add_argument("--include", action="append", default=[], help="restore only this path")
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")
@@ -241,14 +244,18 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         )
         s = await restorer.run(snapshot)
         progress.done()
-        if select is not None and s.files == 0:
+        if select is not None and s.files == 0 and not s.errors:
             raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
+        for err in s.errors:
+            print(f"error: {err}", file=sys.stderr)
         emit(
             args,
             s.as_json(),
             f"restored {s.files} files, {s.bytes_written:,} bytes "
             f"into {args.target} in {s.duration_s:.1f} s",
         )
+        if s.errors:
+            raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
         return 0
 
     return await with_repo(args, run)

@@ -1,8 +1,8 @@
 """Restore: read a snapshot's catalogue and write its files back, bit-exact, with mode and mtime.
 
 Chunks are fetched with bounded concurrency (several range reads in flight, decrypted in
-threads); each file is written to a temp name and renamed into place, so an interrupted restore
-never leaves a half-written file under the real name. Does not know where the repository lives.
+threads); writing under the target, safely, is `client.restore_target`'s. One entry that cannot be
+restored is reported and never stops the others. Does not know where the repository lives.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from client.repository import Repository
+from client.restore_target import Target, UnsafePath, finish_file, path_parts
 from engine.catalogue import Entry, SnapshotBody, parse_lines
-from engine.errors import UsageError
+from engine.errors import DicomvaultError
 from engine.ids import ChunkId, SnapshotId
 
 FETCH_CONCURRENCY = 4  # chunk reads in flight per file
@@ -60,13 +61,18 @@ def normalise_include(path: str) -> str:
     return os.path.normpath(os.path.abspath(path) if path.startswith("/") else "/" + path)[1:]
 
 
-def safe_target(target: Path, rel: str) -> Path:
-    if ".." in Path(rel).parts or Path(rel).is_absolute():
-        raise UsageError(f"refusing to restore outside the target: {rel!r}")
-    return target / rel
+class RestoreIncomplete(DicomvaultError):
+    """Restore completed, but some files were not restored."""
+
+    exit_code = 20
 
 
 class Restorer:
+    """Restore a snapshot's entries under `target`. An entry that cannot be restored (a missing
+    chunk, a name in the way, a path that would leave the target) is reported in
+    `summary.errors` and the rest are restored; symlinks are made last, and nothing beneath a
+    symlink of the snapshot is restored (the guarantee tar and restic give)."""
+
     def __init__(
         self,
         repo: Repository,
@@ -76,75 +82,99 @@ class Restorer:
         select: Callable[[Entry], bool] | None = None,
         progress: Callable[[RestoreSummary, str], None] | None = None,
     ) -> None:
-        self.repo, self.target = repo, target
+        self.repo, self.target = repo, Target(target)
         self.includes = [normalise_include(p) for p in includes or []]
         self.select = select or (lambda e: True)
         self.progress = progress or (lambda s, p: None)
         self.summary = RestoreSummary()
         self._writing: set[asyncio.Task[None]] = set()
+        self._dirs: list[Entry] = []
+        self._links: list[Entry] = []
+        self._link_paths: set[tuple[str, ...]] = set()
 
     async def run(self, snapshot_id: SnapshotId) -> RestoreSummary:
         start = time.monotonic()
         _, body = await self.repo.load_snapshot(snapshot_id)
         self.summary.snapshot = snapshot_id.hex()
-        dirs: list[Entry] = []
         try:
             async for entry in catalogue(self.repo, body):
-                if not (matches(entry, self.includes) and self.select(entry)):
-                    continue
-                dest = safe_target(self.target, entry.path)
-                if entry.type == "dir":
-                    dest.mkdir(parents=True, exist_ok=True)
-                    dirs.append(entry)
-                    self.summary.dirs += 1
-                elif entry.type == "symlink":
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    if dest.is_symlink() or dest.exists():
-                        dest.unlink()
-                    os.symlink(entry.target or "", dest)
-                else:
-                    await self._start_file(entry, dest)
-                self.progress(self.summary, entry.path)
-            await self._finish_files()
+                if matches(entry, self.includes) and self.select(entry):
+                    await self._entry(entry)
+                    self.progress(self.summary, entry.path)
+            await asyncio.gather(*self._writing)
         finally:
-            for task in self._writing:  # a failure elsewhere: stop the files in flight
-                task.cancel()
-        for entry in reversed(dirs):  # after their contents, or writing would change the mtime
-            dest = safe_target(self.target, entry.path)
-            os.chmod(dest, entry.mode)
-            os.utime(dest, ns=(entry.mtime_ns, entry.mtime_ns))
+            await self._stop_files()
+        for entry in self._links:  # last, so no file is ever written through one
+            self._guarded(entry, lambda e: self.target.symlink(path_parts(e.path), e.target or ""))
+        for entry in reversed(self._dirs):  # after their contents, or writing changes the mtime
+            self._guarded(entry, self._folder_meta)
         self.summary.duration_s = round(time.monotonic() - start, 3)
         return self.summary
 
-    async def _start_file(self, entry: Entry, dest: Path) -> None:
+    async def _entry(self, entry: Entry) -> None:
+        try:
+            parts = path_parts(entry.path)
+            self._refuse_beneath_link(parts)
+        except UnsafePath as e:
+            self._failed(entry, e)
+            return
+        if entry.type == "dir":
+            if self._guarded(entry, lambda e: self.target.make_folder(parts)):
+                self._dirs.append(entry)
+                self.summary.dirs += 1
+        elif entry.type == "symlink":
+            self._links.append(entry)
+            self._link_paths.add(tuple(parts))
+        else:
+            await self._start_file(entry, parts)
+
+    def _refuse_beneath_link(self, parts: list[str]) -> None:
+        for depth in range(1, len(parts)):
+            if tuple(parts[:depth]) in self._link_paths:
+                link = "/".join(parts[:depth])
+                raise UnsafePath(f"refusing to restore beneath the symlink /{link}")
+
+    def _folder_meta(self, entry: Entry) -> None:
+        self.target.set_folder_meta(path_parts(entry.path), entry.mode, entry.mtime_ns)
+
+    def _guarded(self, entry: Entry, step: Callable[[Entry], object]) -> bool:
+        try:
+            step(entry)
+        except (OSError, DicomvaultError) as e:
+            self._failed(entry, e)
+            return False
+        return True
+
+    def _failed(self, entry: Entry, error: BaseException) -> None:
+        self.summary.errors.append(f"/{entry.path.lstrip('/')}: {describe(error)}")
+
+    async def _start_file(self, entry: Entry, parts: list[str]) -> None:
         """Restore files concurrently (most DICOM files are one or two chunks, so a window
-        within one file would leave the decode threads idle); stop at the first failure."""
+        within one file would leave the decode threads idle)."""
         while len(self._writing) >= FILES_IN_FLIGHT:
             done, self._writing = await asyncio.wait(
                 self._writing, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
-                task.result()
-        self._writing.add(asyncio.create_task(self._file(entry, dest)))
+                task.result()  # only a cancellation: `_file` reports its own failures
+        self._writing.add(asyncio.create_task(self._file(entry, parts)))
 
-    async def _finish_files(self) -> None:
-        await asyncio.gather(*self._writing)
+    async def _stop_files(self) -> None:
+        """On a failure elsewhere, cancel the files in flight and collect every outcome."""
+        for task in self._writing:
+            task.cancel()
+        await asyncio.gather(*self._writing, return_exceptions=True)
         self._writing = set()
 
-    async def _file(self, entry: Entry, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.dicomvault-restore")
+    async def _file(self, entry: Entry, parts: list[str]) -> None:
         try:
-            with open(tmp, "wb") as f:
+            with self.target.new_file(parts) as f:
                 async for data in self.read_file(entry.chunks):
                     f.write(data)
-                os.fchmod(f.fileno(), entry.mode)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            os.replace(tmp, dest)
-        except BaseException:
-            # A failed chunk must not leave a partial file behind, even under a temp name.
-            tmp.unlink(missing_ok=True)
-            raise
+                finish_file(f, entry.mode, entry.mtime_ns)
+        except Exception as e:  # one file fails alone; the others are still restored
+            self._failed(entry, e)
+            return
         self.summary.files += 1
         self.summary.bytes_written += entry.size
 
@@ -162,3 +192,18 @@ class Restorer:
         finally:
             for task in window:
                 task.cancel()
+                task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """A read left behind may already have failed: take its error, as nobody awaits it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, DicomvaultError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from client.restore import RestoreIncomplete
 from engine.errors import (
     CheckFailed,
     IntegrityError,
@@ -19,7 +20,7 @@ from engine.errors import (
     WrongPassphrase,
 )
 from engine.pack import read_pack_info
-from tests.helpers import CHEAP_KDF_ARGS, MiB, Vault, assert_one_line_error, restored
+from tests.helpers import CHEAP_KDF_ARGS, MiB, Result, Vault, assert_one_line_error, restored
 
 
 def make_backup(root: Path) -> tuple[Vault, Path]:
@@ -117,8 +118,15 @@ def test_corrupted_pack_fails_restore_and_check_read_data_naming_the_pack(
     assert f"error: pack {pack.name}" in result.err
     out = tmp_path / "out"
     result = vault.run("restore", "latest", "--target", str(out))
-    assert_one_line_error(result, IntegrityError.exit_code, pack.name, "authentication failed")
+    assert_one_file_failed(result, pack.name)
     assert_nothing_wrong_under_a_real_name(out, src)
+
+
+def assert_one_file_failed(result: Result, pack: str) -> None:
+    """A damaged blob fails its file alone: the others restore, and the CLI exits 20."""
+    assert_one_line_error(result, RestoreIncomplete.exit_code, "1 entries failed")
+    (line,) = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert f"pack {pack}: " in line and "authentication failed" in line, result.err
 
 
 def assert_nothing_wrong_under_a_real_name(out: Path, src: Path) -> None:
@@ -171,5 +179,5 @@ def test_tampered_blob_in_a_well_named_pack_fails_aead_on_restore_and_check(
     assert_one_line_error(result, CheckFailed.exit_code, forged, "authentication failed")
     out = tmp_path / "out"
     result = vault.run("restore", "latest", "--target", str(out))
-    assert_one_line_error(result, IntegrityError.exit_code, forged, "authentication failed")
+    assert_one_file_failed(result, forged)
     assert_nothing_wrong_under_a_real_name(out, src)

@@ -114,6 +114,22 @@ def test_restore_of_a_single_file_backup(vault: Vault, tmp_path: Path) -> None:
     assert out.stat().st_mtime_ns == 1_234_567_890_123_456_789
 
 
+def test_names_up_to_255_bytes_restore_bit_exact(vault: Vault, tmp_path: Path) -> None:
+    """A temp name longer than the file's own (`.NAME.suffix`) exceeded NAME_MAX from 236 bytes."""
+    src = tmp_path / "long"
+    src.mkdir()
+    names = ["n" * size for size in range(236, 256)] + ["é" * 127 + "x"]  # 255 bytes of UTF-8
+    for i, name in enumerate(names):
+        (src / name).write_bytes(os.urandom(3000 + i))
+    (src / ("d" * 255)).mkdir()
+    (src / ("d" * 255) / ("f" * 255)).write_bytes(b"deep")
+    vault.ok("backup", str(src))
+    result = vault.run("restore", "latest", "--target", str(tmp_path / "out"))
+    assert result.rc == 0, result.err
+    assert "Task exception was never retrieved" not in result.err
+    assert tree_state(restored(tmp_path / "out", src)) == tree_state(src)
+
+
 @pytest.mark.slow
 def test_several_hundred_megabyte_file_restores_bit_exact(vault: Vault, tmp_path: Path) -> None:
     src = tmp_path / "big"
