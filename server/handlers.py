@@ -8,7 +8,6 @@ implement storage or verification logic itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -16,12 +15,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
-from engine.errors import ObjectExists, ObjectNotFound, PermissionDenied, UsageError
+from engine.errors import FormatError, ObjectExists, ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import pack_name
 from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
-from server.errors import BodyTooLarge, MissingChunks
+from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
+from server.errors import BodyTooLarge, MissingChunks, from_os_error
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.reindex import snapshot_summary
@@ -55,13 +55,14 @@ def parse_id(cls: type[_T], text: str) -> _T:
         raise UsageError(str(e)) from None
 
 
+def pace(request: web.Request) -> Pace:
+    config = request.app[CONFIG]
+    return Pace(config.min_body_rate, config.body_grace)
+
+
 async def small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
-    if (request.content_length or 0) > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    data = await request.read()
-    if len(data) > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    return data
+    """The body, counted as it arrives (chunked too): 413 once past `limit`, 408 if too slow."""
+    return await read_body(request, limit, pace(request))
 
 
 @routes.get("/v1/health")
@@ -157,7 +158,7 @@ async def list_packs(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
     after_text = request.query.get("after")
     after = parse_id(PackId, after_text) if after_text else None
-    limit = min(int(request.query.get("limit", PAGE)), PAGE)
+    limit = query_int(request, "limit", PAGE, 1, PAGE)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
     more = len(rows) == limit
@@ -186,7 +187,7 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
         # Idempotent: answer without reading or rewriting; the body is discarded unread.
         metrics.packs_duplicate += 1
         return web.json_response({"pack": pack_id.hex(), "created": False})
-    body = _counted(request.content.iter_any(), request)
+    body = _counted(paced(request, pace(request)), request)
     result = await receive_pack(repo, index, pack_id, body, config.max_body_size)
     if result.created:
         metrics.packs_stored += 1
@@ -198,18 +199,33 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
     return web.json_response(doc, status=201 if result.created else 200)
 
 
-async def _file(repo: Repository, name: str) -> web.FileResponse:
+class _StoredFile(web.FileResponse):
+    """`FileResponse` (Range, 206, 416, sendfile) that does not answer 404 for every `OSError`:
+    aiohttp does, so with no descriptors left an existing pack would look absent."""
+
+    def _make_response(self, request: Any, accept_encoding: str) -> Any:
+        try:
+            return super()._make_response(request, accept_encoding)
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as e:  # not an OSError any more, so aiohttp's prepare lets it through
+            raise from_os_error(e, f"reading {self._path.name}") from None
+
+
+async def _file(request: web.Request, repo: Repository, name: str) -> web.StreamResponse:
     path = repo.object_path(name)
     if not await asyncio.to_thread(path.is_file):
         raise ObjectNotFound(f"no object {name}")
-    # FileResponse serves `Range: bytes=a-b` (206, 416 past the end) with sendfile.
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    response = _StoredFile(path, headers={"Content-Type": "application/octet-stream"})
+    # Prepared here, inside the error middleware, so a resource error becomes 503, not 500.
+    await response.prepare(request)
+    return response
 
 
 @routes.get(R + "/packs/{id}")
 async def get_pack(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
-    return await _file(repo, pack_name(parse_id(PackId, request.match_info["id"])))
+    return await _file(request, repo, pack_name(parse_id(PackId, request.match_info["id"])))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -238,9 +254,19 @@ def _store_commit(
 @routes.post(R + "/snapshots")
 async def commit(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    data = await small_body(request, request.app[CONFIG].max_body_size)
+    data = await commit_body(request)
     sid = await accept_commit(request, repo, data)
     return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+async def commit_body(request: web.Request) -> bytes:
+    """A commit record's bytes, checked as bounded JSON before the engine decodes them."""
+    data = await small_body(request, request.app[CONFIG].max_body_size)
+    try:
+        await asyncio.to_thread(parse_json, data, "commit record")
+    except UsageError as e:  # 422 malformed, as for every other bad commit record
+        raise FormatError(str(e)) from None
+    return data
 
 
 async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> SnapshotId:
@@ -265,10 +291,10 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 
 @routes.get(R + "/snapshots/{id}")
-async def get_snapshot(request: web.Request) -> web.FileResponse:
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
-    return await _file(repo, snapshot_name(sid))
+    return await _file(request, repo, snapshot_name(sid))
 
 
 # -- agent heartbeats ----------------------------------------------------------------------
@@ -277,11 +303,8 @@ async def get_snapshot(request: web.Request) -> web.FileResponse:
 @routes.post(R + "/heartbeat")
 async def post_heartbeat(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    try:
-        info: Any = json.loads(await small_body(request, 64 * 1024))
-    except ValueError:
-        raise UsageError("heartbeat body must be JSON") from None
-    if not isinstance(info, dict) or not isinstance(info.get("agent"), str) or not info["agent"]:
+    info = parse_json_object(await small_body(request, 64 * 1024), "heartbeat")
+    if not isinstance(info.get("agent"), str) or not info["agent"]:
         raise UsageError('heartbeat must be a JSON object with a string "agent"')
     agent = info["agent"][:128]
     doc = {"agent": agent, "received": request.app[CLOCK](), "info": info}

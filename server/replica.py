@@ -11,25 +11,25 @@ Must not implement storage or verification itself: it reuses `server.handlers`.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from aiohttp import web
 
 from engine.errors import RepositoryNotFound, UsageError
 from engine.ids import ID_SIZE, PackId
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
+from server.bodies import parse_json_object
 from server.handlers import (
     PAGE,
     accept_commit,
     accept_pack,
+    commit_body,
     parse_id,
     small_body,
     store_small_object,
 )
 from server.replication.state import ReplicationState
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, INDEX, REPLICATION, REPOS
+from server.state import CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
 RR = "/v1/replica/repos/{name}"
@@ -80,8 +80,7 @@ async def put_pack(request: web.Request) -> web.Response:
 @routes.post(RR + "/snapshots")
 async def commit(request: web.Request) -> web.Response:
     repo = _replica(request, create=True)
-    data = await small_body(request, request.app[CONFIG].max_body_size)
-    sid = await accept_commit(request, repo, data)
+    sid = await accept_commit(request, repo, await commit_body(request))
     return web.json_response({"snapshot": sid.hex()}, status=201)
 
 
@@ -95,10 +94,9 @@ async def put_tokens(request: web.Request) -> web.Response:
 
 
 def _parse_tokens(body: bytes) -> dict[bytes, str]:
+    doc = parse_json_object(body, "tokens body")
     try:
-        doc: Any = json.loads(body)
-        rows = doc["tokens"]
-        out = {bytes.fromhex(r["hash"]): str(r["role"]) for r in rows}
+        out = {bytes.fromhex(r["hash"]): str(r["role"]) for r in doc["tokens"]}
     except (ValueError, KeyError, TypeError):
         raise UsageError('tokens body must be {"tokens": [{"hash": hex, "role": role}]}') from None
     if any(len(h) != ID_SIZE or role not in PRACTICE_ROLES for h, role in out.items()):
