@@ -8,6 +8,7 @@ implement storage or verification logic itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from engine.pack import pack_name
 from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
-from server.errors import BodyTooLarge, MissingChunks, from_os_error
+from server.errors import BodyTooLarge, MissingChunks, from_os_error, http_status
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.reindex import snapshot_summary
@@ -30,6 +31,7 @@ from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
 from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
 
+log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
 PAGE = 10_000  # packs per listing page
 
@@ -199,33 +201,45 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
     return web.json_response(doc, status=201 if result.created else 200)
 
 
+class _Unreadable(Exception):
+    """Not an `OSError`, so that aiohttp's `FileResponse.prepare` does not make it a 404."""
+
+
 class _StoredFile(web.FileResponse):
-    """`FileResponse` (Range, 206, 416, sendfile) that does not answer 404 for every `OSError`:
-    aiohttp does, so with no descriptors left an existing pack would look absent."""
+    """`FileResponse` (Range, 206, 416, sendfile) that answers 503 (507) when the server is out of
+    descriptors or memory (space): aiohttp answers 404 for every `OSError`, so with no
+    descriptors left an existing pack looked absent and a restore gave up on it."""
 
     def _make_response(self, request: Any, accept_encoding: str) -> Any:
         try:
             return super()._make_response(request, accept_encoding)
         except (FileNotFoundError, NotADirectoryError):
             raise
-        except OSError as e:  # not an OSError any more, so aiohttp's prepare lets it through
-            raise from_os_error(e, f"reading {self._path.name}") from None
+        except OSError as e:
+            raise _Unreadable(from_os_error(e, f"reading {self._path.name}")) from None
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        try:
+            return await super().prepare(request)
+        except _Unreadable as e:
+            error = e.args[0]
+            log.error("%s %s: %s", request.method, request.path, error)
+            self.set_status(http_status(error)[0])
+            self.content_length = 0
+            return await web.StreamResponse.prepare(self, request)
 
 
-async def _file(request: web.Request, repo: Repository, name: str) -> web.StreamResponse:
+async def _file(repo: Repository, name: str) -> web.FileResponse:
     path = repo.object_path(name)
     if not await asyncio.to_thread(path.is_file):
         raise ObjectNotFound(f"no object {name}")
-    response = _StoredFile(path, headers={"Content-Type": "application/octet-stream"})
-    # Prepared here, inside the error middleware, so a resource error becomes 503, not 500.
-    await response.prepare(request)
-    return response
+    return _StoredFile(path, headers={"Content-Type": "application/octet-stream"})
 
 
 @routes.get(R + "/packs/{id}")
 async def get_pack(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
-    return await _file(request, repo, pack_name(parse_id(PackId, request.match_info["id"])))
+    return await _file(repo, pack_name(parse_id(PackId, request.match_info["id"])))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -291,10 +305,10 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 
 @routes.get(R + "/snapshots/{id}")
-async def get_snapshot(request: web.Request) -> web.StreamResponse:
+async def get_snapshot(request: web.Request) -> web.FileResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
-    return await _file(request, repo, snapshot_name(sid))
+    return await _file(repo, snapshot_name(sid))
 
 
 # -- agent heartbeats ----------------------------------------------------------------------
