@@ -11,8 +11,9 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,6 +28,7 @@ from tests.server.conftest import Harness, MiB, make_pack
 from tests.server.test_process import ENV, ROOT, free_port
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Serve = Callable[..., Awaitable[int]]
 
 
 async def _open(port: int, source: str) -> Stream:
@@ -51,14 +53,14 @@ async def _health(port: int) -> int:
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[object]:
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[int]]]:
     runners: list[GuardedRunner] = []
 
-    async def run(**settings: object) -> int:
+    async def run(**settings: Any) -> int:
         port = free_port()
         config = ServerConfig(
             data_dir=tmp_path / f"d{port}", port=port, index_map_size=64 * MiB, **settings
-        )  # type: ignore[arg-type]
+        )
         runner, _ = await start(make_app(config), config)
         runners.append(runner)
         return port
@@ -68,8 +70,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[object]:
         await runner.cleanup()
 
 
-async def test_connections_past_the_caps_are_reset_at_once(serve: object) -> None:
-    port = await serve(max_connections=12, max_connections_per_address=5)  # type: ignore[operator]
+async def test_connections_past_the_caps_are_reset_at_once(serve: Serve) -> None:
+    port = await serve(max_connections=12, max_connections_per_address=5)
     streams = [await _open(port, "127.0.0.2") for _ in range(8)]
     closed = [await _closed_by_server(s, 0.3) for s in streams]
     assert closed.count(True) == 3 and closed[:5] == [False] * 5
@@ -82,8 +84,8 @@ async def test_connections_past_the_caps_are_reset_at_once(serve: object) -> Non
     assert await _health(port) == 200  # closed connections gave their places back
 
 
-async def test_idle_and_slow_header_connections_are_closed(serve: object) -> None:
-    port = await serve(idle_timeout=0.5)  # type: ignore[operator]
+async def test_idle_and_slow_header_connections_are_closed(serve: Serve) -> None:
+    port = await serve(idle_timeout=0.5)
     idle = await _open(port, "127.0.0.2")
     slow = await _open(port, "127.0.0.2")
     slow[1].write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
