@@ -101,16 +101,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_peer_token_create(args: argparse.Namespace) -> int:
     from server.admin import create_peer_token_offline
 
-    token = create_peer_token_offline(_config(args), args.name)
+    token = create_peer_token_offline(_config(args), args.name, args.repo)
     if args.heal:
         from server.monitor_admin import grant_heal_offline
 
         grant_heal_offline(_config(args), token)
     if args.json:
-        print(json.dumps({"peer": args.name, "role": "replica", "token": token, "heal": args.heal}))
+        doc = {"peer": args.name, "role": "replica", "token": token, "heal": args.heal}
+        print(json.dumps({**doc, "repositories": args.repo}))
     else:
         print(f"replica token for primary site {args.name!r} (shown once, store it now):")
         print(f"  {token}")
+        print(f"it may fill these repositories here: {', '.join(args.repo)}")
         if args.heal:
             print("it may push replicas to this server and read back packs of its own replicas")
             print("(scrub healing); it cannot read other data or delete anything")
@@ -264,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     ptc = peer_sub.add_parser("create", help="mint a replica token (push-only, server-wide)")
     _data_arg(ptc)
     ptc.add_argument("--name", default="primary", help="label of the primary site using it")
+    ptc.add_argument(
+        "--repo",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a repository name this primary may fill here (repeatable; run again with the "
+        "same --name to add names later)",
+    )
     ptc.add_argument(
         "--heal",
         action="store_true",

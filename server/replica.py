@@ -36,26 +36,20 @@ RR = "/v1/replica/repos/{name}"
 
 
 def _replica(request: web.Request, *, create: bool) -> Repository:
-    """The repository this replica token may push to, created on first push if absent.
+    """The repository this replica token may push to, its folder created on the first push.
 
-    A repository belongs to the primary that created it here; a practice's own repository on
-    this site, or one replicated from another primary, answers 404 exactly like an absent one,
-    so a primary can neither probe nor touch another practice's data.
+    Only names this site's operator bound to the token's primary (`peer-token create --repo`,
+    docs/design.md §6.2) exist for it: a practice's own repository on this site, one bound to
+    another primary, or an unbound name answers 404 exactly like an absent one, so a primary
+    can neither probe nor touch another practice's data, nor take a name a practice here needs.
     """
     name = validate_repo_name(request.match_info["name"])
     owner = authorize_replica(request.app[INDEX], bearer_token(request))
     state: ReplicationState = request.app[REPLICATION].state
+    if state.replica_owner(name) != owner:
+        raise RepositoryNotFound(f"no repository {name!r} for replicas from {owner!r}")
     repos = request.app[REPOS]
-    current = state.replica_owner(name)
-    if current is None:
-        if not create or name in repos.names():
-            raise RepositoryNotFound(f"no repository {name!r}")
-        # Owner first, folder second: a crash in between leaves a claim whose folder the
-        # next push creates, never a folder that looks like a practice's own repository.
-        current = state.claim_replica(name, owner, request.app[CLOCK]())
-    if current != owner:
-        raise RepositoryNotFound(f"no repository {name!r}")
-    return repos.ensure(name)
+    return repos.ensure(name) if create else repos.get(name)
 
 
 @routes.put(RR + "/config")

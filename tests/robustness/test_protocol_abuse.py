@@ -83,7 +83,7 @@ def tokens(site: Site) -> dict[str, str | None]:
         "wrong": secrets.token_urlsafe(32),
         "other-tenant": site.tokens["other"]["admin"],
         "restore": site.tokens[REPO]["restore"],
-        "replica": site.replica_token(),
+        "replica": site.replica_token(repos=("replicated",)),
         "provider": site.provider_token(),
     }
 
