@@ -5,6 +5,7 @@ Needs root for `mount -t tmpfs`; without it the test fails rather than skips."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from client.spool import Spool, Uploader
 from engine.errors import TransientError
 from server.alerts.conditions import DISK_FULL
 from server.state import ALERTS
@@ -40,7 +42,11 @@ async def _open_alert_kinds(srv: Harness) -> set[str]:
 
 
 async def test_a_full_disk_is_507_storage_full_and_alerts_at_once(
-    small_repos_disk: Path, make_server: ServerFactory, http: aiohttp.ClientSession
+    small_repos_disk: Path,
+    make_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Alerts are evaluated every 60 s and the probed disk (DATA) is not full: only the ENOSPC
     # itself can open the alert within this test.
@@ -55,7 +61,17 @@ async def test_a_full_disk_is_507_storage_full_and_alerts_at_once(
     assert DISK_FULL in await _open_alert_kinds(srv)
     assert not list((small_repos_disk / "clinic" / ".incoming").iterdir())
 
-    with pytest.raises(TransientError, match="server storage full"):
-        await srv.backend().put_pack(pack_id, data)
+    # The client's uploader keeps the pack in its spool, retries, and says why.
+    spool = Spool(tmp_path / "spool")
+    spool.put(pack_id, data)
+    uploader = Uploader(srv.backend(), spool, sleep=_no_wait, max_attempts=3)
+    with caplog.at_level(logging.WARNING), pytest.raises(TransientError, match="storage full"):
+        await uploader.drain()
+    assert uploader.stats.retries == 3 and "server storage full" in str(uploader.stats.last_error)
+    assert "server storage full" in caplog.text and spool.pending() == [pack_id]
     small, small_data, _ = make_pack(chunks=2, size=1000)  # a small pack still fits
     await srv.backend().put_pack(small, small_data)
+
+
+async def _no_wait(seconds: float) -> None:
+    pass
