@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from engine.errors import TransientError
 from engine.ids import ID_SIZE
 from server.auth import mint_replica_token
 from server.state import INDEX
@@ -122,6 +123,8 @@ async def test_a_trickled_body_is_cut_off(
         assert resp.status == 408
         assert (await resp.json())["code"] == "too_slow"
     assert not list((srv.config.repos_dir / "clinic" / ".incoming").iterdir())
+    with pytest.raises(TransientError, match="slower than"):  # the client retries later
+        await srv.backend().put_pack(pack_id, data, body=trickle())
 
 
 async def test_a_commit_at_a_fair_rate_is_accepted(srv: Harness) -> None:
