@@ -143,7 +143,9 @@ def _lag_fields(lag: dict[str, Any]) -> dict[str, Any]:
 def bulk(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, Any]:
     """Throughput: the primary holds `packs` packs, then is restarted with the peer."""
     a, b = Server(root, "bulk-a"), Server(root, "bulk-b")
-    token = _cli("peer-token", "create", "--data", str(b.data), "--name", "bulk-a")["token"]
+    token = _cli("peer-token", "create", "--data", str(b.data), "--name", "bulk-a", "--repo", REPO)[
+        "token"
+    ]
     tokens = _cli("repo", "create", REPO, "--data", str(a.data))["tokens"]
     b.configure([])
     a.configure([])
@@ -168,7 +170,9 @@ def bulk(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, A
 def burst(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, Any]:
     """Lag: upload a burst to a continuously replicating primary, time until the lag is 0."""
     a, b = Server(root, "burst-a"), Server(root, "burst-b")
-    token = _cli("peer-token", "create", "--data", str(b.data), "--name", "burst-a")["token"]
+    token = _cli(
+        "peer-token", "create", "--data", str(b.data), "--name", "burst-a", "--repo", REPO
+    )["token"]
     tokens = _cli("repo", "create", REPO, "--data", str(a.data))["tokens"]
     peer: dict[str, Any] = {"name": "burst-b", "url": b.url, "token": token}
     if rate:

@@ -123,7 +123,11 @@ async def _error_from(resp: aiohttp.ClientResponse, what: str) -> DicomvaultErro
         return InvalidName(message)
     if status in (400, 413):
         return UsageError(message)
-    if status >= 500 and status != 507:
+    if status == 408:  # the server cut off a body sent too slowly: a slow link, try again
+        return TransientError(message)
+    if status == 507:  # the server's disk is full: keep the data, retry, and say why
+        return TransientError(message if code == "storage_full" else f"{what}: server storage full")
+    if status >= 500:
         return TransientError(message)
     return StoreError(message)
 

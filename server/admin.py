@@ -6,10 +6,12 @@ environment; LMDB is multi-process safe). Must not parse arguments or print.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token
+from engine.errors import RepositoryExists
+from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token, validate_repo_name
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex
@@ -27,6 +29,11 @@ def open_index(config: ServerConfig) -> Iterator[ServerIndex]:
 
 def create_repository(repos: Repositories, index: ServerIndex, name: str) -> dict[str, str]:
     """Create repository `name` and return one fresh token per role (shown once, stored hashed)."""
+    from server.replication.state import ReplicationState
+
+    owner = ReplicationState(index).replica_owner(validate_repo_name(name))
+    if owner is not None:
+        raise RepositoryExists(f"repository name {name!r} is reserved for replicas from {owner!r}")
     repos.create(name)
     return {str(role): mint_token(index, name, role) for role in PRACTICE_ROLES}
 
@@ -41,10 +48,30 @@ def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexRep
         return reindex(Repositories(config.repos_dir), index, verify=verify)
 
 
-def create_peer_token_offline(config: ServerConfig, peer: str) -> str:
-    """Mint a replica token for the primary site labelled `peer` (shown once, stored hashed)."""
+def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[str]) -> str:
+    """Mint a replica token for the primary site labelled `peer` (shown once, stored hashed),
+    after binding the repository names it may fill here (docs/design.md §6.2)."""
     with open_index(config) as index:
+        bind_replica_names(Repositories(config.repos_dir), index, peer, repos)
         return mint_replica_token(index, peer)
+
+
+def bind_replica_names(
+    repos: Repositories, index: ServerIndex, peer: str, names: Sequence[str]
+) -> None:
+    """Reserve `names` for replicas pushed by `peer`: only these may it create here, and no
+    practice of this site may take them. A name already this site's own, or another
+    primary's, is refused before anything is written."""
+    from server.replication.state import ReplicationState
+
+    state = ReplicationState(index)
+    for name in names:
+        owner = state.replica_owner(validate_repo_name(name))
+        if owner not in (None, peer) or (owner is None and name in repos.names()):
+            held = f"replicas from {owner!r}" if owner else "a practice of this site"
+            raise RepositoryExists(f"repository name {name!r} is already held by {held}")
+    for name in names:
+        state.claim_replica(name, peer, time.time())
 
 
 def promote_replica_offline(config: ServerConfig, name: str) -> bool:

@@ -21,7 +21,7 @@ from engine.errors import DicomvaultError
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.config import ServerConfig
-from server.errors import MissingChunks, http_status
+from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
@@ -51,6 +51,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "too_slow",
     413: "too_large",
     416: "range_not_satisfiable",
 }
@@ -64,21 +65,29 @@ def _error(status: int, code: str, message: str, **extra: object) -> web.Respons
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
     except DicomvaultError as e:
-        status, code = http_status(e)
-        extra = e.details() if isinstance(e, MissingChunks) else {}
-        if status >= 500:
-            log.error("%s %s: %s", request.method, request.path, e)
-        return _error(status, code, str(e), **extra)
+        return _error_response(request, e)
+    except OSError as e:  # a full disk or no descriptors left is the server's state, not a 404
+        return _error_response(request, from_os_error(e, f"{request.method} {request.path}"))
     except web.HTTPException as e:
         if e.status < 400:
             raise
         return _error(e.status, _HTTP_CODES.get(e.status, "http_error"), e.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal", "internal server error")
+
+
+def _error_response(request: web.Request, e: DicomvaultError) -> web.Response:
+    status, code = http_status(e)
+    extra = e.details() if isinstance(e, MissingChunks) else {}
+    if isinstance(e, StorageFull):
+        request.app[ALERTS].storage_full()
+    if status >= 500:
+        log.error("%s %s: %s", request.method, request.path, e)
+    return _error(status, code, str(e), **extra)
 
 
 @web.middleware

@@ -9,8 +9,9 @@ and `server.admin`.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
-import logging
 import ssl
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         max_body_size=getattr(args, "max_body_size", None),
+        max_connections=getattr(args, "max_connections", None),
+        max_connections_per_address=getattr(args, "max_connections_per_address", None),
+        idle_timeout=getattr(args, "idle_timeout", None),
     )
 
 
@@ -57,11 +61,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from server.app import make_app
+    from server.listener import configure_logging, serve
 
     config = _config(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     ssl_context = _ssl_context(config)
-    web.run_app(make_app(config), host=config.host, port=config.port, ssl_context=ssl_context)
+    with contextlib.suppress(web.GracefulExit):  # SIGTERM or SIGINT
+        asyncio.run(serve(make_app(config), config, ssl_context))
     return 0
 
 
@@ -95,16 +101,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_peer_token_create(args: argparse.Namespace) -> int:
     from server.admin import create_peer_token_offline
 
-    token = create_peer_token_offline(_config(args), args.name)
+    token = create_peer_token_offline(_config(args), args.name, args.repo)
     if args.heal:
         from server.monitor_admin import grant_heal_offline
 
         grant_heal_offline(_config(args), token)
     if args.json:
-        print(json.dumps({"peer": args.name, "role": "replica", "token": token, "heal": args.heal}))
+        doc = {"peer": args.name, "role": "replica", "token": token, "heal": args.heal}
+        print(json.dumps({**doc, "repositories": args.repo}))
     else:
         print(f"replica token for primary site {args.name!r} (shown once, store it now):")
         print(f"  {token}")
+        print(f"it may fill these repositories here: {', '.join(args.repo)}")
         if args.heal:
             print("it may push replicas to this server and read back packs of its own replicas")
             print("(scrub healing); it cannot read other data or delete anything")
@@ -218,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
+    serve.add_argument("--max-connections", type=int, help="open connections in all (default 4096)")
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        help="open connections from one IP address (default 256)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="close a connection without a complete request after this many seconds (30)",
+    )
     serve.add_argument("--site-name", help="this site's name in replication status")
     serve.add_argument(
         "--peer", action="append", help="replicate to this peer server URL (continuous mode)"
@@ -247,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     ptc = peer_sub.add_parser("create", help="mint a replica token (push-only, server-wide)")
     _data_arg(ptc)
     ptc.add_argument("--name", default="primary", help="label of the primary site using it")
+    ptc.add_argument(
+        "--repo",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a repository name this primary may fill here (repeatable; run again with the "
+        "same --name to add names later)",
+    )
     ptc.add_argument(
         "--heal",
         action="store_true",

@@ -29,6 +29,15 @@ class ServerConfig:
     tls_key: Path | None = None
     # A pack is ~16 MiB; 64 MiB leaves room for oversized packs and big first-backup commits.
     max_body_size: int = 64 * MiB
+    # Connections (docs/server.example.toml): descriptors are bounded by the caps (lowered at
+    # start to fit the process's descriptor limit); a connection with no complete request
+    # for `idle_timeout` seconds is closed; a request body may take `body_grace` seconds plus
+    # one second per `min_body_rate` bytes (16 KiB/s: a 16 MiB pack may take 17 minutes).
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    idle_timeout: float = 30.0
+    min_body_rate: float = 16 * 1024.0
+    body_grace: float = 30.0
     max_missing_ids: int = 100_000  # 3.2 MB of ids per query: one LMDB read txn stays short
     # LMDB maps this much address space (sparse on disk): ~100 bytes per chunk → ~10^8 chunks.
     index_map_size: int = 16 * 1024 * MiB

@@ -36,12 +36,19 @@ def parse_report(doc: Any, received: float) -> dict[str, Any]:
         "ok": ok,
         "time": str(doc.get("time", "")),
         "received": received,
-        "files": int(doc.get("files", 0)),
-        "bytes": int(doc.get("bytes", 0)),
-        "mismatches": int(doc.get("mismatches", 0)),
-        "errors": int(doc.get("errors", 0)),
+        "files": _count(doc, "files"),
+        "bytes": _count(doc, "bytes"),
+        "mismatches": _count(doc, "mismatches"),
+        "errors": _count(doc, "errors"),
         "problems": [str(p)[:500] for p in problems[:MAX_PROBLEMS]],
     }
+
+
+def _count(doc: dict[str, Any], name: str) -> int:
+    value = doc.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f'"{name}" must be a non-negative integer')
+    return value
 
 
 class DrillRecords:

@@ -6,6 +6,7 @@ Must not format responses itself or catch errors for handlers.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from engine.errors import (
@@ -36,6 +37,15 @@ class BodyTooLarge(UsageError):
     """Request body larger than the server accepts."""
 
 
+class SlowBody(UsageError):
+    """The client sent its request body slower than the server's minimum rate."""
+
+
+class StorageFull(StoreError):
+    """The server's disk is full: the upload was refused and nothing was stored. The client
+    keeps its data and retries; the provider has been alerted."""
+
+
 class HashMismatch(IntegrityError):
     """Uploaded bytes do not match their name."""
 
@@ -63,6 +73,7 @@ _TABLE: tuple[tuple[type[DicomvaultError], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (InvalidName, 400, "invalid_name"),
     (BodyTooLarge, 413, "too_large"),
+    (SlowBody, 408, "too_slow"),
     (UsageError, 400, "bad_request"),
     (MissingChunks, 409, "missing_chunks"),
     (ObjectExists, 409, "exists"),
@@ -71,8 +82,23 @@ _TABLE: tuple[tuple[type[DicomvaultError], int, str], ...] = (
     (FormatError, 422, "malformed"),
     (IntegrityError, 422, "integrity"),
     (TransientError, 503, "unavailable"),
+    (StorageFull, 507, "storage_full"),
     (StoreError, 500, "storage"),
 )
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Out of descriptors, memory or threads: the server's own state, which passes; never a 404.
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN)
+
+
+def from_os_error(e: OSError, what: str) -> StoreError:
+    """The server-side meaning of an `OSError` that escaped a handler."""
+    if e.errno in _FULL:
+        return StorageFull(f"server storage full: {what}")
+    if e.errno in _EXHAUSTED:
+        return TransientError(f"server out of resources ({e.strerror}): {what}")
+    return StoreError(f"server storage error ({e.strerror or e}): {what}")
 
 
 def http_status(error: DicomvaultError) -> tuple[int, str]:

@@ -8,7 +8,7 @@ implement storage or verification logic itself.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
-from engine.errors import ObjectExists, ObjectNotFound, PermissionDenied, UsageError
+from engine.errors import FormatError, ObjectExists, ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import pack_name
 from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
-from server.errors import BodyTooLarge, MissingChunks
+from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
+from server.errors import BodyTooLarge, MissingChunks, from_os_error, http_status
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.reindex import snapshot_summary
@@ -30,6 +31,7 @@ from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
 from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
 
+log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
 PAGE = 10_000  # packs per listing page
 
@@ -55,13 +57,14 @@ def parse_id(cls: type[_T], text: str) -> _T:
         raise UsageError(str(e)) from None
 
 
+def pace(request: web.Request) -> Pace:
+    config = request.app[CONFIG]
+    return Pace(config.min_body_rate, config.body_grace)
+
+
 async def small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
-    if (request.content_length or 0) > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    data = await request.read()
-    if len(data) > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
-    return data
+    """The body, counted as it arrives (chunked too): 413 once past `limit`, 408 if too slow."""
+    return await read_body(request, limit, pace(request))
 
 
 @routes.get("/v1/health")
@@ -157,7 +160,7 @@ async def list_packs(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
     after_text = request.query.get("after")
     after = parse_id(PackId, after_text) if after_text else None
-    limit = min(int(request.query.get("limit", PAGE)), PAGE)
+    limit = query_int(request, "limit", PAGE, 1, PAGE)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
     more = len(rows) == limit
@@ -186,7 +189,7 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
         # Idempotent: answer without reading or rewriting; the body is discarded unread.
         metrics.packs_duplicate += 1
         return web.json_response({"pack": pack_id.hex(), "created": False})
-    body = _counted(request.content.iter_any(), request)
+    body = _counted(paced(request, pace(request)), request)
     result = await receive_pack(repo, index, pack_id, body, config.max_body_size)
     if result.created:
         metrics.packs_stored += 1
@@ -198,12 +201,39 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
     return web.json_response(doc, status=201 if result.created else 200)
 
 
+class _Unreadable(Exception):
+    """Not an `OSError`, so that aiohttp's `FileResponse.prepare` does not make it a 404."""
+
+
+class _StoredFile(web.FileResponse):
+    """`FileResponse` (Range, 206, 416, sendfile) that answers 503 (507) when the server is out of
+    descriptors or memory (space): aiohttp answers 404 for every `OSError`, so with no
+    descriptors left an existing pack looked absent and a restore gave up on it."""
+
+    def _make_response(self, request: Any, accept_encoding: str) -> Any:
+        try:
+            return super()._make_response(request, accept_encoding)
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as e:
+            raise _Unreadable(from_os_error(e, f"reading {self._path.name}")) from None
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        try:
+            return await super().prepare(request)
+        except _Unreadable as e:
+            error = e.args[0]
+            log.error("%s %s: %s", request.method, request.path, error)
+            self.set_status(http_status(error)[0])
+            self.content_length = 0
+            return await web.StreamResponse.prepare(self, request)
+
+
 async def _file(repo: Repository, name: str) -> web.FileResponse:
     path = repo.object_path(name)
     if not await asyncio.to_thread(path.is_file):
         raise ObjectNotFound(f"no object {name}")
-    # FileResponse serves `Range: bytes=a-b` (206, 416 past the end) with sendfile.
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    return _StoredFile(path, headers={"Content-Type": "application/octet-stream"})
 
 
 @routes.get(R + "/packs/{id}")
@@ -238,9 +268,19 @@ def _store_commit(
 @routes.post(R + "/snapshots")
 async def commit(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    data = await small_body(request, request.app[CONFIG].max_body_size)
+    data = await commit_body(request)
     sid = await accept_commit(request, repo, data)
     return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+async def commit_body(request: web.Request) -> bytes:
+    """A commit record's bytes, checked as bounded JSON before the engine decodes them."""
+    data = await small_body(request, request.app[CONFIG].max_body_size)
+    try:
+        await asyncio.to_thread(parse_json, data, "commit record")
+    except UsageError as e:  # 422 malformed, as for every other bad commit record
+        raise FormatError(str(e)) from None
+    return data
 
 
 async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> SnapshotId:
@@ -277,11 +317,8 @@ async def get_snapshot(request: web.Request) -> web.FileResponse:
 @routes.post(R + "/heartbeat")
 async def post_heartbeat(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    try:
-        info: Any = json.loads(await small_body(request, 64 * 1024))
-    except ValueError:
-        raise UsageError("heartbeat body must be JSON") from None
-    if not isinstance(info, dict) or not isinstance(info.get("agent"), str) or not info["agent"]:
+    info = parse_json_object(await small_body(request, 64 * 1024), "heartbeat")
+    if not isinstance(info.get("agent"), str) or not info["agent"]:
         raise UsageError('heartbeat must be a JSON object with a string "agent"')
     agent = info["agent"][:128]
     doc = {"agent": agent, "received": request.app[CLOCK](), "info": info}

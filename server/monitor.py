@@ -10,16 +10,16 @@ primary label. Must not run scrubs or evaluate alerts itself (`server.scrub`, `s
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
-from engine.errors import ObjectNotFound, PermissionDenied, RepositoryNotFound, UsageError
+from engine.errors import ObjectNotFound, PermissionDenied, RepositoryNotFound
 from engine.ids import PackId
 from engine.pack import pack_name
 from server.alerts.conditions import Facts, RepoFacts, gather
 from server.auth import Action, authorize, authorize_replica, bearer_token, validate_repo_name
+from server.bodies import parse_json_object
 from server.drills import DrillRecords, parse_report
 from server.handlers import parse_id, small_body
 from server.provider import authorize_provider, may_heal
@@ -83,10 +83,7 @@ async def start_scrub(request: web.Request) -> web.Response:
 @routes.post(R + "/drills")
 async def post_drill(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
-    try:
-        body: Any = json.loads(await small_body(request, DRILL_BODY))
-    except ValueError:
-        raise UsageError("drill report must be JSON") from None
+    body = parse_json_object(await small_body(request, DRILL_BODY), "drill report")
     report = parse_report(body, request.app[CLOCK]())
     await asyncio.to_thread(DrillRecords(request.app[INDEX]).put, repo.name, report)
     return web.json_response({"received": report["received"]}, status=201)

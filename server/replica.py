@@ -11,51 +11,45 @@ Must not implement storage or verification itself: it reuses `server.handlers`.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from aiohttp import web
 
 from engine.errors import RepositoryNotFound, UsageError
 from engine.ids import ID_SIZE, PackId
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
+from server.bodies import parse_json_object
 from server.handlers import (
     PAGE,
     accept_commit,
     accept_pack,
+    commit_body,
     parse_id,
     small_body,
     store_small_object,
 )
 from server.replication.state import ReplicationState
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, INDEX, REPLICATION, REPOS
+from server.state import CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
 RR = "/v1/replica/repos/{name}"
 
 
 def _replica(request: web.Request, *, create: bool) -> Repository:
-    """The repository this replica token may push to, created on first push if absent.
+    """The repository this replica token may push to, its folder created on the first push.
 
-    A repository belongs to the primary that created it here; a practice's own repository on
-    this site, or one replicated from another primary, answers 404 exactly like an absent one,
-    so a primary can neither probe nor touch another practice's data.
+    Only names this site's operator bound to the token's primary (`peer-token create --repo`,
+    docs/design.md §6.2) exist for it: a practice's own repository on this site, one bound to
+    another primary, or an unbound name answers 404 exactly like an absent one, so a primary
+    can neither probe nor touch another practice's data, nor take a name a practice here needs.
     """
     name = validate_repo_name(request.match_info["name"])
     owner = authorize_replica(request.app[INDEX], bearer_token(request))
     state: ReplicationState = request.app[REPLICATION].state
+    if state.replica_owner(name) != owner:
+        raise RepositoryNotFound(f"no repository {name!r} for replicas from {owner!r}")
     repos = request.app[REPOS]
-    current = state.replica_owner(name)
-    if current is None:
-        if not create or name in repos.names():
-            raise RepositoryNotFound(f"no repository {name!r}")
-        # Owner first, folder second: a crash in between leaves a claim whose folder the
-        # next push creates, never a folder that looks like a practice's own repository.
-        current = state.claim_replica(name, owner, request.app[CLOCK]())
-    if current != owner:
-        raise RepositoryNotFound(f"no repository {name!r}")
-    return repos.ensure(name)
+    return repos.ensure(name) if create else repos.get(name)
 
 
 @routes.put(RR + "/config")
@@ -80,8 +74,7 @@ async def put_pack(request: web.Request) -> web.Response:
 @routes.post(RR + "/snapshots")
 async def commit(request: web.Request) -> web.Response:
     repo = _replica(request, create=True)
-    data = await small_body(request, request.app[CONFIG].max_body_size)
-    sid = await accept_commit(request, repo, data)
+    sid = await accept_commit(request, repo, await commit_body(request))
     return web.json_response({"snapshot": sid.hex()}, status=201)
 
 
@@ -95,10 +88,9 @@ async def put_tokens(request: web.Request) -> web.Response:
 
 
 def _parse_tokens(body: bytes) -> dict[bytes, str]:
+    doc = parse_json_object(body, "tokens body")
     try:
-        doc: Any = json.loads(body)
-        rows = doc["tokens"]
-        out = {bytes.fromhex(r["hash"]): str(r["role"]) for r in rows}
+        out = {bytes.fromhex(r["hash"]): str(r["role"]) for r in doc["tokens"]}
     except (ValueError, KeyError, TypeError):
         raise UsageError('tokens body must be {"tokens": [{"hash": hex, "role": role}]}') from None
     if any(len(h) != ID_SIZE or role not in PRACTICE_ROLES for h, role in out.items()):

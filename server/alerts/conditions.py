@@ -32,6 +32,9 @@ REPLICATION_LAG = "replication_lag"
 SCRUB_FAILED = "scrub_failed"
 DRILL_FAILED = "drill_failed"
 DISK_FULL = "disk_full"
+# A write refused for want of space keeps the disk alert open this long, even when the failed
+# upload's temp file, once removed, leaves the disk under its threshold again.
+FULL_HOLD = 3600.0
 
 
 class DiskUsage(Protocol):
@@ -89,6 +92,7 @@ class Facts:
     disk_used: int
     disk_threshold: float
     scrub_progress: dict[str, Any] | None
+    storage_full_at: float | None = None  # the last write that failed with ENOSPC
 
     @property
     def disk_fraction(self) -> float:
@@ -181,18 +185,22 @@ def evaluate(facts: Facts) -> list[Condition]:
         out += _lag_conditions(repo)
         out += _scrub_conditions(repo)
         out += _drill_conditions(repo)
-    if facts.disk_fraction >= facts.disk_threshold:
-        out.append(
-            Condition(
-                f"{facts.site}/{DISK_FULL}",
-                None,
-                DISK_FULL,
-                f"server disk {facts.disk_fraction:.0%} full (threshold "
-                f"{facts.disk_threshold:.0%}, {_size(facts.disk_total - facts.disk_used)} "
-                "free)",
-            )
-        )
+    out += _disk_conditions(facts)
     return out
+
+
+def _disk_conditions(facts: Facts) -> list[Condition]:
+    free = _size(facts.disk_total - facts.disk_used)
+    full_at = facts.storage_full_at
+    if full_at is not None and facts.now - full_at < FULL_HOLD:
+        message = f"server storage full: a write failed for want of space at {iso(full_at)} "
+        message += f"({free} free now); backups cannot be stored"
+    elif facts.disk_fraction >= facts.disk_threshold:
+        message = f"server disk {facts.disk_fraction:.0%} full (threshold "
+        message += f"{facts.disk_threshold:.0%}, {free} free)"
+    else:
+        return []
+    return [Condition(f"{facts.site}/{DISK_FULL}", None, DISK_FULL, message)]
 
 
 def _heartbeat_conditions(repo: RepoFacts, now: float) -> list[Condition]:

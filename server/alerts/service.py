@@ -56,6 +56,13 @@ class AlertService:
         self.notifier = notifier or Notifier(config.alerts)
         self.last_facts: Facts | None = None
         self.last_tick: float | None = None
+        self.storage_full_at: float | None = None
+        self._wake = asyncio.Event()
+
+    def storage_full(self) -> None:
+        """A write failed with ENOSPC: open the disk alert now, not at the next evaluation."""
+        self.storage_full_at = self.clock()
+        self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -63,7 +70,9 @@ class AlertService:
                 await self.tick()
             except Exception:  # a bug or a full disk must not end alerting for good
                 log.exception("alert evaluation failed")
-            await asyncio.sleep(self.config.alerts.evaluate_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.alerts.evaluate_interval)
+            self._wake.clear()
 
     async def tick(self) -> list[Condition]:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
@@ -71,6 +80,7 @@ class AlertService:
         facts = await asyncio.to_thread(
             gather, self.config, self.index, self.repos, self.replication, now, self.disk_usage
         )
+        facts.storage_full_at = self.storage_full_at
         conditions = evaluate(facts)
         records = await asyncio.to_thread(self.store.all)
         for c in conditions:

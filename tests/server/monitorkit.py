@@ -60,7 +60,12 @@ class Site:
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
 
-    def replica_token(self, primary: str = "site-a", heal: bool = True) -> str:
+    def replica_token(
+        self, primary: str = "site-a", heal: bool = True, repos: Sequence[str] = (REPO,)
+    ) -> str:
+        """A replica token for `primary`, the `repos` names bound to it (when still free)."""
+        for name in repos:
+            self.app[REPLICATION].state.claim_replica(name, primary, time.time())
         token = mint_replica_token(self.app[INDEX], primary)
         if heal:
             grant_heal(self.app[INDEX], token)

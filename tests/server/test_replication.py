@@ -48,7 +48,9 @@ class Site:
         return str(self.server.make_url("")).rstrip("/")
 
     def replica_token(self, primary: str = "site-a") -> str:
+        """A replica token for `primary`, with `REPO` bound to it unless already bound."""
         if primary not in self.replica_tokens:
+            self.app[REPLICATION].state.claim_replica(REPO, primary, time.time())
             self.replica_tokens[primary] = mint_replica_token(self.app[INDEX], primary)
         return self.replica_tokens[primary]
 
@@ -282,6 +284,20 @@ async def test_a_replica_token_cannot_touch_a_practice_repository_of_the_peer(
             assert r.status == 404
 
 
+async def test_a_replica_token_cannot_create_a_name_not_bound_to_it(site: SiteFactory) -> None:
+    """The name stays free: the peer's own practice of that name can be created later."""
+    b = await site("site-b")
+    pack_id, data, _ = make_pack()
+    auth = {"Authorization": f"Bearer {b.replica_token('site-a')}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        for path in ("config", f"packs/{pack_id.hex()}", "keys/k1"):
+            async with http.put(f"{b.url}/v1/replica/repos/newclinic/{path}", data=data) as r:
+                assert r.status == 404 and (await r.json())["code"] == "repo_not_found"
+    assert b.app[REPLICATION].state.replica_owner("newclinic") is None
+    assert "newclinic" not in b.app[REPOS].names()
+    assert create_repository(b.app[REPOS], b.app[INDEX], "newclinic")
+
+
 async def test_a_primary_cannot_touch_a_replica_pushed_by_another_primary(
     site: SiteFactory,
 ) -> None:
@@ -302,6 +318,7 @@ async def test_a_primary_cannot_touch_a_replica_pushed_by_another_primary(
 async def test_practice_tokens_see_only_their_repository_at_the_peer(site: SiteFactory) -> None:
     a, b, tokens = await pair(site)
     other = create_repository(a.app[REPOS], a.app[INDEX], "other")
+    b.app[REPLICATION].state.claim_replica("other", "site-a", time.time())  # bound at b too
     await backup(a, tokens)
     await wait_for(lambda: settled(a))
     a.app[REPLICATION].replicators[0].request_anti_entropy()  # sends "other"'s token hashes

@@ -55,7 +55,8 @@ class Site:
 
     def peer_entry(self, primary: str, **extra: Any) -> dict[str, Any]:
         """Mint a replica token here (for `primary`) and return the `[[peers]]` entry."""
-        out = cli("peer-token", "create", "--data", str(self.data), "--name", primary, "--json")
+        args = ["--data", str(self.data), "--name", primary, "--repo", REPO, "--json"]
+        out = cli("peer-token", "create", *args)
         assert out.returncode == 0, out.stderr
         token = json.loads(out.stdout)["token"]
         return {"name": self.name, "url": self.url, "token": token, **extra}
@@ -282,12 +283,33 @@ async def test_disaster_restore_from_a_peer_with_the_passphrase_and_restore_toke
 
 
 def test_peer_token_create_prints_a_push_only_token(tmp_path: Path) -> None:
-    out = cli("peer-token", "create", "--data", str(tmp_path / "d"), "--json", "--name", "x")
+    data = str(tmp_path / "d")
+    out = cli("peer-token", "create", "--data", data, "--json", "--name", "x", "--repo", "clinic")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["role"] == "replica" and len(doc["token"]) == 43
-    text = cli("peer-token", "create", "--data", str(tmp_path / "d"))
+    assert doc["repositories"] == ["clinic"]
+    text = cli("peer-token", "create", "--data", data, "--repo", "other")
     assert "cannot read packs or delete" in text.stdout
+    assert "fill these repositories here: other" in text.stdout
+
+
+def test_replica_names_are_bound_by_the_operator_and_never_taken_twice(tmp_path: Path) -> None:
+    """A name bound to a primary cannot become a practice here, and a practice's name (or
+    another primary's) cannot be bound (issue 11, item 13)."""
+    data = str(tmp_path / "d")
+    bound = cli("peer-token", "create", "--data", data, "--name", "site-a", "--repo", "clinic")
+    assert bound.returncode == 0, bound.stderr
+    taken = cli("repo", "create", "clinic", "--data", data)
+    assert taken.returncode == 11 and "reserved for replicas from 'site-a'" in taken.stderr
+    assert cli("repo", "create", "local", "--data", data).returncode == 0
+    for name, holder in (("local", "a practice of this site"), ("clinic", "replicas from")):
+        out = cli("peer-token", "create", "--data", data, "--name", "site-x", "--repo", name)
+        assert out.returncode == 11 and holder in out.stderr, out.stderr
+    again = cli("peer-token", "create", "--data", data, "--name", "site-a", "--repo", "clinic")
+    assert again.returncode == 0, again.stderr  # the same primary: a new token, same binding
+    missing = cli("peer-token", "create", "--data", data, "--name", "site-a")
+    assert missing.returncode == 2 and "--repo" in missing.stderr
 
 
 def test_serve_refuses_a_peer_without_its_token(tmp_path: Path) -> None:
