@@ -238,8 +238,15 @@ async def _file(repo: Repository, name: str) -> web.FileResponse:
 
 @routes.get(R + "/packs/{id}")
 async def get_pack(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD: a pack exists once it is indexed. A server killed between linking a pack
+    and indexing it holds the file unindexed; answering from the file would tell a client
+    that the pack is safe while every commit naming its chunks is refused, so it is absent
+    until a re-upload indexes it (intake links idempotently, then indexes)."""
     repo = _repository(request, Action.READ)
-    return await _file(repo, pack_name(parse_id(PackId, request.match_info["id"])))
+    pack_id = parse_id(PackId, request.match_info["id"])
+    if not request.app[INDEX].has_pack(repo.name, pack_id):
+        raise ObjectNotFound(f"no pack {pack_id.hex()}")
+    return await _file(repo, pack_name(pack_id))
 
 
 # -- snapshots -----------------------------------------------------------------------------
