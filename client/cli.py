@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -45,7 +46,8 @@ from engine.keys import KdfParams
 if TYPE_CHECKING:  # pydicom and pynetdicom cost ~0.5 s at start-up: loaded only to send a study
     pass
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 ENV_HELP = """environment:
   DICOMVAULT_REPO           repository: a local path or http(s)://host:port/NAME
@@ -57,8 +59,57 @@ ENV_HELP = """environment:
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
-  18 a DICOM peer did not store every instance, 19 a fire drill found a mismatch,
-  20 restore completed but some files failed (listed on stderr and in --json errors)"""
+  18 a DICOM peer did not store every instance, or no agent is running (status),
+  19 a fire drill found a mismatch, 20 restore completed but some files failed (listed on
+  stderr and in --json errors), 130 interrupted (Ctrl-C), 141 stdout's reader went away
+  (e.g. `| head`), quietly"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dicomvault")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
+def _global_options(p: argparse._ActionsContainer, default: Any = None) -> None:
+    """The options every command takes, before or after its name (`snapshots -r X`, as restic).
+    A subcommand's copy defaults to SUPPRESS so it never hides a value given before the name."""
+    p.add_argument(
+        "-r", "--repo", default=default, help="repository location (env DICOMVAULT_REPO)"
+    )
+    p.add_argument(
+        "-p",
+        "--password-file",
+        default=default,
+        help="passphrase file (env DICOMVAULT_PASSWORD_FILE)",
+    )
+    p.add_argument(
+        "--token",
+        default=default,
+        metavar="TOKEN",
+        help="chunk-server token (env DICOMVAULT_TOKEN; write --token=TOKEN, a token may start "
+        "with '-')",
+    )
+    p.add_argument(
+        "--cacert", default=default, help="CA certificate to trust for an https repository"
+    )
+    p.add_argument(
+        "--cache-dir", default=default, help="local index folder (env DICOMVAULT_CACHE_DIR)"
+    )
+    p.add_argument(
+        "--limit-upload",
+        default=default,
+        metavar="RATE",
+        help="upload limit to a chunk server, e.g. 4Mbit, 500KiB (default: unlimited)",
+    )
+    p.add_argument(
+        "--upload-schedule",
+        default=default,
+        metavar="TOML",
+        help="file with an [upload] table: rate and [[upload.windows]] (days, start, end, "
+        "rate); re-read while running, so edits apply without a restart",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,27 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-r", "--repo", help="repository location (env DICOMVAULT_REPO)")
-    p.add_argument("-p", "--password-file", help="passphrase file (env DICOMVAULT_PASSWORD_FILE)")
-    p.add_argument("--token", help="chunk-server token (env DICOMVAULT_TOKEN)")
-    p.add_argument("--cacert", help="CA certificate to trust for https repositories")
-    p.add_argument("--cache-dir", help="local index folder (env DICOMVAULT_CACHE_DIR)")
-    p.add_argument(
-        "--limit-upload",
-        metavar="RATE",
-        help="upload limit to a chunk server, e.g. 4Mbit, 500KiB (default: unlimited)",
-    )
-    p.add_argument(
-        "--upload-schedule",
-        metavar="TOML",
-        help="file with an [upload] table: rate and [[upload.windows]] (days, start, end, "
-        "rate); re-read while running, so edits apply without a restart",
-    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("--json", action="store_true", help="print one JSON document")
+        _global_options(c.add_argument_group("global options"), argparse.SUPPRESS)
         return c
 
     c = cmd("init", "create a repository")
@@ -315,7 +353,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        code = asyncio.run(COMMANDS[args.command](args))
+        sys.stdout.flush()  # here, so a reader that went away is met below, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except DicomvaultError as e:
         print(f"dicomvault: {e}", file=sys.stderr)
         return e.exit_code
@@ -329,8 +371,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        print("dicomvault: interrupted", file=sys.stderr)
+        print("\ndicomvault: interrupted", file=sys.stderr)  # never at the end of a progress line
         return EXIT_INTERRUPTED
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`dicomvault find | head`): stop quietly, as a Unix tool
+    killed by SIGPIPE would, and point stdout at /dev/null so the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and `server.admin`.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import ssl
@@ -18,7 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engine.errors import DicomvaultError, UsageError
+from engine.errors import DicomvaultError, InvalidName, UsageError
+from server.auth import REPO_NAME_RULE
 from server.config import ServerConfig, load_config
 
 
@@ -26,7 +28,25 @@ def _cli_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
     urls, tokens = getattr(args, "peer", None) or [], getattr(args, "peer_token", None) or []
     if len(urls) != len(tokens):
         raise UsageError("give one --peer-token for each --peer, in the same order")
-    return [{"url": u, "token": t, "mode": "continuous"} for u, t in zip(urls, tokens, strict=True)]
+    return [
+        {**_peer_arg(u), "token": t, "mode": "continuous"}
+        for u, t in zip(urls, tokens, strict=True)
+    ]
+
+
+def _peer_arg(text: str) -> dict[str, str]:
+    """`--peer NAME=URL` labels the peer with its site name; a bare URL is labelled host:port."""
+    name, sep, url = text.partition("=")
+    if sep and "://" not in name:
+        return {"name": name, "url": url}
+    return {"url": text}
+
+
+def _existing(config: ServerConfig) -> ServerConfig:
+    """For commands that read a server's data: a mistyped --data must not create a new one."""
+    if not config.data_dir.is_dir():
+        raise UsageError(f"no server data folder at {config.data_dir}")
+    return config
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -61,14 +81,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ssl_context = _ssl_context(config)
-    web.run_app(make_app(config), host=config.host, port=config.port, ssl_context=ssl_context)
+    try:
+        web.run_app(make_app(config), host=config.host, port=config.port, ssl_context=ssl_context)
+    except OSError as e:  # binding happens inside run_app: the one OSError an operator causes
+        if e.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(
+            f"cannot listen on {config.host}:{config.port}: the port is in use "
+            "(another server running? choose another with --listen)"
+        ) from None
     return 0
 
 
 def cmd_repo_create(args: argparse.Namespace) -> int:
     from server.admin import create_repository_offline
 
-    tokens = create_repository_offline(_config(args), args.name)
+    try:
+        tokens = create_repository_offline(_config(args), args.name)
+    except InvalidName as e:  # the operator's typo, not a storage failure
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"repository": args.name, "tokens": tokens}))
     else:
@@ -81,7 +112,7 @@ def cmd_repo_create(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from server.admin import reindex_offline
 
-    report = reindex_offline(_config(args), verify=args.verify)
+    report = reindex_offline(_existing(_config(args)), verify=args.verify)
     if args.json:
         print(json.dumps(asdict(report)))
     else:
@@ -116,7 +147,7 @@ def cmd_peer_token_create(args: argparse.Namespace) -> int:
 def cmd_repo_promote(args: argparse.Namespace) -> int:
     from server.admin import promote_replica_offline
 
-    changed = promote_replica_offline(_config(args), args.name)
+    changed = promote_replica_offline(_existing(_config(args)), args.name)
     if args.json:
         print(json.dumps({"repository": args.name, "promoted": changed}))
     elif changed:
@@ -130,7 +161,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     from engine.rates import parse_rate
     from server.monitor_admin import scrub_offline, with_rate
 
-    config = with_rate(_config(args), parse_rate(args.rate) if args.rate else None)
+    config = with_rate(_existing(_config(args)), parse_rate(args.rate) if args.rate else None)
     report = scrub_offline(config, args.repo or None)
     if args.json:
         print(json.dumps(report.as_json()))
@@ -152,7 +183,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from server.alerts.conditions import iso
     from server.monitor_admin import open_alerts_offline
 
-    alerts = open_alerts_offline(_config(args))
+    alerts = open_alerts_offline(_existing(_config(args)))
     if args.json:
         print(json.dumps({"alerts": alerts}))
         return 0
@@ -220,17 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
     serve.add_argument("--site-name", help="this site's name in replication status")
     serve.add_argument(
-        "--peer", action="append", help="replicate to this peer server URL (continuous mode)"
+        "--peer",
+        action="append",
+        metavar="[NAME=]URL",
+        help="replicate to this peer server (continuous mode); NAME, e.g. its --site-name, "
+        "labels it in snapshots and alerts (default: host:port)",
     )
     serve.add_argument(
-        "--peer-token", action="append", help="replica token minted on the peer (one per --peer)"
+        "--peer-token",
+        action="append",
+        metavar="TOKEN",
+        help="replica token minted on the peer (one per --peer; write --peer-token=TOKEN)",
     )
     serve.set_defaults(func=cmd_serve)
 
     repo = sub.add_parser("repo", help="manage repositories")
     repo_sub = repo.add_subparsers(dest="repo_command", required=True)
     create = repo_sub.add_parser("create", help="create a repository and print its tokens")
-    create.add_argument("name", help="repository name: [a-z0-9][a-z0-9_-]{0,63}")
+    create.add_argument("name", help=f"repository name: {REPO_NAME_RULE}")
     _data_arg(create)
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_repo_create)
