@@ -37,7 +37,8 @@ from client.find import (
 )
 from client.progress import Progress
 from client.repository import Repository, init_repository
-from client.restore import RestoreIncomplete, Restorer, catalogue
+from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
+from client.restore_target import Overwrite, check_target
 from engine.blob import Codec
 from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
@@ -156,6 +157,19 @@ def _parser() -> argparse.ArgumentParser:
         "--target", help="folder to restore into (nothing is written outside it or through a link)"
     )
     c.add_argument("--include", action="append", default=[], help="restore only this path")
+    c.add_argument(
+        "--overwrite",
+        choices=[o.value for o in Overwrite],
+        default=Overwrite.ALWAYS.value,
+        help="a file already in the target: always replace it (default, as restic), if-changed "
+        "(keep it when size and mtime match), if-newer (only by a newer one), never",
+    )
+    c.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove files and folders in the target (within --include) that the snapshot "
+        "does not hold",
+    )
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")
     find_options(c)
@@ -276,22 +290,19 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         assert snapshot is not None
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
+        check_target(Path(args.target))  # made only once the repository has opened
         progress = Progress(enabled=None if not args.json else False)
         restorer = Restorer(
-            repo, Path(args.target), includes=args.include, select=select, progress=progress
-        )
+            repo, Path(args.target), includes=args.include, select=select, progress=progress,
+            overwrite=Overwrite(args.overwrite), delete=args.delete,
+        )  # fmt: skip
         s = await restorer.run(snapshot)
         progress.done()
-        if select is not None and s.files == 0 and not s.errors:
+        if select is not None and s.files == 0 and not s.kept and not s.errors:
             raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
         for err in s.errors:
             print(f"error: {err}", file=sys.stderr)
-        emit(
-            args,
-            s.as_json(),
-            f"restored {s.files} files, {s.bytes_written:,} bytes "
-            f"into {args.target} in {s.duration_s:.1f} s",
-        )
+        emit(args, s.as_json(), _restored_text(s, args.target))
         if s.errors:
             raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
         return 0
@@ -299,7 +310,15 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     return await with_repo(args, run)
 
 
-# DICOM restore and find: the options, their checks, and the two runners.
+def _restored_text(s: RestoreSummary, target: str) -> str:
+    changes = [f"replaced {s.overwritten} existing"] if s.overwritten else []
+    changes += [f"kept {s.kept} existing (--overwrite)"] if s.kept else []
+    changes += [f"deleted {s.deleted} not in the snapshot"] if s.deleted else []
+    return (
+        f"restored {s.files} files, {s.bytes_written:,} bytes into {target}"
+        + (f" ({', '.join(changes)})" if changes else "")
+        + f" in {s.duration_s:.1f} s"
+    )
 
 
 async def cmd_check(args: argparse.Namespace) -> int:

@@ -49,6 +49,8 @@ def restore_selection(args: argparse.Namespace) -> Callable[[Entry], bool] | Non
         raise UsageError("give either --target or --to-pacs, not both")
     if not args.to_pacs and not args.target:
         raise UsageError("restore needs --target (or --to-pacs with --study)")
+    if args.delete and dicom:
+        raise UsageError("--delete restores a whole snapshot or --include path, not a study")
     if not dicom and not args.snapshot:
         raise UsageError("restore needs a snapshot (or --study/--series)")
     return study_selector(args.study, args.series) if dicom else None
