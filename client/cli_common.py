@@ -17,7 +17,7 @@ from typing import Any
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.backend import Backend, LocalBackend
-from engine.errors import UsageError
+from engine.errors import RepositoryNotFound, UsageError
 from engine.rates import parse_rate
 from engine.store.local import LocalStore
 
@@ -83,6 +83,12 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
         repo = await Repository.open(
             backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
         )
+    except RepositoryNotFound as e:  # what a new user meets right after `repo create`
+        await backend.close()
+        raise RepositoryNotFound(
+            f"{e}: create it with `dicomvault init` (on a chunk server, after "
+            "`dicomvault-server repo create`)"
+        ) from None
     except BaseException:
         await backend.close()
         raise

@@ -250,6 +250,14 @@ def _every_other_command(
     assert third["chunks_new"] <= 1 and third["bytes_uploaded"] < 0.001 * first["bytes_total"]
 
 
+def test_a_backup_before_init_says_to_run_init(server: ServerProcess, tmp_path: Path) -> None:
+    """The README's chunk-server steps: `repo create` makes the space, `init` the repository."""
+    tokens = server.create_repo()
+    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    tree = random_tree(tmp_path / "tree", [0.1])
+    assert_one_line_error(a.run("backup", str(tree)), 10, "dicomvault init")
+
+
 def test_restore_token_reads_but_cannot_back_up(server: ServerProcess, tmp_path: Path) -> None:
     tokens = server.create_repo()
     tree = random_tree(tmp_path / "tree", [0.5])
