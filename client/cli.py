@@ -22,6 +22,7 @@ from client.cli_common import (
     EXIT_PARTIAL,
     emit,
     open_backend,
+    progress,
     read_passphrase,
     with_repo,
 )
@@ -35,7 +36,7 @@ from client.cli_dicom import (
 from client.find import (
     snapshot_holding,
 )
-from client.progress import Progress
+from client.progress import scan_totals
 from client.repository import Repository, init_repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
 from client.restore_target import Overwrite, check_target
@@ -56,6 +57,8 @@ ENV_HELP = """environment:
   DICOMVAULT_PASSWORD       the passphrase itself (prefer the file)
   DICOMVAULT_TOKEN          bearer token for a chunk server
   DICOMVAULT_CACHE_DIR      where the local index lives (default ~/.cache/dicomvault)
+  DICOMVAULT_PROGRESS_INTERVAL  seconds between JSON progress lines on stderr, printed when
+                            stderr is not a terminal or with --json (default 10)
 
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
@@ -208,11 +211,13 @@ async def cmd_backup(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such file or folder")
 
     async def run(repo: Repository) -> int:
-        progress = Progress(enabled=None if not args.json else False)
-        summary = await Backup(repo, image_codec=codec, progress=progress, host=args.host).run(
-            args.paths, args.tag
-        )
-        progress.done()
+        with progress(args, "backup") as shown:
+            scan_totals(args.paths, shown)
+            backup = Backup(
+                repo, image_codec=codec, host=args.host,
+                progress=lambda s, path: shown.update(s.files, s.bytes_total, path),
+            )  # fmt: skip
+            summary = await backup.run(args.paths, args.tag)
         for err in summary.errors:
             print(f"warning: {err}", file=sys.stderr)
         s = summary
@@ -291,13 +296,16 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
         check_target(Path(args.target))  # made only once the repository has opened
-        progress = Progress(enabled=None if not args.json else False)
-        restorer = Restorer(
-            repo, Path(args.target), includes=args.include, select=select, progress=progress,
-            overwrite=Overwrite(args.overwrite), delete=args.delete,
-        )  # fmt: skip
-        s = await restorer.run(snapshot)
-        progress.done()
+        with progress(args, "restore") as shown:
+            restorer = Restorer(
+                repo, Path(args.target), includes=args.include, select=select,
+                progress=lambda s, path: shown.update(s.files, s.bytes_written, path),
+                overwrite=Overwrite(args.overwrite), delete=args.delete,
+            )  # fmt: skip
+            if select is None and not args.include:  # the whole snapshot: its totals are known
+                stats = (await repo.load_snapshot(snapshot))[1].stats
+                shown.set_total(stats.get("files"), stats.get("bytes"))
+            s = await restorer.run(snapshot)
         if select is not None and s.files == 0 and not s.kept and not s.errors:
             raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
         for err in s.errors:
@@ -323,7 +331,8 @@ def _restored_text(s: RestoreSummary, target: str) -> str:
 
 async def cmd_check(args: argparse.Namespace) -> int:
     async def run(repo: Repository) -> int:
-        report = await check(repo, read_data=args.read_data)
+        with progress(args, "check", unit="packs") as shown:
+            report = await check(repo, read_data=args.read_data, progress=shown)
         for problem in report.problems:
             print(f"error: {problem}", file=sys.stderr)
         emit(

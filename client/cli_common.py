@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.backend import Backend, LocalBackend
@@ -71,6 +72,17 @@ def rate_limiter(args: argparse.Namespace) -> RateLimiter:
             raise UsageError(f"upload schedule {path} does not exist")
         return RateLimiter(ScheduleFile(path, base))
     return RateLimiter(base)
+
+
+def progress(args: argparse.Namespace, command: str, unit: str = "files") -> Progress:
+    """The command's progress display on stderr; DICOMVAULT_PROGRESS_INTERVAL sets the seconds
+    between JSON progress lines (default 10)."""
+    text = os.environ.get("DICOMVAULT_PROGRESS_INTERVAL", "10")
+    try:
+        interval = float(text)
+    except ValueError:
+        raise UsageError(f"DICOMVAULT_PROGRESS_INTERVAL must be seconds, not {text!r}") from None
+    return Progress(command, unit, style=choose_style(args.json), interval=interval)
 
 
 def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:

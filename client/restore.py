@@ -215,6 +215,7 @@ class Restorer:
             return
         self.summary.files += 1
         self.summary.bytes_written += entry.size
+        self.progress(self.summary, entry.path)
 
     async def read_file(self, chunks: list[tuple[ChunkId, int]]) -> AsyncIterator[bytes]:
         """Yield a file's chunks in order, with up to FETCH_CONCURRENCY reads in flight."""
