@@ -92,8 +92,8 @@ def _global_options(p: argparse._ActionsContainer, default: Any = None) -> None:
         "--token",
         default=default,
         metavar="TOKEN",
-        help="chunk-server token (env DICOMVAULT_TOKEN; write --token=TOKEN, a token may start "
-        "with '-')",
+        help="chunk-server token (env DICOMVAULT_TOKEN); write --token=TOKEN: tokens minted "
+        "before the dv_ prefix may start with '-'",
     )
     p.add_argument(
         "--cacert", default=default, help="CA certificate to trust for an https repository"

@@ -83,14 +83,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ssl_context = _ssl_context(config)
     try:
         web.run_app(make_app(config), host=config.host, port=config.port, ssl_context=ssl_context)
-    except OSError as e:  # binding happens inside run_app: the one OSError an operator causes
-        if e.errno != errno.EADDRINUSE:
+    except OSError as e:  # binding happens inside run_app: the OSErrors an operator causes
+        if e.errno not in _BIND_ERRORS:
             raise
         raise UsageError(
-            f"cannot listen on {config.host}:{config.port}: the port is in use "
-            "(another server running? choose another with --listen)"
+            f"cannot listen on {config.host}:{config.port}: {_BIND_ERRORS[e.errno]}"
         ) from None
     return 0
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "the port is in use (another server running? choose another with --listen)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "this machine has no such address (check the host in --listen)",
+}
 
 
 def cmd_repo_create(args: argparse.Namespace) -> int:

@@ -188,3 +188,9 @@ def test_a_peer_given_on_the_command_line_is_labelled_with_its_site_name(data: P
         ("site-b", "https://b.example:8420", "-starts-with-a-dash"),
         ("c.example:1", "http://c.example:1", "t"),
     ]
+
+
+def test_serve_on_an_address_this_machine_does_not_have_says_so(data: Path) -> None:
+    out = cli("serve", "--data", str(data), "--listen", "192.0.2.1:8420")  # TEST-NET-1
+    assert out.returncode == 2, out.stderr
+    assert "no such address" in out.stderr.strip().splitlines()[-1]
