@@ -36,11 +36,12 @@ from client.cli_dicom import (
 from client.find import (
     snapshot_holding,
 )
-from client.progress import scan_totals
+from client.progress import Progress, scan_totals
 from client.repository import Repository, init_repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
 from client.restore_target import Overwrite, check_target
 from engine.blob import Codec
+from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
@@ -295,27 +296,50 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         assert snapshot is not None
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
-        check_target(Path(args.target))  # made only once the repository has opened
-        with progress(args, "restore") as shown:
-            restorer = Restorer(
-                repo, Path(args.target), includes=args.include, select=select,
-                progress=lambda s, path: shown.update(s.files, s.bytes_written, path),
-                overwrite=Overwrite(args.overwrite), delete=args.delete,
-            )  # fmt: skip
-            if select is None and not args.include:  # the whole snapshot: its totals are known
-                stats = (await repo.load_snapshot(snapshot))[1].stats
-                shown.set_total(stats.get("files"), stats.get("bytes"))
-            s = await restorer.run(snapshot)
-        if select is not None and s.files == 0 and not s.kept and not s.errors:
-            raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
-        for err in s.errors:
-            print(f"error: {err}", file=sys.stderr)
-        emit(args, s.as_json(), _restored_text(s, args.target))
-        if s.errors:
-            raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
-        return 0
+        return await _restore_files(args, repo, snapshot, select)
 
     return await with_repo(args, run)
+
+
+async def _restore_files(
+    args: argparse.Namespace,
+    repo: Repository,
+    snapshot: SnapshotId,
+    select: Callable[[Entry], bool] | None,
+) -> int:
+    check_target(Path(args.target))  # made only once the repository has opened
+    with progress(args, "restore") as shown:
+        restorer = Restorer(
+            repo, Path(args.target), includes=args.include, select=select,
+            progress=lambda s, path: shown.update(s.files, s.bytes_written, path),
+            overwrite=Overwrite(args.overwrite), delete=args.delete,
+        )  # fmt: skip
+        totals = asyncio.create_task(_restore_totals(repo, restorer, snapshot, shown))
+        try:
+            s = await restorer.run(snapshot)
+        finally:  # totals are a courtesy: their failure (the restore reports its own) is dropped
+            totals.cancel()
+            await asyncio.gather(totals, return_exceptions=True)
+    if select is not None and s.files == 0 and not s.kept and not s.errors:
+        raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
+    for err in s.errors:
+        print(f"error: {err}", file=sys.stderr)
+    emit(args, s.as_json(), _restored_text(s, args.target))
+    if s.errors:
+        raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
+    return 0
+
+
+async def _restore_totals(
+    repo: Repository, restorer: Restorer, snapshot: SnapshotId, shown: Progress
+) -> None:
+    """Totals for the progress display: a whole snapshot's from its stats, else by a catalogue
+    pass alongside the restore (as restic's)."""
+    if restorer.partial:
+        shown.set_total(*await restorer.planned(snapshot))
+    else:
+        stats = (await repo.load_snapshot(snapshot))[1].stats
+        shown.set_total(stats.get("files"), stats.get("bytes"))
 
 
 def _restored_text(s: RestoreSummary, target: str) -> str:

@@ -91,6 +91,7 @@ class Restorer:
         self.repo, self.target = repo, Target(target)
         self.includes = [normalise_include(p) for p in includes or []]
         self.select = select or (lambda e: True)
+        self.partial = bool(self.includes) or select is not None  # not the whole snapshot
         self.progress = progress or (lambda s, p: None)
         self.summary = RestoreSummary()
         self._writing: set[asyncio.Task[None]] = set()
@@ -106,7 +107,7 @@ class Restorer:
         self.summary.snapshot = snapshot_id.hex()
         try:
             async for entry in catalogue(self.repo, body):
-                if matches(entry, self.includes) and self.select(entry):
+                if self._wanted(entry):
                     await self._entry(entry)
                     self.progress(self.summary, entry.path)
             await asyncio.gather(*self._writing)
@@ -120,6 +121,19 @@ class Restorer:
             self._guarded(entry, self._folder_meta)
         self.summary.duration_s = round(time.monotonic() - start, 3)
         return self.summary
+
+    async def planned(self, snapshot_id: SnapshotId) -> tuple[int, int]:
+        """The files and bytes this restore selects (before `overwrite` keeps any), by one pass
+        over the catalogue: the totals a progress display needs for a partial restore."""
+        _, body = await self.repo.load_snapshot(snapshot_id)
+        files = size = 0
+        async for entry in catalogue(self.repo, body):
+            if entry.type == "file" and self._wanted(entry):
+                files, size = files + 1, size + entry.size
+        return files, size
+
+    def _wanted(self, entry: Entry) -> bool:
+        return matches(entry, self.includes) and self.select(entry)
 
     async def _entry(self, entry: Entry) -> None:
         try:

@@ -101,6 +101,10 @@ def test_json_commands_keep_stdout_one_document_and_put_progress_lines_on_stderr
     restore = v.ok("restore", "latest", "--target", str(tmp_path / "t"), "--json", **quick)
     last = status_lines(restore.err)[-1]
     assert json.loads(restore.out)["files"] == 3 == last["files_done"] == last["total_files"]
+    partial = v.ok("restore", "latest", "--target", str(tmp_path / "p"), "--json",
+                   "--include", str(src / "f1"), **quick)  # fmt: skip
+    last = status_lines(partial.err)[-1]
+    assert last["files_done"] == last["total_files"] == 1 and last["total_bytes"] == 2 * MiB
     check = v.ok("check", "--read-data", "--json", **quick)
     last = status_lines(check.err)[-1]
     assert last["command"] == "check" and last["packs_done"] == last["total_packs"] >= 1
