@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import os
+import select
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -408,23 +409,38 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(COMMANDS[args.command](args))
         sys.stdout.flush()  # here, so a reader that went away is met below, not at exit
         return code
-    except BrokenPipeError:
-        return _reader_gone()
+    except BrokenPipeError as e:  # stdout's reader left, or a socket broke (a real failure)
+        return _reader_gone() if _stdout_reader_gone() else _internal_error(e)
     except DicomvaultError as e:
         print(f"dicomvault: {e}", file=sys.stderr)
         return e.exit_code
-    except Exception as e:  # a bug: still one line, with the traceback on request
-        if os.environ.get("DICOMVAULT_DEBUG"):
-            raise
-        print(
-            f"dicomvault: internal error: {type(e).__name__}: {e} "
-            "(set DICOMVAULT_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as e:
+        return _internal_error(e)
     except KeyboardInterrupt:
         print("\ndicomvault: interrupted", file=sys.stderr)  # never at the end of a progress line
         return EXIT_INTERRUPTED
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug: still one line, with the traceback on request."""
+    if os.environ.get("DICOMVAULT_DEBUG"):
+        raise e
+    print(
+        f"dicomvault: internal error: {type(e).__name__}: {e} "
+        "(set DICOMVAULT_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _reader_gone() -> int:

@@ -65,3 +65,18 @@ def test_output_into_a_closed_pipe_ends_quietly(vault: Vault, command: tuple[str
 def test_status_where_no_agent_ever_ran_exits_18(vault: Vault, tmp_path: Path) -> None:
     result = vault.run("status", "--state-dir", str(tmp_path / "agent"))
     assert_one_line_error(result, 18, "no agent has run with the state folder")
+
+
+def test_only_a_stdout_nobody_reads_counts_as_the_reader_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A BrokenPipeError from a socket is a failure to report, not a reader that left."""
+    from client.cli import _stdout_reader_gone
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stdout:
+        monkeypatch.setattr("sys.stdout", stdout)
+        assert not _stdout_reader_gone()
+        os.close(read_end)
+        assert _stdout_reader_gone()
+        monkeypatch.undo()
