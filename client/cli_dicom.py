@@ -87,7 +87,11 @@ def find_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--patient-name", metavar="PATTERN", help="wildcards * and ?, e.g. 'DOE^J*'")
     c.add_argument("--patient-id", metavar="ID")
     c.add_argument("--birth-date", metavar="YYYYMMDD", help="PatientBirthDate, exact")
-    c.add_argument("--study-date", metavar="RANGE", help="YYYYMMDD, or a range A-B, A- or -B")
+    c.add_argument(
+        "--study-date",
+        metavar="RANGE",
+        help="YYYYMMDD (or the old YYYY.MM.DD), or a range A-B, A- or -B (--study-date=-B)",
+    )
     c.add_argument("--modality", metavar="MOD", help="e.g. CT, MR (series modality)")
     c.add_argument("--accession", metavar="NUMBER")
     c.add_argument("--study", metavar="UID", help="StudyInstanceUID")

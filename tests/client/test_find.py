@@ -75,6 +75,22 @@ def test_bad_date_ranges_are_usage_errors(text: str) -> None:
         DateRange.parse(text)
 
 
+def test_a_study_stored_with_an_old_style_date_is_found_by_either_form(tmp_path: Path) -> None:
+    """ACR-NEMA 2.0 wrote StudyDate as 1994.11.05; archives still hold such files."""
+    ds = pydicom.dcmread(ct_small())
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+        ds.StudyDate = "1994.11.05"
+    (tmp_path / "src").mkdir()
+    ds.save_as(tmp_path / "src" / "old.dcm")
+    vault = Vault(tmp_path / "vault").init()
+    vault.ok("backup", str(tmp_path / "src"))
+    for query in ("19940101-19961231", "1994.11.05", "-1994.11.05"):
+        (study,) = vault.json("find", f"--study-date={query}")["studies"]
+        assert study["StudyDate"] == "1994.11.05"
+    assert vault.json("find", "--study-date", "19941106-")["studies"] == []
+    assert "1994-11-05" in vault.ok("find").out
+
+
 def test_unknown_attribute_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown attribute"):
         Query({"PatientSex": "F"})
