@@ -3,16 +3,16 @@
 Structure: every pack's trailer and manifest parse, every snapshot opens, and every chunk a
 catalogue names is in some pack. Read-data: every pack is fetched whole, hashed against its name,
 and every blob is decrypted and checked against its chunk id. Each problem names the pack or
-snapshot it concerns.
+snapshot it concerns. Reports packs checked (and bytes read) to a `Progress` as it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from client.progress import Progress
 from client.repository import Repository
 from client.restore import catalogue
 from engine import blob
@@ -36,33 +36,43 @@ class CheckReport:
 
 
 async def check(
-    repo: Repository, *, read_data: bool = False, progress: Callable[[str], None] | None = None
+    repo: Repository, *, read_data: bool = False, progress: Progress | None = None
 ) -> CheckReport:
     report = CheckReport()
-    say = progress or (lambda s: None)
     packs = [p async for p in repo.backend.list_packs()]
     report.packs = len(packs)
-    say(f"checking {len(packs)} packs")
-    await _packs(repo, packs, report, read_data)
-    say("checking snapshots")
+    if progress is not None:
+        progress.set_total(len(packs))
+    await _packs(repo, packs, report, read_data, progress)
     await _snapshots(repo, report, set(packs))
     return report
 
 
-async def _packs(repo: Repository, packs: list[PackId], report: CheckReport, read: bool) -> None:
+async def _packs(
+    repo: Repository,
+    packs: list[PackId],
+    report: CheckReport,
+    read: bool,
+    progress: Progress | None,
+) -> None:
     sem = asyncio.Semaphore(READ_CONCURRENCY)
+    done = [0, 0]  # packs, bytes
 
     async def one(pack_id: PackId) -> None:
         async with sem:
             try:
                 if read:
-                    await _read_pack(repo, pack_id, report)
+                    size = await _read_pack(repo, pack_id, report)
                 else:
                     size, entries = await repo.read_manifest(pack_id)
                     if not repo.index.has_pack(pack_id):
                         repo.index.add_pack(pack_id, size, entries)
+                done[1] += size
             except DicomvaultError as e:
                 report.problems.append(_named(pack_id, str(e)))
+            done[0] += 1
+            if progress is not None:
+                progress.update(done[0], done[1], pack_id.short())
 
     await asyncio.gather(*(one(p) for p in packs))
 
@@ -71,7 +81,7 @@ def _named(pack_id: PackId, message: str) -> str:
     return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
 
-async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> None:
+async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> int:
     data = await repo.backend.get_pack(pack_id)
     info = await asyncio.to_thread(verify_pack, pack_id, data)
 
@@ -84,6 +94,7 @@ async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> 
     report.bytes_verified += len(data)
     if not repo.index.has_pack(pack_id):
         repo.index.add_pack(pack_id, len(data), info.entries)
+    return len(data)
 
 
 async def _snapshots(repo: Repository, report: CheckReport, present: set[PackId]) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
+import select
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -21,6 +23,7 @@ from client.cli_common import (
     EXIT_PARTIAL,
     emit,
     open_backend,
+    progress,
     read_passphrase,
     with_repo,
 )
@@ -34,10 +37,12 @@ from client.cli_dicom import (
 from client.find import (
     snapshot_holding,
 )
-from client.progress import Progress
+from client.progress import Progress, scan_totals
 from client.repository import Repository, init_repository
-from client.restore import RestoreIncomplete, Restorer, catalogue
+from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
+from client.restore_target import Overwrite, check_target
 from engine.blob import Codec
+from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
@@ -45,7 +50,8 @@ from engine.keys import KdfParams
 if TYPE_CHECKING:  # pydicom and pynetdicom cost ~0.5 s at start-up: loaded only to send a study
     pass
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 ENV_HELP = """environment:
   DICOMVAULT_REPO           repository: a local path or http(s)://host:port/NAME
@@ -53,12 +59,63 @@ ENV_HELP = """environment:
   DICOMVAULT_PASSWORD       the passphrase itself (prefer the file)
   DICOMVAULT_TOKEN          bearer token for a chunk server
   DICOMVAULT_CACHE_DIR      where the local index lives (default ~/.cache/dicomvault)
+  DICOMVAULT_PROGRESS_INTERVAL  seconds between JSON progress lines on stderr, printed when
+                            stderr is not a terminal or with --json (default 10)
 
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
-  18 a DICOM peer did not store every instance, 19 a fire drill found a mismatch,
-  20 restore completed but some files failed (listed on stderr and in --json errors)"""
+  18 a DICOM peer did not store every instance, or no agent is running (status),
+  19 a fire drill found a mismatch, 20 restore completed but some files failed (listed on
+  stderr and in --json errors), 130 interrupted (Ctrl-C), 141 stdout's reader went away
+  (e.g. `| head`), quietly"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dicomvault")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
+def _global_options(p: argparse._ActionsContainer, default: Any = None) -> None:
+    """The options every command takes, before or after its name (`snapshots -r X`, as restic).
+    A subcommand's copy defaults to SUPPRESS so it never hides a value given before the name."""
+    p.add_argument(
+        "-r", "--repo", default=default, help="repository location (env DICOMVAULT_REPO)"
+    )
+    p.add_argument(
+        "-p",
+        "--password-file",
+        default=default,
+        help="passphrase file (env DICOMVAULT_PASSWORD_FILE)",
+    )
+    p.add_argument(
+        "--token",
+        default=default,
+        metavar="TOKEN",
+        help="chunk-server token (env DICOMVAULT_TOKEN); write --token=TOKEN: tokens minted "
+        "before the dv_ prefix may start with '-'",
+    )
+    p.add_argument(
+        "--cacert", default=default, help="CA certificate to trust for an https repository"
+    )
+    p.add_argument(
+        "--cache-dir", default=default, help="local index folder (env DICOMVAULT_CACHE_DIR)"
+    )
+    p.add_argument(
+        "--limit-upload",
+        default=default,
+        metavar="RATE",
+        help="upload limit to a chunk server, e.g. 4Mbit, 500KiB (default: unlimited)",
+    )
+    p.add_argument(
+        "--upload-schedule",
+        default=default,
+        metavar="TOML",
+        help="file with an [upload] table: rate and [[upload.windows]] (days, start, end, "
+        "rate); re-read while running, so edits apply without a restart",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,27 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-r", "--repo", help="repository location (env DICOMVAULT_REPO)")
-    p.add_argument("-p", "--password-file", help="passphrase file (env DICOMVAULT_PASSWORD_FILE)")
-    p.add_argument("--token", help="chunk-server token (env DICOMVAULT_TOKEN)")
-    p.add_argument("--cacert", help="CA certificate to trust for https repositories")
-    p.add_argument("--cache-dir", help="local index folder (env DICOMVAULT_CACHE_DIR)")
-    p.add_argument(
-        "--limit-upload",
-        metavar="RATE",
-        help="upload limit to a chunk server, e.g. 4Mbit, 500KiB (default: unlimited)",
-    )
-    p.add_argument(
-        "--upload-schedule",
-        metavar="TOML",
-        help="file with an [upload] table: rate and [[upload.windows]] (days, start, end, "
-        "rate); re-read while running, so edits apply without a restart",
-    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("--json", action="store_true", help="print one JSON document")
+        _global_options(c.add_argument_group("global options"), argparse.SUPPRESS)
         return c
 
     c = cmd("init", "create a repository")
@@ -118,6 +162,19 @@ def _parser() -> argparse.ArgumentParser:
         "--target", help="folder to restore into (nothing is written outside it or through a link)"
     )
     c.add_argument("--include", action="append", default=[], help="restore only this path")
+    c.add_argument(
+        "--overwrite",
+        choices=[o.value for o in Overwrite],
+        default=Overwrite.ALWAYS.value,
+        help="a file already in the target: always replace it (default, as restic), if-changed "
+        "(keep it when size and mtime match), if-newer (only by a newer one), never",
+    )
+    c.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove files and folders in the target (within --include) that the snapshot "
+        "does not hold",
+    )
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")
     find_options(c)
@@ -156,11 +213,13 @@ async def cmd_backup(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such file or folder")
 
     async def run(repo: Repository) -> int:
-        progress = Progress(enabled=None if not args.json else False)
-        summary = await Backup(repo, image_codec=codec, progress=progress, host=args.host).run(
-            args.paths, args.tag
-        )
-        progress.done()
+        with progress(args, "backup") as shown:
+            scan_totals(args.paths, shown)
+            backup = Backup(
+                repo, image_codec=codec, host=args.host,
+                progress=lambda s, path: shown.update(s.files, s.bytes_total, path),
+            )  # fmt: skip
+            summary = await backup.run(args.paths, args.tag)
         for err in summary.errors:
             print(f"warning: {err}", file=sys.stderr)
         s = summary
@@ -238,35 +297,67 @@ async def cmd_restore(args: argparse.Namespace) -> int:
         assert snapshot is not None
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
-        progress = Progress(enabled=None if not args.json else False)
-        restorer = Restorer(
-            repo, Path(args.target), includes=args.include, select=select, progress=progress
-        )
-        s = await restorer.run(snapshot)
-        progress.done()
-        if select is not None and s.files == 0 and not s.errors:
-            raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
-        for err in s.errors:
-            print(f"error: {err}", file=sys.stderr)
-        emit(
-            args,
-            s.as_json(),
-            f"restored {s.files} files, {s.bytes_written:,} bytes "
-            f"into {args.target} in {s.duration_s:.1f} s",
-        )
-        if s.errors:
-            raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
-        return 0
+        return await _restore_files(args, repo, snapshot, select)
 
     return await with_repo(args, run)
 
 
-# DICOM restore and find: the options, their checks, and the two runners.
+async def _restore_files(
+    args: argparse.Namespace,
+    repo: Repository,
+    snapshot: SnapshotId,
+    select: Callable[[Entry], bool] | None,
+) -> int:
+    check_target(Path(args.target))  # made only once the repository has opened
+    with progress(args, "restore") as shown:
+        restorer = Restorer(
+            repo, Path(args.target), includes=args.include, select=select,
+            progress=lambda s, path: shown.update(s.files, s.bytes_written, path),
+            overwrite=Overwrite(args.overwrite), delete=args.delete,
+        )  # fmt: skip
+        totals = asyncio.create_task(_restore_totals(repo, restorer, snapshot, shown))
+        try:
+            s = await restorer.run(snapshot)
+        finally:  # totals are a courtesy: their failure (the restore reports its own) is dropped
+            totals.cancel()
+            await asyncio.gather(totals, return_exceptions=True)
+    if select is not None and s.files == 0 and not s.kept and not s.errors:
+        raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
+    for err in s.errors:
+        print(f"error: {err}", file=sys.stderr)
+    emit(args, s.as_json(), _restored_text(s, args.target))
+    if s.errors:
+        raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
+    return 0
+
+
+async def _restore_totals(
+    repo: Repository, restorer: Restorer, snapshot: SnapshotId, shown: Progress
+) -> None:
+    """Totals for the progress display: a whole snapshot's from its stats, else by a catalogue
+    pass alongside the restore (as restic's)."""
+    if restorer.partial:
+        shown.set_total(*await restorer.planned(snapshot))
+    else:
+        stats = (await repo.load_snapshot(snapshot))[1].stats
+        shown.set_total(stats.get("files"), stats.get("bytes"))
+
+
+def _restored_text(s: RestoreSummary, target: str) -> str:
+    changes = [f"replaced {s.overwritten} existing"] if s.overwritten else []
+    changes += [f"kept {s.kept} existing (--overwrite)"] if s.kept else []
+    changes += [f"deleted {s.deleted} not in the snapshot"] if s.deleted else []
+    return (
+        f"restored {s.files} files, {s.bytes_written:,} bytes into {target}"
+        + (f" ({', '.join(changes)})" if changes else "")
+        + f" in {s.duration_s:.1f} s"
+    )
 
 
 async def cmd_check(args: argparse.Namespace) -> int:
     async def run(repo: Repository) -> int:
-        report = await check(repo, read_data=args.read_data)
+        with progress(args, "check", unit="packs") as shown:
+            report = await check(repo, read_data=args.read_data, progress=shown)
         for problem in report.problems:
             print(f"error: {problem}", file=sys.stderr)
         emit(
@@ -315,22 +406,50 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        code = asyncio.run(COMMANDS[args.command](args))
+        sys.stdout.flush()  # here, so a reader that went away is met below, not at exit
+        return code
+    except BrokenPipeError as e:  # stdout's reader left, or a socket broke (a real failure)
+        return _reader_gone() if _stdout_reader_gone() else _internal_error(e)
     except DicomvaultError as e:
         print(f"dicomvault: {e}", file=sys.stderr)
         return e.exit_code
-    except Exception as e:  # a bug: still one line, with the traceback on request
-        if os.environ.get("DICOMVAULT_DEBUG"):
-            raise
-        print(
-            f"dicomvault: internal error: {type(e).__name__}: {e} "
-            "(set DICOMVAULT_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as e:
+        return _internal_error(e)
     except KeyboardInterrupt:
-        print("dicomvault: interrupted", file=sys.stderr)
+        print("\ndicomvault: interrupted", file=sys.stderr)  # never at the end of a progress line
         return EXIT_INTERRUPTED
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug: still one line, with the traceback on request."""
+    if os.environ.get("DICOMVAULT_DEBUG"):
+        raise e
+    print(
+        f"dicomvault: internal error: {type(e).__name__}: {e} "
+        "(set DICOMVAULT_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`dicomvault find | head`): stop quietly, as a Unix tool
+    killed by SIGPIPE would, and point stdout at /dev/null so the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

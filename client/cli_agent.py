@@ -131,7 +131,17 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     return await run_agent(args)
 
 
-async def cmd_status(args: argparse.Namespace) -> int:
-    from client.agent.cli import show_status
+class AgentNotRunning(DicomvaultError):
+    """No agent is running with that state folder."""
 
+    exit_code = 18  # the README's "status found no running agent", as when one has stopped
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from client.agent.cli import show_status, status_dir
+    from client.agent.status import read_status
+
+    folder = status_dir(args)
+    if read_status(folder) is None:
+        raise AgentNotRunning(f"no agent has run with the state folder {folder}")
     return show_status(args)

@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.backend import Backend, LocalBackend
-from engine.errors import UsageError
+from engine.errors import RepositoryNotFound, UsageError
 from engine.rates import parse_rate
 from engine.store.local import LocalStore
 
@@ -73,6 +74,17 @@ def rate_limiter(args: argparse.Namespace) -> RateLimiter:
     return RateLimiter(base)
 
 
+def progress(args: argparse.Namespace, command: str, unit: str = "files") -> Progress:
+    """The command's progress display on stderr; DICOMVAULT_PROGRESS_INTERVAL sets the seconds
+    between JSON progress lines (default 10)."""
+    text = os.environ.get("DICOMVAULT_PROGRESS_INTERVAL", "10")
+    try:
+        interval = float(text)
+    except ValueError:
+        raise UsageError(f"DICOMVAULT_PROGRESS_INTERVAL must be seconds, not {text!r}") from None
+    return Progress(command, unit, style=choose_style(args.json), interval=interval)
+
+
 def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     print(json.dumps(doc, indent=None if args.json else 2) if args.json else text)
 
@@ -83,6 +95,12 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
         repo = await Repository.open(
             backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
         )
+    except RepositoryNotFound as e:  # what a new user meets right after `repo create`
+        await backend.close()
+        raise RepositoryNotFound(
+            f"{e}: create it with `dicomvault init` (on a chunk server, after "
+            "`dicomvault-server repo create`)"
+        ) from None
     except BaseException:
         await backend.close()
         raise

@@ -49,6 +49,8 @@ def restore_selection(args: argparse.Namespace) -> Callable[[Entry], bool] | Non
         raise UsageError("give either --target or --to-pacs, not both")
     if not args.to_pacs and not args.target:
         raise UsageError("restore needs --target (or --to-pacs with --study)")
+    if args.delete and dicom:
+        raise UsageError("--delete restores a whole snapshot or --include path, not a study")
     if not dicom and not args.snapshot:
         raise UsageError("restore needs a snapshot (or --study/--series)")
     return study_selector(args.study, args.series) if dicom else None
@@ -85,7 +87,11 @@ def find_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--patient-name", metavar="PATTERN", help="wildcards * and ?, e.g. 'DOE^J*'")
     c.add_argument("--patient-id", metavar="ID")
     c.add_argument("--birth-date", metavar="YYYYMMDD", help="PatientBirthDate, exact")
-    c.add_argument("--study-date", metavar="RANGE", help="YYYYMMDD, or a range A-B, A- or -B")
+    c.add_argument(
+        "--study-date",
+        metavar="RANGE",
+        help="YYYYMMDD (or the old YYYY.MM.DD), or a range A-B, A- or -B (--study-date=-B)",
+    )
     c.add_argument("--modality", metavar="MOD", help="e.g. CT, MR (series modality)")
     c.add_argument("--accession", metavar="NUMBER")
     c.add_argument("--study", metavar="UID", help="StudyInstanceUID")

@@ -33,10 +33,19 @@ STUDY_ATTRS = (
     "StudyDescription",
 )
 _DATE = re.compile(r"\d{8}")
+_OLD_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")  # ACR-NEMA 2.0's YYYY.MM.DD, still in old archives
 _INSTANCE_KEY_BYTES = 8  # 64-bit hash per instance: collisions need ~4e9 instances in a snapshot
 
 
 # --- query ---------------------------------------------------------------------------------------
+
+
+def dicom_date(value: str) -> str | None:
+    """A DA value as YYYYMMDD, from that form or the old YYYY.MM.DD; None if it is neither."""
+    value = value.strip()
+    if _OLD_DATE.fullmatch(value):
+        value = value.replace(".", "")
+    return value if _DATE.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +57,32 @@ class DateRange:
 
     @classmethod
     def parse(cls, text: str) -> DateRange:
-        """`20200101-20201231`, `20200101-`, `-20201231` or one date `20200101`."""
+        """`20200101-20201231`, `20200101-`, `-20201231` or one date `20200101`; each date may
+        also be written YYYY.MM.DD."""
         first, sep, last = text.strip().partition("-")
         if not sep:
             last = first
-        for part in (first, last):
-            if part and not _DATE.fullmatch(part):
-                raise UsageError(f"bad date {part!r} in {text!r}: use YYYYMMDD[-YYYYMMDD]")
+        first, last = (cls._bound(part, text) for part in (first, last))
         if not first and not last:
             raise UsageError(f"empty date range {text!r}")
         if first and last and first > last:
             raise UsageError(f"date range {text!r} ends before it starts")
         return cls(first, last)
 
+    @staticmethod
+    def _bound(part: str, text: str) -> str:
+        if not part:
+            return ""
+        date = dicom_date(part)
+        if date is None:
+            raise UsageError(f"bad date {part!r} in {text!r}: use YYYYMMDD[-YYYYMMDD]")
+        return date
+
     def __contains__(self, value: object) -> bool:
-        if not isinstance(value, str) or not _DATE.fullmatch(value):
+        date = dicom_date(value) if isinstance(value, str) else None
+        if date is None:
             return False
-        return (not self.first or value >= self.first) and (not self.last or value <= self.last)
+        return (not self.first or date >= self.first) and (not self.last or date <= self.last)
 
 
 def name_pattern(pattern: str) -> re.Pattern[str]:
@@ -142,21 +160,44 @@ def study_selector(study: str | None, series: str | None = None) -> Callable[[En
 
 
 @dataclass(slots=True)
+class Tally:
+    """What restoring these files writes (`files`, `bytes`, as `restore --study` reports them),
+    and how many distinct instances they hold: a copy of an instance in another folder is one
+    more file, not one more instance."""
+
+    files: int = 0
+    bytes: int = 0
+    instances: int = 0
+    instance_bytes: int = 0
+
+    def count(self, size: int, new_instance: bool) -> None:
+        self.files += 1
+        self.bytes += size
+        if new_instance:
+            self.instances += 1
+            self.instance_bytes += size
+
+    def as_json(self) -> dict[str, int]:
+        return dict(files=self.files, bytes=self.bytes, instances=self.instances,
+                    instance_bytes=self.instance_bytes)  # fmt: skip
+
+    def text(self) -> str:
+        return f"{self.instances} instances in {self.files} files, {self.bytes:,} bytes"
+
+
+@dataclass(slots=True)
 class SeriesStats:
     uid: str
     modality: str = ""
     description: str = ""
-    instances: int = 0
-    files: int = 0
-    bytes: int = 0
+    tally: Tally = field(default_factory=Tally)
     transfer_syntaxes: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"SeriesInstanceUID": self.uid, "Modality": self.modality}
         if self.description:
             doc["SeriesDescription"] = self.description
-        doc.update(instances=self.instances, files=self.files, bytes=self.bytes,
-                   transfer_syntaxes=sorted(self.transfer_syntaxes))  # fmt: skip
+        doc.update(self.tally.as_json(), transfer_syntaxes=sorted(self.transfer_syntaxes))
         return doc
 
 
@@ -167,9 +208,7 @@ class StudyStats:
     uid: str
     attrs: dict[str, str]
     series: dict[str, SeriesStats] = field(default_factory=dict)
-    instances: int = 0
-    files: int = 0
-    bytes: int = 0
+    tally: Tally = field(default_factory=Tally)
 
     def add(self, entry: Entry, attrs: dict[str, str], new_instance: bool) -> None:
         uid = attrs.get("SeriesInstanceUID", "")
@@ -178,15 +217,10 @@ class StudyStats:
             series = self.series[uid] = SeriesStats(
                 uid, attrs.get("Modality", ""), attrs.get("SeriesDescription", "")
             )
-        series.files += 1
-        self.files += 1
-        if new_instance:
-            series.instances += 1
-            series.bytes += entry.size
-            self.instances += 1
-            self.bytes += entry.size
-            if ts := attrs.get("TransferSyntaxUID"):
-                series.transfer_syntaxes.add(ts)
+        series.tally.count(entry.size, new_instance)
+        self.tally.count(entry.size, new_instance)
+        if ts := attrs.get("TransferSyntaxUID"):
+            series.transfer_syntaxes.add(ts)
 
 
 @dataclass(slots=True)
@@ -233,9 +267,7 @@ class FindResult:
             "StudyInstanceUID": study.uid,
             **{k: study.attrs.get(k, "") for k in STUDY_ATTRS},
             "modalities": _modalities(study),
-            "instances": study.instances,
-            "files": study.files,
-            "bytes": study.bytes,
+            **study.tally.as_json(),
             "series": [s.as_json() for s in _sorted_series(study)],
             "snapshot": latest.id.hex(),
             "snapshot_time": latest.time,
@@ -262,9 +294,7 @@ async def find(repo: Repository, query: Query, snapshot: SnapshotId | None = Non
                 hits[uid] = StudyHit(stats, number, [[number, number]])
             else:
                 hit.seen_in(number, stats)
-    studies = sorted(
-        hits.values(), key=lambda h: (h.latest.attrs.get("StudyDate", ""), h.latest.uid)
-    )
+    studies = sorted(hits.values(), key=lambda h: (_study_date(h.latest), h.latest.uid))
     return FindResult([ref for ref, _ in refs], studies)
 
 
@@ -346,17 +376,22 @@ def _study_text(result: FindResult, hit: StudyHit) -> str:
     lines = [
         f"study {s.uid}",
         f"  {title}",
-        f"  {s.instances} instances, {s.bytes:,} bytes, {'/'.join(_modalities(s)) or '-'}",
+        f"  {s.tally.text()}, {'/'.join(_modalities(s)) or '-'}",
         f"  in {len(numbers)} snapshot{'s' if len(numbers) != 1 else ''}: {held}",
     ]
     for series in _sorted_series(s):
         desc = f'  "{series.description}"' if series.description else ""
         lines.append(
-            f"  series {series.uid}  {series.modality or '-'}{desc}  "
-            f"{series.instances} instances  {series.bytes:,} bytes"
+            f"  series {series.uid}  {series.modality or '-'}{desc}  {series.tally.text()}"
         )
     return "\n".join(lines)
 
 
+def _study_date(study: StudyStats) -> str:
+    value = study.attrs.get("StudyDate", "")
+    return dicom_date(value) or value
+
+
 def _date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:]}" if _DATE.fullmatch(value) else value
+    date = dicom_date(value)
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}" if date else value

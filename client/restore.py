@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client.repository import Repository
-from client.restore_target import Target, UnsafePath, finish_file, path_parts
+from client.restore_target import Overwrite, Target, UnsafePath, finish_file, path_parts
 from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.errors import DicomvaultError
 from engine.ids import ChunkId, SnapshotId
@@ -31,6 +32,9 @@ class RestoreSummary:
     files: int = 0
     dirs: int = 0
     bytes_written: int = 0
+    overwritten: int = 0  # files and symlinks that replaced one already in the target
+    kept: int = 0  # existing ones left as they were (--overwrite)
+    deleted: int = 0  # files and folders removed as not in the snapshot (--delete)
     duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -81,16 +85,21 @@ class Restorer:
         includes: list[str] | None = None,
         select: Callable[[Entry], bool] | None = None,
         progress: Callable[[RestoreSummary, str], None] | None = None,
+        overwrite: Overwrite = Overwrite.ALWAYS,
+        delete: bool = False,
     ) -> None:
         self.repo, self.target = repo, Target(target)
         self.includes = [normalise_include(p) for p in includes or []]
         self.select = select or (lambda e: True)
+        self.partial = bool(self.includes) or select is not None  # not the whole snapshot
         self.progress = progress or (lambda s, p: None)
         self.summary = RestoreSummary()
         self._writing: set[asyncio.Task[None]] = set()
         self._dirs: list[Entry] = []
         self._links: list[Entry] = []
         self._link_paths: set[tuple[str, ...]] = set()
+        self.overwrite = overwrite
+        self._keep: set[str] | None = set() if delete else None  # paths the snapshot holds
 
     async def run(self, snapshot_id: SnapshotId) -> RestoreSummary:
         start = time.monotonic()
@@ -98,18 +107,33 @@ class Restorer:
         self.summary.snapshot = snapshot_id.hex()
         try:
             async for entry in catalogue(self.repo, body):
-                if matches(entry, self.includes) and self.select(entry):
+                if self._wanted(entry):
                     await self._entry(entry)
                     self.progress(self.summary, entry.path)
             await asyncio.gather(*self._writing)
         finally:
             await self._stop_files()
         for entry in self._links:  # last, so no file is ever written through one
-            self._guarded(entry, lambda e: self.target.symlink(path_parts(e.path), e.target or ""))
+            self._guarded(entry, self._symlink)
+        if self._keep is not None:
+            self._delete_extra(self._keep)
         for entry in reversed(self._dirs):  # after their contents, or writing changes the mtime
             self._guarded(entry, self._folder_meta)
         self.summary.duration_s = round(time.monotonic() - start, 3)
         return self.summary
+
+    async def planned(self, snapshot_id: SnapshotId) -> tuple[int, int]:
+        """The files and bytes this restore selects (before `overwrite` keeps any), by one pass
+        over the catalogue: the totals a progress display needs for a partial restore."""
+        _, body = await self.repo.load_snapshot(snapshot_id)
+        files = size = 0
+        async for entry in catalogue(self.repo, body):
+            if entry.type == "file" and self._wanted(entry):
+                files, size = files + 1, size + entry.size
+        return files, size
+
+    def _wanted(self, entry: Entry) -> bool:
+        return matches(entry, self.includes) and self.select(entry)
 
     async def _entry(self, entry: Entry) -> None:
         try:
@@ -118,6 +142,8 @@ class Restorer:
         except UnsafePath as e:
             self._failed(entry, e)
             return
+        if self._keep is not None:  # with its parents: a snapshot of /srv/pacs holds no /srv
+            self._keep.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
         if entry.type == "dir":
             if self._guarded(entry, lambda e: self.target.make_folder(parts)):
                 self._dirs.append(entry)
@@ -133,6 +159,30 @@ class Restorer:
             if tuple(parts[:depth]) in self._link_paths:
                 link = "/".join(parts[:depth])
                 raise UnsafePath(f"refusing to restore beneath the symlink /{link}")
+
+    def _symlink(self, entry: Entry) -> None:
+        parts = path_parts(entry.path)
+        if self._may_replace(parts, entry):
+            self.target.symlink(parts, entry.target or "")
+
+    def _may_replace(self, parts: list[str], entry: Entry) -> bool:
+        """Whether to write `entry` over what is there now; counts what it replaces or keeps."""
+        existing = self.target.existing(parts)
+        if not self.overwrite.allows(existing, entry.size, entry.mtime_ns):
+            self.summary.kept += 1
+            return False
+        self.summary.overwritten += existing is not None
+        return True
+
+    def _delete_extra(self, keep: set[str]) -> None:
+        for root in self.includes or [""]:
+            parts = path_parts(root)
+            if parts and not _is_folder(self.target.existing(parts)):
+                continue  # an included file, or nothing there: nothing beneath it to remove
+            try:
+                self.summary.deleted += len(self.target.remove_except(keep, parts))
+            except (OSError, DicomvaultError) as e:
+                self.summary.errors.append(f"/{root}: not cleaned (--delete): {describe(e)}")
 
     def _folder_meta(self, entry: Entry) -> None:
         self.target.set_folder_meta(path_parts(entry.path), entry.mode, entry.mtime_ns)
@@ -168,6 +218,8 @@ class Restorer:
 
     async def _file(self, entry: Entry, parts: list[str]) -> None:
         try:
+            if not self._may_replace(parts, entry):
+                return
             with self.target.new_file(parts) as f:
                 async for data in self.read_file(entry.chunks):
                     f.write(data)
@@ -177,6 +229,7 @@ class Restorer:
             return
         self.summary.files += 1
         self.summary.bytes_written += entry.size
+        self.progress(self.summary, entry.path)
 
     async def read_file(self, chunks: list[tuple[ChunkId, int]]) -> AsyncIterator[bytes]:
         """Yield a file's chunks in order, with up to FETCH_CONCURRENCY reads in flight."""
@@ -193,6 +246,10 @@ class Restorer:
             for task in window:
                 task.cancel()
                 task.add_done_callback(_retrieve)
+
+
+def _is_folder(st: os.stat_result | None) -> bool:
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 def _retrieve(task: asyncio.Task[bytes]) -> None:

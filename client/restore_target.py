@@ -9,14 +9,17 @@ snapshots, chunks or the repository.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import secrets
+import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.errors import DicomvaultError
+from engine.errors import DicomvaultError, UsageError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -25,6 +28,36 @@ TEMP_PREFIX = ".dvr-"  # + 12 hex digits: short, so any name the file system all
 
 class UnsafePath(DicomvaultError):
     """Refusing to restore outside the target."""
+
+
+class Overwrite(enum.StrEnum):
+    """What restore does with a file or symlink already at a path it restores (restic 0.17's
+    `--overwrite`; its default, ALWAYS, makes the target hold exactly the snapshot's bytes)."""
+
+    ALWAYS = "always"
+    IF_CHANGED = "if-changed"  # keep one whose size and mtime match the snapshot's
+    IF_NEWER = "if-newer"  # replace only with a newer file from the snapshot
+    NEVER = "never"
+
+    def allows(self, existing: os.stat_result | None, size: int, mtime_ns: int) -> bool:
+        if existing is None or self is Overwrite.ALWAYS:
+            return True
+        if self is Overwrite.IF_NEWER:
+            return mtime_ns > existing.st_mtime_ns
+        if self is Overwrite.IF_CHANGED:
+            same = existing.st_size == size and existing.st_mtime_ns == mtime_ns
+            return not (stat.S_ISREG(existing.st_mode) and same)
+        return False
+
+
+def check_target(root: Path) -> None:
+    """The target is a folder, or can be made one: a clear usage error before any work."""
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--target {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the --target folder {root}: {e.strerror}") from None
 
 
 def path_parts(path: str) -> list[str]:
@@ -79,6 +112,23 @@ class Target:
                     os.unlink(tmp, dir_fd=dir_fd)
                 raise
 
+    def existing(self, parts: list[str]) -> os.stat_result | None:
+        """What is at `parts` now, not following a symlink there; None if nothing."""
+        with self.folder(parts[:-1]) as dir_fd:
+            try:
+                return os.stat(_leaf(parts), dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+
+    def remove_except(self, keep: set[str], under: list[str]) -> list[str]:
+        """Remove everything beneath the folder `under` whose path (relative to the target, '/'
+        joined) is not in `keep`; folders are removed whole, links never followed. Returns the
+        removed paths."""
+        removed: list[str] = []
+        with self.folder(under) as fd:
+            _remove_except(fd, "".join(p + "/" for p in under), keep, removed)
+        return removed
+
     def symlink(self, parts: list[str], target: str) -> None:
         """Make a symlink, replacing a file or symlink there (never a folder)."""
         name = _leaf(parts)
@@ -104,6 +154,25 @@ def _leaf(parts: list[str]) -> str:
     if not parts:
         raise UnsafePath("refusing a file or symlink at the target folder itself")
     return parts[-1]
+
+
+def _remove_except(dir_fd: int, prefix: str, keep: set[str], removed: list[str]) -> None:
+    with os.scandir(dir_fd) as listing:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    for name, is_dir in entries:
+        path = prefix + name
+        if path not in keep:
+            if is_dir:
+                shutil.rmtree(name, dir_fd=dir_fd)  # fd-based: never follows a link out
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            removed.append(path)
+        elif is_dir:
+            child = _enter(dir_fd, name)
+            try:
+                _remove_except(child, path + "/", keep, removed)
+            finally:
+                os.close(child)
 
 
 def _enter(fd: int, name: str) -> int:

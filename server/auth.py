@@ -1,8 +1,9 @@
 """Bearer tokens, roles and repository isolation.
 
-Owns minting tokens (random 32 bytes, URL-safe text), storing them only as BLAKE3 hashes in the
-server index, and deciding whether a request may perform an action on a repository. Must not
-know routes or storage: handlers name the action they need and get back the repository name.
+Owns minting tokens (`dv_` + random 32 bytes, URL-safe text), storing them only as BLAKE3
+hashes in the server index, and deciding whether a request may perform an action on a
+repository. Must not know routes or storage: handlers name the action they need and get back the
+repository name.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from server.index import ServerIndex
 # Repository names become folder names and LMDB key prefixes: lower case (no aliasing on
 # case-insensitive filesystems), no dots or slashes (no traversal), no NUL (the key separator).
 _REPO_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REPO_NAME_RULE = (
+    "1 to 64 of a-z, 0-9, '_' and '-', starting with a letter or digit (e.g. practice-1)"
+)
 TOKEN_BYTES = 32
+# Every minted token starts with this, so none is ever taken for a command-line option (a bare
+# token_urlsafe begins with '-' once in 64) and a leaked one is recognisable in logs.
+TOKEN_PREFIX = "dv_"
 
 
 class Role(enum.StrEnum):
@@ -46,7 +53,7 @@ class Action(enum.Enum):
 
 def validate_repo_name(name: str) -> str:
     if not _REPO_NAME.match(name):
-        raise InvalidName(f"invalid repository name {name!r}")
+        raise InvalidName(f"invalid repository name {name!r}: use {REPO_NAME_RULE}")
     return name
 
 
@@ -54,16 +61,20 @@ def hash_token(token: str) -> bytes:
     return blake3.blake3(token.encode()).digest()
 
 
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
 def mint_token(index: ServerIndex, repo: str, role: Role) -> str:
     """Create a token for `repo` with `role`; only its hash is stored, so show it once."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = new_token()
     index.put_token(hash_token(token), {"repo": repo, "role": str(role), "created": time.time()})
     return token
 
 
 def mint_replica_token(index: ServerIndex, peer: str) -> str:
     """A token a primary site (labelled `peer`) uses to push replicas here; shown once."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = new_token()
     doc = {"repo": "", "role": str(Role.REPLICA), "peer": peer, "created": time.time()}
     index.put_token(hash_token(token), doc)
     return token

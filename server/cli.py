@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import ssl
 import sys
@@ -19,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engine.errors import DicomvaultError, UsageError
+from engine.errors import DicomvaultError, InvalidName, UsageError
+from server.auth import REPO_NAME_RULE
 from server.config import ServerConfig, load_config
 
 
@@ -27,7 +29,25 @@ def _cli_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
     urls, tokens = getattr(args, "peer", None) or [], getattr(args, "peer_token", None) or []
     if len(urls) != len(tokens):
         raise UsageError("give one --peer-token for each --peer, in the same order")
-    return [{"url": u, "token": t, "mode": "continuous"} for u, t in zip(urls, tokens, strict=True)]
+    return [
+        {**_peer_arg(u), "token": t, "mode": "continuous"}
+        for u, t in zip(urls, tokens, strict=True)
+    ]
+
+
+def _peer_arg(text: str) -> dict[str, str]:
+    """`--peer NAME=URL` labels the peer with its site name; a bare URL is labelled host:port."""
+    name, sep, url = text.partition("=")
+    if sep and "://" not in name:
+        return {"name": name, "url": url}
+    return {"url": text}
+
+
+def _existing(config: ServerConfig) -> ServerConfig:
+    """For commands that read a server's data: a mistyped --data must not create a new one."""
+    if not config.data_dir.is_dir():
+        raise UsageError(f"no server data folder at {config.data_dir}")
+    return config
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -66,15 +86,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     configure_logging()
     ssl_context = _ssl_context(config)
-    with contextlib.suppress(web.GracefulExit):  # SIGTERM or SIGINT
-        asyncio.run(serve(make_app(config), config, ssl_context))
+    try:
+        with contextlib.suppress(web.GracefulExit):  # SIGTERM or SIGINT
+            asyncio.run(serve(make_app(config), config, ssl_context))
+    except OSError as e:  # binding happens inside serve: the OSErrors an operator causes
+        if e.errno not in _BIND_ERRORS:
+            raise
+        raise UsageError(
+            f"cannot listen on {config.host}:{config.port}: {_BIND_ERRORS[e.errno]}"
+        ) from None
     return 0
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "the port is in use (another server running? choose another with --listen)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "this machine has no such address (check the host in --listen)",
+}
 
 
 def cmd_repo_create(args: argparse.Namespace) -> int:
     from server.admin import create_repository_offline
 
-    tokens = create_repository_offline(_config(args), args.name)
+    try:
+        tokens = create_repository_offline(_config(args), args.name)
+    except InvalidName as e:  # the operator's typo, not a storage failure
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"repository": args.name, "tokens": tokens}))
     else:
@@ -87,7 +124,7 @@ def cmd_repo_create(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from server.admin import reindex_offline
 
-    report = reindex_offline(_config(args), verify=args.verify)
+    report = reindex_offline(_existing(_config(args)), verify=args.verify)
     if args.json:
         print(json.dumps(asdict(report)))
     else:
@@ -124,7 +161,7 @@ def cmd_peer_token_create(args: argparse.Namespace) -> int:
 def cmd_repo_promote(args: argparse.Namespace) -> int:
     from server.admin import promote_replica_offline
 
-    changed = promote_replica_offline(_config(args), args.name)
+    changed = promote_replica_offline(_existing(_config(args)), args.name)
     if args.json:
         print(json.dumps({"repository": args.name, "promoted": changed}))
     elif changed:
@@ -138,7 +175,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     from engine.rates import parse_rate
     from server.monitor_admin import scrub_offline, with_rate
 
-    config = with_rate(_config(args), parse_rate(args.rate) if args.rate else None)
+    config = with_rate(_existing(_config(args)), parse_rate(args.rate) if args.rate else None)
     report = scrub_offline(config, args.repo or None)
     if args.json:
         print(json.dumps(report.as_json()))
@@ -160,7 +197,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from server.alerts.conditions import iso
     from server.monitor_admin import open_alerts_offline
 
-    alerts = open_alerts_offline(_config(args))
+    alerts = open_alerts_offline(_existing(_config(args)))
     if args.json:
         print(json.dumps({"alerts": alerts}))
         return 0
@@ -239,17 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--site-name", help="this site's name in replication status")
     serve.add_argument(
-        "--peer", action="append", help="replicate to this peer server URL (continuous mode)"
+        "--peer",
+        action="append",
+        metavar="[NAME=]URL",
+        help="replicate to this peer server (continuous mode); NAME, e.g. its --site-name, "
+        "labels it in snapshots and alerts (default: host:port)",
     )
     serve.add_argument(
-        "--peer-token", action="append", help="replica token minted on the peer (one per --peer)"
+        "--peer-token",
+        action="append",
+        metavar="TOKEN",
+        help="replica token minted on the peer (one per --peer; write --peer-token=TOKEN)",
     )
     serve.set_defaults(func=cmd_serve)
 
     repo = sub.add_parser("repo", help="manage repositories")
     repo_sub = repo.add_subparsers(dest="repo_command", required=True)
     create = repo_sub.add_parser("create", help="create a repository and print its tokens")
-    create.add_argument("name", help="repository name: [a-z0-9][a-z0-9_-]{0,63}")
+    create.add_argument("name", help=f"repository name: {REPO_NAME_RULE}")
     _data_arg(create)
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_repo_create)

@@ -8,13 +8,12 @@ stored as BLAKE3 hashes like every token) and the checks. Must not know routes.
 
 from __future__ import annotations
 
-import secrets
 import time
 
 from aiohttp import web
 
 from engine.errors import PermissionDenied
-from server.auth import TOKEN_BYTES, bearer_token, hash_token
+from server.auth import bearer_token, hash_token, new_token
 from server.errors import Unauthenticated
 from server.index import ServerIndex
 
@@ -22,7 +21,7 @@ PROVIDER_ROLE = "provider"  # repo "" never matches a repository: practice route
 
 
 def mint_provider_token(index: ServerIndex, label: str) -> str:
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = new_token()
     doc = {"repo": "", "role": PROVIDER_ROLE, "label": label, "created": time.time()}
     index.put_token(hash_token(token), doc)
     return token

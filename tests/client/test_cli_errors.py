@@ -87,7 +87,7 @@ def test_missing_repository_is_one_line_and_exit_10(
     vault.root.mkdir()
     vault.password_file.write_text("pw\n")
     result = vault.run(*command)
-    assert_one_line_error(result, RepositoryNotFound.exit_code, str(vault.repo))
+    assert_one_line_error(result, RepositoryNotFound.exit_code, str(vault.repo), "dicomvault init")
     assert not vault.repo.exists()  # reading commands never create a repository
 
 

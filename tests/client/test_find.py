@@ -52,6 +52,10 @@ def test_person_name_matches_any_group_of_a_multi_group_name() -> None:
         ("20200101-", ["20200101", "29991231"], ["20191231"]),
         ("-20200101", ["19000101", "20200101"], ["20200102"]),
         ("20200615", ["20200615"], ["20200614", "20200616"]),
+        # ACR-NEMA's old YYYY.MM.DD, in the query and in stored StudyDates
+        ("19940101-19961231", ["1994.11.05", "19961231"], ["1993.12.31", "1997.01.01"]),
+        ("1994.11.05", ["1994.11.05", "19941105"], ["1994.11.06"]),
+        ("1994.01.01-19961231", ["1995.06.15"], ["19931231"]),
     ],
 )
 def test_date_ranges_are_inclusive_with_open_ends(
@@ -63,10 +67,28 @@ def test_date_ranges_are_inclusive_with_open_ends(
     assert "" not in dates and "2020" not in dates
 
 
-@pytest.mark.parametrize("text", ["2020-01-01", "20201301x", "-", "20201231-20200101", ""])
+@pytest.mark.parametrize(
+    "text", ["2020-01-01", "20201301x", "-", "20201231-20200101", "", "1994.1.5", "1994/11/05"]
+)
 def test_bad_date_ranges_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         DateRange.parse(text)
+
+
+def test_a_study_stored_with_an_old_style_date_is_found_by_either_form(tmp_path: Path) -> None:
+    """ACR-NEMA 2.0 wrote StudyDate as 1994.11.05; archives still hold such files."""
+    ds = pydicom.dcmread(ct_small())
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+        ds.StudyDate = "1994.11.05"
+    (tmp_path / "src").mkdir()
+    ds.save_as(tmp_path / "src" / "old.dcm")
+    vault = Vault(tmp_path / "vault").init()
+    vault.ok("backup", str(tmp_path / "src"))
+    for query in ("19940101-19961231", "1994.11.05", "-1994.11.05"):
+        (study,) = vault.json("find", f"--study-date={query}")["studies"]
+        assert study["StudyDate"] == "1994.11.05"
+    assert vault.json("find", "--study-date", "19941106-")["studies"] == []
+    assert "1994-11-05" in vault.ok("find").out
 
 
 def test_unknown_attribute_is_a_usage_error() -> None:
@@ -173,6 +195,18 @@ def test_find_counts_series_instances_and_bytes(archive: dict[str, Any]) -> None
 def test_copies_of_an_instance_in_one_snapshot_count_once(archive: dict[str, Any]) -> None:
     john = find(archive, "--study", study_uid("john"))["studies"][0]
     assert john["instances"] == 3 and john["files"] == 6  # the newest snapshot has a copy
+    assert john["bytes"] == 2 * john["instance_bytes"]
+
+
+def test_find_counts_what_a_study_restore_writes(archive: dict[str, Any], tmp_path: Path) -> None:
+    """find's files and bytes are restore --study's, copies included, in JSON and in text."""
+    vault: Vault = archive["vault"]
+    john = find(archive, "--study", study_uid("john"))["studies"][0]
+    restore = vault.json("restore", "--study", study_uid("john"), "--target", str(tmp_path / "t"))
+    assert (john["files"], john["bytes"]) == (restore["files"], restore["bytes_written"]) == (
+        6, 2 * john["instance_bytes"])  # fmt: skip
+    text = vault.ok("find", "--study", study_uid("john")).out
+    assert f"3 instances in 6 files, {restore['bytes_written']:,} bytes" in text
 
 
 @pytest.mark.parametrize(

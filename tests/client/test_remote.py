@@ -250,6 +250,31 @@ def _every_other_command(
     assert third["chunks_new"] <= 1 and third["bytes_uploaded"] < 0.001 * first["bytes_total"]
 
 
+def test_a_backup_before_init_says_to_run_init(server: ServerProcess, tmp_path: Path) -> None:
+    """The README's chunk-server steps: `repo create` makes the space, `init` the repository."""
+    tokens = server.create_repo()
+    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    tree = random_tree(tmp_path / "tree", [0.1])
+    assert_one_line_error(a.run("backup", str(tree)), 10, "dicomvault init")
+
+
+def test_a_token_that_starts_with_a_dash_works_in_the_equals_form(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """One bare token_urlsafe in 64 starts with '-' (tokens minted before the dv_ prefix)."""
+    from server.admin import open_index
+    from server.auth import Role, hash_token
+    from server.config import load_config
+
+    server.create_repo()
+    token = "-" + "x" * 42
+    with open_index(load_config(None, data_dir=server.data)) as index:
+        index.put_token(hash_token(token), {"repo": REPO, "role": str(Role.BACKUP), "created": 0})
+    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", "")
+    a.ok(f"--token={token}", "init", *CHEAP_KDF_ARGS)
+    assert a.json("snapshots", f"--token={token}")["snapshots"] == []
+
+
 def test_restore_token_reads_but_cannot_back_up(server: ServerProcess, tmp_path: Path) -> None:
     tokens = server.create_repo()
     tree = random_tree(tmp_path / "tree", [0.5])

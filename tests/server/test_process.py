@@ -143,3 +143,54 @@ async def test_sigkill_mid_upload_exposes_no_partial_pack(data: Path) -> None:
     finally:
         await backend.close()
         server.stop()
+
+
+def test_alerts_with_a_mistyped_data_folder_is_a_usage_error_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "dat"
+    out = cli("alerts", "--data", str(typo))
+    assert out.returncode == 2 and "no server data folder" in out.stderr, out.stderr
+    assert not typo.exists()
+
+
+def test_repo_create_with_a_bad_name_says_which_names_are_allowed(data: Path) -> None:
+    out = cli("repo", "create", "Practice_1", "--data", str(data))
+    assert out.returncode == 2, out.stderr
+    assert "invalid repository name 'Practice_1'" in out.stderr
+    assert "a-z, 0-9, '_' and '-'" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_minted_tokens_never_look_like_an_option(data: Path) -> None:
+    tokens = json.loads(cli("repo", "create", "clinic", "--data", str(data), "--json").stdout)
+    assert all(t.startswith("dv_") for t in tokens["tokens"].values())
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(data: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = cli("serve", "--data", str(data), "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("dicomvault-server: cannot listen on 127.0.0.1:") and "in use" in last
+
+
+def test_a_peer_given_on_the_command_line_is_labelled_with_its_site_name(data: Path) -> None:
+    from server.cli import _config, build_parser
+
+    argv = ["serve", "--data", str(data), "--peer", "site-b=https://b.example:8420",
+            "--peer-token=-starts-with-a-dash", "--peer", "http://c.example:1",
+            "--peer-token=t"]  # fmt: skip
+    peers = _config(build_parser().parse_args(argv)).peers
+    assert [(p.name, p.url, p.token) for p in peers] == [
+        ("site-b", "https://b.example:8420", "-starts-with-a-dash"),
+        ("c.example:1", "http://c.example:1", "t"),
+    ]
+
+
+def test_serve_on_an_address_this_machine_does_not_have_says_so(data: Path) -> None:
+    out = cli("serve", "--data", str(data), "--listen", "192.0.2.1:8420")  # TEST-NET-1
+    assert out.returncode == 2, out.stderr
+    assert "no such address" in out.stderr.strip().splitlines()[-1]

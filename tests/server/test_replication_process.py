@@ -287,7 +287,7 @@ def test_peer_token_create_prints_a_push_only_token(tmp_path: Path) -> None:
     out = cli("peer-token", "create", "--data", data, "--json", "--name", "x", "--repo", "clinic")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["role"] == "replica" and len(doc["token"]) == 43
+    assert doc["role"] == "replica" and doc["token"].startswith("dv_") and len(doc["token"]) == 46
     assert doc["repositories"] == ["clinic"]
     text = cli("peer-token", "create", "--data", data, "--repo", "other")
     assert "cannot read packs or delete" in text.stdout
