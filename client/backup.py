@@ -61,7 +61,8 @@ class _Sealed:
     chunk_id: ChunkId
     raw_len: int
     content: int
-    sealed: bytes | None  # None: already known, nothing to store
+    sealed: bytes | None  # None: already known, nothing to store (or failed: see `error`)
+    error: str | None = None
 
 
 class FileChanged(Exception):
@@ -295,7 +296,12 @@ class Backup:
             self._inflight_bytes -= sealed.raw_len
             if owner is not None:
                 owner.outstanding -= 1
-            await self._accept(sealed)
+            if sealed.error is None:
+                await self._accept(sealed)
+            elif owner is not None:  # invariant 6: the file is skipped, the snapshot goes on
+                owner.error = owner.error or sealed.error
+            else:
+                raise RuntimeError(f"cannot seal a catalogue chunk: {sealed.error}")
         self._emit_ready()
 
     async def _drain(self) -> None:
@@ -303,11 +309,18 @@ class Backup:
             await self._collect()
 
     def _seal(self, data: bytes, hint: Hint) -> _Sealed:
-        """Worker thread: name the chunk, and seal it only if the index does not know it."""
+        """Worker thread: name the chunk, and seal it only if the index does not know it.
+
+        Never raises: `blob.seal` already leaves a failing codec for the plain path, and a
+        chunk that cannot be sealed even so comes back with `error` set (invariant 6)."""
         cid = self.repo.key.chunk_id(data)
         if cid in self.repo.index:
             return _Sealed(cid, len(data), hint.content, None)
-        return _Sealed(cid, len(data), hint.content, blob.seal(self.repo.key, cid, data, hint))
+        try:
+            sealed = blob.seal(self.repo.key, cid, data, hint)
+        except Exception as e:
+            return _Sealed(cid, len(data), hint.content, None, f"cannot seal: {e!r}; skipped")
+        return _Sealed(cid, len(data), hint.content, sealed)
 
     async def _accept(self, s: _Sealed) -> None:
         self.summary.chunks_total += 1
