@@ -260,13 +260,14 @@ class Backup:
         loop = asyncio.get_running_loop()
         with open(p.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            layout = await loop.run_in_executor(self._reader, layout_of, f, size)
-            it = pieces(self.repo.chunker, f, layout, size, self.image_codec)
+            layout, source = await loop.run_in_executor(self._reader, layout_of, f, size)
+            it = pieces(self.repo.chunker, source, layout, size, self.image_codec)
             while (item := await self._next(it)) is not None:
                 await self._submit(item[0].data, item[1], p.entry.chunks, p)
-        after = os.stat(p.path)
         assert p.st is not None
-        if after.st_size != p.st.st_size or after.st_mtime_ns != p.st.st_mtime_ns:
+        # ctime and inode too: a file rewritten in place with its mtime put back, or replaced
+        # by a rename, keeps size and mtime but would be stored torn (issue 11 item 7).
+        if _signature(os.lstat(p.path)) != _signature(p.st):
             raise FileChanged("changed while being read; skipped")
         self.summary.bytes_read += size
         p.entry.dicom = (layout.attrs or None) if layout else None
