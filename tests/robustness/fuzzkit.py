@@ -3,7 +3,8 @@
 Owns the mutations (truncation, flipped bytes, absurd lengths, broken sequences, wrong transfer
 syntax, pixel data of the wrong size, out-of-range image attributes, DICM on garbage, empty and
 sparse files, odd names, symlink loops) applied to the real DICOM files of pydicom and
-pydicom-data. Writes files only; never backs up or checks anything.
+pydicom-data, and the check every fuzz run applies (`backup_and_check`): the real CLI backs
+the files up and restores them, without a crash, bit-exact except for the files it reported.
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import MiB, pydicom_data_files, pydicom_test_files
+from tests.helpers import (
+    MiB,
+    Vault,
+    pydicom_data_files,
+    pydicom_test_files,
+    restored,
+    tree_state,
+)
 
+EXIT_PARTIAL = 3  # the CLI's exit code for a backup that skipped files
 SEED_MAX_SIZE = 1 * MiB  # seed files up to this size keep a 500-file run to seconds
 # 250 bytes (near the 255-byte limit) once client/restore.py restores names of 236-255 bytes:
 # its temp name appends 19 bytes and failed with ENAMETOOLONG (being fixed on another branch).
@@ -251,3 +261,21 @@ def _odd_cases(odd: Path, rng: random.Random) -> int:
     (odd / "up").symlink_to("..")
     (odd / "dangling").symlink_to("/nonexistent/target")
     return 8
+
+
+# --- the check ---------------------------------------------------------------------------------
+
+
+def backup_and_check(vault: Vault, src: Path, out: Path) -> dict[str, Any]:
+    """Back `src` up with the CLI and restore it; assert the robustness contract; return the
+    summary."""
+    result = vault.run("backup", str(src), "--json")
+    assert result.rc in (0, EXIT_PARTIAL), f"exit {result.rc}: {result.err[-3000:]}"
+    assert "Traceback" not in result.err
+    summary = result.doc
+    skipped = {e.split(": ", 1)[0] for e in summary["errors"]}
+    vault.ok("restore", "latest", "--target", str(out))
+    want = {k: v for k, v in tree_state(src).items() if str(src / k) not in skipped}
+    got = tree_state(restored(out, src))
+    assert got == want
+    return summary

@@ -22,36 +22,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MiB, Vault, ct_small, file_digest, restored, tree_state
+from tests.helpers import MiB, Vault, ct_small, file_digest, restored
 from tests.robustness import fuzzkit
 
 pytestmark = pytest.mark.robustness
 
-EXIT_PARTIAL = 3
+EXIT_PARTIAL = fuzzkit.EXIT_PARTIAL
 FUZZ_FILES = int(os.environ.get("DICOMVAULT_FUZZ_FILES", "500"))
 FUZZ_SEED = int(os.environ.get("DICOMVAULT_FUZZ_SEED", "20261130"))
-
-
-def backup_and_check(vault: Vault, src: Path, out: Path) -> dict[str, object]:
-    """Back `src` up with the CLI and restore it; assert the robustness contract; return the
-    summary."""
-    result = vault.run("backup", str(src), "--json")
-    assert result.rc in (0, EXIT_PARTIAL), f"exit {result.rc}: {result.err[-3000:]}"
-    assert "Traceback" not in result.err
-    summary = result.doc
-    skipped = {e.split(": ", 1)[0] for e in summary["errors"]}
-    vault.ok("restore", "latest", "--target", str(out))
-    want = {k: v for k, v in tree_state(src).items() if str(src / k) not in skipped}
-    got = tree_state(restored(out, src))
-    assert got == want
-    return summary
 
 
 def test_hundreds_of_malformed_files_back_up_and_restore_bit_exact(
     vault: Vault, tmp_path: Path
 ) -> None:
     fuzzed = fuzzkit.build(tmp_path / "fuzz", FUZZ_SEED, FUZZ_FILES)
-    summary = backup_and_check(vault, fuzzed.root, tmp_path / "out")
+    summary = fuzzkit.backup_and_check(vault, fuzzed.root, tmp_path / "out")
     assert summary["errors"] == []  # nothing here is unreadable or changing: nothing skipped
     assert summary["files"] == fuzzed.files >= 500 or FUZZ_FILES < 500
 
@@ -66,7 +51,7 @@ def test_out_of_range_bits_stored_is_backed_up_and_restored(
     data = bytearray(ct_small().read_bytes())
     assert fuzzkit.set_us(data, fuzzkit.IMAGE_TAGS["BitsStored"], bits_stored)
     (src / "bad-bits.dcm").write_bytes(data)
-    summary = backup_and_check(vault, src, tmp_path / "out")
+    summary = fuzzkit.backup_and_check(vault, src, tmp_path / "out")
     assert summary["errors"] == [] and summary["files"] == 1
 
 
