@@ -2,8 +2,8 @@
 
 Reading runs in one thread, hashing and sealing on a pool sized to the cores, and the event loop
 keeps order, dedupes, and writes packs. At most `MAX_IN_FLIGHT` chunks are in memory at once, so
-memory is bounded whatever the file sizes. Files that cannot be read, or change while being read,
-are reported and left out of the snapshot without aborting it.
+memory is bounded whatever the file sizes. Files that cannot be read, change while being read, or
+have a chunk that cannot be sealed are reported and left out of the snapshot without aborting it.
 """
 
 from __future__ import annotations
