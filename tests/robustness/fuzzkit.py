@@ -260,7 +260,39 @@ def _odd_cases(odd: Path, rng: random.Random) -> int:
     (odd / "self").symlink_to("self")
     (odd / "up").symlink_to("..")
     (odd / "dangling").symlink_to("/nonexistent/target")
-    return 8
+    return 8 + _large_cases(odd / "large", rng)
+
+
+def _large_cases(folder: Path, rng: random.Random) -> int:
+    """Files over the 16 MiB the client reads up front, so the segmenter works on a sparse
+    copy: many fragments (intact, cut short, an absurd fragment length, no delimiter) and a
+    native frame far longer than its rows and columns say, followed by 2 MiB of garbage."""
+    folder.mkdir()
+    encapsulated = _seed("emri_small_jpeg_ls_lossless.dcm")
+    header = encapsulated[: encapsulated.index(ITEM, encapsulated.index(b"\xe0\x7f\x10\x00")) + 8]
+    fragment = ITEM + struct.pack("<I", 65536) + b"\xff\xd8" + rng.randbytes(65534)
+    body = header + fragment * 300  # header ends with an empty Basic Offset Table item
+    delimiter = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    absurd = bytearray(body)
+    struct.pack_into("<I", absurd, len(header) + 150 * len(fragment) + 4, 0xFFFFFFF0)
+    cases = {
+        "fragments.dcm": body + delimiter,
+        "fragments-cut.dcm": body[: -rng.randrange(1, 65536)],
+        "fragments-absurd.dcm": bytes(absurd) + delimiter,
+        "fragments-no-delimiter.dcm": body,
+    }
+    native = bytearray(_seed("CT_small.dcm"))
+    el = find(native, TAG_PIXEL_DATA)
+    assert el is not None
+    struct.pack_into("<I", native, el.offset + 8, 18 * MiB)  # OW: 32-bit length at +8
+    cases["native-long.dcm"] = bytes(native[: el.offset + 12]) + rng.randbytes(20 * MiB)
+    for name, data in cases.items():
+        (folder / name).write_bytes(data)
+    return len(cases)
+
+
+def _seed(name: str) -> bytes:
+    return next(p for p in seed_files() if p.name == name).read_bytes()
 
 
 # --- the check ---------------------------------------------------------------------------------
