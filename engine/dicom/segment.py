@@ -81,6 +81,10 @@ MAX_OFFSET_TABLE = 1 << 20  # bytes; a larger Basic Offset Table (> 256k frames)
 # The pydicom fallback reads an odd file at ~2.6 MiB/s when its bytes parse as endless tiny
 # elements (e.g. DICM then zeros): larger files are plain bytes without it (issue 11 item 10).
 PYDICOM_MAX_SIZE = 8 << 20
+# Frames become segments (and so chunks) one by one unless there are very many very small ones:
+# 200,000 one-byte frames made 200,000 chunks of a 200 kB file and took 34 s to back up.
+MANY_FRAMES = 1024
+SMALL_FRAME = 64 << 10  # bytes, on average over the frames
 
 # Frame starts recognised inside fragments when no offset table says where frames begin.
 FRAME_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51")  # JPEG SOI (2 B), JPEG 2000 SOC+SIZ (4 B)
@@ -446,9 +450,16 @@ def _native_frame_sizes(
     if layout is None or frames is None or frames < 1 or length == 0:
         return None
     frame_bits = layout.rows * layout.columns * layout.samples_per_pixel * layout.bits_allocated
+    if _too_fine(frames, length):
+        return None
     if frame_bits > 0 and frame_bits % 8 == 0 and frames * (frame_bits // 8) <= length:
         return [frame_bits // 8] * frames
     return [length] if frames == 1 else None
+
+
+def _too_fine(frames: int, length: int) -> bool:
+    """Whether `frames` frames in `length` bytes are too many and too small to be segments."""
+    return frames > MANY_FRAMES and length < frames * SMALL_FRAME
 
 
 def _pixel_layout(collected: dict[int, bytes]) -> PixelLayout | None:
@@ -504,6 +515,8 @@ def _encapsulated_segments(
     header = Segment(SegmentKind.HEADER, 0, bot_offset + SHORT_HEADER + bot_length)
     fragments = [offset for offset, _ in items[1:]]
     starts = _frame_starts(view, items, collected, sparse)
+    if _too_fine(len(starts), delimiter - bot_offset):
+        starts = starts[:1]
     bounds = [fragments[i] for i in starts] + [delimiter]
     frames = [
         Segment(SegmentKind.ENCAPSULATED_FRAME, a, b - a) for a, b in itertools.pairwise(bounds)

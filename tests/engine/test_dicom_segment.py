@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from engine.dicom import DicomLayout, PixelLayout, SegmentKind, Sparse, segment
-from engine.dicom.segment import PYDICOM_MAX_SIZE
+from engine.dicom.segment import MANY_FRAMES, PYDICOM_MAX_SIZE
 
 os.environ.setdefault("PYDICOM_NO_DOWNLOAD", "1")  # never fetch remote test files
 
@@ -497,3 +497,25 @@ def test_dicm_then_zeros_not_a_multiple_of_8_is_raw_without_pydicom() -> None:
     layout = segment(data)
     assert [s.kind for s in layout.segments] == [SegmentKind.RAW]
     assert layout.reason is not None and "too large for the pydicom fallback" in layout.reason
+
+
+def test_very_many_tiny_native_frames_are_one_opaque_value() -> None:
+    """200,000 one-byte frames were 200,000 chunks: a 200 kB file took 34 s to back up."""
+    ds = _image(1, 1, 8, 200_000)
+    ds.PixelData = bytes(200_000)
+    layout = segment(_dataset_bytes(ds, ExplicitVRLittleEndian))
+    assert [s.kind for s in layout.segments] == [SegmentKind.HEADER, SegmentKind.TRAILER]
+
+
+def test_very_many_tiny_encapsulated_frames_are_one_segment() -> None:
+    frames = [bytes([i % 256]) * 2 for i in range(5000)]
+    data = _encapsulated(frames, bot=True, fragments=1)
+    layout = segment(data)
+    kinds = [s.kind for s in layout.segments]
+    assert kinds == [SegmentKind.HEADER, SegmentKind.ENCAPSULATED_FRAME, SegmentKind.TRAILER]
+
+
+def test_many_frames_of_real_size_stay_one_segment_each() -> None:
+    frames = [bytes([i % 256]) * (64 << 10) for i in range(MANY_FRAMES + 1)]
+    layout = segment(_encapsulated(frames, bot=True, fragments=1))
+    assert sum(s.kind == SegmentKind.ENCAPSULATED_FRAME for s in layout.segments) == len(frames)
