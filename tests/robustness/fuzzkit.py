@@ -35,6 +35,7 @@ PREAMBLE = 128
 
 TAG_TRANSFER_SYNTAX = (0x0002, 0x0010)
 TAG_PIXEL_DATA = (0x7FE0, 0x0010)
+TAG_NUMBER_OF_FRAMES = (0x0028, 0x0008)
 IMAGE_TAGS = {
     "SamplesPerPixel": (0x0028, 0x0002),
     "Rows": (0x0028, 0x0010),
@@ -185,11 +186,16 @@ def pixel_data_size(rng: random.Random, data: bytearray) -> bytes:
 
 
 def image_attribute(rng: random.Random, data: bytearray) -> bytes:
-    """BitsStored, BitsAllocated, Rows, Columns, SamplesPerPixel ... out of range."""
+    """BitsStored, BitsAllocated, Rows, Columns, SamplesPerPixel, NumberOfFrames out of range."""
     for _ in range(rng.randint(1, 3)):
         tag = rng.choice(list(IMAGE_TAGS.values()))
         value = rng.choice(ODD_US_VALUES) if rng.random() < 0.8 else rng.randrange(1 << 16)
         set_us(data, tag, value)
+    frames = find(data, TAG_NUMBER_OF_FRAMES)
+    if frames is not None and frames.explicit and rng.random() < 0.5:
+        (length,) = struct.unpack_from("<H", data, frames.length_at)
+        digits = rng.choice((b"9", b"0", b"-", b"1"))
+        data[frames.value_at : frames.value_at + length] = (digits * length)[:length]
     return bytes(data)
 
 
