@@ -84,10 +84,12 @@ PYDICOM_MAX_SIZE = 8 << 20
 # Frames become segments (and so chunks) one by one unless there are very many very small ones:
 # 200,000 one-byte frames made 200,000 chunks of a 200 kB file and took 34 s to back up.
 MANY_FRAMES = 1024
+MAX_FRAGMENTS = 1 << 18  # items listed at most (a few MB); more, and the file is RAW
 SMALL_FRAME = 64 << 10  # bytes, on average over the frames
 
 # Frame starts recognised inside fragments when no offset table says where frames begin.
 FRAME_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51")  # JPEG SOI (2 B), JPEG 2000 SOC+SIZ (4 B)
+MARKER_BYTES = max(len(m) for m in FRAME_START_MARKERS)
 
 _TAG_VR_LEN = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _KEY_VR_LEN = struct.Struct("<I2sH")  # tag as one uint32 (see _NOTICED_LE), VR, 16-bit length
@@ -537,6 +539,8 @@ def _fragment_items(
             return items, pos
         if tag != TAG_ITEM or length == UNDEFINED_LENGTH:
             raise _Malformed(f"expected a fragment item at 0x{pos:x}")
+        if len(items) > MAX_FRAGMENTS:  # e.g. megabytes of empty items: memory stays bounded
+            raise _Malformed(f"more than {MAX_FRAGMENTS} fragments")
         items.append((pos, length))
         pos = _value_end(view, value_offset, length)
 
@@ -594,7 +598,7 @@ def _starts_from_offsets(offsets: list[int], fragments: list[int]) -> list[int]:
 
 
 def _starts_frame(view: memoryview, pos: int, sparse: Sparse) -> bool:
-    sparse.fetch(pos, max(len(m) for m in FRAME_START_MARKERS))
+    sparse.fetch(pos, MARKER_BYTES)
     return any(view[pos : pos + len(m)] == m for m in FRAME_START_MARKERS)
 
 

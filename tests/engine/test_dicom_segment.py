@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from engine.dicom import DicomLayout, PixelLayout, SegmentKind, Sparse, segment
-from engine.dicom.segment import MANY_FRAMES, PYDICOM_MAX_SIZE
+from engine.dicom.segment import MANY_FRAMES, MAX_FRAGMENTS, PYDICOM_MAX_SIZE
 
 os.environ.setdefault("PYDICOM_NO_DOWNLOAD", "1")  # never fetch remote test files
 
@@ -519,3 +519,12 @@ def test_many_frames_of_real_size_stay_one_segment_each() -> None:
     frames = [bytes([i % 256]) * (64 << 10) for i in range(MANY_FRAMES + 1)]
     layout = segment(_encapsulated(frames, bot=True, fragments=1))
     assert sum(s.kind == SegmentKind.ENCAPSULATED_FRAME for s in layout.segments) == len(frames)
+
+
+def test_megabytes_of_empty_fragment_items_are_raw() -> None:
+    data = bytearray(_encapsulated([b"ab"], bot=True, fragments=1))
+    delimiter = data.rindex(b"\xfe\xff\xdd\xe0")
+    empty_items = (ITEM_TAG + bytes(4)) * (MAX_FRAGMENTS + 10)
+    data[delimiter:delimiter] = empty_items
+    layout = segment(bytes(data))
+    assert [s.kind for s in layout.segments] == [SegmentKind.RAW]
