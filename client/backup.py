@@ -2,8 +2,8 @@
 
 Reading runs in one thread, hashing and sealing on a pool sized to the cores, and the event loop
 keeps order, dedupes, and writes packs. At most `MAX_IN_FLIGHT` chunks are in memory at once, so
-memory is bounded whatever the file sizes. Files that cannot be read, or change while being read,
-are reported and left out of the snapshot without aborting it.
+memory is bounded whatever the file sizes. Files that cannot be read, change while being read, or
+have a chunk that cannot be sealed are reported and left out of the snapshot without aborting it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class _Sealed:
     chunk_id: ChunkId
     raw_len: int
     content: int
-    sealed: bytes | None  # None: already known, nothing to store
+    sealed: bytes | None  # None: already known, nothing to store (or failed: see `error`)
+    error: str | None = None
 
 
 class FileChanged(Exception):
@@ -259,13 +260,14 @@ class Backup:
         loop = asyncio.get_running_loop()
         with open(p.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            layout = await loop.run_in_executor(self._reader, layout_of, f, size)
-            it = pieces(self.repo.chunker, f, layout, size, self.image_codec)
+            layout, source = await loop.run_in_executor(self._reader, layout_of, f, size)
+            it = pieces(self.repo.chunker, source, layout, size, self.image_codec)
             while (item := await self._next(it)) is not None:
                 await self._submit(item[0].data, item[1], p.entry.chunks, p)
-        after = os.stat(p.path)
         assert p.st is not None
-        if after.st_size != p.st.st_size or after.st_mtime_ns != p.st.st_mtime_ns:
+        # ctime and inode too: a file rewritten in place with its mtime put back, or replaced
+        # by a rename, keeps size and mtime but would be stored torn (issue 11 item 7).
+        if _signature(os.lstat(p.path)) != _signature(p.st):
             raise FileChanged("changed while being read; skipped")
         self.summary.bytes_read += size
         p.entry.dicom = (layout.attrs or None) if layout else None
@@ -295,7 +297,12 @@ class Backup:
             self._inflight_bytes -= sealed.raw_len
             if owner is not None:
                 owner.outstanding -= 1
-            await self._accept(sealed)
+            if sealed.error is None:
+                await self._accept(sealed)
+            elif owner is not None:  # invariant 6: the file is skipped, the snapshot goes on
+                owner.error = owner.error or sealed.error
+            else:
+                raise RuntimeError(f"cannot seal a catalogue chunk: {sealed.error}")
         self._emit_ready()
 
     async def _drain(self) -> None:
@@ -303,11 +310,18 @@ class Backup:
             await self._collect()
 
     def _seal(self, data: bytes, hint: Hint) -> _Sealed:
-        """Worker thread: name the chunk, and seal it only if the index does not know it."""
+        """Worker thread: name the chunk, and seal it only if the index does not know it.
+
+        Never raises: `blob.seal` already leaves a failing codec for the plain path, and a
+        chunk that cannot be sealed even so comes back with `error` set (invariant 6)."""
         cid = self.repo.key.chunk_id(data)
         if cid in self.repo.index:
             return _Sealed(cid, len(data), hint.content, None)
-        return _Sealed(cid, len(data), hint.content, blob.seal(self.repo.key, cid, data, hint))
+        try:
+            sealed = blob.seal(self.repo.key, cid, data, hint)
+        except Exception as e:
+            return _Sealed(cid, len(data), hint.content, None, f"cannot seal: {e!r}; skipped")
+        return _Sealed(cid, len(data), hint.content, sealed)
 
     async def _accept(self, s: _Sealed) -> None:
         self.summary.chunks_total += 1

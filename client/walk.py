@@ -6,16 +6,22 @@ chunk pieces with encoder hints. Does not hash, seal, or talk to the repository.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from engine.blob import Content, Hint
 from engine.chunker import Chunker, Piece, band_layout
-from engine.dicom import DicomLayout, SegmentKind, segment
+from engine.dicom import DicomLayout, SegmentKind, Sparse, segment
+
+LAYOUT_READ = 16 * 1024 * 1024  # files up to this size are read whole; of larger ones, the start
+# A private anonymous map: pages never written cost no memory; no swap is reserved for the rest.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux's value; Python 3.11 lacks it
+_SPARSE_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
 
 _SEGMENT_CONTENT = {
     SegmentKind.RAW: Content.DATA,
@@ -54,16 +60,47 @@ def _walk_paths(paths: list[str], errors: list[str]) -> Iterator[Found]:
             yield from _walk_paths([os.path.join(path, n) for n in names], errors)
 
 
-def layout_of(f: BinaryIO, size: int) -> DicomLayout | None:
-    """Segment a file by its DICOM structure, mapping it rather than reading it all."""
+def layout_of(f: BinaryIO, size: int) -> tuple[DicomLayout | None, BinaryIO]:
+    """Segment a file by its DICOM structure; return the layout and the stream to chunk from.
+
+    Plain reads only: a memory map of a file that shrinks while it is read kills the process with
+    SIGBUS (issue 11 item 6). A file up to LAYOUT_READ bytes is read whole and chunked from
+    memory; of a larger one only the first LAYOUT_READ bytes and the regions the walker asks for
+    are read, into a sparse anonymous map (memory stays bounded, invariant 5). A file that
+    shrinks raises OSError; one that changes otherwise is caught by the caller's stat check.
+    """
     if size == 0:
-        return None
-    with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        return None, f
+    if size <= LAYOUT_READ:
+        data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"file shrank while reading (wanted {size} bytes, got {len(data)})")
+        return segment(data), io.BytesIO(data)
+    return _sparse_layout(f, size), f
+
+
+def _sparse_layout(f: BinaryIO, size: int) -> DicomLayout | None:
+    try:
+        sparse_map = mmap.mmap(-1, size, flags=_SPARSE_FLAGS)
+    except (OSError, ValueError, OverflowError):
+        return None  # no address space for the map: the file is chunked as plain bytes
+    with sparse_map as mm:
         view = memoryview(mm)
         try:
-            return segment(view)
+            with view[:LAYOUT_READ] as head:
+                filled = f.readinto(head)  # type: ignore[attr-defined]
+            return segment(view, Sparse(filled, _fetcher(f.fileno(), mm, filled)))
         finally:
             view.release()
+
+
+def _fetcher(fd: int, mm: mmap.mmap, filled: int) -> Callable[[int, int], None]:
+    def fetch(offset: int, length: int) -> None:
+        if offset + length > filled:  # short reads (a file that shrank) leave zeros
+            data = os.pread(fd, length, offset)
+            mm[offset : offset + len(data)] = data
+
+    return fetch
 
 
 def pieces(
@@ -71,6 +108,7 @@ def pieces(
 ) -> Iterator[tuple[Piece, Hint]]:
     """Chunk an open file: forced cuts at segment boundaries, FastCDC or row bands inside."""
     if layout is None or not layout.segments:
+        f.seek(0)
         for p in chunker.cut_stream(f, size, 0, 0):
             yield p, Hint()
         return

@@ -138,20 +138,37 @@ _LAYOUT_FIELDS = (
 
 
 def encode(data: bytes | memoryview, hint: Hint = Hint()) -> tuple[Codec, bytes]:
-    """Pick the codec for `data` and return (codec, payload); always lossless."""
-    if hint.content == Content.NATIVE_FRAME:
-        image = _encode_image(data, hint)
-        # Smooth, synthetic or small frames can favour zstd; the image codec wins on real
-        # acquisitions by 1.5-2x (docs/design.md), so zstd is tried only when it plausibly wins.
-        if image is not None and len(image[1]) * IMAGE_TRY_ZSTD_RATIO < len(data):
-            return image
-        if image is not None and not _zstd_may_beat(data, len(image[1])):
-            return image
-        if image is not None:
-            payload = _zstd()[0].compress(data)
-            return image if len(image[1]) <= len(payload) else (Codec.ZSTD, payload)
+    """Pick the codec for `data` and return (codec, payload); always lossless.
+
+    Invariant 6: whatever a hint carries (it comes from a file that may be damaged), an encoder
+    that raises on it leaves the chunk to the plain path (zstd or stored), never to the caller.
+    """
+    if hint.content in (Content.NATIVE_FRAME, Content.DICOM_HEADER):
+        try:
+            hinted = _encode_hinted(data, hint)
+        except Exception:
+            hinted = None
+        if hinted is not None:
+            return hinted
+    return _encode_plain(data)
+
+
+def _encode_hinted(data: bytes | memoryview, hint: Hint) -> tuple[Codec, bytes] | None:
+    """The header dictionary or image codec a hint asks for; None: use the plain path."""
     if hint.content == Content.DICOM_HEADER:
         return Codec.ZSTD_HEADER_DICT, _zstd(dict_=True)[0].compress(data)
+    image = _encode_image(data, hint)
+    if image is None:
+        return None
+    # Smooth, synthetic or small frames can favour zstd; the image codec wins on real
+    # acquisitions by 1.5-2x (docs/design.md), so zstd is tried only when it plausibly wins.
+    if len(image[1]) * IMAGE_TRY_ZSTD_RATIO < len(data) or not _zstd_may_beat(data, len(image[1])):
+        return image
+    payload = _zstd()[0].compress(data)
+    return image if len(image[1]) <= len(payload) else (Codec.ZSTD, payload)
+
+
+def _encode_plain(data: bytes | memoryview) -> tuple[Codec, bytes]:
     if _probe_says_store(data):
         return Codec.STORED, bytes(data)
     payload = _zstd()[0].compress(data)

@@ -79,11 +79,13 @@ def encode_frame(
     """Encode one native frame losslessly, or return None when the caller should use zstd.
 
     None means the layout is not one the codecs take (big endian, bits allocated other than 8 or
-    16, samples other than 1 or 3, a length that does not match the layout) or the codec failed
-    or did not restore `raw` exactly. Every returned bitstream has been decoded and compared.
+    16, samples other than 1 or 3, bits stored outside 1..bits allocated, a pixel representation
+    or planar configuration other than 0 or 1, a length that does not match the layout) or the
+    codec failed or did not restore `raw` exactly. Every returned bitstream has been decoded and
+    compared.
     """
     raw = memoryview(raw).cast("B")
-    if not _supported(layout) or raw.nbytes != _frame_bytes(layout):
+    if not _encodable(layout) or raw.nbytes != _frame_bytes(layout):
         return None
     try:
         encoded = _ENCODERS[codec](_to_codec_array(raw, layout))
@@ -132,6 +134,20 @@ def _supported(layout: PixelLayoutLike) -> bool:
         and layout.samples_per_pixel in (1, 3)
         and layout.rows > 0
         and layout.columns > 0
+    )
+
+
+def _encodable(layout: PixelLayoutLike) -> bool:
+    """Stricter than `_supported` (which decoding keeps, for blobs already written): a layout
+    read from a damaged file can carry any value, and every field must fit its byte in the blob's
+    layout prefix (invariant 6: bad values lead to zstd, never to an exception)."""
+    return (
+        _supported(layout)
+        and 1 <= layout.bits_stored <= layout.bits_allocated
+        and layout.pixel_representation in (0, 1)
+        and layout.planar_configuration in (0, 1)
+        and layout.rows < 1 << 32
+        and layout.columns < 1 << 32
     )
 
 

@@ -5,7 +5,8 @@ from engine.dicom.segment import (
     PixelLayout,
     Segment,
     SegmentKind,
+    Sparse,
     segment,
 )
 
-__all__ = ["DicomLayout", "PixelLayout", "Segment", "SegmentKind", "segment"]
+__all__ = ["DicomLayout", "PixelLayout", "Segment", "SegmentKind", "Sparse", "segment"]

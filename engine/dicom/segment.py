@@ -5,6 +5,8 @@ the chunker and collects the catalogue attributes' raw values (decoded by `engin
 which also reads odd files through pydicom).
 It never raises, never copies the whole buffer, never decodes pixels and never rewrites bytes:
 segments always cover the input exactly, so restore stays bit-exact whatever the layout says.
+It does not read files: a caller with a large file passes a sparse copy (`Sparse`) and the walker
+asks it for the few regions it needs beyond the start, so its cost and memory stay bounded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import enum
 import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.dicom.attrs import (
@@ -73,9 +76,20 @@ COLLECTED = frozenset(CATALOGUE) | PIXEL_TAGS
 # Tags the walker stops at, keyed as read by one little endian uint32: element << 16 | group.
 _NOTICED_LE = {((t & 0xFFFF) << 16) | (t >> 16): t for t in COLLECTED | {TAG_PIXEL_DATA}}
 MAX_COLLECTED_VALUE = 1 << 20  # bytes; a larger catalogue value is ignored, not copied
+MAX_TRAILER_WALK = 1 << 20  # bytes; a longer trailer is kept as opaque bytes, not walked
+MAX_OFFSET_TABLE = 1 << 20  # bytes; a larger Basic Offset Table (> 256k frames) is not read
+# The pydicom fallback reads an odd file at ~2.6 MiB/s when its bytes parse as endless tiny
+# elements (e.g. DICM then zeros): larger files are plain bytes without it (issue 11 item 10).
+PYDICOM_MAX_SIZE = 8 << 20
+# Frames become segments (and so chunks) one by one unless there are very many very small ones:
+# 200,000 one-byte frames made 200,000 chunks of a 200 kB file and took 34 s to back up.
+MANY_FRAMES = 1024
+MAX_FRAGMENTS = 1 << 18  # items listed at most (a few MB); more, and the file is RAW
+SMALL_FRAME = 64 << 10  # bytes, on average over the frames
 
 # Frame starts recognised inside fragments when no offset table says where frames begin.
 FRAME_START_MARKERS = (b"\xff\xd8", b"\xff\x4f\xff\x51")  # JPEG SOI (2 B), JPEG 2000 SOC+SIZ (4 B)
+MARKER_BYTES = max(len(m) for m in FRAME_START_MARKERS)
 
 _TAG_VR_LEN = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _KEY_VR_LEN = struct.Struct("<I2sH")  # tag as one uint32 (see _NOTICED_LE), VR, 16-bit length
@@ -133,6 +147,20 @@ class DicomLayout:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Sparse:
+    """A buffer that holds only part of a file: its first `filled` bytes, and whatever
+    `fetch(offset, length)` has brought in since; the rest reads as zeros. The walker reads
+    element headers only within `filled`, and fetches trailers, offset tables and item headers."""
+
+    filled: int
+    fetch: Callable[[int, int], None]
+
+
+def _whole(size: int) -> Sparse:
+    return Sparse(size, lambda offset, length: None)
+
+
 class _Malformed(Exception):
     """The fast walker will not guess about these bytes; the message says where."""
 
@@ -140,11 +168,12 @@ class _Malformed(Exception):
 # --- public entry point --------------------------------------------------------------------------
 
 
-def segment(buf: bytes | memoryview) -> DicomLayout:
+def segment(buf: bytes | memoryview, sparse: Sparse | None = None) -> DicomLayout:
     """Cut `buf` into header, frame and trailer segments; a single RAW segment when unsure.
 
     Never raises. The walker reads only element headers and a few small values, so the cost is
-    independent of the pixel data size.
+    independent of the pixel data size. `sparse` says which part of `buf` holds the file (all
+    of it when None).
     """
     try:
         view = memoryview(buf).cast("B")
@@ -153,12 +182,14 @@ def segment(buf: bytes | memoryview) -> DicomLayout:
     if len(view) == 0:
         return DicomLayout((), None, None, {}, "empty")
     try:
-        return _fast_layout(view)
+        return _fast_layout(view, sparse or _whole(len(view)))
     except (_Malformed, struct.error) as exc:
         reason = str(exc) if isinstance(exc, _Malformed) else "truncated element header"
-        if _looks_like_dicom(view):
-            return _pydicom_layout(view, reason)
-        return _raw(len(view), "not DICOM", None, {})
+        if not _looks_like_dicom(view):
+            return _raw(len(view), "not DICOM", None, {})
+        if len(view) > PYDICOM_MAX_SIZE or (sparse is not None and sparse.filled < len(view)):
+            return _raw(len(view), f"{reason}; too large for the pydicom fallback", None, {})
+        return _pydicom_layout(view, reason)
     except Exception as exc:  # a walker bug must not stop a backup: fall back to plain CDC
         return _raw(len(view), f"walker error: {type(exc).__name__}", None, {})
 
@@ -185,7 +216,7 @@ class _Pixel:
     length: int
 
 
-def _fast_layout(view: memoryview) -> DicomLayout:
+def _fast_layout(view: memoryview, sparse: Sparse) -> DicomLayout:
     collected: dict[int, bytes] = {}
     pos = _dataset_start(view, collected)
     ts = ascii_value(collected[TAG_TRANSFER_SYNTAX]) if TAG_TRANSFER_SYNTAX in collected else None
@@ -198,16 +229,16 @@ def _fast_layout(view: memoryview) -> DicomLayout:
     if encoding == "big":
         raise _Malformed("big endian dataset is left to pydicom")
     implicit = encoding == "implicit"
-    pixel = _walk_top_level(view, pos, implicit, collected, stop_at_pixels=True)
+    pixel = _walk_header(view, pos, implicit, collected, sparse.filled)
     attrs = decode_attrs(collected)
     if not ts:  # no file meta: name the encoding the dataset was found in
         ts = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
     if pixel is None:
         return DicomLayout((Segment(SegmentKind.HEADER, 0, len(view)),), ts, None, attrs, None)
     if pixel.length == UNDEFINED_LENGTH:
-        segments = _encapsulated_segments(view, pixel, implicit, collected)
+        segments = _encapsulated_segments(view, pixel, implicit, collected, sparse)
         return DicomLayout(segments, ts, None, attrs, None)
-    return _native_layout(view, pixel, implicit, collected, ts, attrs)
+    return _native_layout(view, pixel, implicit, collected, ts, attrs, sparse)
 
 
 def _dataset_start(view: memoryview, collected: dict[int, bytes]) -> int:
@@ -273,20 +304,38 @@ def _is_un(view: memoryview, pos: int, implicit: bool) -> bool:
     return not implicit and view[pos + 4 : pos + 6] == b"UN"
 
 
-def _walk_top_level(
-    view: memoryview, pos: int, implicit: bool, collected: dict[int, bytes], stop_at_pixels: bool
+def _walk_header(
+    view: memoryview, pos: int, implicit: bool, collected: dict[int, bytes], filled: int
 ) -> _Pixel | None:
-    """Walk top-level elements from `pos` to the end, collecting small values we need.
+    """Walk top-level elements from `pos`, collecting small values we need, up to (7FE0,0010):
+    return where it is, or None when the buffer ends first, exactly at an element boundary.
 
-    With `stop_at_pixels`, stop at (7FE0,0010) and return where it is; the buffer must otherwise
-    end exactly at an element boundary. A header cut short raises struct.error, which `segment`
-    reports as truncation.
+    Only elements starting within the first `filled` bytes are read, which bounds the walk
+    (a file of zeros parses as endless 8-byte elements). A header cut short raises struct.error,
+    which `segment` reports as truncation.
     """
     walk = _walk_implicit if implicit else _walk_explicit
-    pixel, pos = walk(view, pos, collected, stop_at_pixels)
-    if pixel is None and pos != len(view):
+    pixel, pos = walk(view, pos, collected, True, filled)
+    if pixel is None and pos > len(view):
         raise _Malformed(f"truncated at 0x{len(view):x}")
+    if pixel is None and pos < len(view):
+        raise _Malformed(f"no pixel data in the first {filled} bytes")
     return pixel
+
+
+def _walk_trailer(view: memoryview, pos: int, implicit: bool, sparse: Sparse) -> None:
+    """Check that the elements after the pixel data end exactly at the end of the buffer.
+
+    A trailer over MAX_TRAILER_WALK bytes is left unchecked: it is kept as opaque bytes, which
+    restores bit-exact whatever it holds.
+    """
+    if len(view) - pos > MAX_TRAILER_WALK:
+        return
+    sparse.fetch(pos, len(view) - pos)
+    walk = _walk_implicit if implicit else _walk_explicit
+    _, pos = walk(view, pos, {}, False, len(view))
+    if pos != len(view):
+        raise _Malformed(f"truncated at 0x{len(view):x}")
 
 
 # The two walkers below are the hot loop (a CT header has ~250 elements, ~0.3 µs each), so they
@@ -295,9 +344,9 @@ def _walk_top_level(
 
 
 def _walk_explicit(
-    view: memoryview, pos: int, collected: dict[int, bytes], stop_at_pixels: bool
+    view: memoryview, pos: int, collected: dict[int, bytes], stop_at_pixels: bool, end: int
 ) -> tuple[_Pixel | None, int]:
-    end, unpack = len(view), _KEY_VR_LEN.unpack_from
+    unpack = _KEY_VR_LEN.unpack_from
     while pos < end:
         key, vr, length = unpack(view, pos)
         if vr in SHORT_VRS:
@@ -318,9 +367,9 @@ def _walk_explicit(
 
 
 def _walk_implicit(
-    view: memoryview, pos: int, collected: dict[int, bytes], stop_at_pixels: bool
+    view: memoryview, pos: int, collected: dict[int, bytes], stop_at_pixels: bool, end: int
 ) -> tuple[_Pixel | None, int]:
-    end, unpack = len(view), _KEY_LEN.unpack_from
+    unpack = _KEY_LEN.unpack_from
     while pos < end:
         key, length = unpack(view, pos)
         value = pos + SHORT_HEADER
@@ -376,9 +425,10 @@ def _native_layout(
     collected: dict[int, bytes],
     ts: str | None,
     attrs: dict[str, str],
+    sparse: Sparse,
 ) -> DicomLayout:
     value_end = _value_end(view, pixel.value_offset, pixel.length)
-    _walk_top_level(view, value_end, implicit, {}, stop_at_pixels=False)  # validates the trailer
+    _walk_trailer(view, value_end, implicit, sparse)
     layout = _pixel_layout(collected)
     frame_sizes = _native_frame_sizes(layout, _number_of_frames(collected), pixel.length)
     header = Segment(SegmentKind.HEADER, 0, pixel.value_offset)
@@ -402,9 +452,16 @@ def _native_frame_sizes(
     if layout is None or frames is None or frames < 1 or length == 0:
         return None
     frame_bits = layout.rows * layout.columns * layout.samples_per_pixel * layout.bits_allocated
+    if _too_fine(frames, length):
+        return None
     if frame_bits > 0 and frame_bits % 8 == 0 and frames * (frame_bits // 8) <= length:
         return [frame_bits // 8] * frames
     return [length] if frames == 1 else None
+
+
+def _too_fine(frames: int, length: int) -> bool:
+    """Whether `frames` frames in `length` bytes are too many and too small to be segments."""
+    return frames > MANY_FRAMES and length < frames * SMALL_FRAME
 
 
 def _pixel_layout(collected: dict[int, bytes]) -> PixelLayout | None:
@@ -450,17 +507,18 @@ def _non_empty(*segments: Segment) -> tuple[Segment, ...]:
 
 
 def _encapsulated_segments(
-    view: memoryview, pixel: _Pixel, implicit: bool, collected: dict[int, bytes]
+    view: memoryview, pixel: _Pixel, implicit: bool, collected: dict[int, bytes], sparse: Sparse
 ) -> tuple[Segment, ...]:
-    items, delimiter = _fragment_items(view, pixel.value_offset)
-    trailer_end = delimiter + SHORT_HEADER
-    _walk_top_level(view, trailer_end, implicit, {}, stop_at_pixels=False)  # validates the trailer
+    items, delimiter = _fragment_items(view, pixel.value_offset, sparse)
+    _walk_trailer(view, delimiter + SHORT_HEADER, implicit, sparse)
     if not items:
         raise _Malformed(f"no Basic Offset Table item at 0x{pixel.value_offset:x}")
     bot_offset, bot_length = items[0]
     header = Segment(SegmentKind.HEADER, 0, bot_offset + SHORT_HEADER + bot_length)
     fragments = [offset for offset, _ in items[1:]]
-    starts = _frame_starts(view, items, collected)
+    starts = _frame_starts(view, items, collected, sparse)
+    if _too_fine(len(starts), delimiter - bot_offset):
+        starts = starts[:1]
     bounds = [fragments[i] for i in starts] + [delimiter]
     frames = [
         Segment(SegmentKind.ENCAPSULATED_FRAME, a, b - a) for a, b in itertools.pairwise(bounds)
@@ -469,21 +527,26 @@ def _encapsulated_segments(
     return _non_empty(header, *frames, trailer)
 
 
-def _fragment_items(view: memoryview, pos: int) -> tuple[list[tuple[int, int]], int]:
+def _fragment_items(
+    view: memoryview, pos: int, sparse: Sparse
+) -> tuple[list[tuple[int, int]], int]:
     """List (item offset, value length) of every item, and the sequence delimiter's offset."""
     items: list[tuple[int, int]] = []
     while True:
+        sparse.fetch(pos, SHORT_HEADER)
         tag, value_offset, length = _element_header(view, pos, implicit=True)
         if tag == TAG_SEQUENCE_DELIMITER:
             return items, pos
         if tag != TAG_ITEM or length == UNDEFINED_LENGTH:
             raise _Malformed(f"expected a fragment item at 0x{pos:x}")
+        if len(items) > MAX_FRAGMENTS:  # e.g. megabytes of empty items: memory stays bounded
+            raise _Malformed(f"more than {MAX_FRAGMENTS} fragments")
         items.append((pos, length))
         pos = _value_end(view, value_offset, length)
 
 
 def _frame_starts(
-    view: memoryview, items: list[tuple[int, int]], collected: dict[int, bytes]
+    view: memoryview, items: list[tuple[int, int]], collected: dict[int, bytes], sparse: Sparse
 ) -> list[int]:
     """Index (among fragments) of each frame's first fragment; [0] when unsure.
 
@@ -494,7 +557,7 @@ def _frame_starts(
     if not fragments:
         return []
     bot_offset, bot_length = items[0]
-    bot = bytes(view[bot_offset + SHORT_HEADER : bot_offset + SHORT_HEADER + bot_length])
+    bot = _offset_table(view, bot_offset + SHORT_HEADER, bot_length, sparse)
     tables = (_offsets(bot, "<I"), _offsets(collected.get(TAG_EXTENDED_OFFSET_TABLE, b""), "<Q"))
     for offsets in tables:
         starts = _starts_from_offsets(offsets, fragments)
@@ -505,10 +568,17 @@ def _frame_starts(
         return list(range(len(fragments)))
     if frames == 1:
         return [0]
-    marked = [i for i, f in enumerate(fragments) if _starts_frame(view, f + SHORT_HEADER)]
+    marked = [i for i, f in enumerate(fragments) if _starts_frame(view, f + SHORT_HEADER, sparse)]
     if frames is not None and len(marked) == frames and marked[0] == 0:
         return marked
     return [0]
+
+
+def _offset_table(view: memoryview, pos: int, length: int, sparse: Sparse) -> bytes:
+    if length > MAX_OFFSET_TABLE:
+        return b""
+    sparse.fetch(pos, length)
+    return bytes(view[pos : pos + length])
 
 
 def _offsets(table: bytes, fmt: str) -> list[int]:
@@ -527,7 +597,8 @@ def _starts_from_offsets(offsets: list[int], fragments: list[int]) -> list[int]:
     return starts
 
 
-def _starts_frame(view: memoryview, pos: int) -> bool:
+def _starts_frame(view: memoryview, pos: int, sparse: Sparse) -> bool:
+    sparse.fetch(pos, MARKER_BYTES)
     return any(view[pos : pos + len(m)] == m for m in FRAME_START_MARKERS)
 
 

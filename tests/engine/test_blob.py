@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pydicom
 import pytest
@@ -78,6 +79,22 @@ def test_native_ct_frame_uses_the_image_codec_and_restores_bit_exact(image_codec
 def test_native_frame_without_a_layout_falls_back_to_general_codecs() -> None:
     pixels, _ = ct_frame()
     codec, _ = round_trip(pixels, Hint(Content.NATIVE_FRAME, None))
+    assert codec in (Codec.ZSTD, Codec.STORED)
+
+
+@pytest.mark.parametrize("change", [{"bits_stored": 300}, {"planar_configuration": 999}], ids=str)
+def test_native_frame_with_out_of_range_layout_values_is_sealed_with_zstd(
+    change: dict[str, int],
+) -> None:
+    pixels, layout = ct_frame()
+    codec, _ = round_trip(pixels, Hint(Content.NATIVE_FRAME, replace(layout, **change)))
+    assert codec in (Codec.ZSTD, Codec.STORED)
+
+
+def test_an_encoder_that_raises_falls_back_to_the_plain_path() -> None:
+    pixels, _ = ct_frame()
+    not_a_layout = object()  # a hint no image codec can use: the encoder raises on it
+    codec, _ = round_trip(pixels, Hint(Content.NATIVE_FRAME, not_a_layout))
     assert codec in (Codec.ZSTD, Codec.STORED)
 
 

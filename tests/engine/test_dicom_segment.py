@@ -24,7 +24,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from engine.dicom import DicomLayout, PixelLayout, SegmentKind, segment
+from engine.dicom import DicomLayout, PixelLayout, SegmentKind, Sparse, segment
+from engine.dicom.segment import MANY_FRAMES, MAX_FRAGMENTS, PYDICOM_MAX_SIZE
 
 os.environ.setdefault("PYDICOM_NO_DOWNLOAD", "1")  # never fetch remote test files
 
@@ -438,3 +439,92 @@ def test_mmap_backed_memoryview_is_accepted(tmp_path: Path) -> None:
             assert segment(view) == segment(source.read_bytes())
         finally:
             view.release()
+
+
+# --- sparse buffers (large files: only the start and the regions the walker asks for) ----------
+
+
+def _sparse_copy(data: bytes, filled: int) -> tuple[bytearray, Sparse, list[tuple[int, int]]]:
+    """A buffer of len(data) holding only data[:filled] until fetched; records the fetches."""
+    buf, fetched = bytearray(len(data)), []
+    buf[:filled] = data[:filled]
+
+    def fetch(offset: int, length: int) -> None:
+        fetched.append((offset, length))
+        buf[offset : offset + length] = data[offset : offset + length]
+
+    return buf, Sparse(filled, fetch), fetched
+
+
+def _segmented_files() -> list[Path]:
+    return [
+        p
+        for p in FILES
+        if (layout := segment(p.read_bytes())).reason is None and len(layout.segments) > 2
+    ]
+
+
+@pytest.mark.parametrize("path", _segmented_files(), ids=lambda p: p.name)
+def test_a_sparse_copy_holding_only_the_header_segments_like_the_whole_file(path: Path) -> None:
+    data = path.read_bytes()
+    whole = segment(data)
+    header = whole.segments[0]
+    assert header.kind == SegmentKind.HEADER
+    buf, sparse, fetched = _sparse_copy(data, header.length)
+    assert segment(buf, sparse) == whole
+    assert sum(n for _, n in fetched) <= max(64 * 1024, len(data) // 4)  # item headers, trailer
+
+
+def test_a_header_longer_than_the_filled_start_is_raw_without_pydicom() -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+    buf, sparse, _ = _sparse_copy(data, 1024)  # the pixel data element lies beyond
+    layout = segment(buf, sparse)
+    assert [s.kind for s in layout.segments] == [SegmentKind.RAW]
+    assert layout.reason is not None and "pydicom fallback" in layout.reason
+    assert layout.attrs == {}
+
+
+def test_a_sparse_copy_never_fetched_still_covers_the_input() -> None:
+    for path in _segmented_files()[:20]:
+        data = path.read_bytes()
+        buf = bytearray(len(data))
+        buf[:2048] = data[:2048]
+        _assert_covers(segment(buf, Sparse(2048, lambda offset, length: None)), len(data))
+
+
+def test_dicm_then_zeros_not_a_multiple_of_8_is_raw_without_pydicom() -> None:
+    data = bytes(128) + b"DICM" + bytes(PYDICOM_MAX_SIZE + 5)
+    layout = segment(data)
+    assert [s.kind for s in layout.segments] == [SegmentKind.RAW]
+    assert layout.reason is not None and "too large for the pydicom fallback" in layout.reason
+
+
+def test_very_many_tiny_native_frames_are_one_opaque_value() -> None:
+    """200,000 one-byte frames were 200,000 chunks: a 200 kB file took 34 s to back up."""
+    ds = _image(1, 1, 8, 200_000)
+    ds.PixelData = bytes(200_000)
+    layout = segment(_dataset_bytes(ds, ExplicitVRLittleEndian))
+    assert [s.kind for s in layout.segments] == [SegmentKind.HEADER, SegmentKind.TRAILER]
+
+
+def test_very_many_tiny_encapsulated_frames_are_one_segment() -> None:
+    frames = [bytes([i % 256]) * 2 for i in range(5000)]
+    data = _encapsulated(frames, bot=True, fragments=1)
+    layout = segment(data)
+    kinds = [s.kind for s in layout.segments]
+    assert kinds == [SegmentKind.HEADER, SegmentKind.ENCAPSULATED_FRAME, SegmentKind.TRAILER]
+
+
+def test_many_frames_of_real_size_stay_one_segment_each() -> None:
+    frames = [bytes([i % 256]) * (64 << 10) for i in range(MANY_FRAMES + 1)]
+    layout = segment(_encapsulated(frames, bot=True, fragments=1))
+    assert sum(s.kind == SegmentKind.ENCAPSULATED_FRAME for s in layout.segments) == len(frames)
+
+
+def test_megabytes_of_empty_fragment_items_are_raw() -> None:
+    data = bytearray(_encapsulated([b"ab"], bot=True, fragments=1))
+    delimiter = data.rindex(b"\xfe\xff\xdd\xe0")
+    empty_items = (ITEM_TAG + bytes(4)) * (MAX_FRAGMENTS + 10)
+    data[delimiter:delimiter] = empty_items
+    layout = segment(bytes(data))
+    assert [s.kind for s in layout.segments] == [SegmentKind.RAW]

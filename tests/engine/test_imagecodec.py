@@ -224,6 +224,12 @@ def test_real_layouts_the_codecs_cannot_take_return_none(name: str, codec: Image
         {"samples_per_pixel": 2},
         {"samples_per_pixel": 4},
         {"rows": 0, "columns": 0},
+        {"bits_stored": 300},
+        {"bits_stored": 27400},
+        {"bits_stored": 17},
+        {"bits_stored": 0},
+        {"pixel_representation": 2},
+        {"planar_configuration": 256},
     ],
     ids=str,
 )

@@ -1,0 +1,1 @@
+"""Robustness tests: damaged input, changing files, faults; marked `robustness`."""
