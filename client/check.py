@@ -17,7 +17,7 @@ from client.repository import Repository
 from client.restore import catalogue
 from engine import blob
 from engine.errors import DicomvaultError
-from engine.ids import PackId
+from engine.ids import ChunkId, PackId
 from engine.pack import verify_pack
 
 READ_CONCURRENCY = 4
@@ -67,6 +67,13 @@ async def _packs(repo: Repository, packs: list[PackId], report: CheckReport, rea
     await asyncio.gather(*(one(p) for p in packs))
 
 
+def _held(repo: Repository, chunk_id: ChunkId, present: set[PackId]) -> bool:
+    """Whether some pack the backend still lists holds the chunk (any of its locations)."""
+    loc = repo.index.lookup(chunk_id)
+    locations = ([loc] if loc is not None else []) + repo.index.others(chunk_id)
+    return any(o.pack_id in present for o in locations)
+
+
 def _named(pack_id: PackId, message: str) -> str:
     return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
@@ -94,11 +101,10 @@ async def _snapshots(repo: Repository, report: CheckReport, present: set[PackId]
             async for entry in catalogue(repo, body):
                 for chunk_id, _ in entry.chunks:
                     report.chunks_referenced += 1
-                    loc = repo.index.lookup(chunk_id)
-                    if loc is None or loc.pack_id not in present:
+                    if not _held(repo, chunk_id, present):
                         report.problems.append(
                             f"snapshot {sid.hex()}: {entry.path} needs chunk {chunk_id.hex()}, "
                             "which is in no pack"
                         )
         except DicomvaultError as e:
-            report.problems.append(f"snapshot {sid.hex()}: {e}")
+            report.problems.append(str(e) if sid.hex() in str(e) else f"snapshot {sid.hex()}: {e}")

@@ -88,4 +88,6 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
     try:
         return await fn(repo)
     finally:
+        for warning in dict.fromkeys(repo.warnings):  # listed once, however often met
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
         await repo.close()

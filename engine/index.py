@@ -6,6 +6,8 @@ bounded whatever the repository's size. Knows nothing of HTTP or of how packs ar
 
     chunks  chunk id (32) → pack id (32) ‖ offset u32 ‖ length u32   (pack id all zero: held by
             the server, location not yet known here)
+    others  chunk id (32) → further locations, 40 bytes each: other packs holding the same id
+            (a retried upload, or a pack planted with reused ids); tried when the first fails
     packs   pack id (32) → size u64
     files   absolute path (UTF-8, surrogateescape) → files-cache record (JSON)
 """
@@ -43,15 +45,42 @@ class Location:
     def known(self) -> bool:
         return self.pack_id != UNKNOWN_PACK
 
+    def encode(self) -> bytes:
+        return _LOC.pack(self.pack_id, self.offset, self.length)
+
+
+def _location(raw: bytes) -> Location:
+    pack, offset, length = _LOC.unpack(raw)
+    return Location(PackId(pack), offset, length)
+
+
+def _split(raw: bytes | None) -> list[Location]:
+    raw = bytes(raw or b"")
+    return [_location(raw[i : i + _LOC.size]) for i in range(0, len(raw), _LOC.size)]
+
+
+def _append_other(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, loc: bytes) -> None:
+    raw = bytes(txn.get(chunk_id, db=db) or b"")
+    if loc not in {raw[i : i + _LOC.size] for i in range(0, len(raw), _LOC.size)}:
+        txn.put(chunk_id, raw + loc, db=db)
+
+
+def _put_others(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, locs: list[Location]) -> None:
+    if locs:
+        txn.put(chunk_id, b"".join(o.encode() for o in locs), db=db)
+    else:
+        txn.delete(chunk_id, db=db)
+
 
 class LocalIndex:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, max_readers=256)
+            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=5, max_readers=256)
         except lmdb.Error as e:
             raise StoreError(f"cannot open index at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
+        self._others = self.env.open_db(b"others")
         self._packs = self.env.open_db(b"packs")
         self._files = self.env.open_db(b"files")
 
@@ -63,27 +92,44 @@ class LocalIndex:
     def lookup(self, chunk_id: ChunkId) -> Location | None:
         with self.env.begin(db=self._chunks, buffers=False) as txn:
             raw = txn.get(chunk_id)
-        if raw is None:
-            return None
-        pack, offset, length = _LOC.unpack(raw)
-        return Location(PackId(pack), offset, length)
+        return None if raw is None else _location(raw)
 
     def __contains__(self, chunk_id: ChunkId) -> bool:
         with self.env.begin(db=self._chunks) as txn:
             return txn.get(chunk_id) is not None
 
+    def others(self, chunk_id: ChunkId) -> list[Location]:
+        """Further packs holding `chunk_id`, beyond `lookup`'s."""
+        with self.env.begin(db=self._others, buffers=False) as txn:
+            return _split(txn.get(chunk_id))
+
     def add_pack(self, pack_id: PackId, size: int, entries: Iterable[ManifestEntry]) -> None:
-        """Index a durable pack's chunks in one transaction (after the pack is durable)."""
+        """Index a durable pack's chunks in one transaction (after the pack is durable).
+
+        A chunk already located in another pack keeps that location; this one is added to
+        `others`, so a pack reusing ids never displaces a location that worked."""
         with self.env.begin(write=True) as txn:
             for e in entries:
-                txn.put(e.chunk_id, _LOC.pack(pack_id, e.offset, e.length), db=self._chunks)
+                loc = _LOC.pack(pack_id, e.offset, e.length)
+                old = txn.get(e.chunk_id, db=self._chunks)
+                if old is None or old[:32] == UNKNOWN_PACK or old[:32] == pack_id:
+                    txn.put(e.chunk_id, loc, db=self._chunks)
+                else:
+                    _append_other(txn, self._others, e.chunk_id, loc)
             txn.put(pack_id, _SIZE.pack(size), db=self._packs)
 
-    def add_remote(self, chunk_ids: Iterable[ChunkId]) -> None:
-        """Record chunks the server holds in packs this client has not indexed yet."""
-        with self.env.begin(write=True, db=self._chunks) as txn:
-            for cid in chunk_ids:
-                txn.put(cid, _LOC.pack(UNKNOWN_PACK, 0, 0), overwrite=False)
+    def prefer(self, chunk_id: ChunkId, good: Location, bad: Iterable[Location]) -> None:
+        """Make `good` the chunk's location and forget `bad` ones (they failed to authenticate
+        or their pack is gone) while another location works: a failed copy is never kept as
+        the one to read."""
+        drop = {*bad, good}
+        with self.env.begin(write=True) as txn:
+            current = txn.get(chunk_id, db=self._chunks)
+            rest = _split(txn.get(chunk_id, db=self._others))
+            if current is not None:
+                rest.insert(0, _location(current))
+            txn.put(chunk_id, good.encode(), db=self._chunks)
+            _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
 
     def has_pack(self, pack_id: PackId) -> bool:
         with self.env.begin(db=self._packs) as txn:
@@ -100,7 +146,7 @@ class LocalIndex:
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
-            for db in (self._chunks, self._packs, self._files):
+            for db in (self._chunks, self._others, self._packs, self._files):
                 txn.drop(db, delete=False)
 
     # files cache
