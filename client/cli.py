@@ -121,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
+    c = cmd(
+        "quarantine",
+        "with an admin token: move a planted or damaged pack, snapshot or key object out of a "
+        "chunk-server repository (the server keeps it in its quarantine folder and logs it)",
+    )
+    c.add_argument("kind", choices=["pack", "snapshot", "key"])
+    c.add_argument("id", help="pack id, snapshot id or key object name (as a warning names it)")
+    c.add_argument("--reason", default="", help="why, for the server's quarantine log")
     drill_parser(cmd)
     agent_parsers(cmd)
     return p
@@ -290,6 +298,16 @@ async def cmd_repair_index(args: argparse.Namespace) -> int:
     return await with_repo(args, run)
 
 
+async def cmd_quarantine(args: argparse.Namespace) -> int:
+    backend = open_backend(args)  # no passphrase: the server acts on names alone
+    try:
+        entry = await backend.quarantine(args.kind, args.id, args.reason)
+    finally:
+        await backend.close()
+    emit(args, entry, f"quarantined {entry.get('object', args.id)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "init": cmd_init,
     "backup": cmd_backup,
@@ -299,6 +317,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "find": cmd_find,
     "check": cmd_check,
     "repair-index": cmd_repair_index,
+    "quarantine": cmd_quarantine,
     "drill": cmd_drill,
     "agent": cmd_agent,
     "status": cmd_status,

@@ -131,6 +131,12 @@ class LocalIndex:
             txn.put(chunk_id, good.encode(), db=self._chunks)
             _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
 
+    def add_remote(self, chunk_ids: Iterable[ChunkId]) -> None:
+        """Record chunks the server holds in packs this client has not indexed yet."""
+        with self.env.begin(write=True, db=self._chunks) as txn:
+            for cid in chunk_ids:
+                txn.put(cid, _LOC.pack(UNKNOWN_PACK, 0, 0), overwrite=False)
+
     def has_pack(self, pack_id: PackId) -> bool:
         with self.env.begin(db=self._packs) as txn:
             return txn.get(pack_id) is not None

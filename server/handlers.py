@@ -25,6 +25,7 @@ from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.errors import BodyTooLarge, MissingChunks
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
+from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
 from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
@@ -284,6 +285,23 @@ async def get_snapshot(request: web.Request) -> web.FileResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
     return await _file(repo, snapshot_name(sid))
+
+
+# -- quarantine: the practice's admin token takes a planted object out (server.quarantine) ----
+
+
+@routes.delete(R + "/{kind:packs|snapshots|keys}/{id}")
+async def quarantine_object(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.ADMIN)
+    kind = request.match_info["kind"].removesuffix("s")
+    name = object_name(kind, request.match_info["id"])
+    by = f"admin token from {request.remote}"
+    reason = request.query.get("reason", "")[:500]
+    now = request.app[CLOCK]()
+    entry = await asyncio.to_thread(
+        quarantine, repo, request.app[INDEX], name, by=by, reason=reason, now=now
+    )
+    return web.json_response(entry)
 
 
 # -- agent heartbeats ----------------------------------------------------------------------
