@@ -38,7 +38,7 @@ from client.progress import Progress
 from client.repository import Repository, init_repository
 from client.restore import Restorer, catalogue
 from engine.blob import Codec
-from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
+from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
 
@@ -53,6 +53,8 @@ ENV_HELP = """environment:
   DICOMVAULT_PASSWORD       the passphrase itself (prefer the file)
   DICOMVAULT_TOKEN          bearer token for a chunk server
   DICOMVAULT_CACHE_DIR      where the local index lives (default ~/.cache/dicomvault)
+  DICOMVAULT_TEST_CHEAP_KDF set to 1 to let `init` use Argon2id below the safe floor
+                            (19 MiB, 2 passes): tests and benchmarks only
 
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
@@ -135,12 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    memory_kib = int(args.kdf_memory_mib * 1024)
-    if memory_kib < 8 or args.kdf_iterations < 1:
-        raise UsageError("Argon2id needs --kdf-memory-mib of at least 8 KiB and 1 iteration")
-    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
-    lanes = min(KdfParams().lanes, memory_kib // 8)
-    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    kdf = _init_kdf(args, test_mode=os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1")
     backend = open_backend(args)
     try:
         config = await init_repository(backend, read_passphrase(args), kdf)
@@ -152,6 +149,19 @@ async def cmd_init(args: argparse.Namespace) -> int:
         f"created repository {config.repo_id} at {backend.location}",
     )
     return 0
+
+
+def _init_kdf(args: argparse.Namespace, *, test_mode: bool) -> KdfParams:
+    """Argon2id cost from `init`'s options: at least the safe floor (engine.keyobject), unless
+    in test mode, where tests and drills use engine.keys.CHEAP_KDF's 8 KiB and one pass."""
+    memory_kib = int(args.kdf_memory_mib * 1024)
+    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
+    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
+    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    try:
+        return kdf.check() if test_mode else kdf.check_safe()
+    except FormatError as e:
+        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:

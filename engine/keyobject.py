@@ -27,6 +27,10 @@ MAX_ITERATIONS = 64
 MAX_LANES = 64
 MAX_MEMORY_KIB = 4 * 1024 * 1024
 MIN_MEMORY_KIB_PER_LANE = 8  # Argon2's own minimum
+# The least `init` accepts for a real repository: OWASP's minimum Argon2id configuration
+# (19 MiB, t=2). Below it only in test mode (the CLI's DICOMVAULT_TEST_CHEAP_KDF=1).
+SAFE_MIN_MEMORY_KIB = 19 * 1024
+SAFE_MIN_ITERATIONS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,15 @@ class KdfParams:
         if not low <= self.memory_kib <= MAX_MEMORY_KIB:
             raise FormatError(f"KDF memory {self.memory_kib} KiB outside {low}..{MAX_MEMORY_KIB}")
         return self
+
+    def check_safe(self) -> KdfParams:
+        """Return self if at least the safe floor for a real repository (`FormatError` if not)."""
+        if self.memory_kib < SAFE_MIN_MEMORY_KIB or self.iterations < SAFE_MIN_ITERATIONS:
+            raise FormatError(
+                f"Argon2id below the safe floor of {SAFE_MIN_MEMORY_KIB // 1024} MiB and "
+                f"{SAFE_MIN_ITERATIONS} iterations"
+            )
+        return self.check()
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,3 +173,37 @@ def test_tampered_blob_in_a_well_named_pack_fails_aead_on_restore_and_check(
     result = vault.run("restore", "latest", "--target", str(out))
     assert_one_line_error(result, IntegrityError.exit_code, forged, "authentication failed")
     assert_nothing_wrong_under_a_real_name(out, src)
+
+
+# clear messages for what used to be "internal error"
+
+
+def test_a_non_utf8_passphrase_file_is_used_as_bytes(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "latin1")
+    vault.root.mkdir()
+    vault.password_file.write_bytes("geheimes Paßwort\n".encode("latin-1"))
+    vault.ok("init", *CHEAP_KDF_ARGS)
+    assert vault.ok("snapshots").out.strip() == "no snapshots"
+
+
+@pytest.mark.parametrize(
+    ("memory", "passes"), [("0.008", "1"), ("8", "1"), ("64", "1"), ("4096000", "3")]
+)
+def test_init_refuses_kdf_below_the_safe_floor_outside_test_mode(
+    tmp_path: Path, memory: str, passes: str
+) -> None:
+    vault = Vault(tmp_path / "weak")
+    vault.root.mkdir()
+    vault.password_file.write_text("pw\n")
+    args = ("init", "--kdf-memory-mib", memory, "--kdf-iterations", passes)
+    result = vault.run(*args, DICOMVAULT_TEST_CHEAP_KDF="")
+    assert_one_line_error(result, UsageError.exit_code, "--kdf-memory-mib")
+    assert not vault.repo.exists()
+
+
+def test_a_tampered_key_object_says_it_may_be_damaged(backed_up: tuple[Vault, Path]) -> None:
+    vault, _ = backed_up
+    (key,) = (vault.repo / "keys").iterdir()
+    key.write_bytes(key.read_bytes().replace(b'"iterations": 1', b'"iterations": 2'))
+    result = vault.run("snapshots")
+    assert_one_line_error(result, WrongPassphrase.exit_code, "Wrong passphrase", "damaged")
