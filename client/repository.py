@@ -247,7 +247,16 @@ class Repository:
         return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
 
     async def resolve(self, name: str) -> SnapshotId:
-        """Snapshot by `latest`, full id or unique id prefix."""
+        """Snapshot by `latest`, full id or unique id prefix.
+
+        A full id is taken as named, even one that fails to authenticate: loading it then says
+        why, instead of "no such snapshot"."""
+        try:
+            full = SnapshotId.parse(name.lower())
+        except ValueError:
+            full = None
+        if full is not None and full in await self.backend.list_snapshots():
+            return full
         snaps = await self.snapshots()
         if name == "latest":
             if not snaps:
