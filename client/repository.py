@@ -131,7 +131,7 @@ class Repository:
         config = RepoConfig.decode(await backend.get_config())
         warnings: list[str] = []
         key = await _unlock(backend, passphrase, warnings)
-        index = LocalIndex(cache_root / config.repo_id / "index")
+        index = LocalIndex(cache_root / config.repo_id / "index", files_key=key.cache_key)
         uploader = None
         if backend.knows_chunks:
             spool = Spool(spool_dir or cache_root / config.repo_id / "spool")

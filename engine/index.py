@@ -9,7 +9,9 @@ bounded whatever the repository's size. Knows nothing of HTTP or of how packs ar
     others  chunk id (32) → further locations, 40 bytes each: other packs holding the same id
             (a retried upload, or a pack planted with reused ids); tried when the first fails
     packs   pack id (32) → size u64
-    files   absolute path (UTF-8, surrogateescape) → files-cache record (JSON)
+    files2  keyed BLAKE3 of the absolute path (32) → nonce (12) ‖ AES-256-GCM(files-cache record
+            JSON, associated data = the key): paths and DICOM attributes (patient names, UIDs)
+            never sit in the cache in plaintext. The key is the master key's cache subkey.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 import blake3
 import lmdb
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine.errors import StoreError
 from engine.ids import ChunkId, PackId
@@ -33,6 +37,7 @@ _LOC = struct.Struct("<32sII")
 _SIZE = struct.Struct("<Q")
 MAP_SIZE = 1 << 40  # address space only: LMDB grows the file as it is used
 UNKNOWN_PACK = PackId(bytes(32))
+_NONCE_SIZE = 12  # random per record: at most ~10⁸ records per cache, far below GCM's 2³² bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +78,29 @@ def _put_others(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, locs: list[Lo
 
 
 class LocalIndex:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """`files_key` (32 bytes) seals the files cache; without one, no files cache is kept."""
+
+    def __init__(self, path: str | os.PathLike[str], files_key: bytes | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=5, max_readers=256)
+            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=6, max_readers=256)
         except lmdb.Error as e:
             raise StoreError(f"cannot open index at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
         self._others = self.env.open_db(b"others")
         self._packs = self.env.open_db(b"packs")
-        self._files = self.env.open_db(b"files")
+        self._files = self.env.open_db(b"files2")
+        self._files_key = files_key
+        self._drop_plaintext_files_cache()
+
+    def _drop_plaintext_files_cache(self) -> None:
+        """Caches written before files2 kept records in plaintext under `files`: drop them."""
+        with self.env.begin(write=True) as txn:
+            try:
+                old = self.env.open_db(b"files", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return
+            txn.drop(old, delete=True)
 
     def close(self) -> None:
         self.env.close()
@@ -157,18 +175,34 @@ class LocalIndex:
 
     # files cache
 
-    @staticmethod
-    def _file_key(path: str) -> bytes:
-        key = path.encode("utf-8", "surrogateescape")
-        # LMDB keys are at most 511 bytes; long paths are keyed by their hash instead.
-        return key if len(key) <= 480 else b"#" + blake3.blake3(key).digest()
+    def _file_key(self, key: bytes, path: str) -> bytes:
+        # Keyed, so equal paths stay equal without the path being readable; 32 bytes, so no
+        # path is too long for an LMDB key.
+        return blake3.blake3(path.encode("utf-8", "surrogateescape"), key=key).digest()
 
     def get_file(self, path: str) -> dict[str, Any] | None:
+        """The files-cache record for `path`, or None (also if it fails to authenticate: the
+        files cache is only ever a shortcut)."""
+        if self._files_key is None:
+            return None
+        name = self._file_key(self._files_key, path)
         with self.env.begin(db=self._files) as txn:
-            raw = txn.get(self._file_key(path))
-        return json.loads(raw) if raw is not None else None
+            raw = txn.get(name)
+        if raw is None or len(raw) < _NONCE_SIZE:
+            return None
+        try:
+            plain = AESGCM(self._files_key).decrypt(raw[:_NONCE_SIZE], raw[_NONCE_SIZE:], name)
+        except InvalidTag:
+            return None
+        record: dict[str, Any] = json.loads(plain)
+        return record
 
     def put_files(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        if self._files_key is None:
+            return
+        key, sealer = self._files_key, AESGCM(self._files_key)
         with self.env.begin(write=True, db=self._files) as txn:
             for path, record in records:
-                txn.put(self._file_key(path), json.dumps(record, separators=(",", ":")).encode())
+                name, nonce = self._file_key(key, path), os.urandom(_NONCE_SIZE)
+                plain = json.dumps(record, separators=(",", ":")).encode()
+                txn.put(name, nonce + sealer.encrypt(nonce, plain, name))

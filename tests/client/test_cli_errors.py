@@ -4,6 +4,7 @@ and never as silently wrong output."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import blake3
@@ -19,7 +20,7 @@ from engine.errors import (
     WrongPassphrase,
 )
 from engine.pack import read_pack_info
-from tests.helpers import CHEAP_KDF_ARGS, MiB, Vault, assert_one_line_error, restored
+from tests.helpers import CHEAP_KDF_ARGS, MiB, Vault, assert_one_line_error, ct_small, restored
 
 
 def make_backup(root: Path) -> tuple[Vault, Path]:
@@ -207,3 +208,17 @@ def test_a_tampered_key_object_says_it_may_be_damaged(backed_up: tuple[Vault, Pa
     key.write_bytes(key.read_bytes().replace(b'"iterations": 1', b'"iterations": 2'))
     result = vault.run("snapshots")
     assert_one_line_error(result, WrongPassphrase.exit_code, "Wrong passphrase", "damaged")
+
+
+def test_the_cache_holds_no_patient_name_or_uid_after_a_backup(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "vault").init()
+    src = tmp_path / "Doe_Jane"  # exports are often named after the patient
+    src.mkdir()
+    shutil.copyfile(ct_small(), src / "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322.dcm")
+    vault.ok("backup", str(src))
+    vault.ok("backup", str(src))  # the second run reads the files cache back
+    (data,) = vault.cache.rglob("index/data.mdb")
+    raw = data.read_bytes()
+    for secret in (b"CompressedSamples", b"1CT1", b"5962.1.2.1.2004", b"Doe_Jane"):
+        assert secret not in raw, secret
+    assert [e["dicom"] for e in vault.json("ls", "latest")["entries"] if "dicom" in e]
