@@ -93,8 +93,10 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     c = cmd("init", "create a repository")
-    c.add_argument("--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB)")
-    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes")
+    c.add_argument(
+        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
+    )
+    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
     c = cmd("backup", "back up files and folders into a new snapshot")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")

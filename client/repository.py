@@ -177,7 +177,10 @@ class Repository:
             await self.sync_index()
             loc = self.index.lookup(chunk_id)
         if loc is None or not loc.known:
-            raise IntegrityError(f"chunk {chunk_id.hex()} is referenced but in no pack")
+            raise IntegrityError(
+                f"chunk {chunk_id.hex()} is referenced but in no pack (a damaged pack manifest "
+                "or a removed pack: `dicomvault check` names the pack)"
+            )
         return loc
 
     async def read_chunk(self, chunk_id: ChunkId) -> bytes:

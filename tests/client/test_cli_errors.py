@@ -222,3 +222,21 @@ def test_the_cache_holds_no_patient_name_or_uid_after_a_backup(tmp_path: Path) -
     for secret in (b"CompressedSamples", b"1CT1", b"5962.1.2.1.2004", b"Doe_Jane"):
         assert secret not in raw, secret
     assert [e["dicom"] for e in vault.json("ls", "latest")["entries"] if "dicom" in e]
+
+
+def test_a_damaged_chunk_id_in_a_manifest_is_traced_to_its_pack(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "vault").init()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "scan.bin").write_bytes(os.urandom(12 * MiB))  # several chunks in one file
+    vault.ok("backup", str(src))
+    (pack,) = vault.pack_files()
+    data = bytearray(pack.read_bytes())
+    victim = read_pack_info(bytes(data)).entries[1].chunk_id  # a chunk of scan.bin, not the first
+    data[data.rfind(bytes(victim))] ^= 0x40
+    pack.write_bytes(bytes(data))
+    shutil.rmtree(vault.cache)  # a fresh machine reads the damaged manifest
+    result = vault.run("check")
+    assert_one_line_error(result, CheckFailed.exit_code, victim.hex(), f"pack {pack.name}")
+    result = vault.run("restore", "latest", "--target", str(tmp_path / "out"))
+    assert_one_line_error(result, IntegrityError.exit_code, victim.hex(), "dicomvault check")
