@@ -89,6 +89,6 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
     try:
         return await fn(repo)
     finally:
-        for warning in dict.fromkeys(repo.warnings):  # listed once, however often met
+        for warning in repo.warnings:
             print(f"dicomvault: warning: {warning}", file=sys.stderr)
         await repo.close()

@@ -111,11 +111,18 @@ class Repository:
         warnings: list[str] | None = None,
     ) -> None:
         self.backend, self.config, self.key, self.index = backend, config, key, index
-        # Objects skipped because they fail to parse or authenticate; the CLI prints them.
-        self.warnings: list[str] = warnings if warnings is not None else []
+        # Objects skipped because they fail to parse or authenticate, each once (a long-running
+        # agent meets the same planted record at every backup); the CLI prints them.
+        self.warnings: list[str] = []
+        for message in warnings or []:
+            self.warn(message)
         self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
         self.packer = Packer(self)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     @classmethod
     async def open(
@@ -199,7 +206,8 @@ class Repository:
                 errors.append(_named(loc.pack_id, str(e)))
                 continue
             if failed:
-                self.warnings.extend(errors)
+                for message in errors:
+                    self.warn(message)
                 self.index.prefer(chunk_id, loc, failed)
             return data
         raise IntegrityError("; ".join(errors))
@@ -244,7 +252,7 @@ class Repository:
             try:
                 record, body = await self.load_snapshot(sid)
             except IntegrityError as e:
-                self.warnings.append(f"skipped {e}")
+                self.warn(f"skipped {e}")
                 continue
             out.append((sid, record, body))
         return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
