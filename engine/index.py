@@ -77,6 +77,12 @@ def _put_others(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, locs: list[Lo
         txn.delete(chunk_id, db=db)
 
 
+def _path_key(key: bytes, path: str) -> bytes:
+    # Keyed, so equal paths stay equal without the path being readable; 32 bytes, so no path is
+    # too long for an LMDB key (at most 511 bytes).
+    return blake3.blake3(path.encode("utf-8", "surrogateescape"), key=key).digest()
+
+
 class LocalIndex:
     """`files_key` (32 bytes) seals the files cache; without one, no files cache is kept."""
 
@@ -175,17 +181,12 @@ class LocalIndex:
 
     # files cache
 
-    def _file_key(self, key: bytes, path: str) -> bytes:
-        # Keyed, so equal paths stay equal without the path being readable; 32 bytes, so no
-        # path is too long for an LMDB key.
-        return blake3.blake3(path.encode("utf-8", "surrogateescape"), key=key).digest()
-
     def get_file(self, path: str) -> dict[str, Any] | None:
         """The files-cache record for `path`, or None (also if it fails to authenticate: the
         files cache is only ever a shortcut)."""
         if self._files_key is None:
             return None
-        name = self._file_key(self._files_key, path)
+        name = _path_key(self._files_key, path)
         with self.env.begin(db=self._files) as txn:
             raw = txn.get(name)
         if raw is None or len(raw) < _NONCE_SIZE:
@@ -203,6 +204,6 @@ class LocalIndex:
         key, sealer = self._files_key, AESGCM(self._files_key)
         with self.env.begin(write=True, db=self._files) as txn:
             for path, record in records:
-                name, nonce = self._file_key(key, path), os.urandom(_NONCE_SIZE)
+                name, nonce = _path_key(key, path), os.urandom(_NONCE_SIZE)
                 plain = json.dumps(record, separators=(",", ":")).encode()
                 txn.put(name, nonce + sealer.encrypt(nonce, plain, name))

@@ -140,7 +140,7 @@ async def put_key(request: web.Request) -> web.Response:
     """A backup token may write the first key object (`init`, before `config`); once the
     repository has a config, only an admin token may add one."""
     repo = _repository(request, Action.APPEND)
-    if await asyncio.to_thread(repo.object_path("config").is_file):
+    if await repo.store.exists("config"):
         try:
             authorize(request.app[INDEX], bearer_token(request), repo.name, Action.ADMIN)
         except PermissionDenied:
