@@ -93,7 +93,7 @@ async def _unlock(backend: Backend, passphrase: bytes, warnings: list[str]) -> M
             return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
         except WrongPassphrase:
             continue
-        except FormatError as e:
+        except (FormatError, ObjectNotFound) as e:  # not found: quarantined since listed
             warnings.append(f"skipped key object {name}: {e}")
     if warnings:
         raise WrongPassphrase(f"{WrongPassphrase.__doc__} ({'; '.join(warnings)})")
@@ -251,7 +251,7 @@ class Repository:
         for sid in await self.backend.list_snapshots():
             try:
                 record, body = await self.load_snapshot(sid)
-            except IntegrityError as e:
+            except (IntegrityError, ObjectNotFound) as e:  # not found: quarantined since listed
                 self.warn(f"skipped {e}")
                 continue
             out.append((sid, record, body))
