@@ -90,7 +90,8 @@ def test_commit_record_v1_parses_to_its_fields(key: MasterKey) -> None:
     assert record.agent == "fixture-host"
     assert record.parent == SnapshotId(b"\x11" * 32)
     assert record.refs == (STORED_ID, ZSTD_ID)
-    body = SnapshotBody.decode(blob.open_plaintext(key, SNAPSHOT_AD, record.sealed))
+    assert record.version == 1 and record.body_ad() == SNAPSHOT_AD  # fields not authenticated
+    body = SnapshotBody.decode(blob.open_plaintext(key, record.body_ad(), record.sealed))
     assert body.time == record.time and body.host == "fixture-host"
     assert body.paths == ["/data/dicom"]
     assert body.tree == [(STORED_ID, len(STORED)), (ZSTD_ID, len(ZSTD))]
