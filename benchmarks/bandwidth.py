@@ -116,6 +116,7 @@ class Dicomvault:
             "DICOMVAULT_TOKEN": token,
             "DICOMVAULT_PASSWORD": PASSWORD,
             "DICOMVAULT_CACHE_DIR": str(work / "dv-cache"),
+            "DICOMVAULT_TEST_CHEAP_KDF": "1",  # init's 8 MiB, 1 pass: KDF cost is not measured
             "DICOMVAULT_STATE_DIR": str(work / "dv-state"),
         }
         self.client = [sys.executable, "-m", "client"]

@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST = "tests/robustness/test_fuzz_dicom.py::test_hundreds_of_malformed_files_back_up_and_restore_bit_exact"
+TEST = (
+    "tests/robustness/test_fuzz_dicom.py"
+    "::test_hundreds_of_malformed_files_back_up_and_restore_bit_exact"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

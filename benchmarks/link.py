@@ -138,6 +138,7 @@ class Client:
             DICOMVAULT_REPO=url,
             DICOMVAULT_TOKEN=token,
             DICOMVAULT_PASSWORD=PASSWORD,
+            DICOMVAULT_TEST_CHEAP_KDF="1",  # init's 8 MiB, 1 pass: KDF cost is not measured
             DICOMVAULT_CACHE_DIR=str(work / "cache"),
         )
 

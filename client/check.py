@@ -17,7 +17,7 @@ from client.repository import Repository
 from client.restore import catalogue
 from engine import blob
 from engine.errors import DicomvaultError
-from engine.ids import PackId
+from engine.ids import ChunkId, PackId
 from engine.pack import verify_pack
 
 READ_CONCURRENCY = 4
@@ -77,6 +77,26 @@ async def _packs(
     await asyncio.gather(*(one(p) for p in packs))
 
 
+def _held(repo: Repository, chunk_id: ChunkId, present: set[PackId]) -> bool:
+    """Whether some pack the backend still lists holds the chunk (any of its locations)."""
+    loc = repo.index.lookup(chunk_id)
+    locations = ([loc] if loc is not None else []) + repo.index.others(chunk_id)
+    return any(o.pack_id in present for o in locations)
+
+
+def _suspect(repo: Repository, chunks: list[tuple[ChunkId, int]], present: set[PackId]) -> str:
+    """Where a missing chunk most likely was: the pack holding the same file's other chunks
+    (a chunk id damaged in that pack's manifest leaves the chunk in no manifest at all)."""
+    for chunk_id, _ in chunks:
+        loc = repo.index.lookup(chunk_id)
+        if loc is not None and loc.pack_id in present:
+            return (
+                f" (the file's other chunks are in pack {loc.pack_id.hex()}: its manifest may "
+                "be damaged; check --read-data verifies it)"
+            )
+    return " (a damaged pack manifest or a removed pack; check --read-data names a damaged pack)"
+
+
 def _named(pack_id: PackId, message: str) -> str:
     return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
@@ -103,13 +123,12 @@ async def _snapshots(repo: Repository, report: CheckReport, present: set[PackId]
         try:
             _, body = await repo.load_snapshot(sid)
             async for entry in catalogue(repo, body):
-                for chunk_id, _ in entry.chunks:
-                    report.chunks_referenced += 1
-                    loc = repo.index.lookup(chunk_id)
-                    if loc is None or loc.pack_id not in present:
-                        report.problems.append(
-                            f"snapshot {sid.hex()}: {entry.path} needs chunk {chunk_id.hex()}, "
-                            "which is in no pack"
-                        )
+                report.chunks_referenced += len(entry.chunks)
+                missing = [c for c, _ in entry.chunks if not _held(repo, c, present)]
+                for chunk_id in missing:
+                    report.problems.append(
+                        f"snapshot {sid.hex()}: {entry.path} needs chunk {chunk_id.hex()}, "
+                        "which is in no pack" + _suspect(repo, entry.chunks, present)
+                    )
         except DicomvaultError as e:
-            report.problems.append(f"snapshot {sid.hex()}: {e}")
+            report.problems.append(str(e) if sid.hex() in str(e) else f"snapshot {sid.hex()}: {e}")

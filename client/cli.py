@@ -43,7 +43,7 @@ from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogu
 from client.restore_target import Overwrite, check_target
 from engine.blob import Codec
 from engine.catalogue import Entry
-from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
+from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
 
@@ -61,6 +61,8 @@ ENV_HELP = """environment:
   DICOMVAULT_CACHE_DIR      where the local index lives (default ~/.cache/dicomvault)
   DICOMVAULT_PROGRESS_INTERVAL  seconds between JSON progress lines on stderr, printed when
                             stderr is not a terminal or with --json (default 10)
+  DICOMVAULT_TEST_CHEAP_KDF set to 1 to let `init` use Argon2id below the safe floor
+                            (19 MiB, 2 passes): tests and benchmarks only
 
 exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   10 no repository, 11 repository exists, 12 wrong passphrase, 13 integrity error,
@@ -136,8 +138,10 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     c = cmd("init", "create a repository")
-    c.add_argument("--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB)")
-    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes")
+    c.add_argument(
+        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
+    )
+    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
     c = cmd("backup", "back up files and folders into a new snapshot")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
@@ -181,18 +185,21 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
+    c = cmd(
+        "quarantine",
+        "with an admin token: move a planted or damaged pack, snapshot or key object out of a "
+        "chunk-server repository (the server keeps it in its quarantine folder and logs it)",
+    )
+    c.add_argument("kind", choices=["pack", "snapshot", "key"])
+    c.add_argument("id", help="pack id, snapshot id or key object name (as a warning names it)")
+    c.add_argument("--reason", default="", help="why, for the server's quarantine log")
     drill_parser(cmd)
     agent_parsers(cmd)
     return p
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    memory_kib = int(args.kdf_memory_mib * 1024)
-    if memory_kib < 8 or args.kdf_iterations < 1:
-        raise UsageError("Argon2id needs --kdf-memory-mib of at least 8 KiB and 1 iteration")
-    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
-    lanes = min(KdfParams().lanes, memory_kib // 8)
-    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    kdf = _init_kdf(args, test_mode=os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1")
     backend = open_backend(args)
     try:
         config = await init_repository(backend, read_passphrase(args), kdf)
@@ -204,6 +211,19 @@ async def cmd_init(args: argparse.Namespace) -> int:
         f"created repository {config.repo_id} at {backend.location}",
     )
     return 0
+
+
+def _init_kdf(args: argparse.Namespace, *, test_mode: bool) -> KdfParams:
+    """Argon2id cost from `init`'s options: at least the safe floor (engine.keyobject), unless
+    in test mode, where tests and drills use engine.keys.CHEAP_KDF's 8 KiB and one pass."""
+    memory_kib = int(args.kdf_memory_mib * 1024)
+    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
+    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
+    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    try:
+        return kdf.check() if test_mode else kdf.check_safe()
+    except FormatError as e:
+        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:
@@ -388,6 +408,16 @@ async def cmd_repair_index(args: argparse.Namespace) -> int:
     return await with_repo(args, run)
 
 
+async def cmd_quarantine(args: argparse.Namespace) -> int:
+    backend = open_backend(args)  # no passphrase: the server acts on names alone
+    try:
+        entry = await backend.quarantine(args.kind, args.id, args.reason)
+    finally:
+        await backend.close()
+    emit(args, entry, f"quarantined {entry.get('object', args.id)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "init": cmd_init,
     "backup": cmd_backup,
@@ -397,6 +427,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "find": cmd_find,
     "check": cmd_check,
     "repair-index": cmd_repair_index,
+    "quarantine": cmd_quarantine,
     "drill": cmd_drill,
     "agent": cmd_agent,
     "status": cmd_status,

@@ -44,12 +44,13 @@ def read_passphrase(args: argparse.Namespace) -> bytes:
     path = args.password_file or os.environ.get("DICOMVAULT_PASSWORD_FILE")
     if path:
         try:
-            text = Path(path).read_text().splitlines()
+            # Bytes, not text: the passphrase is bytes to Argon2id, whatever its encoding.
+            lines = Path(path).read_bytes().splitlines()
         except OSError as e:
             raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
-        if not text or not text[0]:
+        if not lines or not lines[0]:
             raise UsageError(f"password file {path} is empty")
-        return text[0].encode()
+        return lines[0]
     if "DICOMVAULT_PASSWORD" in os.environ:
         return os.environ["DICOMVAULT_PASSWORD"].encode()
     if sys.stdin.isatty():
@@ -107,4 +108,6 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
     try:
         return await fn(repo)
     finally:
+        for warning in repo.warnings:
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
         await repo.close()

@@ -8,6 +8,7 @@ command-line arguments or what is being backed up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import struct
@@ -20,9 +21,9 @@ from client.ratelimit import RateLimiter
 from client.spool import Spool, Uploader
 from engine import blob
 from engine.backend import Backend
-from engine.catalogue import PACK_HEADER_AD, SNAPSHOT_AD, SnapshotBody
+from engine.catalogue import PACK_HEADER_AD, SnapshotBody
 from engine.chunker import Chunker
-from engine.commit import CommitRecord
+from engine.commit import CommitRecord, verify_commit
 from engine.errors import (
     FormatError,
     IntegrityError,
@@ -84,12 +85,18 @@ async def init_repository(backend: Backend, passphrase: bytes, kdf: KdfParams) -
     return config
 
 
-async def _unlock(backend: Backend, passphrase: bytes) -> MasterKey:
+async def _unlock(backend: Backend, passphrase: bytes, warnings: list[str]) -> MasterKey:
+    """Try each key object in turn; a malformed one (or one asking for a KDF cost out of
+    bounds, `engine.keyobject`) is skipped with a warning before any KDF work is spent on it."""
     for name in await backend.list_keys():
         try:
             return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
         except WrongPassphrase:
             continue
+        except (FormatError, ObjectNotFound) as e:  # not found: quarantined since listed
+            warnings.append(f"skipped key object {name}: {e}")
+    if warnings:
+        raise WrongPassphrase(f"{WrongPassphrase.__doc__} ({'; '.join(warnings)})")
     raise WrongPassphrase()
 
 
@@ -101,11 +108,21 @@ class Repository:
         key: MasterKey,
         index: LocalIndex,
         uploader: Uploader | None = None,
+        warnings: list[str] | None = None,
     ) -> None:
         self.backend, self.config, self.key, self.index = backend, config, key, index
+        # Objects skipped because they fail to parse or authenticate, each once (a long-running
+        # agent meets the same planted record at every backup); the CLI prints them.
+        self.warnings: list[str] = []
+        for message in warnings or []:
+            self.warn(message)
         self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
         self.packer = Packer(self)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     @classmethod
     async def open(
@@ -119,13 +136,14 @@ class Repository:
     ) -> Repository:
         """Unlock a repository; a chunk-server repository gets a pack spool and an uploader."""
         config = RepoConfig.decode(await backend.get_config())
-        key = await _unlock(backend, passphrase)
-        index = LocalIndex(cache_root / config.repo_id / "index")
+        warnings: list[str] = []
+        key = await _unlock(backend, passphrase, warnings)
+        index = LocalIndex(cache_root / config.repo_id / "index", files_key=key.cache_key)
         uploader = None
         if backend.knows_chunks:
             spool = Spool(spool_dir or cache_root / config.repo_id / "spool")
             uploader = Uploader(backend, spool, limiter)
-        return cls(backend, config, key, index, uploader)
+        return cls(backend, config, key, index, uploader, warnings)
 
     async def close(self) -> None:
         self.index.close()
@@ -166,42 +184,90 @@ class Repository:
             await self.sync_index()
             loc = self.index.lookup(chunk_id)
         if loc is None or not loc.known:
-            raise IntegrityError(f"chunk {chunk_id.hex()} is referenced but in no pack")
+            raise IntegrityError(
+                f"chunk {chunk_id.hex()} is referenced but in no pack (a damaged pack manifest "
+                "or a removed pack: `dicomvault check` names the pack)"
+            )
         return loc
 
     async def read_chunk(self, chunk_id: ChunkId) -> bytes:
-        loc = await self.locate(chunk_id)
+        """Fetch, decrypt and verify a chunk. If its copy fails authentication (or its pack is
+        gone), every other pack known to hold the chunk is tried, and the first that works
+        becomes its location: a pack planted with reused chunk ids cannot stop a restore or
+        poison the index (docs/design.md §3.9). All failing: `IntegrityError` names each pack."""
+        first = await self.locate(chunk_id)
+        failed: list[Location] = []
+        errors: list[str] = []
+        for loc in [first, *self.index.others(chunk_id)]:
+            try:
+                data = await self._read_at(chunk_id, loc)
+            except (IntegrityError, ObjectNotFound) as e:
+                failed.append(loc)
+                errors.append(_named(loc.pack_id, str(e)))
+                continue
+            if failed:
+                for message in errors:
+                    self.warn(message)
+                self.index.prefer(chunk_id, loc, failed)
+            return data
+        raise IntegrityError("; ".join(errors))
+
+    async def _read_at(self, chunk_id: ChunkId, loc: Location) -> bytes:
         sealed = await self.backend.get_pack_range(loc.pack_id, loc.offset, loc.length)
-        if len(sealed) != loc.length:
-            raise IntegrityError(f"pack {loc.pack_id.hex()} is truncated")
         try:
+            if len(sealed) != loc.length:
+                raise IntegrityError("pack is truncated")
             return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
         except IntegrityError as e:
-            raise IntegrityError(f"pack {loc.pack_id.hex()}: {e}") from None
+            raise IntegrityError(_named(loc.pack_id, str(e))) from None
 
     # snapshots
 
     async def commit(
         self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId], agent: str
     ) -> SnapshotId:
-        sealed = blob.seal_plaintext(self.key, SNAPSHOT_AD, body.encode())
-        record = CommitRecord(body.time, agent, parent, tuple(dict.fromkeys(refs)), sealed)
+        unsealed = CommitRecord(body.time, agent, parent, tuple(dict.fromkeys(refs)), b"")
+        # Version 2: the sealed body authenticates the record's readable fields (engine.commit).
+        sealed = blob.seal_plaintext(self.key, unsealed.body_ad(), body.encode())
+        record = dataclasses.replace(unsealed, sealed=sealed)
         return await self.backend.commit(record.encode())
 
     async def load_snapshot(self, snapshot_id: SnapshotId) -> tuple[CommitRecord, SnapshotBody]:
-        record = CommitRecord.decode(await self.backend.get_snapshot(snapshot_id))
-        plain = blob.open_plaintext(self.key, SNAPSHOT_AD, record.sealed)
-        return record, SnapshotBody.decode(plain)
+        """Fetch, and authenticate, a snapshot: the record must hash to `snapshot_id` and its
+        sealed body must open under the record's fields; `IntegrityError` names the snapshot."""
+        data = await self.backend.get_snapshot(snapshot_id)
+        try:
+            record = verify_commit(snapshot_id, data)
+            plain = blob.open_plaintext(self.key, record.body_ad(), record.sealed)
+            return record, SnapshotBody.decode(plain)
+        except IntegrityError as e:
+            message = str(e).removeprefix(f"snapshot {snapshot_id.hex()}: ")
+            raise IntegrityError(f"snapshot {snapshot_id.hex()}: {message}") from None
 
     async def snapshots(self) -> list[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
+        """Every snapshot that authenticates, oldest first; the others are skipped and named in
+        `warnings`, so one planted or damaged record never hides the good ones."""
         out = []
         for sid in await self.backend.list_snapshots():
-            record, body = await self.load_snapshot(sid)
+            try:
+                record, body = await self.load_snapshot(sid)
+            except (IntegrityError, ObjectNotFound) as e:  # not found: quarantined since listed
+                self.warn(f"skipped {e}")
+                continue
             out.append((sid, record, body))
         return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
 
     async def resolve(self, name: str) -> SnapshotId:
-        """Snapshot by `latest`, full id or unique id prefix."""
+        """Snapshot by `latest`, full id or unique id prefix.
+
+        A full id is taken as named, even one that fails to authenticate: loading it then says
+        why, instead of "no such snapshot"."""
+        try:
+            full = SnapshotId.parse(name.lower())
+        except ValueError:
+            full = None
+        if full is not None and full in await self.backend.list_snapshots():
+            return full
         snaps = await self.snapshots()
         if name == "latest":
             if not snaps:
@@ -211,6 +277,10 @@ class Repository:
         if len(found) != 1:
             raise NotFound(f"no unique snapshot matches {name!r}")
         return found[0]
+
+
+def _named(pack_id: PackId, message: str) -> str:
+    return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
 
 def _parse_trailer_for(pack_id: PackId, trailer: bytes, size: int) -> tuple[int, int, int]:

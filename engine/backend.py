@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 from engine.commit import snapshot_id_of, snapshot_name, verify_commit
-from engine.errors import ObjectNotFound, RepositoryNotFound
+from engine.errors import ObjectNotFound, RepositoryNotFound, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import pack_name, verify_pack
 from engine.store.base import Store
@@ -81,6 +81,11 @@ class Backend(ABC):
         except ObjectNotFound:
             return False
         return True
+
+    async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
+        """Take a planted or damaged object (`pack`, `snapshot` or `key`) out of the repository
+        without deleting it; needs an admin token. A local repository's owner moves the file."""
+        raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
 
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""

@@ -36,7 +36,7 @@ class RepositoryExists(DicomvaultError):
 
 
 class WrongPassphrase(DicomvaultError):
-    """Wrong passphrase: no key in the repository opens with it."""
+    """Wrong passphrase: no key object opens with it (or the key object is damaged or altered)."""
 
     exit_code = 12
 

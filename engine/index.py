@@ -6,8 +6,12 @@ bounded whatever the repository's size. Knows nothing of HTTP or of how packs ar
 
     chunks  chunk id (32) → pack id (32) ‖ offset u32 ‖ length u32   (pack id all zero: held by
             the server, location not yet known here)
+    others  chunk id (32) → further locations, 40 bytes each: other packs holding the same id
+            (a retried upload, or a pack planted with reused ids); tried when the first fails
     packs   pack id (32) → size u64
-    files   absolute path (UTF-8, surrogateescape) → files-cache record (JSON)
+    files2  keyed BLAKE3 of the absolute path (32) → nonce (12) ‖ AES-256-GCM(files-cache record
+            JSON, associated data = the key): paths and DICOM attributes (patient names, UIDs)
+            never sit in the cache in plaintext. The key is the master key's cache subkey.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 import blake3
 import lmdb
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine.errors import StoreError
 from engine.ids import ChunkId, PackId
@@ -31,6 +37,7 @@ _LOC = struct.Struct("<32sII")
 _SIZE = struct.Struct("<Q")
 MAP_SIZE = 1 << 40  # address space only: LMDB grows the file as it is used
 UNKNOWN_PACK = PackId(bytes(32))
+_NONCE_SIZE = 12  # random per record: at most ~10⁸ records per cache, far below GCM's 2³² bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +50,63 @@ class Location:
     def known(self) -> bool:
         return self.pack_id != UNKNOWN_PACK
 
+    def encode(self) -> bytes:
+        return _LOC.pack(self.pack_id, self.offset, self.length)
+
+
+def _location(raw: bytes) -> Location:
+    pack, offset, length = _LOC.unpack(raw)
+    return Location(PackId(pack), offset, length)
+
+
+def _split(raw: bytes | None) -> list[Location]:
+    raw = bytes(raw or b"")
+    return [_location(raw[i : i + _LOC.size]) for i in range(0, len(raw), _LOC.size)]
+
+
+def _append_other(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, loc: bytes) -> None:
+    raw = bytes(txn.get(chunk_id, db=db) or b"")
+    if loc not in {raw[i : i + _LOC.size] for i in range(0, len(raw), _LOC.size)}:
+        txn.put(chunk_id, raw + loc, db=db)
+
+
+def _put_others(txn: lmdb.Transaction, db: Any, chunk_id: ChunkId, locs: list[Location]) -> None:
+    if locs:
+        txn.put(chunk_id, b"".join(o.encode() for o in locs), db=db)
+    else:
+        txn.delete(chunk_id, db=db)
+
+
+def _path_key(key: bytes, path: str) -> bytes:
+    # Keyed, so equal paths stay equal without the path being readable; 32 bytes, so no path is
+    # too long for an LMDB key (at most 511 bytes).
+    return blake3.blake3(path.encode("utf-8", "surrogateescape"), key=key).digest()
+
 
 class LocalIndex:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """`files_key` (32 bytes) seals the files cache; without one, no files cache is kept."""
+
+    def __init__(self, path: str | os.PathLike[str], files_key: bytes | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=4, max_readers=256)
+            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=6, max_readers=256)
         except lmdb.Error as e:
             raise StoreError(f"cannot open index at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
+        self._others = self.env.open_db(b"others")
         self._packs = self.env.open_db(b"packs")
-        self._files = self.env.open_db(b"files")
+        self._files = self.env.open_db(b"files2")
+        self._files_key = files_key
+        self._drop_plaintext_files_cache()
+
+    def _drop_plaintext_files_cache(self) -> None:
+        """Caches written before files2 kept records in plaintext under `files`: drop them."""
+        with self.env.begin(write=True) as txn:
+            try:
+                old = self.env.open_db(b"files", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return
+            txn.drop(old, delete=True)
 
     def close(self) -> None:
         self.env.close()
@@ -63,21 +116,44 @@ class LocalIndex:
     def lookup(self, chunk_id: ChunkId) -> Location | None:
         with self.env.begin(db=self._chunks, buffers=False) as txn:
             raw = txn.get(chunk_id)
-        if raw is None:
-            return None
-        pack, offset, length = _LOC.unpack(raw)
-        return Location(PackId(pack), offset, length)
+        return None if raw is None else _location(raw)
 
     def __contains__(self, chunk_id: ChunkId) -> bool:
         with self.env.begin(db=self._chunks) as txn:
             return txn.get(chunk_id) is not None
 
+    def others(self, chunk_id: ChunkId) -> list[Location]:
+        """Further packs holding `chunk_id`, beyond `lookup`'s."""
+        with self.env.begin(db=self._others, buffers=False) as txn:
+            return _split(txn.get(chunk_id))
+
     def add_pack(self, pack_id: PackId, size: int, entries: Iterable[ManifestEntry]) -> None:
-        """Index a durable pack's chunks in one transaction (after the pack is durable)."""
+        """Index a durable pack's chunks in one transaction (after the pack is durable).
+
+        A chunk already located in another pack keeps that location; this one is added to
+        `others`, so a pack reusing ids never displaces a location that worked."""
         with self.env.begin(write=True) as txn:
             for e in entries:
-                txn.put(e.chunk_id, _LOC.pack(pack_id, e.offset, e.length), db=self._chunks)
+                loc = _LOC.pack(pack_id, e.offset, e.length)
+                old = txn.get(e.chunk_id, db=self._chunks)
+                if old is None or old[:32] == UNKNOWN_PACK or old[:32] == pack_id:
+                    txn.put(e.chunk_id, loc, db=self._chunks)
+                else:
+                    _append_other(txn, self._others, e.chunk_id, loc)
             txn.put(pack_id, _SIZE.pack(size), db=self._packs)
+
+    def prefer(self, chunk_id: ChunkId, good: Location, bad: Iterable[Location]) -> None:
+        """Make `good` the chunk's location and forget `bad` ones (they failed to authenticate
+        or their pack is gone) while another location works: a failed copy is never kept as
+        the one to read."""
+        drop = {*bad, good}
+        with self.env.begin(write=True) as txn:
+            current = txn.get(chunk_id, db=self._chunks)
+            rest = _split(txn.get(chunk_id, db=self._others))
+            if current is not None:
+                rest.insert(0, _location(current))
+            txn.put(chunk_id, good.encode(), db=self._chunks)
+            _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
 
     def add_remote(self, chunk_ids: Iterable[ChunkId]) -> None:
         """Record chunks the server holds in packs this client has not indexed yet."""
@@ -100,23 +176,34 @@ class LocalIndex:
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
-            for db in (self._chunks, self._packs, self._files):
+            for db in (self._chunks, self._others, self._packs, self._files):
                 txn.drop(db, delete=False)
 
     # files cache
 
-    @staticmethod
-    def _file_key(path: str) -> bytes:
-        key = path.encode("utf-8", "surrogateescape")
-        # LMDB keys are at most 511 bytes; long paths are keyed by their hash instead.
-        return key if len(key) <= 480 else b"#" + blake3.blake3(key).digest()
-
     def get_file(self, path: str) -> dict[str, Any] | None:
+        """The files-cache record for `path`, or None (also if it fails to authenticate: the
+        files cache is only ever a shortcut)."""
+        if self._files_key is None:
+            return None
+        name = _path_key(self._files_key, path)
         with self.env.begin(db=self._files) as txn:
-            raw = txn.get(self._file_key(path))
-        return json.loads(raw) if raw is not None else None
+            raw = txn.get(name)
+        if raw is None or len(raw) < _NONCE_SIZE:
+            return None
+        try:
+            plain = AESGCM(self._files_key).decrypt(raw[:_NONCE_SIZE], raw[_NONCE_SIZE:], name)
+        except InvalidTag:
+            return None
+        record: dict[str, Any] = json.loads(plain)
+        return record
 
     def put_files(self, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        if self._files_key is None:
+            return
+        key, sealer = self._files_key, AESGCM(self._files_key)
         with self.env.begin(write=True, db=self._files) as txn:
             for path, record in records:
-                txn.put(self._file_key(path), json.dumps(record, separators=(",", ":")).encode())
+                name, nonce = _path_key(key, path), os.urandom(_NONCE_SIZE)
+                plain = json.dumps(record, separators=(",", ":")).encode()
+                txn.put(name, nonce + sealer.encrypt(nonce, plain, name))

@@ -8,38 +8,26 @@ object, so the passphrase alone recovers everything. Does not touch storage.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from engine.errors import FormatError, WrongPassphrase
+from engine.errors import WrongPassphrase
 from engine.ids import ChunkId
+from engine.keyobject import NONCE_SIZE, SALT_SIZE, KdfParams, KeyObject
 
-KEY_FILE_VERSION = 1
+__all__ = ["CHEAP_KDF", "KdfParams", "MasterKey", "key_name", "unwrap", "wrap"]
+
 SECRET_SIZE = 32  # bytes of master secret and of every subkey
-SALT_SIZE = 16
-NONCE_SIZE = 12
-_HEADER_FIELDS = ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")
 _CONTEXT = "dicomvault 2026-11 {}"  # BLAKE3 derive_key contexts; changing one is a format change
-
-
-@dataclass(frozen=True, slots=True)
-class KdfParams:
-    """Argon2id cost. The default follows RFC 9106's second recommended option (64 MiB, t=3)."""
-
-    iterations: int = 3
-    lanes: int = 4
-    memory_kib: int = 64 * 1024
-
 
 # Tests and fire drills use this through one helper; never use it for a real repository.
 CHEAP_KDF = KdfParams(iterations=1, lanes=1, memory_kib=8)
+DEFAULT_KDF = KdfParams()
 
 
 def _derive(master: bytes, purpose: str) -> bytes:
@@ -49,7 +37,7 @@ def _derive(master: bytes, purpose: str) -> bytes:
 class MasterKey:
     """The master secret and its subkeys; the only object that can name chunks or open blobs."""
 
-    __slots__ = ("chunker_seed", "encryption_key", "id_key", "secret")
+    __slots__ = ("cache_key", "chunker_seed", "encryption_key", "id_key", "secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != SECRET_SIZE:
@@ -57,6 +45,8 @@ class MasterKey:
         self.secret = secret
         self.id_key = _derive(secret, "chunk id")
         self.encryption_key = _derive(secret, "blob encryption")
+        # Seals the client's files cache (engine.index), which holds paths and DICOM attributes.
+        self.cache_key = _derive(secret, "client cache")
         # FastCDC's gear-table seed: keyed so chunk boundaries do not reveal content to the server.
         # 63 bits: pyfastcdc converts the seed through a signed 64-bit C integer.
         seed = int.from_bytes(_derive(secret, "chunker seed")[:8], "little")
@@ -80,34 +70,29 @@ def _kek(passphrase: bytes, salt: bytes, kdf: KdfParams) -> bytes:
     ).derive(passphrase)
 
 
-def wrap(key: MasterKey, passphrase: bytes, kdf: KdfParams = KdfParams()) -> bytes:
+def wrap(key: MasterKey, passphrase: bytes, kdf: KdfParams = DEFAULT_KDF) -> bytes:
     """Return a key object: JSON with the KDF parameters and the AES-GCM-wrapped secret."""
     salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
-    header = {"version": KEY_FILE_VERSION, "kdf": "argon2id", **asdict(kdf), "salt": salt.hex()}
-    aad = json.dumps(header, sort_keys=True).encode()
-    wrapped = AESGCM(_kek(passphrase, salt, kdf)).encrypt(nonce, key.secret, aad)
-    return json.dumps({**header, "nonce": nonce.hex(), "wrapped": wrapped.hex()}).encode()
+    unsealed = KeyObject(kdf.check(), salt, nonce, b"")
+    wrapped = AESGCM(_kek(passphrase, salt, kdf)).encrypt(nonce, key.secret, unsealed.aad())
+    return KeyObject(kdf, salt, nonce, wrapped).encode()
 
 
 def unwrap(key_object: bytes, passphrase: bytes) -> MasterKey:
-    """Open a key object with `passphrase`; raise `WrongPassphrase` if it does not open."""
+    """Open a key object with `passphrase`.
+
+    Raises `FormatError` before any KDF work if the object is malformed or asks for a cost out
+    of bounds (`engine.keyobject`), and `WrongPassphrase` if it does not open: the passphrase is
+    wrong, or the object was altered (an edited header fails the tag exactly like a wrong key).
+    """
+    obj = KeyObject.decode(key_object)
     try:
-        doc = json.loads(key_object)
-        header = {
-            k: doc[k] for k in ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")
-        }
-        if header["version"] != KEY_FILE_VERSION or header["kdf"] != "argon2id":
-            raise FormatError(f"unsupported key object version {header['version']}")
-        kdf = KdfParams(int(doc["iterations"]), int(doc["lanes"]), int(doc["memory_kib"]))
-        salt, nonce = bytes.fromhex(doc["salt"]), bytes.fromhex(doc["nonce"])
-        wrapped = bytes.fromhex(doc["wrapped"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise FormatError(f"malformed key object: {e}") from None
-    aad = json.dumps(header, sort_keys=True).encode()
-    try:
-        return MasterKey(AESGCM(_kek(passphrase, salt, kdf)).decrypt(nonce, wrapped, aad))
+        secret = AESGCM(_kek(passphrase, obj.salt, obj.kdf)).decrypt(
+            obj.nonce, obj.wrapped, obj.aad()
+        )
     except InvalidTag:
         raise WrongPassphrase() from None
+    return MasterKey(secret)
 
 
 def key_name(key_object: bytes) -> str:

@@ -335,6 +335,13 @@ class RemoteBackend(Backend):
             out[sid] = sites
         return out
 
+    async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
+        path = f"{kind}s/{ident}"
+        doc = await self._json(
+            "DELETE", path, f"quarantine {kind} {ident}", params={"reason": reason}
+        )
+        return doc if isinstance(doc, dict) else {}
+
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._request("POST", "heartbeat", "heartbeat", json=info)
 

@@ -125,6 +125,9 @@ class RetryingBackend(Backend):
     async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes:
         return await self._retry("get snapshot", lambda: self.inner.get_snapshot(snapshot_id))
 
+    async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
+        return await self.inner.quarantine(kind, ident, reason)  # not retried: not idempotent
+
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._retry("heartbeat", lambda: self.inner.heartbeat(info))
 

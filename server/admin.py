@@ -1,4 +1,5 @@
-"""Offline administration on a data folder: create repositories and mint their tokens, reindex.
+"""Offline administration on a data folder: create repositories and mint their tokens, reindex,
+quarantine an object.
 
 Owns operations the CLI runs against DATA directly (the running server may share the LMDB
 environment; LMDB is multi-process safe). Must not parse arguments or print.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from engine.errors import RepositoryExists
 from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token, validate_repo_name
@@ -46,6 +48,18 @@ def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
     with open_index(config) as index:
         return reindex(Repositories(config.repos_dir), index, verify=verify)
+
+
+def quarantine_offline(
+    config: ServerConfig, name: str, kind: str, ident: str, reason: str
+) -> dict[str, Any]:
+    """Move one object of repository `name` into DATA/quarantine (server.quarantine)."""
+    from server.quarantine import object_name, quarantine
+
+    with open_index(config) as index:
+        repo = Repositories(config.repos_dir).get(name)
+        obj = object_name(kind, ident)
+        return quarantine(repo, index, obj, by="server operator", reason=reason, now=time.time())
 
 
 def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[str]) -> str:

@@ -171,6 +171,17 @@ def cmd_repo_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repo_quarantine(args: argparse.Namespace) -> int:
+    from server.admin import quarantine_offline
+
+    entry = quarantine_offline(_config(args), args.name, args.kind, args.id, args.reason)
+    if args.json:
+        print(json.dumps(entry))
+    else:
+        print(f"moved {args.name}/{entry['object']} to quarantine/{args.name}/{entry['to']}")
+    return 0
+
+
 def cmd_scrub(args: argparse.Namespace) -> int:
     from engine.rates import parse_rate
     from server.monitor_admin import scrub_offline, with_rate
@@ -304,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(promote)
     promote.add_argument("--json", action="store_true", help="print JSON")
     promote.set_defaults(func=cmd_repo_promote)
+    qo = repo_sub.add_parser(
+        "quarantine",
+        help="move a planted or damaged pack, snapshot or key object out of a repository "
+        "(into DATA/quarantine, logged; undo: move it back and reindex)",
+    )
+    qo.add_argument("name", help="repository name")
+    qo.add_argument("kind", choices=["pack", "snapshot", "key"])
+    qo.add_argument("id", help="pack id, snapshot id or key object name")
+    qo.add_argument("--reason", default="", help="why, for the quarantine log")
+    _data_arg(qo)
+    qo.add_argument("--json", action="store_true", help="print JSON")
+    qo.set_defaults(func=cmd_repo_quarantine)
 
     peer = sub.add_parser("peer-token", help="tokens primary sites use to replicate here")
     peer_sub = peer.add_subparsers(dest="peer_command", required=True)

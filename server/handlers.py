@@ -18,6 +18,7 @@ from aiohttp import web
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
 from engine.errors import FormatError, ObjectExists, ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
+from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
@@ -25,6 +26,7 @@ from server.bodies import Pace, paced, parse_json, parse_json_object, query_int,
 from server.errors import BodyTooLarge, MissingChunks, from_os_error, http_status
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
+from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
 from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
@@ -89,7 +91,12 @@ async def _put_if_absent(request: web.Request, name: str) -> web.Response:
 async def store_small_object(
     request: web.Request, repo: Repository, name: str, data: bytes
 ) -> web.Response:
-    """Write-once `config` or `keys/<name>`: 201 created, 200 same bytes, 409 different."""
+    """Write-once `config` or `keys/<name>`: 201 created, 200 same bytes, 409 different.
+
+    A key object must parse with KDF costs in bounds (422 otherwise): whoever can write one
+    decides what every later unlock spends (docs/design.md, threat model)."""
+    if name.startswith("keys/"):
+        KeyObject.decode(data)
     path = repo.object_path(name)
     if await asyncio.to_thread(write_durably, path, data):
         if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
@@ -133,7 +140,16 @@ async def get_key(request: web.Request) -> web.Response:
 
 @routes.put(R + "/keys/{key}")
 async def put_key(request: web.Request) -> web.Response:
-    return await _put_if_absent(request, "keys/" + request.match_info["key"])
+    """A backup token may write the first key object (`init`, before `config`); once the
+    repository has a config, only an admin token may add one."""
+    repo = _repository(request, Action.APPEND)
+    if await repo.store.exists("config"):
+        try:
+            authorize(request.app[INDEX], bearer_token(request), repo.name, Action.ADMIN)
+        except PermissionDenied:
+            raise PermissionDenied("only an admin token may add a key object") from None
+    name = "keys/" + request.match_info["key"]
+    return await store_small_object(request, repo, name, await small_body(request))
 
 
 # -- chunks and packs ----------------------------------------------------------------------
@@ -316,6 +332,23 @@ async def get_snapshot(request: web.Request) -> web.FileResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
     return await _file(repo, snapshot_name(sid))
+
+
+# -- quarantine: the practice's admin token takes a planted object out (server.quarantine) ----
+
+
+@routes.delete(R + "/{kind:packs|snapshots|keys}/{id}")
+async def quarantine_object(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.ADMIN)
+    kind = request.match_info["kind"].removesuffix("s")
+    name = object_name(kind, request.match_info["id"])
+    by = f"admin token from {request.remote}"
+    reason = request.query.get("reason", "")[:500]
+    now = request.app[CLOCK]()
+    entry = await asyncio.to_thread(
+        quarantine, repo, request.app[INDEX], name, by=by, reason=reason, now=now
+    )
+    return web.json_response(entry)
 
 
 # -- agent heartbeats ----------------------------------------------------------------------

@@ -73,13 +73,25 @@ def _reindex_snapshots(repo: Repository, index: ServerIndex, report: ReindexRepo
         report.snapshots += 1
 
 
+def reindex_repository(
+    repo: Repository,
+    index: ServerIndex,
+    *,
+    verify: bool = False,
+    report: ReindexReport | None = None,
+) -> ReindexReport:
+    """Drop and rebuild one repository's cache rows."""
+    report = report or ReindexReport()
+    index.drop_repo_cache(repo.name)
+    _reindex_packs(repo, index, verify, report)
+    _reindex_snapshots(repo, index, report)
+    report.repositories += 1
+    return report
+
+
 def reindex(repos: Repositories, index: ServerIndex, *, verify: bool = False) -> ReindexReport:
     """Drop and rebuild each repository's cache rows; tokens and heartbeats are kept."""
     report = ReindexReport()
     for name in repos.names():
-        repo = repos.get(name)
-        index.drop_repo_cache(name)
-        _reindex_packs(repo, index, verify, report)
-        _reindex_snapshots(repo, index, report)
-        report.repositories += 1
+        reindex_repository(repos.get(name), index, verify=verify, report=report)
     return report

@@ -26,7 +26,8 @@ from engine.store.local import LocalStore
 
 MiB = 1024 * 1024
 PASSPHRASE = b"correct horse battery staple"
-# CHEAP_KDF for the CLI: 8 KiB of Argon2id memory, one pass.
+# CHEAP_KDF for the CLI: 8 KiB of Argon2id memory, one pass; `init` takes it only in test mode.
+CHEAP_KDF_ENV = {"DICOMVAULT_TEST_CHEAP_KDF": "1"}
 CHEAP_KDF_ARGS = ("--kdf-memory-mib", str(CHEAP_KDF.memory_kib / 1024), "--kdf-iterations", "1")
 
 
@@ -75,6 +76,7 @@ class Vault:
             DICOMVAULT_REPO=str(self.repo),
             DICOMVAULT_PASSWORD_FILE=str(self.password_file),
             DICOMVAULT_CACHE_DIR=str(self.cache),
+            **CHEAP_KDF_ENV,
         )
         env.update(extra)
         return env

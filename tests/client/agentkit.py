@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pydicom
 
-from tests.helpers import CHEAP_KDF_ARGS, PASSPHRASE, Result, _cli_command
+from tests.helpers import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, _cli_command
 
 STORESCU = "/usr/bin/storescu"
 DCMSEND = "/usr/bin/dcmsend"
@@ -154,6 +154,7 @@ class AgentSite:
             DICOMVAULT_TOKEN=self.server.tokens["backup"],
             DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
             DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
+            **CHEAP_KDF_ENV,
         )
         env.update(self.extra_env)
         return env

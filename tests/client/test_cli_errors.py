@@ -4,6 +4,7 @@ and never as silently wrong output."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import blake3
@@ -20,7 +21,15 @@ from engine.errors import (
     WrongPassphrase,
 )
 from engine.pack import read_pack_info
-from tests.helpers import CHEAP_KDF_ARGS, MiB, Result, Vault, assert_one_line_error, restored
+from tests.helpers import (
+    CHEAP_KDF_ARGS,
+    MiB,
+    Result,
+    Vault,
+    assert_one_line_error,
+    ct_small,
+    restored,
+)
 
 
 def make_backup(root: Path) -> tuple[Vault, Path]:
@@ -181,3 +190,69 @@ def test_tampered_blob_in_a_well_named_pack_fails_aead_on_restore_and_check(
     result = vault.run("restore", "latest", "--target", str(out))
     assert_one_file_failed(result, forged)
     assert_nothing_wrong_under_a_real_name(out, src)
+
+
+# clear messages for what used to be "internal error"
+
+
+def test_a_non_utf8_passphrase_file_is_used_as_bytes(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "latin1")
+    vault.root.mkdir()
+    vault.password_file.write_bytes("geheimes Paßwort\n".encode("latin-1"))
+    vault.ok("init", *CHEAP_KDF_ARGS)
+    assert vault.ok("snapshots").out.strip() == "no snapshots"
+
+
+@pytest.mark.parametrize(
+    ("memory", "passes"), [("0.008", "1"), ("8", "1"), ("64", "1"), ("4096000", "3")]
+)
+def test_init_refuses_kdf_below_the_safe_floor_outside_test_mode(
+    tmp_path: Path, memory: str, passes: str
+) -> None:
+    vault = Vault(tmp_path / "weak")
+    vault.root.mkdir()
+    vault.password_file.write_text("pw\n")
+    args = ("init", "--kdf-memory-mib", memory, "--kdf-iterations", passes)
+    result = vault.run(*args, DICOMVAULT_TEST_CHEAP_KDF="")
+    assert_one_line_error(result, UsageError.exit_code, "--kdf-memory-mib")
+    assert not vault.repo.exists()
+
+
+def test_a_tampered_key_object_says_it_may_be_damaged(backed_up: tuple[Vault, Path]) -> None:
+    vault, _ = backed_up
+    (key,) = (vault.repo / "keys").iterdir()
+    key.write_bytes(key.read_bytes().replace(b'"iterations": 1', b'"iterations": 2'))
+    result = vault.run("snapshots")
+    assert_one_line_error(result, WrongPassphrase.exit_code, "Wrong passphrase", "damaged")
+
+
+def test_the_cache_holds_no_patient_name_or_uid_after_a_backup(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "vault").init()
+    src = tmp_path / "Doe_Jane"  # exports are often named after the patient
+    src.mkdir()
+    shutil.copyfile(ct_small(), src / "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322.dcm")
+    vault.ok("backup", str(src))
+    vault.ok("backup", str(src))  # the second run reads the files cache back
+    (data,) = vault.cache.rglob("index/data.mdb")
+    raw = data.read_bytes()
+    for secret in (b"CompressedSamples", b"1CT1", b"5962.1.2.1.2004", b"Doe_Jane"):
+        assert secret not in raw, secret
+    assert [e["dicom"] for e in vault.json("ls", "latest")["entries"] if "dicom" in e]
+
+
+def test_a_damaged_chunk_id_in_a_manifest_is_traced_to_its_pack(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "vault").init()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "scan.bin").write_bytes(os.urandom(12 * MiB))  # several chunks in one file
+    vault.ok("backup", str(src))
+    (pack,) = vault.pack_files()
+    data = bytearray(pack.read_bytes())
+    victim = read_pack_info(bytes(data)).entries[1].chunk_id  # a chunk of scan.bin, not the first
+    data[data.rfind(bytes(victim))] ^= 0x40
+    pack.write_bytes(bytes(data))
+    shutil.rmtree(vault.cache)  # a fresh machine reads the damaged manifest
+    result = vault.run("check")
+    assert_one_line_error(result, CheckFailed.exit_code, victim.hex(), f"pack {pack.name}")
+    result = vault.run("restore", "latest", "--target", str(tmp_path / "out"))
+    assert_one_line_error(result, IntegrityError.exit_code, victim.hex(), "dicomvault check")

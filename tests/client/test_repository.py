@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from client.repository import Repository, init_repository
 from engine.backend import LocalBackend
 from engine.errors import RepositoryExists, RepositoryNotFound, TransientError, WrongPassphrase
 from engine.ids import ChunkId
+from engine.pack import PackBuilder
 from engine.store.faulty import Fault, FaultyStore
 from engine.store.local import LocalStore
 from engine.store.memory import MemoryStore
@@ -96,3 +98,43 @@ async def test_sync_index_rebuilds_locations_from_pack_manifests(tmp_path: Path)
 def _all_chunks(repo: Repository) -> list[ChunkId]:
     with repo.index.env.begin(db=repo.index._chunks) as txn:
         return [ChunkId(bytes(k)) for k in txn.cursor().iternext(keys=True, values=False)]
+
+
+@pytest.mark.parametrize("planted_first", [True, False], ids=["planted-first", "planted-last"])
+async def test_a_pack_reusing_chunk_ids_never_displaces_a_good_copy(
+    tmp_path: Path, planted_first: bool
+) -> None:
+    """Whichever order the index learns the packs in, every chunk still reads, and the copy
+    that failed authentication is not kept as the chunk's location."""
+    backend = LocalBackend(LocalStore(tmp_path / "repo"))
+    await init_repository(backend, PASSPHRASE, cheap_kdf())
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(os.urandom(300_000))
+    repo = await open_repo(backend, tmp_path / "cache")
+    try:
+        await Backup(repo).run([str(tmp_path / "src")], [])
+        (good,) = [p async for p in backend.list_packs()]
+        _, entries = await repo.read_manifest(good)
+    finally:
+        await repo.close()
+    builder = PackBuilder()
+    for e in entries:
+        builder.add(e.chunk_id, os.urandom(e.length))
+    planted, data = builder.finish(sealed_header=os.urandom(64))
+    await backend.put_pack(planted, data)
+
+    repo = await open_repo(backend, tmp_path / "fresh-cache")
+    try:
+        order = [planted, good] if planted_first else [good, planted]
+        for pack_id in order:
+            size, manifest = await repo.read_manifest(pack_id)
+            repo.index.add_pack(pack_id, size, manifest)
+        for e in entries:
+            await repo.read_chunk(e.chunk_id)
+            loc = repo.index.lookup(e.chunk_id)
+            assert loc is not None and loc.pack_id == good
+            others = {o.pack_id for o in repo.index.others(e.chunk_id)}
+            assert planted not in others if planted_first else others == {planted}
+        assert any(planted.hex() in w for w in repo.warnings) == planted_first
+    finally:
+        await repo.close()

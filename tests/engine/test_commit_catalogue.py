@@ -37,7 +37,26 @@ def test_commit_record_round_trips() -> None:
 def test_commit_record_is_readable_json_for_a_keyless_server() -> None:
     doc = json.loads(record().encode())
     assert doc["refs"] == [C1.hex(), C2.hex()]
-    assert doc["version"] == 1 and doc["parent"] is None
+    assert doc["version"] == 2 and doc["parent"] is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"time": "2026-01-02T03:04:06Z"},
+        {"agent": "pc-2"},
+        {"parent": SnapshotId(b"\x03" * 32)},
+        {"refs": (C2, C1)},
+        {"refs": (C1,)},
+    ],
+)
+def test_commit_record_v2_seal_binds_every_readable_field(edit: dict[str, object]) -> None:
+    assert record(**edit).body_ad() != record().body_ad()
+    assert len(record().body_ad()) == 32
+
+
+def test_commit_record_v1_seals_under_the_constant_snapshot_ad() -> None:
+    assert record(version=1).body_ad() == record(version=1, agent="other").body_ad() == bytes(32)
 
 
 def test_commit_record_not_matching_its_name_raises_integrity_error() -> None:
@@ -50,7 +69,13 @@ def test_commit_record_not_matching_its_name_raises_integrity_error() -> None:
     "mangle",
     [
         lambda d: b"not json",
-        lambda d: json.dumps({**json.loads(d), "version": 2}).encode(),
+        lambda d: json.dumps({**json.loads(d), "version": 3}).encode(),
+        lambda d: json.dumps({**json.loads(d), "version": True}).encode(),
+        lambda d: json.dumps({**json.loads(d), "time": "yesterday"}).encode(),
+        lambda d: json.dumps({**json.loads(d), "agent": "x" * 257}).encode(),
+        lambda d: json.dumps({**json.loads(d), "refs": "ab"}).encode(),
+        lambda d: json.dumps({**json.loads(d), "sealed": ""}).encode(),
+        lambda d: json.dumps([1, 2]).encode(),
         lambda d: json.dumps({**json.loads(d), "refs": ["zz"]}).encode(),
         lambda d: json.dumps({**json.loads(d), "sealed": "***"}).encode(),
         lambda d: json.dumps({k: v for k, v in json.loads(d).items() if k != "agent"}).encode(),

@@ -6,6 +6,7 @@ changed; change it deliberately (new version number, new fixtures), never by reg
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from engine import blob
 from engine.catalogue import PACK_HEADER_AD, SNAPSHOT_AD, SnapshotBody
 from engine.commit import CommitRecord, snapshot_id_of
-from engine.errors import WrongPassphrase
+from engine.errors import IntegrityError, WrongPassphrase
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.keys import MasterKey, unwrap
 from engine.pack import verify_pack
@@ -89,8 +90,31 @@ def test_commit_record_v1_parses_to_its_fields(key: MasterKey) -> None:
     assert record.agent == "fixture-host"
     assert record.parent == SnapshotId(b"\x11" * 32)
     assert record.refs == (STORED_ID, ZSTD_ID)
-    body = SnapshotBody.decode(blob.open_plaintext(key, SNAPSHOT_AD, record.sealed))
+    assert record.version == 1 and record.body_ad() == SNAPSHOT_AD  # fields not authenticated
+    body = SnapshotBody.decode(blob.open_plaintext(key, record.body_ad(), record.sealed))
     assert body.time == record.time and body.host == "fixture-host"
     assert body.paths == ["/data/dicom"]
     assert body.tree == [(STORED_ID, len(STORED)), (ZSTD_ID, len(ZSTD))]
     assert body.stats == {"files": 2} and body.tags == ["golden"]
+
+
+SNAPSHOT_V2_ID = SnapshotId.parse(
+    "e853c38988a6d125e1c90f7c1a4b571ce0dc991f72a828b982829fbd47f21a9b"
+)
+
+
+def test_commit_record_v2_body_opens_only_under_its_readable_fields(key: MasterKey) -> None:
+    data = (FIXTURES / "commit-v2.json").read_bytes()
+    assert snapshot_id_of(data) == SNAPSHOT_V2_ID
+    record = CommitRecord.decode(data)
+    assert (record.version, record.time, record.agent) == (
+        2,
+        "2026-11-01T08:30:00Z",
+        "fixture-host",
+    )
+    assert record.parent == SnapshotId(b"\x11" * 32) and record.refs == (STORED_ID, ZSTD_ID)
+    body = SnapshotBody.decode(blob.open_plaintext(key, record.body_ad(), record.sealed))
+    assert body.tree == [(STORED_ID, len(STORED)), (ZSTD_ID, len(ZSTD))]
+    edited = dataclasses.replace(record, agent="someone-else")
+    with pytest.raises(IntegrityError):
+        blob.open_plaintext(key, edited.body_ad(), edited.sealed)

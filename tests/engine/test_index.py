@@ -14,7 +14,7 @@ from engine.pack import ManifestEntry
 
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[LocalIndex]:
-    idx = LocalIndex(tmp_path / "index")
+    idx = LocalIndex(tmp_path / "index", files_key=FILES_KEY)
     yield idx
     idx.close()
 
@@ -24,6 +24,7 @@ def cid(n: int) -> ChunkId:
 
 
 PACK = PackId(b"\xaa" * 32)
+FILES_KEY = bytes(range(32))
 
 
 def test_add_pack_then_lookup_gives_each_chunk_location(index: LocalIndex) -> None:
@@ -86,7 +87,7 @@ def test_files_cache_handles_paths_longer_than_lmdb_keys(index: LocalIndex) -> N
     assert len(long_a.encode()) > 500
     index.put_files([(long_a, {"n": 1}), (long_b, {"n": 2})])
     assert index.get_file(long_a) == {"n": 1}
-    assert index.get_file(long_b) == {"n": 2}  # same 480-byte prefix, different record
+    assert index.get_file(long_b) == {"n": 2}
     very_long = "/" + "é" * 2000
     index.put_files([(very_long, {"n": 3})])
     assert index.get_file(very_long) == {"n": 3}
@@ -96,3 +97,42 @@ def test_files_cache_accepts_undecodable_file_names(index: LocalIndex) -> None:
     path = b"/data/\xff\xfe.dcm".decode("utf-8", "surrogateescape")
     index.put_files([(path, {"n": 1})])
     assert index.get_file(path) == {"n": 1}
+
+
+def test_files_cache_holds_no_plaintext_paths_or_attributes(tmp_path: Path) -> None:
+    index = LocalIndex(tmp_path / "index", files_key=FILES_KEY)
+    record = {"sig": [1], "dicom": {"PatientName": "Doe^Jane", "StudyInstanceUID": "1.2.840.9"}}
+    index.put_files([("/export/Doe_Jane/1.2.840.9.dcm", record)])
+    index.close()
+    data = (tmp_path / "index" / "data.mdb").read_bytes()
+    assert b"Doe" not in data and b"1.2.840.9" not in data
+    other = LocalIndex(tmp_path / "index", files_key=bytes(32))  # another repository's key
+    try:
+        assert other.get_file("/export/Doe_Jane/1.2.840.9.dcm") is None
+    finally:
+        other.close()
+
+
+def test_without_a_key_no_files_cache_is_kept(tmp_path: Path) -> None:
+    index = LocalIndex(tmp_path / "index")
+    try:
+        index.put_files([("/a", {"n": 1})])
+        assert index.get_file("/a") is None
+    finally:
+        index.close()
+
+
+def test_a_plaintext_files_cache_from_before_is_dropped(tmp_path: Path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "index"), max_dbs=4)
+    with env.begin(write=True, db=env.open_db(b"files")) as txn:
+        txn.put(b"/export/Doe_Jane.dcm", b'{"dicom": {"PatientName": "Doe^Jane"}}')
+    env.close()
+    LocalIndex(tmp_path / "index", files_key=FILES_KEY).close()
+    env = lmdb.open(str(tmp_path / "index"), max_dbs=6)
+    try:
+        with pytest.raises(lmdb.NotFoundError):
+            env.open_db(b"files", create=False)
+    finally:
+        env.close()

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from engine.commit import CommitRecord
 from engine.ids import ChunkId, PackId
+from engine.keys import CHEAP_KDF, MasterKey, wrap
 from engine.pack import PackBuilder
 from engine.remote import RemoteBackend
 from server.admin import create_repository
@@ -34,6 +35,11 @@ def make_pack(chunks: int = 8, size: int = 1000) -> tuple[PackId, bytes, list[Ch
         builder.add(chunk_id, os.urandom(size))
     pack_id, data = builder.finish(sealed_header=os.urandom(64))
     return pack_id, data, ids
+
+
+def make_key_object(passphrase: bytes = b"pw") -> bytes:
+    """A real key object (cheap KDF): the server refuses malformed ones."""
+    return wrap(MasterKey.generate(), passphrase, CHEAP_KDF)
 
 
 def make_commit(refs: Sequence[ChunkId], agent: str = "pc-1", time: str = "") -> bytes:

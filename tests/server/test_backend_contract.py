@@ -12,7 +12,7 @@ from engine.commit import snapshot_id_of
 from engine.errors import IntegrityError, ObjectNotFound, RepositoryNotFound
 from engine.ids import PackId, SnapshotId
 from engine.store.local import LocalStore
-from tests.server.conftest import Harness, ServerFactory, make_commit, make_pack
+from tests.server.conftest import Harness, ServerFactory, make_commit, make_key_object, make_pack
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -38,10 +38,11 @@ async def test_config_missing_then_written_once(backend: Backend) -> None:
 
 async def test_key_objects_listed_and_read(backend: Backend) -> None:
     assert await backend.list_keys() == []
-    await backend.put_key("k1", b"wrapped-1")
-    await backend.put_key("k0", b"wrapped-0")
+    k0, k1 = make_key_object(), make_key_object()
+    await backend.put_key("k1", k1)
+    await backend.put_key("k0", k0)
     assert await backend.list_keys() == ["k0", "k1"]
-    assert await backend.get_key("k1") == b"wrapped-1"
+    assert await backend.get_key("k1") == k1
     with pytest.raises(ObjectNotFound):
         await backend.get_key("nope")
 

@@ -6,7 +6,7 @@ from engine.backend import LocalBackend
 from engine.store.local import LocalStore
 from server.reindex import reindex
 from server.state import INDEX, REPOS
-from tests.server.conftest import REPO, Harness, make_commit, make_pack
+from tests.server.conftest import REPO, Harness, make_commit, make_key_object, make_pack
 
 
 async def test_reindex_rebuilds_identical_index(srv: Harness) -> None:
@@ -45,8 +45,8 @@ async def test_reindex_skips_stray_files(srv: Harness) -> None:
 
 async def test_server_repository_folder_is_a_local_repository(srv: Harness) -> None:
     backend = srv.backend()
+    await backend.put_key("k0", make_key_object())
     await backend.put_config(b"cfg")
-    await backend.put_key("k0", b"wrapped")
     pack_id, data, ids = make_pack()
     await backend.put_pack(pack_id, data)
     snapshot_id = await backend.commit(make_commit(ids))

@@ -31,7 +31,7 @@ from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
 from server.replication.settings import Window, peer_from_dict
 from server.state import INDEX, REPLICATION, REPOS
-from tests.server.conftest import make_commit, make_pack
+from tests.server.conftest import make_commit, make_key_object, make_pack
 
 MiB = 1024 * 1024
 REPO = "clinic"
@@ -123,8 +123,8 @@ async def backup(a: Site, tokens: dict[str, str], packs: int = 3) -> tuple[list[
     """What a practice's `init` and one backup send: config, key, packs, then a commit."""
     client = RemoteBackend(f"{a.url}/{REPO}", tokens["backup"])
     try:
+        await client.put_key("k" + os.urandom(4).hex(), make_key_object())
         await client.put_config(b'{"version": 1, "id": "0123"}')
-        await client.put_key("k" + os.urandom(4).hex(), b"wrapped key object")
         ids, refs = [], []
         for _ in range(packs):
             pack_id, data, chunks = make_pack(chunks=4, size=2000)
