@@ -43,11 +43,12 @@ from benchmarks.dicom_study import (
     study_bytes,
 )
 from client.backup import Backup, Summary
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from engine.backend import LocalBackend
 from engine.blob import Codec
 from engine.dicom import SegmentKind, segment
 from engine.keys import CHEAP_KDF
+from engine.repoconfig import init_repository
 from engine.store.local import LocalStore
 
 MODALITIES = ("CT", "CR", "MR", "US")

@@ -58,10 +58,9 @@ from engine.chunker import Chunker, Piece
 from engine.dicom import DicomLayout, segment
 from engine.ids import ChunkId, PackId
 from engine.keys import MasterKey
-from engine.pack import TARGET_SIZE, PackBuilder, pack_name
+from engine.pack import HEADER_ENTRY_SIZE, TARGET_SIZE, PackBuilder, pack_name
 from engine.store.local import LocalStore
 
-PACK_HEADER_ENTRY_SIZE = 5  # bytes per chunk in a pack's sealed header (client.repository)
 BACKUP_TARGET = 1.0  # end-to-end backup at least as fast as restic
 RESTORE_TARGET = 2.0  # end-to-end restore at least twice as fast as restic
 
@@ -147,7 +146,7 @@ def _encrypt_all(key: MasterKey, chunks: list[_Chunk], plaintexts: list[bytes]) 
 
 
 def _pack_all(key: MasterKey, chunks: list[_Chunk]) -> list[Pack]:
-    """Build ~16 MiB packs as the client's Packer does; keep each blob's offset for reading."""
+    """Build ~16 MiB packs as `engine.packer.Packer` does; keep each blob's offset for reading."""
     packs: list[Pack] = []
     builder, offsets = PackBuilder(), []
     for i, c in enumerate(chunks):
@@ -155,7 +154,7 @@ def _pack_all(key: MasterKey, chunks: list[_Chunk]) -> list[Pack]:
         offsets.append(builder.add(c.chunk_id, c.sealed).offset)
         if builder.blob_bytes >= TARGET_SIZE or i == len(chunks) - 1:
             header = blob.seal_plaintext(
-                key, PACK_HEADER_AD, bytes(PACK_HEADER_ENTRY_SIZE * len(builder))
+                key, PACK_HEADER_AD, bytes(HEADER_ENTRY_SIZE * len(builder))
             )
             pack_id, data = builder.finish(header)
             packs.append((pack_id, data, offsets))
@@ -400,7 +399,7 @@ def _tool_factories(scratch: Path, with_restic: bool) -> dict[str, Callable[[int
         assert binary is not None
         return Restic(binary, scratch / f"restic-repo-{i}", _fresh(scratch / f"restic-cache-{i}"))
 
-    out = {"dicomvault": dicomvault}
+    out: dict[str, Callable[[int], Tool]] = {"dicomvault": dicomvault}
     if with_restic and restic_binary() is not None:
         out["restic"] = restic
     return out

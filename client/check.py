@@ -19,6 +19,7 @@ from engine import blob
 from engine.errors import DicomvaultError
 from engine.ids import ChunkId, PackId
 from engine.pack import verify_pack
+from engine.packer import read_manifest
 
 READ_CONCURRENCY = 4
 
@@ -64,7 +65,7 @@ async def _packs(
                 if read:
                     size = await _read_pack(repo, pack_id, report)
                 else:
-                    size, entries = await repo.read_manifest(pack_id)
+                    size, entries = await read_manifest(repo.backend, pack_id)
                     if not repo.index.has_pack(pack_id):
                         repo.index.add_pack(pack_id, size, entries)
                 done[1] += size

@@ -14,7 +14,7 @@ import select
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from client.backup import Backup
 from client.check import check
@@ -38,7 +38,7 @@ from client.find import (
     snapshot_holding,
 )
 from client.progress import Progress, scan_totals
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
 from client.restore_target import Overwrite, check_target
 from engine.blob import Codec
@@ -46,9 +46,7 @@ from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
-
-if TYPE_CHECKING:  # pydicom and pynetdicom cost ~0.5 s at start-up: loaded only to send a study
-    pass
+from engine.repoconfig import init_repository
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away

@@ -1,19 +1,17 @@
-"""An open repository as the client sees it: backend, master key, local index and pack writer.
+"""An open repository as the client sees it: backend, master key, local index, spool and packer.
 
-Owns the write order of invariant 1 on the client side (pack durable at the backend → index →
-commit) and the index's reconciliation with the packs the backend holds. Knows nothing of
-command-line arguments or what is being backed up.
+Owns where the client's packs go (the backend, or the spool a chunk server's uploader drains),
+the index's reconciliation with the packs the backend holds, reading chunks and snapshots with
+fallback to other copies, and skipped objects as warnings. The formats and the pack writer are
+the engine's (`engine.repoconfig`, `engine.packer`). Knows nothing of command-line arguments or
+what is being backed up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import secrets
-import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,83 +19,17 @@ from client.ratelimit import RateLimiter
 from client.spool import Spool, Uploader
 from engine import blob
 from engine.backend import Backend
-from engine.catalogue import PACK_HEADER_AD, SnapshotBody
+from engine.catalogue import SnapshotBody
 from engine.chunker import Chunker
 from engine.commit import CommitRecord, verify_commit
-from engine.errors import (
-    FormatError,
-    IntegrityError,
-    NotFound,
-    ObjectNotFound,
-    RepositoryExists,
-    RepositoryNotFound,
-    WrongPassphrase,
-)
+from engine.errors import IntegrityError, NotFound, ObjectNotFound
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
-from engine.keys import KdfParams, MasterKey, key_name, unwrap, wrap
-from engine.pack import (
-    ENTRY_SIZE,
-    TARGET_SIZE,
-    TRAILER_SIZE,
-    ManifestEntry,
-    PackBuilder,
-    parse_manifest,
-    parse_trailer,
-)
+from engine.keys import MasterKey
+from engine.packer import Packer, read_manifest
+from engine.repoconfig import RepoConfig, unlock
 
-CONFIG_VERSION = 1
-_HEADER_ENTRY = struct.Struct("<IB")  # raw length u32, content kind u8: 5 bytes per chunk
 INDEX_SYNC_CONCURRENCY = 8
-
-
-@dataclass(frozen=True, slots=True)
-class RepoConfig:
-    version: int
-    repo_id: str
-
-    def encode(self) -> bytes:
-        return json.dumps({"version": self.version, "id": self.repo_id}).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> RepoConfig:
-        try:
-            doc = json.loads(data)
-            if doc["version"] != CONFIG_VERSION:
-                raise FormatError(f"unsupported repository version {doc['version']}")
-            return cls(doc["version"], str(doc["id"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"malformed repository config: {e}") from None
-
-
-async def init_repository(backend: Backend, passphrase: bytes, kdf: KdfParams) -> RepoConfig:
-    try:
-        await backend.get_config()
-    except (RepositoryNotFound, ObjectNotFound):
-        pass
-    else:
-        raise RepositoryExists(f"a repository already exists at {backend.location}")
-    config = RepoConfig(CONFIG_VERSION, secrets.token_hex(16))
-    key_object = wrap(MasterKey.generate(), passphrase, kdf)
-    # Key before config: a config without a key would be a repository nobody can open.
-    await backend.put_key(key_name(key_object), key_object)
-    await backend.put_config(config.encode())
-    return config
-
-
-async def _unlock(backend: Backend, passphrase: bytes, warnings: list[str]) -> MasterKey:
-    """Try each key object in turn; a malformed one (or one asking for a KDF cost out of
-    bounds, `engine.keyobject`) is skipped with a warning before any KDF work is spent on it."""
-    for name in await backend.list_keys():
-        try:
-            return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
-        except WrongPassphrase:
-            continue
-        except (FormatError, ObjectNotFound) as e:  # not found: quarantined since listed
-            warnings.append(f"skipped key object {name}: {e}")
-    if warnings:
-        raise WrongPassphrase(f"{WrongPassphrase.__doc__} ({'; '.join(warnings)})")
-    raise WrongPassphrase()
 
 
 class Repository:
@@ -118,7 +50,14 @@ class Repository:
             self.warn(message)
         self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
-        self.packer = Packer(self)
+        notify = uploader.notify if uploader is not None else None
+        self.packer = Packer(key, index, self._put_pack, notify)
+
+    async def _put_pack(self, pack_id: PackId, data: bytes) -> None:
+        if self.uploader is None:
+            await self.backend.put_pack(pack_id, data)
+        else:
+            await asyncio.to_thread(self.uploader.spool.put, pack_id, data)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -137,7 +76,7 @@ class Repository:
         """Unlock a repository; a chunk-server repository gets a pack spool and an uploader."""
         config = RepoConfig.decode(await backend.get_config())
         warnings: list[str] = []
-        key = await _unlock(backend, passphrase, warnings)
+        key = await unlock(backend, passphrase, warnings)
         index = LocalIndex(cache_root / config.repo_id / "index", files_key=key.cache_key)
         uploader = None
         if backend.knows_chunks:
@@ -158,23 +97,11 @@ class Repository:
 
         async def one(pack_id: PackId) -> None:
             async with sem:
-                size, entries = await self.read_manifest(pack_id)
+                size, entries = await read_manifest(self.backend, pack_id)
                 self.index.add_pack(pack_id, size, entries)
 
         await asyncio.gather(*(one(p) for p in todo))
         return len(todo)
-
-    async def read_manifest(self, pack_id: PackId) -> tuple[int, list[ManifestEntry]]:
-        """Fetch a pack's trailer and manifest with two range reads (never the whole pack)."""
-        size, trailer = await self.backend.get_pack_tail(pack_id, TRAILER_SIZE)
-        count, header_len, blob_len = _parse_trailer_for(pack_id, trailer, size)
-        manifest = await self.backend.get_pack_range(
-            pack_id, blob_len + header_len, count * ENTRY_SIZE
-        )
-        try:
-            return size, list(parse_manifest(manifest, blob_len))
-        except FormatError as e:
-            raise FormatError(f"pack {pack_id.hex()}: {e}") from None
 
     # reading
 
@@ -283,54 +210,6 @@ def _named(pack_id: PackId, message: str) -> str:
     return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
 
-def _parse_trailer_for(pack_id: PackId, trailer: bytes, size: int) -> tuple[int, int, int]:
-    try:
-        return parse_trailer(trailer, size)
-    except FormatError as e:
-        raise FormatError(f"pack {pack_id.hex()}: {e}") from None
-
-
 def now_rfc3339() -> str:
     """UTC with microseconds: snapshots are ordered by time, and two can finish in one second."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-class Packer:
-    """Collects sealed blobs into packs and writes each sealed pack durably, then indexes it."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self.builder = PackBuilder()
-        self.header: list[bytes] = []
-        self.packs_written = 0
-        self.bytes_written = 0
-
-    def __contains__(self, chunk_id: ChunkId) -> bool:
-        return chunk_id in self.builder
-
-    def add(self, chunk_id: ChunkId, sealed: bytes, raw_len: int, content: int) -> None:
-        self.builder.add(chunk_id, sealed)
-        self.header.append(_HEADER_ENTRY.pack(raw_len, content))
-
-    @property
-    def full(self) -> bool:
-        return self.builder.blob_bytes >= TARGET_SIZE
-
-    async def flush(self) -> None:
-        if not len(self.builder):
-            return
-        builder, header = self.builder, b"".join(self.header)
-        self.builder, self.header = PackBuilder(), []
-        sealed_header = blob.seal_plaintext(self.repo.key, PACK_HEADER_AD, header)
-        pack_id, data = await asyncio.to_thread(builder.finish, sealed_header)
-        uploader = self.repo.uploader
-        # Invariant 1: the pack is durable (at the backend, or in the spool) before the index.
-        if uploader is None:
-            await self.repo.backend.put_pack(pack_id, data)
-        else:
-            await asyncio.to_thread(uploader.spool.put, pack_id, data)
-        self.repo.index.add_pack(pack_id, len(data), builder.entries)
-        if uploader is not None:
-            uploader.notify()
-        self.packs_written += 1
-        self.bytes_written += len(data)

@@ -19,7 +19,6 @@ SALT_SIZE = 16
 NONCE_SIZE = 12
 WRAPPED_SIZE = 32 + 16  # the 32-byte master secret and its AES-GCM tag
 MAX_KEY_OBJECT_SIZE = 4096  # bytes; a real one is about 300
-HEADER_FIELDS = ("version", "kdf", "iterations", "lanes", "memory_kib", "salt")
 # Upper bounds on what a key object may ask of an unlock. Generous for real parameters (the
 # default is t=3, p=4, 64 MiB), and low enough that a planted key object cannot hang or exhaust
 # a client: at most 64 passes over at most 4 GiB.

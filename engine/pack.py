@@ -5,7 +5,8 @@ A pack is `blobs ‖ sealed header ‖ manifest ‖ trailer`. The blobs and the 
 pack. Does not touch storage and holds no keys.
 
     blob area      sum(entry.length) bytes, blobs back to back in manifest order
-    header         header_len bytes, sealed by the client (opaque to the server)
+    header         header_len bytes, sealed by the client (opaque to the server); its plaintext
+                   is entry_count × 5 bytes: raw length u32 LE ‖ content kind u8 (`header_entry`)
     manifest       entry_count × 40 bytes: chunk id (32) ‖ offset u32 LE ‖ length u32 LE
     trailer        24 bytes: magic "DVPK" ‖ version u8 ‖ 3 reserved zero bytes ‖
                    entry_count u32 LE ‖ header_len u32 LE ‖ blob_area_len u64 LE
@@ -28,8 +29,10 @@ MAGIC = b"DVPK"
 VERSION = 1
 _TRAILER = struct.Struct("<4sB3xIIQ")  # 24 bytes
 _ENTRY = struct.Struct(f"<{ID_SIZE}sII")  # 40 bytes
+_HEADER_ENTRY = struct.Struct("<IB")  # 5 bytes
 TRAILER_SIZE = _TRAILER.size
 ENTRY_SIZE = _ENTRY.size
+HEADER_ENTRY_SIZE = _HEADER_ENTRY.size
 TARGET_SIZE = 16 * 1024 * 1024  # seal a pack once its blobs reach this many bytes
 MAX_SIZE = 1 << 31  # offsets are u32; no pack may come near that
 
@@ -93,6 +96,11 @@ class PackBuilder:
         if len(data) >= MAX_SIZE:
             raise ValueError("pack too large")
         return pack_id_of(data), data
+
+
+def header_entry(raw_len: int, content: int) -> bytes:
+    """One chunk's entry in a pack's header plaintext, in manifest order (sealed by the writer)."""
+    return _HEADER_ENTRY.pack(raw_len, content)
 
 
 def parse_trailer(tail: bytes, size: int) -> tuple[int, int, int]:

@@ -27,8 +27,9 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 
 from client.agent.config import ALL_DAY, AgentConfig, DicomSettings, Policy
 from client.agent.daemon import Agent
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from engine.remote import RemoteBackend
+from engine.repoconfig import init_repository
 from engine.retry import RetryingBackend
 from tests.helpers import PASSPHRASE, cheap_kdf
 from tests.server.monitorkit import REPO, Site, wait_for

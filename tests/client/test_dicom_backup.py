@@ -25,11 +25,12 @@ from benchmarks.dicom_study import (
     study_bytes,
 )
 from client.backup import Backup
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from client.restore import Restorer
 from engine.backend import LocalBackend
 from engine.blob import Codec
 from engine.dicom import segment
+from engine.repoconfig import init_repository
 from engine.store.local import LocalStore
 from tests.helpers import (
     PASSPHRASE,

@@ -18,7 +18,7 @@ from engine.commit import CommitRecord, snapshot_id_of
 from engine.errors import IntegrityError, WrongPassphrase
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.keys import MasterKey, unwrap
-from engine.pack import verify_pack
+from engine.pack import header_entry, verify_pack
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PASSPHRASE = b"golden fixture passphrase"
@@ -80,6 +80,7 @@ def test_pack_v1_sealed_header_lists_raw_lengths_and_kinds(key: MasterKey) -> No
     sealed = data[info.header_offset : info.header_offset + info.header_len]
     header = blob.open_plaintext(key, PACK_HEADER_AD, sealed)
     assert list(struct.iter_unpack("<IB", header)) == [(len(STORED), 1), (len(ZSTD), 1)]
+    assert header == header_entry(len(STORED), 1) + header_entry(len(ZSTD), 1)  # what Packer writes
 
 
 def test_commit_record_v1_parses_to_its_fields(key: MasterKey) -> None:

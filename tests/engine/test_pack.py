@@ -10,8 +10,10 @@ from engine.errors import FormatError, IntegrityError
 from engine.ids import ChunkId, PackId
 from engine.pack import (
     ENTRY_SIZE,
+    HEADER_ENTRY_SIZE,
     TRAILER_SIZE,
     PackBuilder,
+    header_entry,
     pack_id_of,
     pack_name,
     read_pack_info,
@@ -38,6 +40,11 @@ def test_build_parse_verify_round_trip() -> None:
     assert data[info.header_offset : info.header_offset + info.header_len] == b"sealed-header"
     assert info.size == len(data) == sum(map(len, blobs)) + 13 + 3 * ENTRY_SIZE + TRAILER_SIZE
     assert data[-TRAILER_SIZE:][:4] == b"DVPK"
+
+
+def test_a_header_entry_is_raw_length_u32_then_content_kind_u8() -> None:
+    assert header_entry(0x01020304, 7) == b"\x04\x03\x02\x01\x07"
+    assert HEADER_ENTRY_SIZE == len(header_entry(1, 0)) == 5
 
 
 def test_empty_pack_round_trips() -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from client.backup import Backup
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from engine.remote import RemoteBackend
+from engine.repoconfig import init_repository
 from server.admin import create_repository_offline
 from server.config import ServerConfig
 from tests.helpers import PASSPHRASE, cheap_kdf, write_pattern_file

@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from client.backup import Backup
-from client.repository import Repository, init_repository
+from client.repository import Repository
 from engine.remote import RemoteBackend
+from engine.repoconfig import init_repository
 from server.admin import create_repository
 from server.alerts.conditions import DiskUsageFn
 from server.app import make_app
