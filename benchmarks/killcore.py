@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 MiB = 1024 * 1024
-CHURN_RANDOM = 2 * 3 * MiB  # new incompressible bytes per cycle: two files of 3 MiB
+CHURN_RANDOM = 2 * 2 * MiB  # new incompressible bytes per cycle: two files of 2 MiB
 INDEX_MAP_SIZE = 256 * MiB
 SEED_ENV = "DICOMVAULT_KILL_SEED"
 
@@ -213,10 +213,14 @@ class KillLoop:
         return self.history.cli
 
     def start(self) -> None:
-        """The first, uninterrupted backup: its duration is what kill moments are drawn from."""
-        state = self.history.tree_state(self.history.tree)
-        summary, self.backup_s = timed(self.cli, "backup", str(self.history.tree), "--json")
-        self.history.record(summary.out, state)
+        """The first backup, then one cycle's worth of churn backed up uninterrupted: its
+        duration is what the first kill moment is drawn from."""
+        for first in (True, False):
+            if not first:
+                churn(self.history.tree, self.rng)
+            state = self.history.tree_state(self.history.tree)
+            summary, self.backup_s = timed(self.cli, "backup", str(self.history.tree), "--json")
+            self.history.record(summary.out, state)
 
     def backup_cycle(self) -> None:
         """Kill a backup; check and restore what is committed; the next backup completes."""

@@ -23,7 +23,7 @@ from tests.helpers import (
 from tests.server.test_replication_process import REPO, Site
 
 KILLS = int(os.environ.get("DICOMVAULT_KILLS", "20"))  # per loop; CI runs the default
-SMALL_DICOM = 2_200_000  # leaves out pydicom-data's 4-7 MB images: ~23 MB of DICOM in all
+SMALL_DICOM = 1_100_000  # leaves out pydicom-data's 2-7 MB images: ~19 MB of DICOM in all
 
 
 def kill_seed() -> int:

@@ -10,15 +10,19 @@ prints the seed; `DICOMVAULT_KILL_SEED=N` replays it, `DICOMVAULT_KILLS=N` chang
 
 from __future__ import annotations
 
+import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks.killcore import KillLoop, seeded
+from benchmarks.killcore import KillLoop, index_problems, seeded
+from engine.ids import PackId
+from engine.pack import pack_name
 from tests.helpers import Vault
 from tests.robustness.killkit import KILLS, kill_seed, make_loop, remote_vault
-from tests.server.test_replication_process import Site
+from tests.server.test_replication_process import REPO, Site, wait_until
 
 pytestmark = [pytest.mark.robustness, pytest.mark.slow]
 
@@ -31,11 +35,13 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def _report(loop: KillLoop, what: str) -> None:
-    for name, tally in (("backup", loop.backups), ("restore", loop.restores)):
+    for kind, tally in (
+        ("backup", loop.backups),
+        ("restore", loop.restores),
+        ("server", loop.servers),
+    ):
         if tally.kills:
-            print(tally.line(f"{what} {name}"))
-    if loop.servers.kills:
-        print(loop.servers.line(f"{what} server"))
+            print(tally.line(f"{kind} kills ({what} loop)"))
 
 
 def _backup_kills(loop: KillLoop, seed: int, what: str) -> None:
@@ -76,3 +82,33 @@ def test_chunk_server_killed_under_a_backup_at_random_moments(tmp_path: Path, si
     _report(loop, "server")
     assert loop.servers.kills == KILLS
     assert loop.servers.outcomes["client mid-backup"] >= KILLS // 4, loop.servers.outcomes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a server killed between linking a pack and indexing it starts with the pack stored "
+    "but not indexed; HEAD answers from the file, so the next client run drops the pack from "
+    "its spool and every commit naming its chunks is refused (server/handlers.py, "
+    "server/app.py start-up)",
+)
+def test_pack_linked_but_not_indexed_by_a_killed_server_is_healed(
+    tmp_path: Path, site: Site
+) -> None:
+    tokens = site.create_repo()
+    site.start()
+    agent = remote_vault(tmp_path / "practice", site, tokens["backup"])
+    loop = make_loop(tmp_path, agent, seed=1)
+    # A slow uplink holds the first pack in the spool, mid-upload, when both sides die.
+    proc = agent.popen("--limit-upload", "64KiB", "backup", str(loop.history.tree), "--json")
+    wait_until(lambda: agent.spool(), what="a spooled pack")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    site.kill()
+    for spooled in agent.spool():  # what the server had linked when it died, before indexing
+        stored = site.data / "repos" / REPO / pack_name(PackId.parse(spooled.name))
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spooled, stored)
+    site.start()
+    assert index_problems(site.data) == [], "the restarted server's index lacks a stored pack"
+    loop.start()  # the next backup completes
+    loop.history.assert_restores(loop.history.listing()[-1])
