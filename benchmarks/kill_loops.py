@@ -22,12 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import tree_digest
-from benchmarks.killcore import SEED_ENV, History, KillLoop, Tally, build_tree, seeded
+from benchmarks.killcore import (
+    SEED_ENV,
+    SMALL_DICOM,
+    History,
+    KillLoop,
+    Tally,
+    build_tree,
+    seeded,
+)
 from benchmarks.replication import ROOT, Server
 
 PASSWORD = "kill loops"
 REPO = "clinic"
-SMALL_DICOM = 1_100_000  # the same ~19 MB of DICOM as the tests
 LOOPS = ("local", "remote", "server")
 
 
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ("backup", "restore", "server")
         for kind, tally in zip(kinds, tallies, strict=True):
             if tally.kills:
-                print(tally.line(f"{kind} kills ({name} loop)"))
+                print(tally.line(f"{name} loop, {kind}"))
                 result["loops"][f"{name}/{kind}"] = {"kills": tally.kills, **tally.outcomes}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

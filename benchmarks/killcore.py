@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 MiB = 1024 * 1024
-CHURN_RANDOM = 2 * 2 * MiB  # new incompressible bytes per cycle: two files of 2 MiB
+CHURN_RANDOM = 2 * MiB  # new incompressible bytes per cycle, in two files
+SMALL_DICOM = 700_000  # DICOM files up to this size: ~12 MB from pydicom and pydicom-data
 INDEX_MAP_SIZE = 256 * MiB
 SEED_ENV = "DICOMVAULT_KILL_SEED"
 

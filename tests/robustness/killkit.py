@@ -11,7 +11,7 @@ import os
 import random
 from pathlib import Path
 
-from benchmarks.killcore import SEED_ENV, History, KillLoop, build_tree
+from benchmarks.killcore import SEED_ENV, SMALL_DICOM, History, KillLoop, build_tree
 from tests.client.test_remote import Agent
 from tests.helpers import (
     CHEAP_KDF_ARGS,
@@ -23,7 +23,6 @@ from tests.helpers import (
 from tests.server.test_replication_process import REPO, Site
 
 KILLS = int(os.environ.get("DICOMVAULT_KILLS", "20"))  # per loop; CI runs the default
-SMALL_DICOM = 1_100_000  # leaves out pydicom-data's 2-7 MB images: ~19 MB of DICOM in all
 
 
 def kill_seed() -> int:

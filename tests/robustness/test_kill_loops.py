@@ -41,7 +41,7 @@ def _report(loop: KillLoop, what: str) -> None:
         ("server", loop.servers),
     ):
         if tally.kills:
-            print(tally.line(f"{kind} kills ({what} loop)"))
+            print(tally.line(f"{what} loop, {kind}"))
 
 
 def _backup_kills(loop: KillLoop, seed: int, what: str) -> None:
