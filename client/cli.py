@@ -31,6 +31,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
 )
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd("repair-index", "rebuild the local index from the packs")
     drill_parser(cmd)
     agent_parsers(cmd)
+    serve_parser(cmd)
     return p
 
 
@@ -309,6 +311,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "drill": cmd_drill,
     "agent": cmd_agent,
     "status": cmd_status,
+    "dicom-serve": cmd_dicom_serve,
 }
 
 

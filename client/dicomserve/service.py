@@ -1,0 +1,201 @@
+"""The `dicom-serve` process: the archive both front ends share, its configuration, and its life.
+
+Owns the `Archive` (index, fetcher, cache, audit log and the event loop that reads the
+repository), the refresh timer, and starting and stopping the DIMSE and DICOMweb servers.
+Command-line parsing is `client.cli_serve`'s; DIMSE is `dimse`'s, HTTP is `web`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from client.dicomserve.audit import AuditLog
+from client.dicomserve.index import CatalogueIndex, IndexReader, InstanceRef
+from client.dicomserve.instances import Fetcher, InstanceCache, sop_class_of
+from client.dicomserve.query import Request, matching_instances
+from client.repository import Repository
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+FETCH_TIMEOUT = 600.0  # seconds one instance may take to arrive from the slowest site
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """A calling AE title, and optionally the one host it may call from."""
+
+    ae_title: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Allowed:
+        aet, _, host = text.partition("@")
+        return cls(aet.strip(), host.strip() or None)
+
+    def admits(self, ae_title: str, host: str) -> bool:
+        return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    ae_title: str = "DICOMVAULT"
+    host: str = "127.0.0.1"
+    dimse_port: int | None = 11112
+    web_port: int | None = None
+    allowed: tuple[Allowed, ...] = ()
+    accept_any: bool = False
+    move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    web_tokens: dict[str, str] = field(default_factory=dict)  # token → name in the audit
+    as_of: str | None = None
+    cache_bytes: int = 512 << 20
+    refresh_s: float = 300.0
+    prefetch_patient: bool = False
+    dimse_timeout: float = 30.0
+
+    def admits(self, ae_title: str, host: str) -> bool:
+        return self.accept_any or any(a.admits(ae_title, host) for a in self.allowed)
+
+
+class Archive:
+    """What both front ends serve from. Query methods run in any thread (each opens its own
+    index reader); repository reads run on `loop` and other threads wait for them."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        index: CatalogueIndex,
+        audit: AuditLog,
+        config: ServeConfig,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.repo, self.index, self.audit, self.config = repo, index, audit, config
+        self.loop = loop
+        self.cache = InstanceCache(config.cache_bytes)
+        self.fetcher = Fetcher(repo, self.cache)
+        self._prefetching: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[IndexReader]:
+        reader = self.index.open_reader()
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+    def instances(self, request: Request) -> list[InstanceRef]:
+        with self.reader() as reader:
+            return list(matching_instances(reader, request, self.config.as_of))
+
+    def on_loop(self, coro: Any, timeout: float = FETCH_TIMEOUT) -> Any:
+        """Run a coroutine on the archive's loop from another thread and wait for it."""
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    async def read(self, ref: InstanceRef) -> bytes:
+        data = await self.fetcher.read(ref)
+        if self.config.prefetch_patient:
+            self._prefetch(ref.attrs.get("PatientID", ""))
+        return data
+
+    async def sop_class(self, ref: InstanceRef) -> str:
+        """The instance's SOP class: from the index when known, else from its first chunk."""
+        with self.reader() as reader:
+            known = reader.sop_class(ref.sop)
+        if known:
+            return known
+        found = sop_class_of(await self.fetcher.head(ref))
+        if not found:
+            found = sop_class_of(await self.fetcher.read(ref))
+        if found:
+            self.index.remember_sop_class(ref.sop, found)
+        return found
+
+    def _prefetch(self, patient: str) -> None:
+        if not patient or any(t.get_name() == patient for t in self._prefetching):
+            return
+        task = self.loop.create_task(self._prefetch_patient(patient), name=patient)
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetching.discard)
+
+    async def _prefetch_patient(self, patient: str) -> None:
+        request = Request.parse("IMAGE", {"PatientID": patient})
+        for ref in await asyncio.to_thread(self.instances, request):
+            if ref.digest in self.cache:
+                continue
+            try:
+                await self.fetcher.read(ref)
+            except Exception as e:  # prefetch is a courtesy: the retrieve reports real failures
+                log.warning("prefetch of %s failed: %s", ref.sop, e)
+                return
+
+
+def alert(message: str) -> None:
+    """An instance that cannot be served: said on stderr (the operator's console or journal)."""
+    print(f"dicom-serve: alert: {message}", file=sys.stderr, flush=True)
+
+
+async def refresh_forever(
+    archive: Archive, every: float, sleep: Callable[[float], Any] = asyncio.sleep
+) -> None:
+    """Index new snapshots every `every` seconds; a failed refresh is retried next time."""
+    while True:
+        await sleep(every)
+        try:
+            added = await archive.index.refresh(archive.repo)
+        except Exception as e:  # the sites may be down; the index still answers
+            log.warning("index refresh failed: %s", e)
+            continue
+        if added:
+            log.info("indexed %d new snapshots", added)
+
+
+@dataclass(frozen=True)
+class Listening:
+    dimse_port: int | None
+    web_port: int | None
+    snapshots: int
+
+
+async def serve(
+    repo: Repository,
+    config: ServeConfig,
+    state_dir: Path,
+    clock: Callable[[], str],
+    ready: Callable[[Listening], None],
+    stop: asyncio.Event,
+) -> None:
+    """Index the snapshots, start the front ends, and serve until `stop` is set."""
+    from client.dicomserve.dimse import DimseServer
+
+    index = CatalogueIndex(state_dir / "catalogue.sqlite")
+    await index.refresh(repo)
+    audit = AuditLog(state_dir / "audit.jsonl", clock)
+    archive = Archive(repo, index, audit, config, asyncio.get_running_loop())
+    dimse = DimseServer(archive) if config.dimse_port is not None else None
+    runner = None
+    try:
+        dimse_port = dimse.start() if dimse is not None else None
+        web_port = None
+        if config.web_port is not None:
+            from client.dicomserve.web import start_web
+
+            runner, web_port = await start_web(archive)
+        with archive.reader() as reader:
+            ready(Listening(dimse_port, web_port, reader.snapshot_count()))
+        refresher = asyncio.create_task(refresh_forever(archive, config.refresh_s))
+        await stop.wait()
+        refresher.cancel()
+    finally:
+        if dimse is not None:
+            await asyncio.to_thread(dimse.stop)
+        if runner is not None:
+            await runner.cleanup()
+        audit.close()
