@@ -40,7 +40,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def dicom_serve(vault: Vault, *args: str, web: bool = True) -> Iterator[Served]:
+def dicom_serve(
+    vault: Vault, *args: str, web: bool = True, env: dict[str, str] | None = None
+) -> Iterator[Served]:
     state = vault.root / f"serve-{free_port()}"
     extra = ["--port", "0", "--state-dir", str(state), "--json"]
     if web:
@@ -48,7 +50,7 @@ def dicom_serve(vault: Vault, *args: str, web: bool = True) -> Iterator[Served]:
         tokens.write_text(f"viewer {WEB_TOKEN}\n")
         extra += ["--web-port", "0", "--web-token-file", str(tokens)]
     proc = subprocess.Popen(
-        vault.command("dicom-serve", *extra, *args), env=vault.env(), text=True,
+        vault.command("dicom-serve", *extra, *args), env=vault.env(**(env or {})), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     served = Served(proc, {}, state)
