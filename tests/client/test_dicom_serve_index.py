@@ -105,8 +105,9 @@ def test_the_cache_keeps_the_most_recently_used_within_its_byte_limit() -> None:
 def test_the_audit_log_appends_one_fsynced_line_per_record(tmp_path: Path) -> None:
     times = iter(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"])
     log = AuditLog(tmp_path / "state" / "audit.jsonl", clock=lambda: next(times))
+    many = [f"1.2.{n}" for n in range(1500)]
     log.write(AuditRecord("PACS", "10.0.0.5:4242", "C-MOVE", "STUDY", {"PatientID": "X"},
-                          studies=["1.2"], instances=[f"1.2.{n}" for n in range(1500)]))  # fmt: skip
+                          studies=["1.2"], instances=many))  # fmt: skip
     log.close()
     log = AuditLog(tmp_path / "state" / "audit.jsonl", clock=lambda: next(times))
     log.write(AuditRecord("viewer", "127.0.0.1:5000", "QIDO-RS", outcome="refused"))
