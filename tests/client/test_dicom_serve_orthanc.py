@@ -49,8 +49,8 @@ def test_orthanc_queries_and_retrieves_a_study_from_the_backup(
             f"http://127.0.0.1:{orthanc.http}/modalities/vault", method="PUT",
             data=json.dumps(modality).encode()), timeout=30).read()  # fmt: skip
         post(orthanc, "/modalities/vault/echo", {})
-        query = post(orthanc, "/modalities/vault/query",
-                     {"Level": "Study", "Query": {"PatientName": "DOE*", "StudyDate": ""}})  # fmt: skip
+        find = {"Level": "Study", "Query": {"PatientName": "DOE*", "StudyDate": ""}}
+        query = post(orthanc, "/modalities/vault/query", find)
         answers = orthanc.json(f"/queries/{query['ID']}/answers?expand&simplify")
         assert [a["StudyInstanceUID"] for a in answers] == [STUDY_UID]
         assert answers[0]["PatientName"] == "DOE^JANE"
