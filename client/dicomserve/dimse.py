@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -27,6 +27,7 @@ from client.dicomserve.instances import Part10, part10
 from client.dicomserve.query import BadQuery, Request, answers
 from client.dicomserve.service import Archive, alert
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 SUCCESS, PENDING, PENDING_WARNING, CANCEL = 0x0000, 0xFF00, 0xFF01, 0xFE00
 IDENTIFIER_MISMATCH = 0xA900  # the identifier does not match the SOP class (bad level, keys)
@@ -257,44 +258,51 @@ class DimseServer:
 
     def _contexts(self, refs: list[InstanceRef]) -> list[Any]:
         """One presentation context per (SOP class, stored transfer syntax) among `refs`."""
-        pairs: dict[tuple[str, str], None] = {}
-        for ref in refs:
-            try:
-                sop_class = self.archive.on_loop(self.archive.sop_class(ref))
-            except Exception as e:  # reported when the instance itself is sent
-                log.warning("no SOP class for %s: %s", ref.sop, e)
-                continue
-            if sop_class and ref.transfer_syntax:
-                pairs[(sop_class, ref.transfer_syntax)] = None
+        classes = self.archive.on_loop(self.archive.sop_classes(refs))
+        pairs = {(classes[r.sop], r.transfer_syntax): None for r in refs
+                 if r.sop in classes and r.transfer_syntax}  # fmt: skip
         return [build_context(c, t) for c, t in list(pairs)[:MAX_CONTEXTS]]
 
     def _send(self, event: Any, refs: list[InstanceRef], record: AuditRecord) -> Iterator[Any]:
         failed: list[str] = []
+        reads = self.archive.read_ahead(refs)
         try:
-            for ref in refs:
+            for _ in refs:
                 if event.is_cancelled:
                     record.outcome = "cancelled"
                     yield CANCEL, Dataset()
                     return
-                instance = self._instance(ref)
+                ref, got = self.archive.on_loop(_next(reads))
+                instance = _instance(ref, got)
                 if instance._dv_framed is None:
                     failed.append(ref.sop)
                 _note(record, ref.attrs)
                 yield PENDING, instance
             yield SUCCESS, None
         finally:
+            self.archive.on_loop(_close(reads))
             if failed:
                 record.outcome = "partial" if len(failed) < len(refs) else "failed"
                 record.detail = f"{len(failed)} of {len(refs)} instances could not be read"
             self.archive.audit.write(record)
 
-    def _instance(self, ref: InstanceRef) -> StoredInstance:
-        try:
-            data = self.archive.on_loop(self.archive.read(ref))
-            return StoredInstance(ref.sop, part10(data, ref.transfer_syntax))
-        except Exception as e:  # this instance fails alone; the rest of the study still goes
-            alert(f"instance {ref.sop} (/{ref.path}, snapshot {ref.snapshot[:8]}): {e}")
-            return StoredInstance(ref.sop, None, str(e))
+
+async def _next(reads: AsyncGenerator[T]) -> T:
+    return await anext(reads)
+
+
+async def _close(reads: AsyncGenerator[Any]) -> None:
+    await reads.aclose()
+
+
+def _instance(ref: InstanceRef, got: bytes | Exception) -> StoredInstance:
+    try:
+        if isinstance(got, Exception):
+            raise got
+        return StoredInstance(ref.sop, part10(got, ref.transfer_syntax))
+    except Exception as e:  # this instance fails alone; the rest of the study still goes
+        alert(f"instance {ref.sop} (/{ref.path}, snapshot {ref.snapshot[:8]}): {e}")
+        return StoredInstance(ref.sop, None, str(e))
 
 
 def _text(value: Any) -> str:

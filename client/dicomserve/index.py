@@ -150,10 +150,14 @@ class CatalogueIndex:
         finally:
             db.close()
 
-    def remember_sop_class(self, sop: str, sop_class: str) -> None:
+    def remember_sop_classes(self, classes: dict[str, str]) -> None:
+        """SOP Instance UID → SOP Class UID, learnt from instances read (the catalogue lacks it)."""
+        if not classes:
+            return
         db = _connect(self.path)
         try:
-            db.execute("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", (sop, sop_class))
+            with db:
+                db.executemany("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", classes.items())
         finally:
             db.close()
 

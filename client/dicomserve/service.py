@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from client.repository import Repository
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT = 600.0  # seconds one instance may take to arrive from the slowest site
+READ_AHEAD = 4  # instances fetched ahead of the one being sent
+PROBE_CONCURRENCY = 16  # first-chunk reads in flight while SOP classes are looked up
 
 
 @dataclass(frozen=True)
@@ -105,18 +108,51 @@ class Archive:
             self._prefetch(ref.attrs.get("PatientID", ""))
         return data
 
-    async def sop_class(self, ref: InstanceRef) -> str:
-        """The instance's SOP class: from the index when known, else from its first chunk."""
+    async def read_ahead(
+        self, refs: list[InstanceRef], window: int = READ_AHEAD
+    ) -> AsyncGenerator[tuple[InstanceRef, bytes | Exception]]:
+        """Each instance's bytes (or why not) in order, with up to `window` reads in flight, so
+        fetching the next instances overlaps sending this one."""
+        queue: deque[tuple[InstanceRef, asyncio.Task[bytes]]] = deque()
+        todo = iter(refs)
+        try:
+            while True:
+                while len(queue) < window and (ref := next(todo, None)) is not None:
+                    queue.append((ref, asyncio.ensure_future(self.read(ref))))
+                if not queue:
+                    return
+                ref, task = queue.popleft()
+                try:
+                    yield ref, await task
+                except Exception as e:  # this instance fails alone
+                    yield ref, e
+        finally:
+            for _, task in queue:
+                task.cancel()
+
+    async def sop_classes(self, refs: list[InstanceRef]) -> dict[str, str]:
+        """SOP class of each instance: from the index when known, else from its first chunk
+        (read concurrently, then remembered in the index). Unknown ones are left out."""
         with self.reader() as reader:
-            known = reader.sop_class(ref.sop)
-        if known:
-            return known
-        found = sop_class_of(await self.fetcher.head(ref))
-        if not found:
-            found = sop_class_of(await self.fetcher.read(ref))
-        if found:
-            self.index.remember_sop_class(ref.sop, found)
-        return found
+            known = {ref.sop: reader.sop_class(ref.sop) for ref in refs}
+        todo = [ref for ref in refs if not known[ref.sop]]
+        sem = asyncio.Semaphore(PROBE_CONCURRENCY)
+
+        async def probe(ref: InstanceRef) -> str:
+            async with sem:
+                try:
+                    return sop_class_of(await self.fetcher.head(ref))
+                except Exception as e:  # reported when the instance itself is sent
+                    log.warning("no SOP class for %s: %s", ref.sop, e)
+                    return ""
+
+        found = dict(
+            zip((r.sop for r in todo), await asyncio.gather(*map(probe, todo)), strict=True)
+        )
+        await asyncio.to_thread(
+            self.index.remember_sop_classes, {k: v for k, v in found.items() if v}
+        )
+        return {sop: cls for sop, cls in (known | found).items() if cls}
 
     def _prefetch(self, patient: str) -> None:
         if not patient or any(t.get_name() == patient for t in self._prefetching):
@@ -177,6 +213,7 @@ async def serve(
 
     index = CatalogueIndex(state_dir / "catalogue.sqlite")
     await index.refresh(repo)
+    await repo.sync_index()  # chunk locations now, not on the first retrieve
     audit = AuditLog(state_dir / "audit.jsonl", clock)
     archive = Archive(repo, index, audit, config, asyncio.get_running_loop())
     dimse = DimseServer(archive) if config.dimse_port is not None else None

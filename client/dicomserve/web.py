@@ -211,11 +211,14 @@ async def _refs(request: web.Request, record: AuditRecord) -> list[InstanceRef]:
     return refs
 
 
-async def _instance_bytes(
-    archive: Archive, ref: InstanceRef, failed: list[str]
+def _framed(
+    ref: InstanceRef, read: bytes | Exception, failed: list[str]
 ) -> tuple[bytes, str] | None:
+    """(Part 10 bytes, transfer syntax), or None (and an alert) for an instance not read."""
     try:
-        framed = part10(await archive.read(ref), ref.transfer_syntax)
+        if isinstance(read, Exception):
+            raise read
+        framed = part10(read, ref.transfer_syntax)
     except Exception as e:  # this instance is left out; the rest still arrive
         alert(f"instance {ref.sop} (/{ref.path}, snapshot {ref.snapshot[:8]}): {e}")
         failed.append(ref.sop)
@@ -234,8 +237,8 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     failed: list[str] = []
     await response.prepare(request)
     try:
-        for ref in refs:
-            got = await _instance_bytes(archive, ref, failed)
+        async for ref, read in archive.read_ahead(refs):
+            got = _framed(ref, read, failed)
             if got is None:
                 continue
             data, ts = got
@@ -265,8 +268,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     failed: list[str] = []
     docs = []
     base = f"{request.scheme}://{request.host}/dicomweb"
-    for ref in refs:
-        got = await _instance_bytes(archive, ref, failed)
+    async for ref, read in archive.read_ahead(refs):
+        got = _framed(ref, read, failed)
         if got is not None:
             docs.append(await asyncio.to_thread(_metadata_json, got[0], base, ref))
             _note(record, ref.attrs)
