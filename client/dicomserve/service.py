@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.dicomserve.audit import AuditLog
+from client.dicomserve.audit import AuditLog, AuditRecord
 from client.dicomserve.index import CatalogueIndex, IndexReader, InstanceRef
 from client.dicomserve.instances import Fetcher, InstanceCache, sop_class_of
 from client.dicomserve.query import Request, matching_instances
@@ -105,7 +105,7 @@ class Archive:
     async def read(self, ref: InstanceRef) -> bytes:
         data = await self.fetcher.read(ref)
         if self.config.prefetch_patient:
-            self._prefetch(ref.attrs.get("PatientID", ""))
+            self._prefetch(ref.attrs.get("PatientID", ""), ref.study)
         return data
 
     async def read_ahead(
@@ -154,23 +154,30 @@ class Archive:
         )
         return {sop: cls for sop, cls in (known | found).items() if cls}
 
-    def _prefetch(self, patient: str) -> None:
+    def _prefetch(self, patient: str, opened: str) -> None:
         if not patient or any(t.get_name() == patient for t in self._prefetching):
             return
-        task = self.loop.create_task(self._prefetch_patient(patient), name=patient)
+        task = self.loop.create_task(self._prefetch_patient(patient, opened), name=patient)
         self._prefetching.add(task)
         task.add_done_callback(self._prefetching.discard)
 
-    async def _prefetch_patient(self, patient: str) -> None:
+    async def _prefetch_patient(self, patient: str, opened: str) -> None:
+        """Read the patient's other studies into the cache (the `opened` one is being read
+        already); audited, as it decrypts studies nobody asked for yet."""
         request = Request.parse("IMAGE", {"PatientID": patient})
+        record = AuditRecord("dicom-serve", "", "prefetch", "PATIENT", {"PatientID": patient})
         for ref in await asyncio.to_thread(self.instances, request):
-            if ref.digest in self.cache:
+            if ref.study == opened or ref.digest in self.cache:
                 continue
             try:
                 await self.fetcher.read(ref)
             except Exception as e:  # prefetch is a courtesy: the retrieve reports real failures
-                log.warning("prefetch of %s failed: %s", ref.sop, e)
-                return
+                record.outcome, record.detail = "partial", f"{ref.sop}: {e}"
+                break
+            if ref.study not in record.studies:
+                record.studies.append(ref.study)
+            record.instances.append(ref.sop)
+        await asyncio.to_thread(self.audit.write, record)
 
 
 def alert(message: str) -> None:

@@ -13,11 +13,13 @@ import hashlib
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
 from benchmarks.dicom_study import STUDY_UID, UID_ROOT, _storescp, build_study, free_port
@@ -240,3 +242,41 @@ def test_an_instance_whose_pack_is_missing_everywhere_fails_alone(
         "1 of 7 instances could not be read",
     )
     assert any("alert" in line and f"{UID_ROOT}.3.2.4" in line for line in served.stderr)
+
+
+def _second_study(paths: list[Path], folder: Path) -> str:
+    """The same patient's later study: the same images under new study and instance UIDs."""
+    folder.mkdir()
+    uid = f"{UID_ROOT}.77"
+    for n, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"{uid}.{n + 1}")
+        ds.save_as(folder / path.name)
+    return uid
+
+
+def test_prefetch_reads_the_patients_other_studies_into_the_cache(tmp_path: Path) -> None:
+    paths = build_study(tmp_path / "first")
+    second = _second_study(paths, tmp_path / "second")
+    vault = Vault(tmp_path / "vault").init()
+    vault.json("backup", str(tmp_path / "first"))
+    before = set(vault.pack_files())
+    vault.json("backup", str(tmp_path / "second"))
+    with dicom_serve(vault, "--allow", "DVTEST", "--prefetch-patient", web=False) as served:
+        get = ["-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", "-k", "QueryRetrieveLevel=STUDY"]
+        address = ["127.0.0.1", str(served.port)]
+        dcmtk("getscu", *get, "-od", str(tmp_path), "-k", f"StudyInstanceUID={STUDY_UID}", *address)
+        for _ in range(600):  # the prefetch runs after the retrieve; its audit record ends it
+            if any(r["action"] == "prefetch" for r in served.audit()):
+                break
+            time.sleep(0.05)
+        for pack in set(vault.pack_files()) - before:  # the second study's own chunks
+            pack.unlink()
+        (tmp_path / "got").mkdir()
+        dcmtk("getscu", *get, "-od", str(tmp_path / "got"), "-k", f"StudyInstanceUID={second}",
+              *address)  # fmt: skip
+        prefetch = next(r for r in served.audit() if r["action"] == "prefetch")
+    assert len(list((tmp_path / "got").iterdir())) == len(paths)
+    assert (prefetch["who"], prefetch["keys"], prefetch["studies"]) == (
+        "dicom-serve", {"PatientID": "DV-0001"}, [second])  # fmt: skip
