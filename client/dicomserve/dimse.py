@@ -33,6 +33,7 @@ SUCCESS, PENDING, PENDING_WARNING, CANCEL = 0x0000, 0xFF00, 0xFF01, 0xFE00
 IDENTIFIER_MISMATCH = 0xA900  # the identifier does not match the SOP class (bad level, keys)
 UNABLE_TO_PROCESS = 0xC001  # a malformed identifier, or the index failed
 MOVE_DESTINATION_UNKNOWN = 0xA801
+STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})  # coercion, elements discarded
 MAX_CONTEXTS = 128
 # A C-GET context carries one transfer syntax, chosen by us in this order from those the SCU
 # offers: explicit VR first (what most stored files are), as we never transcode.
@@ -52,6 +53,7 @@ class StoredInstance(Dataset):
         super().__init__()
         self.SOPInstanceUID = sop_instance  # for pynetdicom's list of failed instances
         self._dv_framed, self._dv_error = framed, error
+        self._dv_stored = False  # set by the exact sender: the peer stored it (maybe warning)
 
 
 @contextlib.contextmanager
@@ -79,7 +81,10 @@ def exact_store(assoc: Any) -> None:
         if dataset._dv_framed is None:
             raise RuntimeError(dataset._dv_error)
         with memory_file(dataset._dv_framed.data) as path:
-            return original(path, *args, **kwargs)
+            status = original(path, *args, **kwargs)
+        code = int(getattr(status, "Status", -1)) if status else -1
+        dataset._dv_stored = code == 0 or code in STORED_WITH_WARNING
+        return status
 
     send.dv_exact = True  # type: ignore[attr-defined]
     assoc.send_c_store = send
@@ -274,16 +279,18 @@ class DimseServer:
                     return
                 ref, got = self.archive.on_loop(_next(reads))
                 instance = _instance(ref, got)
-                if instance._dv_framed is None:
-                    failed.append(ref.sop)
                 _note(record, ref.attrs)
-                yield PENDING, instance
+                yield PENDING, instance  # pynetdicom sends it before asking for the next
+                if not instance._dv_stored:
+                    failed.append(ref.sop)
             yield SUCCESS, None
         finally:
             self.archive.on_loop(_close(reads))
             if failed:
                 record.outcome = "partial" if len(failed) < len(refs) else "failed"
-                record.detail = f"{len(failed)} of {len(refs)} instances could not be read"
+                record.detail = f"{len(failed)} of {len(refs)} instances not stored: " + (
+                    ", ".join(failed[:20])
+                )
             self.archive.audit.write(record)
 
 

@@ -9,7 +9,6 @@ the server, and every query and retrieve must be in the audit trail.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import socket
 import subprocess
@@ -24,10 +23,12 @@ from pynetdicom.dsutils import split_dataset
 
 from benchmarks.dicom_study import STUDY_UID, UID_ROOT, _storescp, build_study, free_port
 from tests.client.servekit import Served, dcmtk, dicom_serve, raw_store_scp
+from tests.client.test_orthanc import JPEG_LS_LOSSLESS, Instance, build_mixed_study, describe
 from tests.helpers import Vault
 
 CT_SERIES = f"{UID_ROOT}.2.1"
 MR_SERIES = f"{UID_ROOT}.2.2"
+EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,10 @@ def by_sop(paths: list[Path]) -> dict[str, bytes]:
             for p in paths}  # fmt: skip
 
 
-def pixels(paths: list[Path]) -> dict[str, tuple[str, str]]:
+def pixels(paths: list[Path]) -> dict[str, Instance]:
     """SOP Instance UID → (transfer syntax, SHA-256 of the pixel data as encoded): what a dcmtk
     receiver must keep (it re-encodes the rest of the header as it writes the file)."""
-    out = {}
-    for p in paths:
-        ds = pydicom.dcmread(p)
-        digest = hashlib.sha256(ds.PixelData).hexdigest()
-        out[str(ds.SOPInstanceUID)] = (str(ds.file_meta.TransferSyntaxUID), digest)
-    return out
+    return dict(describe(p.read_bytes()) for p in paths)
 
 
 def find(
@@ -168,6 +164,29 @@ def test_get_sends_every_instance_with_identical_pixels(
     assert (record["action"], record["outcome"], len(record["instances"])) == ("C-GET", "ok", 7)
 
 
+def test_instances_in_syntaxes_the_get_scu_did_not_take_fail_alone(tmp_path: Path) -> None:
+    """getscu offers one context per SOP class (uncompressed syntaxes); dicom-serve takes
+    explicit VR for it and never transcodes, so the implicit VR and JPEG-LS instances fail,
+    each alone and named in the audit, and the others arrive."""
+    paths = build_mixed_study(tmp_path / "study")
+    vault = Vault(tmp_path / "vault").init()
+    vault.json("backup", str(tmp_path / "study"))
+    (tmp_path / "got").mkdir()
+    with dicom_serve(vault, "--allow", "DVTEST", web=False) as served:
+        dcmtk("getscu", "-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", "-od", str(tmp_path / "got"),
+              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY_UID}",
+              "127.0.0.1", str(served.port))  # fmt: skip
+        record = served.audit()[-1]
+    originals = pixels(paths)
+    refused = sorted(sop for sop, i in originals.items() if i.syntax != EXPLICIT_VR_LE)
+    assert {originals[sop].syntax for sop in refused} == {IMPLICIT_VR_LE, JPEG_LS_LOSSLESS}
+    got = pixels(sorted((tmp_path / "got").iterdir()))
+    assert got == {sop: i for sop, i in originals.items() if sop not in refused}
+    assert record["outcome"] == "partial"
+    count, _, listed = record["detail"].partition(" instances not stored: ")
+    assert count == f"{len(refused)} of {len(paths)}" and sorted(listed.split(", ")) == refused
+
+
 def test_move_sends_a_series_to_a_known_destination_only(
     study: tuple[Vault, list[Path]], tmp_path: Path
 ) -> None:
@@ -239,7 +258,7 @@ def test_an_instance_whose_pack_is_missing_everywhere_fails_alone(
     assert "warning" in (result.stdout + result.stderr).lower()
     assert (record["outcome"], record["detail"]) == (
         "partial",
-        "1 of 7 instances could not be read",
+        f"1 of 7 instances not stored: {UID_ROOT}.3.2.4",
     )
     assert any("alert" in line and f"{UID_ROOT}.3.2.4" in line for line in served.stderr)
 
