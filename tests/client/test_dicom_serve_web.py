@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,5 +113,30 @@ def test_malformed_requests_are_answered_and_never_stop_the_server(served: Serve
     response = requests.get(f"{web}/studies?StudyTime=1200&includefield=PatientSex",
                             headers=AUTH, timeout=30)  # fmt: skip
     assert response.status_code == 200 and "StudyTime" in response.headers["Warning"]
+    with socket.create_connection(("127.0.0.1", served.ready["web_port"]), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\xff garbage, not HTTP\r\n\r\n")
+        sock.settimeout(5)
+        assert b" 400 " in sock.recv(100)
     assert requests.get(f"{web}/studies", headers=AUTH, timeout=30).status_code == 200
     assert served.proc.poll() is None
+
+
+def test_an_instance_no_site_holds_is_left_out_of_the_retrieve(tmp_path: Path) -> None:
+    paths = build_study(tmp_path / "study")
+    late = tmp_path / "late"
+    late.mkdir()
+    shutil.move(paths[-1], late / paths[-1].name)
+    vault = Vault(tmp_path / "vault").init()
+    vault.json("backup", str(tmp_path / "study"))
+    before = set(vault.pack_files())
+    vault.json("backup", str(late))
+    with dicom_serve(vault, "--no-dimse") as served:
+        for pack in set(vault.pack_files()) - before:
+            pack.unlink()
+        response = requests.get(f"{served.web}/studies/{STUDY_UID}", headers=AUTH, timeout=60)
+        record = served.audit()[-1]
+    assert response.status_code == 200
+    bodies = sorted(body for _, _, body in multipart_parts(response))
+    assert bodies == sorted(p.read_bytes() for p in paths[:-1])
+    assert (record["action"], record["outcome"]) == ("WADO-RS", "partial")
+    assert any("alert" in line for line in served.stderr)
