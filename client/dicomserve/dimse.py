@@ -35,6 +35,7 @@ UNABLE_TO_PROCESS = 0xC001  # a malformed identifier, or the index failed
 MOVE_DESTINATION_UNKNOWN = 0xA801
 STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})  # coercion, elements discarded
 MAX_CONTEXTS = 128
+MAX_FAILED_LISTED = 20  # instance UIDs named in an audit record's detail
 # A C-GET context carries one transfer syntax, chosen by us in this order from those the SCU
 # offers: explicit VR first (what most stored files are), as we never transcode.
 GET_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] + [
@@ -209,23 +210,21 @@ class DimseServer:
         pending = PENDING_WARNING if request.unsupported else PENDING
         if request.unsupported:
             record.detail = "unsupported keys: " + ", ".join(request.unsupported)
+        audit = _Once(self.archive, record)
         try:
-            yield from self._find_answers(event, request, record, pending)
+            with self.archive.reader() as reader:
+                for answer in answers(reader, request, self.config.as_of, self.config.ae_title):
+                    if event.is_cancelled:
+                        record.outcome = "cancelled"
+                        audit.write()
+                        yield CANCEL, None
+                        return
+                    _note(record, answer)
+                    yield pending, answer_dataset(answer)
+            audit.write()  # before the final status: a peer that reads the trail finds it
+            yield SUCCESS, None
         finally:
-            self.archive.audit.write(record)
-
-    def _find_answers(
-        self, event: Any, request: Request, record: AuditRecord, pending: int
-    ) -> Iterator[tuple[int, Dataset | None]]:
-        with self.archive.reader() as reader:
-            for answer in answers(reader, request, self.config.as_of, self.config.ae_title):
-                if event.is_cancelled:
-                    record.outcome = "cancelled"
-                    yield CANCEL, None
-                    return
-                _note(record, answer)
-                yield pending, answer_dataset(answer)
-        yield SUCCESS, None
+            audit.write()
 
     def on_get(self, event: Any) -> Iterator[Any]:
         if self._refused(event, "C-GET"):
@@ -271,10 +270,12 @@ class DimseServer:
     def _send(self, event: Any, refs: list[InstanceRef], record: AuditRecord) -> Iterator[Any]:
         failed: list[str] = []
         reads = self.archive.read_ahead(refs)
+        audit = _Once(self.archive, record)
         try:
             for _ in refs:
                 if event.is_cancelled:
                     record.outcome = "cancelled"
+                    audit.write()
                     yield CANCEL, Dataset()
                     return
                 ref, got = self.archive.on_loop(_next(reads))
@@ -283,15 +284,27 @@ class DimseServer:
                 yield PENDING, instance  # pynetdicom sends it before asking for the next
                 if not instance._dv_stored:
                     failed.append(ref.sop)
+                    record.outcome = "partial" if len(failed) < len(refs) else "failed"
+                    record.detail = f"{len(failed)} of {len(refs)} instances not stored: " + (
+                        ", ".join(failed[:MAX_FAILED_LISTED])
+                    )
+            audit.write()  # before the final status: a peer that reads the trail finds it
             yield SUCCESS, None
         finally:
             self.archive.on_loop(_close(reads))
-            if failed:
-                record.outcome = "partial" if len(failed) < len(refs) else "failed"
-                record.detail = f"{len(failed)} of {len(refs)} instances not stored: " + (
-                    ", ".join(failed[:20])
-                )
-            self.archive.audit.write(record)
+            audit.write()
+
+
+class _Once:
+    """Writes its audit record once: at the end of a handler, or when it is cut short."""
+
+    def __init__(self, archive: Archive, record: AuditRecord) -> None:
+        self.archive, self.record, self.done = archive, record, False
+
+    def write(self) -> None:
+        if not self.done:
+            self.done = True
+            self.archive.audit.write(self.record)
 
 
 async def _next(reads: AsyncGenerator[T]) -> T:

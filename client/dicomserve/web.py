@@ -236,6 +236,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     })  # fmt: skip
     failed: list[str] = []
     await response.prepare(request)
+    done = False
     try:
         async for ref, read in archive.read_ahead(refs):
             got = _framed(ref, read, failed)
@@ -247,18 +248,22 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             await response.write(data)
             await response.write(b"\r\n")
             _note(record, ref.attrs)
+        done = _finish(request, record, failed, len(refs))  # before the client sees the end
         await response.write(f"--{boundary}--\r\n".encode())
         await response.write_eof()
     finally:
-        _finish(request, record, failed, len(refs))
+        if not done:
+            record.outcome = "cancelled"
+            _finish(request, record, failed, len(refs))
     return response
 
 
-def _finish(request: web.Request, record: AuditRecord, failed: list[str], total: int) -> None:
+def _finish(request: web.Request, record: AuditRecord, failed: list[str], total: int) -> bool:
     if failed:
         record.outcome = "partial" if len(failed) < total else "failed"
         record.detail = f"{len(failed)} of {total} instances could not be read"
     _audit(request, record)
+    return True
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:
