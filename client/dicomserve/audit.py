@@ -31,8 +31,17 @@ class AuditRecord:
     studies: list[str] = field(default_factory=list)
     series: list[str] = field(default_factory=list)
     instances: list[str] = field(default_factory=list)
-    outcome: str = "ok"  # ok | partial | failed | refused
+    outcome: str = "ok"  # ok | partial | failed | cancelled | refused
     detail: str = ""
+
+    def note(self, attrs: dict[str, str]) -> None:
+        """Record the study, series and instance an answer or a sent instance belongs to."""
+        for uids, key in ((self.studies, "StudyInstanceUID"), (self.series, "SeriesInstanceUID")):
+            uid = attrs.get(key)
+            if uid and uid not in uids:  # a handful per request
+                uids.append(uid)
+        if sop := attrs.get("SOPInstanceUID"):
+            self.instances.append(sop)  # each answered or sent once per request
 
 
 class AuditLog:

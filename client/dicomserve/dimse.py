@@ -24,7 +24,7 @@ from pynetdicom.presentation import build_context
 from client.dicomserve.audit import AuditRecord
 from client.dicomserve.index import InstanceRef
 from client.dicomserve.instances import Part10, part10
-from client.dicomserve.query import BadQuery, Request, answers
+from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
 from client.dicomserve.service import Archive, alert
 
 T = TypeVar("T")
@@ -114,13 +114,6 @@ def identifier_keys(ds: Dataset) -> tuple[str, dict[str, str]]:
         else:
             keys[name] = str(value)
     return keys.pop("QueryRetrieveLevel", ""), keys
-
-
-def answer_dataset(answer: dict[str, str]) -> Dataset:
-    ds = Dataset()
-    for keyword, value in answer.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 class DimseServer:
@@ -219,7 +212,7 @@ class DimseServer:
                         audit.write()
                         yield CANCEL, None
                         return
-                    _note(record, answer)
+                    record.note(answer)
                     yield pending, answer_dataset(answer)
             audit.write()  # before the final status: a peer that reads the trail finds it
             yield SUCCESS, None
@@ -280,7 +273,7 @@ class DimseServer:
                     return
                 ref, got = self.archive.on_loop(_next(reads))
                 instance = _instance(ref, got)
-                _note(record, ref.attrs)
+                record.note(ref.attrs)
                 yield PENDING, instance  # pynetdicom sends it before asking for the next
                 if not instance._dv_stored:
                     failed.append(ref.sop)
@@ -333,12 +326,3 @@ def _action(event: Any) -> str:
     return {evt.EVT_C_FIND: "C-FIND", evt.EVT_C_GET: "C-GET", evt.EVT_C_MOVE: "C-MOVE"}.get(
         event.event, str(event.event)
     )
-
-
-def _note(record: AuditRecord, attrs: dict[str, str]) -> None:
-    for name, key in (("studies", "StudyInstanceUID"), ("series", "SeriesInstanceUID"),
-                      ("instances", "SOPInstanceUID")):  # fmt: skip
-        uid = attrs.get(key)
-        uids: list[str] = getattr(record, name)
-        if uid and (not uids or uids[-1] != uid) and uid not in uids[-8:]:
-            uids.append(uid)

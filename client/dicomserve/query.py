@@ -12,10 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from client.dicomserve.index import IndexReader, InstanceRef
 from client.find import DateRange, Query
 from engine.errors import UsageError
+
+if TYPE_CHECKING:  # pydicom is imported where a dataset is built
+    from pydicom.dataset import Dataset
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 LEVEL_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
@@ -32,7 +36,6 @@ COUNTS = (
 RETURNED = (*MATCHABLE, *COUNTS, "ModalitiesInStudy", "NumberOfFrames", "TransferSyntaxUID",
             "SOPClassUID", "InstanceAvailability", "RetrieveAETitle")  # fmt: skip
 IGNORED = ("QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC")
-UID_KEYS = frozenset({"PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
 _INDEXED = {"PatientID": "patient", "StudyInstanceUID": "study",
             "SeriesInstanceUID": "series", "SOPInstanceUID": "sop"}  # fmt: skip
 # Attributes a level's answer takes from its instances (the rest are counts or left empty).
@@ -197,3 +200,19 @@ def _answer(request: Request, group: _Group, aet: str, sop_class: str) -> dict[s
             continue
         out[keyword] = group.attrs.get(keyword) or computed.get(keyword, "")
     return out
+
+
+def answer_dataset(answer: dict[str, str]) -> Dataset:
+    """An answer as a pydicom dataset (UTF-8 when any value needs it); keys the dictionary does
+    not know, or whose values do not fit their VR (a sequence asked for), are left out."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    if not all(value.isascii() for value in answer.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # catalogue values are decoded text
+    for keyword, value in answer.items():
+        try:
+            setattr(ds, keyword, value)
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return ds

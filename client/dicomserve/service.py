@@ -174,9 +174,7 @@ class Archive:
             except Exception as e:  # prefetch is a courtesy: the retrieve reports real failures
                 record.outcome, record.detail = "partial", f"{ref.sop}: {e}"
                 break
-            if ref.study not in record.studies:
-                record.studies.append(ref.study)
-            record.instances.append(ref.sop)
+            record.note(ref.attrs)
         await asyncio.to_thread(self.audit.write, record)
 
 

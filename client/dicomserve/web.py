@@ -23,7 +23,7 @@ from aiohttp import web
 from client.dicomserve.audit import AuditRecord
 from client.dicomserve.index import InstanceRef
 from client.dicomserve.instances import part10
-from client.dicomserve.query import BadQuery, Request, answers
+from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
 from client.dicomserve.service import Archive, alert
 
 ARCHIVE = web.AppKey("archive", Archive)
@@ -129,16 +129,9 @@ def _int(request: web.Request, name: str, default: int) -> int:
 
 
 def dicom_json(answer: dict[str, str]) -> dict[str, Any]:
-    from pydicom.dataset import Dataset
-
-    ds = Dataset()
-    for keyword, value in answer.items():
-        if keyword != "QueryRetrieveLevel" and not keyword.startswith("("):
-            try:
-                setattr(ds, keyword, value)
-            except (ValueError, TypeError, AttributeError):
-                continue  # a key this dictionary does not know: left out
-    return ds.to_json_dict()
+    doc: dict[str, Any] = answer_dataset(answer).to_json_dict()
+    doc.pop("00080052", None)  # QueryRetrieveLevel is DIMSE's, not QIDO's
+    return doc
 
 
 def _search(level: str) -> Handler:
@@ -148,7 +141,7 @@ def _search(level: str) -> Handler:
         record = AuditRecord(request[WHO], _address(request), "QIDO-RS", level, query.keys)
         found = await asyncio.to_thread(_answers, archive, query, limit, offset)
         for answer in found:
-            _note(record, answer)
+            record.note(answer)
         if query.unsupported:
             record.detail = "unsupported keys: " + ", ".join(query.unsupported)
         _audit(request, record)
@@ -176,15 +169,6 @@ def _answers(archive: Archive, query: Request, limit: int, offset: int) -> list[
             if n >= offset:
                 out.append(answer)
     return out
-
-
-def _note(record: AuditRecord, attrs: dict[str, str]) -> None:
-    for name, key in (("studies", "StudyInstanceUID"), ("series", "SeriesInstanceUID"),
-                      ("instances", "SOPInstanceUID")):  # fmt: skip
-        uid = attrs.get(key)
-        uids: list[str] = getattr(record, name)
-        if uid and uid not in uids[-8:]:
-            uids.append(uid)
 
 
 # --- WADO-RS -------------------------------------------------------------------------------------
@@ -247,7 +231,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             await response.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode())
             await response.write(data)
             await response.write(b"\r\n")
-            _note(record, ref.attrs)
+            record.note(ref.attrs)
         done = _finish(request, record, failed, len(refs))  # before the client sees the end
         await response.write(f"--{boundary}--\r\n".encode())
         await response.write_eof()
@@ -277,7 +261,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
         got = _framed(ref, read, failed)
         if got is not None:
             docs.append(await asyncio.to_thread(_metadata_json, got[0], base, ref))
-            _note(record, ref.attrs)
+            record.note(ref.attrs)
     _finish(request, record, failed, len(refs))
     return web.Response(text=json.dumps(docs), content_type=DICOM_JSON)
 

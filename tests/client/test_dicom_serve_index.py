@@ -3,6 +3,7 @@ current view and `--as-of`), query matching, the bounded instance cache and the 
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from benchmarks.dicom_study import STUDY_UID, build_study, correct_names
 from client.dicomserve.audit import AuditLog, AuditRecord, read_audit
 from client.dicomserve.index import CatalogueIndex, snapshot_time
 from client.dicomserve.instances import InstanceCache
-from client.dicomserve.query import BadQuery, Request, answers
+from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
 from client.repository import Repository
 from tests.helpers import PASSPHRASE, Vault
 
@@ -118,3 +119,15 @@ def test_the_audit_log_appends_one_fsynced_line_per_record(tmp_path: Path) -> No
     assert (len(first["instances"]), first["instances_count"]) == (1000, 1500)
     assert (second["who"], second["outcome"]) == ("viewer", "refused")
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "audit.jsonl").st_mode) == 0o600
+
+
+def test_answers_with_non_ascii_names_are_encoded_as_utf8() -> None:
+    from pynetdicom.dsutils import decode, encode
+
+    answer = {"QueryRetrieveLevel": "STUDY", "PatientName": "Müller^Jürgen", "PatientID": "7",
+              "ReferencedStudySequence": ""}  # fmt: skip
+    ds = answer_dataset(answer)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    wire = encode(ds, True, True)
+    assert wire is not None
+    assert str(decode(io.BytesIO(wire), True, True).PatientName) == "Müller^Jürgen"
