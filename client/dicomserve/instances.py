@@ -18,8 +18,9 @@ from typing import Any
 from client.dicomserve.index import InstanceRef
 from client.repository import Repository
 from engine.errors import IntegrityError
+from engine.ids import ChunkId
 
-FETCH_CONCURRENCY = 8  # chunk reads in flight per instance
+FETCH_CONCURRENCY = 8  # chunk reads in flight, all instances together
 DEFAULT_CACHE_BYTES = 512 << 20
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -63,6 +64,9 @@ class Fetcher:
     def __init__(self, repo: Repository, cache: InstanceCache) -> None:
         self.repo, self.cache = repo, cache
         self._inflight: dict[bytes, asyncio.Task[bytes]] = {}
+        # One first-come, first-served limit for every read: the instance asked for first gets
+        # the link first, and the ones read ahead fill the gaps.
+        self._slots = asyncio.Semaphore(FETCH_CONCURRENCY)
 
     async def read(self, ref: InstanceRef) -> bytes:
         """The instance's stored bytes, bit-exact; concurrent reads of one version share a fetch."""
@@ -75,14 +79,12 @@ class Fetcher:
             task.add_done_callback(lambda t: self._inflight.pop(ref.digest, None))
         return await asyncio.shield(task)
 
+    async def _chunk(self, chunk_id: ChunkId) -> bytes:
+        async with self._slots:
+            return await self.repo.read_chunk(chunk_id)
+
     async def _fetch(self, ref: InstanceRef) -> bytes:
-        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-        async def one(chunk_id: object) -> bytes:
-            async with sem:
-                return await self.repo.read_chunk(chunk_id)  # type: ignore[arg-type]
-
-        parts = await asyncio.gather(*(one(c) for c, _ in ref.chunks))
+        parts = await asyncio.gather(*(self._chunk(c) for c, _ in ref.chunks))
         data = b"".join(parts)
         if len(data) != ref.size:
             raise IntegrityError(f"{ref.sop}: read {len(data)} bytes, catalogue says {ref.size}")
@@ -94,7 +96,7 @@ class Fetcher:
         cached = self.cache.get(ref.digest)
         if cached is not None or not ref.chunks:
             return cached or b""
-        return await self.repo.read_chunk(ref.chunks[0][0])
+        return await self._chunk(ref.chunks[0][0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from client.repository import Repository
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT = 600.0  # seconds one instance may take to arrive from the slowest site
-READ_AHEAD = 4  # instances fetched ahead of the one being sent
-PROBE_CONCURRENCY = 16  # first-chunk reads in flight while SOP classes are looked up
+READ_AHEAD = 4  # instances fetched ahead of the one being sent...
+READ_AHEAD_BYTES = 1 << 20  # ...while their stored sizes add up to less than this
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,15 @@ class Archive:
     async def read_ahead(
         self, refs: list[InstanceRef], window: int = READ_AHEAD
     ) -> AsyncGenerator[tuple[InstanceRef, bytes | Exception]]:
-        """Each instance's bytes (or why not) in order, with up to `window` reads in flight, so
-        fetching the next instances overlaps sending this one."""
+        """Each instance's bytes (or why not) in order, with up to `window` reads (and about
+        READ_AHEAD_BYTES) in flight, so fetching the next instances overlaps sending this one
+        while a large instance still has the link to itself and arrives first."""
         queue: deque[tuple[InstanceRef, asyncio.Task[bytes]]] = deque()
-        todo = iter(refs)
+        todo = deque(refs)
         try:
             while True:
-                while len(queue) < window and (ref := next(todo, None)) is not None:
+                while todo and (not queue or _room(queue, todo[0], window)):
+                    ref = todo.popleft()
                     queue.append((ref, asyncio.ensure_future(self.read(ref))))
                 if not queue:
                     return
@@ -136,15 +138,13 @@ class Archive:
         with self.reader() as reader:
             known = {ref.sop: reader.sop_class(ref.sop) for ref in refs}
         todo = [ref for ref in refs if not known[ref.sop]]
-        sem = asyncio.Semaphore(PROBE_CONCURRENCY)
 
-        async def probe(ref: InstanceRef) -> str:
-            async with sem:
-                try:
-                    return sop_class_of(await self.fetcher.head(ref))
-                except Exception as e:  # reported when the instance itself is sent
-                    log.warning("no SOP class for %s: %s", ref.sop, e)
-                    return ""
+        async def probe(ref: InstanceRef) -> str:  # concurrency: the fetcher's read slots
+            try:
+                return sop_class_of(await self.fetcher.head(ref))
+            except Exception as e:  # reported when the instance itself is sent
+                log.warning("no SOP class for %s: %s", ref.sop, e)
+                return ""
 
         found = dict(
             zip((r.sop for r in todo), await asyncio.gather(*map(probe, todo)), strict=True)
@@ -176,6 +176,11 @@ class Archive:
                 break
             record.note(ref.attrs)
         await asyncio.to_thread(self.audit.write, record)
+
+
+def _room(queue: deque[tuple[InstanceRef, Any]], ref: InstanceRef, window: int) -> bool:
+    in_flight = sum(r.size for r, _ in queue)
+    return len(queue) < window and in_flight + ref.size <= READ_AHEAD_BYTES
 
 
 def alert(message: str) -> None:

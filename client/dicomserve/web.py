@@ -220,6 +220,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     })  # fmt: skip
     failed: list[str] = []
     await response.prepare(request)
+    # Each part's closing delimiter goes out with its data, so a streaming client can take an
+    # instance as soon as it has arrived, not when the next one is ready.
+    await response.write(f"--{boundary}".encode())
     done = False
     try:
         async for ref, read in archive.read_ahead(refs):
@@ -227,13 +230,13 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
             if got is None:
                 continue
             data, ts = got
-            head = f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
+            head = f"\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
             await response.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode())
             await response.write(data)
-            await response.write(b"\r\n")
+            await response.write(f"\r\n--{boundary}".encode())
             record.note(ref.attrs)
         done = _finish(request, record, failed, len(refs))  # before the client sees the end
-        await response.write(f"--{boundary}--\r\n".encode())
+        await response.write(b"--\r\n")
         await response.write_eof()
     finally:
         if not done:
