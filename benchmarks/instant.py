@@ -204,7 +204,7 @@ def wado(serve: Serve, study: Study) -> tuple[float, float]:
     response = conn.getresponse()
     boundary = response.getheader("Content-Type", "").split("boundary=")[1].encode()
     delimiter, seen, tail, first = b"--" + boundary, 0, b"", None
-    while block := response.read(64 << 10):
+    while block := response.read1(64 << 10):  # what has arrived, not a full 64 KiB
         seen += (tail + block).count(delimiter) - tail.count(delimiter)
         tail = (tail + block)[-len(delimiter) :]
         if first is None and seen >= 2:

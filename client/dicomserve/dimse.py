@@ -33,6 +33,8 @@ SUCCESS, PENDING, PENDING_WARNING, CANCEL = 0x0000, 0xFF00, 0xFF01, 0xFE00
 IDENTIFIER_MISMATCH = 0xA900  # the identifier does not match the SOP class (bad level, keys)
 UNABLE_TO_PROCESS = 0xC001  # a malformed identifier, or the index failed
 MOVE_DESTINATION_UNKNOWN = 0xA801
+NOT_AUTHORIZED = 0x0124  # general status "refused: not authorized" (C-ECHO)
+REFUSED = 0xA700  # C-FIND/C-GET have no "not authorized": "refused: out of resources"
 STORED_WITH_WARNING = frozenset({0xB000, 0xB006, 0xB007})  # coercion, elements discarded
 MAX_CONTEXTS = 128
 MAX_FAILED_LISTED = 20  # instance UIDs named in an audit record's detail
@@ -146,6 +148,7 @@ class DimseServer:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_REJECTED, self.on_rejected),
         ]
         port = self.config.dimse_port or 0
         self.server = self.ae.start_server(
@@ -174,8 +177,14 @@ class DimseServer:
 
     # --- services --------------------------------------------------------------------------------
 
+    def on_rejected(self, event: Any) -> None:
+        """An association refused (calling AE title not allowed, or too many at once)."""
+        aet, address, _ = self._caller(event)
+        record = AuditRecord(aet, address, "association", outcome="refused", detail="rejected")
+        self.archive.audit.write(record)
+
     def on_echo(self, event: Any) -> int:
-        return 0x0124 if self._refused(event, "C-ECHO") else SUCCESS
+        return NOT_AUTHORIZED if self._refused(event, "C-ECHO") else SUCCESS
 
     def _request(self, event: Any) -> tuple[Request | None, AuditRecord, int]:
         aet, address, _ = self._caller(event)
@@ -193,7 +202,7 @@ class DimseServer:
 
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         if self._refused(event, "C-FIND"):
-            yield 0xA700, None
+            yield REFUSED, None
             return
         request, record, status = self._request(event)
         if request is None:
@@ -221,7 +230,7 @@ class DimseServer:
 
     def on_get(self, event: Any) -> Iterator[Any]:
         if self._refused(event, "C-GET"):
-            yield 0xA700, None
+            yield REFUSED, None
             return
         request, record, _ = self._request(event)
         if request is None:  # pynetdicom answers a failure status (0xC5xx)

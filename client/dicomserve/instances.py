@@ -20,7 +20,7 @@ from client.repository import Repository
 from engine.errors import IntegrityError
 from engine.ids import ChunkId
 
-FETCH_CONCURRENCY = 8  # chunk reads in flight, all instances together
+FETCH_CONCURRENCY = 16  # chunk reads in flight, all instances together
 DEFAULT_CACHE_BYTES = 512 << 20
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from client.dicomserve.audit import AuditLog, AuditRecord
 from client.dicomserve.index import CatalogueIndex, IndexReader, InstanceRef
@@ -24,11 +24,11 @@ from client.dicomserve.instances import Fetcher, InstanceCache, sop_class_of
 from client.dicomserve.query import Request, matching_instances
 from client.repository import Repository
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT = 600.0  # seconds one instance may take to arrive from the slowest site
 READ_AHEAD = 4  # instances fetched ahead of the one being sent...
 READ_AHEAD_BYTES = 1 << 20  # ...while their stored sizes add up to less than this
+PREFETCHED_PATIENTS = 1000  # patients remembered as prefetched (then prefetched again)
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Archive:
         self.cache = InstanceCache(config.cache_bytes)
         self.fetcher = Fetcher(repo, self.cache)
         self._prefetching: set[asyncio.Task[None]] = set()
+        self._prefetched: OrderedDict[str, None] = OrderedDict()
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[IndexReader]:
@@ -155,9 +156,16 @@ class Archive:
         return {sop: cls for sop, cls in (known | found).items() if cls}
 
     def _prefetch(self, patient: str, opened: str) -> None:
-        if not patient or any(t.get_name() == patient for t in self._prefetching):
+        """Once per patient (among the last PREFETCHED_PATIENTS), not on every instance read."""
+        if not patient:
             return
-        task = self.loop.create_task(self._prefetch_patient(patient, opened), name=patient)
+        if patient in self._prefetched:
+            self._prefetched.move_to_end(patient)
+            return
+        self._prefetched[patient] = None
+        while len(self._prefetched) > PREFETCHED_PATIENTS:
+            self._prefetched.popitem(last=False)
+        task = self.loop.create_task(self._prefetch_patient(patient, opened))
         self._prefetching.add(task)
         task.add_done_callback(self._prefetching.discard)
 
@@ -175,7 +183,8 @@ class Archive:
                 record.outcome, record.detail = "partial", f"{ref.sop}: {e}"
                 break
             record.note(ref.attrs)
-        await asyncio.to_thread(self.audit.write, record)
+        if record.instances or record.outcome != "ok":  # nothing decrypted, nothing to audit
+            await asyncio.to_thread(self.audit.write, record)
 
 
 def _room(queue: deque[tuple[InstanceRef, Any]], ref: InstanceRef, window: int) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,17 @@ class Served:
     def audit(self) -> list[dict[str, Any]]:
         path = self.state / "audit.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def await_audit(self, action: str, timeout: float = 30) -> dict[str, Any]:
+        """The newest record of `action`, waiting for one written after the client returned
+        (a prefetch, a rejected association)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.audit() if r["action"] == action]
+            if found or time.monotonic() > deadline:
+                assert found, f"no {action} record in the audit trail"
+                return found[-1]
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

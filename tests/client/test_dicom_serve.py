@@ -12,7 +12,6 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +143,8 @@ def test_calling_ae_titles_and_hosts_outside_the_allow_list_are_refused(
 ) -> None:
     result, answers = find(served, tmp_path / "x", "QueryRetrieveLevel=STUDY", aet="STRANGER")
     assert answers == [] and result.returncode != 0
+    record = served.await_audit("association")
+    assert (record["who"], record["outcome"]) == ("STRANGER", "refused")
     vault, _ = study
     with dicom_serve(vault, "--allow", "DVTEST@10.9.9.9", web=False) as other:
         _, answers = find(other, tmp_path / "y", "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
@@ -286,16 +287,12 @@ def test_prefetch_reads_the_patients_other_studies_into_the_cache(tmp_path: Path
         get = ["-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", "-k", "QueryRetrieveLevel=STUDY"]
         address = ["127.0.0.1", str(served.port)]
         dcmtk("getscu", *get, "-od", str(tmp_path), "-k", f"StudyInstanceUID={STUDY_UID}", *address)
-        for _ in range(600):  # the prefetch runs after the retrieve; its audit record ends it
-            if any(r["action"] == "prefetch" for r in served.audit()):
-                break
-            time.sleep(0.05)
+        prefetch = served.await_audit("prefetch")  # it runs after the retrieve
         for pack in set(vault.pack_files()) - before:  # the second study's own chunks
             pack.unlink()
         (tmp_path / "got").mkdir()
         dcmtk("getscu", *get, "-od", str(tmp_path / "got"), "-k", f"StudyInstanceUID={second}",
               *address)  # fmt: skip
-        prefetch = next(r for r in served.audit() if r["action"] == "prefetch")
     assert len(list((tmp_path / "got").iterdir())) == len(paths)
     assert (prefetch["who"], prefetch["keys"], prefetch["studies"]) == (
         "dicom-serve", {"PatientID": "DV-0001"}, [second])  # fmt: skip
