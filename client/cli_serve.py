@@ -37,9 +37,12 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--site", action="append", default=[], metavar="URL",
                    help="another place holding the repository (a peer chunk server or a local "
                         "copy), tried in order after --repo (repeatable)")  # fmt: skip
-    c.add_argument("--ae-title", default="DICOMVAULT", help="our AE title (default DICOMVAULT)")
+    c.add_argument("--ae-title", default="DICOMVAULT", metavar="AET",
+                   help="our AE title (default DICOMVAULT)")  # fmt: skip
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    c.add_argument("--port", type=int, default=11112, help="DIMSE port (default 11112, 0: any)")
+    c.add_argument(
+        "--port", type=int, default=11112, metavar="PORT", help="DIMSE port (default 11112, 0: any)"
+    )
     c.add_argument("--no-dimse", action="store_true", help="serve DICOMweb only")
     c.add_argument("--allow", action="append", default=[], metavar="AET[@HOST]",
                    help="calling AE title allowed to query and retrieve, optionally only from "
@@ -47,7 +50,9 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--accept-any", action="store_true", help="allow every calling AE title")
     c.add_argument("--move-dest", action="append", default=[], metavar="AET=HOST:PORT",
                    help="a C-MOVE destination (repeatable); no other AE is sent to")  # fmt: skip
-    c.add_argument("--web-port", type=int, help="serve DICOMweb on this port (0: any)")
+    c.add_argument(
+        "--web-port", type=int, metavar="PORT", help="serve DICOMweb on this port (0: any)"
+    )
     c.add_argument("--web-token-file", metavar="FILE",
                    help="bearer tokens for DICOMweb, one `NAME TOKEN` per line (the name goes "
                         "into the audit trail); required with --web-port")  # fmt: skip
@@ -56,8 +61,14 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         metavar="TIME",
         help="serve each instance from the newest snapshot at or before TIME",
     )
-    c.add_argument("--cache-mib", type=float, default=512, help="in-memory instance cache size")
-    c.add_argument("--refresh-seconds", type=float, default=300,
+    c.add_argument(
+        "--cache-mib",
+        type=float,
+        default=512,
+        metavar="MIB",
+        help="in-memory cache of decrypted instances (default 512)",
+    )
+    c.add_argument("--refresh-seconds", type=float, default=300, metavar="SECONDS",
                    help="look for new snapshots this often (default 300)")  # fmt: skip
     c.add_argument("--prefetch-patient", action="store_true",
                    help="when a study is retrieved, read the patient's other studies into "
@@ -80,6 +91,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise UsageError("--web-port needs --web-token-file")
     if args.no_dimse and args.web_port is None:
         raise UsageError("--no-dimse needs --web-port: nothing would be served")
+    if args.refresh_seconds < 0.1 or args.cache_mib < 0:
+        raise UsageError("--refresh-seconds must be at least 0.1 and --cache-mib not negative")
     allowed = tuple(Allowed.parse(a) for a in args.allow)
     for a in allowed:
         check_aet(a.ae_title)

@@ -24,6 +24,7 @@ from tests.helpers import Vault, assert_one_line_error
         (("--accept-any", "--move-dest", "PACS"), "bad --move-dest"),
         (("--accept-any", "--move-dest", "PACS=host"), "bad DICOM peer"),
         (("--accept-any", "--as-of", "last week"), "bad time"),
+        (("--accept-any", "--refresh-seconds", "0"), "--refresh-seconds"),
     ],
 )
 def test_bad_options_are_usage_errors(vault: Vault, args: tuple[str, ...], needle: str) -> None:
