@@ -11,6 +11,7 @@ keys is `client.dicomserve.query`'s.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sop_classes(sop TEXT PRIMARY KEY, sop_class TEXT NOT 
 """
 _CURRENT = "v.time = (SELECT MAX(w.time) FROM versions w WHERE w.sop = v.sop AND w.time <= :as_of)"
 FAR_FUTURE = "9999-12-31T23:59:59.999999Z"
+WRITE_BATCH = 2000  # catalogue entries per index transaction during a refresh
 _DIGEST_BYTES = 16
 
 
@@ -84,8 +86,9 @@ def snapshot_time(text: str) -> str:
     return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+def _connect(path: Path, any_thread: bool = False) -> sqlite3.Connection:
+    """`any_thread`: used by one task at a time, from whichever thread runs it."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not any_thread)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
@@ -136,17 +139,19 @@ class CatalogueIndex:
     async def _add_snapshot(
         self, repo: Repository, sid: SnapshotId, time: str, body: SnapshotBody
     ) -> None:
-        db = _connect(self.path)
+        """Stream the catalogue; each batch is written in a thread and a transaction of its own,
+        so serving goes on meanwhile. Idempotent: a snapshot cut short is indexed again whole."""
+        db = _connect(self.path, any_thread=True)
         try:
-            db.execute("BEGIN")
+            batch: list[Entry] = []
             async for entry in catalogue(repo, body):
                 if _is_instance(entry):
-                    _add_version(db, entry, sid.hex(), time)
+                    batch.append(entry)
+                if len(batch) >= WRITE_BATCH:
+                    await asyncio.to_thread(_add_versions, db, batch, sid.hex(), time)
+                    batch = []
+            await asyncio.to_thread(_add_versions, db, batch, sid.hex(), time)
             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (sid.hex(), time))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         finally:
             db.close()
 
@@ -156,8 +161,11 @@ class CatalogueIndex:
             return
         db = _connect(self.path)
         try:
-            with db:
-                db.executemany("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", classes.items())
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", classes.items())
+            db.execute("COMMIT")
+        except sqlite3.Error as e:  # a cache: the classes are probed again next time
+            log.warning("SOP classes not remembered: %s", e)
         finally:
             db.close()
 
@@ -165,6 +173,17 @@ class CatalogueIndex:
 def _is_instance(entry: Entry) -> bool:
     attrs = entry.dicom or {}
     return entry.type == "file" and bool(attrs.get("SOPInstanceUID"))
+
+
+def _add_versions(db: sqlite3.Connection, entries: list[Entry], snapshot: str, time: str) -> None:
+    db.execute("BEGIN")
+    try:
+        for entry in entries:
+            _add_version(db, entry, snapshot, time)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _add_version(db: sqlite3.Connection, entry: Entry, snapshot: str, time: str) -> None:
