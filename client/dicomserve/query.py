@@ -36,6 +36,7 @@ COUNTS = (
 RETURNED = (*MATCHABLE, *COUNTS, "ModalitiesInStudy", "NumberOfFrames", "TransferSyntaxUID",
             "SOPClassUID", "InstanceAvailability", "RetrieveAETitle")  # fmt: skip
 IGNORED = ("QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC")
+_IN_BATCH = 500  # UIDs per SQL `IN (...)` list (SQLite caps bound parameters)
 _INDEXED = {"PatientID": "patient", "StudyInstanceUID": "study",
             "SeriesInstanceUID": "series", "SOPInstanceUID": "sop"}  # fmt: skip
 # Attributes a level's answer takes from its instances (the rest are counts or left empty).
@@ -83,6 +84,11 @@ class Request:
             if value and not _has_wildcard(value):
                 out[column] = [v for v in value.split("\\") if v]
         return out
+
+    @property
+    def tested(self) -> tuple[str, ...]:
+        """The keywords this request matches on (not universal)."""
+        return tuple(keyword for keyword, _ in self._tests)
 
     def matches(self, attrs: dict[str, str]) -> bool:
         return all(test(attrs.get(keyword, "")) for keyword, test in self._tests)
@@ -159,8 +165,26 @@ def answers(
         for ref in refs:
             yield _answer(request, _one(ref), aet, reader.sop_class(ref.sop) or "")
         return
-    for group in _grouped(refs, LEVEL_KEY[request.level], LEVEL_ATTRS[request.level]):
+    key, attrs = LEVEL_KEY[request.level], LEVEL_ATTRS[request.level]
+    groups = _grouped(refs, key, attrs)
+    if request.level in ("PATIENT", "STUDY") and "Modality" in request.tested:
+        groups = _whole(reader, groups, key, as_of)
+    for group in groups.values():
         yield _answer(request, group, aet, "")
+
+
+def _whole(
+    reader: IndexReader, groups: dict[str, _Group], key: str, as_of: str | None
+) -> dict[str, _Group]:
+    """The counts of whole patients or studies, not of the series that matched a modality:
+    `ModalitiesInStudy=MR` finds a CT+MR study, which has all its instances."""
+    column, uids = _INDEXED[key], list(groups)
+    whole = {uid: _Group(group.attrs) for uid, group in groups.items()}
+    for start in range(0, len(uids), _IN_BATCH):
+        for ref in reader.current(as_of, {column: uids[start : start + _IN_BATCH]}):
+            if (group := whole.get(ref.attrs.get(key, ""))) is not None:
+                group.add(ref)
+    return whole
 
 
 def _one(ref: InstanceRef) -> _Group:
@@ -169,7 +193,7 @@ def _one(ref: InstanceRef) -> _Group:
     return group
 
 
-def _grouped(refs: Iterable[InstanceRef], key: str, attrs: tuple[str, ...]) -> list[_Group]:
+def _grouped(refs: Iterable[InstanceRef], key: str, attrs: tuple[str, ...]) -> dict[str, _Group]:
     groups: dict[str, _Group] = {}
     for ref in refs:
         uid = ref.attrs.get(key, "")
@@ -177,7 +201,7 @@ def _grouped(refs: Iterable[InstanceRef], key: str, attrs: tuple[str, ...]) -> l
         if group is None:
             group = groups[uid] = _Group({k: ref.attrs.get(k, "") for k in attrs})
         group.add(ref)
-    return list(groups.values())
+    return groups
 
 
 def _answer(request: Request, group: _Group, aet: str, sop_class: str) -> dict[str, str]:

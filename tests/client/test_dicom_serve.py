@@ -92,6 +92,11 @@ def test_echo_and_find_at_every_level_answer_from_the_catalogue(
         7,
         2,
     )
+    _, by_modality = find(served, tmp_path / "m", "QueryRetrieveLevel=STUDY",
+                          "ModalitiesInStudy=MR", "NumberOfStudyRelatedInstances")  # fmt: skip
+    assert [(list(s.ModalitiesInStudy), s.NumberOfStudyRelatedInstances) for s in by_modality] == [
+        (["CT", "MR"], 7)
+    ]  # the whole study, not only its MR series
     _, series = find(served, tmp_path / "se", "QueryRetrieveLevel=SERIES",
                      f"StudyInstanceUID={STUDY_UID}", "Modality=MR", "SeriesInstanceUID",
                      "NumberOfSeriesRelatedInstances")  # fmt: skip
