@@ -59,7 +59,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class LinkProxy:
-    """`rate` (bytes/s, None = unlimited) paces the upstream direction and may change live."""
+    """`rate` (bytes/s, None = unlimited) paces the upstream direction and `down_rate` the
+    downstream one (server → client, e.g. a restore); both may change live."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class LinkProxy:
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.rate = rate
+        self.down_rate: float | None = None
         self.stats = LinkStats()
         self.port = 0
         self.reset_after: int | None = None  # reset all connections once bytes_up passes this
@@ -80,6 +82,7 @@ class LinkProxy:
         self.max_connection_bytes: int | None = None
         self._clock = clock
         self._busy_until = 0.0
+        self._down_busy_until = 0.0
         self._pairs: set[_Pair] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -188,6 +191,8 @@ class LinkProxy:
                     raise ConnectionResetError("connection over max_connection_bytes")
                 if upstream:
                     await self._pace(len(data))
+                else:
+                    await self._pace_down(len(data))
                 writer.write(data)
                 await writer.drain()
                 if upstream:
@@ -213,16 +218,17 @@ class LinkProxy:
 
     async def _pace(self, n: int) -> None:
         """One link for all connections: each piece occupies it for n / rate seconds."""
-        rate = self.rate
-        if rate is None:
-            return
-        now = self._clock()
-        # A link that just went idle picks up where its schedule left off (a few ms late is
-        # timer jitter, not idleness); otherwise every late wake-up would lower the rate.
-        start = self._busy_until if self._busy_until >= now - IDLE_SLACK else now
-        self._busy_until = start + n / rate
-        if self._busy_until > now:
-            await asyncio.sleep(self._busy_until - now)
+        if self.rate is not None:
+            now = self._clock()
+            self._busy_until = _slot(self._busy_until, n, self.rate, now)
+            await asyncio.sleep(max(0.0, self._busy_until - now))
+
+    async def _pace_down(self, n: int) -> None:
+        """The downstream direction is a second link of its own (full duplex)."""
+        if self.down_rate is not None:
+            now = self._clock()
+            self._down_busy_until = _slot(self._down_busy_until, n, self.down_rate, now)
+            await asyncio.sleep(max(0.0, self._down_busy_until - now))
 
     def _count_up(self, n: int) -> None:
         s, now = self.stats, self._clock()
@@ -233,6 +239,14 @@ class LinkProxy:
         if self.reset_after is not None and s.bytes_up >= self.reset_after:
             self.reset_after = None
             asyncio.get_running_loop().create_task(self._drop())
+
+
+def _slot(busy_until: float, n: int, rate: float, now: float) -> float:
+    """When a link busy until `busy_until` has carried `n` more bytes. A link that just went
+    idle picks up where its schedule left off (a few ms late is timer jitter, not idleness);
+    otherwise every late wake-up would lower the rate."""
+    start = busy_until if busy_until >= now - IDLE_SLACK else now
+    return start + n / rate
 
 
 def max_in_window(samples: list[tuple[float, int]], window: float) -> int:

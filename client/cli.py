@@ -34,6 +34,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
 )
@@ -193,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--reason", default="", help="why, for the server's quarantine log")
     drill_parser(cmd)
     agent_parsers(cmd)
+    serve_parser(cmd)
     return p
 
 
@@ -429,6 +431,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "drill": cmd_drill,
     "agent": cmd_agent,
     "status": cmd_status,
+    "dicom-serve": cmd_dicom_serve,
 }
 
 

@@ -78,14 +78,19 @@ def _config(root: Path, http: int, dicom: int, syntaxes: list[str]) -> dict[str,
 
 
 @contextlib.contextmanager
-def run_orthanc(root: Path, syntaxes: list[str]) -> Iterator[Orthanc]:
+def run_orthanc(
+    root: Path, syntaxes: list[str], extra: dict[str, Any] | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc in the foreground; `extra` adds or overrides configuration keys."""
     if not Path(ORTHANC).is_file():
         pytest.fail(f"Orthanc is not installed ({ORTHANC} missing): `make setup-system` installs "
                     "the Debian package orthanc")  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     server = Orthanc(free_port(), free_port(), root / "orthanc.log")
     config = root / "orthanc.json"
-    config.write_text(json.dumps(_config(root, server.http, server.dicom, syntaxes)))
+    config.write_text(
+        json.dumps(_config(root, server.http, server.dicom, syntaxes) | (extra or {}))
+    )
     with open(server.log, "wb") as log:
         proc = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

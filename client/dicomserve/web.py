@@ -1,0 +1,304 @@
+"""The DICOMweb side of `dicom-serve` (aiohttp): QIDO-RS search and WADO-RS retrieve, read-only.
+
+Owns the routes under `/dicomweb`, the bearer-token check (the token's name is the "who" of the
+audit trail), the `application/dicom+json` rendering of query answers and instance metadata,
+and the `multipart/related; type="application/dicom"` stream of a study, series or instance,
+each part the instance's Part 10 bytes as stored, labelled with its own transfer syntax (never
+transcoded). An instance that cannot be read is left out of the stream (with an alert); a bad
+request is a 400 and nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from client.dicomserve.audit import AuditRecord
+from client.dicomserve.index import InstanceRef
+from client.dicomserve.instances import part10
+from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
+from client.dicomserve.service import Archive, alert
+
+ARCHIVE = web.AppKey("archive", Archive)
+WHO = "dicomserve.who"
+DICOM_JSON = "application/dicom+json"
+DEFAULT_LIMIT = 1000  # answers per QIDO response when the client gives no limit
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Keys a QIDO answer carries without `includefield` (PS3.18 table 10.6.3-3, those we hold).
+DEFAULT_KEYS = {
+    "STUDY": ("StudyDate", "AccessionNumber", "ModalitiesInStudy", "PatientName", "PatientID",
+              "PatientBirthDate", "StudyInstanceUID", "StudyDescription",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveAETitle"),
+    "SERIES": ("Modality", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances",
+               "StudyInstanceUID"),
+    "IMAGE": ("SOPClassUID", "SOPInstanceUID", "NumberOfFrames", "StudyInstanceUID",
+              "SeriesInstanceUID"),
+}  # fmt: skip
+_NOT_KEYS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app[ARCHIVE].config.web_tokens
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    name = _token_name(tokens, token.strip()) if scheme.lower() == "bearer" else None
+    if name is None:
+        what = f"{request.method} {request.path}: no valid token"
+        _audit(
+            request, AuditRecord("", _address(request), "refused", outcome="refused", detail=what)
+        )
+        return _error(401, "a valid bearer token is required")
+    request[WHO] = name
+    try:
+        return await handler(request)
+    except BadQuery as e:
+        return _error(400, str(e))
+    except web.HTTPException:
+        raise
+    except Exception as e:  # a bug must cost one request, never the server
+        alert(f"{request.method} {request.path}: {type(e).__name__}: {e}")
+        return _error(500, f"internal error: {type(e).__name__}")
+
+
+def _token_name(tokens: dict[str, str], token: str) -> str | None:
+    for known, name in tokens.items():  # compare every token in constant time
+        if token and hmac.compare_digest(known.encode(), token.encode()):
+            return name
+    return None
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _address(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+def _audit(request: web.Request, record: AuditRecord) -> None:
+    request.app[ARCHIVE].audit.write(record)
+
+
+# --- QIDO-RS -------------------------------------------------------------------------------------
+
+
+def _query(request: web.Request, level: str) -> tuple[Request, int, int]:
+    keys: dict[str, str] = dict.fromkeys(DEFAULT_KEYS[level], "")
+    for name, value in request.query.items():
+        if name == "includefield":
+            keys.update((_keyword(f), keys.get(_keyword(f), "")) for f in value.split(","))
+        elif name not in _NOT_KEYS:
+            keys[_keyword(name)] = value
+    for name in ("study", "series"):
+        if name in request.match_info:
+            keys[{"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}[name]] = (
+                request.match_info[name]
+            )
+    keys.pop("all", None)
+    return (
+        Request.parse(level, keys),
+        _int(request, "limit", DEFAULT_LIMIT),
+        _int(request, "offset", 0),
+    )
+
+
+def _keyword(name: str) -> str:
+    """A QIDO attribute as a keyword: `PatientID` stays, a tag `00100020` becomes its keyword."""
+    from pydicom.datadict import keyword_for_tag
+
+    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
+        return keyword_for_tag(int(name, 16)) or name
+    return name
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise BadQuery(f"{name} must be a non-negative integer")
+    return int(text)
+
+
+def dicom_json(answer: dict[str, str]) -> dict[str, Any]:
+    doc: dict[str, Any] = answer_dataset(answer).to_json_dict()
+    doc.pop("00080052", None)  # QueryRetrieveLevel is DIMSE's, not QIDO's
+    return doc
+
+
+def _search(level: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        archive = request.app[ARCHIVE]
+        query, limit, offset = _query(request, level)
+        record = AuditRecord(request[WHO], _address(request), "QIDO-RS", level, query.keys)
+        found = await asyncio.to_thread(_answers, archive, query, limit, offset)
+        for answer in found:
+            record.note(answer)
+        if query.unsupported:
+            record.detail = "unsupported keys: " + ", ".join(query.unsupported)
+        _audit(request, record)
+        if not found:
+            return web.Response(status=204)
+        body = json.dumps([dicom_json(a) for a in found])
+        response = web.Response(text=body, content_type=DICOM_JSON)
+        if query.unsupported:
+            response.headers["Warning"] = (
+                f'299 dicomvault "unsupported keys, matched as universal: '
+                f'{", ".join(query.unsupported)}"'
+            )
+        return response
+
+    return handler
+
+
+def _answers(archive: Archive, query: Request, limit: int, offset: int) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    with archive.reader() as reader:
+        for n, answer in enumerate(answers(reader, query, archive.config.as_of,
+                                           archive.config.ae_title)):  # fmt: skip
+            if n >= offset + limit:
+                break
+            if n >= offset:
+                out.append(answer)
+    return out
+
+
+# --- WADO-RS -------------------------------------------------------------------------------------
+
+
+def _selection(request: web.Request) -> Request:
+    keys = {"StudyInstanceUID": request.match_info["study"]}
+    if "series" in request.match_info:
+        keys["SeriesInstanceUID"] = request.match_info["series"]
+    if "instance" in request.match_info:
+        keys["SOPInstanceUID"] = request.match_info["instance"]
+    return Request.parse("IMAGE", keys)
+
+
+async def _refs(request: web.Request, record: AuditRecord) -> list[InstanceRef]:
+    selection = _selection(request)
+    record.keys = selection.keys
+    refs = await asyncio.to_thread(request.app[ARCHIVE].instances, selection)
+    if not refs:
+        record.outcome = "failed"
+        _audit(request, record)
+        raise web.HTTPNotFound(text=json.dumps({"error": "no such study, series or instance"}),
+                               content_type="application/json")  # fmt: skip
+    return refs
+
+
+def _framed(
+    ref: InstanceRef, read: bytes | Exception, failed: list[str]
+) -> tuple[bytes, str] | None:
+    """(Part 10 bytes, transfer syntax), or None (and an alert) for an instance not read."""
+    try:
+        if isinstance(read, Exception):
+            raise read
+        framed = part10(read, ref.transfer_syntax)
+    except Exception as e:  # this instance is left out; the rest still arrive
+        alert(f"instance {ref.sop} (/{ref.path}, snapshot {ref.snapshot[:8]}): {e}")
+        failed.append(ref.sop)
+        return None
+    return framed.data, framed.transfer_syntax
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    archive = request.app[ARCHIVE]
+    record = AuditRecord(request[WHO], _address(request), "WADO-RS", "IMAGE")
+    refs = await _refs(request, record)
+    boundary = secrets.token_hex(16)
+    response = web.StreamResponse(headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+    })  # fmt: skip
+    failed: list[str] = []
+    await response.prepare(request)
+    # Each part's closing delimiter goes out with its data, so a streaming client can take an
+    # instance as soon as it has arrived, not when the next one is ready.
+    await response.write(f"--{boundary}".encode())
+    done = False
+    try:
+        async for ref, read in archive.read_ahead(refs):
+            got = _framed(ref, read, failed)
+            if got is None:
+                continue
+            data, ts = got
+            head = f"\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n"
+            await response.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode())
+            await response.write(data)
+            await response.write(f"\r\n--{boundary}".encode())
+            record.note(ref.attrs)
+        done = _finish(request, record, failed, len(refs))  # before the client sees the end
+        await response.write(b"--\r\n")
+        await response.write_eof()
+    finally:
+        if not done:
+            record.outcome = "cancelled"
+            _finish(request, record, failed, len(refs))
+    return response
+
+
+def _finish(request: web.Request, record: AuditRecord, failed: list[str], total: int) -> bool:
+    if failed:
+        record.outcome = "partial" if len(failed) < total else "failed"
+        record.detail = f"{len(failed)} of {total} instances could not be read"
+    _audit(request, record)
+    return True
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    archive = request.app[ARCHIVE]
+    record = AuditRecord(request[WHO], _address(request), "WADO-RS metadata", "IMAGE")
+    refs = await _refs(request, record)
+    failed: list[str] = []
+    docs = []
+    base = f"{request.scheme}://{request.host}/dicomweb"
+    async for ref, read in archive.read_ahead(refs):
+        got = _framed(ref, read, failed)
+        if got is not None:
+            docs.append(await asyncio.to_thread(_metadata_json, got[0], base, ref))
+            record.note(ref.attrs)
+    _finish(request, record, failed, len(refs))
+    return web.Response(text=json.dumps(docs), content_type=DICOM_JSON)
+
+
+def _metadata_json(data: bytes, base: str, ref: InstanceRef) -> dict[str, Any]:
+    """The instance's attributes as DICOM JSON; bulk data (pixels) as a URI of the instance."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    uri = f"{base}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
+    doc: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1024,
+                                          bulk_data_element_handler=lambda elem: uri)  # fmt: skip
+    return doc
+
+
+def make_app(archive: Archive) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware])
+    app[ARCHIVE] = archive
+    study, series = "/dicomweb/studies/{study}", "/dicomweb/studies/{study}/series/{series}"
+    app.router.add_get("/dicomweb/studies", _search("STUDY"))
+    app.router.add_get("/dicomweb/series", _search("SERIES"))
+    app.router.add_get("/dicomweb/instances", _search("IMAGE"))
+    app.router.add_get(f"{study}/series", _search("SERIES"))
+    app.router.add_get(f"{study}/instances", _search("IMAGE"))
+    app.router.add_get(f"{series}/instances", _search("IMAGE"))
+    for path in (study, series, f"{series}/instances/{{instance}}"):
+        app.router.add_get(path, retrieve)
+        app.router.add_get(f"{path}/metadata", metadata)
+    return app
+
+
+async def start_web(archive: Archive) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(make_app(archive), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, archive.config.host, archive.config.web_port or 0)
+    await site.start()
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,46 @@
+"""`dicomvault dicom-serve` as a command: what it refuses to start with, and a server that picks
+up snapshots taken while it runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from benchmarks.dicom_study import STUDY_UID, build_study
+from tests.client.servekit import WEB_TOKEN, dicom_serve
+from tests.helpers import Vault, assert_one_line_error
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ((), "--allow"),
+        (("--accept-any", "--web-port", "0"), "--web-token-file"),
+        (("--no-dimse",), "--no-dimse needs --web-port"),
+        (("--allow", "A" * 17), "bad AE title"),
+        (("--accept-any", "--move-dest", "PACS"), "bad --move-dest"),
+        (("--accept-any", "--move-dest", "PACS=host"), "bad DICOM peer"),
+        (("--accept-any", "--as-of", "last week"), "bad time"),
+        (("--accept-any", "--refresh-seconds", "0"), "--refresh-seconds"),
+    ],
+)
+def test_bad_options_are_usage_errors(vault: Vault, args: tuple[str, ...], needle: str) -> None:
+    assert_one_line_error(vault.run("dicom-serve", *args, timeout=60), 2, needle)
+
+
+def test_snapshots_taken_while_serving_are_indexed_on_the_next_refresh(tmp_path: Path) -> None:
+    build_study(tmp_path / "study")
+    vault = Vault(tmp_path / "vault").init()
+    with dicom_serve(vault, "--no-dimse", "--refresh-seconds", "0.2") as served:
+        url, auth = f"{served.web}/studies", {"Authorization": f"Bearer {WEB_TOKEN}"}
+        assert requests.get(url, headers=auth, timeout=30).status_code == 204  # nothing yet
+        vault.json("backup", str(tmp_path / "study"))
+        for _ in range(600):
+            response = requests.get(url, headers=auth, timeout=30)
+            if response.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert [s["0020000D"]["Value"] for s in response.json()] == [[STUDY_UID]]
