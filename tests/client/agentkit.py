@@ -29,6 +29,7 @@ from tests.helpers import CHEAP_KDF_ARGS, PASSPHRASE, Result, _cli_command
 STORESCU = "/usr/bin/storescu"
 DCMSEND = "/usr/bin/dcmsend"
 AGENT_AET = "DVAGENT"
+SENDERS = ("MODALITY", "PACS", "STORESCU")  # the calling AE titles the tests' senders use
 T = TypeVar("T")
 
 
@@ -299,6 +300,11 @@ def pick_files(candidates: list[Path], syntaxes: set[str], limit: int) -> list[P
         if len(out) >= limit:
             break
     return out
+
+
+def allow(*titles: str, host: str = "127.0.0.1") -> tuple[str, ...]:
+    """`dicomvault agent` flags allow-listing `titles` (default: `SENDERS`) from `host`."""
+    return tuple(a for t in titles or SENDERS for a in ("--allow-sender", f"{t}@{host}"))
 
 
 def storescu(
