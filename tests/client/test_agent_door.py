@@ -219,7 +219,7 @@ def test_a_connection_that_never_asks_is_closed_when_artim_expires(spool: Inbox)
         receiving(spool, artim_seconds=0.5) as (receiver, _),
         _connect(receiver.port, "127.0.0.1") as s,
     ):
-        s.settimeout(30)  # a deadline, not a measurement: ARTIM is 0.5 s
+        s.settimeout(10)  # a deadline, not a measurement: ARTIM is 0.5 s (pynetdicom's: 30)
         assert s.recv(1) == b""
 
 
@@ -227,7 +227,7 @@ def test_a_silent_association_is_aborted_after_the_idle_timeout(spool: Inbox) ->
     with receiving(spool, idle_seconds=0.5) as (receiver, _):
         assoc = associate(receiver.port)
         assert assoc.is_established
-        wait_for("the idle association aborted", lambda: assoc.is_aborted, timeout=30)
+        wait_for("the idle association aborted", lambda: assoc.is_aborted, timeout=10)
 
 
 def _connect(port: int, source: str) -> socket.socket:
@@ -376,7 +376,8 @@ def test_receiving_an_instance_larger_than_memory_allows_keeps_memory_bounded(
         sent = storescu(site.dicom_port, path)
         assert sent.returncode == 0, sent.stderr
         peak = _peak_rss(site.proc.pid)
-        assert [p.stat().st_size for p in site.spooled()] == [path.stat().st_size]
+        (spooled,) = site.spooled()  # its meta group is the agent's: the size differs a little
+        assert abs(spooled.stat().st_size - path.stat().st_size) < 1024
     finally:
         site.stop()
         server.stop()
