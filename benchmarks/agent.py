@@ -12,10 +12,10 @@ bytes over storescu's wall time (every instance fsynced before its Success). Del
 real time (quiet 1 s) uploads through `tests/linkproxy.py` paced at 10 Mbit/s (or, without it,
 its own `--limit-upload 10Mbit`); the delay runs from storescu's start and from its last
 acknowledgement to the moment the agent's status shows the study committed and the spool empty.
-Concurrency: the receive corpus split over N storescu processes started together (one
-association each), instances/s and MB/s over the wall time of the slowest; "idle" adds a host
-(127.0.0.2, not allow-listed) that keeps `--idle` connections open and reconnects each one the
-agent closes. Large instances: `--big-count` instances of `--big-mb` each sent at once, the
+Concurrency: the receive corpus split over N storescu processes (TCP_NODELAY=1) started
+together (one association each), instances/s and MB/s over the wall time of the slowest; "idle"
+adds a host (127.0.0.2, not allow-listed) that opens `--idle` connections that never speak and
+reopens each one the agent closes (`attacker_sockets_open`: its sockets not yet seen closed). Large instances: `--big-count` instances of `--big-mb` each sent at once, the
 agent's VmHWM before and after.
 """
 
@@ -111,7 +111,7 @@ def concurrent(root: Path, corpus: list[Path], senders: list[int], idle: int) ->
                     after = _spool(site)
                     held = f.open_now()
                 doc = _rate(after[0] - before[0], after[1] - before[1], seconds)
-                doc["idle_connections_held"] = held
+                doc["attacker_sockets_open"] = held
                 doc["refused_so_far"] = (site.status() or {}).get("associations_refused")
                 out[f"{n}_senders" + (f"_{flood}_idle" if flood else "")] = doc
     return out
@@ -125,6 +125,7 @@ def _send_parallel(port: int, files: list[Path], n: int) -> float:
             [STORESCU, "-R", "-nh", "-aec", AGENT_AET, "127.0.0.1", str(port), *map(str, share)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "TCP_NODELAY": "1"},
         )
         for share in shares
         if share
@@ -178,6 +179,7 @@ class IdleFlood:
 
 def big_instances(root: Path, mb: float, count: int) -> dict[str, Any]:
     """`count` instances of `mb` MB sent at once: the agent's peak RSS before and after."""
+    root.mkdir(parents=True, exist_ok=True)
     files = [_big_file(root / f"big-{i}.dcm", int(mb * 1e6)) for i in range(count)]
     with batch_agent(root / "agent") as site:
         assert site.proc is not None
