@@ -15,8 +15,9 @@ acknowledgement to the moment the agent's status shows the study committed and t
 Concurrency: the receive corpus split over N storescu processes (TCP_NODELAY=1) started
 together (one association each), instances/s and MB/s over the wall time of the slowest; "idle"
 adds a host (127.0.0.2, not allow-listed) that opens `--idle` connections that never speak and
-reopens each one the agent closes (`attacker_sockets_open`: its sockets not yet seen closed). Large instances: `--big-count` instances of `--big-mb` each sent at once, the
-agent's VmHWM before and after.
+reopens each one the agent closes (`attacker_sockets_open`: its sockets not yet seen closed).
+Large instances: `--big-count` instances of `--big-mb` each sent at once, the agent's VmHWM
+before and after.
 """
 
 from __future__ import annotations
