@@ -48,6 +48,7 @@ SHUTDOWN_GRACE = 10.0  # a batch under way gets this long to commit before it is
 KEEP_ERRORS = 20
 RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
 PEER_POLL = 5.0  # delete_after = "peer": ask the server this often which snapshots peers hold
+SWEEP_SECONDS = 60.0  # the spool is swept for temporary files of receives cut short this often
 
 
 @dataclass
@@ -448,11 +449,23 @@ class Agent:
     # status
 
     async def _status_loop(self) -> None:
+        swept = self.clock.monotonic()
         while True:
+            if self.clock.monotonic() - swept >= SWEEP_SECONDS:
+                swept = self.clock.monotonic()
+                self._sweep_spool()
             self._check_repository()
             self._check_alerts()
             self._write_status()
             await asyncio.sleep(1.0)
+
+    def _sweep_spool(self) -> None:
+        """Drop temporary files no open association can still be writing: untouched for twice
+        the idle timeout (after which the receiver aborts a silent association) and a minute."""
+        idle = self.config.dicom.idle_seconds if self.config.dicom is not None else 0.0
+        with contextlib.suppress(OSError):
+            if dropped := self.inbox.drop_stale_temps(time.time(), 2 * idle + 60):
+                log.info("removed %d temporary files of receives cut short", dropped)
 
     def _check_repository(self) -> None:
         """An outage shows in the errors when it starts, not when the retries give up (the

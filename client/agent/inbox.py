@@ -112,6 +112,18 @@ class Inbox:
             self._bytes += size
         return Instance(path, key[1], size, key[0], dataset_uid)
 
+    def drop_stale_temps(self, now: float, older_than: float) -> int:
+        """Remove temporary files untouched for `older_than` seconds: receives cut short (an
+        aborted association leaves pynetdicom's file behind). A live receive writes to its file
+        with every PDU, so one silent this long belongs to no association still open."""
+        dropped = 0
+        for stray in self.folder.glob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - stray.stat().st_mtime > older_than:
+                    stray.unlink()
+                    dropped += 1
+        return dropped
+
     def pending(self) -> list[Instance]:
         """Every instance waiting, in arrival order."""
         out = []

@@ -351,6 +351,27 @@ def test_the_dataset_own_uid_is_kept_when_it_differs_from_the_command(spool: Inb
     assert spool.pending() == [inst]  # the name carries both, across a restart
 
 
+def test_a_receive_cut_short_leaves_no_temporary_file_for_long(spool: Inbox) -> None:
+    ds = ct_instance(64)
+    with receiving(spool) as (receiver, arrived):
+        assoc = associate(receiver.port)
+        cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage)
+        req = C_STORE()
+        req.MessageID, req.Priority, req.AffectedSOPClassUID = 1, 2, CTImageStorage
+        req.AffectedSOPInstanceUID, req.DataSet = ds.SOPInstanceUID, BytesIO(b"\0")
+        msg = C_STORE_RQ()
+        msg.primitive_to_message(req)
+        for control, data in ((0x03, encode(msg.command_set, True, True)), (0x00, b"\0" * 4096)):
+            pdu = P_DATA()  # 0x00: a dataset fragment, not the last; then the sender goes away
+            pdu.presentation_data_value_list = [[int(cx.context_id), bytes([control]) + data]]
+            assoc.dul.send_pdu(pdu)
+        (temp,) = wait_for("the temporary file", lambda: list(spool.folder.glob(".tmp-*")))
+        assoc.abort()
+    assert arrived == [] and spool.drop_stale_temps(time.time(), 3600) == 0  # still fresh
+    os.utime(temp, (time.time() - 7200, time.time() - 7200))
+    assert spool.drop_stale_temps(time.time(), 3600) == 1 and not temp.exists()
+
+
 # memory
 
 
