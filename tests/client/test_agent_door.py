@@ -261,24 +261,34 @@ def _in_threads(calls: list[Any]) -> list[Any]:
 # malformed commands and odd UIDs
 
 
-def raw_store(assoc: Association, body: bytes, cls: str, uid: str) -> int | str:
-    """Send a C-STORE whose command and dataset are exactly as given (a well-behaved SCU would
-    refuse to); the response status, or "aborted"."""
+LAST_COMMAND, LAST_DATASET, MORE_DATASET = 0x03, 0x02, 0x00  # a PDV's message control header
+
+
+def send_raw(assoc: Association, cls: str, uid: str, dataset: tuple[int, bytes]) -> None:
+    """A C-STORE command with the UIDs exactly as given (a well-behaved SCU would refuse to
+    send them), then one dataset fragment: (control header, bytes)."""
     cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == cls)
     req = C_STORE()
     req.MessageID, req.Priority = 1, 2
     req.AffectedSOPClassUID = cls
-    req._affected_sop_instance_uid = uid  # unchecked, as it goes on the wire
-    req.DataSet = BytesIO(body or b"\0")  # any: the command then says a dataset follows
+    req._affected_sop_instance_uid = uid  # type: ignore[assignment] # unchecked, as on the wire
+    req.DataSet = BytesIO(b"\0")  # any: the command then says a dataset follows
     msg = C_STORE_RQ()
     msg.primitive_to_message(req)
+    command = (LAST_COMMAND, bytes(encode(msg.command_set, True, True) or b""))
+    for control, data in (command, dataset):
+        pdu = P_DATA()
+        pdv = [int(cx.context_id or 0), bytes([control]) + data]  # a list: its setter insists
+        pdu.presentation_data_value_list = [pdv]  # type: ignore[list-item]
+        assoc.dul.send_pdu(pdu)
+
+
+def raw_store(assoc: Association, body: bytes, cls: str, uid: str) -> int | str:
+    """`send_raw` the whole dataset `body`; the response status, or "aborted"."""
     assoc._reactor_checkpoint.clear()  # pause the reactor, as release() does: the answer is ours
     while not assoc._is_paused:
         time.sleep(0.001)
-    for control, data in ((0x03, encode(msg.command_set, True, True)), (0x02, body)):
-        pdu = P_DATA()  # control: 0x03 last command fragment, 0x02 last dataset fragment
-        pdu.presentation_data_value_list = [[int(cx.context_id), bytes([control]) + data]]
-        assoc.dul.send_pdu(pdu)
+    send_raw(assoc, cls, uid, (LAST_DATASET, body))
     try:
         return _response(assoc)
     finally:
@@ -355,16 +365,8 @@ def test_a_receive_cut_short_leaves_no_temporary_file_for_long(spool: Inbox) -> 
     ds = ct_instance(64)
     with receiving(spool) as (receiver, arrived):
         assoc = associate(receiver.port)
-        cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage)
-        req = C_STORE()
-        req.MessageID, req.Priority, req.AffectedSOPClassUID = 1, 2, CTImageStorage
-        req.AffectedSOPInstanceUID, req.DataSet = ds.SOPInstanceUID, BytesIO(b"\0")
-        msg = C_STORE_RQ()
-        msg.primitive_to_message(req)
-        for control, data in ((0x03, encode(msg.command_set, True, True)), (0x00, b"\0" * 4096)):
-            pdu = P_DATA()  # 0x00: a dataset fragment, not the last; then the sender goes away
-            pdu.presentation_data_value_list = [[int(cx.context_id), bytes([control]) + data]]
-            assoc.dul.send_pdu(pdu)
+        # A first dataset fragment, not the last; then the sender goes away.
+        send_raw(assoc, CTImageStorage, ds.SOPInstanceUID, (MORE_DATASET, b"\0" * 4096))
         (temp,) = wait_for("the temporary file", lambda: list(spool.folder.glob(".tmp-*")))
         assoc.abort()
     assert arrived == [] and spool.drop_stale_temps(time.time(), 3600) == 0  # still fresh
