@@ -33,6 +33,20 @@ def agent_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--dicom-listen", metavar="HOST:PORT", help="run a DICOM C-STORE receiver")
     c.add_argument("--ae-title", metavar="AET", help="the receiver's AE title")
     c.add_argument(
+        "--allow-sender",
+        metavar="AET[@HOST]",
+        action="append",
+        default=[],
+        help="accept associations from this calling AE title, optionally only from HOST "
+        "(an address or network); repeatable, adds to [[dicom.senders]]. With no sender "
+        "allowed, every association is refused",
+    )
+    c.add_argument(
+        "--accept-any-sender",
+        action="store_true",
+        help="accept any calling AE title from any host (the called AE title must still be ours)",
+    )
+    c.add_argument(
         "--watch",
         metavar="DIR",
         action="append",

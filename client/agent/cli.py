@@ -48,6 +48,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         listen=args.dicom_listen,
         ae_title=args.ae_title,
+        allow_senders=tuple(args.allow_sender),
+        accept_any_sender=args.accept_any_sender,
         watch=tuple(args.watch),
         name=args.name,
     )

@@ -9,6 +9,7 @@ not read the environment: the CLI passes what it found there as overrides.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -52,13 +53,74 @@ class RepositorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Sender:
+    """One allow-listed modality: its calling AE title and, optionally, the hosts it calls from
+    (addresses or networks such as 192.168.10.0/24; none: any host)."""
+
+    ae_title: str
+    hosts: tuple[str, ...] = ()
+
+    def allows(self, host: str) -> bool:
+        return not self.hosts or any(_in_network(host, net) for net in self.hosts)
+
+    def __str__(self) -> str:
+        return self.ae_title + (f"@{','.join(self.hosts)}" if self.hosts else "")
+
+
+def _in_network(host: str, network: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
+
+
+def parse_sender(text: str) -> Sender:
+    """`--allow-sender CT1` or `CT1@192.168.10.21` (or `@192.168.10.0/24`)."""
+    title, _, host = text.partition("@")
+    return _sender({"ae_title": title, "hosts": [host] if host else []})
+
+
+def _sender(doc: dict[str, Any]) -> Sender:
+    title = str(doc["ae_title"]).strip()
+    _check_ae_title(title)
+    hosts = tuple(str(h) for h in doc.get("hosts", []))
+    for h in hosts:
+        try:
+            ipaddress.ip_network(h, strict=False)
+        except ValueError:
+            raise UsageError(f"sender {title}: not an address or network: {h!r}") from None
+    return Sender(title, hosts)
+
+
+@dataclass(frozen=True, slots=True)
 class DicomSettings:
     ae_title: str = DEFAULT_AE_TITLE
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    max_pdu: int = 0  # 0: no limit on what a peer may send in one PDU
+    max_pdu: int = 1 << 20  # the largest PDU a peer may send us (0: any size, unbounded memory)
     # Storage Commitment: where to send a late report when the asking association has closed.
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Who may send (client/agent/door.py): the allow-list, or anyone with accept_any.
+    senders: tuple[Sender, ...] = ()
+    accept_any: bool = False
+    max_associations: int = 32  # connections at once, all hosts together
+    max_per_host: int = 8  # connections at once from one address
+    reserved: int = 8  # slots only hosts named in [[dicom.senders]] may use
+    artim_seconds: float = 10.0  # a connection has this long to ask for an association
+    idle_seconds: float = 60.0  # an association silent this long is aborted
+    dimse_seconds: float = 30.0  # waiting for a DIMSE message part (e.g. a report's answer)
+
+    def sender(self, ae_title: str) -> Sender | None:
+        return next((s for s in self.senders if s.ae_title == ae_title), None)
+
+    def door_summary(self) -> str:
+        """What the start-up log says about who may send."""
+        if self.accept_any:
+            listed = f" ({len(self.senders)} listed)" if self.senders else ""
+            return f"accepting ANY calling AE title from any host{listed}"
+        if not self.senders:
+            return "no senders allowed: every association will be refused"
+        return "accepting " + ", ".join(map(str, self.senders))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +208,8 @@ class Overrides:
     state_dir: str | None = None
     listen: str | None = None
     ae_title: str | None = None
+    allow_senders: tuple[str, ...] = ()
+    accept_any_sender: bool = False
     watch: tuple[str, ...] = ()
     name: str | None = None
     repository: RepositorySettings = RepositorySettings()
@@ -247,12 +311,40 @@ def _dicom(doc: dict[str, Any]) -> DicomSettings:
     ae_title = str(doc.get("ae_title", DEFAULT_AE_TITLE))
     _check_ae_title(ae_title)
     peers = {str(ae): parse_listen(str(addr)) for ae, addr in doc.get("peers", {}).items()}
-    return DicomSettings(ae_title, host, port, int(doc.get("max_pdu", 0)), peers)
+    base = DicomSettings()
+    return DicomSettings(
+        ae_title,
+        host,
+        port,
+        int(doc.get("max_pdu", base.max_pdu)),
+        peers,
+        senders=tuple(_sender(s) for s in doc.get("senders", [])),
+        accept_any=bool(doc.get("accept_any", False)),
+        max_associations=int(doc.get("max_associations", base.max_associations)),
+        max_per_host=int(doc.get("max_per_host", base.max_per_host)),
+        reserved=int(doc.get("reserved_for_senders", base.reserved)),
+        artim_seconds=float(doc.get("artim_seconds", base.artim_seconds)),
+        idle_seconds=float(doc.get("idle_seconds", base.idle_seconds)),
+        dimse_seconds=float(doc.get("dimse_seconds", base.dimse_seconds)),
+    )
 
 
 def _check_ae_title(title: str) -> None:
     if not 0 < len(title) <= 16 or not title.isascii() or "\\" in title:
         raise UsageError(f"AE title must be 1-16 ASCII characters without '\\': {title!r}")
+
+
+def _apply_dicom(dicom: DicomSettings, o: Overrides) -> DicomSettings:
+    if o.listen:
+        host, port = parse_listen(o.listen)
+        dicom = replace(dicom, host=host, port=port)
+    if o.ae_title:
+        _check_ae_title(o.ae_title)
+        dicom = replace(dicom, ae_title=o.ae_title)
+    extra = tuple(parse_sender(s) for s in o.allow_senders)
+    return replace(
+        dicom, senders=dicom.senders + extra, accept_any=dicom.accept_any or o.accept_any_sender
+    )
 
 
 def _watch(doc: dict[str, Any]) -> WatchSettings:
@@ -275,15 +367,8 @@ def _apply(config: AgentConfig, o: Overrides) -> AgentConfig:
         config = replace(config, state_dir=Path(o.state_dir))
     if o.name:
         config = replace(config, name=o.name)
-    if o.listen or o.ae_title:
-        dicom = config.dicom or DicomSettings()
-        if o.listen:
-            host, port = parse_listen(o.listen)
-            dicom = replace(dicom, host=host, port=port)
-        if o.ae_title:
-            _check_ae_title(o.ae_title)
-            dicom = replace(dicom, ae_title=o.ae_title)
-        config = replace(config, dicom=dicom)
+    if o.listen or o.ae_title or o.allow_senders or o.accept_any_sender:
+        config = replace(config, dicom=_apply_dicom(config.dicom or DicomSettings(), o))
     if o.watch:
         extra = tuple(WatchSettings(Path(p)) for p in o.watch)
         config = replace(config, watch=config.watch + extra)

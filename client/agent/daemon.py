@@ -27,8 +27,13 @@ from client.agent.config import AgentConfig, WatchSettings, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
-from client.agent.peerhold import PeerHold
-from client.agent.receiver import NO_SUCH_INSTANCE, PROCESSING_FAILURE, Receiver
+from client.agent.peerhold import PeerHold, committed_rows
+from client.agent.receiver import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_INSTANCE,
+    PROCESSING_FAILURE,
+    Receiver,
+)
 from client.agent.status import agent_version, status_document, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
@@ -43,6 +48,7 @@ SHUTDOWN_GRACE = 10.0  # a batch under way gets this long to commit before it is
 KEEP_ERRORS = 20
 RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
 PEER_POLL = 5.0  # delete_after = "peer": ask the server this often which snapshots peers hold
+SWEEP_SECONDS = 60.0  # the spool is swept for temporary files of receives cut short this often
 
 
 @dataclass
@@ -176,7 +182,12 @@ class Agent:
                 accepting=self._accepting,
             )
             self.receiver.start()
-            log.info("DICOM listener %s on port %d", self.config.dicom.ae_title, self.receiver.port)
+            d = self.config.dicom
+            log.info("DICOM listener %s on port %d", d.ae_title, self.receiver.port)
+            if d.accept_any or not d.senders:
+                log.warning("DICOM listener: %s", d.door_summary())
+            else:
+                log.info("DICOM listener: %s", d.door_summary())
         if self.config.watch:
             assert self._loop is not None
             self.watcher = Watcher(self.config.watch, self.settler, self._loop)
@@ -309,8 +320,7 @@ class Agent:
         if self.policy.delete_after == "peer":
             self.hold.hold(summary.snapshot, instances)
         else:
-            uids = [i.sop_instance_uid for i in instances]
-            self.ledger.record_instances(uids, summary.snapshot, when)
+            self.ledger.record_instances(committed_rows(instances), summary.snapshot, when)
         self.ledger.record_watched(
             ((i.path, i.size, i.mtime_ns) for i in done if not i.instance), summary.snapshot, when
         )
@@ -376,19 +386,15 @@ class Agent:
     def _commitment_result(
         self, req: CommitmentRequest, now: float
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]] | None:
-        """(committed, failed) once every instance is decided; None while some are queued."""
-        uids = [uid for _, uid in req.items]
-        committed = self.ledger.committed(uids)
-        queued = (self.queue.uids() | self.hold.uids()) & set(uids)
+        """(committed, failed) once every instance is decided; None while some are queued.
+        Committed means: the same (SOP Class UID, SOP Instance UID) as stored."""
+        committed, conflicts = self.ledger.committed(req.items)
+        queued = (self.queue.uids() | self.hold.uids()) & {uid for _, uid in req.items}
         if queued and now - req.received < self.policy.commitment_timeout_seconds:
             return None
-        ok = [(c, i) for c, i in req.items if i in committed]
-        failed = [
-            (c, i, PROCESSING_FAILURE if i in queued else NO_SUCH_INSTANCE)
-            for c, i in req.items
-            if i not in committed
-        ]
-        return ok, failed
+        ok = [key for key in req.items if key in committed]
+        failed = [(c, i, _failure(c, i, conflicts, queued)) for c, i in req.items]
+        return ok, [f for f in failed if (f[0], f[1]) not in committed]
 
     # heartbeat, live config, rescans
 
@@ -443,11 +449,23 @@ class Agent:
     # status
 
     async def _status_loop(self) -> None:
+        swept = self.clock.monotonic()
         while True:
+            if self.clock.monotonic() - swept >= SWEEP_SECONDS:
+                swept = self.clock.monotonic()
+                self._sweep_spool()
             self._check_repository()
             self._check_alerts()
             self._write_status()
             await asyncio.sleep(1.0)
+
+    def _sweep_spool(self) -> None:
+        """Drop temporary files no open association can still be writing: untouched for twice
+        the idle timeout (after which the receiver aborts a silent association) and a minute."""
+        idle = self.config.dicom.idle_seconds if self.config.dicom is not None else 0.0
+        with contextlib.suppress(OSError):
+            if dropped := self.inbox.drop_stale_temps(time.time(), 2 * idle + 60):
+                log.info("removed %d temporary files of receives cut short", dropped)
 
     def _check_repository(self) -> None:
         """An outage shows in the errors when it starts, not when the retries give up (the
@@ -462,7 +480,9 @@ class Agent:
     def _check_alerts(self) -> None:
         uploader = self.repo.uploader
         stats = uploader.stats if uploader is not None else None
-        alerts = agent_alerts(self.policy, self.spool_bytes(), stats)
+        door = self.receiver.door if self.receiver is not None else None
+        refusals = (door.refused, door.last_refusal(), time.time()) if door else (0, None, 0.0)
+        alerts = agent_alerts(self.policy, self.spool_bytes(), stats, refusals)
         if alerts and not self.alerts:
             for a in alerts:
                 log.warning("ALERT: %s", a)
@@ -504,6 +524,13 @@ class Agent:
             write_status(self.config.state_dir, self.status(state))
         except OSError as e:
             log.error("cannot write the status file: %s", e)
+
+
+def _failure(cls: str, uid: str, conflicts: set[tuple[str, str]], queued: set[str]) -> int:
+    """The Storage Commitment failure reason for an instance not committed."""
+    if (cls, uid) in conflicts:
+        return CLASS_INSTANCE_CONFLICT
+    return PROCESSING_FAILURE if uid in queued else NO_SUCH_INSTANCE
 
 
 def _mtime(path: Any) -> int | None:

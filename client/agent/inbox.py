@@ -2,9 +2,11 @@
 
 Owns the one promise the C-STORE receiver makes: an instance is in the spool (temp file, fsync,
 rename, folder fsync) before Success is answered, so an acknowledged image survives a kill or a
-power cut the next moment. Files are named `<arrival ns>-<seq>-<SOP Instance UID>.dcm`, so the
-folder lists in arrival order and a name is never reused. Knows nothing of backups or servers;
-the daemon removes files once their snapshot is committed.
+power cut the next moment. Files are named `<arrival ns>-<seq>-<SOP Class UID>-<SOP Instance
+UID>[-<the dataset's own SOP Instance UID, if it differs>].dcm` (spools from before the class was
+kept hold `<arrival ns>-<seq>-<SOP Instance UID>.dcm`), so the folder lists in arrival order and a
+name is never reused; only valid DICOM UIDs (`valid_uid`) ever go into a name. Knows nothing of
+backups or servers; the daemon removes files once their snapshot is committed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from engine.store.local import fsync_dir
 
 TMP_PREFIX = ".tmp-"
 SUFFIX = ".dcm"
-_UID = re.compile(r"^[0-9.]{1,64}$")
+# PS3.5 9.1: digit components separated by dots, at most 64 characters. Leading zeros in a
+# component break the rule but are tolerated: deployed modalities emit them and they are harmless.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID = 64
+
+
+def valid_uid(text: str) -> bool:
+    return len(text) <= MAX_UID and _UID.match(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,13 @@ class Instance:
     path: Path
     sop_instance_uid: str
     size: int
+    sop_class_uid: str = ""  # "" in a spool written before the class was kept
+    dataset_uid: str = ""  # the dataset's own SOP Instance UID when it differs from the command's
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(SOP Class UID, SOP Instance UID) as the sender's command named them."""
+        return self.sop_class_uid, self.sop_instance_uid
 
 
 def instance_of(path: Path, size: int) -> Instance | None:
@@ -38,10 +54,12 @@ def instance_of(path: Path, size: int) -> Instance | None:
     name = path.name
     if not name.endswith(SUFFIX) or name.startswith("."):
         return None
-    parts = name[: -len(SUFFIX)].split("-", 2)
-    if len(parts) != 3 or not parts[0].isdigit():
+    parts = name[: -len(SUFFIX)].split("-")
+    if not 3 <= len(parts) <= 5 or not parts[0].isdigit():
         return None
-    return Instance(path, parts[2], size)
+    if len(parts) == 3:  # the older name, without the class
+        return Instance(path, parts[2], size)
+    return Instance(path, parts[3], size, parts[2], parts[4] if len(parts) == 5 else "")
 
 
 class Inbox:
@@ -61,28 +79,50 @@ class Inbox:
         """Bytes of instances waiting (kept as a running total; exact after a restart)."""
         return self._bytes
 
-    def write(self, sop_instance_uid: str, data: bytes) -> Instance:
-        """Store one instance durably; return only once it would survive a crash."""
-        uid = sop_instance_uid.strip("\0 ")
-        if not _UID.match(uid):
-            uid = "x" + secrets.token_hex(8)  # a malformed UID still gets a safe, unique name
-        with self._lock:
-            seq = next(self._seq)
-        path = self.folder / f"{time.time_ns():020d}-{seq:06d}-{uid}{SUFFIX}"
-        tmp = self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    def temp_path(self) -> Path:
+        """A fresh name for an instance being received (removed at the next start if it is
+        never adopted)."""
+        return self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+
+    def write(self, key: tuple[str, str], data: bytes) -> Instance:
+        """Store one instance from memory durably (see `adopt`)."""
+        tmp = self.temp_path()
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
+            tmp.write_bytes(data)
+            return self.adopt(tmp, key)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def adopt(self, tmp: Path, key: tuple[str, str], dataset_uid: str = "") -> Instance:
+        """Make the received file `tmp` (in this folder) durable as the instance `key` (SOP
+        Class UID, SOP Instance UID); return only once it would survive a crash."""
+        names = (*key, dataset_uid) if dataset_uid else key
+        if not all(valid_uid(uid) for uid in names):
+            raise ValueError(f"not valid DICOM UIDs: {names!r}")  # never part of a path
+        with self._lock:
+            seq = next(self._seq)
+        path = self.folder / f"{time.time_ns():020d}-{seq:06d}-{'-'.join(names)}{SUFFIX}"
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        size = os.stat(tmp).st_size
+        os.rename(tmp, path)
         fsync_dir(self.folder)
         with self._lock:
-            self._bytes += len(data)
-        return Instance(path, uid, len(data))
+            self._bytes += size
+        return Instance(path, key[1], size, key[0], dataset_uid)
+
+    def drop_stale_temps(self, now: float, older_than: float) -> int:
+        """Remove temporary files untouched for `older_than` seconds: receives cut short (an
+        aborted association leaves pynetdicom's file behind). A live receive writes to its file
+        with every PDU, so one silent this long belongs to no association still open."""
+        dropped = 0
+        for stray in self.folder.glob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - stray.stat().st_mtime > older_than:
+                    stray.unlink()
+                    dropped += 1
+        return dropped
 
     def pending(self) -> list[Instance]:
         """Every instance waiting, in arrival order."""

@@ -1,6 +1,8 @@
 """The agent's durable memory of what it has committed, in one SQLite file in the state folder.
 
-Owns four tables: `instances` (SOP Instance UIDs committed off-site, for Storage Commitment),
+Owns four tables: `instances` (instances committed off-site, for Storage Commitment, keyed by
+(SOP Class UID, SOP Instance UID) as the sender's C-STORE named them, with the dataset's own
+instance UID when it differs; rows from before the class was kept have class ''),
 `watched` (the size and mtime of each watched file as last committed, so a restart does not send
 unchanged files again), `commitments` (Storage Commitment requests not yet answered, so a
 report still goes out after a restart) and `held` (spooled instances committed at the primary
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (uid TEXT PRIMARY KEY, snapshot TEXT, committed REAL);
+CREATE TABLE IF NOT EXISTS instances (class_uid TEXT NOT NULL, uid TEXT NOT NULL,
+    dataset_uid TEXT, snapshot TEXT, committed REAL, PRIMARY KEY (uid, class_uid));
 CREATE TABLE IF NOT EXISTS watched (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, snapshot TEXT, committed REAL);
 CREATE TABLE IF NOT EXISTS commitments (
@@ -28,6 +31,25 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE TABLE IF NOT EXISTS held (path TEXT PRIMARY KEY, uid TEXT, size INTEGER, snapshot TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+Key = tuple[str, str]  # (SOP Class UID, SOP Instance UID)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Ledger of before the class was kept: `instances (uid, snapshot, committed)` → the keyed
+    table, every row kept with class ''."""
+    columns = [r[1] for r in db.execute("PRAGMA table_info(instances)")]
+    if not columns or "class_uid" in columns:
+        return
+    db.executescript(
+        "BEGIN;"
+        "ALTER TABLE instances RENAME TO instances_v1;"
+        + _SCHEMA.split(";")[0]
+        + ";INSERT INTO instances SELECT '', uid, NULL, snapshot, committed FROM instances_v1;"
+        "DROP TABLE instances_v1;"
+        "COMMIT;"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +69,7 @@ class Ledger:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        _migrate(self._db)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -66,19 +89,29 @@ class Ledger:
 
     # committed instances and watched files
 
-    def record_instances(self, uids: Iterable[str], snapshot: str, when: float) -> None:
+    def record_instances(
+        self, rows: Iterable[tuple[str, str, str]], snapshot: str, when: float
+    ) -> None:
+        """Record (SOP Class UID, SOP Instance UID, the dataset's own UID or '') as committed."""
         self._write(
-            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?)",
-            ((uid, snapshot, when) for uid in uids),
+            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?)",
+            ((cls, uid, own or None, snapshot, when) for cls, uid, own in rows),
         )
 
-    def committed(self, uids: Iterable[str]) -> set[str]:
-        """The subset of `uids` that some committed snapshot holds."""
-        out: set[str] = set()
-        for uid in uids:
-            if self._query("SELECT 1 FROM instances WHERE uid = ?", (uid,)):
-                out.add(uid)
-        return out
+    def committed(self, keys: Iterable[tuple[str, str]]) -> tuple[set[Key], set[Key]]:
+        """Of `keys` (SOP Class UID, SOP Instance UID): those some committed snapshot holds, and
+        those whose instance UID was committed under another class only (a conflict)."""
+        held: set[Key] = set()
+        conflicts: set[Key] = set()
+        for cls, uid in keys:
+            classes = {
+                r[0] for r in self._query("SELECT class_uid FROM instances WHERE uid = ?", (uid,))
+            }
+            if cls in classes or "" in classes:  # '': committed before the class was kept
+                held.add((cls, uid))
+            elif classes:
+                conflicts.add((cls, uid))
+        return held, conflicts
 
     def record_watched(
         self, rows: Iterable[tuple[str, int, int]], snapshot: str, when: float

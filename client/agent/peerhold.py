@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.agent.inbox import Inbox, Instance
+from client.agent.inbox import Inbox, Instance, instance_of
 from client.agent.ledger import Ledger
 
 
@@ -21,7 +21,10 @@ class PeerHold:
     def __init__(self, ledger: Ledger, inbox: Inbox) -> None:
         self.ledger, self.inbox = ledger, inbox
         self.waiting: dict[str, list[Instance]] = {
-            snapshot: [Instance(Path(path), uid, size) for path, uid, size in rows]
+            snapshot: [
+                instance_of(Path(path), size) or Instance(Path(path), uid, size)
+                for path, uid, size in rows
+            ]
             for snapshot, rows in ledger.held().items()
         }
 
@@ -60,10 +63,14 @@ class PeerHold:
 
     def release(self, snapshot: str) -> None:
         instances = self.waiting.pop(snapshot)
-        uids = [i.sop_instance_uid for i in instances]
-        self.ledger.record_instances(uids, snapshot, time.time())
+        self.ledger.record_instances(committed_rows(instances), snapshot, time.time())
         self.inbox.remove(instances)
         self.ledger.release(snapshot)
+
+
+def committed_rows(instances: list[Instance]) -> list[tuple[str, str, str]]:
+    """The ledger's rows for `instances`: (class UID, instance UID, dataset's own UID or '')."""
+    return [(i.sop_class_uid, i.sop_instance_uid, i.dataset_uid) for i in instances]
 
 
 def held_by_every_peer(status: dict[str, Any] | None, snapshots: list[str]) -> list[str]:

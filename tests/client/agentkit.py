@@ -23,13 +23,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
+from pynetdicom import AllStoragePresentationContexts
 
+from client.agent.inbox import valid_uid
 from tests.helpers import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, _cli_command
 
 STORESCU = "/usr/bin/storescu"
 DCMSEND = "/usr/bin/dcmsend"
 AGENT_AET = "DVAGENT"
+SENDERS = (
+    "MODALITY",
+    "PACS",
+    "STORESCU",
+    "ECHOSCU",
+)  # the calling AE titles the tests' senders use
 T = TypeVar("T")
+STORAGE_CLASSES = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
 
 
 def require_tool(path: str, package: str) -> None:
@@ -286,20 +295,30 @@ def transfer_syntax(path: Path) -> str:
 
 
 def pick_files(candidates: list[Path], syntaxes: set[str], limit: int) -> list[Path]:
-    """Up to `limit` files in one of `syntaxes`, with distinct SOP Instance UIDs."""
+    """Up to `limit` files in one of `syntaxes`, of a storage SOP class, with distinct and valid
+    SOP Instance UIDs (pydicom's test files include a "UID" that is a hex digest, which the
+    agent refuses, and one whose UIDs are VR UN, which dcmtk sends as class "31")."""
     out, seen = [], set()
     for path in candidates:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+            raw = ds.get_item(0x00080016)  # before any access turns it into a UI element
             uid, ts = str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID)
         except Exception:
             continue
-        if ts in syntaxes and uid not in seen and "SOPClassUID" in ds:
+        classes = {str(ds.get("SOPClassUID", "")), str(ds.file_meta.MediaStorageSOPClassUID)}
+        storage = classes <= STORAGE_CLASSES and raw is not None and raw.VR == "UI"
+        if ts in syntaxes and uid not in seen and storage and valid_uid(uid):
             seen.add(uid)
             out.append(path)
         if len(out) >= limit:
             break
     return out
+
+
+def allow(*titles: str, host: str = "127.0.0.1") -> tuple[str, ...]:
+    """`dicomvault agent` flags allow-listing `titles` (default: `SENDERS`) from `host`."""
+    return tuple(a for t in titles or SENDERS for a in ("--allow-sender", f"{t}@{host}"))
 
 
 def storescu(

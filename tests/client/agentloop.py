@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from client.agent.config import ALL_DAY, AgentConfig, DicomSettings, Policy
+from client.agent.config import ALL_DAY, AgentConfig, DicomSettings, Policy, Sender
 from client.agent.daemon import Agent
 from client.repository import Repository
 from engine.remote import RemoteBackend
@@ -40,16 +40,21 @@ COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known Push Model SOP 
 
 
 def agent_config(
-    root: Path, peers: dict[str, tuple[str, int]] | None = None, **policy: Any
+    root: Path,
+    peers: dict[str, tuple[str, int]] | None = None,
+    dicom: dict[str, Any] | None = None,
+    **policy: Any,
 ) -> AgentConfig:
-    """A DICOM-only agent, real time all day, quick batches and heartbeats."""
+    """A DICOM-only agent that accepts MODALITY from loopback, real time all day, quick batches
+    and heartbeats; `dicom` overrides the listener's settings."""
     policy.setdefault("quiet_seconds", 0.1)
     policy.setdefault("heartbeat_seconds", 0.3)
+    settings = {"senders": (Sender(MODALITY_AET, ("127.0.0.1",)),), **(dicom or {})}
     return AgentConfig(
         name="pc-1",
         spool_dir=root / "spool",
         state_dir=root / "state",
-        dicom=DicomSettings(AGENT_AET, "127.0.0.1", 0, 0, peers or {}),
+        dicom=DicomSettings(AGENT_AET, "127.0.0.1", 0, peers=peers or {}, **settings),
         policy=Policy(realtime=(ALL_DAY,), **policy),
     )
 

@@ -33,6 +33,7 @@ from tests.client.agentkit import (
     STORESCU,
     AgentSite,
     ChunkServer,
+    allow,
     dataset_digest,
     dcmsend,
     pick_files,
@@ -72,7 +73,7 @@ def site(tmp_path: Path, server: ChunkServer) -> Iterator[AgentSite]:
 
 
 def listen_args() -> tuple[str, ...]:
-    return ("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET)
+    return ("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET, *allow())
 
 
 def write_config(site: AgentSite, body: str) -> Path:

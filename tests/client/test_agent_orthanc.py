@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.client.agentkit import AGENT_AET, AgentSite, ChunkServer, free_port, wait_for
+from tests.client.agentkit import AGENT_AET, AgentSite, ChunkServer, allow, free_port, wait_for
 from tests.helpers import ct_small
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def site(tmp_path: Path) -> Iterator[AgentSite]:
 def test_orthanc_auto_route_reaches_the_agent_and_is_committed(
     site: AgentSite, tmp_path: Path
 ) -> None:
-    site.start("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET)
+    site.start("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET, *allow("ORTHANC"))
     orthanc, http_port = start_orthanc(tmp_path / "orthanc", site.dicom_port)
     try:
         upload = urllib.request.Request(

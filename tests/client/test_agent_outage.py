@@ -23,6 +23,7 @@ from tests.client.agentkit import (
     AGENT_AET,
     AgentSite,
     ChunkServer,
+    allow,
     dataset_digest,
     pick_files,
     storescu,
@@ -71,7 +72,9 @@ def agent(
     watched.mkdir()
     config = site.root / "agent.toml"
     config.write_text(AGENT_CONFIG.format(watched=watched))
-    site.start("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET, "--config", str(config))
+    site.start(
+        "--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET, *allow(), "--config", str(config)
+    )
     yield site, watched
     site.stop()
 

@@ -104,8 +104,8 @@ async def test_held_instances_survive_a_restart_without_being_sent_again(
         assert agent.hold.instances == 1 and agent.queue.files == 0  # held, not queued again
         link.refuse = False
         await wait_for(lambda: not agent.inbox.pending(), what="the spooled instance deleted")
-        uid = str(ds.SOPInstanceUID)
-        assert agent.ledger.committed([uid]) == {uid} and agent.ledger.held() == {}
+        key = (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        assert agent.ledger.committed([key]) == ({key}, set()) and agent.ledger.held() == {}
     assert len(a.app[REPLICATION].repo_status(REPO)["peers"][0]["snapshots"]) == 1
 
 

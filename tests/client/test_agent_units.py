@@ -201,12 +201,14 @@ def test_ignored_names_are_never_candidates(tmp_path: Path) -> None:
 
 def test_the_inbox_names_instances_in_arrival_order_and_drops_strays(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path)
-    a = inbox.write("1.2.3", b"a" * 10)
-    b = inbox.write("bad/uid", b"b" * 5)
+    a = inbox.write(("1.2.840.10008.5.1.4.1.1.2", "1.2.3"), b"a" * 10)
+    b = inbox.write(("1.2.840.10008.5.1.4.1.1.7", "1.2.4"), b"b" * 5)
+    with pytest.raises(ValueError):
+        inbox.write(("1.2.840.10008.5.1.4.1.1.7", "../../etc/x"), b"c")  # never a path
     (tmp_path / ".tmp-cut-short").write_bytes(b"partial")
-    assert inbox.held_bytes == 15 and b.sop_instance_uid.startswith("x")
+    assert inbox.held_bytes == 15 and b.key == ("1.2.840.10008.5.1.4.1.1.7", "1.2.4")
     again = Inbox(tmp_path)  # a restart
-    assert [i.path for i in again.pending()] == [a.path, b.path]
+    assert again.pending() == [a, b]
     assert again.held_bytes == 15 and not (tmp_path / ".tmp-cut-short").exists()
     again.remove([a])
     assert again.held_bytes == 5 and [i.path for i in again.pending()] == [b.path]
@@ -217,12 +219,13 @@ def test_the_ledger_keeps_commitments_and_commits_across_a_restart(tmp_path: Pat
     ledger = Ledger(tmp_path / "l.sqlite")
     req = CommitmentRequest("1.9", "CT1", "10.0.0.5", (("1.2.840.10008.5.1.4.1.1.2", "1.5"),), 5.0)
     ledger.add_commitment(req)
-    ledger.record_instances(["1.5"], "ab" * 32, 6.0)
+    ledger.record_instances([("1.2.840.10008.5.1.4.1.1.2", "1.5", "")], "ab" * 32, 6.0)
     ledger.record_watched([("/p/a", 10, 99)], "cd" * 32, 6.0)
     ledger.close()
     ledger = Ledger(tmp_path / "l.sqlite")
     assert ledger.commitments() == [req]
-    assert ledger.committed(["1.5", "1.6"]) == {"1.5"}
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    assert ledger.committed([(ct, "1.5"), (ct, "1.6")]) == ({(ct, "1.5")}, set())
     assert ledger.watched_signature("/p/a") == (10, 99) and ledger.watched_signature("/x") is None
     ledger.remove_commitment("1.9")
     assert ledger.commitments() == []
