@@ -40,9 +40,8 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
+from benchmarks.agentkit import AGENT_AET, STORESCU, AgentSite, ChunkServer, wait_for
 from benchmarks.common import build_corpus, corpus_files
-from tests.client.agentkit import AGENT_AET, STORESCU, AgentSite, ChunkServer, wait_for
-from tests.helpers import ct_small
 
 LINK_RATE = 10 * 10**6 / 8  # 10 Mbit/s in bytes/s
 BATCH_ONLY = '[batch]\ninterval_seconds = 86400\nmax_files = 100000\nmax_bytes = "1000GB"\n'
@@ -199,7 +198,7 @@ def big_instances(root: Path, mb: float, count: int) -> dict[str, Any]:
 
 
 def _big_file(path: Path, nbytes: int) -> Path:
-    ds = pydicom.dcmread(ct_small())
+    ds = pydicom.dcmread(Path(pydicom.data.get_testdata_file("CT_small.dcm")))
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     columns = 4096
     ds.Rows, ds.Columns = max(1, nbytes // (2 * columns)), columns

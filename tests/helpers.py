@@ -1,4 +1,4 @@
-"""Shared test helpers: the one cheap-KDF helper, the CLI as a user runs it, and tree comparison.
+"""Shared test helpers: repositories driven through the CLI (`benchmarks.clikit`), tree comparison.
 
 Tests never mock: repositories are real folders, the index is real LMDB, the CLI runs in a real
 subprocess. Nothing here is used by production code.
@@ -7,49 +7,33 @@ subprocess. Nothing here is used by production code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
-import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom.data
 
+from benchmarks.clikit import (
+    CHEAP_KDF_ARGS,
+    CHEAP_KDF_ENV,
+    PASSPHRASE,
+    Result,
+    cli_command,
+)
 from engine.backend import LocalBackend
 from engine.keys import CHEAP_KDF, KdfParams
 from engine.store.local import LocalStore
 
 MiB = 1024 * 1024
-PASSPHRASE = b"correct horse battery staple"
-# CHEAP_KDF for the CLI: 8 KiB of Argon2id memory, one pass; `init` takes it only in test mode.
-CHEAP_KDF_ENV = {"DICOMVAULT_TEST_CHEAP_KDF": "1"}
-CHEAP_KDF_ARGS = ("--kdf-memory-mib", str(CHEAP_KDF.memory_kib / 1024), "--kdf-iterations", "1")
 
 
 def cheap_kdf() -> KdfParams:
     """The one way tests get KDF parameters: cheap, so a repository opens in microseconds."""
     return CHEAP_KDF
-
-
-def _cli_command() -> list[str]:
-    script = shutil.which("dicomvault")
-    return [script] if script else [sys.executable, "-m", "client"]
-
-
-@dataclass(frozen=True)
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    @property
-    def doc(self) -> Any:
-        return json.loads(self.out)
 
 
 @dataclass(frozen=True)
@@ -82,7 +66,7 @@ class Vault:
         return env
 
     def command(self, *args: str, prefix: tuple[str, ...] = ()) -> list[str]:
-        return [*prefix, *_cli_command(), *args]
+        return [*prefix, *cli_command(), *args]
 
     def run(
         self, *args: str, timeout: float = 600, prefix: tuple[str, ...] = (), **env: str

@@ -3,7 +3,7 @@ loop (its DICOM listener on a free loopback port) against real in-process chunk 
 (tests/server/monitorkit.py), instances sent by a pynetdicom SCU from a worker thread.
 
 Nothing is mocked; the agent, its repository and the servers are the production classes, wired
-the way `dicomvault agent` wires them. Subprocess end-to-end tests live in agentkit.py.
+the way `dicomvault agent` wires them. Subprocess end-to-end tests use benchmarks/agentkit.py.
 """
 
 from __future__ import annotations

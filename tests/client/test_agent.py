@@ -28,7 +28,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from tests.client.agentkit import (
+from benchmarks.agentkit import (
     AGENT_AET,
     STORESCU,
     AgentSite,

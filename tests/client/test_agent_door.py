@@ -41,6 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from benchmarks.agentkit import AgentSite, ChunkServer, require_tool, wait_for
 from client.agent.config import DicomSettings, Sender
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import Ledger
@@ -50,7 +51,6 @@ from client.agent.receiver import (
     INVALID_INSTANCE,
     Receiver,
 )
-from tests.client.agentkit import AgentSite, ChunkServer, require_tool, wait_for
 from tests.client.agentloop import (
     AGENT_AET,
     MODALITY_AET,

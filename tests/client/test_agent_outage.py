@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.client.agentkit import (
+from benchmarks.agentkit import (
     AGENT_AET,
     AgentSite,
     ChunkServer,

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.clikit import PASSPHRASE, cli_command
 from client import drill
 from client.agent.drills import DrillSchedule
 from client.drill import DrillSettings, run_drill
 from engine.errors import UsageError
 from server.state import ALERTS
-from tests.helpers import PASSPHRASE, _cli_command
 from tests.server.monitorkit import (
     REPO,
     Site,
@@ -106,7 +106,7 @@ async def _cli(site: Site, tmp_path: Path, *args: str) -> tuple[int, Any, str]:
         DICOMVAULT_CACHE_DIR=str(tmp_path / "cli-cache"),
     )
     proc = await asyncio.create_subprocess_exec(
-        *_cli_command(), "drill", "--json", *args, env=env, stdout=PIPE, stderr=PIPE
+        *cli_command(), "drill", "--json", *args, env=env, stdout=PIPE, stderr=PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode is not None

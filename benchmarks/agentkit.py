@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import pydicom
 from pynetdicom import AllStoragePresentationContexts
 
+from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from client.agent.inbox import valid_uid
-from tests.helpers import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, _cli_command
 
 STORESCU = "/usr/bin/storescu"
 DCMSEND = "/usr/bin/dcmsend"
@@ -170,7 +170,7 @@ class AgentSite:
 
     def cli(self, *args: str, timeout: float = 300) -> Result:
         proc = subprocess.run(
-            [*_cli_command(), *args],
+            [*cli_command(), *args],
             env=self.env(),
             capture_output=True,
             text=True,
@@ -197,7 +197,7 @@ class AgentSite:
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
         self.proc = subprocess.Popen(
             [
-                *_cli_command(),
+                *cli_command(),
                 "agent",
                 "--spool",
                 str(self.spool),
