@@ -37,7 +37,7 @@ def _derive(master: bytes, purpose: str) -> bytes:
 class MasterKey:
     """The master secret and its subkeys; the only object that can name chunks or open blobs."""
 
-    __slots__ = ("cache_key", "chunker_seed", "encryption_key", "id_key", "secret")
+    __slots__ = ("cache_key", "chunker_seed", "encryption_key", "id_key", "secret", "serve_key")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != SECRET_SIZE:
@@ -47,6 +47,8 @@ class MasterKey:
         self.encryption_key = _derive(secret, "blob encryption")
         # Seals the client's files cache (engine.index), which holds paths and DICOM attributes.
         self.cache_key = _derive(secret, "client cache")
+        # Seals dicom-serve's catalogue index on disk (client.dicomserve.index).
+        self.serve_key = _derive(secret, "dicom-serve index")
         # FastCDC's gear-table seed: keyed so chunk boundaries do not reveal content to the server.
         # 63 bits: pyfastcdc converts the seed through a signed 64-bit C integer.
         seed = int.from_bytes(_derive(secret, "chunker seed")[:8], "little")

@@ -51,6 +51,7 @@ class AuditLog:
         self.path, self._clock = path, clock
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(self._fd, 0o600)  # plaintext UIDs and callers, for the auditor only
         self._lock = threading.Lock()
 
     def write(self, record: AuditRecord) -> None:

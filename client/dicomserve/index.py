@@ -1,12 +1,15 @@
 """The local catalogue index of `dicom-serve`: every version of every DICOM instance the snapshots
-hold, in SQLite under the cache folder, so C-FIND and QIDO-RS never read the repository.
+hold, in an in-memory SQLite database, so C-FIND and QIDO-RS never read the repository.
 
 Owns the schema and the refresh from the snapshots' catalogues (streamed, one snapshot at a time,
 so memory stays bounded) and the "current view": for each SOP Instance UID, the version in the
 newest snapshot at or before a time. A version row is written only when an instance's content
 (its chunk list) differs from its previous version, so unchanged instances cost nothing per
-snapshot. A cache in the sense of invariant 3: delete the file and it is rebuilt. Matching DICOM
-keys is `client.dicomserve.query`'s.
+snapshot. On disk only sealed: `save` writes the serialized database under AES-256-GCM with the
+repository's "dicom-serve index" subkey, and a file that does not open (tampered, another
+repository's) is discarded and rebuilt, so no patient attribute rests on disk in plaintext. A
+cache in the sense of invariant 3: delete the file and it is rebuilt. Matching DICOM keys is
+`client.dicomserve.query`'s.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client.repository import Repository
 from client.restore import catalogue
@@ -47,6 +55,9 @@ _CURRENT = "v.time = (SELECT MAX(w.time) FROM versions w WHERE w.sop = v.sop AND
 FAR_FUTURE = "9999-12-31T23:59:59.999999Z"
 WRITE_BATCH = 2000  # catalogue entries per index transaction during a refresh
 _DIGEST_BYTES = 16
+_NONCE_BYTES = 12
+_AAD = b"dicomvault dicom-serve index v1"
+PLAINTEXT_NAME = "catalogue.sqlite"  # the old, unsealed index: removed on sight
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +97,61 @@ def snapshot_time(text: str) -> str:
     return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _connect(path: Path, any_thread: bool = False) -> sqlite3.Connection:
-    """`any_thread`: used by one task at a time, from whichever thread runs it."""
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not any_thread)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
 class CatalogueIndex:
-    """The index file. `refresh` writes (one writer); `open_reader` gives each thread its own
-    read connection (SQLite connections are not shared between threads)."""
+    """The index: one in-memory connection shared by the refresh and the readers, each use
+    under `lock` (SQLite connections are not shared between threads without one). Sealed on
+    disk at `path` with `key`; `loaded` says whether it was opened from there."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = path
-        db = _connect(path)
-        db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        db.close()
-        path.chmod(0o600)  # catalogue attributes are patient data
+        self.path, self._sealer = path, AESGCM(key)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.loaded = self._load()
+        self.db.executescript(_SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        for name in (PLAINTEXT_NAME, PLAINTEXT_NAME + "-wal", PLAINTEXT_NAME + "-shm"):
+            (path.parent / name).unlink(missing_ok=True)  # patient data in plaintext: gone
+
+    def _load(self) -> bool:
+        try:
+            sealed = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        try:
+            plain = self._sealer.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _AAD)
+            self.db.deserialize(plain)
+            ok = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except (InvalidTag, ValueError, sqlite3.Error):
+            ok = None
+        if ok is None or ok[0] != str(SCHEMA_VERSION):
+            log.warning("catalogue index %s does not open: discarded, rebuilt", self.path)
+            self.db.close()
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            return False
+        return True
+
+    def save(self) -> None:
+        """Write the sealed database atomically: temp file, fsync, rename."""
+        with self.lock:
+            plain = self.db.serialize()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._sealer.encrypt(nonce, plain, _AAD)
+        temp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, sealed)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
 
     def open_reader(self) -> IndexReader:
-        return IndexReader(_connect(self.path))
+        return IndexReader(self.db, self.lock)
 
     async def refresh(self, repo: Repository) -> int:
         """Index every snapshot not indexed yet, oldest first; return how many were added. A
@@ -130,44 +173,36 @@ class CatalogueIndex:
         return added
 
     def _indexed(self) -> set[str]:
-        db = _connect(self.path)
-        try:
-            return {row[0] for row in db.execute("SELECT id FROM snapshots")}
-        finally:
-            db.close()
+        with self.lock:
+            return {row[0] for row in self.db.execute("SELECT id FROM snapshots")}
 
     async def _add_snapshot(
         self, repo: Repository, sid: SnapshotId, time: str, body: SnapshotBody
     ) -> None:
         """Stream the catalogue; each batch is written in a thread and a transaction of its own,
-        so serving goes on meanwhile. Idempotent: a snapshot cut short is indexed again whole."""
-        db = _connect(self.path, any_thread=True)
-        try:
-            batch: list[Entry] = []
-            async for entry in catalogue(repo, body):
-                if _is_instance(entry):
-                    batch.append(entry)
-                if len(batch) >= WRITE_BATCH:
-                    await asyncio.to_thread(_add_versions, db, batch, sid.hex(), time)
-                    batch = []
-            await asyncio.to_thread(_add_versions, db, batch, sid.hex(), time)
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (sid.hex(), time))
-        finally:
-            db.close()
+        so serving goes on between batches. Idempotent: a snapshot cut short is indexed again."""
+        batch: list[Entry] = []
+        async for entry in catalogue(repo, body):
+            if _is_instance(entry):
+                batch.append(entry)
+            if len(batch) >= WRITE_BATCH:
+                await asyncio.to_thread(self._add_versions, batch, sid.hex(), time)
+                batch = []
+        await asyncio.to_thread(self._add_versions, batch, sid.hex(), time)
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (sid.hex(), time))
+
+    def _add_versions(self, entries: list[Entry], snapshot: str, time: str) -> None:
+        with self.lock:
+            _add_versions(self.db, entries, snapshot, time)
 
     def remember_sop_classes(self, classes: dict[str, str]) -> None:
-        """SOP Instance UID → SOP Class UID, learnt from instances read (the catalogue lacks it)."""
+        """SOP Instance UID → SOP Class UID, learnt from instances read (the catalogue lacks it);
+        kept in memory, sealed with the rest at the next save."""
         if not classes:
             return
-        db = _connect(self.path)
-        try:
-            db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", classes.items())
-            db.execute("COMMIT")
-        except sqlite3.Error as e:  # a cache: the classes are probed again next time
-            log.warning("SOP classes not remembered: %s", e)
-        finally:
-            db.close()
+        with self.lock:
+            self.db.executemany("INSERT OR REPLACE INTO sop_classes VALUES (?, ?)", classes.items())
 
 
 def _is_instance(entry: Entry) -> bool:
@@ -206,13 +241,17 @@ def _add_version(db: sqlite3.Connection, entry: Entry, snapshot: str, time: str)
 
 
 class IndexReader:
-    """Read side of the index, for one thread."""
+    """Read side of the index: each query runs whole under the index's lock."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.db, self._lock = db, lock
 
     def close(self) -> None:
-        self.db.close()
+        """Nothing to close: the connection is the index's."""
+
+    def _rows(self, sql: str, params: Any = ()) -> list[Any]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
 
     def current(self, as_of: str | None, exact: dict[str, list[str]]) -> Iterator[InstanceRef]:
         """The current version of each instance (newest at or before `as_of`), narrowed by the
@@ -226,15 +265,15 @@ class IndexReader:
             "SELECT sop, snapshot, time, attrs, path, size, chunks, digest FROM versions v "
             f"WHERE {' AND '.join(where)} ORDER BY v.study, v.series, v.sop"
         )
-        for row in self.db.execute(sql, params):
+        for row in self._rows(sql, params):
             yield _ref(row)
 
     def sop_class(self, sop: str) -> str | None:
-        row = self.db.execute("SELECT sop_class FROM sop_classes WHERE sop = ?", (sop,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._rows("SELECT sop_class FROM sop_classes WHERE sop = ?", (sop,))
+        return str(rows[0][0]) if rows else None
 
     def snapshot_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])
+        return int(self._rows("SELECT COUNT(*) FROM snapshots")[0][0])
 
 
 def _ref(row: tuple[Any, ...]) -> InstanceRef:

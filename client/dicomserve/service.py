@@ -29,6 +29,7 @@ FETCH_TIMEOUT = 600.0  # seconds one instance may take to arrive from the slowes
 READ_AHEAD = 4  # instances fetched ahead of the one being sent...
 READ_AHEAD_BYTES = 1 << 20  # ...while their stored sizes add up to less than this
 PREFETCHED_PATIENTS = 1000  # patients remembered as prefetched (then prefetched again)
+INDEX_NAME = "catalogue.sealed"  # the catalogue index, sealed (client.dicomserve.index)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ async def refresh_forever(
             continue
         if added:
             log.info("indexed %d new snapshots", added)
+            await asyncio.to_thread(archive.index.save)
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,9 @@ async def serve(
     """Index the snapshots, start the front ends, and serve until `stop` is set."""
     from client.dicomserve.dimse import DimseServer
 
-    index = CatalogueIndex(state_dir / "catalogue.sqlite")
-    await index.refresh(repo)
+    index = CatalogueIndex(state_dir / INDEX_NAME, repo.key.serve_key)
+    if await index.refresh(repo) or not index.loaded:
+        await asyncio.to_thread(index.save)
     await repo.sync_index()  # chunk locations now, not on the first retrieve
     audit = AuditLog(state_dir / "audit.jsonl", clock)
     archive = Archive(repo, index, audit, config, asyncio.get_running_loop())
@@ -255,3 +258,5 @@ async def serve(
         if runner is not None:
             await runner.cleanup()
         audit.close()
+        await asyncio.to_thread(index.save)  # the SOP classes learnt while serving
+        index.close()

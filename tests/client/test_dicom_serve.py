@@ -301,3 +301,33 @@ def test_prefetch_reads_the_patients_other_studies_into_the_cache(tmp_path: Path
     assert len(list((tmp_path / "got").iterdir())) == len(paths)
     assert (prefetch["who"], prefetch["keys"], prefetch["studies"]) == (
         "dicom-serve", {"PatientID": "DV-0001"}, [second])  # fmt: skip
+
+
+def test_the_state_folder_holds_no_patient_data_in_plaintext_and_reopens_sealed(
+    study: tuple[Vault, list[Path]], tmp_path: Path
+) -> None:
+    """Issue 18 item 4: the catalogue index rests on disk sealed; a restart answers from it, and
+    a tampered one is rebuilt with a warning."""
+    vault, _ = study
+    state = tmp_path / "state"
+    keys = ("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY_UID}", "PatientName", "PatientID")
+    for run, name in enumerate(("first", "restart")):
+        with dicom_serve(
+            vault, "--allow", "DVTEST", "--state-dir", str(state), web=False
+        ) as served:
+            _, studies = find(served, tmp_path / name, *keys)
+            assert [(str(s.PatientName), str(s.PatientID)) for s in studies] == [
+                ("DOE^JANE", "DV-0001")
+            ], run
+        assert not any("rebuilt" in line for line in served.stderr), served.stderr
+    files = [p for p in state.rglob("*") if p.is_file()]
+    for path in files:
+        for secret in (b"DOE^JANE", b"DV-0001", b"DOE", b"19700101"):
+            assert secret not in path.read_bytes(), (path.name, secret)
+    assert {p.name for p in files} >= {"catalogue.sealed", "audit.jsonl"}
+    sealed = state / "catalogue.sealed"
+    sealed.write_bytes(sealed.read_bytes()[:-1] + bytes([sealed.read_bytes()[-1] ^ 1]))
+    with dicom_serve(vault, "--allow", "DVTEST", "--state-dir", str(state), web=False) as served:
+        _, studies = find(served, tmp_path / "tampered", *keys)
+        assert [str(s.PatientID) for s in studies] == ["DV-0001"]
+    assert any("does not open: discarded, rebuilt" in line for line in served.stderr)

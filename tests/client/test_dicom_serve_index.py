@@ -32,7 +32,7 @@ async def two_snapshots(tmp_path: Path) -> AsyncIterator[tuple[Repository, list[
     times = [s["time"] for s in vault.json("snapshots")["snapshots"]]
     repo = await Repository.open(vault.backend(), PASSPHRASE, vault.cache)
     try:
-        yield repo, times, tmp_path / "index.sqlite"
+        yield repo, times, tmp_path / "catalogue.sealed"
     finally:
         await repo.close()
 
@@ -50,7 +50,7 @@ async def test_the_current_view_is_the_newest_version_at_or_before_as_of(
     two_snapshots: tuple[Repository, list[str], Path],
 ) -> None:
     repo, times, path = two_snapshots
-    index = CatalogueIndex(path)
+    index = CatalogueIndex(path, repo.key.serve_key)
     assert await index.refresh(repo) == 3
     assert await index.refresh(repo) == 0  # nothing new
     assert study_names(index, None) == ["DOE^JANE MARIE"]
@@ -61,7 +61,35 @@ async def test_the_current_view_is_the_newest_version_at_or_before_as_of(
     versions = reader.db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
     reader.close()
     assert versions == 2 * 7  # the unchanged second snapshot added no rows
+
+
+async def test_the_index_is_sealed_on_disk_and_reopens_without_rebuilding(
+    two_snapshots: tuple[Repository, list[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    repo, _, path = two_snapshots
+    (path.parent / "catalogue.sqlite").write_bytes(b"SQLite format 3\0 DOE^JANE")  # an old one
+    index = CatalogueIndex(path, repo.key.serve_key)
+    assert not (path.parent / "catalogue.sqlite").exists()
+    assert await index.refresh(repo) == 3
+    index.save()
+    index.close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert b"DOE^JANE" not in path.read_bytes() and b"DV-0001" not in path.read_bytes()
+    reopened = CatalogueIndex(path, repo.key.serve_key)
+    assert reopened.loaded and await reopened.refresh(repo) == 0  # served from the sealed file
+    assert study_names(reopened, None) == ["DOE^JANE MARIE"]
+    reopened.close()
+    other = CatalogueIndex(path, bytes(32))  # another repository's key: does not open
+    assert not other.loaded and "rebuilt" in caplog.text
+    other.close()
+    sealed = bytearray(path.read_bytes())
+    sealed[40] ^= 1
+    path.write_bytes(bytes(sealed))
+    caplog.clear()
+    tampered = CatalogueIndex(path, repo.key.serve_key)
+    assert not tampered.loaded and "does not open: discarded, rebuilt" in caplog.text
+    assert await tampered.refresh(repo) == 3
+    tampered.close()
 
 
 def test_times_are_normalised_and_bad_ones_refused() -> None:
