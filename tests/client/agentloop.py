@@ -29,7 +29,7 @@ from client.agent.config import ALL_DAY, AgentConfig, DicomSettings, Policy
 from client.agent.daemon import Agent
 from client.repository import Repository, init_repository
 from engine.remote import RemoteBackend
-from engine.retry import RetryingBackend
+from engine.retry import with_retries
 from tests.helpers import PASSPHRASE, cheap_kdf
 from tests.server.monitorkit import REPO, Site, wait_for
 
@@ -66,7 +66,7 @@ async def practice_repository(
             await init_repository(direct, PASSPHRASE, cheap_kdf())
         finally:
             await direct.close()
-    backend = RetryingBackend(RemoteBackend(url or f"{site.url}/{REPO}", token))
+    backend = with_retries(RemoteBackend(url or f"{site.url}/{REPO}", token))
     cache = config.spool_dir.parent / "cache"
     return await Repository.open(backend, PASSPHRASE, cache, spool_dir=config.packs_dir)
 
