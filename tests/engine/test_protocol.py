@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from engine.errors import (
     DicomvaultError,
@@ -15,6 +17,7 @@ from engine.errors import (
     UsageError,
 )
 from engine.protocol import routes
+from engine.protocol.client import ProtocolClient
 from engine.protocol.errors import TABLE, MissingChunks, error_for, http_status
 from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
 from server.replication.settings import PeerConfig
@@ -95,3 +98,35 @@ def test_the_replicator_reads_the_same_table(status: int, code: str, expected: t
 def test_routes_compose_with_a_proxy_prefix() -> None:
     assert routes.repo_url("https://h:1/dv/", "clinic") == "https://h:1/dv/v1/repos/clinic"
     assert routes.replica_repo_url("http://h", "c") == "http://h/v1/replica/repos/c"
+
+
+async def test_the_client_base_on_a_real_server() -> None:
+    """Against a real aiohttp server on loopback: decoded errors, a dead port, byte counts, and
+    a caller's own OSError passing through unchanged while it reads a body."""
+
+    async def pack(request: web.Request) -> web.Response:
+        if request.match_info["id"] == "gone":
+            return web.json_response({"error": "no pack", "code": "not_found"}, status=404)
+        return web.Response(body=b"x" * 1000)
+
+    app = web.Application()
+    app.router.add_get(routes.REPO + "/packs/{id}", pack)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base = str(server.make_url("")).rstrip("/")
+        client = ProtocolClient("t")
+        try:
+            url = routes.repo_url(base, "clinic") + "/packs/"
+            status, _, body = await client.fetch("GET", url + "ab", "pack ab", (200,))
+            assert (status, body) == (200, b"x" * 1000)
+            assert client.counter.sent > 0 and client.counter.received > 1000
+            with pytest.raises(ObjectNotFound, match=r"^pack gone: no pack$"):
+                await client.fetch("GET", url + "gone", "pack gone", (200,))
+            with pytest.raises(OSError, match="disk"):
+                async with client.response("GET", url + "ab", "pack ab", (200,)):
+                    raise OSError("local disk failed")
+        finally:
+            await client.close()
+    dead = ProtocolClient("t")
+    with pytest.raises(TransientError, match=r"^pack ab: ClientConnectorError"):
+        await dead.fetch("GET", url + "ab", "pack ab", (200,))
+    await dead.close()
