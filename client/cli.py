@@ -42,6 +42,7 @@ from client.progress import Progress, scan_totals
 from client.repository import Repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
 from client.restore_target import Overwrite, check_target
+from engine.backend import Replicated
 from engine.blob import Codec
 from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
@@ -271,8 +272,8 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
             for sid, _, body in await repo.snapshots()
         ]
         # Per site (this server and each replication peer): is the snapshot complete there?
-        status = getattr(repo.backend, "snapshot_sites", None)
-        sites = await status() if status is not None else None
+        backend = repo.backend
+        sites = await backend.snapshot_sites() if isinstance(backend, Replicated) else None
         for r in rows:
             if sites is not None:
                 r["sites"] = sites.get(SnapshotId.parse(r["id"]), {})

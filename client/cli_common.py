@@ -31,12 +31,12 @@ def open_backend(args: argparse.Namespace) -> Backend:
         raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
     if location.startswith(("http://", "https://")):
         from engine.remote import RemoteBackend
-        from engine.retry import RetryingBackend
+        from engine.retry import with_retries
 
         token = args.token or os.environ.get("DICOMVAULT_TOKEN")
         if not token:
             raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        return RetryingBackend(RemoteBackend(location, token, ca_file=args.cacert))
+        return with_retries(RemoteBackend(location, token, ca_file=args.cacert))
     return LocalBackend(LocalStore(location), location)
 
 

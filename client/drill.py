@@ -27,6 +27,7 @@ import blake3
 
 from client.repository import Repository
 from client.restore import catalogue
+from engine.backend import Backend, DrillReceiver
 from engine.catalogue import Entry
 from engine.errors import CheckFailed, DicomvaultError
 from engine.ids import SnapshotId
@@ -247,13 +248,11 @@ def server_report(report: DrillReport) -> dict[str, Any]:
     return doc
 
 
-async def report_to_server(backend: Any, report: DrillReport) -> bool:
-    """POST the report to a chunk server (`RemoteBackend.report_drill`, also reached through
-    wrappers that forward what they do not define); False for a local repository."""
-    send = getattr(backend, "report_drill", None)
-    if send is None:
+async def report_to_server(backend: Backend, report: DrillReport) -> bool:
+    """POST the report to a chunk server (a `DrillReceiver`); False for a local repository."""
+    if not isinstance(backend, DrillReceiver):
         return False
-    await send(server_report(report))
+    await backend.report_drill(server_report(report))
     return True
 
 

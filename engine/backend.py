@@ -3,13 +3,17 @@
 Two implementations: `LocalBackend` (a repository folder through a `Store`) and, in
 `engine.remote`, the HTTP client for a chunk server. Both hold only sealed packs, key objects,
 the plaintext repository config and commit records; neither sees plaintext or keys.
+
+What only a chunk server can do is declared as optional capabilities, typed `Protocol`s a
+caller checks with `isinstance` (never by probing for a name): `Replicated` (per-site
+replication status) and `DrillReceiver` (keeps fire-drill reports).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from engine.commit import snapshot_id_of, snapshot_name, verify_commit
 from engine.errors import ObjectNotFound, RepositoryNotFound, UsageError
@@ -92,6 +96,26 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release connections."""
+
+
+@runtime_checkable
+class Replicated(Protocol):
+    """A backend whose server replicates the repository to peer sites (docs/api.md)."""
+
+    async def replication_status(self) -> dict[str, Any] | None:
+        """The server's replication status document, or None if it does not replicate."""
+        ...
+
+    async def snapshot_sites(self) -> dict[SnapshotId, dict[str, bool]] | None:
+        """For each snapshot: {site name: complete there?}, this site first; None as above."""
+        ...
+
+
+@runtime_checkable
+class DrillReceiver(Protocol):
+    """A backend whose server keeps the last fire-drill report of each repository."""
+
+    async def report_drill(self, report: dict[str, Any]) -> None: ...
 
 
 class LocalBackend(Backend):

@@ -7,6 +7,12 @@ errors pass through at once. `last_error` names the failure being retried (None 
 succeeds), so a caller can show an outage before the deadline runs out. A pack upload with a
 paced `body` cannot be replayed from here: its caller (the client's uploader) owns those
 retries. Sleep and clock are injected.
+
+The wrapper forwards nothing it does not declare. `with_retries` picks `RetryingRemoteBackend`
+for an inner backend with the optional capabilities (`Replicated`, `DrillReceiver`), so an
+`isinstance` check on the wrapper answers as it would on the inner backend, and those calls are
+retried too. One call is never retried: `quarantine`, which moves an object aside; if its answer
+is lost, a repeat finds the object gone and reports a failure for what succeeded.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import asyncio
 import logging
 import random
 import time
+from abc import ABC
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from engine.backend import Backend
+from engine.backend import Backend, DrillReceiver, Replicated
 from engine.errors import TransientError
 from engine.ids import ChunkId, PackId, SnapshotId
 
@@ -42,9 +49,6 @@ class RetryingBackend(Backend):
         self.deadline, self._sleep, self._monotonic = deadline, sleep, monotonic
         self.retries = 0
         self.last_error: str | None = None
-
-    def __getattr__(self, name: str) -> Any:  # backend-specific extras (e.g. replication status)
-        return getattr(self.inner, name)
 
     @property
     def bytes_uploaded(self) -> int:
@@ -126,10 +130,39 @@ class RetryingBackend(Backend):
         return await self._retry("get snapshot", lambda: self.inner.get_snapshot(snapshot_id))
 
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
-        return await self.inner.quarantine(kind, ident, reason)  # not retried: not idempotent
+        return await self.inner.quarantine(kind, ident, reason)  # not retried: see the docstring
 
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._retry("heartbeat", lambda: self.inner.heartbeat(info))
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver):
+    """`RetryingBackend` around a backend with the chunk server's optional capabilities."""
+
+    def __init__(self, inner: RemoteCapable, **kw: Any) -> None:
+        super().__init__(inner, **kw)
+        self.remote = inner
+
+    async def replication_status(self) -> dict[str, Any] | None:
+        return await self._retry("replication status", self.remote.replication_status)
+
+    async def snapshot_sites(self) -> dict[SnapshotId, dict[str, bool]] | None:
+        return await self._retry("snapshot sites", self.remote.snapshot_sites)
+
+    async def report_drill(self, report: dict[str, Any]) -> None:
+        # Idempotent: the server keeps the last report per repository; a repeat replaces it.
+        await self._retry("drill report", lambda: self.remote.report_drill(report))
+
+
+class RemoteCapable(Backend, Replicated, DrillReceiver, ABC):
+    """What `RetryingRemoteBackend` wraps (for the type checker; `isinstance` decides)."""
+
+
+def with_retries(inner: Backend, **kw: Any) -> RetryingBackend:
+    """`inner` wrapped in a retrying backend that declares the same optional capabilities."""
+    if isinstance(inner, Replicated) and isinstance(inner, DrillReceiver):
+        return RetryingRemoteBackend(cast(RemoteCapable, inner), **kw)
+    return RetryingBackend(inner, **kw)

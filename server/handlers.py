@@ -20,6 +20,7 @@ from engine.errors import FormatError, ObjectExists, ObjectNotFound, PermissionD
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
+from engine.protocol import routes as routes_v1
 from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
@@ -39,7 +40,7 @@ PAGE = 10_000  # packs per listing page
 
 _T = TypeVar("_T", PackId, SnapshotId)
 routes = web.RouteTableDef()
-R = "/v1/repos/{name}"
+R = routes_v1.REPO
 
 
 def _repository(request: web.Request, action: Action) -> Repository:
@@ -69,7 +70,7 @@ async def small_body(request: web.Request, limit: int = SMALL_BODY) -> bytes:
     return await read_body(request, limit, pace(request))
 
 
-@routes.get("/v1/health")
+@routes.get(routes_v1.HEALTH)
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "api": 1})
 

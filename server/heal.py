@@ -10,21 +10,17 @@ name is refused like any upload. Must not decide which packs are bad (that is `s
 from __future__ import annotations
 
 import logging
-import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import aiohttp
 
 from engine.errors import DicomvaultError
 from engine.ids import PackId
 from server.index import ServerIndex
 from server.intake import receive_pack
+from server.replication.peer import PeerClient
 from server.replication.settings import PeerConfig
 from server.repos import Repository
 
 log = logging.getLogger(__name__)
-PIECE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,31 +29,16 @@ class HealResult:
     errors: tuple[str, ...] = ()
 
 
-def _ssl(peer: PeerConfig) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=peer.ca_file) if peer.ca_file else True
-
-
-async def _body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    async for piece in resp.content.iter_chunked(PIECE):
-        yield piece
-
-
 async def fetch_from_peer(
     peer: PeerConfig, repo: Repository, index: ServerIndex, pack_id: PackId, max_size: int
 ) -> None:
-    """Store the peer's copy of `pack_id` here; raise `DicomvaultError` (or aiohttp's) if not."""
-    url = f"{peer.url}/v1/replica/repos/{repo.name}/packs/{pack_id.hex()}"
-    headers = {"Authorization": f"Bearer {peer.token}"}
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
-    connector = aiohttp.TCPConnector(ssl=_ssl(peer))
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-        session.get(url, headers=headers) as resp,
-    ):
-        if resp.status != 200:
-            text = (await resp.read())[:200].decode(errors="replace")
-            raise DicomvaultError(f"peer {peer.name}: HTTP {resp.status} {text}")
-        await receive_pack(repo, index, pack_id, _body(resp), max_size)
+    """Store the peer's copy of `pack_id` here; raise `DicomvaultError` (or `OSError`) if not."""
+    client = PeerClient(peer)
+    try:
+        async with client.pack_body(repo.name, pack_id) as body:
+            await receive_pack(repo, index, pack_id, body, max_size)
+    finally:
+        await client.close()
 
 
 async def heal(
@@ -72,7 +53,7 @@ async def heal(
     for peer in peers:
         try:
             await fetch_from_peer(peer, repo, index, pack_id, max_size)
-        except (DicomvaultError, aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (DicomvaultError, OSError) as e:
             errors.append(f"{peer.name}: {type(e).__name__}: {e}")
             log.warning(
                 "healing %s/%s from %s failed: %s", repo.name, pack_id.short(), peer.name, e

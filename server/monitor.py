@@ -17,6 +17,7 @@ from aiohttp import web
 from engine.errors import ObjectNotFound, PermissionDenied, RepositoryNotFound
 from engine.ids import PackId
 from engine.pack import pack_name
+from engine.protocol import routes as routes_v1
 from server.alerts.conditions import Facts, RepoFacts, gather
 from server.auth import Action, authorize, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
@@ -28,7 +29,7 @@ from server.state import ALERTS, CLOCK, CONFIG, DISK_USAGE, INDEX, REPLICATION, 
 from server.status_page import STATUS_HTML
 
 routes = web.RouteTableDef()
-R = "/v1/repos/{name}"
+R = routes_v1.REPO
 DRILL_BODY = 64 * 1024
 
 
@@ -56,7 +57,7 @@ async def repo_scrub(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
-@routes.get("/v1/scrub")
+@routes.get(routes_v1.SCRUB)
 async def all_scrubs(request: web.Request) -> web.Response:
     authorize_provider(request.app[INDEX], request)
     state = request.app[SCRUB].state
@@ -68,7 +69,7 @@ async def all_scrubs(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
-@routes.post("/v1/scrub")
+@routes.post(routes_v1.SCRUB)
 async def start_scrub(request: web.Request) -> web.Response:
     """Start a pass now (in the background); 409 while one runs in this server."""
     authorize_provider(request.app[INDEX], request)
@@ -99,7 +100,7 @@ async def get_drills(request: web.Request) -> web.Response:
 # -- alerts -----------------------------------------------------------------------------------
 
 
-@routes.get("/v1/alerts")
+@routes.get(routes_v1.ALERTS)
 async def all_alerts(request: web.Request) -> web.Response:
     authorize_provider(request.app[INDEX], request)
     docs = await asyncio.to_thread(request.app[ALERTS].store.open_alerts)
@@ -116,7 +117,7 @@ async def repo_alerts(request: web.Request) -> web.Response:
 # -- healing: a primary reads back its own replica ----------------------------------------------
 
 
-@routes.get("/v1/replica/repos/{name}/packs/{id}")
+@routes.get(routes_v1.REPLICA_REPO + "/packs/{id}")
 async def replica_pack(request: web.Request) -> web.StreamResponse:
     """The pack body, for the primary that pushed it (scrub healing, docs/design.md)."""
     name = validate_repo_name(request.match_info["name"])

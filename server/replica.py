@@ -16,6 +16,7 @@ from aiohttp import web
 
 from engine.errors import RepositoryNotFound, UsageError
 from engine.ids import ID_SIZE, PackId
+from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
 from server.handlers import (
@@ -32,7 +33,7 @@ from server.repos import Repository
 from server.state import CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
-RR = "/v1/replica/repos/{name}"
+RR = routes_v1.REPLICA_REPO
 
 
 def _replica(request: web.Request, *, create: bool) -> Repository:

@@ -9,18 +9,20 @@ object, a commit whose chunks it lacks). Must not touch the queue or decide what
 from __future__ import annotations
 
 import json
-import ssl
-from collections.abc import AsyncIterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import aiohttp
 
-from engine.errors import TransientError
+from engine.errors import DicomvaultError, PermissionDenied, RepositoryNotFound, TransientError
 from engine.ids import ID_SIZE, PackId, SnapshotId
+from engine.protocol.client import OCTETS, PEER_TIMEOUT, ProtocolClient
+from engine.protocol.errors import error_class
+from engine.protocol.routes import replica_repo_url
 from server.replication.settings import PeerConfig
 
-_OCTETS = {"Content-Type": "application/octet-stream"}
 MISSING_BATCH = 10_000  # pack ids per inventory question: 320 KB
+PIECE = 256 * 1024  # a streamed pack body is read in pieces of this size
 
 
 class PeerUnavailable(TransientError):
@@ -39,57 +41,38 @@ class RepoNotOnPeer(PeerRefused):
     """The peer has no replica of this repository for us (yet, or it belongs to someone else)."""
 
 
-async def _error(resp: aiohttp.ClientResponse, what: str) -> TransientError:
-    try:
-        doc = json.loads(await resp.read())
-        message, code = str(doc.get("error", resp.reason)), str(doc.get("code", ""))
-    except (ValueError, AttributeError, aiohttp.ClientError):
-        message, code = f"HTTP {resp.status} {resp.reason}", ""
-    text = f"{what}: {resp.status} {code or ''} {message}".strip()
-    if resp.status in (401, 403) or resp.status >= 500 or resp.status == 408:
-        return PeerUnavailable(text)
-    if resp.status == 404 and code == "repo_not_found":
-        return RepoNotOnPeer(text, resp.status, code)
-    return PeerRefused(text, resp.status, code)
-
-
-class PeerClient:
-    def __init__(self, peer: PeerConfig, timeout: aiohttp.ClientTimeout | None = None) -> None:
+class PeerClient(ProtocolClient):
+    def __init__(self, peer: PeerConfig, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> None:
+        super().__init__(peer.token, ca_file=peer.ca_file, timeout=timeout)
         self.peer = peer
-        ctx = ssl.create_default_context(cafile=peer.ca_file) if peer.ca_file else None
-        self._ssl: ssl.SSLContext | bool = ctx if ctx is not None else True
-        # No total timeout: a rate-limited 16 MiB pack may take minutes; a stall is caught by
-        # the read timeout.
-        self._timeout = timeout or aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
-        self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
-                headers={"Authorization": f"Bearer {self.peer.token}"},
-                timeout=self._timeout,
-            )
-        return self._session
+    def refused(self, status: int, code: str, what: str, message: str) -> DicomvaultError:
+        """Bad credentials and the peer's own failures are the peer's state: retry it later."""
+        cls = error_class(status, code)
+        text = f"{what}: {status} {code} {message}".strip()
+        if issubclass(cls, PermissionDenied | TransientError):
+            return PeerUnavailable(text)
+        if issubclass(cls, RepositoryNotFound):
+            return RepoNotOnPeer(text, status, code)
+        return PeerRefused(text, status, code)
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def unreachable(self, what: str, e: Exception) -> DicomvaultError:
+        return PeerUnavailable(f"{what}: {type(e).__name__}: {e}")
 
-    async def _call(self, method: str, repo: str, path: str, what: str, **kw: Any) -> bytes:
-        url = f"{self.peer.url}/v1/replica/repos/{repo}/{path}"
-        try:
-            async with self._client().request(method, url, **kw) as resp:
-                if resp.status not in (200, 201):
-                    raise await _error(resp, what)
-                return await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise PeerUnavailable(f"{what}: {type(e).__name__}: {e}") from None
+    async def _call(self, method: str, repo: str, path: str, what: str, **kw: object) -> bytes:
+        url = f"{replica_repo_url(self.peer.url, repo)}/{path}"
+        return (await self.fetch(method, url, what, (200, 201), **kw))[2]
+
+    @asynccontextmanager
+    async def pack_body(self, repo: str, pack_id: PackId) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The peer's copy of a pack, as it arrives (for healing, docs/api.md "Healing")."""
+        url = f"{replica_repo_url(self.peer.url, repo)}/packs/{pack_id.hex()}"
+        async with self.response("GET", url, f"pack {pack_id.short()}", (200,)) as resp:
+            yield resp.content.iter_chunked(PIECE)
 
     async def put_object(self, repo: str, name: str, data: bytes) -> None:
         """`config` or `keys/<name>`: write-once on the peer."""
-        await self._call("PUT", repo, name, name, data=data, headers=_OCTETS)
+        await self._call("PUT", repo, name, name, data=data, headers=OCTETS)
 
     async def put_tokens(self, repo: str, tokens: list[dict[str, str]]) -> None:
         await self._call("PUT", repo, "tokens", "tokens", json={"tokens": tokens})
@@ -97,13 +80,13 @@ class PeerClient:
     async def put_pack(
         self, repo: str, pack_id: PackId, size: int, body: AsyncIterable[bytes]
     ) -> None:
-        headers = {**_OCTETS, "Content-Length": str(size)}
+        headers = {**OCTETS, "Content-Length": str(size)}
         what = f"pack {pack_id.short()}"
         await self._call("PUT", repo, f"packs/{pack_id.hex()}", what, data=body, headers=headers)
 
     async def commit(self, repo: str, snapshot_id: SnapshotId, record: bytes) -> None:
         what = f"snapshot {snapshot_id.short()}"
-        await self._call("POST", repo, "snapshots", what, data=record, headers=_OCTETS)
+        await self._call("POST", repo, "snapshots", what, data=record, headers=OCTETS)
 
     async def packs_lacking(self, repo: str, ids: Sequence[PackId]) -> set[PackId]:
         """Which of `ids` the peer does not hold (all of them if it has no replica yet)."""
@@ -112,7 +95,7 @@ class PeerClient:
             batch = b"".join(ids[start : start + MISSING_BATCH])
             try:
                 body = await self._call(
-                    "POST", repo, "packs/missing", "pack inventory", data=batch, headers=_OCTETS
+                    "POST", repo, "packs/missing", "pack inventory", data=batch, headers=OCTETS
                 )
             except RepoNotOnPeer:
                 return set(ids)

@@ -30,7 +30,7 @@ from client.agent.daemon import Agent
 from client.repository import Repository
 from engine.remote import RemoteBackend
 from engine.repoconfig import init_repository
-from engine.retry import RetryingBackend
+from engine.retry import with_retries
 from tests.helpers import PASSPHRASE, cheap_kdf
 from tests.server.monitorkit import REPO, Site, wait_for
 
@@ -72,7 +72,7 @@ async def practice_repository(
             await init_repository(direct, PASSPHRASE, cheap_kdf())
         finally:
             await direct.close()
-    backend = RetryingBackend(RemoteBackend(url or f"{site.url}/{REPO}", token))
+    backend = with_retries(RemoteBackend(url or f"{site.url}/{REPO}", token))
     cache = config.spool_dir.parent / "cache"
     return await Repository.open(backend, PASSPHRASE, cache, spool_dir=config.packs_dir)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from engine.backend import LocalBackend
+from engine.backend import DrillReceiver, LocalBackend, Replicated
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError
-from engine.retry import RetryingBackend
+from engine.ids import SnapshotId
+from engine.remote import RemoteBackend
+from engine.retry import RetryingBackend, with_retries
 from engine.store.faulty import Fault, FaultyStore
 from engine.store.memory import MemoryStore
 
@@ -62,3 +66,59 @@ async def test_listing_restarts_cleanly_after_a_failure() -> None:
     pack_name = "packs/ab/" + "ab" * 32
     await store.inner.put(pack_name, b"x")
     assert [p.hex() async for p in b.list_packs()] == ["ab" * 32]
+
+
+class ServerLike(LocalBackend):
+    """A local backend given the chunk server's optional capabilities, each failing `fails`
+    times with a `TransientError` first (as a dropped connection would)."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__(FaultyStore(MemoryStore(), []))
+        self.fails = fails
+        self.reports: list[dict[str, Any]] = []
+
+    def _flaky(self) -> None:
+        if self.fails:
+            self.fails -= 1
+            raise TransientError("connection reset")
+
+    async def replication_status(self) -> dict[str, Any] | None:
+        self._flaky()
+        return {"site": "here", "peers": []}
+
+    async def snapshot_sites(self) -> dict[SnapshotId, dict[str, bool]] | None:
+        self._flaky()
+        return {}
+
+    async def report_drill(self, report: dict[str, Any]) -> None:
+        self._flaky()
+        self.reports.append(report)
+
+
+def retrying(inner: LocalBackend) -> RetryingBackend:
+    clock = FakeTime()
+    return with_retries(inner, deadline=60, sleep=clock.sleep, monotonic=clock.monotonic)
+
+
+def test_the_wrapper_declares_exactly_the_capabilities_of_what_it_wraps() -> None:
+    remote = RemoteBackend("http://127.0.0.1:1/clinic", "token")
+    assert isinstance(remote, Replicated) and isinstance(remote, DrillReceiver)
+    assert isinstance(with_retries(remote), Replicated)
+    assert isinstance(with_retries(remote), DrillReceiver)
+    plain = with_retries(LocalBackend(MemoryStore()))
+    assert not isinstance(plain, Replicated) and not isinstance(plain, DrillReceiver)
+    with pytest.raises(AttributeError):
+        plain.replication_status  # type: ignore[attr-defined]  # noqa: B018 - nothing forwarded
+
+
+async def test_optional_capabilities_are_retried_like_the_rest() -> None:
+    inner = ServerLike(fails=2)
+    b = retrying(inner)
+    assert isinstance(b, Replicated) and isinstance(b, DrillReceiver)
+    assert await b.replication_status() == {"site": "here", "peers": []}
+    assert b.retries == 2
+    inner.fails = 2
+    assert await b.snapshot_sites() == {}
+    inner.fails = 2
+    await b.report_drill({"ok": True})
+    assert inner.reports == [{"ok": True}] and b.retries == 6
