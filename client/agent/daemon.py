@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from client.agent import batching
 from client.agent.alerts import agent_alerts
-from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
+from client.agent.batching import Decision, Item, Queue
 from client.agent.config import AgentConfig, WatchSettings, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
@@ -38,6 +37,7 @@ from client.agent.status import agent_version, status_document, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, UsageError
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ class Commit:
 class Agent:
     def __init__(self, config: AgentConfig, repo: Repository, clock: Clock | None = None) -> None:
         self.config, self.repo = config, repo
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SYSTEM
         self.policy = config.policy
         self.inbox = Inbox(config.instances_dir)
         self.ledger = Ledger(config.state_dir / "ledger.sqlite")
-        self.hold = PeerHold(self.ledger, self.inbox)
+        self.hold = PeerHold(self.ledger, self.inbox, self.clock)
         self.queue = Queue()
         self.settler = Settler(self.clock.monotonic)
         self.receiver: Receiver | None = None
@@ -89,7 +89,9 @@ class Agent:
         self._heartbeat_now = asyncio.Event()
         self._unreachable: str | None = None  # the repository's failure being retried, if any
         self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
-        self.drills = DrillScheduler(self)  # fire drills: client/agent/drills.py, [drill]
+        self.drills = DrillScheduler(
+            self, clock=self.clock
+        )  # fire drills: client/agent/drills.py, [drill]
 
     # life cycle
 
@@ -127,7 +129,7 @@ class Agent:
         summary (`errors` lists files left for the next run). The folders are taken as complete
         (no settle wait) and no DICOM listener is started."""
         self._loop = asyncio.get_running_loop()
-        start = time.monotonic()
+        start = self.clock.monotonic()
         self._resume_spool()
         await self._resume_uploads()
         now = self.clock.monotonic()
@@ -143,7 +145,7 @@ class Agent:
         finally:
             self._write_status(state="stopped")
             self.ledger.close()
-        return _summed(self._batch_summaries, self.errors, time.monotonic() - start)
+        return _summed(self._batch_summaries, self.errors, self.clock.monotonic() - start)
 
     def _new_files(self, watch: WatchSettings) -> list[str]:
         return [p for p in scan(watch) if self._is_new(p)]
@@ -180,6 +182,7 @@ class Agent:
                 on_instance=self._instance_arrived,
                 on_commitment=self._commitment_arrived,
                 accepting=self._accepting,
+                clock=self.clock,
             )
             self.receiver.start()
             d = self.config.dicom
@@ -315,7 +318,7 @@ class Agent:
         """The snapshot is committed: ledger first, then delete (or hold) spooled instances."""
         failed = {e.split(": ", 1)[0] for e in summary.errors}
         done = [i for i in items if i.path not in failed]
-        when = time.time()
+        when = self.clock.time()
         instances = [i.instance for i in done if i.instance]
         if self.policy.delete_after == "peer":
             self.hold.hold(summary.snapshot, instances)
@@ -369,7 +372,7 @@ class Agent:
     async def _report_commitments(self) -> None:
         if self.receiver is None:
             return
-        now = time.time()
+        now = self.clock.time()
         for req in self.ledger.commitments():
             if self._report_after.get(req.transaction_uid, 0) > now:
                 continue
@@ -464,7 +467,7 @@ class Agent:
         the idle timeout (after which the receiver aborts a silent association) and a minute."""
         idle = self.config.dicom.idle_seconds if self.config.dicom is not None else 0.0
         with contextlib.suppress(OSError):
-            if dropped := self.inbox.drop_stale_temps(time.time(), 2 * idle + 60):
+            if dropped := self.inbox.drop_stale_temps(self.clock.time(), 2 * idle + 60):
                 log.info("removed %d temporary files of receives cut short", dropped)
 
     def _check_repository(self) -> None:
@@ -481,7 +484,9 @@ class Agent:
         uploader = self.repo.uploader
         stats = uploader.stats if uploader is not None else None
         door = self.receiver.door if self.receiver is not None else None
-        refusals = (door.refused, door.last_refusal(), time.time()) if door else (0, None, 0.0)
+        refusals = (
+            (door.refused, door.last_refusal(), self.clock.time()) if door else (0, None, 0.0)
+        )
         alerts = agent_alerts(self.policy, self.spool_bytes(), stats, refusals)
         if alerts and not self.alerts:
             for a in alerts:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from client import drill
 from client.agent.config import read_toml
 from client.repository import Repository
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, UsageError
 
 if TYPE_CHECKING:
@@ -74,12 +73,11 @@ class DrillScheduler:
         self,
         agent: Agent,
         schedule: DrillSchedule | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.agent = agent
         self.schedule = schedule or DrillSchedule.from_file(agent.config.config_file)
-        self.clock, self.sleep = clock, sleep
+        self.clock = clock
         self.last: dict[str, Any] | None = None
         past = drill.history(agent.config.state_dir, last=1)
         self.last = past[-1] if past else None
@@ -95,23 +93,23 @@ class DrillScheduler:
     async def run(self) -> None:
         if self.schedule.interval_hours <= 0:
             return
-        await self.sleep(self.schedule.first_delay)
+        await self.clock.sleep(self.schedule.first_delay)
         while True:
             wait = self._due_in()
             if wait > 0:
-                await self.sleep(min(wait, 3600.0))
+                await self.clock.sleep(min(wait, 3600.0))
                 continue
             try:
                 await self.drill_once()
             except (DicomvaultError, OSError) as e:
                 log.error("fire drill could not run: %s", e)
-                await self.sleep(min(3600.0, self.schedule.interval_hours * 3600))
+                await self.clock.sleep(min(3600.0, self.schedule.interval_hours * 3600))
 
     def _due_in(self) -> float:
         if self.last is None:
             return 0.0
         last = drill._parse_time(str(self.last.get("time", "")))
-        return last + self.schedule.interval_hours * 3600 - self.clock()
+        return last + self.schedule.interval_hours * 3600 - self.clock.time()
 
     async def drill_once(self) -> drill.DrillReport:
         """One drill now (against the peer when its turn has come), recorded and reported."""
@@ -122,7 +120,7 @@ class DrillScheduler:
         try:
             report = await drill.run_drill(
                 repo, self.schedule.settings, agent=self.agent.config.name, site=str(site),
-                rng=random.Random(), now=self.clock(),
+                rng=random.Random(), now=self.clock.time(),
             )  # fmt: skip
         finally:
             if repo is not self.agent.repo:

@@ -9,17 +9,17 @@ back anything up or speak DICOM; it reads only the backend's `replication_status
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from client.agent.inbox import Inbox, Instance, instance_of
 from client.agent.ledger import Ledger
+from engine.clock import SYSTEM, Clock
 
 
 class PeerHold:
-    def __init__(self, ledger: Ledger, inbox: Inbox) -> None:
-        self.ledger, self.inbox = ledger, inbox
+    def __init__(self, ledger: Ledger, inbox: Inbox, clock: Clock = SYSTEM) -> None:
+        self.ledger, self.inbox, self.clock = ledger, inbox, clock
         self.waiting: dict[str, list[Instance]] = {
             snapshot: [
                 instance_of(Path(path), size) or Instance(Path(path), uid, size)
@@ -63,7 +63,7 @@ class PeerHold:
 
     def release(self, snapshot: str) -> None:
         instances = self.waiting.pop(snapshot)
-        self.ledger.record_instances(committed_rows(instances), snapshot, time.time())
+        self.ledger.record_instances(committed_rows(instances), snapshot, self.clock.time())
         self.inbox.remove(instances)
         self.ledger.release(snapshot)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.repository import now_rfc3339
+from engine.clock import SYSTEM, Clock
 
 if TYPE_CHECKING:
     from client.agent.daemon import Agent
@@ -45,13 +45,13 @@ def write_status(state_dir: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, status_path(state_dir))
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path, clock: Clock = SYSTEM) -> dict[str, Any] | None:
     """The last status the agent wrote, with `running` set from its pid and age; None if none."""
     try:
         doc: dict[str, Any] = json.loads(status_path(state_dir).read_text())
     except (OSError, ValueError):
         return None
-    age = time.time() - float(doc.get("updated_unix", 0))
+    age = clock.time() - float(doc.get("updated_unix", 0))
     doc["running"] = (
         doc.get("state") == "running" and pid_alive(int(doc.get("pid", 0))) and age < STALE_SECONDS
     )
@@ -132,7 +132,7 @@ def status_document(agent: Agent, state: str) -> dict[str, Any]:
         "state": state,
         "started": agent.started,
         "updated": now_rfc3339(),
-        "updated_unix": time.time(),
+        "updated_unix": agent.clock.time(),
         "repository": agent.repo.backend.location,
         "sources": agent.config.sources(),
         "dicom_port": agent.receiver.port if agent.receiver else None,
