@@ -33,7 +33,7 @@ from client.agent.receiver import (
     PROCESSING_FAILURE,
     Receiver,
 )
-from client.agent.status import agent_version, status_document, write_status
+from client.agent.status import STATUS_VERSION, agent_version, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
@@ -89,9 +89,8 @@ class Agent:
         self._heartbeat_now = asyncio.Event()
         self._unreachable: str | None = None  # the repository's failure being retried, if any
         self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
-        self.drills = DrillScheduler(
-            self, clock=self.clock
-        )  # fire drills: client/agent/drills.py, [drill]
+        # fire drills: client/agent/drills.py, [drill]
+        self.drills = DrillScheduler(config, repo, clock=self.clock)
 
     # life cycle
 
@@ -522,7 +521,57 @@ class Agent:
         return uploader.limiter.current_rate() if uploader is not None else None
 
     def status(self, state: str = "running") -> dict[str, Any]:
-        return status_document(self, state)
+        """The status file's document (schema version 1, client/agent/status.py)."""
+        rate, limit, pending = self.upload_rate(), self.rate_limit(), self.bytes_pending()
+        speed = rate if rate > 0 else limit
+        queued_instances = sum(1 for i in self.queue.items.values() if i.instance)
+        return {
+            "version": STATUS_VERSION,
+            "agent": self.config.name,
+            "pid": os.getpid(),
+            "dicomvault": agent_version(),
+            "state": state,
+            "started": self.started,
+            "updated": now_rfc3339(),
+            "updated_unix": self.clock.time(),
+            "repository": self.repo.backend.location,
+            "sources": self.config.sources(),
+            "dicom_port": self.receiver.port if self.receiver else None,
+            "queue": {
+                "files": self.queue.files,
+                "bytes": self.queue.bytes,
+                "instances": queued_instances,
+                "watched": self.queue.files - queued_instances,
+                "settling": len(self.settler),
+            },
+            "spool": {
+                "bytes": self.inbox.held_bytes,
+                "packs_bytes": self.packs_bytes(),
+                "max_bytes": self.policy.spool_max_bytes,
+                "alert_bytes": self.policy.spool_alert_bytes,
+                "held_for_peer": self.hold.instances,
+            },
+            "bytes_pending": pending,
+            "mode": self.decision.mode,
+            "window": self.decision.window,
+            "upload": {
+                "rate_bytes_per_s": round(rate),
+                "limit_bytes_per_s": limit,
+                "bytes_total": self.repo.backend.bytes_uploaded,
+            },
+            "eta_seconds": round(pending / speed, 1)
+            if pending and speed
+            else (0 if not pending else None),
+            "last_commit": self.last_commit.as_json() if self.last_commit else None,
+            "received": self.receiver.received if self.receiver else 0,
+            "refused": self.receiver.refused if self.receiver else 0,
+            "invalid": self.receiver.invalid if self.receiver else 0,
+            "associations_refused": self.receiver.door.refused if self.receiver else 0,
+            "refusals": [r.as_json() for r in self.receiver.door.recent] if self.receiver else [],
+            "commitments_pending": len(self.ledger.commitments()),
+            "errors": list(self.errors),
+            "alerts": list(self.alerts),
+        }
 
     def _write_status(self, state: str = "running") -> None:
         try:

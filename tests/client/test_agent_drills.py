@@ -52,7 +52,7 @@ async def test_drills_run_on_schedule_alternate_to_the_peer_and_reach_the_server
     clock = SimulatedClock(start=time.time())  # the backup is recent at the start
 
     def scheduled(agent: Agent) -> None:
-        agent.drills = DrillScheduler(agent, schedule, clock=clock)
+        agent.drills = DrillScheduler(agent.config, agent.repo, schedule, clock=clock)
 
     async with running(config, repo, setup=scheduled):
         first = await wait_for(lambda: drilled_at(a, primary_url), what="the first drill")
