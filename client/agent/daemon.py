@@ -26,7 +26,8 @@ from client.agent.config import AgentConfig, WatchSettings, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
-from client.agent.peerhold import PeerHold, committed_rows
+from client.agent.page import PageSettings, StatusPage, page_document
+from client.agent.peerhold import PeerHold, committed_rows, peer_holds
 from client.agent.receiver import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_INSTANCE,
@@ -91,6 +92,11 @@ class Agent:
         self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
         # fire drills: client/agent/drills.py, [drill]
         self.drills = DrillScheduler(config, repo, clock=self.clock)
+        # the status page at the practice: client/agent/page.py, [status_page]
+        self.page_settings = PageSettings.from_file(config.config_file)
+        self.page: StatusPage | None = None
+        self.peer_holds_last: bool | None = None  # None: no second site (or not asked yet)
+        self._committed_at = 0.0  # on the clock; 0: before this start
 
     # life cycle
 
@@ -117,6 +123,8 @@ class Agent:
                 ("peer-hold", self._release_loop()),
             )
         ]
+        if self.page_settings is not None:
+            tasks.append(asyncio.create_task(self._page_loop(self.page_settings), name="page"))
         try:
             await self._stop.wait()
         finally:
@@ -330,6 +338,7 @@ class Agent:
             summary.snapshot, now_rfc3339(), len(done), sum(i.size for i in done)
         )
         self.ledger.put_meta("last_commit", self.last_commit.as_json())
+        self._committed_at = self.clock.time()
         if self.policy.delete_after != "peer":
             self.inbox.remove(instances)
         for i in done:
@@ -572,6 +581,40 @@ class Agent:
             "errors": list(self.errors),
             "alerts": list(self.alerts),
         }
+
+    # the status page
+
+    async def _page_loop(self, settings: PageSettings) -> None:
+        """Serve the page; ask the server every PEER_POLL whether the peers hold the last commit."""
+        self.page = StatusPage(self.page_figures, settings)
+        try:
+            await self.page.start()
+            log.info("status page on http://%s:%d/", settings.host, self.page.port)
+        except OSError as e:
+            self._error(f"status page: cannot listen on {settings.host}:{settings.port}: {e}")
+        try:
+            while True:
+                await self._ask_peers()
+                await asyncio.sleep(PEER_POLL)
+        finally:
+            await self.page.close()
+
+    async def _ask_peers(self) -> None:
+        status = getattr(self.repo.backend, "replication_status", None)
+        try:
+            doc = await status() if status is not None else None
+        except (DicomvaultError, OSError) as e:
+            log.warning("cannot learn whether the peer sites hold the last commit: %s", e)
+            return
+        self.peer_holds_last = peer_holds(
+            doc, self.last_commit.snapshot if self.last_commit else None
+        )
+
+    def page_figures(self) -> dict[str, Any]:
+        assert self.page_settings is not None
+        doc = {**self.status(), "drill": self.drills.summary()}
+        lag = self.clock.time() - self._committed_at
+        return page_document(doc, self.peer_holds_last, lag, self.page_settings)
 
     def _write_status(self, state: str = "running") -> None:
         try:

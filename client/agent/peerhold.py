@@ -73,6 +73,14 @@ def committed_rows(instances: list[Instance]) -> list[tuple[str, str, str]]:
     return [(i.sop_class_uid, i.sop_instance_uid, i.dataset_uid) for i in instances]
 
 
+def peer_holds(status: dict[str, Any] | None, snapshot: str | None) -> bool | None:
+    """Whether every peer holds `snapshot` (True with none to hold); None with no peers."""
+    peers = (status or {}).get("peers") or []
+    if not peers:
+        return None
+    return snapshot is None or bool(held_by_every_peer(status, [snapshot]))
+
+
 def held_by_every_peer(status: dict[str, Any] | None, snapshots: list[str]) -> list[str]:
     """The snapshots every peer has acknowledged. None without a replicating server or with no
     peers configured: "the peer holds it" cannot be shown, so nothing is deleted."""
