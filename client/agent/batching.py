@@ -9,38 +9,14 @@ Time is injected; nothing here reads a clock or touches files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from client.agent.config import Policy
 from client.agent.inbox import Instance
 from client.ratelimit import Window
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def __init__(
-        self,
-        now: Callable[[], datetime] = datetime.now,
-        monotonic: Callable[[], float] | None = None,
-    ) -> None:
-        import time
-
-        self._now, self._mono = now, monotonic or time.monotonic
-
-    def now(self) -> datetime:
-        return self._now()
-
-    def monotonic(self) -> float:
-        return self._mono()
 
 
 @dataclass(slots=True)

@@ -15,29 +15,30 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from client.agent import batching
 from client.agent.alerts import agent_alerts
-from client.agent.batching import Clock, Decision, Item, Queue, SystemClock
+from client.agent.batching import Decision, Item, Queue
 from client.agent.config import AgentConfig, WatchSettings, load_policy
 from client.agent.drills import DrillScheduler
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import CommitmentRequest, Ledger
-from client.agent.peerhold import PeerHold, committed_rows
+from client.agent.page import PageSettings, StatusPage, page_document
+from client.agent.peerhold import PeerHold, committed_rows, peer_holds
 from client.agent.receiver import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_INSTANCE,
     PROCESSING_FAILURE,
     Receiver,
 )
-from client.agent.status import agent_version, status_document, write_status
+from client.agent.status import STATUS_VERSION, agent_version, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, UsageError
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,11 @@ class Commit:
 class Agent:
     def __init__(self, config: AgentConfig, repo: Repository, clock: Clock | None = None) -> None:
         self.config, self.repo = config, repo
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SYSTEM
         self.policy = config.policy
         self.inbox = Inbox(config.instances_dir)
         self.ledger = Ledger(config.state_dir / "ledger.sqlite")
-        self.hold = PeerHold(self.ledger, self.inbox)
+        self.hold = PeerHold(self.ledger, self.inbox, self.clock)
         self.queue = Queue()
         self.settler = Settler(self.clock.monotonic)
         self.receiver: Receiver | None = None
@@ -89,7 +90,13 @@ class Agent:
         self._heartbeat_now = asyncio.Event()
         self._unreachable: str | None = None  # the repository's failure being retried, if any
         self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
-        self.drills = DrillScheduler(self)  # fire drills: client/agent/drills.py, [drill]
+        # fire drills: client/agent/drills.py, [drill]
+        self.drills = DrillScheduler(config, repo, clock=self.clock)
+        # the status page at the practice: client/agent/page.py, [status_page]
+        self.page_settings = PageSettings.from_file(config.config_file)
+        self.page: StatusPage | None = None
+        self.peer_holds_last: bool | None = None  # None: no second site (or not asked yet)
+        self._committed_at = 0.0  # on the clock; 0: before this start
 
     # life cycle
 
@@ -116,6 +123,8 @@ class Agent:
                 ("peer-hold", self._release_loop()),
             )
         ]
+        if self.page_settings is not None:
+            tasks.append(asyncio.create_task(self._page_loop(self.page_settings), name="page"))
         try:
             await self._stop.wait()
         finally:
@@ -127,7 +136,7 @@ class Agent:
         summary (`errors` lists files left for the next run). The folders are taken as complete
         (no settle wait) and no DICOM listener is started."""
         self._loop = asyncio.get_running_loop()
-        start = time.monotonic()
+        start = self.clock.monotonic()
         self._resume_spool()
         await self._resume_uploads()
         now = self.clock.monotonic()
@@ -143,7 +152,7 @@ class Agent:
         finally:
             self._write_status(state="stopped")
             self.ledger.close()
-        return _summed(self._batch_summaries, self.errors, time.monotonic() - start)
+        return _summed(self._batch_summaries, self.errors, self.clock.monotonic() - start)
 
     def _new_files(self, watch: WatchSettings) -> list[str]:
         return [p for p in scan(watch) if self._is_new(p)]
@@ -180,6 +189,7 @@ class Agent:
                 on_instance=self._instance_arrived,
                 on_commitment=self._commitment_arrived,
                 accepting=self._accepting,
+                clock=self.clock,
             )
             self.receiver.start()
             d = self.config.dicom
@@ -315,7 +325,7 @@ class Agent:
         """The snapshot is committed: ledger first, then delete (or hold) spooled instances."""
         failed = {e.split(": ", 1)[0] for e in summary.errors}
         done = [i for i in items if i.path not in failed]
-        when = time.time()
+        when = self.clock.time()
         instances = [i.instance for i in done if i.instance]
         if self.policy.delete_after == "peer":
             self.hold.hold(summary.snapshot, instances)
@@ -328,6 +338,7 @@ class Agent:
             summary.snapshot, now_rfc3339(), len(done), sum(i.size for i in done)
         )
         self.ledger.put_meta("last_commit", self.last_commit.as_json())
+        self._committed_at = self.clock.time()
         if self.policy.delete_after != "peer":
             self.inbox.remove(instances)
         for i in done:
@@ -369,7 +380,7 @@ class Agent:
     async def _report_commitments(self) -> None:
         if self.receiver is None:
             return
-        now = time.time()
+        now = self.clock.time()
         for req in self.ledger.commitments():
             if self._report_after.get(req.transaction_uid, 0) > now:
                 continue
@@ -464,7 +475,7 @@ class Agent:
         the idle timeout (after which the receiver aborts a silent association) and a minute."""
         idle = self.config.dicom.idle_seconds if self.config.dicom is not None else 0.0
         with contextlib.suppress(OSError):
-            if dropped := self.inbox.drop_stale_temps(time.time(), 2 * idle + 60):
+            if dropped := self.inbox.drop_stale_temps(self.clock.time(), 2 * idle + 60):
                 log.info("removed %d temporary files of receives cut short", dropped)
 
     def _check_repository(self) -> None:
@@ -481,7 +492,9 @@ class Agent:
         uploader = self.repo.uploader
         stats = uploader.stats if uploader is not None else None
         door = self.receiver.door if self.receiver is not None else None
-        refusals = (door.refused, door.last_refusal(), time.time()) if door else (0, None, 0.0)
+        refusals = (
+            (door.refused, door.last_refusal(), self.clock.time()) if door else (0, None, 0.0)
+        )
         alerts = agent_alerts(self.policy, self.spool_bytes(), stats, refusals)
         if alerts and not self.alerts:
             for a in alerts:
@@ -517,7 +530,91 @@ class Agent:
         return uploader.limiter.current_rate() if uploader is not None else None
 
     def status(self, state: str = "running") -> dict[str, Any]:
-        return status_document(self, state)
+        """The status file's document (schema version 1, client/agent/status.py)."""
+        rate, limit, pending = self.upload_rate(), self.rate_limit(), self.bytes_pending()
+        speed = rate if rate > 0 else limit
+        queued_instances = sum(1 for i in self.queue.items.values() if i.instance)
+        return {
+            "version": STATUS_VERSION,
+            "agent": self.config.name,
+            "pid": os.getpid(),
+            "dicomvault": agent_version(),
+            "state": state,
+            "started": self.started,
+            "updated": now_rfc3339(),
+            "updated_unix": self.clock.time(),
+            "repository": self.repo.backend.location,
+            "sources": self.config.sources(),
+            "dicom_port": self.receiver.port if self.receiver else None,
+            "queue": {
+                "files": self.queue.files,
+                "bytes": self.queue.bytes,
+                "instances": queued_instances,
+                "watched": self.queue.files - queued_instances,
+                "settling": len(self.settler),
+            },
+            "spool": {
+                "bytes": self.inbox.held_bytes,
+                "packs_bytes": self.packs_bytes(),
+                "max_bytes": self.policy.spool_max_bytes,
+                "alert_bytes": self.policy.spool_alert_bytes,
+                "held_for_peer": self.hold.instances,
+            },
+            "bytes_pending": pending,
+            "mode": self.decision.mode,
+            "window": self.decision.window,
+            "upload": {
+                "rate_bytes_per_s": round(rate),
+                "limit_bytes_per_s": limit,
+                "bytes_total": self.repo.backend.bytes_uploaded,
+            },
+            "eta_seconds": round(pending / speed, 1)
+            if pending and speed
+            else (0 if not pending else None),
+            "last_commit": self.last_commit.as_json() if self.last_commit else None,
+            "received": self.receiver.received if self.receiver else 0,
+            "refused": self.receiver.refused if self.receiver else 0,
+            "invalid": self.receiver.invalid if self.receiver else 0,
+            "associations_refused": self.receiver.door.refused if self.receiver else 0,
+            "refusals": [r.as_json() for r in self.receiver.door.recent] if self.receiver else [],
+            "commitments_pending": len(self.ledger.commitments()),
+            "errors": list(self.errors),
+            "alerts": list(self.alerts),
+        }
+
+    # the status page
+
+    async def _page_loop(self, settings: PageSettings) -> None:
+        """Serve the page; ask the server every PEER_POLL whether the peers hold the last commit."""
+        self.page = StatusPage(self.page_figures, settings)
+        try:
+            await self.page.start()
+            log.info("status page on http://%s:%d/", settings.host, self.page.port)
+        except OSError as e:
+            self._error(f"status page: cannot listen on {settings.host}:{settings.port}: {e}")
+        try:
+            while True:
+                await self._ask_peers()
+                await asyncio.sleep(PEER_POLL)
+        finally:
+            await self.page.close()
+
+    async def _ask_peers(self) -> None:
+        status = getattr(self.repo.backend, "replication_status", None)
+        try:
+            doc = await status() if status is not None else None
+        except (DicomvaultError, OSError) as e:
+            log.warning("cannot learn whether the peer sites hold the last commit: %s", e)
+            return
+        self.peer_holds_last = peer_holds(
+            doc, self.last_commit.snapshot if self.last_commit else None
+        )
+
+    def page_figures(self) -> dict[str, Any]:
+        assert self.page_settings is not None
+        doc = {**self.status(), "drill": self.drills.summary()}
+        lag = self.clock.time() - self._committed_at
+        return page_document(doc, self.peer_holds_last, lag, self.page_settings)
 
     def _write_status(self, state: str = "running") -> None:
         try:

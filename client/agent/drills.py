@@ -5,7 +5,8 @@ the server (which raises the alert on failure) and summarised in the heartbeat.
 Owns the `[drill]` table of the agent config (read here from the config file, so the agent's
 own config module is untouched; docs/agent.example.toml) and the timing (the last recorded drill
 decides when the next is due, so restarts neither skip nor repeat drills). The daemon's hook is
-one task and one heartbeat field. Must not restore anything itself (`client.drill` does).
+one task and one heartbeat field; it passes its config, repository and clock, never itself.
+Must not restore anything itself (`client.drill` does).
 """
 
 from __future__ import annotations
@@ -13,19 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from client import drill
-from client.agent.config import read_toml
+from client.agent.config import AgentConfig, read_toml
 from client.repository import Repository
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, UsageError
-
-if TYPE_CHECKING:
-    from client.agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 FIRST_DELAY = 300.0  # seconds after start before a first drill: let the agent settle
@@ -72,18 +69,18 @@ class DrillSchedule:
 class DrillScheduler:
     def __init__(
         self,
-        agent: Agent,
+        config: AgentConfig,
+        repo: Repository,
         schedule: DrillSchedule | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.agent = agent
-        self.schedule = schedule or DrillSchedule.from_file(agent.config.config_file)
-        self.clock, self.sleep = clock, sleep
+        self.config, self.repo = config, repo
+        self.schedule = schedule or DrillSchedule.from_file(config.config_file)
+        self.clock = clock
         self.last: dict[str, Any] | None = None
-        past = drill.history(agent.config.state_dir, last=1)
+        past = drill.history(config.state_dir, last=1)
         self.last = past[-1] if past else None
-        self.count = len(drill.history(agent.config.state_dir, last=10_000))
+        self.count = len(drill.history(config.state_dir, last=10_000))
 
     def summary(self) -> dict[str, Any] | None:
         """The last drill, for the heartbeat."""
@@ -95,43 +92,43 @@ class DrillScheduler:
     async def run(self) -> None:
         if self.schedule.interval_hours <= 0:
             return
-        await self.sleep(self.schedule.first_delay)
+        await self.clock.sleep(self.schedule.first_delay)
         while True:
             wait = self._due_in()
             if wait > 0:
-                await self.sleep(min(wait, 3600.0))
+                await self.clock.sleep(min(wait, 3600.0))
                 continue
             try:
                 await self.drill_once()
             except (DicomvaultError, OSError) as e:
                 log.error("fire drill could not run: %s", e)
-                await self.sleep(min(3600.0, self.schedule.interval_hours * 3600))
+                await self.clock.sleep(min(3600.0, self.schedule.interval_hours * 3600))
 
     def _due_in(self) -> float:
         if self.last is None:
             return 0.0
         last = drill._parse_time(str(self.last.get("time", "")))
-        return last + self.schedule.interval_hours * 3600 - self.clock()
+        return last + self.schedule.interval_hours * 3600 - self.clock.time()
 
     async def drill_once(self) -> drill.DrillReport:
         """One drill now (against the peer when its turn has come), recorded and reported."""
         self.count += 1
         peer = bool(self.schedule.peer_every) and self.count % self.schedule.peer_every == 0
-        repo = self._peer_repository() if peer else self.agent.repo
-        site = self.schedule.peer_url if peer else self.agent.repo.backend.location
+        repo = self._peer_repository() if peer else self.repo
+        site = self.schedule.peer_url if peer else self.repo.backend.location
         try:
             report = await drill.run_drill(
-                repo, self.schedule.settings, agent=self.agent.config.name, site=str(site),
-                rng=random.Random(), now=self.clock(),
+                repo, self.schedule.settings, agent=self.config.name, site=str(site),
+                rng=random.Random(), now=self.clock.time(),
             )  # fmt: skip
         finally:
-            if repo is not self.agent.repo:
+            if repo is not self.repo:
                 await repo.close()
-        await asyncio.to_thread(drill.record, self.agent.config.state_dir, report)
+        await asyncio.to_thread(drill.record, self.config.state_dir, report)
         self.last = report.as_json()
         log.log(logging.INFO if report.ok else logging.ERROR, "%s", drill.render(report))
         try:
-            await drill.report_to_server(self.agent.repo.backend, report)
+            await drill.report_to_server(self.repo.backend, report)
         except DicomvaultError as e:
             log.error("drill report not delivered to the server: %s", e)
         return report
@@ -139,11 +136,11 @@ class DrillScheduler:
     def _peer_repository(self) -> Repository:
         from engine.remote import RemoteBackend
 
-        s = self.agent.config.repository
+        s = self.config.repository
         token = self.schedule.peer_token or s.token or ""
         if not token and s.token_file:
             token = Path(s.token_file).read_text().strip()
         assert self.schedule.peer_url is not None
         backend = RemoteBackend(self.schedule.peer_url, token, ca_file=s.cacert)
-        cache = Path(s.cache_dir) if s.cache_dir else self.agent.config.state_dir / "drill-cache"
-        return drill.site_repository(self.agent.repo, backend, cache)
+        cache = Path(s.cache_dir) if s.cache_dir else self.config.state_dir / "drill-cache"
+        return drill.site_repository(self.repo, backend, cache)

@@ -9,17 +9,17 @@ back anything up or speak DICOM; it reads only the backend's `replication_status
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from client.agent.inbox import Inbox, Instance, instance_of
 from client.agent.ledger import Ledger
+from engine.clock import SYSTEM, Clock
 
 
 class PeerHold:
-    def __init__(self, ledger: Ledger, inbox: Inbox) -> None:
-        self.ledger, self.inbox = ledger, inbox
+    def __init__(self, ledger: Ledger, inbox: Inbox, clock: Clock = SYSTEM) -> None:
+        self.ledger, self.inbox, self.clock = ledger, inbox, clock
         self.waiting: dict[str, list[Instance]] = {
             snapshot: [
                 instance_of(Path(path), size) or Instance(Path(path), uid, size)
@@ -63,7 +63,7 @@ class PeerHold:
 
     def release(self, snapshot: str) -> None:
         instances = self.waiting.pop(snapshot)
-        self.ledger.record_instances(committed_rows(instances), snapshot, time.time())
+        self.ledger.record_instances(committed_rows(instances), snapshot, self.clock.time())
         self.inbox.remove(instances)
         self.ledger.release(snapshot)
 
@@ -71,6 +71,14 @@ class PeerHold:
 def committed_rows(instances: list[Instance]) -> list[tuple[str, str, str]]:
     """The ledger's rows for `instances`: (class UID, instance UID, dataset's own UID or '')."""
     return [(i.sop_class_uid, i.sop_instance_uid, i.dataset_uid) for i in instances]
+
+
+def peer_holds(status: dict[str, Any] | None, snapshot: str | None) -> bool | None:
+    """Whether every peer holds `snapshot` (True with none to hold); None with no peers."""
+    peers = (status or {}).get("peers") or []
+    if not peers:
+        return None
+    return snapshot is None or bool(held_by_every_peer(status, [snapshot]))
 
 
 def held_by_every_peer(status: dict[str, Any] | None, snapshots: list[str]) -> list[str]:

@@ -19,7 +19,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +40,7 @@ from client.agent.config import DicomSettings
 from client.agent.door import Door
 from client.agent.inbox import MAX_UID, TMP_PREFIX, Inbox, Instance, valid_uid
 from client.agent.ledger import CommitmentRequest
+from engine.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 SUCCESS = 0x0000
@@ -77,13 +77,14 @@ class GatedServer(AssociationServer):
     running before the next connection is looked at, so the count the Door sees is exact."""
 
     door: Door
+    clock: Clock
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
         live = [str(a.requestor.address) for a in self.ae.active_associations if a.is_acceptor]
         reason = self.door.connection(host, live)
         if reason is not None:
-            self.door.refuse(time.time(), host, "", reason)
+            self.door.refuse(self.clock.time(), host, "", reason)
         return reason is None
 
 
@@ -124,10 +125,11 @@ class Receiver:
         on_instance: Callable[[Instance], None],
         on_commitment: Callable[[CommitmentRequest], None],
         accepting: Callable[[], bool],
+        clock: Clock = SYSTEM,
     ) -> None:
         self.settings, self.inbox = settings, inbox
         self._on_instance, self._on_commitment = on_instance, on_commitment
-        self._accepting = accepting
+        self._accepting, self.clock = accepting, clock
         self._associations: dict[str, Association] = {}  # transaction UID → asking association
         self._lock = threading.Lock()
         self.ae = build_ae(settings)
@@ -154,7 +156,7 @@ class Receiver:
             GatedServer,
             self.ae.make_server(address, evt_handlers=handlers, server_class=GatedServer),
         )
-        server.door = self.door
+        server.door, server.clock = self.door, self.clock
         # pynetdicom's shutdown() removes the server from this list
         self.ae._servers.append(server)  # type: ignore[arg-type]
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
@@ -176,7 +178,7 @@ class Receiver:
         if verdict is None:
             return
         reject, reason = verdict
-        self.door.refuse(time.time(), host, calling, reason)
+        self.door.refuse(self.clock.time(), host, calling, reason)
         assoc.acse.send_reject(*reject)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
@@ -237,7 +239,7 @@ class Receiver:
                 _calling_ae(event.assoc),
                 str(event.assoc.requestor.address),
                 items,
-                time.time(),
+                self.clock.time(),
             )
         except (AttributeError, ValueError, TypeError) as e:
             log.warning("malformed Storage Commitment request: %s", e)

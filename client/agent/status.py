@@ -2,8 +2,8 @@
 
 Owns the file's place (`<state dir>/status.json`), its schema (version 1, documented in
 docs/design.md "Agent"), the liveness test (the pid in it is alive and the file is fresh) and
-the text rendering. Builds the document from a running `Agent`'s figures; computes none of
-them itself.
+the text rendering. The daemon builds the document from its figures (`Agent.status`); this
+module knows no agent.
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from client.repository import now_rfc3339
-
-if TYPE_CHECKING:
-    from client.agent.daemon import Agent
+from engine.clock import SYSTEM, Clock
 
 STATUS_VERSION = 1
 STATUS_NAME = "status.json"
@@ -45,13 +41,13 @@ def write_status(state_dir: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, status_path(state_dir))
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path, clock: Clock = SYSTEM) -> dict[str, Any] | None:
     """The last status the agent wrote, with `running` set from its pid and age; None if none."""
     try:
         doc: dict[str, Any] = json.loads(status_path(state_dir).read_text())
     except (OSError, ValueError):
         return None
-    age = time.time() - float(doc.get("updated_unix", 0))
+    age = clock.time() - float(doc.get("updated_unix", 0))
     doc["running"] = (
         doc.get("state") == "running" and pid_alive(int(doc.get("pid", 0))) and age < STALE_SECONDS
     )
@@ -117,57 +113,3 @@ def render(doc: dict[str, Any]) -> str:
     lines += [f"ALERT: {a}" for a in doc.get("alerts", [])]
     lines += [f"error: {e['time']} {e['message']}" for e in doc.get("errors", [])[-5:]]
     return "\n".join(lines)
-
-
-def status_document(agent: Agent, state: str) -> dict[str, Any]:
-    """The status file's document (schema version 1) for a running agent."""
-    rate, limit, pending = agent.upload_rate(), agent.rate_limit(), agent.bytes_pending()
-    speed = rate if rate > 0 else limit
-    queued_instances = sum(1 for i in agent.queue.items.values() if i.instance)
-    return {
-        "version": STATUS_VERSION,
-        "agent": agent.config.name,
-        "pid": os.getpid(),
-        "dicomvault": agent_version(),
-        "state": state,
-        "started": agent.started,
-        "updated": now_rfc3339(),
-        "updated_unix": time.time(),
-        "repository": agent.repo.backend.location,
-        "sources": agent.config.sources(),
-        "dicom_port": agent.receiver.port if agent.receiver else None,
-        "queue": {
-            "files": agent.queue.files,
-            "bytes": agent.queue.bytes,
-            "instances": queued_instances,
-            "watched": agent.queue.files - queued_instances,
-            "settling": len(agent.settler),
-        },
-        "spool": {
-            "bytes": agent.inbox.held_bytes,
-            "packs_bytes": agent.packs_bytes(),
-            "max_bytes": agent.policy.spool_max_bytes,
-            "alert_bytes": agent.policy.spool_alert_bytes,
-            "held_for_peer": agent.hold.instances,
-        },
-        "bytes_pending": pending,
-        "mode": agent.decision.mode,
-        "window": agent.decision.window,
-        "upload": {
-            "rate_bytes_per_s": round(rate),
-            "limit_bytes_per_s": limit,
-            "bytes_total": agent.repo.backend.bytes_uploaded,
-        },
-        "eta_seconds": round(pending / speed, 1)
-        if pending and speed
-        else (0 if not pending else None),
-        "last_commit": agent.last_commit.as_json() if agent.last_commit else None,
-        "received": agent.receiver.received if agent.receiver else 0,
-        "refused": agent.receiver.refused if agent.receiver else 0,
-        "invalid": agent.receiver.invalid if agent.receiver else 0,
-        "associations_refused": agent.receiver.door.refused if agent.receiver else 0,
-        "refusals": [r.as_json() for r in agent.receiver.door.recent] if agent.receiver else [],
-        "commitments_pending": len(agent.ledger.commitments()),
-        "errors": list(agent.errors),
-        "alerts": list(agent.alerts),
-    }

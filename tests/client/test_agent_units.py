@@ -14,8 +14,10 @@ from client.agent.config import Overrides, Policy, load, load_policy
 from client.agent.inbox import Inbox, instance_of
 from client.agent.ledger import CommitmentRequest, Ledger
 from client.agent.receiver import report_dataset
+from client.agent.status import read_status, write_status
 from client.agent.watcher import Settler, WatchSettings
 from client.ratelimit import RateLimiter, ScheduleFile
+from engine.clock import SimulatedClock
 from engine.errors import UsageError
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "agent.example.toml"
@@ -237,3 +239,14 @@ def test_a_commitment_report_lists_successes_and_failures_with_reasons() -> None
     assert ds.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.5"
     assert ds.FailedSOPSequence[0].FailureReason == 0x0112
     assert "FailedSOPSequence" not in report_dataset("1.9", [("1.2", "1.5")], [])
+
+
+def test_status_is_stale_on_the_clock_it_is_read_with(tmp_path: Path) -> None:
+    """`running` needs a fresh file: fresh and stale are decided on the injected clock."""
+    clock = SimulatedClock(start=1_800_000_000.0)
+    doc = {"state": "running", "pid": os.getpid(), "updated_unix": clock.time()}
+    write_status(tmp_path, doc)
+    assert read_status(tmp_path, clock)["running"]  # type: ignore[index]
+    clock.advance(60)
+    stale = read_status(tmp_path, clock)
+    assert stale is not None and not stale["running"] and stale["age_seconds"] == 60
