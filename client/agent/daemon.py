@@ -38,8 +38,10 @@ from client.agent.status import STATUS_VERSION, agent_version, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
+from engine.backend import Replicated
 from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, UsageError
+from engine.retry import RetryingBackend
 
 log = logging.getLogger(__name__)
 TICK = 0.2  # the batch loop looks at the queue this often (and at once on an arrival)
@@ -481,12 +483,13 @@ class Agent:
     def _check_repository(self) -> None:
         """An outage shows in the errors when it starts, not when the retries give up (the
         backend retries for minutes); the spool keeps everything meanwhile."""
-        failing = getattr(self.repo.backend, "last_error", None)
+        backend = self.repo.backend
+        failing = backend.last_error if isinstance(backend, RetryingBackend) else None
         if failing and not self._unreachable:
             self._error(f"repository unreachable, retrying (files wait in the spool): {failing}")
         elif self._unreachable and not failing:
             log.info("the repository answers again")
-        self._unreachable = failing if isinstance(failing, str) else None
+        self._unreachable = failing
 
     def _check_alerts(self) -> None:
         uploader = self.repo.uploader
@@ -600,9 +603,9 @@ class Agent:
             await self.page.close()
 
     async def _ask_peers(self) -> None:
-        status = getattr(self.repo.backend, "replication_status", None)
+        backend = self.repo.backend
         try:
-            doc = await status() if status is not None else None
+            doc = await backend.replication_status() if isinstance(backend, Replicated) else None
         except (DicomvaultError, OSError) as e:
             log.warning("cannot learn whether the peer sites hold the last commit: %s", e)
             return

@@ -14,6 +14,7 @@ from typing import Any
 
 from client.agent.inbox import Inbox, Instance, instance_of
 from client.agent.ledger import Ledger
+from engine.backend import Replicated
 from engine.clock import SYSTEM, Clock
 
 
@@ -52,8 +53,7 @@ class PeerHold:
         if not self.waiting:
             return []
         if wait_for_peers:
-            status = getattr(backend, "replication_status", None)
-            doc = await status() if status is not None else None
+            doc = await backend.replication_status() if isinstance(backend, Replicated) else None
             ready = held_by_every_peer(doc, list(self.waiting))
         else:
             ready = list(self.waiting)
