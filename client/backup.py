@@ -115,7 +115,10 @@ class Backup:
         self._catalogue: Any = None
         self._cache_updates: list[tuple[str, dict[str, Any]]] = []
 
-    async def run(self, paths: list[str], tags: list[str] | None = None) -> Summary:
+    async def run(
+        self, paths: list[str], tags: list[str] | None = None, sources: list[str] | None = None
+    ) -> Summary:
+        """Back up `paths` into one snapshot; `sources` names where they came from (agent)."""
         start = time.monotonic()
         if not self.repo.backend.knows_chunks:
             await self.repo.sync_index()  # packs left by a crashed run become known again
@@ -136,6 +139,7 @@ class Backup:
                 tree,
                 self._stats(),
                 tags or [],
+                sources or [],
             )
             sid = await self.repo.commit(body, parent, self.refs, self.host)
         finally:

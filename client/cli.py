@@ -13,15 +13,19 @@ import os
 import select
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from client.archive import owners, shown_path, snapshot_where, union
 from client.backup import Backup
 from client.check import check
 from client.cli_agent import agent_parsers, cmd_agent, cmd_drill, cmd_status, drill_parser
 from client.cli_common import (
     EXIT_PARTIAL,
+    as_of_option,
     emit,
+    one_of_snapshot_or_as_of,
     open_backend,
     progress,
     read_passphrase,
@@ -44,7 +48,7 @@ from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogu
 from client.restore_target import Overwrite, check_target
 from engine.backend import Replicated
 from engine.blob import Codec
-from engine.catalogue import Entry
+from engine.catalogue import Entry, SnapshotBody
 from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
 from engine.ids import SnapshotId
 from engine.keys import KdfParams
@@ -152,9 +156,10 @@ def _parser() -> argparse.ArgumentParser:
         default="jpegls",
         help="lossless codec for native DICOM pixel data (none: zstd)",
     )
-    cmd("snapshots", "list snapshots")
-    c = cmd("ls", "list the files in a snapshot")
-    c.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    cmd("snapshots", "list snapshots (an agent's by the sources its batch came from)")
+    c = cmd("ls", "list the files in a snapshot, or in the whole archive as of a time")
+    c.add_argument("snapshot", nargs="?", help="snapshot id, unique prefix, or 'latest'")
+    as_of_option(c, "list every path of every snapshot up to TIME (newest version each)")
     c = cmd("restore", "restore a snapshot into a folder, or one study into a folder or a PACS")
     c.add_argument(
         "snapshot",
@@ -179,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         help="remove files and folders in the target (within --include) that the snapshot "
         "does not hold",
     )
+    as_of_option(c, "restore every path of every snapshot up to TIME (newest version each)")
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")
     find_options(c)
@@ -266,6 +272,8 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
                 "time": body.time,
                 "host": body.host,
                 "paths": body.paths,
+                "sources": body.sources,
+                "where": snapshot_where(body),
                 "tags": body.tags,
                 **body.stats,
             }
@@ -278,7 +286,7 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
             if sites is not None:
                 r["sites"] = sites.get(SnapshotId.parse(r["id"]), {})
         lines = [
-            f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  {' '.join(r['paths'])}"
+            f"{r['id'][:8]}  {r['time']}  {r['host']}  {r['files']} files  {r['where']}"
             + "".join(f"  {s}:{'yes' if ok else 'no'}" for s, ok in r.get("sites", {}).items())
             for r in rows
         ]
@@ -289,19 +297,33 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:
+    when = one_of_snapshot_or_as_of(args)
+
     async def run(repo: Repository) -> int:
-        _, body = await repo.load_snapshot(await repo.resolve(args.snapshot))
-        rows = [e.to_json() async for e in catalogue(repo, body)]
-        for r in rows:
-            r.pop("chunks", None)
+        if when is not None:
+            rows = [_ls_row(e, body, sid) async for sid, body, e in union(repo, when)]
+        else:
+            _, body = await repo.load_snapshot(await repo.resolve(args.snapshot))
+            rows = [_ls_row(e, body) async for e in catalogue(repo, body)]
         emit(
             args,
             {"entries": rows},
-            "\n".join(f"{r['type'][0]} {r['size']:>12} /{r['path']}" for r in rows),
+            "\n".join(f"{r['type'][0]} {r['size']:>12} /{r['shown']}" for r in rows),
         )
         return 0
 
     return await with_repo(args, run)
+
+
+def _ls_row(entry: Entry, body: SnapshotBody, snapshot: SnapshotId | None = None) -> dict[str, Any]:
+    """An entry as `ls` shows it: without chunks, with its readable name (and, in an as-of
+    listing, the snapshot it comes from)."""
+    row = entry.to_json()
+    row.pop("chunks", None)
+    row["shown"] = shown_path(entry, body)
+    if snapshot is not None:
+        row["snapshot"] = snapshot.hex()
+    return row
 
 
 async def cmd_restore(args: argparse.Namespace) -> int:
@@ -311,7 +333,14 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     peer = Peer.parse(args.to_pacs) if args.to_pacs else None
     check_aet(args.calling_aet)
 
+    when = one_of_snapshot_or_as_of(args) if args.as_of is not None else None
+    if when is not None and (select is not None or peer is not None or args.delete):
+        raise UsageError("--as-of restores whole snapshots' files: not with --study, "
+                         "--series, --to-pacs or --delete")  # fmt: skip
+
     async def run(repo: Repository) -> int:
+        if when is not None:
+            return await _restore_as_of(args, repo, when)
         snapshot = await repo.resolve(args.snapshot) if args.snapshot else None
         if select is not None:
             snapshot = await snapshot_holding(repo, select, snapshot)
@@ -349,6 +378,31 @@ async def _restore_files(
     emit(args, s.as_json(), _restored_text(s, args.target))
     if s.errors:
         raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
+    return 0
+
+
+async def _restore_as_of(args: argparse.Namespace, repo: Repository, when: datetime) -> int:
+    """The archive as of `when`: each snapshot restores the paths it is the newest holder of."""
+    check_target(Path(args.target))
+    total = RestoreSummary(snapshot=f"as of {when.isoformat()}")
+    with progress(args, "restore") as shown:
+        for sid, select in (await owners(repo, when)).items():
+            restorer = Restorer(
+                repo, Path(args.target), includes=args.include, select=select,
+                progress=lambda s, path: shown.update(
+                    total.files + s.files, total.bytes_written + s.bytes_written, path
+                ),
+                overwrite=Overwrite(args.overwrite),
+            )  # fmt: skip
+            s = await restorer.run(sid)
+            for name in ("files", "dirs", "bytes_written", "overwritten", "kept", "duration_s"):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+            total.errors += s.errors
+    for err in total.errors:
+        print(f"error: {err}", file=sys.stderr)
+    emit(args, total.as_json(), _restored_text(total, args.target))
+    if total.errors:
+        raise RestoreIncomplete(f"restore completed, but {len(total.errors)} entries failed")
     return 0
 
 

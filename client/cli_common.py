@@ -11,9 +11,11 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from client.archive import parse_as_of
 from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
@@ -84,6 +86,19 @@ def progress(args: argparse.Namespace, command: str, unit: str = "files") -> Pro
     except ValueError:
         raise UsageError(f"DICOMVAULT_PROGRESS_INTERVAL must be seconds, not {text!r}") from None
     return Progress(command, unit, style=choose_style(args.json), interval=interval)
+
+
+def as_of_option(c: argparse.ArgumentParser, help: str) -> None:
+    c.add_argument(
+        "--as-of", metavar="TIME", help=help + ": now, YYYY-MM-DD (to its end) or ISO 8601"
+    )
+
+
+def one_of_snapshot_or_as_of(args: argparse.Namespace) -> datetime | None:
+    """`--as-of`'s time, or None when a snapshot is named; exactly one of the two is given."""
+    if (args.snapshot is None) == (args.as_of is None):
+        raise UsageError("name a snapshot or give --as-of TIME (one of the two)")
+    return None if args.as_of is None else parse_as_of(args.as_of)
 
 
 def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:

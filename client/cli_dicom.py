@@ -51,8 +51,8 @@ def restore_selection(args: argparse.Namespace) -> Callable[[Entry], bool] | Non
         raise UsageError("restore needs --target (or --to-pacs with --study)")
     if args.delete and dicom:
         raise UsageError("--delete restores a whole snapshot or --include path, not a study")
-    if not dicom and not args.snapshot:
-        raise UsageError("restore needs a snapshot (or --study/--series)")
+    if not dicom and not args.snapshot and not args.as_of:
+        raise UsageError("restore needs a snapshot (or --study/--series, or --as-of TIME)")
     return study_selector(args.study, args.series) if dicom else None
 
 

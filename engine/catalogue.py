@@ -87,6 +87,7 @@ class SnapshotBody:
     tree: list[tuple[ChunkId, int]]  # catalogue chunks, in order
     stats: dict[str, Any]
     tags: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # where an agent batch came from (3.7)
 
     def encode(self) -> bytes:
         doc = {
@@ -98,6 +99,8 @@ class SnapshotBody:
             "stats": self.stats,
             "tags": self.tags,
         }
+        if self.sources:  # only when set: a body without it is byte-for-byte as before
+            doc["sources"] = self.sources
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -113,6 +116,7 @@ class SnapshotBody:
                 tree=[(ChunkId.parse(c), n) for c, n in doc["tree"]],
                 stats=doc["stats"],
                 tags=doc.get("tags", []),
+                sources=doc.get("sources", []),
             )
         except FormatError:
             raise

@@ -36,6 +36,7 @@ from client.agent.receiver import (
 )
 from client.agent.status import STATUS_VERSION, agent_version, write_status
 from client.agent.watcher import Settled, Settler, Watcher, scan
+from client.archive import batch_sources
 from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
 from engine.backend import Replicated
@@ -311,7 +312,7 @@ class Agent:
 
     async def _backup(self, paths: list[str]) -> Summary:
         backup = Backup(self.repo, host=self.config.name, files_cache=False, find_parent=False)
-        summary = await backup.run(paths, ["agent"])
+        summary = await backup.run(paths, ["agent"], batch_sources(self.config, paths))
         if self._batch_summaries is not None:
             self._batch_summaries.append(summary)
         log.info(

@@ -108,3 +108,14 @@ def test_snapshot_body_round_trips_and_refuses_other_versions() -> None:
         SnapshotBody.decode(json.dumps(doc).encode())
     with pytest.raises(FormatError, match="malformed"):
         SnapshotBody.decode(b"[]")
+
+
+def test_snapshot_body_sources_are_optional_and_unknown_keys_are_ignored() -> None:
+    plain = SnapshotBody("2026-01-02T03:04:05Z", "host", ["/data"], [(C1, 100)], {"files": 1})
+    assert b"sources" not in plain.encode()  # a body without sources encodes as before
+    agent = SnapshotBody(
+        "2026-01-02T03:04:05Z", "pc-1", ["/spool/x"], [(C1, 1)], {}, ["agent"], ["dicom:A@h:1"]
+    )
+    assert SnapshotBody.decode(agent.encode()) == agent
+    doc = json.loads(agent.encode()) | {"later_field": 1}  # a newer writer's extra key
+    assert SnapshotBody.decode(json.dumps(doc).encode()).sources == ["dicom:A@h:1"]
