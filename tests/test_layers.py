@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The server never holds a key: of the engine it may use only these keyless modules.
 SERVER_ENGINE = ("engine.ids", "engine.errors", "engine.pack", "engine.commit", "engine.store")
-SERVER_ENGINE += ("engine.rates", "engine.keyobject", "engine.protocol")
+SERVER_ENGINE += ("engine.rates", "engine.keyobject", "engine.protocol", "engine.clock")
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("engine", ("server", "client", "benchmarks", "tests", "aiohttp.web"), ()),
     ("server", ("client", "benchmarks", "tests", "engine", "cryptography"), SERVER_ENGINE),

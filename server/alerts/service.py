@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from engine.clock import Clock
 from server.alerts.conditions import (
     Condition,
     DiskUsageFn,
@@ -45,7 +45,7 @@ class AlertService:
         index: ServerIndex,
         repos: Repositories,
         replication: HasReplicators | None,
-        clock: Callable[[], float],
+        clock: Clock,
         notifier: Notifier | None = None,
         disk_usage: DiskUsageFn = shutil.disk_usage,
     ) -> None:
@@ -61,7 +61,7 @@ class AlertService:
 
     def storage_full(self) -> None:
         """A write failed with ENOSPC: open the disk alert now, not at the next evaluation."""
-        self.storage_full_at = self.clock()
+        self.storage_full_at = self.clock.time()
         self._wake.set()
 
     async def run(self) -> None:
@@ -76,7 +76,7 @@ class AlertService:
 
     async def tick(self) -> list[Condition]:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
-        now = self.clock()
+        now = self.clock.time()
         facts = await asyncio.to_thread(
             gather, self.config, self.index, self.repos, self.replication, now, self.disk_usage
         )

@@ -21,7 +21,7 @@ from engine.remote import RemoteBackend
 from server.admin import create_repository
 from server.app import make_app
 from server.config import ServerConfig
-from server.state import INDEX, REPOS
+from server.state import CLOCK, INDEX, REPOS
 
 MiB = 1024 * 1024
 REPO = "clinic"
@@ -60,7 +60,9 @@ class Harness:
         return str(self.server.make_url("")).rstrip("/")
 
     def add_repo(self, name: str) -> dict[str, str]:
-        self.tokens[name] = create_repository(self.app[REPOS], self.app[INDEX], name)
+        self.tokens[name] = create_repository(
+            self.app[REPOS], self.app[INDEX], name, self.app[CLOCK].time()
+        )
         return self.tokens[name]
 
     def backend(self, role: str = "backup", repo: str = REPO, **kw: Any) -> RemoteBackend:
