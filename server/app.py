@@ -118,7 +118,9 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
     # After the index: the queue lives in the same LMDB environment.
-    replication = Replication(app[CONFIG], app[INDEX], app[REPOS], app[CLOCK])
+    replication = Replication(
+        app[CONFIG].replication_settings(), app[INDEX], app[REPOS], app[CLOCK]
+    )
     app[REPLICATION] = replication
     replication.start()
     yield
@@ -160,7 +162,7 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     # Alerts (docs/design.md "Alerts"): evaluated every `alerts.evaluate_interval`.
     service = AlertService(
-        app[CONFIG],
+        app[CONFIG].alert_site(),
         app[INDEX],
         app[REPOS],
         app[REPLICATION],

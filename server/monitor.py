@@ -155,7 +155,13 @@ async def status_json(request: web.Request) -> web.Response:
     app = request.app
     now = app[CLOCK].time()
     facts = await asyncio.to_thread(
-        gather, app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], now, app[DISK_USAGE]
+        gather,
+        app[CONFIG].alert_site(),
+        app[INDEX],
+        app[REPOS],
+        app[REPLICATION],
+        now,
+        app[DISK_USAGE],
     )
     alerts = await asyncio.to_thread(app[ALERTS].store.open_alerts)
     return web.json_response(status_document(facts, alerts), headers={"Cache-Control": "no-store"})

@@ -28,9 +28,8 @@ from server.alerts.conditions import (
     iso,
 )
 from server.alerts.delivery import Message, Notifier, Outcome
-from server.alerts.settings import effective
+from server.alerts.settings import AlertSite, effective
 from server.alerts.store import AlertStore
-from server.config import ServerConfig
 from server.index import ServerIndex
 from server.repos import Repositories
 
@@ -41,7 +40,7 @@ SUBJECT = "[dicomvault {site}] {tag} {text}"
 class AlertService:
     def __init__(
         self,
-        config: ServerConfig,
+        config: AlertSite,
         index: ServerIndex,
         repos: Repositories,
         replication: HasReplicators | None,
@@ -212,7 +211,7 @@ class AlertService:
         return await self.notifier.send(Message("digest", subject, text + "\n", payload), *audience)
 
 
-def _own_webhooks(config: ServerConfig, repo: str) -> tuple[str, ...]:
+def _own_webhooks(config: AlertSite, repo: str) -> tuple[str, ...]:
     return next((p.webhooks for p in config.repos if p.name == repo), ())
 
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.clock import Clock
-from server.config import ServerConfig
 from server.index import ServerIndex
+from server.replication.settings import ReplicationSettings
 from server.replication.state import Item, Lag, ReplicationState
 from server.replication.worker import Replicator
 from server.repos import Repositories
@@ -24,7 +24,7 @@ from server.repos import Repositories
 class Replication:
     def __init__(
         self,
-        config: ServerConfig,
+        config: ReplicationSettings,
         index: ServerIndex,
         repos: Repositories,
         clock: Clock,
