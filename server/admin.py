@@ -7,11 +7,11 @@ environment; LMDB is multi-process safe). Must not parse arguments or print.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from engine.clock import SYSTEM
 from engine.errors import RepositoryExists
 from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token, validate_repo_name
 from server.config import ServerConfig
@@ -29,7 +29,9 @@ def open_index(config: ServerConfig) -> Iterator[ServerIndex]:
         index.close()
 
 
-def create_repository(repos: Repositories, index: ServerIndex, name: str) -> dict[str, str]:
+def create_repository(
+    repos: Repositories, index: ServerIndex, name: str, now: float
+) -> dict[str, str]:
     """Create repository `name` and return one fresh token per role (shown once, stored hashed)."""
     from server.replication.state import ReplicationState
 
@@ -37,12 +39,12 @@ def create_repository(repos: Repositories, index: ServerIndex, name: str) -> dic
     if owner is not None:
         raise RepositoryExists(f"repository name {name!r} is reserved for replicas from {owner!r}")
     repos.create(name)
-    return {str(role): mint_token(index, name, role) for role in PRACTICE_ROLES}
+    return {str(role): mint_token(index, name, role, now) for role in PRACTICE_ROLES}
 
 
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
     with open_index(config) as index:
-        return create_repository(Repositories(config.repos_dir), index, name)
+        return create_repository(Repositories(config.repos_dir), index, name, SYSTEM.time())
 
 
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
@@ -59,19 +61,20 @@ def quarantine_offline(
     with open_index(config) as index:
         repo = Repositories(config.repos_dir).get(name)
         obj = object_name(kind, ident)
-        return quarantine(repo, index, obj, by="server operator", reason=reason, now=time.time())
+        return quarantine(repo, index, obj, by="server operator", reason=reason, now=SYSTEM.time())
 
 
 def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[str]) -> str:
     """Mint a replica token for the primary site labelled `peer` (shown once, stored hashed),
     after binding the repository names it may fill here (docs/design.md §6.2)."""
     with open_index(config) as index:
-        bind_replica_names(Repositories(config.repos_dir), index, peer, repos)
-        return mint_replica_token(index, peer)
+        now = SYSTEM.time()
+        bind_replica_names(Repositories(config.repos_dir), index, peer, repos, now)
+        return mint_replica_token(index, peer, now)
 
 
 def bind_replica_names(
-    repos: Repositories, index: ServerIndex, peer: str, names: Sequence[str]
+    repos: Repositories, index: ServerIndex, peer: str, names: Sequence[str], now: float
 ) -> None:
     """Reserve `names` for replicas pushed by `peer`: only these may it create here, and no
     practice of this site may take them. A name already this site's own, or another
@@ -85,7 +88,7 @@ def bind_replica_names(
             held = f"replicas from {owner!r}" if owner else "a practice of this site"
             raise RepositoryExists(f"repository name {name!r} is already held by {held}")
     for name in names:
-        state.claim_replica(name, peer, time.time())
+        state.claim_replica(name, peer, now)
 
 
 def promote_replica_offline(config: ServerConfig, name: str) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
@@ -117,7 +118,9 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
     # After the index: the queue lives in the same LMDB environment.
-    replication = Replication(app[CONFIG], app[INDEX], app[REPOS], app[CLOCK])
+    replication = Replication(
+        app[CONFIG].replication_settings(), app[INDEX], app[REPOS], app[CLOCK]
+    )
     app[REPLICATION] = replication
     replication.start()
     yield
@@ -128,7 +131,8 @@ async def _sweep_forever(app: web.Application) -> None:
     config = app[CONFIG]
     while True:
         await asyncio.sleep(config.sweep_interval)
-        await asyncio.to_thread(app[REPOS].sweep_temp_files, config.incoming_max_age)
+        cutoff = app[CLOCK].time() - config.incoming_max_age
+        await asyncio.to_thread(app[REPOS].sweep_temp_files, cutoff)
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -146,7 +150,7 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SCRUB] = scrubber = Scrubber(config, app[INDEX], app[REPOS], app[CLOCK])
     task = None
     if config.scrub_interval > 0:
-        task = asyncio.create_task(run_scheduled(scrubber, config.scrub_interval, app[CLOCK]))
+        task = asyncio.create_task(run_scheduled(scrubber, config.scrub_interval))
     yield
     await scrubber.stop()
     if task is not None:
@@ -158,7 +162,7 @@ async def _scrub_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     # Alerts (docs/design.md "Alerts"): evaluated every `alerts.evaluate_interval`.
     service = AlertService(
-        app[CONFIG],
+        app[CONFIG].alert_site(),
         app[INDEX],
         app[REPOS],
         app[REPLICATION],
@@ -176,7 +180,7 @@ async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
 def make_app(
     config: ServerConfig,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = SYSTEM,
     disk_usage: DiskUsageFn = shutil.disk_usage,
 ) -> web.Application:
     """The server; tests inject the clock and the disk-usage probe behind the disk alert."""

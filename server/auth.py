@@ -12,7 +12,6 @@ import enum
 import hmac
 import re
 import secrets
-import time
 
 import blake3
 from aiohttp import web
@@ -65,17 +64,17 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def mint_token(index: ServerIndex, repo: str, role: Role) -> str:
+def mint_token(index: ServerIndex, repo: str, role: Role, now: float) -> str:
     """Create a token for `repo` with `role`; only its hash is stored, so show it once."""
     token = new_token()
-    index.put_token(hash_token(token), {"repo": repo, "role": str(role), "created": time.time()})
+    index.put_token(hash_token(token), {"repo": repo, "role": str(role), "created": now})
     return token
 
 
-def mint_replica_token(index: ServerIndex, peer: str) -> str:
+def mint_replica_token(index: ServerIndex, peer: str, now: float) -> str:
     """A token a primary site (labelled `peer`) uses to push replicas here; shown once."""
     token = new_token()
-    doc = {"repo": "", "role": str(Role.REPLICA), "peer": peer, "created": time.time()}
+    doc = {"repo": "", "role": str(Role.REPLICA), "peer": peer, "created": now}
     index.put_token(hash_token(token), doc)
     return token
 

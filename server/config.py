@@ -13,8 +13,14 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.rates import parse_rate
-from server.alerts.settings import AlertSettings, RepoPolicy, alerts_from_dict, repos_from_dict
-from server.replication.settings import PeerConfig, peers_from_list
+from server.alerts.settings import (
+    AlertSettings,
+    AlertSite,
+    RepoPolicy,
+    alerts_from_dict,
+    repos_from_dict,
+)
+from server.replication.settings import PeerConfig, ReplicationSettings, peers_from_list
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8420
@@ -67,6 +73,14 @@ class ServerConfig:
     @property
     def repos_dir(self) -> Path:
         return self.data_dir / "repos"
+
+    def replication_settings(self) -> ReplicationSettings:
+        return ReplicationSettings(
+            self.site_name, self.peers, self.replication_poll_interval, self.replication_retry_max
+        )
+
+    def alert_site(self) -> AlertSite:
+        return AlertSite(self.site_name, self.data_dir, self.alerts, self.repos)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -283,7 +283,7 @@ def _store_commit(
     if write_durably(path, data):  # False means a retried commit: same bytes, same name
         # The receive time (the no-commit alert's clock) is the file's mtime, which reindex
         # reads back; it comes from the app's clock so that tests can move it.
-        received = request.app[CLOCK]()
+        received = request.app[CLOCK].time()
         os.utime(path, (received, received))
     summary = snapshot_summary(record, path.stat().st_mtime)
     request.app[INDEX].add_snapshot(repo.name, sid, summary)
@@ -345,7 +345,7 @@ async def quarantine_object(request: web.Request) -> web.Response:
     name = object_name(kind, request.match_info["id"])
     by = f"admin token from {request.remote}"
     reason = request.query.get("reason", "")[:500]
-    now = request.app[CLOCK]()
+    now = request.app[CLOCK].time()
     entry = await asyncio.to_thread(
         quarantine, repo, request.app[INDEX], name, by=by, reason=reason, now=now
     )
@@ -362,7 +362,7 @@ async def post_heartbeat(request: web.Request) -> web.Response:
     if not isinstance(info.get("agent"), str) or not info["agent"]:
         raise UsageError('heartbeat must be a JSON object with a string "agent"')
     agent = info["agent"][:128]
-    doc = {"agent": agent, "received": request.app[CLOCK](), "info": info}
+    doc = {"agent": agent, "received": request.app[CLOCK].time(), "info": info}
     request.app[INDEX].put_heartbeat(repo.name, agent, doc)
     return web.json_response({"received": doc["received"]})
 

@@ -85,7 +85,7 @@ async def start_scrub(request: web.Request) -> web.Response:
 async def post_drill(request: web.Request) -> web.Response:
     repo = _repository(request, Action.APPEND)
     body = parse_json_object(await small_body(request, DRILL_BODY), "drill report")
-    report = parse_report(body, request.app[CLOCK]())
+    report = parse_report(body, request.app[CLOCK].time())
     await asyncio.to_thread(DrillRecords(request.app[INDEX]).put, repo.name, report)
     return web.json_response({"received": report["received"]}, status=201)
 
@@ -153,9 +153,15 @@ async def status_page(request: web.Request) -> web.Response:
 async def status_json(request: web.Request) -> web.Response:
     authorize_provider(request.app[INDEX], request)
     app = request.app
-    now = app[CLOCK]()
+    now = app[CLOCK].time()
     facts = await asyncio.to_thread(
-        gather, app[CONFIG], app[INDEX], app[REPOS], app[REPLICATION], now, app[DISK_USAGE]
+        gather,
+        app[CONFIG].alert_site(),
+        app[INDEX],
+        app[REPOS],
+        app[REPLICATION],
+        now,
+        app[DISK_USAGE],
     )
     alerts = await asyncio.to_thread(app[ALERTS].store.open_alerts)
     return web.json_response(status_document(facts, alerts), headers={"Cache-Control": "no-store"})

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from engine.clock import SYSTEM
 from server.admin import open_index
 from server.alerts.store import AlertStore
 from server.config import ServerConfig
@@ -24,7 +25,7 @@ def scrub_offline(config: ServerConfig, only: list[str] | None = None) -> ScrubR
         repos = Repositories(config.repos_dir)
         for name in only or []:
             repos.get(name)  # RepositoryNotFound before any work
-        return asyncio.run(Scrubber(config, index, repos).run_pass(only))
+        return asyncio.run(Scrubber(config, index, repos, SYSTEM).run_pass(only))
 
 
 def open_alerts_offline(config: ServerConfig) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def open_alerts_offline(config: ServerConfig) -> list[dict[str, Any]]:
 
 def create_provider_token_offline(config: ServerConfig, label: str) -> str:
     with open_index(config) as index:
-        return mint_provider_token(index, label)
+        return mint_provider_token(index, label, SYSTEM.time())
 
 
 def with_rate(config: ServerConfig, rate: float | None) -> ServerConfig:

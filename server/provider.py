@@ -8,8 +8,6 @@ stored as BLAKE3 hashes like every token) and the checks. Must not know routes.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from engine.errors import PermissionDenied
@@ -20,9 +18,9 @@ from server.index import ServerIndex
 PROVIDER_ROLE = "provider"  # repo "" never matches a repository: practice routes answer 404
 
 
-def mint_provider_token(index: ServerIndex, label: str) -> str:
+def mint_provider_token(index: ServerIndex, label: str, now: float) -> str:
     token = new_token()
-    doc = {"repo": "", "role": PROVIDER_ROLE, "label": label, "created": time.time()}
+    doc = {"repo": "", "role": PROVIDER_ROLE, "label": label, "created": now}
     index.put_token(hash_token(token), doc)
     return token
 

@@ -100,7 +100,7 @@ def _parse_tokens(body: bytes) -> dict[bytes, str]:
 
 
 def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -> int:
-    index, now = request.app[INDEX], request.app[CLOCK]()
+    index, now = request.app[INDEX], request.app[CLOCK].time()
     existing = index.tokens()
     for h, doc in existing:  # revoked at the primary: revoked here
         if doc.get("repo") == repo and doc.get("replicated") and h not in hashes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import time
 from pathlib import Path
 
 from engine.errors import RepositoryExists, RepositoryNotFound
@@ -74,15 +73,15 @@ class Repositories:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
 
-    def sweep_temp_files(self, older_than: float | None = None) -> int:
-        """Remove upload and store temp files; all of them at start-up (`older_than=None`).
+    def sweep_temp_files(self, cutoff: float | None = None) -> int:
+        """Remove upload and store temp files last changed before `cutoff` (epoch seconds);
+        all of them at start-up (`cutoff=None`).
 
         A temp file is never visible under a real name (invariant 1), so deleting it only
         forgets an upload that was never acknowledged. Only folders that receive temp files are
         scanned: packs arrive by link from `.incoming/`, so the (huge) `packs/` tree is skipped.
         """
         removed = 0
-        cutoff = time.time() - older_than if older_than is not None else None
         for name in self.names():
             root = self.root / name
             for folder in (root / INCOMING, root, root / "keys", root / "snapshots"):

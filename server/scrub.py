@@ -14,14 +14,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import blake3
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError
 from engine.ids import ChunkId, PackId
 from engine.pack import pack_name
@@ -85,12 +84,12 @@ class Scrubber:
         config: ServerConfig,
         index: ServerIndex,
         repos: Repositories,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.config, self.index, self.repos, self.clock = config, index, repos, clock
         self.state = ScrubState(index)
         self.replication = ReplicationState(index)
-        self.bucket = TokenBucket(config.scrub_rate)
+        self.bucket = TokenBucket(config.scrub_rate, clock=clock.monotonic, sleep=clock.sleep)
         self._lock = asyncio.Lock()
         self._report = ScrubReport()
         self._last_progress = 0.0
@@ -116,12 +115,12 @@ class Scrubber:
     async def run_pass(self, only: list[str] | None = None) -> ScrubReport:
         """Scrub every repository (or `only` these); one pass at a time per process."""
         async with self._lock:
-            self._report = report = ScrubReport(started=self.clock())
+            self._report = report = ScrubReport(started=self.clock.time())
             names = only if only is not None else await asyncio.to_thread(self.repos.names)
             for name in names:
                 await self._scrub_repo(self.repos.get(name))
                 report.repositories += 1
-            report.finished = self.clock()
+            report.finished = self.clock.time()
             await asyncio.to_thread(self._save_progress, None, True)
             return report
 
@@ -130,7 +129,7 @@ class Scrubber:
     async def _scrub_repo(self, repo: Repository) -> None:
         report = self._report
         before = (report.packs_checked, report.bytes_checked, len(report.bad))
-        started = self.clock()
+        started = self.clock.time()
         await self._retry_unhealed(repo)
         after: PackId | None = None
         while True:
@@ -196,7 +195,7 @@ class Scrubber:
         doc = {
             "repo": repo.name,
             "pack": pack_id.hex(),
-            "found": self.clock(),
+            "found": self.clock.time(),
             "reason": reason,
             "quarantine": str(dest) if dest else None,
             "healed": None,
@@ -217,7 +216,7 @@ class Scrubber:
         bad.healed_from, bad.errors = result.peer, list(result.errors)
         changes: dict[str, Any] = {"error": "; ".join(result.errors) or None}
         if result.peer is not None:
-            changes.update(healed=self.clock(), healed_from=result.peer)
+            changes.update(healed=self.clock.time(), healed_from=result.peer)
         await asyncio.to_thread(self.state.update_bad, repo.name, pack_id, **changes)
 
     async def _retry_unhealed(self, repo: Repository) -> None:
@@ -230,7 +229,7 @@ class Scrubber:
                     self.state.update_bad,
                     repo.name,
                     pack_id,
-                    healed=self.clock(),
+                    healed=self.clock.time(),
                     healed_from="re-upload",
                 )
                 continue
@@ -248,7 +247,7 @@ class Scrubber:
             repo,
             {
                 "started": started,
-                "finished": self.clock(),
+                "finished": self.clock.time(),
                 "packs_checked": r.packs_checked - before[0],
                 "bytes_checked": r.bytes_checked - before[1],
                 "bad": len(found),
@@ -258,7 +257,7 @@ class Scrubber:
         )
 
     async def _maybe_progress(self, repo: str) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
             await asyncio.to_thread(self._save_progress, repo, False)
@@ -272,7 +271,7 @@ class Scrubber:
                 "repo": repo,
                 "started": r.started,
                 "finished": r.finished if done else None,
-                "updated": self.clock(),
+                "updated": self.clock.time(),
                 "packs_checked": r.packs_checked,
                 "bytes_checked": r.bytes_checked,
                 "bad": len(r.bad),
@@ -294,11 +293,11 @@ def _manifest_chunks(path: Path) -> list[ChunkId] | None:
         return None  # the damage reached the manifest: mark_bad scans the index instead
 
 
-async def run_scheduled(scrubber: Scrubber, interval: float, clock: Callable[[], float]) -> None:
+async def run_scheduled(scrubber: Scrubber, interval: float) -> None:
     """Run a pass whenever the last one (by any process) finished `interval` seconds ago."""
     while True:
         last = await asyncio.to_thread(_last_finished, scrubber.state)
-        wait = last + interval - clock() if last is not None else 0.0
+        wait = last + interval - scrubber.clock.time() if last is not None else 0.0
         if wait > 0:
             await asyncio.sleep(min(wait, 60.0))  # re-read: a CLI pass may have run meanwhile
             continue
@@ -316,7 +315,7 @@ async def run_scheduled(scrubber: Scrubber, interval: float, clock: Callable[[],
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(
                     scrubber.state.set_progress,
-                    {"running": False, "error": str(e), "finished": clock()},
+                    {"running": False, "error": str(e), "finished": scrubber.clock.time()},
                 )
             await asyncio.sleep(60.0)
 

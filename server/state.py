@@ -5,10 +5,9 @@ Owns only the names; `server.app` fills them and handlers read them. Must not cr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 
+from engine.clock import Clock
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.config import ServerConfig
@@ -22,7 +21,7 @@ CONFIG = web.AppKey("config", ServerConfig)
 INDEX = web.AppKey("index", ServerIndex)
 REPOS = web.AppKey("repos", Repositories)
 METRICS = web.AppKey("metrics", Metrics)
-CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)

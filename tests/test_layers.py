@@ -17,12 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The server never holds a key: of the engine it may use only these keyless modules.
 SERVER_ENGINE = ("engine.ids", "engine.errors", "engine.pack", "engine.commit", "engine.store")
-SERVER_ENGINE += ("engine.rates", "engine.keyobject", "engine.protocol")
+SERVER_ENGINE += ("engine.rates", "engine.keyobject", "engine.protocol", "engine.clock")
+# Server services are given their own settings (AlertSite, ReplicationSettings): server.config
+# imports theirs, never the other way, and they know nothing of the app that runs them.
+SERVER_SERVICE = ("server.app", "server.handlers", "server.cli", "server.config")
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("engine", ("server", "client", "benchmarks", "tests", "aiohttp.web"), ()),
     ("server", ("client", "benchmarks", "tests", "engine", "cryptography"), SERVER_ENGINE),
-    ("server/alerts", ("server.app", "server.handlers", "server.cli"), ()),
-    ("server/replication", ("server.app", "server.handlers", "server.cli", "server.alerts"), ()),
+    ("server/alerts", SERVER_SERVICE, ()),
+    ("server/replication", (*SERVER_SERVICE, "server.alerts"), ()),
     ("client", ("server", "benchmarks", "tests"), ()),
     ("benchmarks", ("tests",), ()),
     # The agent's parts get what they need passed in: no circle back to the daemon.

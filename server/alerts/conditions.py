@@ -15,8 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.alerts.settings import Effective, effective
-from server.config import ServerConfig
+from server.alerts.settings import AlertSite, Effective, effective
 from server.drills import DrillRecords
 from server.index import ServerIndex
 from server.replication.state import ReplicationState
@@ -103,7 +102,7 @@ class Facts:
 
 
 def gather(
-    config: ServerConfig,
+    config: AlertSite,
     index: ServerIndex,
     repos: Repositories,
     replication: HasReplicators | None,
@@ -128,7 +127,7 @@ def gather(
 
 
 def _repo_facts(
-    config: ServerConfig,
+    config: AlertSite,
     index: ServerIndex,
     repos: Repositories,
     replication: HasReplicators | None,

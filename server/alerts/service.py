@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from engine.clock import Clock
 from server.alerts.conditions import (
     Condition,
     DiskUsageFn,
@@ -28,9 +28,8 @@ from server.alerts.conditions import (
     iso,
 )
 from server.alerts.delivery import Message, Notifier, Outcome
-from server.alerts.settings import effective
+from server.alerts.settings import AlertSite, effective
 from server.alerts.store import AlertStore
-from server.config import ServerConfig
 from server.index import ServerIndex
 from server.repos import Repositories
 
@@ -41,11 +40,11 @@ SUBJECT = "[dicomvault {site}] {tag} {text}"
 class AlertService:
     def __init__(
         self,
-        config: ServerConfig,
+        config: AlertSite,
         index: ServerIndex,
         repos: Repositories,
         replication: HasReplicators | None,
-        clock: Callable[[], float],
+        clock: Clock,
         notifier: Notifier | None = None,
         disk_usage: DiskUsageFn = shutil.disk_usage,
     ) -> None:
@@ -61,7 +60,7 @@ class AlertService:
 
     def storage_full(self) -> None:
         """A write failed with ENOSPC: open the disk alert now, not at the next evaluation."""
-        self.storage_full_at = self.clock()
+        self.storage_full_at = self.clock.time()
         self._wake.set()
 
     async def run(self) -> None:
@@ -76,7 +75,7 @@ class AlertService:
 
     async def tick(self) -> list[Condition]:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
-        now = self.clock()
+        now = self.clock.time()
         facts = await asyncio.to_thread(
             gather, self.config, self.index, self.repos, self.replication, now, self.disk_usage
         )
@@ -212,7 +211,7 @@ class AlertService:
         return await self.notifier.send(Message("digest", subject, text + "\n", payload), *audience)
 
 
-def _own_webhooks(config: ServerConfig, repo: str) -> tuple[str, ...]:
+def _own_webhooks(config: AlertSite, repo: str) -> tuple[str, ...]:
     return next((p.webhooks for p in config.repos if p.name == repo), ())
 
 

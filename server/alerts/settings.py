@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,6 +69,17 @@ class Effective:
     commit_policy_seconds: float
     replication_lag_threshold: float
     practice_recipients: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSite:
+    """What the alert service is given from server.toml (field names as there): the site's
+    name, DATA (whose disk is watched), `[alerts]` and the `[repos.NAME]` policies."""
+
+    site_name: str
+    data_dir: Path
+    alerts: AlertSettings
+    repos: tuple[RepoPolicy, ...]
 
 
 def effective(alerts: AlertSettings, policies: tuple[RepoPolicy, ...], repo: str) -> Effective:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from server.config import ServerConfig
+from engine.clock import Clock
 from server.index import ServerIndex
+from server.replication.settings import ReplicationSettings
 from server.replication.state import Item, Lag, ReplicationState
 from server.replication.worker import Replicator
 from server.repos import Repositories
@@ -23,10 +24,10 @@ from server.repos import Repositories
 class Replication:
     def __init__(
         self,
-        config: ServerConfig,
+        config: ReplicationSettings,
         index: ServerIndex,
         repos: Repositories,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.config, self.index, self.repos, self.clock = config, index, repos, clock
         self.state = ReplicationState(index)
@@ -65,7 +66,8 @@ class Replication:
         not passed on, so two sites replicating to each other cannot loop."""
         if not self.replicators or self.state.replica_owner(repo) is not None:
             return False
-        return self.state.enqueue([r.name for r in self.replicators], repo, items, self.clock()) > 0
+        names = [r.name for r in self.replicators]
+        return self.state.enqueue(names, repo, items, self.clock.time()) > 0
 
     def wake(self) -> None:
         """Continuous peers push at once; scheduled ones look at their window. Loop thread only."""
@@ -76,7 +78,7 @@ class Replication:
 
     def repo_status(self, repo: str) -> dict[str, Any]:
         """Per peer: the backlog of `repo` and which of its snapshots the peer holds."""
-        now = self.clock()
+        now = self.clock.time()
         snapshots = sorted(sid.hex() for sid, _ in self.index.snapshots(repo))
         peers = []
         for r in self.replicators:
@@ -100,7 +102,7 @@ class Replication:
         Unlike the other series these carry repository names (the lag is per practice), so
         `/metrics` belongs behind the provider's firewall (docs/api.md).
         """
-        now = self.clock()
+        now = self.clock.time()
         samples: dict[str, list[str]] = {key: [] for key in _GAUGES}
         for r in self.replicators:
             for repo in self.repos.names():

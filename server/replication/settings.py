@@ -78,6 +78,16 @@ class PeerConfig:
         return self.mode == CONTINUOUS or self.window.is_open(now)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicationSettings:
+    """What the replication service is given from server.toml (field names as there)."""
+
+    site_name: str
+    peers: tuple[PeerConfig, ...]
+    replication_poll_interval: float
+    replication_retry_max: float
+
+
 def peer_from_dict(doc: dict[str, Any]) -> PeerConfig:
     known = {"url", "token", "name", "mode", "window", "rate_limit", "anti_entropy_interval"}
     known.add("ca_file")

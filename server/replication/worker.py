@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.clock import Clock
 from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
@@ -86,14 +87,14 @@ class Replicator:
         index: ServerIndex,
         repos: Repositories,
         *,
-        clock: Callable[[], float],
+        clock: Clock,
         poll: float,
         retry_max: float,
     ) -> None:
         self.peer, self.state, self.index, self.repos = peer, state, index, repos
         self.clock, self.poll, self.retry_max = clock, poll, retry_max
         self.client = PeerClient(peer)
-        self.bucket = TokenBucket(peer.rate_limit)
+        self.bucket = TokenBucket(peer.rate_limit, clock=clock.monotonic, sleep=clock.sleep)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
         self._next_anti_entropy = 0.0  # due at start-up
@@ -117,7 +118,7 @@ class Replicator:
 
     async def step(self) -> None:
         """One unit of work, or one wait: what `run` repeats until cancelled."""
-        now = self.clock()
+        now = self.clock.time()
         if not self.peer.may_send(now):
             await self._idle(self.poll)
             return
@@ -149,7 +150,7 @@ class Replicator:
 
     def _record_error(self, message: str, *, up: bool) -> None:
         self.status.up = up
-        self.status.last_error, self.status.last_error_time = message, self.clock()
+        self.status.last_error, self.status.last_error_time = message, self.clock.time()
 
     # -- draining the queue -----------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class Replicator:
         """Push one item of every repository with work; True if anything was pushed."""
         busy = False
         for repo in await asyncio.to_thread(self.state.repos_with_work, self.name):
-            if not self.peer.may_send(self.clock()):
+            if not self.peer.may_send(self.clock.time()):
                 break
             head = await asyncio.to_thread(self.state.head, self.name, repo, LOOKAHEAD)
             item = self._next_sendable(repo, head)
@@ -169,7 +170,7 @@ class Replicator:
         """The oldest item that may go now. A commit goes only when nothing older is queued
         (so every pack it may need is at the peer); packs and key objects may pass an item the
         peer refused, so one bad pack does not hold back the others."""
-        now = self.clock()
+        now = self.clock.time()
         for i, item in enumerate(head):
             backoff = self._item_backoff.get((repo, item.kind, item.name))
             if backoff is not None and now < backoff.not_before:
@@ -189,9 +190,9 @@ class Replicator:
                       item.kind, item.name, e)  # fmt: skip
             await asyncio.to_thread(self.state.drop, self.name, repo, item)
             return True
-        await asyncio.to_thread(self.state.ack, self.name, repo, [item], self.clock())
+        await asyncio.to_thread(self.state.ack, self.name, repo, [item], self.clock.time())
         self._item_backoff.pop((repo, item.kind, item.name), None)
-        self.status.up, self.status.last_success = True, self.clock()
+        self.status.up, self.status.last_success = True, self.clock.time()
         return True
 
     def _refused(self, repo: str, item: Item, e: PeerRefused) -> None:
@@ -204,7 +205,7 @@ class Replicator:
             self.request_anti_entropy()
             return
         backoff = self._item_backoff.setdefault((repo, item.kind, item.name), _Backoff())
-        delay = backoff.fail(self.clock(), self.retry_max)
+        delay = backoff.fail(self.clock.time(), self.retry_max)
         log.error("peer %s refused %s %s of %s: %s (retry in %.1f s)", self.name, item.kind,
                   item.name[:16], repo, e, delay)  # fmt: skip
 
@@ -243,7 +244,7 @@ class Replicator:
     async def anti_entropy(self) -> None:
         """Compare inventories with the peer and queue what it lacks, for every repository
         this site is primary for (replicas held here are not passed on)."""
-        started = self.clock()
+        started = self.clock.time()
         for name in await asyncio.to_thread(self.repos.names):
             if await asyncio.to_thread(self.state.replica_owner, name) is None:
                 await self._reconcile(self.repos.get(name))
@@ -252,7 +253,7 @@ class Replicator:
         log.info("peer %s: anti-entropy pass done", self.name)
 
     async def _reconcile(self, repo: Repository) -> None:
-        now = self.clock()
+        now = self.clock.time()
         meta = await asyncio.to_thread(_metadata_items, repo)
         await asyncio.to_thread(self.state.enqueue, [self.name], repo.name, meta, now)
         await self._reconcile_packs(repo.name, now)

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from engine.clock import SYSTEM, Clock
 from engine.commit import CommitRecord
 from engine.ids import ChunkId, PackId
 from engine.keys import CHEAP_KDF, MasterKey, wrap
@@ -21,7 +22,7 @@ from engine.remote import RemoteBackend
 from server.admin import create_repository
 from server.app import make_app
 from server.config import ServerConfig
-from server.state import INDEX, REPOS
+from server.state import CLOCK, INDEX, REPOS
 
 MiB = 1024 * 1024
 REPO = "clinic"
@@ -60,7 +61,9 @@ class Harness:
         return str(self.server.make_url("")).rstrip("/")
 
     def add_repo(self, name: str) -> dict[str, str]:
-        self.tokens[name] = create_repository(self.app[REPOS], self.app[INDEX], name)
+        self.tokens[name] = create_repository(
+            self.app[REPOS], self.app[INDEX], name, self.app[CLOCK].time()
+        )
         return self.tokens[name]
 
     def backend(self, role: str = "backup", repo: str = REPO, **kw: Any) -> RemoteBackend:
@@ -82,10 +85,10 @@ ServerFactory = Callable[..., Any]
 async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     harnesses: list[Harness] = []
 
-    async def start(ssl: Any = None, **settings: Any) -> Harness:
+    async def start(ssl: Any = None, clock: Clock = SYSTEM, **settings: Any) -> Harness:
         settings.setdefault("index_map_size", 256 * MiB)
         config = ServerConfig(data_dir=tmp_path / f"data{len(harnesses)}", **settings)
-        app = make_app(config)
+        app = make_app(config, clock=clock)
         server = TestServer(app)
         await server.start_server(ssl=ssl)
         harness = Harness(app, server, config)

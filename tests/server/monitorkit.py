@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -21,6 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from client.backup import Backup
 from client.repository import Repository
+from engine.clock import SYSTEM, Clock, SystemClock
 from engine.remote import RemoteBackend
 from engine.repoconfig import init_repository
 from server.admin import create_repository
@@ -30,21 +32,25 @@ from server.auth import mint_replica_token
 from server.config import ServerConfig
 from server.provider import grant_heal, mint_provider_token
 from server.replication.settings import peer_from_dict
-from server.state import INDEX, REPLICATION, REPOS
+from server.state import CLOCK, INDEX, REPLICATION, REPOS
 from tests.helpers import PASSPHRASE, cheap_kdf, write_pattern_file
 
 MiB = 1024 * 1024
 REPO = "clinic"
 
 
-class FakeClock:
-    """Wall-clock time plus an offset the test moves forward."""
+class FakeClock(SystemClock):
+    """Wall-clock time plus an offset the test moves forward: the replicators' retries and
+    backoff still see time pass, as they would on a site whose clock jumped ahead."""
 
     def __init__(self) -> None:
         self.offset = 0.0
 
-    def __call__(self) -> float:
-        return time.time() + self.offset
+    def time(self) -> float:
+        return super().time() + self.offset
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time())
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -66,17 +72,19 @@ class Site:
     ) -> str:
         """A replica token for `primary`, the `repos` names bound to it (when still free)."""
         for name in repos:
-            self.app[REPLICATION].state.claim_replica(name, primary, time.time())
-        token = mint_replica_token(self.app[INDEX], primary)
+            self.app[REPLICATION].state.claim_replica(name, primary, self.app[CLOCK].time())
+        token = mint_replica_token(self.app[INDEX], primary, self.app[CLOCK].time())
         if heal:
             grant_heal(self.app[INDEX], token)
         return token
 
     def provider_token(self) -> str:
-        return mint_provider_token(self.app[INDEX], "test")
+        return mint_provider_token(self.app[INDEX], "test", self.app[CLOCK].time())
 
     def add_repo(self, name: str = REPO) -> dict[str, str]:
-        self.tokens[name] = create_repository(self.app[REPOS], self.app[INDEX], name)
+        self.tokens[name] = create_repository(
+            self.app[REPOS], self.app[INDEX], name, self.app[CLOCK].time()
+        )
         return self.tokens[name]
 
     def repo_dir(self, repo: str = REPO) -> Path:
@@ -108,7 +116,7 @@ async def start_site(
     root: Path,
     name: str,
     peers: Sequence[dict[str, Any]] = (),
-    clock: Any = time.time,
+    clock: Clock = SYSTEM,
     disk_usage: DiskUsageFn = shutil.disk_usage,
     **kw: Any,
 ) -> Site:

@@ -13,7 +13,7 @@ import pytest
 from engine.errors import TransientError
 from engine.ids import ID_SIZE
 from server.auth import mint_replica_token
-from server.state import INDEX
+from server.state import CLOCK, INDEX
 from tests.server.conftest import Harness, ServerFactory, make_commit, make_pack
 
 MiB = 1024 * 1024
@@ -85,7 +85,7 @@ async def test_deeply_nested_json_is_refused(
 async def test_deeply_nested_json_is_refused_on_replica_routes(
     srv: Harness, http: aiohttp.ClientSession
 ) -> None:
-    token = mint_replica_token(srv.app[INDEX], "site-a")
+    token = mint_replica_token(srv.app[INDEX], "site-a", srv.app[CLOCK].time())
     body = b"[" * 100_000 + b"]" * 100_000
     headers = {"Authorization": f"Bearer {token}"}
     for method, path in (("PUT", "tokens"), ("POST", "snapshots")):

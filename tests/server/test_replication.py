@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from engine.clock import SYSTEM, SimulatedClock
 from engine.errors import PermissionDenied, RepositoryNotFound, UsageError
 from engine.ids import PackId
 from engine.pack import pack_name
@@ -30,7 +31,7 @@ from server.app import make_app
 from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
 from server.replication.settings import Window, peer_from_dict
-from server.state import INDEX, REPLICATION, REPOS
+from server.state import CLOCK, INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_key_object, make_pack
 
 MiB = 1024 * 1024
@@ -50,8 +51,10 @@ class Site:
     def replica_token(self, primary: str = "site-a") -> str:
         """A replica token for `primary`, with `REPO` bound to it unless already bound."""
         if primary not in self.replica_tokens:
-            self.app[REPLICATION].state.claim_replica(REPO, primary, time.time())
-            self.replica_tokens[primary] = mint_replica_token(self.app[INDEX], primary)
+            self.app[REPLICATION].state.claim_replica(REPO, primary, self.app[CLOCK].time())
+            self.replica_tokens[primary] = mint_replica_token(
+                self.app[INDEX], primary, self.app[CLOCK].time()
+            )
         return self.replica_tokens[primary]
 
     def repo_dir(self, repo: str = REPO) -> Path:
@@ -66,7 +69,7 @@ async def site(tmp_path: Path) -> AsyncIterator[SiteFactory]:
     started: list[Site] = []
 
     async def start(name: str, peers: Sequence[dict[str, Any]] = (), **settings: Any) -> Site:
-        clock = settings.pop("clock", time.time)
+        clock = settings.pop("clock", SYSTEM)
         settings.setdefault("index_map_size", 64 * MiB)
         settings.setdefault("replication_poll_interval", 0.05)
         settings.setdefault("replication_retry_max", 0.5)
@@ -91,7 +94,7 @@ async def pair(site: SiteFactory, **peer: Any) -> tuple[Site, Site, dict[str, st
     """Peer site-b, then primary site-a replicating to it; a practice repository on site-a."""
     b = await site("site-b")
     a = await site("site-a", [{"url": b.url, "token": b.replica_token(), "name": "site-b", **peer}])
-    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, a.app[CLOCK].time())
     return a, b, tokens
 
 
@@ -189,7 +192,7 @@ async def test_replication_status_route_needs_a_token_of_that_repository(
     site: SiteFactory,
 ) -> None:
     a, _, tokens = await pair(site)
-    other = create_repository(a.app[REPOS], a.app[INDEX], "other")
+    other = create_repository(a.app[REPOS], a.app[INDEX], "other", a.app[CLOCK].time())
     url = f"{a.url}/v1/repos/{REPO}/replication"
     async with aiohttp.ClientSession() as http:
         for role in ("backup", "restore", "admin"):
@@ -246,7 +249,7 @@ async def test_a_pack_corrupted_at_the_primary_is_refused_and_its_commit_held_ba
 ) -> None:
     b = await site("site-b")
     a = await site("site-a")  # no peer yet: corrupt a stored pack before anything is pushed
-    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, a.app[CLOCK].time())
     packs, sid = await backup(a, tokens)
     path = a.repo_dir() / pack_name(packs[1])
     path.chmod(0o644)
@@ -273,7 +276,7 @@ async def test_a_replica_token_cannot_touch_a_practice_repository_of_the_peer(
     site: SiteFactory,
 ) -> None:
     b = await site("site-b")
-    create_repository(b.app[REPOS], b.app[INDEX], "local")
+    create_repository(b.app[REPOS], b.app[INDEX], "local", b.app[CLOCK].time())
     pack_id, data, _ = make_pack()
     auth = {"Authorization": f"Bearer {b.replica_token('site-a')}"}
     async with aiohttp.ClientSession(headers=auth) as http:
@@ -295,7 +298,7 @@ async def test_a_replica_token_cannot_create_a_name_not_bound_to_it(site: SiteFa
                 assert r.status == 404 and (await r.json())["code"] == "repo_not_found"
     assert b.app[REPLICATION].state.replica_owner("newclinic") is None
     assert "newclinic" not in b.app[REPOS].names()
-    assert create_repository(b.app[REPOS], b.app[INDEX], "newclinic")
+    assert create_repository(b.app[REPOS], b.app[INDEX], "newclinic", b.app[CLOCK].time())
 
 
 async def test_a_primary_cannot_touch_a_replica_pushed_by_another_primary(
@@ -317,7 +320,7 @@ async def test_a_primary_cannot_touch_a_replica_pushed_by_another_primary(
 
 async def test_practice_tokens_see_only_their_repository_at_the_peer(site: SiteFactory) -> None:
     a, b, tokens = await pair(site)
-    other = create_repository(a.app[REPOS], a.app[INDEX], "other")
+    other = create_repository(a.app[REPOS], a.app[INDEX], "other", a.app[CLOCK].time())
     b.app[REPLICATION].state.claim_replica("other", "site-a", time.time())  # bound at b too
     await backup(a, tokens)
     await wait_for(lambda: settled(a))
@@ -354,18 +357,18 @@ async def test_practice_writes_to_a_replica_are_refused_until_promoted(
 
 async def test_scheduled_mode_pushes_only_inside_its_window(site: SiteFactory) -> None:
     day = datetime.now().replace(hour=12, minute=0, second=0, microsecond=0).timestamp()
-    now = [day]  # noon: outside "22:00-06:00"
+    clock = SimulatedClock(day)  # noon: outside "22:00-06:00"
     b = await site("site-b")
     peer = {"url": b.url, "token": b.replica_token(), "name": "site-b"}
     peer |= {"mode": "scheduled", "window": "22:00-06:00"}
-    a = await site("site-a", [peer], clock=lambda: now[0])
-    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO)
+    a = await site("site-a", [peer], clock=clock)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, a.app[CLOCK].time())
     packs, sid = await backup(a, tokens)
     await asyncio.sleep(0.5)  # many poll intervals
     lag = peer_lag(a)
     assert lag["pending_packs"] == 3 and lag["snapshots"] == {sid: False}
     assert not b.repo_dir().exists()
-    now[0] = day + 11 * 3600  # 23:00
+    clock.advance(11 * 3600)  # 23:00
     await wait_for(lambda: settled(a))
     assert peer_lag(a)["snapshots"] == {sid: True}
     assert all(b.app[INDEX].has_pack(REPO, p) for p in packs)
@@ -376,7 +379,7 @@ async def test_anti_entropy_fills_a_peer_added_later_and_one_that_lost_a_pack(
 ) -> None:
     b = await site("site-b")
     a = await site("site-a")
-    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, a.app[CLOCK].time())
     packs, sid = await backup(a, tokens)
     await a.server.close()
     peer = {"url": b.url, "token": b.replica_token(), "name": "site-b"}
