@@ -103,6 +103,14 @@ def _global_options(p: argparse._ActionsContainer, default: Any = None) -> None:
         "--cacert", default=default, help="CA certificate to trust for an https repository"
     )
     p.add_argument(
+        "--retry-for",
+        default=default,
+        metavar="DURATION",
+        help="how long a call to a chunk server that has answered once is retried through an "
+        "outage, e.g. 30s, 5m (default 5m; 0: fail at once); a server that never answered "
+        "fails at once with the cause",
+    )
+    p.add_argument(
         "--cache-dir", default=default, help="local index folder (env DICOMVAULT_CACHE_DIR)"
     )
     p.add_argument(

@@ -56,8 +56,8 @@ class PeerClient(ProtocolClient):
             return RepoNotOnPeer(text, status, code)
         return PeerRefused(text, status, code)
 
-    def unreachable(self, what: str, e: Exception) -> DicomvaultError:
-        return PeerUnavailable(f"{what}: {type(e).__name__}: {e}")
+    def unreachable(self, what: str, e: Exception, cause: str) -> DicomvaultError:
+        return PeerUnavailable(f"{what}: {cause}")
 
     async def _call(self, method: str, repo: str, path: str, what: str, **kw: object) -> bytes:
         url = f"{replica_repo_url(self.peer.url, repo)}/{path}"
