@@ -104,11 +104,11 @@ async def error_answer(resp: aiohttp.ClientResponse) -> tuple[str, str]:
         return f"HTTP {resp.status} {resp.reason}", ""
 
 
-def no_answer(e: Exception, url: str) -> str:
+def no_answer(e: Exception, url: str, ca_hint: str = "use --cacert FILE") -> str:
     """The cause of a request that got no answer, in words a person can act on."""
     where = urlsplit(url).netloc
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate of {where} not trusted ({e.certificate_error}): use --cacert FILE"
+        return f"TLS certificate of {where} not trusted ({e.certificate_error}): {ca_hint}"
     if isinstance(e, aiohttp.ClientConnectorDNSError):
         return f"host name of {where} not resolved ({e.os_error.strerror or e.os_error})"
     if isinstance(e, aiohttp.ClientConnectorError):
@@ -135,16 +135,18 @@ async def speaks_tls(url: str) -> bool:
     return True
 
 
-async def unanswered(e: Exception, url: str) -> str:
+async def unanswered(e: Exception, url: str, ca_hint: str) -> str:
     """`no_answer`, or the http/https mismatch when a plain-HTTP request found a TLS port."""
     plain = urlsplit(url).scheme == "http"
     disconnected = isinstance(e, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
     if plain and disconnected and await speaks_tls(url):
         return f"{urlsplit(url).netloc} speaks TLS: use https://"
-    return no_answer(e, url)
+    return no_answer(e, url, ca_hint)
 
 
 class ProtocolClient:
+    CA_HINT = "use --cacert FILE"  # what to do about an untrusted certificate
+
     def __init__(
         self,
         token: str,
@@ -198,7 +200,7 @@ class ProtocolClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             if answered and not isinstance(e, aiohttp.ClientError | TimeoutError):
                 raise
-            raise self.unreachable(what, e, await unanswered(e, url)) from None
+            raise self.unreachable(what, e, await unanswered(e, url, self.CA_HINT)) from None
 
     async def fetch(
         self, method: str, url: str, what: str, ok: tuple[int, ...], **kw: Any
