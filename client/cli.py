@@ -13,6 +13,7 @@ import os
 import select
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,10 +291,31 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
             + "".join(f"  {s}:{'yes' if ok else 'no'}" for s, ok in r.get("sites", {}).items())
             for r in rows
         ]
-        emit(args, {"snapshots": rows}, "\n".join(lines) or "no snapshots")
+        down: list[str] = []
+        if isinstance(backend, Replicated) and sites is not None:
+            down = unreachable_peers(await backend.replication_status())
+        for warning in down:
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
+        emit(
+            args, {"snapshots": rows, "unreachable_peers": down}, "\n".join(lines) or "no snapshots"
+        )
         return 0
 
     return await with_repo(args, run)
+
+
+def unreachable_peers(status: dict[str, Any] | None) -> list[str]:
+    """One sentence per peer the server has failed to reach or trust past its alert grace
+    (the server's `peer_unreachable`): its `no` markers may be stale, not just pending."""
+    out = []
+    for peer in (status or {}).get("peers", []):
+        if peer.get("unreachable"):
+            since = datetime.fromtimestamp(float(peer["down_since"])).astimezone()
+            out.append(
+                f"{peer['name']}:unreachable since {since.isoformat(timespec='minutes')} "
+                f"({peer.get('reason')}): the provider has been alerted"
+            )
+    return out
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:

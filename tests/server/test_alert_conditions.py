@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from benchmarks.linkproxy import LinkProxy
+from client.cli import unreachable_peers
+from engine.remote import RemoteBackend
 from server.alerts.settings import AlertSettings
 from server.state import ALERTS, REPLICATION
 from tests.server.monitorkit import (
@@ -178,6 +180,13 @@ async def test_a_peer_whose_certificate_is_not_trusted_is_an_alert_until_its_ca_
     (alert,) = [x for x in await evaluated(a) if x["kind"] == "peer_unreachable"]
     assert alert["key"] == "site-a/peer_unreachable/site-b" and alert["repo"] is None
     assert "site-b" in alert["message"] and "certificate" in alert["message"]
+    # What `dicomvault snapshots` warns, from the practice's replication status over HTTP.
+    practice = RemoteBackend(f"{a.url}/{REPO}", a.tokens[REPO]["restore"])
+    try:
+        (warning,) = unreachable_peers(await practice.replication_status())
+    finally:
+        await practice.close()
+    assert warning.startswith("site-b:unreachable since") and "certificate" in warning
     await a.server.close()
 
     trusting = [{**peer, "ca_file": str(cert)}]
