@@ -87,7 +87,10 @@ class RetryingBackend(Backend):
                     raise
                 self.retries += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
-                await self._sleep(delay * random.uniform(0.8, 1.2))
+                # Jittered, but never past the deadline.
+                await self._sleep(
+                    min(delay * random.uniform(0.8, 1.2), give_up - self._monotonic())
+                )
                 delay = min(delay * 2, MAX_DELAY)
             else:
                 self.last_error, self.established = None, True
