@@ -107,6 +107,14 @@ def _global_options(p: argparse._ActionsContainer, default: Any = None) -> None:
         "--cacert", default=default, help="CA certificate to trust for an https repository"
     )
     p.add_argument(
+        "--retry-for",
+        default=default,
+        metavar="DURATION",
+        help="how long a call to a chunk server that has answered once is retried through an "
+        "outage, e.g. 30s, 5m (default 5m; 0: fail at once); a server that never answered "
+        "fails at once with the cause",
+    )
+    p.add_argument(
         "--cache-dir", default=default, help="local index folder (env DICOMVAULT_CACHE_DIR)"
     )
     p.add_argument(
@@ -290,10 +298,31 @@ async def cmd_snapshots(args: argparse.Namespace) -> int:
             + "".join(f"  {s}:{'yes' if ok else 'no'}" for s, ok in r.get("sites", {}).items())
             for r in rows
         ]
-        emit(args, {"snapshots": rows}, "\n".join(lines) or "no snapshots")
+        down: list[str] = []
+        if isinstance(backend, Replicated) and sites is not None:
+            down = unreachable_peers(await backend.replication_status())
+        for warning in down:
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
+        emit(
+            args, {"snapshots": rows, "unreachable_peers": down}, "\n".join(lines) or "no snapshots"
+        )
         return 0
 
     return await with_repo(args, run)
+
+
+def unreachable_peers(status: dict[str, Any] | None) -> list[str]:
+    """One sentence per peer the server has failed to reach or trust past its alert grace
+    (the server's `peer_unreachable`): its `no` markers may be stale, not just pending."""
+    out = []
+    for peer in (status or {}).get("peers", []):
+        if peer.get("unreachable"):
+            since = datetime.fromtimestamp(float(peer["down_since"])).astimezone()
+            out.append(
+                f"{peer['name']}:unreachable since {since.isoformat(timespec='minutes')} "
+                f"({peer.get('reason')}): the provider has been alerted"
+            )
+    return out
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:

@@ -33,12 +33,13 @@ def open_backend(args: argparse.Namespace) -> Backend:
         raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
     if location.startswith(("http://", "https://")):
         from engine.remote import RemoteBackend
-        from engine.retry import with_retries
+        from engine.retry import RETRY_FOR, parse_duration, with_retries
 
         token = args.token or os.environ.get("DICOMVAULT_TOKEN")
         if not token:
             raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        return with_retries(RemoteBackend(location, token, ca_file=args.cacert))
+        deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
+        return with_retries(RemoteBackend(location, token, ca_file=args.cacert), deadline=deadline)
     return LocalBackend(LocalStore(location), location)
 
 

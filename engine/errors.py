@@ -79,6 +79,11 @@ class TransientError(StoreError):
     """Temporary failure; retrying may succeed."""
 
 
+class Unreachable(TransientError):
+    """No answer from the server: refused, name not resolved, timed out, or the connection
+    broke. Worth retrying once the server has answered (`engine.retry`), not before it."""
+
+
 class NotFound(DicomvaultError):
     """No such snapshot or path."""
 

@@ -2,11 +2,18 @@
 
 Every `Backend` operation is safe to repeat (reads; write-once puts; commits named by their
 hash), so any call that fails with `TransientError` — a dropped connection, a server restart,
-a 5xx — is retried with capped exponential backoff until `deadline` seconds have passed. Other
-errors pass through at once. `last_error` names the failure being retried (None once a call
-succeeds), so a caller can show an outage before the deadline runs out. A pack upload with a
-paced `body` cannot be replayed from here: its caller (the client's uploader) owns those
-retries. Sleep and clock are injected.
+a 5xx — is retried with capped exponential backoff until `deadline` seconds have passed
+(`--retry-for`; 0: never). Other errors pass through at once.
+
+Fail fast on first contact: until one call has succeeded the backend is not `established`, and
+`Unreachable` (no answer at all: refused, name not resolved, plain HTTP to a TLS port) passes
+at once, so a typo or a stopped server shows its cause in seconds; once established, the same
+errors are an outage (a server restart) and are retried like the rest.
+
+`last_error` names the failure being retried (None once a call succeeds), so a caller can
+show an outage before the deadline runs out. A pack upload with a paced `body` cannot be
+replayed from here: its caller (the client's uploader) owns those retries. Sleep and clock
+are injected.
 
 The wrapper forwards nothing it does not declare. `with_retries` picks `RetryingRemoteBackend`
 for an inner backend with the optional capabilities (`Replicated`, `DrillReceiver`), so an
@@ -26,13 +33,27 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, TypeVar, cast
 
 from engine.backend import Backend, DrillReceiver, Replicated
-from engine.errors import TransientError
+from engine.errors import TransientError, Unreachable, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
+RETRY_FOR = 300.0  # seconds an established backup keeps retrying one call
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `30s`, `5m`, `2h` or a bare number of seconds; 0 allowed."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in UNITS else (text, "s")
+    try:
+        seconds = float(number) * UNITS[unit]
+    except ValueError:
+        seconds = -1
+    if not seconds >= 0:  # also NaN
+        raise UsageError(f"duration must be like 30s, 5m or 2h, got {text!r}")
+    return seconds
 
 
 class RetryingBackend(Backend):
@@ -40,7 +61,7 @@ class RetryingBackend(Backend):
         self,
         inner: Backend,
         *,
-        deadline: float = 300.0,
+        deadline: float = RETRY_FOR,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -49,6 +70,7 @@ class RetryingBackend(Backend):
         self.deadline, self._sleep, self._monotonic = deadline, sleep, monotonic
         self.retries = 0
         self.last_error: str | None = None
+        self.established = False  # set by the first call that succeeds
 
     @property
     def bytes_uploaded(self) -> int:
@@ -61,15 +83,23 @@ class RetryingBackend(Backend):
                 result = await call()
             except TransientError as e:
                 self.last_error = f"{what} failed: {e}"
-                if self._monotonic() + delay > give_up:
+                if self._monotonic() + delay > give_up or self._first_contact(e):
                     raise
                 self.retries += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
-                await self._sleep(delay * random.uniform(0.8, 1.2))
+                # Jittered, but never past the deadline.
+                await self._sleep(
+                    min(delay * random.uniform(0.8, 1.2), give_up - self._monotonic())
+                )
                 delay = min(delay * 2, MAX_DELAY)
             else:
-                self.last_error = None
+                self.last_error, self.established = None, True
                 return result
+
+    def _first_contact(self, e: TransientError) -> bool:
+        """No answer from a server that never answered: a typo or a stopped server, not an
+        outage; its cause, not minutes of retries."""
+        return isinstance(e, Unreachable) and not self.established
 
     async def get_config(self) -> bytes:
         return await self._retry("get config", self.inner.get_config)

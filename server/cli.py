@@ -29,9 +29,12 @@ def _cli_peers(args: argparse.Namespace) -> list[dict[str, Any]]:
     urls, tokens = getattr(args, "peer", None) or [], getattr(args, "peer_token", None) or []
     if len(urls) != len(tokens):
         raise UsageError("give one --peer-token for each --peer, in the same order")
+    cas = getattr(args, "peer_ca", None) or [None] * len(urls)
+    if len(cas) != len(urls):
+        raise UsageError("give one --peer-ca for each --peer (or none), in the same order")
     return [
-        {**_peer_arg(u), "token": t, "mode": "continuous"}
-        for u, t in zip(urls, tokens, strict=True)
+        {**_peer_arg(u), "token": t, "mode": "continuous", "ca_file": ca}
+        for u, t, ca in zip(urls, tokens, cas, strict=True)
     ]
 
 
@@ -298,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="TOKEN",
         help="replica token minted on the peer (one per --peer; write --peer-token=TOKEN)",
+    )
+    serve.add_argument(
+        "--peer-ca",
+        action="append",
+        metavar="FILE",
+        help="CA certificate (or the self-signed certificate) to trust for an https peer: one "
+        "per --peer, in the same order, or none (the system's trust store)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -76,7 +76,11 @@ class ServerConfig:
 
     def replication_settings(self) -> ReplicationSettings:
         return ReplicationSettings(
-            self.site_name, self.peers, self.replication_poll_interval, self.replication_retry_max
+            self.site_name,
+            self.peers,
+            self.replication_poll_interval,
+            self.replication_retry_max,
+            self.alerts.peer_unreachable_grace,
         )
 
     def alert_site(self) -> AlertSite:

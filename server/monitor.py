@@ -18,7 +18,7 @@ from engine.errors import ObjectNotFound, PermissionDenied, RepositoryNotFound
 from engine.ids import PackId
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
-from server.alerts.conditions import Facts, RepoFacts, gather
+from server.alerts.conditions import Facts, PeerFacts, RepoFacts, gather
 from server.auth import Action, authorize, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
 from server.drills import DrillRecords, parse_report
@@ -178,9 +178,17 @@ def status_document(facts: Facts, alerts: list[dict[str, Any]]) -> dict[str, Any
             "threshold": facts.disk_threshold,
         },
         "scrub": facts.scrub_progress,
+        "peers_down": [_peer_row(p, facts) for p in facts.peers_down],
         "alerts": alerts,
         "repos": [_repo_row(r, facts.now, alerts) for r in facts.repos],
     }
+
+
+def _peer_row(p: PeerFacts, facts: Facts) -> dict[str, Any]:
+    """A peer failing since `down_since`; `unreachable` once past the alert's grace."""
+    late = facts.now - p.down_since > facts.peer_grace
+    return {"name": p.name, "down_since": p.down_since, "reason": p.reason,
+            "last_error": p.last_error, "unreachable": late}  # fmt: skip
 
 
 def _repo_row(r: RepoFacts, now: float, alerts: list[dict[str, Any]]) -> dict[str, Any]:

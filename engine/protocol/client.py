@@ -3,10 +3,12 @@
 Owns the session (one connection pool, the bearer token header, TLS from a CA file, timeouts),
 the honest count of bytes on its sockets, and the retry policy's first half: which failures are
 worth repeating. Connection failures, timeouts and statuses the server uses for its own failure
-(`errors.retryable`) raise `TransientError`; an untrusted certificate does not (retrying cannot
-make it trusted); every other error answer raises the class `errors.error_for` decodes. When
-and how often to repeat is the caller's: `engine.retry` for a repository, the replication
-worker for a peer. A subclass may translate both kinds of failure (`refused`, `unreachable`).
+(`errors.retryable`) raise `TransientError` — no answer at all raises its subclass `Unreachable`,
+its message the real cause in one line (`no_answer`: refused, name not resolved, plain HTTP to a
+TLS port); an untrusted certificate is not transient (retrying cannot make it trusted); every
+other error answer raises the class `errors.error_for` decodes. When and how often to repeat is
+the caller's: `engine.retry` for a repository, the replication worker for a peer. A subclass may
+translate both kinds of failure (`refused`, `unreachable`).
 
 Byte counting: every connection's socket is created by our `socket_factory` (a public
 `aiohttp.TCPConnector` hook) as a `CountingSocket`, a `socket.socket` subclass whose `send`,
@@ -19,16 +21,18 @@ loop.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.errors import DicomvaultError, StoreError, TransientError
+from engine.errors import DicomvaultError, StoreError, Unreachable
 from engine.protocol.errors import error_for
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -36,6 +40,7 @@ OCTETS = {"Content-Type": "application/octet-stream"}
 # stalls are caught by the read timeout instead.
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
+TLS_PROBE_SECONDS = 5.0
 
 
 class ByteCounter:
@@ -99,7 +104,49 @@ async def error_answer(resp: aiohttp.ClientResponse) -> tuple[str, str]:
         return f"HTTP {resp.status} {resp.reason}", ""
 
 
+def no_answer(e: Exception, url: str, ca_hint: str = "use --cacert FILE") -> str:
+    """The cause of a request that got no answer, in words a person can act on."""
+    where = urlsplit(url).netloc
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate of {where} not trusted ({e.certificate_error}): {ca_hint}"
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        return f"host name of {where} not resolved ({e.os_error.strerror or e.os_error})"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        if isinstance(e.os_error, ConnectionRefusedError):
+            return f"connection refused by {where}: is the server running on that port?"
+        return f"cannot connect to {where}: {e.os_error.strerror or e.os_error}"
+    if isinstance(e, TimeoutError):
+        return f"no answer from {where} in time"
+    return f"connection to {where} broke: {type(e).__name__}: {e}"
+
+
+async def speaks_tls(url: str) -> bool:
+    """Whether the server of an http:// `url` completes a TLS handshake (certificate unchecked:
+    the question is only which protocol the port speaks)."""
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        conn = asyncio.open_connection(parts.hostname, parts.port or 80, ssl=ctx)
+        _, writer = await asyncio.wait_for(conn, TLS_PROBE_SECONDS)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def unanswered(e: Exception, url: str, ca_hint: str) -> str:
+    """`no_answer`, or the http/https mismatch when a plain-HTTP request found a TLS port."""
+    plain = urlsplit(url).scheme == "http"
+    disconnected = isinstance(e, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
+    if plain and disconnected and await speaks_tls(url):
+        return f"{urlsplit(url).netloc} speaks TLS: use https://"
+    return no_answer(e, url, ca_hint)
+
+
 class ProtocolClient:
+    CA_HINT = "use --cacert FILE"  # what to do about an untrusted certificate
+
     def __init__(
         self,
         token: str,
@@ -129,11 +176,11 @@ class ProtocolClient:
         """The error to raise for an error answer to the request for `what`."""
         return error_for(status, code, f"{what}: {message}")
 
-    def unreachable(self, what: str, e: Exception) -> DicomvaultError:
-        """The error to raise when no answer came."""
+    def unreachable(self, what: str, e: Exception, cause: str) -> DicomvaultError:
+        """The error to raise when no answer came; `cause` is `unanswered`'s sentence."""
         if isinstance(e, aiohttp.ClientConnectorCertificateError):
-            return StoreError(f"{what}: untrusted TLS certificate: {e.certificate_error}")
-        return TransientError(f"{what}: {type(e).__name__}: {e}")
+            return StoreError(f"{what}: {cause}")
+        return Unreachable(f"{what}: {cause}")
 
     @asynccontextmanager
     async def response(
@@ -153,7 +200,7 @@ class ProtocolClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             if answered and not isinstance(e, aiohttp.ClientError | TimeoutError):
                 raise
-            raise self.unreachable(what, e) from None
+            raise self.unreachable(what, e, await unanswered(e, url, self.CA_HINT)) from None
 
     async def fetch(
         self, method: str, url: str, what: str, ok: tuple[int, ...], **kw: Any

@@ -31,6 +31,7 @@ REPLICATION_LAG = "replication_lag"
 SCRUB_FAILED = "scrub_failed"
 DRILL_FAILED = "drill_failed"
 DISK_FULL = "disk_full"
+PEER_UNREACHABLE = "peer_unreachable"
 # A write refused for want of space keeps the disk alert open this long, even when the failed
 # upload's temp file, once removed, leaves the disk under its threshold again.
 FULL_HOLD = 3600.0
@@ -82,6 +83,16 @@ class RepoFacts:
     drills: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PeerFacts:
+    """A replication peer this site cannot reach or trust (`PeerStatus` while it is down)."""
+
+    name: str
+    down_since: float
+    reason: str
+    last_error: str
+
+
 @dataclass
 class Facts:
     now: float
@@ -92,6 +103,8 @@ class Facts:
     disk_threshold: float
     scrub_progress: dict[str, Any] | None
     storage_full_at: float | None = None  # the last write that failed with ENOSPC
+    peers_down: list[PeerFacts] = field(default_factory=list)
+    peer_grace: float = 900.0
 
     @property
     def disk_fraction(self) -> float:
@@ -123,7 +136,19 @@ def gather(
         disk.total - disk.free,
         config.alerts.disk_threshold,
         scrub.progress(),
+        peers_down=_peers_down(replication),
+        peer_grace=config.alerts.peer_unreachable_grace,
     )
+
+
+def _peers_down(replication: HasReplicators | None) -> list[PeerFacts]:
+    if replication is None:
+        return []
+    return [
+        PeerFacts(r.name, r.status.down_since, r.status.reason or "", r.status.last_error or "")
+        for r in replication.replicators
+        if r.status.down_since is not None
+    ]
 
 
 def _repo_facts(
@@ -185,6 +210,20 @@ def evaluate(facts: Facts) -> list[Condition]:
         out += _scrub_conditions(repo)
         out += _drill_conditions(repo)
     out += _disk_conditions(facts)
+    out += _peer_conditions(facts)
+    return out
+
+
+def _peer_conditions(facts: Facts) -> list[Condition]:
+    """Server-wide: one peer serves every practice replicated there."""
+    out = []
+    for peer in facts.peers_down:
+        age = facts.now - peer.down_since
+        if age > facts.peer_grace:
+            message = f"replication to peer {peer.name} failing for {duration(age)}: "
+            message += f"{peer.reason} ({peer.last_error})"
+            key = f"{facts.site}/{PEER_UNREACHABLE}/{peer.name}"
+            out.append(Condition(key, None, PEER_UNREACHABLE, message))
     return out
 
 

@@ -34,6 +34,7 @@ class AlertSettings:
     digest_time: str | None = "07:00"  # local HH:MM of the daily digest; "" turns it off
     evaluate_interval: float = 60.0  # seconds between evaluations of every condition
     disk_threshold: float = 0.90  # fraction of DATA's filesystem in use that raises an alert
+    peer_unreachable_grace: float = 900.0  # seconds a peer may fail before `peer_unreachable`
     # Defaults for every repository; `[repos.NAME]` may override each.
     heartbeat_timeout: float = 900.0
     commit_policy_hours: float = 26.0
@@ -119,6 +120,7 @@ _ALERT_KEYS = {
     "digest_time",
     "evaluate_interval",
     "disk_threshold",
+    "peer_unreachable_grace",
     "heartbeat_timeout",
     "commit_policy_hours",
     "replication_lag_threshold",
@@ -155,6 +157,9 @@ def alerts_from_dict(doc: Any) -> AlertSettings:
         digest_time=str(digest) if digest else None,
         evaluate_interval=_positive("evaluate_interval", doc.get("evaluate_interval", 60.0)),
         disk_threshold=float(doc.get("disk_threshold", base.disk_threshold)),
+        peer_unreachable_grace=_positive(
+            "peer_unreachable_grace", doc.get("peer_unreachable_grace", 900.0)
+        ),
         heartbeat_timeout=_positive("heartbeat_timeout", doc.get("heartbeat_timeout", 900.0)),
         commit_policy_hours=_positive("commit_policy_hours", doc.get("commit_policy_hours", 26.0)),
         replication_lag_threshold=_positive(

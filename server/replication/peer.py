@@ -25,8 +25,20 @@ MISSING_BATCH = 10_000  # pack ids per inventory question: 320 KB
 PIECE = 256 * 1024  # a streamed pack body is read in pieces of this size
 
 
+# Why a peer is unavailable, as the `peer_unreachable` alert and `snapshots` say it.
+UNREACHABLE = "unreachable"
+UNTRUSTED = "TLS certificate not trusted"
+TOKEN_REFUSED = "replica token refused"
+PEER_FAILING = "peer failing"
+
+
 class PeerUnavailable(TransientError):
-    """The peer could not be reached or would not talk to us; retry later."""
+    """The peer could not be reached or would not talk to us; retry later. `reason` is one of
+    the constants above."""
+
+    def __init__(self, message: str, reason: str = UNREACHABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PeerRefused(TransientError):
@@ -42,6 +54,8 @@ class RepoNotOnPeer(PeerRefused):
 
 
 class PeerClient(ProtocolClient):
+    CA_HINT = "give the peer's CA (ca_file, or serve --peer-ca FILE)"
+
     def __init__(self, peer: PeerConfig, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> None:
         super().__init__(peer.token, ca_file=peer.ca_file, timeout=timeout)
         self.peer = peer
@@ -50,14 +64,17 @@ class PeerClient(ProtocolClient):
         """Bad credentials and the peer's own failures are the peer's state: retry it later."""
         cls = error_class(status, code)
         text = f"{what}: {status} {code} {message}".strip()
-        if issubclass(cls, PermissionDenied | TransientError):
-            return PeerUnavailable(text)
+        if issubclass(cls, PermissionDenied):
+            return PeerUnavailable(text, TOKEN_REFUSED)
+        if issubclass(cls, TransientError):
+            return PeerUnavailable(text, PEER_FAILING)
         if issubclass(cls, RepositoryNotFound):
             return RepoNotOnPeer(text, status, code)
         return PeerRefused(text, status, code)
 
-    def unreachable(self, what: str, e: Exception) -> DicomvaultError:
-        return PeerUnavailable(f"{what}: {type(e).__name__}: {e}")
+    def unreachable(self, what: str, e: Exception, cause: str) -> DicomvaultError:
+        untrusted = isinstance(e, aiohttp.ClientConnectorCertificateError)
+        return PeerUnavailable(f"{what}: {cause}", UNTRUSTED if untrusted else UNREACHABLE)
 
     async def _call(self, method: str, repo: str, path: str, what: str, **kw: object) -> bytes:
         url = f"{replica_repo_url(self.peer.url, repo)}/{path}"

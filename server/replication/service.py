@@ -79,6 +79,7 @@ class Replication:
     def repo_status(self, repo: str) -> dict[str, Any]:
         """Per peer: the backlog of `repo` and which of its snapshots the peer holds."""
         now = self.clock.time()
+        grace = self.config.peer_unreachable_grace
         snapshots = sorted(sid.hex() for sid, _ in self.index.snapshots(repo))
         peers = []
         for r in self.replicators:
@@ -91,6 +92,7 @@ class Replication:
                 "up": r.status.up,
                 "last_success": r.status.last_success,
                 "last_error": r.status.last_error,
+                **_down_doc(r.status.down_since, r.status.reason, now, grace),
                 "snapshots": {sid: sid in held for sid in snapshots},
             })  # fmt: skip
         owner = self.state.replica_owner(repo)
@@ -154,3 +156,10 @@ def _lag_doc(lag: Lag, now: float) -> dict[str, Any]:
         "pending_bytes": lag.bytes,
         "oldest_pending_age": max(0.0, age) if age is not None else None,
     }
+
+
+def _down_doc(since: float | None, reason: str | None, now: float, grace: float) -> dict[str, Any]:
+    """Since when and why the peer is down; `unreachable` once past the alert's grace (the
+    `peer_unreachable` alert is open, and `dicomvault snapshots` warns)."""
+    late = since is not None and now - since > grace
+    return {"down_since": since, "reason": reason, "unreachable": late}

@@ -86,6 +86,7 @@ class ReplicationSettings:
     peers: tuple[PeerConfig, ...]
     replication_poll_interval: float
     replication_retry_max: float
+    peer_unreachable_grace: float  # seconds a peer may be down before it shows as unreachable
 
 
 def peer_from_dict(doc: dict[str, Any]) -> PeerConfig:

@@ -57,6 +57,8 @@ class PeerStatus:
     bytes_sent: int = 0
     commits_sent: int = 0
     refused: int = 0
+    down_since: float | None = None  # first failure since the peer last took work
+    reason: str | None = None  # why, while down: one of `peer`'s reasons
 
 
 @dataclass
@@ -126,20 +128,27 @@ class Replicator:
             if now >= self._next_anti_entropy:
                 await self.anti_entropy()
             busy = await self.drain_round()
-        except (PeerUnavailable, PeerRefused) as e:
-            await self._peer_failed(now, str(e))
+        except PeerUnavailable as e:
+            await self._peer_failed(now, str(e), e.reason)
+            return
+        except PeerRefused as e:
+            await self._peer_failed(now, str(e), "refused")
             return
         except Exception as e:  # a bug or a disk error must not end replication for good
             log.exception("peer %s: replication step failed", self.name)
-            await self._peer_failed(now, f"{type(e).__name__}: {e}")
+            await self._peer_failed(now, f"{type(e).__name__}: {e}", "error")
             return
         self._peer_backoff = _Backoff()
+        self._peer_answered()
         if not busy:
             await self._idle(self.poll)
 
-    async def _peer_failed(self, now: float, message: str) -> None:
+    async def _peer_failed(self, now: float, message: str, reason: str) -> None:
         delay = self._peer_backoff.fail(now, self.retry_max)
         self._record_error(message, up=False)
+        if self.status.down_since is None:
+            self.status.down_since = now
+        self.status.reason = reason
         log.warning("peer %s: %s; retrying in %.1f s", self.name, message, delay)
         await asyncio.sleep(delay)  # not woken by new uploads: the peer is what we wait for
 
@@ -147,6 +156,10 @@ class Replicator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=seconds)
         self.wake.clear()
+
+    def _peer_answered(self) -> None:
+        """The peer took a step's work: no longer down (resolves `peer_unreachable`)."""
+        self.status.down_since = self.status.reason = None
 
     def _record_error(self, message: str, *, up: bool) -> None:
         self.status.up = up
@@ -193,6 +206,7 @@ class Replicator:
         await asyncio.to_thread(self.state.ack, self.name, repo, [item], self.clock.time())
         self._item_backoff.pop((repo, item.kind, item.name), None)
         self.status.up, self.status.last_success = True, self.clock.time()
+        self._peer_answered()
         return True
 
     def _refused(self, repo: str, item: Item, e: PeerRefused) -> None:

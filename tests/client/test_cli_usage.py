@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from client.cli import _parser
+from client.cli_common import open_backend
+from engine.retry import RetryingBackend
 from tests.helpers import Vault, assert_one_line_error
 
 
@@ -45,6 +47,20 @@ def test_a_token_that_starts_with_a_dash_is_a_token_in_the_equals_form() -> None
     assert (args.token, args.cacert) == ("-Xy_1", "-ca.pem")
     args = _parser().parse_args(["snapshots", "--token=-Xy_1"])
     assert args.token == "-Xy_1"
+
+
+@pytest.mark.parametrize(
+    ("options", "seconds"),
+    [((), 300.0), (("--retry-for", "0"), 0.0), (("snapshots", "--retry-for=2m"), 120.0)],
+)
+def test_retry_for_sets_how_long_an_established_backup_rides_out_an_outage(
+    options: tuple[str, ...], seconds: float
+) -> None:
+    argv = ["-r", "http://127.0.0.1:1/clinic", "--token=t", *options]
+    backend = open_backend(
+        _parser().parse_args(argv if "snapshots" in argv else [*argv, "snapshots"])
+    )
+    assert isinstance(backend, RetryingBackend) and backend.deadline == seconds
 
 
 @pytest.mark.parametrize("command", [("snapshots",), ("find",), ("ls", "latest")])

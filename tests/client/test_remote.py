@@ -258,6 +258,14 @@ def test_a_backup_before_init_says_to_run_init(server: ServerProcess, tmp_path: 
     assert_one_line_error(a.run("backup", str(tree)), 10, "dicomvault init")
 
 
+def test_a_stopped_server_fails_at_once_with_its_cause(tmp_path: Path) -> None:
+    """Issue 17 item 3: no server on the port is one line at once, not five minutes of retries
+    (a budget of 0 s after the first answer would fail too: nothing here is retried)."""
+    a = agent(tmp_path / "pc1", f"http://127.0.0.1:{free_port()}/{REPO}", "token")
+    assert_one_line_error(a.run("snapshots"), 14, "connection refused")
+    assert_one_line_error(a.run("snapshots", "--retry-for", "soon"), 2, "30s, 5m or 2h")
+
+
 def test_a_token_that_starts_with_a_dash_works_in_the_equals_form(
     server: ServerProcess, tmp_path: Path
 ) -> None:

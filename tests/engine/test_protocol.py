@@ -14,6 +14,7 @@ from engine.errors import (
     PermissionDenied,
     StoreError,
     TransientError,
+    Unreachable,
     UsageError,
 )
 from engine.protocol import routes
@@ -127,6 +128,6 @@ async def test_the_client_base_on_a_real_server() -> None:
         finally:
             await client.close()
     dead = ProtocolClient("t")
-    with pytest.raises(TransientError, match=r"^pack ab: ClientConnectorError"):
+    with pytest.raises(Unreachable, match=r"^pack ab: connection refused by 127\.0\.0\.1:\d+"):
         await dead.fetch("GET", url + "ab", "pack ab", (200,))
     await dead.close()

@@ -7,10 +7,16 @@ from typing import Any
 import pytest
 
 from engine.backend import DrillReceiver, LocalBackend, Replicated
-from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError
+from engine.errors import (
+    ObjectNotFound,
+    RepositoryNotFound,
+    TransientError,
+    Unreachable,
+    UsageError,
+)
 from engine.ids import SnapshotId
 from engine.remote import RemoteBackend
-from engine.retry import RetryingBackend, with_retries
+from engine.retry import RetryingBackend, parse_duration, with_retries
 from engine.store.faulty import Fault, FaultyStore
 from engine.store.memory import MemoryStore
 
@@ -122,3 +128,59 @@ async def test_optional_capabilities_are_retried_like_the_rest() -> None:
     inner.fails = 2
     await b.report_drill({"ok": True})
     assert inner.reports == [{"ok": True}] and b.retries == 6
+
+
+class NoAnswerYet(LocalBackend):
+    """A local backend whose `get_config` gets no answer for its first `fails` calls."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__(MemoryStore())
+        self.fails = fails
+
+    async def get_config(self) -> bytes:
+        if self.fails:
+            self.fails -= 1
+            raise Unreachable("get config: connection refused by 127.0.0.1:1")
+        return b"{}"
+
+
+async def test_no_answer_on_first_contact_fails_at_once_with_its_cause() -> None:
+    b = retrying(NoAnswerYet(fails=1))  # type: ignore[arg-type]
+    with pytest.raises(Unreachable, match="connection refused"):
+        await b.get_config()
+    assert b.retries == 0 and not b.established
+
+
+async def test_no_answer_after_the_first_exchange_is_an_outage_and_retried() -> None:
+    inner = NoAnswerYet(fails=0)
+    b = retrying(inner)  # type: ignore[arg-type]
+    assert await b.get_config() == b"{}" and b.established
+    inner.fails = 3  # the server restarts
+    assert await b.get_config() == b"{}"
+    assert b.retries == 3
+
+
+async def test_retry_for_zero_fails_an_established_backend_at_once() -> None:
+    store = FaultyStore(MemoryStore(), [Fault("get", times=-1)])
+    clock = FakeTime()
+    b = RetryingBackend(
+        LocalBackend(store), deadline=0, sleep=clock.sleep, monotonic=clock.monotonic
+    )
+    b.established = True
+    with pytest.raises(TransientError):
+        await b.get_config()
+    assert clock.sleeps == []
+
+
+def test_durations_read_seconds_minutes_and_hours() -> None:
+    assert [parse_duration(t) for t in ("0", "45", "30s", "5m", "2h", "1.5m")] == [
+        0,
+        45,
+        30,
+        300,
+        7200,
+        90,
+    ]
+    for bad in ("", "m", "-1s", "5d", "nan", "soon"):
+        with pytest.raises(UsageError, match="duration"):
+            parse_duration(bad)

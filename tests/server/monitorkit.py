@@ -118,12 +118,13 @@ async def start_site(
     peers: Sequence[dict[str, Any]] = (),
     clock: Clock = SYSTEM,
     disk_usage: DiskUsageFn = shutil.disk_usage,
+    ssl: Any = None,
     **kw: Any,
 ) -> Site:
     config = site_config(root, name, peers, **kw)
     app = make_app(config, clock=clock, disk_usage=disk_usage)
-    server = TestServer(app)
-    await server.start_server()
+    server = TestServer(app, scheme="https" if ssl else "http")
+    await server.start_server(ssl=ssl)
     return Site(app, server, config)
 
 

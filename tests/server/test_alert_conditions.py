@@ -6,6 +6,7 @@ Each alert is opened by the running alert service and read from its store."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 from benchmarks.linkproxy import LinkProxy
+from client.cli import unreachable_peers
+from engine.remote import RemoteBackend
 from server.alerts.settings import AlertSettings
-from server.state import ALERTS
+from server.state import ALERTS, REPLICATION
 from tests.server.monitorkit import (
     REPO,
     FakeClock,
@@ -26,6 +29,7 @@ from tests.server.monitorkit import (
     start_site,
     wait_for,
 )
+from tests.server.test_tls import self_signed
 
 QUIET = {"evaluate_interval": 0.05, "digest_time": None}
 
@@ -146,3 +150,50 @@ async def test_server_disk_over_its_threshold_is_a_provider_alert_until_space_re
         assert kinds(await evaluated(site)) == []
     finally:
         await site.server.close()
+
+
+async def test_a_peer_whose_certificate_is_not_trusted_is_an_alert_until_its_ca_is_given(
+    tmp_path: Path,
+) -> None:
+    """Issue 17 item 4: a self-signed peer without `ca_file` (`--peer-ca`) fails every push;
+    past the grace that is `peer_unreachable`, naming the certificate; with the CA given the
+    peer takes the backlog and the alert resolves."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    b = await start_site(tmp_path, "site-b", ssl=tls)
+    assert b.url.startswith("https://")
+    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
+    clock, settings = FakeClock(), alerting(peer_unreachable_grace=600.0)
+    a = await start_site(tmp_path, "site-a", [peer], clock=clock, alerts=settings)
+    a.add_repo()
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=2, size=100_000))
+    finally:
+        await repo.close()
+    (r,) = a.app[REPLICATION].replicators
+    await wait_for(lambda: r.status.down_since is not None, what="a failed push")
+    assert "peer_unreachable" not in kinds(await evaluated(a))  # within the grace
+
+    clock.advance(601)
+    (alert,) = [x for x in await evaluated(a) if x["kind"] == "peer_unreachable"]
+    assert alert["key"] == "site-a/peer_unreachable/site-b" and alert["repo"] is None
+    assert "site-b" in alert["message"] and "certificate" in alert["message"]
+    # What `dicomvault snapshots` warns, from the practice's replication status over HTTP.
+    practice = RemoteBackend(f"{a.url}/{REPO}", a.tokens[REPO]["restore"])
+    try:
+        (warning,) = unreachable_peers(await practice.replication_status())
+    finally:
+        await practice.close()
+    assert warning.startswith("site-b:unreachable since") and "certificate" in warning
+    await a.server.close()
+
+    trusting = [{**peer, "ca_file": str(cert)}]
+    a = await start_site(tmp_path, "site-a", trusting, clock=clock, alerts=settings)
+    try:
+        await wait_for(a.settled, what="the peer to take the backlog")
+        assert "peer_unreachable" not in kinds(await evaluated(a))
+    finally:
+        await a.server.close()
+        await b.server.close()

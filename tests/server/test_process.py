@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import UsageError
 from engine.remote import RemoteBackend
 from tests.server.conftest import make_pack
 
@@ -188,6 +189,18 @@ def test_a_peer_given_on_the_command_line_is_labelled_with_its_site_name(data: P
         ("site-b", "https://b.example:8420", "-starts-with-a-dash"),
         ("c.example:1", "http://c.example:1", "t"),
     ]
+    assert [p.ca_file for p in peers] == [None, None]
+
+
+def test_each_peer_given_on_the_command_line_takes_its_own_ca_file(data: Path) -> None:
+    from server.cli import _config, build_parser
+
+    two = ["serve", "--data", str(data), "--peer", "site-b=https://b.example:8420",
+           "--peer-token=t1", "--peer", "https://c.example:1", "--peer-token=t2"]  # fmt: skip
+    args = build_parser().parse_args([*two, "--peer-ca", "b.pem", "--peer-ca", "c.pem"])
+    assert [p.ca_file for p in _config(args).peers] == ["b.pem", "c.pem"]
+    with pytest.raises(UsageError, match="one --peer-ca for each --peer"):
+        _config(build_parser().parse_args([*two, "--peer-ca", "b.pem"]))
 
 
 def test_serve_on_an_address_this_machine_does_not_have_says_so(data: Path) -> None:

@@ -10,6 +10,7 @@ import base64
 import itertools
 import os
 import shutil
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,16 @@ import pytest
 
 from engine.remote import RemoteBackend
 from server.alerts.settings import AlertSettings, RepoPolicy
-from server.state import SCRUB
-from tests.server.monitorkit import REPO, FakeClock, Site, start_site, wait_for
+from server.state import REPLICATION, SCRUB
+from tests.server.monitorkit import (
+    REPO,
+    FakeClock,
+    Site,
+    init_practice,
+    start_site,
+    wait_for,
+)
+from tests.server.test_tls import self_signed
 
 CHROMIUM = "chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -120,6 +129,35 @@ async def test_status_page_shows_repositories_an_open_alert_and_its_resolution_l
         assert history["result"]["value"] == 1  # the same page load: no reload happened
     finally:
         await agent.close()
+
+
+async def test_status_page_shows_a_peer_this_site_cannot_trust(
+    browser: Browser, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    b = await start_site(tmp_path, "site-b", ssl=tls)
+    peer = {"url": b.url, "token": b.replica_token("site-a"), "name": "site-b"}
+    clock = FakeClock()
+    alerts = AlertSettings(evaluate_interval=0.1, digest_time=None, disk_threshold=1.01,
+                           peer_unreachable_grace=600.0)  # fmt: skip
+    a = await start_site(tmp_path, "site-a", [peer], clock=clock, alerts=alerts)
+    try:
+        a.add_repo()
+        await (await init_practice(a, tmp_path / "cache")).close()  # queues its config
+        (r,) = a.app[REPLICATION].replicators
+        await wait_for(lambda: r.status.down_since is not None, what="a failed push")
+        clock.advance(601)
+        await browser.call("Page.enable")
+        await browser.call("Page.navigate", url=f"{a.url}/status#token={a.provider_token()}")
+        peers = await _until(browser, "#peers", lambda t: "UNREACHABLE" in t)
+        assert peers.startswith("site-b UNREACHABLE") and "certificate" in peers
+        listed = await _until(browser, "#alerts", lambda t: "certificate" in t)
+        assert "replication to peer site-b failing" in listed
+    finally:
+        await a.server.close()
+        await b.server.close()
 
 
 async def test_status_json_needs_the_provider_token(provider_site: tuple[Site, FakeClock]) -> None:
