@@ -63,6 +63,7 @@ def _fill_repository_args(args: argparse.Namespace, repo: RepositorySettings) ->
     args.password_file = args.password_file or repo.password_file
     args.cache_dir = args.cache_dir or repo.cache_dir
     args.cacert = args.cacert or repo.cacert
+    args.retry_for = args.retry_for or repo.retry_for
     token = args.token or repo.token
     if not token and repo.token_file:
         try:

@@ -50,6 +50,7 @@ class RepositorySettings:
     token_file: str | None = None
     cache_dir: str | None = None
     cacert: str | None = None
+    retry_for: str | None = None  # how long an established connection is retried (e.g. "30m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,7 @@ def _repository(doc: dict[str, Any]) -> RepositorySettings:
         token_file=doc.get("token_file"),
         cache_dir=doc.get("cache_dir"),
         cacert=doc.get("cacert"),
+        retry_for=doc.get("retry_for"),
     )
 
 
@@ -375,12 +377,8 @@ def _apply(config: AgentConfig, o: Overrides) -> AgentConfig:
     r, f = o.repository, config.repository
     merged = RepositorySettings(
         *(
-            a if a is not None else b
-            for a, b in zip(
-                (r.url, r.password_file, r.token, r.token_file, r.cache_dir, r.cacert),
-                (f.url, f.password_file, f.token, f.token_file, f.cache_dir, f.cacert),
-                strict=True,
-            )
+            getattr(r, name) if getattr(r, name) is not None else getattr(f, name)
+            for name in RepositorySettings.__dataclass_fields__
         )
     )
     return replace(config, repository=merged)

@@ -75,6 +75,15 @@ def test_the_documented_example_config_loads() -> None:
     assert config.policy.spool_alert_bytes and config.policy.spool_max_bytes
 
 
+def test_the_repository_table_carries_retry_for_to_the_connection(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(
+        '[repository]\nurl = "http://127.0.0.1:1/x"\nretry_for = "30m"\n'
+        '[dicom]\nlisten = "127.0.0.1:0"\n'
+    )
+    config = load(tmp_path / "a.toml", Overrides(spool_dir=str(tmp_path / "s")))
+    assert config.repository.retry_for == "30m" and config.repository.url == "http://127.0.0.1:1/x"
+
+
 def test_flags_alone_make_a_real_time_agent_and_win_over_the_file(tmp_path: Path) -> None:
     flags = load(
         None,
