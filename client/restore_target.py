@@ -12,12 +12,13 @@ import contextlib
 import enum
 import errno
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+import blake3
 
 from engine.errors import DicomvaultError, UsageError
 
@@ -101,7 +102,9 @@ class Target:
         clean exit, so an interrupted restore never leaves a half-written file under the name."""
         name = _leaf(parts)
         with self.folder(parts[:-1]) as dir_fd:
-            tmp = TEMP_PREFIX + secrets.token_hex(6)
+            tmp = temp_name(name)
+            with contextlib.suppress(FileNotFoundError):  # left by a killed restore
+                os.unlink(tmp, dir_fd=dir_fd)
             fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd)
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -148,6 +151,15 @@ def finish_file(f: BinaryIO, mode: int, mtime_ns: int) -> None:
     f.flush()
     os.fchmod(f.fileno(), mode)
     os.utime(f.fileno(), ns=(mtime_ns, mtime_ns))
+
+
+def temp_name(name: str) -> str:
+    """The temp name a file is written under before its rename: short whatever the name, and
+    the same for the same name, so a temp file left by a restore killed mid-file is removed by
+    the next restore of that file instead of staying as a stray (it is unlinked, never opened:
+    a link planted under that name is not followed)."""
+    digest = blake3.blake3(name.encode("utf-8", "surrogateescape")).hexdigest()
+    return TEMP_PREFIX + digest[:12]
 
 
 def _leaf(parts: list[str]) -> str:
