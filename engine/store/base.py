@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from engine.errors import InvalidName
 
@@ -33,12 +34,25 @@ def validate_name(name: str) -> str:
     return name
 
 
+PIECE = 1 << 20  # what `get_stream` yields at a time: bounded memory whatever the object's size
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    mtime: float  # epoch seconds the object was stored (or set by `put(..., mtime=)`)
+
+
 class Store(ABC):
     """Contract every backend honours.
 
     - `put` is atomic and durable when it returns; it is write-once: a put to an existing name
-      is a no-op (names are content hashes or unique ids, so the content is the same).
-    - `get` and `size` raise `ObjectNotFound` for a missing object.
+      is a no-op (names are content hashes or unique ids, so the content is the same). It
+      returns True if it created the object, False if the name existed. `mtime`, when given,
+      is the time `stat` reports for a created object (the server's injected clock).
+    - `get`, `size` and `stat` raise `ObjectNotFound` for a missing object.
+    - `get_stream(name, offset, length)` yields the bytes of `get_range` in pieces of at most
+      `PIECE` bytes; it raises `ObjectNotFound` before yielding anything for a missing object.
     - `get_range` returns at most `length` bytes; a read past the end returns the bytes that exist
       (possibly none) and never raises for that.
     - `list(prefix)` yields full names under the folder `prefix` in no particular order; a missing
@@ -47,7 +61,9 @@ class Store(ABC):
     """
 
     @abstractmethod
-    async def put(self, name: str, data: bytes | memoryview) -> None: ...
+    async def put(
+        self, name: str, data: bytes | memoryview, *, mtime: float | None = None
+    ) -> bool: ...
 
     @abstractmethod
     async def get(self, name: str) -> bytes: ...
@@ -56,7 +72,22 @@ class Store(ABC):
     async def get_range(self, name: str, offset: int, length: int) -> bytes: ...
 
     @abstractmethod
-    async def size(self, name: str) -> int: ...
+    async def stat(self, name: str) -> ObjectStat: ...
+
+    async def size(self, name: str) -> int:
+        return (await self.stat(name)).size
+
+    async def get_stream(
+        self, name: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The default reads ranges; a backend with a native stream overrides it."""
+        end = await self.size(name) if length is None else offset + length
+        while offset < end:
+            piece = await self.get_range(name, offset, min(PIECE, end - offset))
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
 
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[str]: ...

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from engine.errors import StoreError, TransientError
-from engine.store.base import Store
+from engine.store.base import ObjectStat, Store
 
 
 @dataclass
 class Fault:
-    op: str  # "put", "get", "get_range", "size", "list", "delete" or "*"
+    op: str  # "put", "get", "get_range", "stat", "list", "delete" or "*" (size and
+    # get_stream go through stat and get_range)
     match: Callable[[str], bool] = lambda name: True
     times: int = 1  # how many calls fail; -1 for every call
     error: type[StoreError] = TransientError
@@ -46,9 +47,9 @@ class FaultyStore(Store):
         mid = len(data) // 2
         return data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
 
-    async def put(self, name: str, data: bytes | memoryview) -> None:
+    async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         self._fault("put", name)
-        await self.inner.put(name, data)
+        return await self.inner.put(name, data, mtime=mtime)
 
     async def get(self, name: str) -> bytes:
         fault = self._fault("get", name)
@@ -60,9 +61,9 @@ class FaultyStore(Store):
         data = await self.inner.get_range(name, offset, length)
         return self._flip(data) if fault else data
 
-    async def size(self, name: str) -> int:
-        self._fault("size", name)
-        return await self.inner.size(name)
+    async def stat(self, name: str) -> ObjectStat:
+        self._fault("stat", name)
+        return await self.inner.stat(name)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         self._fault("list", prefix)

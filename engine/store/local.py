@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.errors import ObjectNotFound, StoreError
-from engine.store.base import Store, validate_name
+from engine.store.base import ObjectStat, Store, validate_name
 
 T = TypeVar("T")
 TMP_PREFIX = ".tmp-"
@@ -53,13 +53,16 @@ def link_durably(tmp: Path, final: Path) -> bool:
     return True
 
 
-def write_durably(path: Path, data: bytes | memoryview) -> bool:
-    """Atomically create `path` with `data`; return False if it already existed."""
+def write_durably(path: Path, data: bytes | memoryview, mtime: float | None = None) -> bool:
+    """Atomically create `path` with `data` (and `mtime`, if given, set before it is visible);
+    return False if it already existed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
+        if mtime is not None:
+            os.utime(f.fileno(), (mtime, mtime))
         os.fsync(f.fileno())
     return link_durably(tmp, path)
 
@@ -81,9 +84,9 @@ class LocalStore(Store):
                 raise StoreError(f"storage full while writing {name}") from None
             raise StoreError(f"{name}: {e.strerror or e}") from None
 
-    async def put(self, name: str, data: bytes | memoryview) -> None:
+    async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         path = self._path(name)
-        await self._run(name, lambda: write_durably(path, data))
+        return await self._run(name, lambda: write_durably(path, data, mtime))
 
     async def get(self, name: str) -> bytes:
         return await self._run(name, self._path(name).read_bytes)
@@ -98,9 +101,14 @@ class LocalStore(Store):
 
         return await self._run(name, read)
 
-    async def size(self, name: str) -> int:
+    async def stat(self, name: str) -> ObjectStat:
         path = self._path(name)
-        return await self._run(name, lambda: path.stat().st_size)
+
+        def stat() -> ObjectStat:
+            st = path.stat()
+            return ObjectStat(st.st_size, st.st_mtime)
+
+        return await self._run(name, stat)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         # Validated like a name, so a prefix such as ".." cannot list outside the root.

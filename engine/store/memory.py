@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from engine.errors import ObjectNotFound
-from engine.store.base import Store, validate_name
+from engine.store.base import ObjectStat, Store, validate_name
 
 
 class MemoryStore(Store):
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.objects: dict[str, bytes] = {}
+        self.mtimes: dict[str, float] = {}
+        self.clock = clock
 
-    async def put(self, name: str, data: bytes | memoryview) -> None:
-        self.objects.setdefault(validate_name(name), bytes(data))
+    async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
+        if validate_name(name) in self.objects:
+            return False
+        self.objects[name] = bytes(data)
+        self.mtimes[name] = self.clock() if mtime is None else mtime
+        return True
 
     async def get(self, name: str) -> bytes:
         try:
@@ -24,8 +31,8 @@ class MemoryStore(Store):
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
         return (await self.get(name))[offset : offset + length]
 
-    async def size(self, name: str) -> int:
-        return len(await self.get(name))
+    async def stat(self, name: str) -> ObjectStat:
+        return ObjectStat(len(await self.get(name)), self.mtimes[name])
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         folder = validate_name(prefix) + "/" if prefix else ""
@@ -36,3 +43,4 @@ class MemoryStore(Store):
     async def delete(self, name: str) -> None:
         if self.objects.pop(validate_name(name), None) is None:
             raise ObjectNotFound(f"object not found: {name}")
+        del self.mtimes[name]

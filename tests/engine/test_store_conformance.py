@@ -156,3 +156,42 @@ async def test_valid_names_include_hex_ids_and_suffixes(store: Store) -> None:
 async def test_list_refuses_a_prefix_outside_the_namespace(store: Store, prefix: str) -> None:
     with pytest.raises(InvalidName):
         await names(store, prefix)
+
+
+# -- the operations the server needs: created-or-not, stat, streamed reads ------------------
+
+
+async def test_put_says_whether_it_created_the_object(store: Store) -> None:
+    assert await store.put("keys/k1", b"one") is True
+    assert await store.put("keys/k1", b"one") is False
+    assert await store.put("keys/k1", b"other") is False
+    assert await store.get("keys/k1") == b"one"
+
+
+async def test_stat_reports_size_and_the_given_mtime(store: Store) -> None:
+    await store.put("snapshots/s1", b"record", mtime=1_700_000_000.0)
+    await store.put("snapshots/s1", b"record", mtime=5.0)  # not created: mtime unchanged
+    stat = await store.stat("snapshots/s1")
+    assert (stat.size, stat.mtime) == (6, 1_700_000_000.0)
+    with pytest.raises(ObjectNotFound):
+        await store.stat("snapshots/none")
+
+
+async def test_get_stream_yields_bounded_pieces_of_the_range(store: Store) -> None:
+    from engine.store.base import PIECE
+
+    data = bytes(range(256)) * (PIECE // 128 + 3)  # a little over two pieces
+    await store.put("packs/aa/big", data)
+    pieces = [p async for p in store.get_stream("packs/aa/big")]
+    assert b"".join(pieces) == data
+    assert len(pieces) == 3 and max(map(len, pieces)) <= PIECE
+    ranged = b"".join([p async for p in store.get_stream("packs/aa/big", 1000, PIECE + 7)])
+    assert ranged == data[1000 : 1000 + PIECE + 7]
+    past = [p async for p in store.get_stream("packs/aa/big", len(data) - 2, 10)]
+    assert b"".join(past) == data[-2:]
+
+
+async def test_get_stream_of_a_missing_object_raises_before_yielding(store: Store) -> None:
+    with pytest.raises(ObjectNotFound):
+        async for _ in store.get_stream("packs/aa/none"):
+            raise AssertionError("yielded a piece of a missing object")
