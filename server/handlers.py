@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -21,7 +20,6 @@ from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
-from engine.store.local import write_durably
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.errors import BodyTooLarge, MissingChunks, from_os_error, http_status
@@ -98,8 +96,7 @@ async def store_small_object(
     decides what every later unlock spends (docs/design.md, threat model)."""
     if name.startswith("keys/"):
         KeyObject.decode(data)
-    path = repo.object_path(name)
-    if await asyncio.to_thread(write_durably, path, data):
+    if await repo.store.put(name, data):
         if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
             items = [Item(CONFIG_ITEM, "config"), Item(TOKENS, "tokens")]
         else:
@@ -276,17 +273,16 @@ def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) ->
         raise MissingChunks([ChunkId(a) for a in absent])
 
 
-def _store_commit(
+async def _store_commit(
     request: web.Request, repo: Repository, sid: SnapshotId, record: CommitRecord, data: bytes
 ) -> None:
-    path = repo.object_path(snapshot_name(sid))
-    if write_durably(path, data):  # False means a retried commit: same bytes, same name
-        # The receive time (the no-commit alert's clock) is the file's mtime, which reindex
-        # reads back; it comes from the app's clock so that tests can move it.
-        received = request.app[CLOCK].time()
-        os.utime(path, (received, received))
-    summary = snapshot_summary(record, path.stat().st_mtime)
-    request.app[INDEX].add_snapshot(repo.name, sid, summary)
+    """Durable in the store, then indexed. The receive time (the no-commit alert's clock) is
+    the object's mtime, which reindex reads back; it comes from the app's clock so that tests
+    can move it. A retried commit (same bytes, same name) keeps its first receive time."""
+    name = snapshot_name(sid)
+    await repo.store.put(name, data, mtime=request.app[CLOCK].time())
+    summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
+    await asyncio.to_thread(request.app[INDEX].add_snapshot, repo.name, sid, summary)
 
 
 @routes.post(R + "/snapshots")
@@ -313,7 +309,7 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
     sid = snapshot_id_of(data)
     # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
     await asyncio.to_thread(_check_refs, request, repo, record)
-    await asyncio.to_thread(_store_commit, request, repo, sid, record, data)
+    await _store_commit(request, repo, sid, record, data)
     request.app[METRICS].commits += 1
     await _notify(request, repo, [Item(SNAPSHOT, sid.hex())])
     return sid

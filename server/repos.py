@@ -17,6 +17,7 @@ from engine.errors import RepositoryExists, RepositoryNotFound
 from engine.store.base import validate_name
 from engine.store.local import TMP_PREFIX, LocalStore, fsync_dir
 from server.auth import validate_repo_name
+from server.errors import from_os_error
 
 INCOMING = ".incoming"  # dot-folder: LocalStore.list and LocalBackend never see it
 
@@ -25,7 +26,7 @@ class Repository:
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
         self.root = root
-        self.store = LocalStore(root)
+        self.store = LocalStore(root, from_os_error)
 
     @property
     def incoming(self) -> Path:

@@ -67,9 +67,24 @@ def write_durably(path: Path, data: bytes | memoryview, mtime: float | None = No
     return link_durably(tmp, path)
 
 
+def store_error(e: OSError, name: str) -> StoreError:
+    """The default meaning of an `OSError` while touching object `name`."""
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"storage full while writing {name}")
+    return StoreError(f"{name}: {e.strerror or e}")
+
+
 class LocalStore(Store):
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    """`errors` turns an `OSError` into the `StoreError` to raise; the server passes its own
+    (full disk 507, out of descriptors 503)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        errors: Callable[[OSError, str], StoreError] = store_error,
+    ) -> None:
         self.root = Path(root)
+        self.errors = errors
 
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -80,9 +95,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise ObjectNotFound(f"object not found: {name}") from None
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise StoreError(f"storage full while writing {name}") from None
-            raise StoreError(f"{name}: {e.strerror or e}") from None
+            raise self.errors(e, name) from None
 
     async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         path = self._path(name)

@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from engine.clock import Clock
 from engine.commit import snapshot_name
@@ -37,7 +36,7 @@ from server.replication.state import (
 from server.repos import Repositories, Repository
 
 log = logging.getLogger(__name__)
-PIECE = 256 * 1024  # bytes read from disk and granted by the bucket at a time
+PIECE = 256 * 1024  # bytes granted by the bucket at a time
 LOOKAHEAD = 64  # queued items looked at per repository when the oldest are being retried
 PAGE = 10_000  # local packs compared with the peer per inventory question
 PRACTICE_ROLES = ("backup", "restore", "admin")  # replica tokens are never replicated
@@ -229,26 +228,29 @@ class Replicator:
             await self._push_pack(repo, PackId.parse(item.name))
         elif item.kind == SNAPSHOT:
             sid = SnapshotId.parse(item.name)
-            record = await _read(repo.object_path(snapshot_name(sid)))
+            record = await repo.store.get(snapshot_name(sid))
             await self.bucket.take(len(record))
             await self.client.commit(repo_name, sid, record)
             self.status.commits_sent += 1
         elif item.kind in (KEY, CONFIG):
             name = "config" if item.kind == CONFIG else f"keys/{item.name}"
-            await self.client.put_object(repo_name, name, await _read(repo.object_path(name)))
+            await self.client.put_object(repo_name, name, await repo.store.get(name))
         elif item.kind == TOKENS:
             hashes = await asyncio.to_thread(token_hashes, self.index, repo_name)
             await self.client.put_tokens(repo_name, hashes)
 
     async def _push_pack(self, repo: Repository, pack_id: PackId) -> None:
-        path = repo.object_path(pack_name(pack_id))
-        size = await _size(path)
-        await self.client.put_pack(repo.name, pack_id, size, self._paced(path))
+        name = pack_name(pack_id)
+        size = await repo.store.size(name)
+        await self.client.put_pack(
+            repo.name, pack_id, size, self._paced(repo.store.get_stream(name))
+        )
         self.status.packs_sent += 1
 
-    async def _paced(self, path: Path) -> AsyncIterator[bytes]:
-        with open(path, "rb") as f:
-            while piece := await asyncio.to_thread(f.read, PIECE):
+    async def _paced(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for read in pieces:
+            for start in range(0, len(read), PIECE):
+                piece = read[start : start + PIECE]
                 await self.bucket.take(len(piece))
                 self.status.bytes_sent += len(piece)
                 yield piece
@@ -268,7 +270,7 @@ class Replicator:
 
     async def _reconcile(self, repo: Repository) -> None:
         now = self.clock.time()
-        meta = await asyncio.to_thread(_metadata_items, repo)
+        meta = await _metadata_items(repo)
         await asyncio.to_thread(self.state.enqueue, [self.name], repo.name, meta, now)
         await self._reconcile_packs(repo.name, now)
         await self._reconcile_snapshots(repo.name, now)
@@ -297,23 +299,8 @@ class Replicator:
         await asyncio.to_thread(self.state.reconcile, self.name, repo, todo, held, now)
 
 
-def _metadata_items(repo: Repository) -> list[Item]:
-    items = [Item(CONFIG, "config")] if repo.object_path("config").is_file() else []
-    keys = repo.root / "keys"
-    if keys.is_dir():
-        items += [Item(KEY, p.name) for p in sorted(keys.iterdir()) if p.name[0] != "."]
+async def _metadata_items(repo: Repository) -> list[Item]:
+    items = [Item(CONFIG, "config")] if await repo.store.exists("config") else []
+    keys = sorted([name async for name in repo.store.list("keys")])
+    items += [Item(KEY, name.removeprefix("keys/")) for name in keys]
     return [*items, Item(TOKENS, "tokens")]
-
-
-async def _read(path: Path) -> bytes:
-    try:
-        return await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        raise ObjectNotFound(f"no object {path.name}") from None
-
-
-async def _size(path: Path) -> int:
-    try:
-        return (await asyncio.to_thread(path.stat)).st_size
-    except FileNotFoundError:
-        raise ObjectNotFound(f"no object {path.name}") from None
