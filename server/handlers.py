@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -22,7 +22,7 @@ from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
-from server.errors import BodyTooLarge, MissingChunks, from_os_error, http_status
+from server.errors import BodyTooLarge, MissingChunks
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
@@ -215,39 +215,48 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
     return web.json_response(doc, status=201 if result.created else 200)
 
 
-class _Unreadable(Exception):
-    """Not an `OSError`, so that aiohttp's `FileResponse.prepare` does not make it a 404."""
+def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """(offset, length) of the request's Range within `size` bytes, `(0, size)` without one;
+    None when it cannot be satisfied (416). The same reading as aiohttp's `FileResponse`."""
+    try:
+        rng = request.http_range
+    except ValueError:
+        return None
+    start, end = rng.start, rng.stop
+    if start is None:
+        return 0, size
+    if start < 0 and end is None:  # a suffix, "bytes=-N"
+        start = max(0, size + start)
+        end = size
+    end = min(size if end is None else end, size)
+    return (start, end - start) if start < size else None
 
 
-class _StoredFile(web.FileResponse):
-    """`FileResponse` (Range, 206, 416, sendfile) that answers 503 (507) when the server is out of
-    descriptors or memory (space): aiohttp answers 404 for every `OSError`, so with no
-    descriptors left an existing pack looked absent and a restore gave up on it."""
-
-    def _make_response(self, request: Any, accept_encoding: str) -> Any:
-        try:
-            return super()._make_response(request, accept_encoding)
-        except (FileNotFoundError, NotADirectoryError):
-            raise
-        except OSError as e:
-            raise _Unreadable(from_os_error(e, f"reading {self._path.name}")) from None
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        try:
-            return await super().prepare(request)
-        except _Unreadable as e:
-            error = e.args[0]
-            log.error("%s %s: %s", request.method, request.path, error)
-            self.set_status(http_status(error)[0])
-            self.content_length = 0
-            return await web.StreamResponse.prepare(self, request)
-
-
-async def _file(repo: Repository, name: str) -> web.FileResponse:
-    path = repo.object_path(name)
-    if not await asyncio.to_thread(path.is_file):
-        raise ObjectNotFound(f"no object {name}")
-    return _StoredFile(path, headers={"Content-Type": "application/octet-stream"})
+async def _object(request: web.Request, repo: Repository, name: str) -> web.StreamResponse:
+    """Stream a stored object from the repository's Store, with Range (206, 416). The first
+    piece is read before the status is sent, so a store that fails (503 out of descriptors,
+    507) is answered with that status, never with a 404 or a cut 200."""
+    size = (await repo.store.stat(name)).size
+    span = _byte_range(request, size)
+    if span is None:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+    offset, length = span
+    response = web.StreamResponse(status=206 if request.http_range.start is not None else 200)
+    response.headers["Accept-Ranges"] = "bytes"
+    response.content_type = "application/octet-stream"
+    response.content_length = length
+    if response.status == 206:
+        response.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+    if request.method == "HEAD" or not length:
+        await response.prepare(request)
+        return response
+    pieces = aiter(repo.store.get_stream(name, offset, length))
+    first = await anext(pieces, b"")
+    await response.prepare(request)
+    await response.write(first)
+    async for piece in pieces:
+        await response.write(piece)
+    return response
 
 
 @routes.get(R + "/packs/{id}")
@@ -260,7 +269,7 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
     pack_id = parse_id(PackId, request.match_info["id"])
     if not request.app[INDEX].has_pack(repo.name, pack_id):
         raise ObjectNotFound(f"no pack {pack_id.hex()}")
-    return await _file(repo, pack_name(pack_id))
+    return await _object(request, repo, pack_name(pack_id))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -325,10 +334,10 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 
 @routes.get(R + "/snapshots/{id}")
-async def get_snapshot(request: web.Request) -> web.FileResponse:
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
-    return await _file(repo, snapshot_name(sid))
+    return await _object(request, repo, snapshot_name(sid))
 
 
 # -- quarantine: the practice's admin token takes a planted object out (server.quarantine) ----

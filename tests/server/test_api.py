@@ -200,6 +200,28 @@ async def test_range_reads_return_206(srv: Harness, http: aiohttp.ClientSession)
     assert await srv.backend("restore").get_pack_range(pack_id, 5, 10) == data[5:15]
 
 
+async def test_range_forms_and_unsatisfiable_ranges(
+    srv: Harness, http: aiohttp.ClientSession
+) -> None:
+    """Packs stream from the Store with the Range reading of aiohttp's FileResponse."""
+    pack_id, data, _ = make_pack()
+    await srv.backend().put_pack(pack_id, data)
+    url, size = srv.url(f"packs/{pack_id.hex()}"), len(data)
+    for spec, want in [("-100", data[-100:]), (f"{size - 5}-", data[-5:]), ("0-", data)]:
+        headers = {**srv.headers("restore"), "Range": f"bytes={spec}"}
+        async with http.get(url, headers=headers) as r:
+            assert (r.status, await r.read()) == (206, want)
+            start = size - len(want)
+            assert r.headers["Content-Range"] == f"bytes {start}-{size - 1}/{size}"
+    for spec in [f"{size}-", "x-y"]:
+        headers = {**srv.headers("restore"), "Range": f"bytes={spec}"}
+        async with http.get(url, headers=headers) as r:
+            assert r.status == 416 and r.headers["Content-Range"] == f"bytes */{size}"
+    async with http.head(url, headers=srv.headers("restore")) as r:
+        assert r.status == 200 and r.headers["Content-Length"] == str(size)
+        assert r.headers["Accept-Ranges"] == "bytes"
+
+
 async def test_missing_query_rejects_ragged_bodies(
     srv: Harness, http: aiohttp.ClientSession
 ) -> None:
