@@ -232,7 +232,7 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     return (start, end - start) if start < size else None
 
 
-async def _object(request: web.Request, repo: Repository, name: str) -> web.StreamResponse:
+async def stream_object(request: web.Request, repo: Repository, name: str) -> web.StreamResponse:
     """Stream a stored object from the repository's Store, with Range (206, 416). The first
     piece is read before the status is sent, so a store that fails (503 out of descriptors,
     507) is answered with that status, never with a 404 or a cut 200."""
@@ -269,7 +269,7 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
     pack_id = parse_id(PackId, request.match_info["id"])
     if not request.app[INDEX].has_pack(repo.name, pack_id):
         raise ObjectNotFound(f"no pack {pack_id.hex()}")
-    return await _object(request, repo, pack_name(pack_id))
+    return await stream_object(request, repo, pack_name(pack_id))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -337,7 +337,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
-    return await _object(request, repo, snapshot_name(sid))
+    return await stream_object(request, repo, snapshot_name(sid))
 
 
 # -- quarantine: the practice's admin token takes a planted object out (server.quarantine) ----

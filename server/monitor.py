@@ -22,7 +22,7 @@ from server.alerts.conditions import Facts, PeerFacts, RepoFacts, gather
 from server.auth import Action, authorize, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
 from server.drills import DrillRecords, parse_report
-from server.handlers import parse_id, small_body
+from server.handlers import parse_id, small_body, stream_object
 from server.provider import authorize_provider, may_heal
 from server.repos import Repository
 from server.state import ALERTS, CLOCK, CONFIG, DISK_USAGE, INDEX, REPLICATION, REPOS, SCRUB
@@ -131,11 +131,10 @@ async def replica_pack(request: web.Request) -> web.StreamResponse:
         raise RepositoryNotFound(f"no repository {name!r}")
     repo = request.app[REPOS].get(name)
     pack_id = parse_id(PackId, request.match_info["id"])
-    path = repo.object_path(pack_name(pack_id))
     # Only an indexed pack: a bad one found by this site's scrub is not handed on.
-    if not request.app[INDEX].has_pack(name, pack_id) or not path.is_file():
+    if not request.app[INDEX].has_pack(name, pack_id):
         raise ObjectNotFound(f"no pack {pack_id.hex()}")
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    return await stream_object(request, repo, pack_name(pack_id))
 
 
 # -- status page ------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import blake3
 
 from engine.clock import SYSTEM, Clock
-from engine.errors import DicomvaultError
+from engine.errors import DicomvaultError, ObjectNotFound, StoreError
 from engine.ids import ChunkId, PackId
 from engine.pack import pack_name
 from engine.rates import TokenBucket
@@ -34,7 +34,6 @@ from server.repos import Repositories, Repository
 from server.scrubstate import ScrubState
 
 log = logging.getLogger(__name__)
-PIECE = 1024 * 1024  # bytes hashed per thread hop and per bucket grant
 PAGE = 1000  # index rows per page: the pass never holds a repository's pack list
 PROGRESS_EVERY = 2.0  # seconds between progress records (each one is an LMDB write)
 QUARANTINE = "quarantine"
@@ -143,32 +142,23 @@ class Scrubber:
         await asyncio.to_thread(self._save_run, repo.name, started, before)
 
     async def _check(self, repo: Repository, pack_id: PackId) -> None:
-        path = repo.object_path(pack_name(pack_id))
-        reason = await self._verify(path, pack_id)
+        reason = await self._verify(repo, pack_id)
         self._report.packs_checked += 1
         if reason is not None:
             await self._bad(repo, pack_id, reason)
 
-    async def _verify(self, path: Path, pack_id: PackId) -> str | None:
-        """None if the file hashes to its name, else why not."""
+    async def _verify(self, repo: Repository, pack_id: PackId) -> str | None:
+        """None if the stored pack hashes to its name, else why not."""
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         try:
-            f = await asyncio.to_thread(open, path, "rb")
-        except FileNotFoundError:
+            async for piece in repo.store.get_stream(pack_name(pack_id)):
+                await self.bucket.take(len(piece))
+                await asyncio.to_thread(hasher.update, piece)
+                self._report.bytes_checked += len(piece)
+        except ObjectNotFound:
             return "the pack file is missing"
-        except OSError as e:
-            return f"cannot open: {e.strerror}"
-        try:
-            while True:
-                await self.bucket.take(PIECE)
-                n = await asyncio.to_thread(_hash_piece, f, hasher)
-                self._report.bytes_checked += n
-                if n < PIECE:
-                    break
-        except OSError as e:
-            return f"read error: {e.strerror}"
-        finally:
-            await asyncio.to_thread(f.close)
+        except StoreError as e:
+            return f"read error: {e}"
         digest = hasher.digest()
         return None if digest == pack_id else f"content hashes to {digest.hex()}"
 
@@ -278,12 +268,6 @@ class Scrubber:
                 "unhealed": len(r.unhealed),
             }
         )
-
-
-def _hash_piece(f: BinaryIO, hasher: Any) -> int:
-    data = f.read(PIECE)
-    hasher.update(data)
-    return len(data)
 
 
 def _manifest_chunks(path: Path) -> list[ChunkId] | None:
