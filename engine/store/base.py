@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from engine.errors import InvalidName
@@ -43,6 +43,27 @@ class ObjectStat:
     mtime: float  # epoch seconds the object was stored (or set by `put(..., mtime=)`)
 
 
+class Staged(ABC):
+    """An object written in full and durably, not yet visible: what `put_stream` shows its
+    `verify` callback, which may read any range of it before it is published."""
+
+    size: int
+
+    @abstractmethod
+    async def read_range(self, offset: int, length: int) -> bytes: ...
+
+
+class _StagedBytes(Staged):
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+Verify = Callable[[Staged], Awaitable[None]]
+
+
 class Store(ABC):
     """Contract every backend honours.
 
@@ -50,6 +71,12 @@ class Store(ABC):
       is a no-op (names are content hashes or unique ids, so the content is the same). It
       returns True if it created the object, False if the name existed. `mtime`, when given,
       is the time `stat` reports for a created object (the server's injected clock).
+    - `put_stream(name, pieces, verify)` stores what the async iterable yields, with the same
+      atomic, durable, write-once result as `put`. Once every piece is written and durable,
+      and before the object is visible, it awaits `verify(staged)`: if that raises, or the
+      iterable raises, nothing is visible under `name` and the error propagates. A backend
+      holds at most a bounded part of the object in memory (the default, and the memory store,
+      hold it whole).
     - `get`, `size` and `stat` raise `ObjectNotFound` for a missing object.
     - `get_stream(name, offset, length)` yields the bytes of `get_range` in pieces of at most
       `PIECE` bytes; it raises `ObjectNotFound` before yielding anything for a missing object.
@@ -64,6 +91,19 @@ class Store(ABC):
     async def put(
         self, name: str, data: bytes | memoryview, *, mtime: float | None = None
     ) -> bool: ...
+
+    async def put_stream(
+        self,
+        name: str,
+        pieces: AsyncIterable[bytes],
+        verify: Verify | None = None,
+        *,
+        mtime: float | None = None,
+    ) -> bool:
+        data = b"".join([piece async for piece in pieces])
+        if verify is not None:
+            await verify(_StagedBytes(data))
+        return await self.put(name, data, mtime=mtime)
 
     @abstractmethod
     async def get(self, name: str) -> bytes: ...

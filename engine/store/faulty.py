@@ -6,11 +6,11 @@ result). Production code never uses this module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from engine.errors import StoreError, TransientError
-from engine.store.base import ObjectStat, Store
+from engine.store.base import ObjectStat, Store, Verify
 
 
 @dataclass
@@ -50,6 +50,17 @@ class FaultyStore(Store):
     async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         self._fault("put", name)
         return await self.inner.put(name, data, mtime=mtime)
+
+    async def put_stream(
+        self,
+        name: str,
+        pieces: AsyncIterable[bytes],
+        verify: Verify | None = None,
+        *,
+        mtime: float | None = None,
+    ) -> bool:
+        self._fault("put", name)
+        return await self.inner.put_stream(name, pieces, verify, mtime=mtime)
 
     async def get(self, name: str) -> bytes:
         fault = self._fault("get", name)

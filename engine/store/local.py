@@ -11,17 +11,19 @@ import asyncio
 import builtins
 import contextlib
 import errno
+import functools
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from engine.errors import ObjectNotFound, StoreError
-from engine.store.base import ObjectStat, Store, validate_name
+from engine.store.base import ObjectStat, Staged, Store, Verify, validate_name
 
 T = TypeVar("T")
 TMP_PREFIX = ".tmp-"
+INCOMING = ".incoming"  # where `put_stream` stages objects; a dot-folder, so never listed
 
 
 def fsync_dir(path: Path) -> None:
@@ -74,6 +76,38 @@ def store_error(e: OSError, name: str) -> StoreError:
     return StoreError(f"{name}: {e.strerror or e}")
 
 
+class _StagedFile(Staged):
+    """A temp file in the staging folder; its name is removed by publishing or discarding."""
+
+    def __init__(self, folder: Path) -> None:
+        # mkdir: a folder copied in from elsewhere may have no staging folder yet.
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        self.file = open(self.path, "xb")  # noqa: SIM115 - closed in seal/discard
+        self.size = 0
+
+    def seal(self, mtime: float | None) -> None:
+        self.file.flush()
+        if mtime is not None:
+            os.utime(self.file.fileno(), (mtime, mtime))
+        os.fsync(self.file.fileno())
+        self.size = os.fstat(self.file.fileno()).st_size
+        self.file.close()
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        def read() -> bytes:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+
+        return await asyncio.to_thread(read)
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 class LocalStore(Store):
     """`errors` turns an `OSError` into the `StoreError` to raise; the server passes its own
     (full disk 507, out of descriptors 503)."""
@@ -100,6 +134,27 @@ class LocalStore(Store):
     async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         path = self._path(name)
         return await self._run(name, lambda: write_durably(path, data, mtime))
+
+    async def put_stream(
+        self,
+        name: str,
+        pieces: AsyncIterable[bytes],
+        verify: Verify | None = None,
+        *,
+        mtime: float | None = None,
+    ) -> bool:
+        """Stage in `.incoming/` (write, fsync), verify, then link into place like `put`."""
+        final = self._path(name)
+        staged = await self._run(name, lambda: _StagedFile(self.root / INCOMING))
+        try:
+            async for piece in pieces:
+                await self._run(name, functools.partial(staged.file.write, piece))
+            await self._run(name, lambda: staged.seal(mtime))
+            if verify is not None:
+                await verify(staged)
+            return await self._run(name, lambda: link_durably(staged.path, final))
+        finally:
+            await asyncio.to_thread(staged.discard)
 
     async def get(self, name: str) -> bytes:
         return await self._run(name, self._path(name).read_bytes)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidName, ObjectNotFound, StoreError
-from engine.store.base import Store
+from engine.errors import IntegrityError, InvalidName, ObjectNotFound, StoreError
+from engine.store.base import ObjectStat, Staged, Store
 from engine.store.faulty import FaultyStore
-from engine.store.local import LocalStore
+from engine.store.local import INCOMING, LocalStore
 from engine.store.memory import MemoryStore
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
@@ -195,3 +195,51 @@ async def test_get_stream_of_a_missing_object_raises_before_yielding(store: Stor
     with pytest.raises(ObjectNotFound):
         async for _ in store.get_stream("packs/aa/none"):
             raise AssertionError("yielded a piece of a missing object")
+
+
+# -- streamed puts: verified before visible --------------------------------------------------
+
+
+async def _pieces(*parts: bytes, fail_after: int | None = None) -> AsyncIterator[bytes]:
+    for i, part in enumerate(parts):
+        if i == fail_after:
+            raise ConnectionResetError("the upload was cut")
+        yield part
+
+
+async def test_put_stream_stores_the_pieces_once(store: Store) -> None:
+    assert await store.put_stream("packs/aa/p", _pieces(b"ab", b"", b"cde"), mtime=42.0)
+    assert not await store.put_stream("packs/aa/p", _pieces(b"other"))
+    assert await store.get("packs/aa/p") == b"abcde"
+    assert await store.stat("packs/aa/p") == ObjectStat(5, 42.0)
+
+
+async def test_put_stream_verifies_the_whole_object_before_it_is_visible(store: Store) -> None:
+    seen: list[tuple[int, bytes, bool]] = []
+
+    async def verify(staged: Staged) -> None:
+        visible = await store.exists("packs/aa/p")
+        seen.append((staged.size, await staged.read_range(3, 100), visible))
+
+    await store.put_stream("packs/aa/p", _pieces(b"abc", b"defg"), verify)
+    assert seen == [(7, b"defg", False)]
+
+
+async def test_a_refused_or_cut_stream_leaves_nothing_visible(store: Store) -> None:
+    async def refuse(staged: Staged) -> None:
+        raise IntegrityError("hashes to something else")
+
+    with pytest.raises(IntegrityError):
+        await store.put_stream("packs/aa/p", _pieces(b"abc"), refuse)
+    with pytest.raises(ConnectionResetError):
+        await store.put_stream("packs/aa/p", _pieces(b"abc", b"def", fail_after=1))
+    assert await names(store) == []
+    assert not await store.exists("packs/aa/p")
+
+
+async def test_local_put_stream_leaves_no_staged_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await store.put_stream("packs/aa/p", _pieces(b"abc"))
+    with pytest.raises(ConnectionResetError):
+        await store.put_stream("packs/aa/q", _pieces(b"abc", b"def", fail_after=1))
+    assert list((tmp_path / INCOMING).iterdir()) == []
