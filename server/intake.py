@@ -1,20 +1,19 @@
-"""Pack intake: stream an upload to a temp file, verify it, publish it durably, then index it.
+"""Pack intake: stream an upload into the repository's Store, verify it, then index it.
 
-Owns the order of invariant 1 on the server (temp file, fsync, verify hash and manifest, link,
-folder fsync, and only then the index), so a killed server never exposes a partial pack and the
-index never names a pack that is not durable. Holds no keys: it checks only the pack's BLAKE3
+Owns the order of invariant 1 on the server: the Store stages the body durably, intake's
+`verify` checks its hash and manifest before the Store publishes it, and only then is it
+indexed, so a killed server never exposes a partial pack and the index never names a pack that
+is not durable. Holds no keys: it checks only the pack's BLAKE3
 name and its plaintext manifest. Must not know HTTP status codes or tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import blake3
 
@@ -28,7 +27,7 @@ from engine.pack import (
     parse_manifest,
     parse_trailer,
 )
-from engine.store.local import link_durably
+from engine.store.base import Staged
 from server.errors import BodyTooLarge, HashMismatch
 from server.index import ServerIndex
 from server.repos import Repository
@@ -58,62 +57,54 @@ def read_pack_info_file(path: Path) -> PackInfo:
     return PackInfo(entries, blob_len, header_len, size)
 
 
-class _Sink:
-    """Temp file plus running hash; all blocking work runs in a worker thread."""
+async def read_pack_info_staged(staged: Staged) -> PackInfo:
+    """`read_pack_info_file` for a staged object: the trailer and manifest ranges only."""
+    if staged.size < TRAILER_SIZE:
+        raise FormatError("pack too short for a trailer")
+    trailer = await staged.read_range(staged.size - TRAILER_SIZE, TRAILER_SIZE)
+    count, header_len, blob_len = parse_trailer(trailer, staged.size)
+    manifest = await staged.read_range(blob_len + header_len, count * ENTRY_SIZE)
+    entries = tuple(parse_manifest(manifest, blob_len))
+    return PackInfo(entries, blob_len, header_len, staged.size)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+class _Upload:
+    """The body in batches of `WRITE_BATCH`, counted against the limit and hashed as it passes
+    (blocking work in a worker thread), then checked against the pack's name and manifest."""
+
+    def __init__(self, pack_id: PackId, body: AsyncIterator[bytes], max_size: int) -> None:
+        self.pack_id, self.body, self.max_size = pack_id, body, max_size
         self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self.size = 0
-        self.file: BinaryIO = open(path, "xb")  # noqa: SIM115 - closed in finish/abort
+        self.info: PackInfo | None = None
 
-    def write(self, data: bytes) -> None:
-        self.file.write(data)
-        self.hasher.update(data)
-        self.size += len(data)
+    async def pieces(self) -> AsyncIterator[bytes]:
+        buf: list[bytes] = []
+        pending = 0
+        async for piece in self.body:
+            pending += len(piece)
+            if self.size + pending > self.max_size:
+                raise BodyTooLarge(f"pack larger than {self.max_size} bytes")
+            buf.append(piece)
+            if pending >= WRITE_BATCH:
+                yield await self._hashed(b"".join(buf))
+                buf, pending = [], 0
+        if buf:
+            yield await self._hashed(b"".join(buf))
 
-    def finish(self) -> bytes:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        return self.hasher.digest()
+    async def _hashed(self, batch: bytes) -> bytes:
+        await asyncio.to_thread(self.hasher.update, batch)
+        self.size += len(batch)
+        return batch
 
-    def abort(self) -> None:
-        self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-async def _receive(sink: _Sink, body: AsyncIterator[bytes], max_size: int) -> None:
-    buf: list[bytes] = []
-    pending = 0
-    async for piece in body:
-        pending += len(piece)
-        if sink.size + pending > max_size:
-            raise BodyTooLarge(f"pack larger than {max_size} bytes")
-        buf.append(piece)
-        if pending >= WRITE_BATCH:
-            await asyncio.to_thread(sink.write, b"".join(buf))
-            buf, pending = [], 0
-    if buf:
-        await asyncio.to_thread(sink.write, b"".join(buf))
-
-
-def _publish(repo: Repository, index: ServerIndex, pack_id: PackId, sink: _Sink) -> IntakeResult:
-    """Verify the fsynced temp file, link it into place, index it (in this order)."""
-    digest = sink.finish()
-    if digest != pack_id:
-        raise HashMismatch(f"pack {pack_id.hex()}: body hashes to {digest.hex()}")
-    try:
-        info = read_pack_info_file(sink.path)
-    except FormatError as e:
-        raise FormatError(f"pack {pack_id.hex()}: {e}") from None
-    final = repo.object_path(pack_name(pack_id))
-    created = link_durably(sink.path, final)
-    # Index even when the pack already existed: a crash between link and index leaves a
-    # durable but unindexed pack, and a re-upload is how a client heals it.
-    index.add_pack(repo.name, pack_id, info.size, final.stat().st_mtime, info.entries)
-    return IntakeResult(pack_id, info.size, len(info.entries), created)
+    async def verify(self, staged: Staged) -> None:
+        digest = self.hasher.digest()
+        if digest != self.pack_id:
+            raise HashMismatch(f"pack {self.pack_id.hex()}: body hashes to {digest.hex()}")
+        try:
+            self.info = await read_pack_info_staged(staged)
+        except FormatError as e:
+            raise FormatError(f"pack {self.pack_id.hex()}: {e}") from None
 
 
 async def receive_pack(
@@ -123,10 +114,15 @@ async def receive_pack(
     body: AsyncIterator[bytes],
     max_size: int,
 ) -> IntakeResult:
-    sink = await asyncio.to_thread(lambda: _Sink(repo.new_temp_path()))
-    try:
-        await _receive(sink, body, max_size)
-        return await asyncio.to_thread(_publish, repo, index, pack_id, sink)
-    finally:
-        # After a successful publish the temp name is already gone; abort just closes.
-        await asyncio.to_thread(sink.abort)
+    """Stream the body into the Store, which publishes it only after `verify` and only
+    durably; then index it (invariant 1)."""
+    upload = _Upload(pack_id, body, max_size)
+    name = pack_name(pack_id)
+    created = await repo.store.put_stream(name, upload.pieces(), upload.verify)
+    info = upload.info
+    assert info is not None  # put_stream awaits verify whenever the stream completes
+    # Index even when the pack already existed: a crash between publish and index leaves a
+    # durable but unindexed pack, and a re-upload is how a client heals it.
+    mtime = (await repo.store.stat(name)).mtime
+    await asyncio.to_thread(index.add_pack, repo.name, pack_id, info.size, mtime, info.entries)
+    return IntakeResult(pack_id, info.size, len(info.entries), created)

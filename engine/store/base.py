@@ -73,7 +73,8 @@ class Store(ABC):
       is the time `stat` reports for a created object (the server's injected clock).
     - `put_stream(name, pieces, verify)` stores what the async iterable yields, with the same
       atomic, durable, write-once result as `put`. Once every piece is written and durable,
-      and before the object is visible, it awaits `verify(staged)`: if that raises, or the
+      and before the object is visible, it awaits `verify(staged)` (also when `name` already
+      exists, so the caller learns what it sent): if that raises, or the
       iterable raises, nothing is visible under `name` and the error propagates. A backend
       holds at most a bounded part of the object in memory (the default, and the memory store,
       hold it whole).

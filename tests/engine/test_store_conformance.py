@@ -222,7 +222,8 @@ async def test_put_stream_verifies_the_whole_object_before_it_is_visible(store: 
         seen.append((staged.size, await staged.read_range(3, 100), visible))
 
     await store.put_stream("packs/aa/p", _pieces(b"abc", b"defg"), verify)
-    assert seen == [(7, b"defg", False)]
+    await store.put_stream("packs/aa/p", _pieces(b"abcdefg"), verify)  # exists: still verified
+    assert seen == [(7, b"defg", False), (7, b"defg", True)]
 
 
 async def test_a_refused_or_cut_stream_leaves_nothing_visible(store: Store) -> None:
