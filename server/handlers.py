@@ -217,7 +217,7 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     """(offset, length) of the request's Range within `size` bytes, `(0, size)` without one;
-    None when it cannot be satisfied (416). The same reading as aiohttp's `FileResponse`."""
+    None when it cannot be satisfied (416). The same reading as aiohttp's file responses."""
     try:
         rng = request.http_range
     except ValueError:

@@ -2,24 +2,23 @@
 
 Owns repository folders, their layout (`config`, `keys/*`, `packs/xx/<id>`, `snapshots/<id>`, the
 same as `engine.backend.LocalBackend`, so a server repository folder is also a valid local
-repository) and the `.incoming/` folder where uploads land before they are linked into place.
-Must not hold keys or decide who may do what.
+repository) and sweeping the temp files of uploads that were never published. Every read and
+write of a stored object goes through `Repository.store`; `object_path` is left only for
+quarantine's move (tests/server/test_storage_contract.py keeps that list). Must not hold keys or
+decide who may do what.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 
 from engine.errors import RepositoryExists, RepositoryNotFound
 from engine.store.base import validate_name
-from engine.store.local import TMP_PREFIX, LocalStore, fsync_dir
+from engine.store.local import INCOMING, TMP_PREFIX, LocalStore, fsync_dir
 from server.auth import validate_repo_name
 from server.errors import from_os_error
-
-INCOMING = ".incoming"  # dot-folder: LocalStore.list and LocalBackend never see it
 
 
 class Repository:
@@ -31,11 +30,6 @@ class Repository:
     @property
     def incoming(self) -> Path:
         return self.root / INCOMING
-
-    def new_temp_path(self) -> Path:
-        # mkdir: a repository folder copied in from a local repository has no `.incoming/` yet.
-        self.incoming.mkdir(exist_ok=True)
-        return self.incoming / f"{TMP_PREFIX}{secrets.token_hex(8)}"
 
     def object_path(self, name: str) -> Path:
         return self.root / validate_name(name)  # same names, same layout as LocalStore
