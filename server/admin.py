@@ -7,6 +7,7 @@ environment; LMDB is multi-process safe). Must not parse arguments or print.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -49,7 +50,7 @@ def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]
 
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
     with open_index(config) as index:
-        return reindex(Repositories(config.repos_dir), index, verify=verify)
+        return asyncio.run(reindex(Repositories(config.repos_dir), index, verify=verify))
 
 
 def quarantine_offline(
@@ -61,7 +62,10 @@ def quarantine_offline(
     with open_index(config) as index:
         repo = Repositories(config.repos_dir).get(name)
         obj = object_name(kind, ident)
-        return quarantine(repo, index, obj, by="server operator", reason=reason, now=SYSTEM.time())
+        now = SYSTEM.time()
+        return asyncio.run(
+            quarantine(repo, index, obj, by="server operator", reason=reason, now=now)
+        )
 
 
 def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[str]) -> str:

@@ -351,9 +351,7 @@ async def quarantine_object(request: web.Request) -> web.Response:
     by = f"admin token from {request.remote}"
     reason = request.query.get("reason", "")[:500]
     now = request.app[CLOCK].time()
-    entry = await asyncio.to_thread(
-        quarantine, repo, request.app[INDEX], name, by=by, reason=reason, now=now
-    )
+    entry = await quarantine(repo, request.app[INDEX], name, by=by, reason=reason, now=now)
     return web.json_response(entry)
 
 

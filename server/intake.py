@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +57,18 @@ def read_pack_info_file(path: Path) -> PackInfo:
     return PackInfo(entries, blob_len, header_len, size)
 
 
-async def read_pack_info_staged(staged: Staged) -> PackInfo:
-    """`read_pack_info_file` for a staged object: the trailer and manifest ranges only."""
-    if staged.size < TRAILER_SIZE:
+async def read_pack_info_ranges(
+    read_range: Callable[[int, int], Awaitable[bytes]], size: int
+) -> PackInfo:
+    """`read_pack_info_file` for a stored or staged object: two ranged reads, the trailer and
+    the manifest."""
+    if size < TRAILER_SIZE:
         raise FormatError("pack too short for a trailer")
-    trailer = await staged.read_range(staged.size - TRAILER_SIZE, TRAILER_SIZE)
-    count, header_len, blob_len = parse_trailer(trailer, staged.size)
-    manifest = await staged.read_range(blob_len + header_len, count * ENTRY_SIZE)
+    trailer = await read_range(size - TRAILER_SIZE, TRAILER_SIZE)
+    count, header_len, blob_len = parse_trailer(trailer, size)
+    manifest = await read_range(blob_len + header_len, count * ENTRY_SIZE)
     entries = tuple(parse_manifest(manifest, blob_len))
-    return PackInfo(entries, blob_len, header_len, staged.size)
+    return PackInfo(entries, blob_len, header_len, size)
 
 
 class _Upload:
@@ -102,7 +105,7 @@ class _Upload:
         if digest != self.pack_id:
             raise HashMismatch(f"pack {self.pack_id.hex()}: body hashes to {digest.hex()}")
         try:
-            self.info = await read_pack_info_staged(staged)
+            self.info = await read_pack_info_ranges(staged.read_range, staged.size)
         except FormatError as e:
             raise FormatError(f"pack {self.pack_id.hex()}: {e}") from None
 

@@ -9,6 +9,7 @@ and running `reindex`. Must not decide who may quarantine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -49,10 +50,17 @@ def quarantine_dir(repo: Repository) -> Path:
     return repo.root.parent.parent / QUARANTINE / repo.name
 
 
-def quarantine(
+async def quarantine(
     repo: Repository, index: ServerIndex, name: str, *, by: str, reason: str, now: float
 ) -> dict[str, Any]:
     """Move object `name` into quarantine, log it, and rebuild the repository's index rows."""
+    entry = await asyncio.to_thread(_move, repo, name, by=by, reason=reason, now=now)
+    log.warning("quarantined %s/%s by %s: %s", repo.name, name, by, reason or "no reason given")
+    report: ReindexReport = await reindex_repository(repo, index)
+    return {**entry, "packs": report.packs, "snapshots": report.snapshots}
+
+
+def _move(repo: Repository, name: str, *, by: str, reason: str, now: float) -> dict[str, Any]:
     path = repo.object_path(name)
     if not path.is_file():
         raise ObjectNotFound(f"no object {name} in {repo.name}")
@@ -69,6 +77,4 @@ def quarantine(
         f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    log.warning("quarantined %s/%s by %s: %s", repo.name, name, by, reason or "no reason given")
-    report: ReindexReport = reindex_repository(repo, index)
-    return {**entry, "packs": report.packs, "snapshots": report.snapshots}
+    return entry

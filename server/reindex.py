@@ -1,4 +1,5 @@
-"""Rebuild the server index's cache (chunks, packs, snapshots) from stored packs and commits.
+"""Rebuild the server index's cache (chunks, packs, snapshots) from stored packs and commits,
+read through each repository's Store.
 
 Owns the proof of invariant 3 on the server: the index holds nothing that the repository folders
 cannot reproduce. Reads each pack's trailer and manifest only (not its blobs) unless asked to
@@ -7,16 +8,18 @@ verify hashes. Must not modify packs, commit records, tokens or heartbeats.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+
+import blake3
 
 from engine.commit import CommitRecord
 from engine.errors import DicomvaultError
 from engine.ids import PackId, SnapshotId
-from engine.pack import pack_id_of
 from server.index import ServerIndex
-from server.intake import read_pack_info_file
+from server.intake import read_pack_info_ranges
 from server.repos import Repositories, Repository
 
 log = logging.getLogger(__name__)
@@ -35,45 +38,54 @@ def snapshot_summary(record: CommitRecord, received: float) -> dict[str, object]
     return {"time": record.time, "agent": record.agent, "received": received}
 
 
-def _ids_under(folder: Path) -> list[tuple[str, Path]]:
-    if not folder.is_dir():
-        return []
-    return [(p.name, p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+async def _ids_under(repo: Repository, folder: str) -> list[tuple[str, str]]:
+    """(last component, object name) of every object under `folder` in the repository's Store."""
+    return [(name.rsplit("/", 1)[-1], name) async for name in repo.store.list(folder)]
 
 
-def _reindex_packs(
+async def _hash_of(repo: Repository, name: str) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    async for piece in repo.store.get_stream(name):
+        await asyncio.to_thread(hasher.update, piece)
+    return hasher.digest()
+
+
+async def _reindex_packs(
     repo: Repository, index: ServerIndex, verify: bool, report: ReindexReport
 ) -> None:
-    for name, path in _ids_under(repo.root / "packs"):
+    for ident, name in await _ids_under(repo, "packs"):
         try:
-            pack_id = PackId.parse(name)
-            info = read_pack_info_file(path)
-            if verify and pack_id_of(path.read_bytes()) != pack_id:
+            pack_id = PackId.parse(ident)
+            stat = await repo.store.stat(name)
+            info = await read_pack_info_ranges(partial(repo.store.get_range, name), stat.size)
+            if verify and await _hash_of(repo, name) != pack_id:
                 raise DicomvaultError("content does not match its name")
         except (ValueError, DicomvaultError) as e:
-            log.warning("%s: skipping pack %s: %s", repo.name, name, e)
+            log.warning("%s: skipping pack %s: %s", repo.name, ident, e)
             report.bad += 1
             continue
-        index.add_pack(repo.name, pack_id, info.size, path.stat().st_mtime, info.entries)
+        add = partial(index.add_pack, repo.name, pack_id, info.size, stat.mtime, info.entries)
+        await asyncio.to_thread(add)
         report.packs += 1
         report.chunks += len(info.entries)
 
 
-def _reindex_snapshots(repo: Repository, index: ServerIndex, report: ReindexReport) -> None:
-    for name, path in _ids_under(repo.root / "snapshots"):
+async def _reindex_snapshots(repo: Repository, index: ServerIndex, report: ReindexReport) -> None:
+    for ident, name in await _ids_under(repo, "snapshots"):
         try:
-            snapshot_id = SnapshotId.parse(name)
-            record = CommitRecord.decode(path.read_bytes())
+            snapshot_id = SnapshotId.parse(ident)
+            record = CommitRecord.decode(await repo.store.get(name))
+            stat = await repo.store.stat(name)
         except (ValueError, DicomvaultError) as e:
-            log.warning("%s: skipping snapshot %s: %s", repo.name, name, e)
+            log.warning("%s: skipping snapshot %s: %s", repo.name, ident, e)
             report.bad += 1
             continue
-        summary = snapshot_summary(record, path.stat().st_mtime)
-        index.add_snapshot(repo.name, snapshot_id, summary)
+        summary = snapshot_summary(record, stat.mtime)
+        await asyncio.to_thread(index.add_snapshot, repo.name, snapshot_id, summary)
         report.snapshots += 1
 
 
-def reindex_repository(
+async def reindex_repository(
     repo: Repository,
     index: ServerIndex,
     *,
@@ -82,16 +94,18 @@ def reindex_repository(
 ) -> ReindexReport:
     """Drop and rebuild one repository's cache rows."""
     report = report or ReindexReport()
-    index.drop_repo_cache(repo.name)
-    _reindex_packs(repo, index, verify, report)
-    _reindex_snapshots(repo, index, report)
+    await asyncio.to_thread(index.drop_repo_cache, repo.name)
+    await _reindex_packs(repo, index, verify, report)
+    await _reindex_snapshots(repo, index, report)
     report.repositories += 1
     return report
 
 
-def reindex(repos: Repositories, index: ServerIndex, *, verify: bool = False) -> ReindexReport:
+async def reindex(
+    repos: Repositories, index: ServerIndex, *, verify: bool = False
+) -> ReindexReport:
     """Drop and rebuild each repository's cache rows; tokens and heartbeats are kept."""
     report = ReindexReport()
     for name in repos.names():
-        reindex_repository(repos.get(name), index, verify=verify, report=report)
+        await reindex_repository(repos.get(name), index, verify=verify, report=report)
     return report

@@ -27,7 +27,7 @@ async def test_reindex_rebuilds_identical_index(srv: Harness) -> None:
     assert index.dump(REPO) == {"chunks": [], "packs": [], "snapshots": []}
     assert await backend.missing(refs) == set(refs)
 
-    report = reindex(srv.app[REPOS], index, verify=True)
+    report = await reindex(srv.app[REPOS], index, verify=True)
     assert (report.packs, report.chunks, report.snapshots, report.bad) == (4, 80, 2, 0)
     assert index.dump(REPO) == before
     assert len(index.heartbeats(REPO)) == 1  # not a cache: kept
@@ -39,7 +39,7 @@ async def test_reindex_skips_stray_files(srv: Harness) -> None:
     stray = srv.config.repos_dir / REPO / "packs" / "zz"
     stray.mkdir()
     (stray / "not-a-pack").write_bytes(b"junk")
-    report = reindex(srv.app[REPOS], srv.app[INDEX])
+    report = await reindex(srv.app[REPOS], srv.app[INDEX])
     assert (report.packs, report.bad) == (1, 1)
 
 

@@ -391,7 +391,7 @@ async def test_anti_entropy_fills_a_peer_added_later_and_one_that_lost_a_pack(
     b.app[INDEX].drop_repo_cache(REPO)
     from server.reindex import reindex
 
-    reindex(b.app[REPOS], b.app[INDEX])
+    await reindex(b.app[REPOS], b.app[INDEX])
     a.app[REPLICATION].replicators[0].request_anti_entropy()
     await wait_for(lambda: b.app[INDEX].has_pack(REPO, packs[0]))
 

@@ -18,8 +18,7 @@ ALLOWED = {
     "server/repos.py": "defines object_path, for quarantine's move",
     "server/quarantine.py": "moves an object to DATA/quarantine with os.replace",
     "server/scrub.py": "moves a bad pack to DATA/quarantine and reads its manifest there",
-    "server/reindex.py": "walks the repository folders (sync; called from threads)",
-    "server/intake.py": "defines read_pack_info_file for reindex and scrub",
+    "server/intake.py": "defines read_pack_info_file for scrub's quarantined copies",
 }
 
 
