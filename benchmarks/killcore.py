@@ -10,6 +10,7 @@ this module imports nothing from `tests`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import shutil
@@ -315,7 +316,7 @@ def index_problems(data: Path) -> list[str]:
         rebuilt = ServerIndex(Path(scratch), INDEX_MAP_SIZE)
         live = ServerIndex(config.index_path, INDEX_MAP_SIZE)
         try:
-            reindex(repos, rebuilt)
+            asyncio.run(reindex(repos, rebuilt))
             return [p for name in repos.names() for p in _diff(name, live, rebuilt)]
         finally:
             rebuilt.close()
