@@ -83,7 +83,8 @@ class Store(ABC):
       `PIECE` bytes; it raises `ObjectNotFound` before yielding anything for a missing object.
     - `get_range` returns at most `length` bytes; a read past the end returns the bytes that exist
       (possibly none) and never raises for that.
-    - `list(prefix)` yields full names under the folder `prefix` in no particular order; a missing
+    - `list(prefix, start_after)` yields full names under the folder `prefix` in lexicographic
+      order, only those after `start_after` when it is given (to resume a listing); a missing
       folder yields nothing.
     - `delete` raises `ObjectNotFound` for a missing object.
     """
@@ -131,7 +132,7 @@ class Store(ABC):
             yield piece
 
     @abstractmethod
-    def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+    def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[str]: ...
 
     @abstractmethod
     async def delete(self, name: str) -> None: ...

@@ -76,9 +76,9 @@ class FaultyStore(Store):
         self._fault("stat", name)
         return await self.inner.stat(name)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[str]:
         self._fault("list", prefix)
-        async for name in self.inner.list(prefix):
+        async for name in self.inner.list(prefix, start_after):
             yield name
 
     async def delete(self, name: str) -> None:

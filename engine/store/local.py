@@ -178,12 +178,13 @@ class LocalStore(Store):
 
         return await self._run(name, stat)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[str]:
         # Validated like a name, so a prefix such as ".." cannot list outside the root.
         base = self.root / validate_name(prefix) if prefix else self.root
         names = await asyncio.to_thread(self._walk, base)
-        for name in names:
-            yield name
+        for name in sorted(names):
+            if start_after is None or name > start_after:
+                yield name
 
     def _walk(self, base: Path) -> builtins.list[str]:  # `list` here is the method
         out: builtins.list[str] = []

@@ -34,10 +34,10 @@ class MemoryStore(Store):
     async def stat(self, name: str) -> ObjectStat:
         return ObjectStat(len(await self.get(name)), self.mtimes[name])
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[str]:
         folder = validate_name(prefix) + "/" if prefix else ""
-        for name in list(self.objects):
-            if name.startswith(folder):
+        for name in sorted(self.objects):
+            if name.startswith(folder) and (start_after is None or name > start_after):
                 yield name
 
     async def delete(self, name: str) -> None:

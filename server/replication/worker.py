@@ -301,6 +301,6 @@ class Replicator:
 
 async def _metadata_items(repo: Repository) -> list[Item]:
     items = [Item(CONFIG, "config")] if await repo.store.exists("config") else []
-    keys = sorted([name async for name in repo.store.list("keys")])
+    keys = [name async for name in repo.store.list("keys")]  # sorted by the Store
     items += [Item(KEY, name.removeprefix("keys/")) for name in keys]
     return [*items, Item(TOKENS, "tokens")]

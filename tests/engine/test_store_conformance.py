@@ -244,3 +244,12 @@ async def test_local_put_stream_leaves_no_staged_file(tmp_path: Path) -> None:
     with pytest.raises(ConnectionResetError):
         await store.put_stream("packs/aa/q", _pieces(b"abc", b"def", fail_after=1))
     assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_list_is_sorted_and_resumes_after_a_start_key(store: Store) -> None:
+    for name in ["packs/bb/2", "packs/aa/1", "packs/aa/3", "snapshots/x", "config"]:
+        await store.put(name, b"x")
+    assert [n async for n in store.list("packs")] == ["packs/aa/1", "packs/aa/3", "packs/bb/2"]
+    after = [n async for n in store.list("packs", start_after="packs/aa/3")]
+    assert after == ["packs/bb/2"]
+    assert [n async for n in store.list(start_after="packs/zz")] == ["snapshots/x"]
