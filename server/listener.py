@@ -127,10 +127,14 @@ async def start(
     handle_signals: bool = False,
 ) -> tuple[GuardedRunner, web.TCPSite]:
     """Start serving `app` on `config.host:config.port`; the caller cleans the runner up."""
-    caps = fit_caps(config, descriptors or resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    fds = descriptors or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    caps = fit_caps(config, fds)
     runner = GuardedRunner(app, caps, config.idle_timeout, handle_signals=handle_signals)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+    # asyncio accepts up to `backlog` sockets per wake-up before any of them reaches the caps:
+    # keep that burst within the descriptors the caps leave free, or a flood hits EMFILE.
+    backlog = max(8, min(128, (fds - caps.total) // 2))
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context, backlog=backlog)
     await site.start()
     log.info(
         "serving on %s:%d; at most %d connections, %d per address, idle timeout %.0f s",
