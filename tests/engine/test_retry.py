@@ -142,7 +142,7 @@ class NoAnswerYet(LocalBackend):
 
 
 async def test_no_answer_on_first_contact_fails_at_once_with_its_cause() -> None:
-    b = retrying(NoAnswerYet(fails=1))  # type: ignore[arg-type]
+    b = retrying(NoAnswerYet(fails=1))
     with pytest.raises(Unreachable, match="connection refused"):
         await b.get_config()
     assert b.retries == 0 and not b.established
@@ -150,7 +150,7 @@ async def test_no_answer_on_first_contact_fails_at_once_with_its_cause() -> None
 
 async def test_no_answer_after_the_first_exchange_is_an_outage_and_retried() -> None:
     inner = NoAnswerYet(fails=0)
-    b = retrying(inner)  # type: ignore[arg-type]
+    b = retrying(inner)
     assert await b.get_config() == b"{}" and b.established
     inner.fails = 3  # the server restarts
     assert await b.get_config() == b"{}"
