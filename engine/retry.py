@@ -12,8 +12,8 @@ errors are an outage (a server restart) and are retried like the rest.
 
 `last_error` names the failure being retried (None once a call succeeds), so a caller can
 show an outage before the deadline runs out. A pack upload with a paced `body` cannot be
-replayed from here: its caller (the client's uploader) owns those retries. Sleep and clock
-are injected.
+replayed from here: its caller (the client's uploader) owns those retries. The clock is
+injected (`engine.clock`).
 
 The wrapper forwards nothing it does not declare. `with_retries` picks `RetryingRemoteBackend`
 for an inner backend with the optional capabilities (`Replicated`, `DrillReceiver`), so an
@@ -24,15 +24,14 @@ is lost, a repeat finds the object gone and reports a failure for what succeeded
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from abc import ABC
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from engine.backend import Backend, DrillReceiver, Replicated
+from engine.clock import SYSTEM, Clock
 from engine.errors import TransientError, Unreachable, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 
@@ -62,12 +61,11 @@ class RetryingBackend(Backend):
         inner: Backend,
         *,
         deadline: float = RETRY_FOR,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.inner = inner
         self.knows_chunks, self.location = inner.knows_chunks, inner.location
-        self.deadline, self._sleep, self._monotonic = deadline, sleep, monotonic
+        self.deadline, self._clock = deadline, clock
         self.retries = 0
         self.last_error: str | None = None
         self.established = False  # set by the first call that succeeds
@@ -77,19 +75,19 @@ class RetryingBackend(Backend):
         return self.inner.bytes_uploaded
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        give_up, delay = self._monotonic() + self.deadline, FIRST_DELAY
+        give_up, delay = self._clock.monotonic() + self.deadline, FIRST_DELAY
         while True:
             try:
                 result = await call()
             except TransientError as e:
                 self.last_error = f"{what} failed: {e}"
-                if self._monotonic() + delay > give_up or self._first_contact(e):
+                if self._clock.monotonic() + delay > give_up or self._first_contact(e):
                     raise
                 self.retries += 1
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
                 # Jittered, but never past the deadline.
-                await self._sleep(
-                    min(delay * random.uniform(0.8, 1.2), give_up - self._monotonic())
+                await self._clock.sleep(
+                    min(delay * random.uniform(0.8, 1.2), give_up - self._clock.monotonic())
                 )
                 delay = min(delay * 2, MAX_DELAY)
             else:

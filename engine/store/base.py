@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from engine.errors import InvalidName
+from engine.errors import InvalidName, ObjectNotFound
 
 # One path component: lower-case hex ids, key names, `.json` suffixes. Upper case is refused so
 # that case-insensitive filesystems cannot alias two names.
@@ -138,8 +138,6 @@ class Store(ABC):
     async def delete(self, name: str) -> None: ...
 
     async def exists(self, name: str) -> bool:
-        from engine.errors import ObjectNotFound
-
         try:
             await self.size(name)
         except ObjectNotFound:

@@ -69,6 +69,13 @@ def write_durably(path: Path, data: bytes | memoryview, mtime: float | None = No
     return link_durably(tmp, path)
 
 
+def read_range(path: Path, offset: int, length: int) -> bytes:
+    """At most `length` bytes of `path` from `offset`; fewer past the end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
 def store_error(e: OSError, name: str) -> StoreError:
     """The default meaning of an `OSError` while touching object `name`."""
     if e.errno == errno.ENOSPC:
@@ -95,12 +102,7 @@ class _StagedFile(Staged):
         self.file.close()
 
     async def read_range(self, offset: int, length: int) -> bytes:
-        def read() -> bytes:
-            with open(self.path, "rb") as f:
-                f.seek(offset)
-                return f.read(length)
-
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(read_range, self.path, offset, length)
 
     def discard(self) -> None:
         self.file.close()
@@ -160,14 +162,9 @@ class LocalStore(Store):
         return await self._run(name, self._path(name).read_bytes)
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        path = self._path(name)
-
-        def read() -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(length)
-
-        return await self._run(name, read)
+        return await self._run(
+            name, functools.partial(read_range, self._path(name), offset, length)
+        )
 
     async def stat(self, name: str) -> ObjectStat:
         path = self._path(name)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import ObjectNotFound
 from engine.store.base import ObjectStat, Store, validate_name
 
 
 class MemoryStore(Store):
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
         self.objects: dict[str, bytes] = {}
         self.mtimes: dict[str, float] = {}
         self.clock = clock
@@ -19,7 +19,7 @@ class MemoryStore(Store):
         if validate_name(name) in self.objects:
             return False
         self.objects[name] = bytes(data)
-        self.mtimes[name] = self.clock() if mtime is None else mtime
+        self.mtimes[name] = self.clock.time() if mtime is None else mtime
         return True
 
     async def get(self, name: str) -> bytes:

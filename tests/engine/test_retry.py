@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from engine.backend import DrillReceiver, LocalBackend, Replicated
+from engine.clock import SimulatedClock
 from engine.errors import (
     ObjectNotFound,
     RepositoryNotFound,
@@ -21,25 +22,22 @@ from engine.store.faulty import Fault, FaultyStore
 from engine.store.memory import MemoryStore
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
+class FakeTime(SimulatedClock):
+    """The simulated clock, keeping what was slept."""
 
-    def monotonic(self) -> float:
-        return self.now
+    def __init__(self) -> None:
+        super().__init__(start=0.0)
+        self.sleeps: list[float] = []
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
+        await super().sleep(seconds)
 
 
 def backend(*faults: Fault) -> tuple[RetryingBackend, FakeTime, FaultyStore]:
     store = FaultyStore(MemoryStore(), list(faults))
     clock = FakeTime()
-    retrying = RetryingBackend(
-        LocalBackend(store), deadline=60, sleep=clock.sleep, monotonic=clock.monotonic
-    )
+    retrying = RetryingBackend(LocalBackend(store), deadline=60, clock=clock)
     return retrying, clock, store
 
 
@@ -55,7 +53,7 @@ async def test_a_failure_that_outlasts_the_deadline_is_raised() -> None:
     b, clock, _ = backend(Fault("get", times=-1))
     with pytest.raises(TransientError):
         await b.get_config()
-    assert 0 < clock.now <= 60
+    assert 0 < clock.monotonic() <= 60
 
 
 async def test_permanent_errors_are_not_retried() -> None:
@@ -102,8 +100,7 @@ class ServerLike(LocalBackend):
 
 
 def retrying(inner: LocalBackend) -> RetryingBackend:
-    clock = FakeTime()
-    return with_retries(inner, deadline=60, sleep=clock.sleep, monotonic=clock.monotonic)
+    return with_retries(inner, deadline=60, clock=FakeTime())
 
 
 def test_the_wrapper_declares_exactly_the_capabilities_of_what_it_wraps() -> None:
@@ -145,7 +142,7 @@ class NoAnswerYet(LocalBackend):
 
 
 async def test_no_answer_on_first_contact_fails_at_once_with_its_cause() -> None:
-    b = retrying(NoAnswerYet(fails=1))  # type: ignore[arg-type]
+    b = retrying(NoAnswerYet(fails=1))
     with pytest.raises(Unreachable, match="connection refused"):
         await b.get_config()
     assert b.retries == 0 and not b.established
@@ -153,7 +150,7 @@ async def test_no_answer_on_first_contact_fails_at_once_with_its_cause() -> None
 
 async def test_no_answer_after_the_first_exchange_is_an_outage_and_retried() -> None:
     inner = NoAnswerYet(fails=0)
-    b = retrying(inner)  # type: ignore[arg-type]
+    b = retrying(inner)
     assert await b.get_config() == b"{}" and b.established
     inner.fails = 3  # the server restarts
     assert await b.get_config() == b"{}"
@@ -163,9 +160,7 @@ async def test_no_answer_after_the_first_exchange_is_an_outage_and_retried() -> 
 async def test_retry_for_zero_fails_an_established_backend_at_once() -> None:
     store = FaultyStore(MemoryStore(), [Fault("get", times=-1)])
     clock = FakeTime()
-    b = RetryingBackend(
-        LocalBackend(store), deadline=0, sleep=clock.sleep, monotonic=clock.monotonic
-    )
+    b = RetryingBackend(LocalBackend(store), deadline=0, clock=clock)
     b.established = True
     with pytest.raises(TransientError):
         await b.get_config()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.clock import SimulatedClock
 from engine.errors import IntegrityError, InvalidName, ObjectNotFound, StoreError
 from engine.store.base import ObjectStat, Staged, Store
 from engine.store.faulty import FaultyStore
@@ -175,6 +176,16 @@ async def test_stat_reports_size_and_the_given_mtime(store: Store) -> None:
     assert (stat.size, stat.mtime) == (6, 1_700_000_000.0)
     with pytest.raises(ObjectNotFound):
         await store.stat("snapshots/none")
+
+
+async def test_the_memory_store_stamps_objects_with_its_injected_clock() -> None:
+    clock = SimulatedClock(1_800_000_000.0)
+    store = MemoryStore(clock)
+    await store.put("snapshots/s1", b"record")
+    clock.advance(60)
+    await store.put("snapshots/s2", b"record")
+    assert (await store.stat("snapshots/s1")).mtime == 1_800_000_000.0
+    assert (await store.stat("snapshots/s2")).mtime == 1_800_000_060.0
 
 
 async def test_get_stream_yields_bounded_pieces_of_the_range(store: Store) -> None:
