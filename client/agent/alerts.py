@@ -10,7 +10,7 @@ out). Pure: the daemon passes the numbers in. Must not send anything.
 from __future__ import annotations
 
 from client.agent.config import Policy
-from client.agent.door import Refusal
+from client.agent.door import Door
 from client.spool import UploadStats
 
 REFUSAL_ALERT_SECONDS = 3600.0  # a refusal keeps its alert raised this long
@@ -20,9 +20,10 @@ def agent_alerts(
     policy: Policy,
     spool_bytes: int,
     uploads: UploadStats | None,
-    refusals: tuple[int, Refusal | None, float] = (0, None, 0.0),
+    door: Door | None = None,
+    now: float = 0.0,
 ) -> list[str]:
-    """`refusals`: (count since start, the latest, now)."""
+    """`door`: the DICOM listener's (None: no listener); `now` on the clock its refusals use."""
     out = []
     limit = policy.spool_alert_bytes
     if limit is not None and spool_bytes >= limit:
@@ -33,8 +34,10 @@ def agent_alerts(
             f"{uploads.failures_in_row} pack uploads in a row failed "
             f"(last error: {uploads.last_error})"
         )
-    count, last, now = refusals
-    if last is not None and now - last.time < REFUSAL_ALERT_SECONDS:
+    last = door.last_refusal() if door is not None else None
+    if door is not None and last is not None and now - last.time < REFUSAL_ALERT_SECONDS:
         who = f"{last.calling_ae} from {last.host}" if last.calling_ae else last.host
-        out.append(f"DICOM listener refused {count} since start; latest: {who}: {last.reason}")
+        out.append(
+            f"DICOM listener refused {door.refused} since start; latest: {who}: {last.reason}"
+        )
     return out

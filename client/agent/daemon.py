@@ -496,10 +496,7 @@ class Agent:
         uploader = self.repo.uploader
         stats = uploader.stats if uploader is not None else None
         door = self.receiver.door if self.receiver is not None else None
-        refusals = (
-            (door.refused, door.last_refusal(), self.clock.time()) if door else (0, None, 0.0)
-        )
-        alerts = agent_alerts(self.policy, self.spool_bytes(), stats, refusals)
+        alerts = agent_alerts(self.policy, self.spool_bytes(), stats, door, self.clock.time())
         if alerts and not self.alerts:
             for a in alerts:
                 log.warning("ALERT: %s", a)

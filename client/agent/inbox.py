@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import os
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -78,21 +77,6 @@ class Inbox:
     def held_bytes(self) -> int:
         """Bytes of instances waiting (kept as a running total; exact after a restart)."""
         return self._bytes
-
-    def temp_path(self) -> Path:
-        """A fresh name for an instance being received (removed at the next start if it is
-        never adopted)."""
-        return self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-
-    def write(self, key: tuple[str, str], data: bytes) -> Instance:
-        """Store one instance from memory durably (see `adopt`)."""
-        tmp = self.temp_path()
-        try:
-            tmp.write_bytes(data)
-            return self.adopt(tmp, key)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def adopt(self, tmp: Path, key: tuple[str, str], dataset_uid: str = "") -> Instance:
         """Make the received file `tmp` (in this folder) durable as the instance `key` (SOP

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from client.agent.config import read_toml
+from client.agent.config import parse_listen, read_toml
 from engine.errors import UsageError
 
 PAGE_HTML = files("client.agent").joinpath("assets/status.html").read_text(encoding="utf-8")
@@ -44,10 +44,10 @@ class PageSettings:
         if doc is None:
             return None
         try:
-            host, _, port = str(doc.get("listen", DEFAULT_LISTEN)).rpartition(":")
+            host, port = parse_listen(str(doc.get("listen", DEFAULT_LISTEN)))
             token = doc.get("token_file")
             settings = cls(
-                host.strip("[]"), int(port), Path(token) if token else None,
+                host, port, Path(token) if token else None,
                 str(doc.get("contact", DEFAULT_CONTACT)),
                 float(doc.get("peer_grace_minutes", 15)) * 60,
             )  # fmt: skip
@@ -59,7 +59,7 @@ class PageSettings:
 
 
 def _loopback(host: str | None) -> bool:
-    if host in ("localhost",):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host or "").is_loopback

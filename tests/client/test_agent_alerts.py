@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.linkproxy import LinkProxy
-from client.agent.alerts import agent_alerts
-from client.agent.config import Policy, load_policy
+from client.agent.alerts import REFUSAL_ALERT_SECONDS, agent_alerts
+from client.agent.config import DicomSettings, Policy, load_policy
+from client.agent.door import Door
 from client.spool import UploadStats
 from server.alerts.settings import AlertSettings
 from tests.client.agentloop import (
@@ -85,3 +86,16 @@ def test_the_upload_failure_threshold_is_read_from_the_alerts_table(tmp_path: Pa
     ]
     assert agent_alerts(policy, 0, UploadStats(failures_in_row=1)) == []
     assert agent_alerts(Policy(upload_failures_alert=0), 0, failing) == []  # 0: off
+
+
+def test_a_refused_association_raises_an_alert_for_an_hour() -> None:
+    door = Door(DicomSettings())
+    assert agent_alerts(Policy(), 0, None, door, 1000.0) == []
+    door.refuse(1000.0, "10.0.0.9", "INTRUDER", "calling AE title 'INTRUDER' is not allow-listed")
+    door.refuse(1010.0, "10.0.0.9", "", "8 connections from this host already")
+    raised = agent_alerts(Policy(), 0, None, door, 1010.0 + REFUSAL_ALERT_SECONDS - 1)
+    assert raised == [
+        "DICOM listener refused 2 since start; "
+        "latest: 10.0.0.9: 8 connections from this host already"
+    ]
+    assert agent_alerts(Policy(), 0, None, door, 1010.0 + REFUSAL_ALERT_SECONDS) == []

@@ -123,3 +123,13 @@ def test_the_page_listens_off_loopback_only_with_a_token_file(tmp_path: Path) ->
     )
     config.write_text("")
     assert PageSettings.from_file(config) is None
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1", "127.0.0.1:http"])
+def test_a_listen_address_that_is_not_host_port_is_refused_at_load(
+    tmp_path: Path, listen: str
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[status_page]\nlisten = "{listen}"\n')
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        PageSettings.from_file(config)

@@ -4,6 +4,7 @@ limits per window, the settle rule, the instance spool, the ledger and the commi
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from client.agent import batching
 from client.agent.config import Overrides, Policy, load, load_policy
-from client.agent.inbox import Inbox, instance_of
+from client.agent.inbox import TMP_PREFIX, Inbox, Instance, instance_of
 from client.agent.ledger import CommitmentRequest, Ledger
 from client.agent.receiver import report_dataset
 from client.agent.status import read_status, write_status
@@ -210,12 +211,21 @@ def test_ignored_names_are_never_candidates(tmp_path: Path) -> None:
     assert not watch.ignores("IM0001") and not watch.ignores("a.dcm")
 
 
+def received(inbox: Inbox, key: tuple[str, str], data: bytes) -> Instance:
+    """As the receiver stores one: pynetdicom writes a temporary file in the spool, then it is
+    adopted."""
+    fd, tmp = tempfile.mkstemp(dir=inbox.folder, prefix=TMP_PREFIX)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return inbox.adopt(Path(tmp), key)
+
+
 def test_the_inbox_names_instances_in_arrival_order_and_drops_strays(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path)
-    a = inbox.write(("1.2.840.10008.5.1.4.1.1.2", "1.2.3"), b"a" * 10)
-    b = inbox.write(("1.2.840.10008.5.1.4.1.1.7", "1.2.4"), b"b" * 5)
+    a = received(inbox, ("1.2.840.10008.5.1.4.1.1.2", "1.2.3"), b"a" * 10)
+    b = received(inbox, ("1.2.840.10008.5.1.4.1.1.7", "1.2.4"), b"b" * 5)
     with pytest.raises(ValueError):
-        inbox.write(("1.2.840.10008.5.1.4.1.1.7", "../../etc/x"), b"c")  # never a path
+        received(inbox, ("1.2.840.10008.5.1.4.1.1.7", "../../etc/x"), b"c")  # never a path
     (tmp_path / ".tmp-cut-short").write_bytes(b"partial")
     assert inbox.held_bytes == 15 and b.key == ("1.2.840.10008.5.1.4.1.1.7", "1.2.4")
     again = Inbox(tmp_path)  # a restart
