@@ -17,7 +17,7 @@ Pack id = unkeyed BLAKE3-256 of all the pack's bytes, so anyone can verify a pac
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -140,6 +140,20 @@ def read_pack_info(data: bytes | memoryview) -> PackInfo:
     manifest = view[manifest_at : manifest_at + count * ENTRY_SIZE]
     entries = tuple(parse_manifest(manifest, blob_len))
     return PackInfo(entries, blob_len, header_len, len(view))
+
+
+async def read_pack_info_ranged(
+    read_range: Callable[[int, int], Awaitable[bytes]], size: int
+) -> PackInfo:
+    """The keyless parts of a stored pack of `size` bytes from two ranged reads, the trailer and
+    the manifest, so memory stays at the manifest's size whatever the pack's."""
+    if size < TRAILER_SIZE:
+        raise FormatError("pack too short for a trailer")
+    count, header_len, blob_len = parse_trailer(
+        await read_range(size - TRAILER_SIZE, TRAILER_SIZE), size
+    )
+    manifest = await read_range(blob_len + header_len, count * ENTRY_SIZE)
+    return PackInfo(tuple(parse_manifest(manifest, blob_len)), blob_len, header_len, size)
 
 
 def verify_pack(pack_id: PackId, data: bytes | memoryview) -> PackInfo:

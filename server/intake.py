@@ -10,23 +10,14 @@ name and its plaintext manifest. Must not know HTTP status codes or tokens.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 
 from engine.errors import FormatError
 from engine.ids import PackId
-from engine.pack import (
-    ENTRY_SIZE,
-    TRAILER_SIZE,
-    PackInfo,
-    pack_name,
-    parse_manifest,
-    parse_trailer,
-)
+from engine.pack import PackInfo, pack_name, read_pack_info_ranged
 from engine.store.base import Staged
 from server.errors import BodyTooLarge, HashMismatch
 from server.index import ServerIndex
@@ -41,34 +32,6 @@ class IntakeResult:
     size: int
     chunks: int
     created: bool  # False: the pack was already stored (idempotent upload)
-
-
-def read_pack_info_file(path: Path) -> PackInfo:
-    """Parse a stored pack's trailer and manifest without reading its blobs (bounded memory)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < TRAILER_SIZE:
-            raise FormatError("pack too short for a trailer")
-        f.seek(size - TRAILER_SIZE)
-        count, header_len, blob_len = parse_trailer(f.read(TRAILER_SIZE), size)
-        f.seek(blob_len + header_len)
-        manifest = f.read(count * ENTRY_SIZE)
-    entries = tuple(parse_manifest(manifest, blob_len))
-    return PackInfo(entries, blob_len, header_len, size)
-
-
-async def read_pack_info_ranges(
-    read_range: Callable[[int, int], Awaitable[bytes]], size: int
-) -> PackInfo:
-    """`read_pack_info_file` for a stored or staged object: two ranged reads, the trailer and
-    the manifest."""
-    if size < TRAILER_SIZE:
-        raise FormatError("pack too short for a trailer")
-    trailer = await read_range(size - TRAILER_SIZE, TRAILER_SIZE)
-    count, header_len, blob_len = parse_trailer(trailer, size)
-    manifest = await read_range(blob_len + header_len, count * ENTRY_SIZE)
-    entries = tuple(parse_manifest(manifest, blob_len))
-    return PackInfo(entries, blob_len, header_len, size)
 
 
 class _Upload:
@@ -105,7 +68,7 @@ class _Upload:
         if digest != self.pack_id:
             raise HashMismatch(f"pack {self.pack_id.hex()}: body hashes to {digest.hex()}")
         try:
-            self.info = await read_pack_info_ranges(staged.read_range, staged.size)
+            self.info = await read_pack_info_ranged(staged.read_range, staged.size)
         except FormatError as e:
             raise FormatError(f"pack {self.pack_id.hex()}: {e}") from None
 

@@ -18,8 +18,8 @@ import blake3
 from engine.commit import CommitRecord
 from engine.errors import DicomvaultError
 from engine.ids import PackId, SnapshotId
+from engine.pack import read_pack_info_ranged
 from server.index import ServerIndex
-from server.intake import read_pack_info_ranges
 from server.repos import Repositories, Repository
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def _reindex_packs(
         try:
             pack_id = PackId.parse(ident)
             stat = await repo.store.stat(name)
-            info = await read_pack_info_ranges(partial(repo.store.get_range, name), stat.size)
+            info = await read_pack_info_ranged(partial(repo.store.get_range, name), stat.size)
             if verify and await _hash_of(repo, name) != pack_id:
                 raise DicomvaultError("content does not match its name")
         except (ValueError, DicomvaultError) as e:

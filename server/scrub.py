@@ -23,12 +23,11 @@ import blake3
 from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError, ObjectNotFound, StoreError
 from engine.ids import ChunkId, PackId
-from engine.pack import pack_name
+from engine.pack import pack_name, read_pack_info
 from engine.rates import TokenBucket
 from server.config import ServerConfig
 from server.heal import heal
 from server.index import ServerIndex
-from server.intake import read_pack_info_file
 from server.replication.state import ReplicationState
 from server.repos import Repositories, Repository
 from server.scrubstate import ScrubState
@@ -271,8 +270,9 @@ class Scrubber:
 
 
 def _manifest_chunks(path: Path) -> list[ChunkId] | None:
+    """The chunks a quarantined pack's manifest names (read whole: a bad pack is rare)."""
     try:
-        return [e.chunk_id for e in read_pack_info_file(path).entries]
+        return [e.chunk_id for e in read_pack_info(path.read_bytes()).entries]
     except (DicomvaultError, OSError):
         return None  # the damage reached the manifest: mark_bad scans the index instead
 

@@ -17,6 +17,7 @@ from engine.pack import (
     pack_id_of,
     pack_name,
     read_pack_info,
+    read_pack_info_ranged,
     verify_pack,
 )
 
@@ -28,6 +29,20 @@ def build(blobs: list[bytes], header: bytes = b"sealed-header") -> tuple[PackId,
         builder.add(cid, blob)
     pack_id, data = builder.finish(header)
     return pack_id, data, ids
+
+
+async def test_two_ranged_reads_give_what_the_whole_pack_gives() -> None:
+    _, data, _ = build([b"a" * 10, b"bb" * 50, b"c"])
+    reads: list[tuple[int, int]] = []
+
+    async def read_range(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return data[offset : offset + length]
+
+    assert await read_pack_info_ranged(read_range, len(data)) == read_pack_info(data)
+    assert len(reads) == 2 and sum(n for _, n in reads) == TRAILER_SIZE + 3 * ENTRY_SIZE
+    with pytest.raises(FormatError, match="too short"):
+        await read_pack_info_ranged(read_range, TRAILER_SIZE - 1)
 
 
 def test_build_parse_verify_round_trip() -> None:

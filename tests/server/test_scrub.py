@@ -118,6 +118,6 @@ async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_aler
 
 
 def _chunk_ids(path: Path) -> list[bytes]:
-    from server.intake import read_pack_info_file
+    from engine.pack import read_pack_info
 
-    return [bytes(e.chunk_id) for e in read_pack_info_file(path).entries]
+    return [bytes(e.chunk_id) for e in read_pack_info(path.read_bytes()).entries]

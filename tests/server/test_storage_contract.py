@@ -11,14 +11,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH_LEVEL = re.compile(
-    r"\b(object_path|write_durably|link_durably|new_temp_path|FileResponse|read_pack_info_file)\b"
+    r"\b(object_path|write_durably|link_durably|new_temp_path|FileResponse)\b"
     r"|\.root\s*/\s*\"(packs|snapshots|keys)\""
 )
 ALLOWED = {
     "server/repos.py": "defines object_path, for quarantine's move",
     "server/quarantine.py": "moves an object to DATA/quarantine with os.replace",
     "server/scrub.py": "moves a bad pack to DATA/quarantine and reads its manifest there",
-    "server/intake.py": "defines read_pack_info_file for scrub's quarantined copies",
 }
 
 
