@@ -177,7 +177,7 @@ def cmd_repo_promote(args: argparse.Namespace) -> int:
 def cmd_repo_quarantine(args: argparse.Namespace) -> int:
     from server.admin import quarantine_offline
 
-    entry = quarantine_offline(_config(args), args.name, args.kind, args.id, args.reason)
+    entry = quarantine_offline(_existing(_config(args)), args.name, args.kind, args.id, args.reason)
     if args.json:
         print(json.dumps(entry))
     else:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, UsageError
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
@@ -38,7 +39,7 @@ def object_name(kind: str, ident: str) -> str:
         if kind == "pack":
             return pack_name(PackId.parse(ident))
         if kind == "snapshot":
-            return f"snapshots/{SnapshotId.parse(ident).hex()}"
+            return snapshot_name(SnapshotId.parse(ident))
     except ValueError as e:
         raise UsageError(str(e)) from None
     if kind == "key":

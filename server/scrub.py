@@ -28,6 +28,7 @@ from engine.rates import TokenBucket
 from server.config import ServerConfig
 from server.heal import heal
 from server.index import ServerIndex
+from server.quarantine import QUARANTINE
 from server.replication.state import ReplicationState
 from server.repos import Repositories, Repository
 from server.scrubstate import ScrubState
@@ -35,7 +36,6 @@ from server.scrubstate import ScrubState
 log = logging.getLogger(__name__)
 PAGE = 1000  # index rows per page: the pass never holds a repository's pack list
 PROGRESS_EVERY = 2.0  # seconds between progress records (each one is an LMDB write)
-QUARANTINE = "quarantine"
 
 
 @dataclass
@@ -173,26 +173,25 @@ class Scrubber:
 
     def _quarantine(self, repo: Repository, pack_id: PackId, reason: str) -> str | None:
         src = repo.object_path(pack_name(pack_id))
-        dest: Path | None = quarantine_path(self.config.data_dir, repo.name, pack_id)
-        assert dest is not None
+        dest = quarantine_path(self.config.data_dir, repo.name, pack_id)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(src, dest)
-        except FileNotFoundError:
-            dest = None  # missing, or another scrub process moved it first
-        chunks = _manifest_chunks(dest) if dest is not None else None
+            where, chunks = str(dest), _manifest_chunks(dest)
+        except FileNotFoundError:  # missing, or another scrub process moved it first
+            where, chunks = None, None
         doc = {
             "repo": repo.name,
             "pack": pack_id.hex(),
             "found": self.clock.time(),
             "reason": reason,
-            "quarantine": str(dest) if dest else None,
+            "quarantine": where,
             "healed": None,
             "healed_from": None,
             "error": None,
         }
         self.state.mark_bad(repo.name, pack_id, doc, chunks)
-        return str(dest) if dest else None
+        return where
 
     async def _heal(self, repo: Repository, pack_id: PackId, bad: BadPack) -> None:
         if await asyncio.to_thread(self.replication.replica_owner, repo.name) is not None:

@@ -138,15 +138,22 @@ def test_a_junk_commit_is_skipped_named_and_quarantined(practice: Practice, tmp_
     assert junk not in result.err and "warning" not in result.err
 
 
-def test_a_backup_token_cannot_add_key_objects(practice: Practice) -> None:
-    (name,) = os.listdir(practice.folder / "keys")
-    real = json.loads((practice.folder / "keys" / name).read_bytes())
-    planted = {
+def bad_key_objects(keys: Path) -> dict[str, bytes]:
+    """Key objects no unlock may open, named by their flaw: not JSON, and the one real key
+    object of the `keys` folder with KDF costs past the engine's bounds."""
+    (name,) = os.listdir(keys)
+    real = json.loads((keys / name).read_bytes())
+    return {
         "junk": b"junk",
         "slow": json.dumps({**real, "iterations": 2**31}).encode(),
         "huge": json.dumps({**real, "memory_kib": 2**31 - 1}).encode(),
-        "valid": json.dumps(real).encode(),
     }
+
+
+def test_a_backup_token_cannot_add_key_objects(practice: Practice) -> None:
+    (name,) = os.listdir(practice.folder / "keys")
+    planted = bad_key_objects(practice.folder / "keys")
+    planted["valid"] = (practice.folder / "keys" / name).read_bytes()
     for key, body in planted.items():
         assert practice.http("PUT", f"keys/{key}", "backup", body) == 403, key
     for key in ("junk", "slow", "huge"):
@@ -160,13 +167,9 @@ def test_the_client_skips_key_objects_it_cannot_or_must_not_open(tmp_path: Path)
     """A local repository (or a server's folder edited on disk): nothing refuses the object
     first, so the client must skip it without a hang, a MemoryError or an exit 13."""
     vault = Vault(tmp_path / "local").init()
-    (name,) = os.listdir(vault.repo / "keys")
-    real = json.loads((vault.repo / "keys" / name).read_bytes())
-    planted = {
-        "0000": b"junk",
-        "0001": json.dumps({**real, "iterations": 2**31}).encode(),
-        "0002": json.dumps({**real, "memory_kib": 2**31 - 1}).encode(),
-    }
+    # Named to sort before the real key object's hex name, so the client meets them first.
+    bad = bad_key_objects(vault.repo / "keys").values()
+    planted = {f"{i:04}": body for i, body in enumerate(bad)}
     for key, body in planted.items():
         (vault.repo / "keys" / key).write_bytes(body)
     result = vault.run("snapshots", timeout=120)

@@ -146,11 +146,22 @@ async def test_sigkill_mid_upload_exposes_no_partial_pack(data: Path) -> None:
         server.stop()
 
 
-def test_alerts_with_a_mistyped_data_folder_is_a_usage_error_and_creates_nothing(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["alerts"],
+        ["reindex"],
+        ["scrub"],
+        ["repo", "promote", "clinic"],
+        ["repo", "quarantine", "clinic", "key", "k1"],
+    ],
+    ids=" ".join,
+)
+def test_reading_a_mistyped_data_folder_is_a_usage_error_and_creates_nothing(
+    tmp_path: Path, command: list[str]
 ) -> None:
     typo = tmp_path / "dat"
-    out = cli("alerts", "--data", str(typo))
+    out = cli(*command, "--data", str(typo))
     assert out.returncode == 2 and "no server data folder" in out.stderr, out.stderr
     assert not typo.exists()
 

@@ -121,3 +121,26 @@ def _chunk_ids(path: Path) -> list[bytes]:
     from engine.pack import read_pack_info
 
     return [bytes(e.chunk_id) for e in read_pack_info(path.read_bytes()).entries]
+
+
+async def test_a_vanished_pack_is_reported_missing_with_nothing_quarantined(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    a, b = sites
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=3))
+        await wait_for(a.settled, what="replication to site-b")
+    finally:
+        await repo.close()
+    victim = pack_files(a)[-1]
+    (b.repo_dir() / pack_name(PackId.parse(victim.name))).unlink()
+    victim.unlink()
+
+    report = await a.app[SCRUB].run_pass()
+    assert [(bad.pack, bad.reason) for bad in report.unhealed] == [
+        (victim.name, "the pack file is missing")
+    ]
+    (doc,) = a.app[SCRUB].state.bad(REPO)
+    assert doc["pack"] == victim.name and doc["quarantine"] is None
+    assert not [p for p in (a.config.data_dir / "quarantine").rglob("*") if p.is_file()]
