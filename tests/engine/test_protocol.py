@@ -20,8 +20,6 @@ from engine.errors import (
 from engine.protocol import routes
 from engine.protocol.client import ProtocolClient
 from engine.protocol.errors import TABLE, MissingChunks, error_for, http_status
-from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
-from server.replication.settings import PeerConfig
 
 # Where the client cannot tell classes apart, or must retry what the server called permanent.
 CLIENT_READS_AS: dict[type[DicomvaultError], type[DicomvaultError]] = {
@@ -75,25 +73,6 @@ def test_errors_the_server_meant_as_passing_are_retried_by_the_client() -> None:
     for status in (408, 500, 503, 507):
         assert isinstance(error_for(status, "", "x"), TransientError)
     assert not isinstance(error_for(422, "hash_mismatch", "x"), TransientError)
-
-
-@pytest.mark.parametrize(
-    ("status", "code", "expected"),
-    [
-        (401, "unauthenticated", PeerUnavailable),
-        (403, "forbidden", PeerUnavailable),
-        (503, "unavailable", PeerUnavailable),
-        (408, "too_slow", PeerUnavailable),
-        (404, "repo_not_found", RepoNotOnPeer),
-        (422, "hash_mismatch", PeerRefused),
-        (409, "missing_chunks", PeerRefused),
-    ],
-)
-def test_the_replicator_reads_the_same_table(status: int, code: str, expected: type) -> None:
-    client = PeerClient(PeerConfig(name="b", url="http://127.0.0.1:1", token="t"))
-    error = client.refused(status, code, "pack ab", "no")
-    assert type(error) is expected
-    assert str(error) == f"pack ab: {status} {code} no"
 
 
 def test_routes_compose_with_a_proxy_prefix() -> None:

@@ -30,7 +30,8 @@ from server.admin import create_repository
 from server.app import make_app
 from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
-from server.replication.settings import Window, peer_from_dict
+from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
+from server.replication.settings import PeerConfig, Window, peer_from_dict
 from server.state import CLOCK, INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_key_object, make_pack
 
@@ -436,3 +437,25 @@ def test_server_toml_peers_and_cli_peers_combine(tmp_path: Path) -> None:
         ("night", "scheduled"),
         ("c:8420", "continuous"),
     ]
+
+
+# the replicator decodes the peer's answers with the one protocol table (engine/protocol)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (401, "unauthenticated", PeerUnavailable),
+        (403, "forbidden", PeerUnavailable),
+        (503, "unavailable", PeerUnavailable),
+        (408, "too_slow", PeerUnavailable),
+        (404, "repo_not_found", RepoNotOnPeer),
+        (422, "hash_mismatch", PeerRefused),
+        (409, "missing_chunks", PeerRefused),
+    ],
+)
+def test_the_replicator_reads_the_same_table(status: int, code: str, expected: type) -> None:
+    client = PeerClient(PeerConfig(name="b", url="http://127.0.0.1:1", token="t"))
+    error = client.refused(status, code, "pack ab", "no")
+    assert type(error) is expected
+    assert str(error) == f"pack ab: {status} {code} no"
