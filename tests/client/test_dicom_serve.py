@@ -143,6 +143,21 @@ def test_bad_requests_get_failure_statuses_and_the_server_keeps_answering(
     assert served.proc.poll() is None
 
 
+def test_bad_get_and_move_identifiers_fail_and_are_audited(served: Served, tmp_path: Path) -> None:
+    for tool, action, out in (
+        ("getscu", "C-GET", ["-od", str(tmp_path)]),
+        ("movescu", "C-MOVE", []),
+    ):
+        dcmtk(tool, "-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", *out,
+              "-k", "QueryRetrieveLevel=FRAME", "-k", f"StudyInstanceUID={STUDY_UID}",
+              "127.0.0.1", str(served.port))  # fmt: skip
+        record = served.audit()[-1]  # written before the failure status goes out
+        assert (record["action"], record["outcome"]) == (action, "failed"), record
+        assert "FRAME" in record["detail"], record
+    assert list(tmp_path.iterdir()) == []
+    assert served.proc.poll() is None
+
+
 def test_calling_ae_titles_and_hosts_outside_the_allow_list_are_refused(
     study: tuple[Vault, list[Path]], served: Served, tmp_path: Path
 ) -> None:
