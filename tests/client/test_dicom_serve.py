@@ -21,7 +21,7 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
 from benchmarks.dicom_study import STUDY_UID, UID_ROOT, _storescp, build_study, free_port
-from tests.client.servekit import Served, dcmtk, dicom_serve, raw_store_scp
+from tests.client.servekit import Served, back_up, dcmtk, dicom_serve, raw_store_scp
 from tests.client.test_orthanc import JPEG_LS_LOSSLESS, Instance, build_mixed_study, describe
 from tests.helpers import Vault
 
@@ -32,11 +32,7 @@ EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    root = tmp_path_factory.mktemp("serve")
-    paths = build_study(root / "study")
-    vault = Vault(root / "vault").init()
-    vault.json("backup", str(root / "study"))
-    return vault, paths
+    return back_up(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
