@@ -9,6 +9,7 @@ and cache. Nothing here imports the engine or the client: it measures them from 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -22,10 +23,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import blake3
 import numpy as np
@@ -481,3 +482,23 @@ class Restic:
     def restore(self, target: Path) -> RunStats:
         cmd = [self.binary, "restore", "latest", "--quiet", "--target", str(target)]
         return run_measured(cmd, self._env())
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    prefix: str,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """A benchmark's `main` after parsing: `run` in `args.work` (default: a temp folder, removed
+    afterwards), write the JSON document to `args.out` and print it rendered as Markdown."""
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        doc = run(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1))
+    print(render(doc))
+    return 0

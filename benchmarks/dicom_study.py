@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pydicom.data
@@ -134,6 +135,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Terminate `proc`, and kill it if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def dcmtk_hop(paths: list[Path], folder: Path, *, implicit: bool = False) -> HopResult:
     """Scenario (c): send `paths` with dcmtk's storescu to a storescp writing into `folder`.
 
@@ -163,12 +174,7 @@ def _storescp(folder: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         _wait_listening(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:

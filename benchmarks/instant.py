@@ -38,6 +38,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
+from benchmarks.common import run_and_report
 from benchmarks.dicom_study import free_port
 from benchmarks.link import REPO, chunk_server
 from benchmarks.linkproxy import LinkProxy
@@ -364,16 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
     args = p.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="dv-instant-"))
-    try:
-        doc = run_all(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    print(markdown(doc))
-    return 0
+    return run_and_report(args, "dv-instant-", run_all, markdown)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MB, build_corpus, corpus_files
+from benchmarks.common import MB, build_corpus, corpus_files, run_and_report
 from benchmarks.linkproxy import LinkProxy
 from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
@@ -328,16 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-only", action="store_true", help="skip the backups over the link")
     args = p.parse_args(argv)
     args.rate_bytes = parse_rate(args.rate)
-    work = args.work or Path(tempfile.mkdtemp(prefix="dv-link-"))
-    try:
-        doc = run_all(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    print(markdown(doc))
-    return 0
+    return run_and_report(args, "dv-link-", run_all, markdown)
 
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.cli_common import cache_root, read_passphrase
+from client.cli_common import as_of_option, cache_root, read_passphrase
 from client.repository import Repository, now_rfc3339
 from engine.backend import Backend, LocalBackend
 from engine.errors import UsageError
@@ -56,11 +56,7 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c.add_argument("--web-token-file", metavar="FILE",
                    help="bearer tokens for DICOMweb, one `NAME TOKEN` per line (the name goes "
                         "into the audit trail); required with --web-port")  # fmt: skip
-    c.add_argument(
-        "--as-of",
-        metavar="TIME",
-        help="serve each instance from the newest snapshot at or before TIME",
-    )
+    as_of_option(c, "serve each instance from the newest snapshot at or before TIME")
     c.add_argument(
         "--cache-mib",
         type=float,
@@ -81,7 +77,8 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    from client.dicomserve.index import snapshot_time
+    from client.archive import parse_as_of
+    from client.dicomserve.index import index_time
     from client.dicomserve.service import Allowed, ServeConfig
     from client.topacs import Peer, check_aet
 
@@ -108,7 +105,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         dimse_port=None if args.no_dimse else args.port, web_port=args.web_port,
         allowed=allowed, accept_any=args.accept_any, move_destinations=dests,
         web_tokens=read_tokens(Path(args.web_token_file)) if args.web_token_file else {},
-        as_of=snapshot_time(args.as_of) if args.as_of else None,
+        as_of=index_time(parse_as_of(args.as_of)) if args.as_of else None,
         cache_bytes=int(args.cache_mib * (1 << 20)), refresh_s=args.refresh_seconds,
         prefetch_patient=args.prefetch_patient,
     )  # fmt: skip

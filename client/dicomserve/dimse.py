@@ -200,6 +200,15 @@ class DimseServer:
             record.outcome, record.detail = "failed", f"malformed identifier: {e}"
             return None, record, UNABLE_TO_PROCESS
 
+    def _retrieve_request(self, event: Any) -> tuple[Request, AuditRecord]:
+        """A C-GET or C-MOVE identifier; a bad one is audited and raised, and pynetdicom answers
+        a failure status (0xC5xx)."""
+        request, record, _ = self._request(event)
+        if request is None:
+            self.archive.audit.write(record)
+            raise BadQuery(record.detail)
+        return request, record
+
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         if self._refused(event, "C-FIND"):
             yield REFUSED, None
@@ -232,10 +241,7 @@ class DimseServer:
         if self._refused(event, "C-GET"):
             yield REFUSED, None
             return
-        request, record, _ = self._request(event)
-        if request is None:  # pynetdicom answers a failure status (0xC5xx)
-            self.archive.audit.write(record)
-            raise BadQuery(record.detail)
+        request, record = self._retrieve_request(event)
         exact_store(event.assoc)
         refs = self.archive.instances(request)
         yield len(refs)
@@ -245,10 +251,7 @@ class DimseServer:
         if self._refused(event, "C-MOVE"):
             yield None, None
             return
-        request, record, _ = self._request(event)
-        if request is None:  # pynetdicom answers a failure status (0xC5xx)
-            self.archive.audit.write(record)
-            raise BadQuery(record.detail)
+        request, record = self._retrieve_request(event)
         destination = self.config.move_destinations.get(_text(event.move_destination))
         if destination is None:
             record.outcome = "failed"

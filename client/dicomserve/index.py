@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from client.repository import Repository
 from client.restore import catalogue
 from engine.catalogue import Entry, SnapshotBody
-from engine.errors import DicomvaultError, UsageError
+from engine.errors import DicomvaultError
 from engine.ids import ChunkId, SnapshotId
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,10 @@ class InstanceRef:
         return self.attrs.get("TransferSyntaxUID", "")
 
 
-def snapshot_time(text: str) -> str:
-    """A time as the index compares it: UTC, microseconds, `Z` (a date alone is its midnight)."""
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"bad time {text!r}: use ISO 8601, e.g. 2026-03-01T12:00:00Z") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def index_time(when: datetime) -> str:
+    """A time as the index compares it (as text): UTC, microseconds, `Z`; no offset is UTC."""
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class CatalogueIndex:
@@ -157,11 +152,11 @@ class CatalogueIndex:
         """Index every snapshot not indexed yet, oldest first; return how many were added. A
         snapshot whose catalogue cannot be read is left for the next refresh."""
         done = self._indexed()
+        fresh = [(sid, body) for sid, _, body in await repo.snapshots() if sid.hex() not in done]
         todo = sorted(
-            ((snapshot_time(body.time), sid, body) for sid, _, body in await repo.snapshots()
-             if sid.hex() not in done),
+            ((index_time(datetime.fromisoformat(body.time)), sid, body) for sid, body in fresh),
             key=lambda t: (t[0], t[1].hex()),
-        )  # fmt: skip
+        )
         added = 0
         for time, sid, body in todo:
             try:

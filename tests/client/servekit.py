@@ -8,16 +8,27 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.dicom_study import free_port
+from benchmarks.dicom_study import build_study, free_port, stop
 from tests.helpers import Vault
 
 WEB_TOKEN = "s3cret-viewer-token"
 DCMTK = Path("/usr/bin")  # dcmtk's tools; `findscu` on PATH may be pynetdicom's own script
+
+
+def back_up(
+    root: Path, build: Callable[[Path], list[Path]] = build_study
+) -> tuple[Vault, list[Path]]:
+    """A new vault in root/vault holding one backup of the study `build` writes into root/study;
+    returns the vault and the study's files."""
+    paths = build(root / "study")
+    vault = Vault(root / "vault").init()
+    vault.json("backup", str(root / "study"))
+    return vault, paths
 
 
 @dataclass
@@ -78,12 +89,7 @@ def dicom_serve(
         served.ready = json.loads(line)
         yield served
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import split_dataset
 
 from benchmarks.dicom_study import STUDY_UID, UID_ROOT, _storescp, build_study, free_port
-from tests.client.servekit import Served, dcmtk, dicom_serve, raw_store_scp
+from tests.client.servekit import Served, back_up, dcmtk, dicom_serve, raw_store_scp
 from tests.client.test_orthanc import JPEG_LS_LOSSLESS, Instance, build_mixed_study, describe
 from tests.helpers import Vault
 
@@ -32,11 +32,7 @@ EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    root = tmp_path_factory.mktemp("serve")
-    paths = build_study(root / "study")
-    vault = Vault(root / "vault").init()
-    vault.json("backup", str(root / "study"))
-    return vault, paths
+    return back_up(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +136,21 @@ def test_bad_requests_get_failure_statuses_and_the_server_keeps_answering(
             with contextlib.suppress(OSError):
                 sock.recv(100)
     assert dcmtk("echoscu", "-aet", "DVTEST", "127.0.0.1", str(served.port)).returncode == 0
+    assert served.proc.poll() is None
+
+
+def test_bad_get_and_move_identifiers_fail_and_are_audited(served: Served, tmp_path: Path) -> None:
+    for tool, action, out in (
+        ("getscu", "C-GET", ["-od", str(tmp_path)]),
+        ("movescu", "C-MOVE", []),
+    ):
+        dcmtk(tool, "-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", *out,
+              "-k", "QueryRetrieveLevel=FRAME", "-k", f"StudyInstanceUID={STUDY_UID}",
+              "127.0.0.1", str(served.port))  # fmt: skip
+        record = served.audit()[-1]  # written before the failure status goes out
+        assert (record["action"], record["outcome"]) == (action, "failed"), record
+        assert "FRAME" in record["detail"], record
+    assert list(tmp_path.iterdir()) == []
     assert served.proc.poll() is None
 
 

@@ -10,6 +10,8 @@ import pytest
 import requests
 
 from benchmarks.dicom_study import STUDY_UID, build_study
+from client.cli import _parser
+from client.cli_serve import serve_config
 from tests.client.servekit import WEB_TOKEN, dicom_serve
 from tests.helpers import Vault, assert_one_line_error
 
@@ -23,12 +25,29 @@ from tests.helpers import Vault, assert_one_line_error
         (("--allow", "A" * 17), "bad AE title"),
         (("--accept-any", "--move-dest", "PACS"), "bad --move-dest"),
         (("--accept-any", "--move-dest", "PACS=host"), "bad DICOM peer"),
-        (("--accept-any", "--as-of", "last week"), "bad time"),
+        (("--accept-any", "--as-of", "last week"), "expected now, YYYY-MM-DD"),
         (("--accept-any", "--refresh-seconds", "0"), "--refresh-seconds"),
     ],
 )
 def test_bad_options_are_usage_errors(vault: Vault, args: tuple[str, ...], needle: str) -> None:
     assert_one_line_error(vault.run("dicom-serve", *args, timeout=60), 2, needle)
+
+
+@pytest.mark.parametrize(
+    ("as_of", "expected"),
+    [
+        ("2026-03-01", "2026-03-01T23:59:59.999999Z"),  # a date: its whole day, as for restore
+        ("2026-03-01T13:00:00+01:00", "2026-03-01T12:00:00.000000Z"),
+    ],
+)
+def test_as_of_reads_times_as_every_other_command_does(as_of: str, expected: str) -> None:
+    args = _parser().parse_args(["dicom-serve", "--accept-any", "--as-of", as_of])
+    assert serve_config(args).as_of == expected
+
+
+def test_as_of_now_is_accepted() -> None:
+    args = _parser().parse_args(["dicom-serve", "--accept-any", "--as-of", "now"])
+    assert serve_config(args).as_of is not None
 
 
 def test_snapshots_taken_while_serving_are_indexed_on_the_next_refresh(tmp_path: Path) -> None:

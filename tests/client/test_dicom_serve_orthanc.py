@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.dicom_study import STUDY_UID
-from tests.client.servekit import dicom_serve
+from tests.client.servekit import back_up, dicom_serve
 from tests.client.test_orthanc import Orthanc, build_mixed_study, describe, received, run_orthanc
 from tests.helpers import Vault
 
@@ -28,11 +28,7 @@ def post(orthanc: Orthanc, path: str, body: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    root = tmp_path_factory.mktemp("serve-orthanc")
-    paths = build_mixed_study(root / "study")
-    vault = Vault(root / "vault").init()
-    vault.json("backup", str(root / "study"))
-    return vault, paths
+    return back_up(tmp_path_factory.mktemp("serve-orthanc"), build_mixed_study)
 
 
 def test_orthanc_queries_and_retrieves_a_study_from_the_backup(

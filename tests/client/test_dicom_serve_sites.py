@@ -8,18 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.dicom_study import STUDY_UID, build_study, free_port
-from tests.client.servekit import dcmtk, dicom_serve, raw_store_scp
+from benchmarks.dicom_study import STUDY_UID, free_port
+from tests.client.servekit import back_up, dcmtk, dicom_serve, raw_store_scp
 from tests.client.test_dicom_serve import by_sop
 from tests.helpers import Vault
 
 
 @pytest.fixture
 def study(tmp_path: Path) -> tuple[Vault, list[Path]]:
-    paths = build_study(tmp_path / "study")
-    vault = Vault(tmp_path / "vault").init()
-    vault.json("backup", str(tmp_path / "study"))
-    return vault, paths
+    return back_up(tmp_path)
 
 
 def move_study(port: int, dest: str) -> None:

@@ -16,7 +16,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from benchmarks.dicom_study import STUDY_UID, UID_ROOT, build_study
-from tests.client.servekit import WEB_TOKEN, Served, dicom_serve
+from tests.client.servekit import WEB_TOKEN, Served, back_up, dicom_serve
 from tests.helpers import Vault
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
@@ -25,11 +25,7 @@ MR_SERIES = f"{UID_ROOT}.2.2"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    root = tmp_path_factory.mktemp("web")
-    paths = build_study(root / "study")
-    vault = Vault(root / "vault").init()
-    vault.json("backup", str(root / "study"))
-    return vault, paths
+    return back_up(tmp_path_factory.mktemp("web"))
 
 
 @pytest.fixture(scope="module")

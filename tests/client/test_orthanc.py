@@ -25,7 +25,8 @@ import pydicom
 import pytest
 from pynetdicom.dsutils import split_dataset
 
-from benchmarks.dicom_study import STUDY_UID, build_study, free_port, source_path
+from benchmarks.dicom_study import STUDY_UID, build_study, free_port, source_path, stop
+from tests.client.servekit import back_up
 from tests.helpers import Vault, assert_one_line_error
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -97,12 +98,7 @@ def run_orthanc(
         _wait_ready(server, proc)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _wait_ready(server: Orthanc, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -166,11 +162,7 @@ def received(orthanc: Orthanc) -> dict[str, Instance]:
 
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    root = tmp_path_factory.mktemp("orthanc")
-    paths = build_mixed_study(root / "study")
-    vault = Vault(root / "vault").init()
-    vault.json("backup", str(root / "study"))
-    return vault, paths
+    return back_up(tmp_path_factory.mktemp("orthanc"), build_mixed_study)
 
 
 def test_restore_to_orthanc_stores_every_instance_in_its_own_syntax_with_identical_pixels(
