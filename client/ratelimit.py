@@ -8,17 +8,17 @@ configuration takes effect mid-upload without restarting it. Clock and sleep are
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import UsageError
 from engine.rates import TokenBucket, parse_rate
 
@@ -119,24 +119,18 @@ class ScheduleFile:
 
 class RateLimiter(TokenBucket):
     """The engine's token bucket with its rate from a `Schedule` — a fixed one or a callable
-    returning the current one (e.g. a `ScheduleFile`) — consulted on every grant."""
+    returning the current one (e.g. a `ScheduleFile`) — consulted on every grant at the
+    clock's local time."""
 
     def __init__(
-        self,
-        schedule: Schedule | Callable[[], Schedule] = Schedule(),
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = datetime.now,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        self, schedule: Schedule | Callable[[], Schedule] = Schedule(), *, clock: Clock = SYSTEM
     ) -> None:
-        self.schedule, self._now = schedule, now
-        super().__init__(
-            self._scheduled_rate, burst_seconds=BURST_SECONDS, clock=monotonic, sleep=sleep
-        )
+        self.schedule = schedule
+        super().__init__(self._scheduled_rate, burst_seconds=BURST_SECONDS, clock=clock)
 
     def _scheduled_rate(self) -> float | None:
         schedule = self.schedule if isinstance(self.schedule, Schedule) else self.schedule()
-        return schedule.rate_at(self._now())
+        return schedule.rate_at(self._clock.now())
 
     async def acquire(self, n: int) -> None:
         await self.take(n)

@@ -9,12 +9,10 @@ the wall clock or knows HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import UsageError
 
 _UNITS = {
@@ -62,20 +60,18 @@ class TokenBucket:
         rate: RateSource,
         *,
         burst_seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self._rate, self.burst_seconds = rate, burst_seconds
-        self._clock, self._sleep = clock, sleep
+        self._rate, self.burst_seconds, self._clock = rate, burst_seconds, clock
         first = self.current_rate()
         self._tokens = first * burst_seconds if first else 0.0
-        self._stamp = clock()
+        self._stamp = clock.monotonic()
 
     def current_rate(self) -> Rate:
         return self._rate() if callable(self._rate) else self._rate
 
     def _refill(self, rate: float) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._tokens = min(self._tokens + (now - self._stamp) * rate, rate * self.burst_seconds)
         self._stamp = now
 
@@ -83,12 +79,12 @@ class TokenBucket:
         """Wait until `n` bytes may be sent."""
         rate = self.current_rate()
         if rate is None:
-            self._tokens, self._stamp = 0.0, self._clock()
+            self._tokens, self._stamp = 0.0, self._clock.monotonic()
             return
         self._refill(rate)
         self._tokens -= n
         while self._tokens < 0:
-            await self._sleep(min(max(-self._tokens / rate, MIN_SLEEP), MAX_SLEEP))
+            await self._clock.sleep(min(max(-self._tokens / rate, MIN_SLEEP), MAX_SLEEP))
             rate = self.current_rate()
             if rate is None:
                 self._tokens = 0.0

@@ -87,7 +87,7 @@ class Scrubber:
         self.config, self.index, self.repos, self.clock = config, index, repos, clock
         self.state = ScrubState(index)
         self.replication = ReplicationState(index)
-        self.bucket = TokenBucket(config.scrub_rate, clock=clock.monotonic, sleep=clock.sleep)
+        self.bucket = TokenBucket(config.scrub_rate, clock=clock)
         self._lock = asyncio.Lock()
         self._report = ScrubReport()
         self._last_progress = 0.0

@@ -95,7 +95,7 @@ class Replicator:
         self.peer, self.state, self.index, self.repos = peer, state, index, repos
         self.clock, self.poll, self.retry_max = clock, poll, retry_max
         self.client = PeerClient(peer)
-        self.bucket = TokenBucket(peer.rate_limit, clock=clock.monotonic, sleep=clock.sleep)
+        self.bucket = TokenBucket(peer.rate_limit, clock=clock)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
         self._next_anti_entropy = 0.0  # due at start-up

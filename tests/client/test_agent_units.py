@@ -160,27 +160,23 @@ def test_a_batch_takes_the_oldest_files_within_its_bounds(tmp_path: Path) -> Non
 async def test_upload_limit_follows_the_window_in_the_agent_config(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(WINDOWS)
-    fake, now = FakeTime(), [MONDAY_NOON]
-    limiter = RateLimiter(
-        ScheduleFile(config, check_every=0),
-        monotonic=fake.monotonic,
-        now=lambda: now[0],
-        sleep=fake.sleep,
-    )
+    clock = SimulatedClock(MONDAY_NOON.timestamp())
+    limiter = RateLimiter(ScheduleFile(config, check_every=0), clock=clock)
     assert limiter.current_rate() == 500_000  # 4 Mbit/s in office hours
     for _ in range(10):
         await limiter.acquire(100_000)
-    assert 1.7 <= fake.slept <= 2.1  # 1 MB at 500 kB/s, less the burst
-    now[0] = MONDAY_NIGHT
-    before = fake.slept
+    assert 1.7 <= clock.monotonic() <= 2.1  # 1 MB at 500 kB/s, less the burst
+    clock.advance((MONDAY_NIGHT - MONDAY_NOON).total_seconds())
+    before = clock.monotonic()
     await limiter.acquire(10**9)
-    assert fake.slept == before  # unlimited after hours
+    assert clock.monotonic() == before  # unlimited after hours
 
 
 async def test_a_changed_upload_limit_applies_without_a_restart(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(WINDOWS)
-    limiter = RateLimiter(ScheduleFile(config, check_every=0), now=lambda: MONDAY_NOON)
+    clock = SimulatedClock(MONDAY_NOON.timestamp())
+    limiter = RateLimiter(ScheduleFile(config, check_every=0), clock=clock)
     assert limiter.current_rate() == 500_000
     config.write_text(WINDOWS.replace('"4Mbit"', '"8Mbit"'))
     os.utime(config, ns=(0, os.stat(config).st_mtime_ns + 10**9))

@@ -36,6 +36,9 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.t
 
+    def time(self) -> float:
+        return self.now().timestamp()
+
     def now(self) -> datetime:
         return self.start + timedelta(seconds=self.t)
 
@@ -46,7 +49,7 @@ class FakeClock:
 
 
 def limiter(schedule: Schedule | Callable[[], Schedule], clock: FakeClock) -> RateLimiter:
-    return RateLimiter(schedule, monotonic=clock.monotonic, now=clock.now, sleep=clock.sleep)
+    return RateLimiter(schedule, clock=clock)
 
 
 async def upload(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.clock import SimulatedClock
 from engine.errors import UsageError
 from engine.rates import TokenBucket, parse_rate
 
@@ -43,35 +44,38 @@ def test_rates_written_for_peers_and_scrub_read_the_same() -> None:
         parse_rate(-1)
 
 
+class RecordingClock(SimulatedClock):
+    """Simulated time that keeps every sleep the bucket asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await super().sleep(seconds)
+
+
 async def test_token_bucket_paces_to_its_rate_with_a_one_second_burst() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    bucket = TokenBucket(1000.0, clock=lambda: now[0], sleep=sleep)
+    clock = RecordingClock()
+    bucket = TokenBucket(1000.0, clock=clock)
     await bucket.take(1000)  # the burst
-    assert slept == []
+    assert clock.slept == []
     for _ in range(5):
         await bucket.take(500)
-    assert sum(slept) == pytest.approx(2.5)
-    unlimited = TokenBucket(None, clock=lambda: now[0], sleep=sleep)
+    assert sum(clock.slept) == pytest.approx(2.5)
+    unlimited = TokenBucket(None, clock=clock)
     await unlimited.take(10**9)
-    assert sum(slept) == pytest.approx(2.5)
+    assert sum(clock.slept) == pytest.approx(2.5)
 
 
 async def test_a_rate_that_changes_applies_while_waiting_off_a_debt() -> None:
-    now = [0.0]
-    rate: list[float | None] = [100.0]
+    clock = RecordingClock()
 
-    async def sleep(seconds: float) -> None:
-        assert seconds <= 1.0  # the rate is asked again at least every second
-        now[0] += seconds
-        if now[0] >= 3.0:
-            rate[0] = None  # the window opens: unlimited
+    def rate() -> float | None:
+        return None if clock.monotonic() >= 3.0 else 100.0  # the window opens at 3 s
 
-    bucket = TokenBucket(lambda: rate[0], clock=lambda: now[0], sleep=sleep)
+    bucket = TokenBucket(rate, clock=clock)
     await bucket.take(100 + 10_000)  # a 100 s debt at 100 B/s
-    assert now[0] == pytest.approx(3.0)
+    assert clock.monotonic() == pytest.approx(3.0)
+    assert max(clock.slept) <= 1.0  # the rate is asked again at least every second
