@@ -10,11 +10,11 @@ import argparse
 import asyncio
 import importlib.metadata
 import os
-import select
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from select import POLLERR, POLLOUT, poll
 from typing import Any
 
 from client.archive import owners, shown_path, snapshot_where, union
@@ -549,9 +549,9 @@ def _internal_error(e: Exception) -> int:
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        poller = poll()
+        poller.register(sys.stdout.fileno(), POLLOUT)
+        return any(events & POLLERR for _, events in poller.poll(0))
     except (OSError, ValueError):
         return False
 
