@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from benchmarks.common import tree_digest
 from benchmarks.killcore import (
     SEED_ENV,
@@ -33,16 +34,8 @@ from benchmarks.killcore import (
 )
 from benchmarks.replication import ROOT, Server
 
-PASSWORD = "kill loops"
 REPO = "clinic"
 LOOPS = ("local", "remote", "server")
-
-
-@dataclass(frozen=True)
-class Done:
-    rc: int
-    out: str
-    err: str
 
 
 @dataclass(frozen=True)
@@ -57,27 +50,28 @@ class Dicomvault:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
         env.update(
             DICOMVAULT_REPO=self.repo,
-            DICOMVAULT_PASSWORD=PASSWORD,
+            DICOMVAULT_PASSWORD=PASSPHRASE.decode(),
             DICOMVAULT_CACHE_DIR=str(self.cache),
             DICOMVAULT_TOKEN=self.token,
+            **CHEAP_KDF_ENV,
         )
         return env
 
-    def run(self, *args: str) -> Done:
-        cmd = [sys.executable, "-m", "client", *args]
+    def run(self, *args: str) -> Result:
+        cmd = [*cli_command(), *args]
         proc = subprocess.run(
             cmd, env=self._env(), capture_output=True, text=True, stdin=subprocess.DEVNULL
         )
-        return Done(proc.returncode, proc.stdout, proc.stderr)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "client", *args], env=self._env(), text=True,
+            [*cli_command(), *args], env=self._env(), text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
 
     def init(self) -> Dicomvault:
-        result = self.run("init", "--kdf-memory-mib", "8", "--kdf-iterations", "1")
+        result = self.run("init", *CHEAP_KDF_ARGS)
         assert result.rc == 0, result.err
         return self
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.progress import Progress
-from client.repository import Repository
+from client.repository import Repository, pack_named
 from client.restore import catalogue
 from engine import blob
 from engine.errors import DicomvaultError
@@ -70,7 +70,7 @@ async def _packs(
                         repo.index.add_pack(pack_id, size, entries)
                 done[1] += size
             except DicomvaultError as e:
-                report.problems.append(_named(pack_id, str(e)))
+                report.problems.append(pack_named(pack_id, str(e)))
             done[0] += 1
             if progress is not None:
                 progress.update(done[0], done[1], pack_id.short())
@@ -96,10 +96,6 @@ def _suspect(repo: Repository, chunks: list[tuple[ChunkId, int]], present: set[P
                 "be damaged; check --read-data verifies it)"
             )
     return " (a damaged pack manifest or a removed pack; check --read-data names a damaged pack)"
-
-
-def _named(pack_id: PackId, message: str) -> str:
-    return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
 
 async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> int:

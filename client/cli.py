@@ -10,11 +10,11 @@ import argparse
 import asyncio
 import importlib.metadata
 import os
-import select
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from select import POLLERR, POLLOUT, poll
 from typing import Any
 
 from client.archive import owners, shown_path, snapshot_where, union
@@ -402,12 +402,7 @@ async def _restore_files(
             await asyncio.gather(totals, return_exceptions=True)
     if select is not None and s.files == 0 and not s.kept and not s.errors:
         raise NotFound(f"snapshot {snapshot.short()} holds no file of that study or series")
-    for err in s.errors:
-        print(f"error: {err}", file=sys.stderr)
-    emit(args, s.as_json(), _restored_text(s, args.target))
-    if s.errors:
-        raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
-    return 0
+    return _report_restored(args, s)
 
 
 async def _restore_as_of(args: argparse.Namespace, repo: Repository, when: datetime) -> int:
@@ -423,16 +418,8 @@ async def _restore_as_of(args: argparse.Namespace, repo: Repository, when: datet
                 ),
                 overwrite=Overwrite(args.overwrite),
             )  # fmt: skip
-            s = await restorer.run(sid)
-            for name in ("files", "dirs", "bytes_written", "overwritten", "kept", "duration_s"):
-                setattr(total, name, getattr(total, name) + getattr(s, name))
-            total.errors += s.errors
-    for err in total.errors:
-        print(f"error: {err}", file=sys.stderr)
-    emit(args, total.as_json(), _restored_text(total, args.target))
-    if total.errors:
-        raise RestoreIncomplete(f"restore completed, but {len(total.errors)} entries failed")
-    return 0
+            total.add(await restorer.run(sid))
+    return _report_restored(args, total)
 
 
 async def _restore_totals(
@@ -445,6 +432,16 @@ async def _restore_totals(
     else:
         stats = (await repo.load_snapshot(snapshot))[1].stats
         shown.set_total(stats.get("files"), stats.get("bytes"))
+
+
+def _report_restored(args: argparse.Namespace, s: RestoreSummary) -> int:
+    """Each failed entry on stderr, the summary on stdout, then exit 20 if any failed."""
+    for err in s.errors:
+        print(f"error: {err}", file=sys.stderr)
+    emit(args, s.as_json(), _restored_text(s, args.target))
+    if s.errors:
+        raise RestoreIncomplete(f"restore completed, but {len(s.errors)} entries failed")
+    return 0
 
 
 def _restored_text(s: RestoreSummary, target: str) -> str:
@@ -552,9 +549,9 @@ def _internal_error(e: Exception) -> int:
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        poller = poll()
+        poller.register(sys.stdout.fileno(), POLLOUT)
+        return any(events & POLLERR for _, events in poller.poll(0))
     except (OSError, ValueError):
         return False
 

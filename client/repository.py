@@ -130,7 +130,7 @@ class Repository:
                 data = await self._read_at(chunk_id, loc)
             except (IntegrityError, ObjectNotFound) as e:
                 failed.append(loc)
-                errors.append(_named(loc.pack_id, str(e)))
+                errors.append(pack_named(loc.pack_id, str(e)))
                 continue
             if failed:
                 for message in errors:
@@ -146,7 +146,7 @@ class Repository:
                 raise IntegrityError("pack is truncated")
             return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
         except IntegrityError as e:
-            raise IntegrityError(_named(loc.pack_id, str(e))) from None
+            raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
 
     # snapshots
 
@@ -206,7 +206,8 @@ class Repository:
         return found[0]
 
 
-def _named(pack_id: PackId, message: str) -> str:
+def pack_named(pack_id: PackId, message: str) -> str:
+    """`message`, prefixed with the pack it concerns unless it names it already."""
     return message if pack_id.hex() in message else f"pack {pack_id.hex()}: {message}"
 
 

@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,12 @@ class RestoreSummary:
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def add(self, other: RestoreSummary) -> None:
+        """Count `other`'s work into this one (an as-of restore runs one restore per snapshot)."""
+        for f in fields(self):
+            if f.name != "snapshot":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 async def catalogue(repo: Repository, body: SnapshotBody) -> AsyncIterator[Entry]:

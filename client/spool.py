@@ -160,7 +160,3 @@ class Uploader:
         self.stats.bytes += len(data)
         self.stats.failures_in_row = 0
         self.stats.last_error = None
-
-
-def spool_folder(cache_root: Path, repo_id: str) -> Path:
-    return cache_root / repo_id / "spool"

@@ -10,7 +10,6 @@ import pty
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +149,8 @@ def test_ctrl_c_says_interrupted_on_its_own_line_and_exits_130(
 ) -> None:
     v, src = vault
     write_pattern_file(src / "big", 256 * MiB, seed=9, random_every=1)
-    started = time.monotonic()
     rc, screen = run_on_a_terminal(v, "backup", str(src), interrupt=True)
     assert rc == 130, screen[-2000:]
     visible = [ANSI.sub("", line).rstrip("\r").split("\r")[-1] for line in screen.split("\n")]
     assert "dicomvault: interrupted" in [line.strip() for line in visible]
-    assert time.monotonic() - started < 120
+    assert v.json("snapshots")["snapshots"] == []  # it stopped, rather than finishing first

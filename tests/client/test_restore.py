@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from client.restore import RestoreSummary
 from tests.conftest import BackedUp
 from tests.helpers import (
     MiB,
@@ -141,3 +142,17 @@ def test_several_hundred_megabyte_file_restores_bit_exact(vault: Vault, tmp_path
     assert summary["packs"] >= 1
     vault.ok("restore", "latest", "--target", str(tmp_path / "out"))
     assert tree_state(restored(tmp_path / "out", src)) == tree_state(src)
+
+
+def test_restore_summaries_add_every_count_and_error_but_keep_their_own_name() -> None:
+    total = RestoreSummary(snapshot="as of now", files=1, errors=["a: denied"])
+    total.add(
+        RestoreSummary(
+            snapshot="ab12", files=2, dirs=3, bytes_written=4, overwritten=5, kept=6, deleted=7,
+            duration_s=0.5, errors=["b: denied"],
+        )
+    )  # fmt: skip
+    assert total == RestoreSummary(
+        snapshot="as of now", files=3, dirs=3, bytes_written=4, overwritten=5, kept=6, deleted=7,
+        duration_s=0.5, errors=["a: denied", "b: denied"],
+    )  # fmt: skip

@@ -20,6 +20,7 @@ import pytest
 from benchmarks.killcore import KillLoop, index_problems, seeded
 from engine.ids import PackId
 from engine.pack import pack_name
+from tests.client.test_remote import Agent
 from tests.helpers import Vault
 from tests.robustness.killkit import KILLS, kill_seed, make_loop, remote_vault
 from tests.server.test_replication_process import REPO, Site, wait_until
@@ -32,6 +33,14 @@ def site(tmp_path: Path) -> Iterator[Site]:
     server = Site(tmp_path, "site-a")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, site: Site) -> Agent:
+    """A practice machine with an initialised repository on `site`, which is running."""
+    tokens = site.create_repo()
+    site.start()
+    return remote_vault(tmp_path / "practice", site, tokens["backup"])
 
 
 def _report(loop: KillLoop, what: str) -> None:
@@ -61,19 +70,15 @@ def test_backup_to_a_local_folder_killed_at_random_moments(tmp_path: Path) -> No
     _backup_kills(make_loop(tmp_path, vault, seed), seed, "local")
 
 
-def test_backup_to_a_chunk_server_killed_at_random_moments(tmp_path: Path, site: Site) -> None:
+def test_backup_to_a_chunk_server_killed_at_random_moments(tmp_path: Path, agent: Agent) -> None:
     seed = kill_seed()
-    tokens = site.create_repo()
-    site.start()
-    agent = remote_vault(tmp_path / "practice", site, tokens["backup"])
     _backup_kills(make_loop(tmp_path, agent, seed), seed, "chunk server")
 
 
-def test_chunk_server_killed_under_a_backup_at_random_moments(tmp_path: Path, site: Site) -> None:
+def test_chunk_server_killed_under_a_backup_at_random_moments(
+    tmp_path: Path, site: Site, agent: Agent
+) -> None:
     seed = kill_seed()
-    tokens = site.create_repo()
-    site.start()
-    agent = remote_vault(tmp_path / "practice", site, tokens["backup"])
     loop = make_loop(tmp_path, agent, seed)
     with seeded(seed, "server"):
         loop.start()
@@ -85,11 +90,8 @@ def test_chunk_server_killed_under_a_backup_at_random_moments(tmp_path: Path, si
 
 
 def test_pack_linked_but_not_indexed_by_a_killed_server_is_healed(
-    tmp_path: Path, site: Site
+    tmp_path: Path, site: Site, agent: Agent
 ) -> None:
-    tokens = site.create_repo()
-    site.start()
-    agent = remote_vault(tmp_path / "practice", site, tokens["backup"])
     loop = make_loop(tmp_path, agent, seed=1)
     # A slow uplink holds the first pack in the spool, mid-upload, when both sides die.
     proc = agent.popen("--limit-upload", "64KiB", "backup", str(loop.history.tree), "--json")
