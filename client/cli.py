@@ -38,6 +38,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_forget import cmd_forget, cmd_undelete, forget_parsers
 from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
@@ -210,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
+    forget_parsers(cmd)
     return p
 
 
@@ -513,6 +515,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "agent": cmd_agent,
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
+    "forget": cmd_forget,
+    "undelete": cmd_undelete,
 }
 
 

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from engine.commit import snapshot_id_of, snapshot_name, verify_commit
-from engine.errors import ObjectNotFound, RepositoryNotFound, UsageError
+from engine.errors import NotFound, ObjectNotFound, RepositoryNotFound, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import pack_name, verify_pack
 from engine.store.base import Store
 
 CONFIG_NAME = "config"
+TRASH = "trash/snapshots"  # a local repository's forgotten commit records
+UNDELETE_WINDOW = 14 * 86_400.0  # a chunk server's default; its provider may set more
 
 
 class Backend(ABC):
@@ -90,6 +92,22 @@ class Backend(ABC):
         """Take a planted or damaged object (`pack`, `snapshot` or `key`) out of the repository
         without deleting it; needs an admin token. A local repository's owner moves the file."""
         raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
+
+    # Deletions that can be undone (docs/design.md §14): each returns one document per object,
+    # {kind, id, scheduled, purge_after, time}, times in unix seconds.
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        """Schedule snapshots for deletion, all or none (`NotFound` for an unknown one): they
+        leave every listing at once and are destroyed only after the undelete window."""
+        raise NotImplementedError
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        """What is scheduled for deletion and not yet destroyed."""
+        raise NotImplementedError
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        """Bring back scheduled snapshots by id or unique prefix (None: every one)."""
+        raise NotImplementedError
 
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
@@ -193,5 +211,73 @@ class LocalBackend(Backend):
         except ObjectNotFound:
             raise ObjectNotFound(f"no snapshot {snapshot_id.hex()}") from None
 
+    # A local repository keeps forgotten commit records under trash/snapshots/ (the object's
+    # mtime is when it was scheduled) for the same window as a chunk server's default; the
+    # owner of the folder could delete them by hand, so this protects against mistakes only.
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        listed = set(await self.list_snapshots())
+        for sid in snapshot_ids:
+            if sid not in listed and not await self.store.exists(_trash(sid)):
+                raise NotFound(f"no snapshot {sid.hex()}")
+        out = []
+        for sid in snapshot_ids:
+            if sid in listed:
+                data = await self.store.get(snapshot_name(sid))
+                await self.store.put(_trash(sid), data)  # durable before the original goes
+                await self.store.delete(snapshot_name(sid))
+            out.append(await self._trash_doc(sid))
+        return out
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return [await self._trash_doc(sid) async for sid in self._trashed()]
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        trashed = [sid async for sid in self._trashed()]
+        chosen = trashed if names is None else [_unique_prefix(trashed, n) for n in names]
+        out = []
+        for sid in chosen:
+            doc = await self._trash_doc(sid)
+            await self.store.put(snapshot_name(sid), await self.store.get(_trash(sid)))
+            await self.store.delete(_trash(sid))
+            out.append(doc)
+        return out
+
+    async def purge_trash(self, now: float, window: float = UNDELETE_WINDOW) -> int:
+        """Delete forgotten records older than the window; return how many."""
+        done = 0
+        async for sid in self._trashed():
+            if (await self.store.stat(_trash(sid))).mtime + window <= now:
+                await self.store.delete(_trash(sid))
+                done += 1
+        return done
+
+    async def _trashed(self) -> AsyncIterator[SnapshotId]:
+        async for name in self.store.list(TRASH):
+            try:
+                yield SnapshotId.parse(name.rsplit("/", 1)[-1])
+            except ValueError:
+                continue
+
+    async def _trash_doc(self, sid: SnapshotId) -> dict[str, Any]:
+        scheduled = (await self.store.stat(_trash(sid))).mtime
+        return {
+            "kind": "snapshot",
+            "id": sid.hex(),
+            "scheduled": scheduled,
+            "purge_after": scheduled + UNDELETE_WINDOW,
+        }
+
     async def close(self) -> None:
         await self.store.close()
+
+
+def _trash(sid: SnapshotId) -> str:
+    return f"{TRASH}/{sid.hex()}"
+
+
+def _unique_prefix(ids: Sequence[SnapshotId], name: str) -> SnapshotId:
+    found = [s for s in ids if s.hex().startswith(name.lower())]
+    if len(found) != 1:
+        raise NotFound(f"no unique snapshot scheduled for deletion matches {name!r}")
+    return found[0]

@@ -226,5 +226,17 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
     async def report_drill(self, report: dict[str, Any]) -> None:
         await self._request("POST", "drills", "drill report", json=report)
 
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        body = {"snapshots": [s.hex() for s in snapshot_ids]}
+        doc = await self._json("POST", "forget", "forget", json=body)
+        return list(doc["scheduled"])
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return list((await self._json("GET", "deletions", "pending deletions"))["pending"])
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        body = {} if names is None else {"snapshots": list(names)}
+        return list((await self._json("POST", "undelete", "undelete", json=body))["restored"])
+
     async def close(self) -> None:
         await self.http.close()

@@ -160,6 +160,16 @@ class RetryingBackend(Backend):
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
         return await self.inner.quarantine(kind, ident, reason)  # not retried: see the docstring
 
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        # Idempotent: a snapshot already scheduled keeps its schedule.
+        return await self._retry("forget", lambda: self.inner.forget(snapshot_ids))
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return await self._retry("pending deletions", self.inner.pending_deletions)
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        return await self.inner.undelete(names)  # not retried: a repeat finds nothing to undo
+
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._retry("heartbeat", lambda: self.inner.heartbeat(info))
 

@@ -24,6 +24,7 @@ from server.alerts.service import AlertService
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.handlers import routes
+from server.handlers_deletion import deletion_routes, purge_ctx
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.monitor import routes as monitor_routes
@@ -198,7 +199,9 @@ def make_app(
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_alerts_ctx)
+    app.cleanup_ctx.append(purge_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
     app.add_routes(monitor_routes)
+    app.add_routes(deletion_routes)
     return app

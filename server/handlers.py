@@ -22,6 +22,8 @@ from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
+from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
+from server.deletion import Deletions
 from server.errors import BodyTooLarge, MissingChunks
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
@@ -337,6 +339,8 @@ async def list_snapshots(request: web.Request) -> web.Response:
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
+    if Deletions(request.app[INDEX]).is_scheduled(repo.name, SNAPSHOT_DELETION, sid.hex()):
+        raise ObjectNotFound(f"snapshot {sid.hex()} is scheduled for deletion (undelete it)")
     return await stream_object(request, repo, snapshot_name(sid))
 
 

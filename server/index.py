@@ -36,6 +36,7 @@ TABLES = (
     *_DBS,
     *("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas"),
     *("scrub", "drills", "alerts"),
+    "deletions",
 )
 MAX_DBS = 16
 

@@ -19,6 +19,8 @@ from engine.commit import CommitRecord
 from engine.errors import DicomvaultError
 from engine.ids import PackId, SnapshotId
 from engine.pack import read_pack_info_ranged
+from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.repos import Repositories, Repository
 
@@ -80,6 +82,8 @@ async def _reindex_snapshots(repo: Repository, index: ServerIndex, report: Reind
             log.warning("%s: skipping snapshot %s: %s", repo.name, ident, e)
             report.bad += 1
             continue
+        if Deletions(index).is_scheduled(repo.name, SNAPSHOT_DELETION, snapshot_id.hex()):
+            continue  # forgotten, within its undelete window: it stays out of listings
         summary = snapshot_summary(record, stat.mtime)
         await asyncio.to_thread(index.add_snapshot, repo.name, snapshot_id, summary)
         report.snapshots += 1
