@@ -12,10 +12,12 @@ from engine.clock import SimulatedClock
 from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import SnapshotId
+from server.alerts.conditions import MASS_DELETION
+from server.alerts.settings import AlertSettings
 from server.config import load_config
 from server.deletion import Deletions
 from server.reindex import reindex_repository
-from server.state import INDEX, REPOS
+from server.state import ALERTS, INDEX, REPOS
 from tests.server.conftest import REPO, Harness, ServerFactory, make_commit
 
 DAY = 86_400.0
@@ -122,3 +124,35 @@ def test_the_window_cannot_be_set_below_a_day(tmp_path) -> None:  # type: ignore
     with pytest.raises(UsageError, match="undelete_days"):
         load_config(None, data_dir=str(tmp_path), undelete_days=0.5)
     assert load_config(None, data_dir=str(tmp_path)).undelete_days == 14.0
+
+
+async def test_scheduling_most_snapshots_in_a_day_raises_an_alert(
+    make_server: ServerFactory,
+) -> None:
+    clock = SimulatedClock(START)
+    alerts = AlertSettings(
+        evaluate_interval=0.02, digest_time=None, disk_threshold=1.01, mass_deletion_share=0.5
+    )
+    srv = await make_server(clock=clock, alerts=alerts)
+    ids = await _snapshots(srv, 4)
+    admin = srv.backend("admin")
+    await admin.forget(ids[:2])  # half: not more than the share
+
+    def open_kinds() -> list[str]:
+        return [a["kind"] for a in srv.app[ALERTS].store.open_alerts()]
+
+    await asyncio.sleep(0.1)
+    assert MASS_DELETION not in open_kinds()
+    await admin.forget(ids[2:3])
+    for _ in range(200):
+        if MASS_DELETION in open_kinds():
+            break
+        await asyncio.sleep(0.02)
+    (alert,) = [a for a in srv.app[ALERTS].store.open_alerts() if a["kind"] == MASS_DELETION]
+    assert "3 of 4 snapshots" in alert["message"]
+    clock.advance(DAY + 1)  # the day has passed: the alert resolves
+    for _ in range(200):
+        if MASS_DELETION not in open_kinds():
+            break
+        await asyncio.sleep(0.02)
+    assert MASS_DELETION not in open_kinds()
