@@ -1,4 +1,4 @@
-"""`dicomvault forget` and `dicomvault undelete`: the commands around deletions that can be undone.
+"""`dicomvault forget`, `undelete` and `prune`: the commands around deletions that can be undone.
 
 Owns the options (restic's `--keep-*`, `--group-by`, `--dry-run`), turning snapshots into the
 policy's input, and the report (kept and removed, each with its reasons). The policy is
@@ -27,6 +27,7 @@ from engine.forget_policy import (
     parse_keep_within,
 )
 from engine.ids import SnapshotId
+from engine.prune_plan import parse_max_unused
 
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -66,6 +67,21 @@ def forget_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
     c.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="snapshot id or prefix")
     c.add_argument("--all", action="store_true", help="bring back every scheduled snapshot")
+    c = cmd(
+        "prune",
+        "reclaim the space of chunks no snapshot references: delete packs without a live "
+        "chunk, repack the ones with most unused bytes (admin token on a chunk server; safe "
+        "while other machines back up; resumable; one prune at a time)",
+    )
+    c.add_argument(
+        "--max-unused",
+        default="5%",
+        metavar="LIMIT",
+        help="unused bytes to tolerate after the prune: a share of the live bytes (5%%, the "
+        "default; 0%% repacks every pack with anything unused), a size (200M) or unlimited "
+        "(delete whole dead packs only)",
+    )
+    c.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
 
 def policy_from(args: argparse.Namespace) -> KeepPolicy:
@@ -162,3 +178,28 @@ async def cmd_undelete(args: argparse.Namespace) -> int:
     finally:
         await backend.close()
     return 0
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    from client.prune import prune
+
+    limit = parse_max_unused(args.max_unused)
+
+    async def run(repo: Repository) -> int:
+        report = await prune(repo, max_unused=limit, dry_run=args.dry_run)
+        doc = report.as_json()
+        verb = "would delete" if args.dry_run else "scheduled for deletion"
+        text = (
+            f"{doc['snapshots']} snapshots, {doc['chunks_live']} live chunks; {doc['packs']} "
+            f"packs, {doc['bytes_total']:,} bytes, {doc['bytes_unused']:,} unused; {verb} "
+            f"{doc['packs_deleted']} packs and repack {doc['packs_repacked']} "
+            f"({doc['bytes_rewritten']:,} bytes rewritten)"
+        )
+        if not args.dry_run:
+            text += f"; {doc['bytes_reclaimed']:,} bytes reclaimed once the undelete window ends"
+        if report.kept:
+            text += f"; {len(report.kept)} packs kept for backups that ran meanwhile"
+        emit(args, doc, text)
+        return 0
+
+    return await with_repo(args, run)

@@ -6,11 +6,15 @@ the plaintext repository config and commit records; neither sees plaintext or ke
 
 What only a chunk server can do is declared as optional capabilities, typed `Protocol`s a
 caller checks with `isinstance` (never by probing for a name): `Replicated` (per-site
-replication status) and `DrillReceiver` (keeps fire-drill reports).
+replication status) and `DrillReceiver` (keeps fire-drill reports). `Pruning` (the prune
+protocol, docs/design.md §14) is implemented by both: a local folder has a lock object and a
+trash folder but no generation (it is never pruned while a backup writes to it).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -19,10 +23,13 @@ from engine.commit import snapshot_id_of, snapshot_name, verify_commit
 from engine.errors import NotFound, ObjectNotFound, RepositoryNotFound, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import pack_name, verify_pack
+from engine.protocol.errors import PruneLocked
 from engine.store.base import Store
 
 CONFIG_NAME = "config"
 TRASH = "trash/snapshots"  # a local repository's forgotten commit records
+TRASH_PACKS = "trash/packs"  # and the packs its prunes removed
+LOCK = "locks/prune"
 UNDELETE_WINDOW = 14 * 86_400.0  # a chunk server's default; its provider may set more
 
 
@@ -130,13 +137,38 @@ class Replicated(Protocol):
 
 
 @runtime_checkable
+class Pruning(Protocol):
+    """Deleting packs safely while others back up (docs/design.md §14)."""
+
+    async def generation(self) -> int:
+        """The repository's prune generation: it changes whenever packs may have gone."""
+        ...
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        """Commit from a client reconciled at `generation`; `full`: `refs` lists every chunk.
+        `FullRefsRequired` when a prune ran or runs: commit again with `full`."""
+        ...
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        """Take or renew the one prune lock ({holder, since, expires, generation});
+        `PruneLocked` while another holder's lives."""
+        ...
+
+    async def prune_release(self, holder: str) -> None: ...
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        """Schedule dead packs for deletion: {scheduled, kept, absent} (pack id hex lists)."""
+        ...
+
+
+@runtime_checkable
 class DrillReceiver(Protocol):
     """A backend whose server keeps the last fire-drill report of each repository."""
 
     async def report_drill(self, report: dict[str, Any]) -> None: ...
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, Pruning):
     """A repository folder on a local (or mounted) filesystem, through any `Store`."""
 
     knows_chunks = False
@@ -230,7 +262,12 @@ class LocalBackend(Backend):
         return out
 
     async def pending_deletions(self) -> list[dict[str, Any]]:
-        return [await self._trash_doc(sid) async for sid in self._trashed()]
+        docs = [await self._trash_doc(sid) async for sid in self._trashed()]
+        async for name in self.store.list(TRASH_PACKS):
+            scheduled = (await self.store.stat(name)).mtime
+            docs.append({"kind": "pack", "id": name.rsplit("/", 1)[-1], "scheduled": scheduled,
+                         "purge_after": scheduled + UNDELETE_WINDOW})  # fmt: skip
+        return docs
 
     async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
         trashed = [sid async for sid in self._trashed()]
@@ -241,16 +278,71 @@ class LocalBackend(Backend):
             await self.store.put(snapshot_name(sid), await self.store.get(_trash(sid)))
             await self.store.delete(_trash(sid))
             out.append(doc)
+        if chosen:  # their chunks may be in packs a prune put aside since: bring all back
+            async for name in self.store.list(TRASH_PACKS):
+                pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+                await self.store.put(pack_name(pack_id), await self.store.get(name))
+                await self.store.delete(name)
         return out
 
     async def purge_trash(self, now: float, window: float = UNDELETE_WINDOW) -> int:
-        """Delete forgotten records older than the window; return how many."""
+        """Delete forgotten records and pruned packs older than the window; return how many."""
+        names = [_trash(sid) async for sid in self._trashed()]
+        names += [name async for name in self.store.list(TRASH_PACKS)]
         done = 0
-        async for sid in self._trashed():
-            if (await self.store.stat(_trash(sid))).mtime + window <= now:
-                await self.store.delete(_trash(sid))
+        for name in names:
+            if (await self.store.stat(name)).mtime + window <= now:
+                await self.store.delete(name)
                 done += 1
         return done
+
+    # the prune protocol, locally: a lock object with an expiry; no generation (no concurrent
+    # backups are supported on a folder while it is pruned)
+
+    async def generation(self) -> int:
+        return 0
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        return await self.commit(record)
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        now = time.time()
+        try:
+            held = json.loads(await self.store.get(LOCK))
+        except ObjectNotFound:
+            held = None
+        if held is not None and held["holder"] != holder and held["expires"] > now:
+            raise PruneLocked(
+                f"another prune ({held['holder']}) holds {self.location}/{LOCK} until "
+                f"{held['expires']:.0f}"
+            )
+        if held is not None:
+            await self.store.delete(LOCK)
+        doc = {"holder": holder, "since": now, "expires": now + ttl, "generation": 0}
+        if not await self.store.put(LOCK, json.dumps(doc).encode()):
+            raise PruneLocked(f"another prune took {self.location}/{LOCK} just now")
+        return doc
+
+    async def prune_release(self, holder: str) -> None:
+        try:
+            held = json.loads(await self.store.get(LOCK))
+        except ObjectNotFound:
+            return
+        if held["holder"] == holder:
+            await self.store.delete(LOCK)
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        scheduled, absent = [], []
+        for pack_id in packs:
+            try:
+                data = await self.store.get(pack_name(pack_id))
+            except ObjectNotFound:
+                absent.append(pack_id.hex())
+                continue
+            await self.store.put(f"{TRASH_PACKS}/{pack_id.hex()}", data)  # durable first
+            await self.store.delete(pack_name(pack_id))
+            scheduled.append(pack_id.hex())
+        return {"scheduled": scheduled, "kept": [], "absent": absent, "generation": 0}
 
     async def _trashed(self) -> AsyncIterator[SnapshotId]:
         async for name in self.store.list(TRASH):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.backend import Backend, DrillReceiver, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
@@ -36,7 +36,7 @@ def _split_url(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}{prefix}", name
 
 
-class RemoteBackend(Backend, Replicated, DrillReceiver):
+class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning):
     """A repository on a chunk server; `missing` is authoritative (the server has an index)."""
 
     knows_chunks = True
@@ -179,6 +179,29 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
     async def commit(self, record: bytes) -> SnapshotId:
         doc = await self._json("POST", "snapshots", "commit", data=record, headers=OCTETS)
         return SnapshotId.parse(doc["snapshot"])
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        params = {"generation": str(generation)} | ({"full": "1"} if full else {})
+        doc = await self._json(
+            "POST", "snapshots", "commit", data=record, headers=OCTETS, params=params
+        )
+        return SnapshotId.parse(doc["snapshot"])
+
+    async def generation(self) -> int:
+        return int((await self._json("GET", "generation", "generation"))["generation"])
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        doc = await self._json(
+            "POST", "prune/lock", "prune lock", json={"holder": holder, "ttl": ttl}
+        )
+        return dict(doc)
+
+    async def prune_release(self, holder: str) -> None:
+        await self._request("DELETE", "prune/lock", "prune unlock", params={"holder": holder})
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        body = {"holder": holder, "packs": [p.hex() for p in packs]}
+        return dict(await self._json("POST", "prune/schedule", "prune schedule", json=body))
 
     async def list_snapshots(self) -> list[SnapshotId]:
         doc = await self._json("GET", "snapshots", "list snapshots")

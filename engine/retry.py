@@ -30,7 +30,7 @@ from abc import ABC
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from engine.backend import Backend, DrillReceiver, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated
 from engine.clock import SYSTEM, Clock
 from engine.errors import TransientError, Unreachable, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
@@ -177,7 +177,7 @@ class RetryingBackend(Backend):
         await self.inner.close()
 
 
-class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver):
+class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning):
     """`RetryingBackend` around a backend with the chunk server's optional capabilities."""
 
     def __init__(self, inner: RemoteCapable, **kw: Any) -> None:
@@ -194,8 +194,28 @@ class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver):
         # Idempotent: the server keeps the last report per repository; a repeat replaces it.
         await self._retry("drill report", lambda: self.remote.report_drill(report))
 
+    # The prune protocol: every call is idempotent (a lock is renewed by its holder, a pack
+    # already scheduled is reported absent, a commit is stored under its hash).
 
-class RemoteCapable(Backend, Replicated, DrillReceiver, ABC):
+    async def generation(self) -> int:
+        return await self._retry("generation", self.remote.generation)
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        return await self._retry("commit", lambda: self.remote.commit_at(record, generation, full))
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        return await self._retry("prune lock", lambda: self.remote.prune_lock(holder, ttl))
+
+    async def prune_release(self, holder: str) -> None:
+        await self._retry("prune unlock", lambda: self.remote.prune_release(holder))
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        return await self._retry(
+            "prune schedule", lambda: self.remote.prune_schedule(holder, packs)
+        )
+
+
+class RemoteCapable(Backend, Replicated, DrillReceiver, Pruning, ABC):
     """What `RetryingRemoteBackend` wraps (for the type checker; `isinstance` decides)."""
 
 

@@ -1,10 +1,11 @@
-"""HTTP handlers for forget and undelete, and the purge task (docs/design.md §14).
+"""HTTP handlers for forget, undelete and prune, and the purge task (docs/design.md §14).
 
-Owns the routes `POST forget`, `GET deletions`, `POST undelete` of a repository and the
-background purge that runs every `purge_interval` seconds and asks `server.deletion` to destroy
-what is past the undelete window on the app's clock. Scheduling and undoing need an admin
-token; a backup or restore token is refused (403, exit 15) with nothing changed. Must not
-implement the bookkeeping itself (that is `server.deletion`).
+Owns the routes `POST forget`, `GET deletions`, `POST undelete`, `GET generation`,
+`POST|DELETE prune/lock` and `POST prune/schedule` of a repository, and the background purge
+that runs every `purge_interval` seconds and asks `server.deletion` to destroy what is past the
+undelete window on the app's clock. Scheduling and undoing need an admin token; a backup or
+restore token is refused (403, exit 15) with nothing changed. Must not implement the
+bookkeeping itself (that is `server.deletion`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any
 from aiohttp import web
 
 from engine.errors import UsageError
-from engine.ids import SnapshotId
+from engine.ids import PackId, SnapshotId
 from engine.protocol import routes as routes_v1
 from server.auth import Action
 from server.bodies import parse_json_object
-from server.deletion import Deletions, Window
+from server.deletion import Deletions, Window, pack_entries, refs_since
 from server.handlers import _repository, parse_id, small_body
-from server.state import CLOCK, CONFIG, INDEX, REPOS
+from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPOS
 
 log = logging.getLogger(__name__)
 deletion_routes = web.RouteTableDef()
@@ -54,17 +55,18 @@ async def forget(request: web.Request) -> web.Response:
     ids = [parse_id(SnapshotId, n) for n in names]
     by = f"admin token from {request.remote}"
     now = request.app[CLOCK].time()
-    deletions = Deletions(request.app[INDEX])
-    docs = await asyncio.to_thread(
-        deletions.schedule_snapshots, repo.name, ids, now, _window(request.app), by
-    )
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):
+        docs = await asyncio.to_thread(
+            deletions.schedule_snapshots, repo.name, ids, now, _window(request.app), by
+        )
     return web.json_response({"scheduled": [_public(d) for d in docs]})
 
 
 @deletion_routes.get(R + "/deletions")
 async def pending(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
-    docs = await asyncio.to_thread(Deletions(request.app[INDEX]).pending, repo.name)
+    docs = await asyncio.to_thread(request.app[DELETIONS].pending, repo.name)
     return web.json_response({"pending": [_public(d) for d in docs]})
 
 
@@ -73,8 +75,96 @@ async def undelete(request: web.Request) -> web.Response:
     """Bring back scheduled snapshots (`{"snapshots": [ids or prefixes]}`, or all without it)."""
     repo = _repository(request, Action.ADMIN)
     names = await _names(request, "snapshots")
-    docs = await asyncio.to_thread(Deletions(request.app[INDEX]).undelete, repo.name, names)
-    return web.json_response({"restored": [_public(d) for d in docs]})
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):
+        docs = await asyncio.to_thread(deletions.undelete, repo.name, names)
+        # The snapshots' chunks may be in packs a prune scheduled since: bring them all back.
+        await deletions.revive_all_packs(repo)
+    return web.json_response({"restored": [_public(d) for d in docs if d["kind"] != "pack"]})
+
+
+# -- prune (docs/design.md §14: generation, lock, exclusion) ---------------------------------
+
+
+@deletion_routes.get(R + "/generation")
+async def generation(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    deletions = request.app[DELETIONS]
+    now = request.app[CLOCK].time()
+    return web.json_response(
+        {
+            "generation": deletions.generation(repo.name),
+            "prune": deletions.prune_lock(repo.name, now),
+        }
+    )
+
+
+def _holder(doc: dict[str, Any]) -> str:
+    holder = doc.get("holder")
+    if not isinstance(holder, str) or not holder or len(holder) > 256:
+        raise UsageError('"holder" must be a string of 1 to 256 characters')
+    return holder
+
+
+@deletion_routes.post(R + "/prune/lock")
+async def take_lock(request: web.Request) -> web.Response:
+    """Take or renew the prune lock (409 prune_locked while another holder's lives); bumps
+    the generation, so every commit from now on lists all its chunks until the lock goes."""
+    repo = _repository(request, Action.ADMIN)
+    doc = parse_json_object(await small_body(request), "prune lock")
+    ttl = doc.get("ttl", 600)
+    if not isinstance(ttl, int | float) or not 10 <= ttl <= 86_400:
+        raise UsageError('"ttl" must be 10 to 86400 seconds')
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):
+        lock = deletions.take_lock(repo.name, _holder(doc), float(ttl), request.app[CLOCK].time())
+    return web.json_response(lock)
+
+
+@deletion_routes.delete(R + "/prune/lock")
+async def release_lock(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.ADMIN)
+    holder = _holder(dict(request.query))
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):
+        deletions.release_lock(repo.name, holder)
+    return web.json_response({"released": True})
+
+
+@deletion_routes.post(R + "/prune/schedule")
+async def schedule_packs(request: web.Request) -> web.Response:
+    """Schedule packs a prune found dead: each leaves the index now and is destroyed after the
+    window. A pack holding a chunk that a commit received since the prune began names is kept
+    (that backup may reuse what the prune's mark did not see). Bumps the generation."""
+    repo = _repository(request, Action.ADMIN)
+    doc = parse_json_object(await small_body(request, 8 * 1024 * 1024), "prune schedule")
+    holder, names = _holder(doc), doc.get("packs")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UsageError('"packs" must be a list of pack ids')
+    ids = [parse_id(PackId, n) for n in names]
+    deletions, index = request.app[DELETIONS], request.app[INDEX]
+    now, window = request.app[CLOCK].time(), _window(request.app)
+    by = f"prune by {holder} from {request.remote}"
+    scheduled, kept, absent = [], [], []
+    async with deletions.lock(repo.name):
+        lock = deletions.check_lock(repo.name, holder, now)
+        live = await refs_since(index, repo, float(lock["since"]))
+        for pack_id in ids:
+            if not index.has_pack(repo.name, pack_id):
+                absent.append(pack_id.hex())
+                continue
+            entries = await pack_entries(repo, pack_id)
+            if any(bytes(e.chunk_id) in live for e in entries):
+                kept.append(pack_id.hex())
+                continue
+            await asyncio.to_thread(
+                deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
+            )
+            scheduled.append(pack_id.hex())
+        new_generation = deletions.bump(repo.name)
+    return web.json_response(
+        {"scheduled": scheduled, "kept": kept, "absent": absent, "generation": new_generation}
+    )
 
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +174,7 @@ def _public(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _purge_forever(app: web.Application) -> None:
-    deletions = Deletions(app[INDEX])
+    deletions = app[DELETIONS]
     while True:
         try:
             done = await deletions.purge_due(app[REPOS], app[CLOCK].time())
@@ -97,6 +187,7 @@ async def _purge_forever(app: web.Application) -> None:
 
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the index: purges what is past the window, every `purge_interval` seconds."""
+    app[DELETIONS] = Deletions(app[INDEX])
     task = asyncio.create_task(_purge_forever(app), name="purge")
     yield
     task.cancel()

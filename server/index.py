@@ -36,9 +36,9 @@ TABLES = (
     *_DBS,
     *("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas"),
     *("scrub", "drills", "alerts"),
-    "deletions",
+    *("deletions", "condemned"),
 )
-MAX_DBS = 16
+MAX_DBS = 24
 
 
 @dataclass(frozen=True, slots=True)

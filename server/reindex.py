@@ -19,6 +19,7 @@ from engine.commit import CommitRecord
 from engine.errors import DicomvaultError
 from engine.ids import PackId, SnapshotId
 from engine.pack import read_pack_info_ranged
+from server.deletion import PACK as PACK_DELETION
 from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
 from server.deletion import Deletions
 from server.index import ServerIndex
@@ -66,6 +67,8 @@ async def _reindex_packs(
             log.warning("%s: skipping pack %s: %s", repo.name, ident, e)
             report.bad += 1
             continue
+        if Deletions(index).is_scheduled(repo.name, PACK_DELETION, pack_id.hex()):
+            continue  # a prune scheduled it: out of the index until purged or revived
         add = partial(index.add_pack, repo.name, pack_id, info.size, stat.mtime, info.entries)
         await asyncio.to_thread(add)
         report.packs += 1

@@ -11,6 +11,7 @@ from engine.clock import Clock
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.config import ServerConfig
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
@@ -26,3 +27,4 @@ DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
+DELETIONS = web.AppKey("deletions", Deletions)
