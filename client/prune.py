@@ -56,6 +56,10 @@ class LiveSet:
                 if txn.put(bytes(cid), b"", overwrite=False):
                     self.count += 1
 
+    def __contains__(self, cid: bytes) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(bytes(cid)) is not None
+
     def __iter__(self) -> Iterator[bytes]:
         with self.env.begin() as txn:
             for key in txn.cursor().iternext(keys=True, values=False):
@@ -122,7 +126,7 @@ async def prune(
             report.chunks_live = live.count
             report.plan = plan(list(_usage(repo, live)), max_unused)
             if not dry_run:
-                await _repack(repo, report)
+                await _repack(repo, report, live)
                 await _schedule(repo, backend, holder, report)
         finally:
             live.close()
@@ -212,7 +216,7 @@ def _usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
         yield PackUse(pack_id, size, blobs[pack_id], used[pack_id])
 
 
-async def _repack(repo: Repository, report: PruneReport) -> None:
+async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
     """Copy each live blob whose location is a pack being repacked into new packs, sealed
     blobs as they are (their id is their associated data, so no re-encryption), then make the
     new copies the locations."""
@@ -234,7 +238,9 @@ async def _repack(repo: Repository, report: PruneReport) -> None:
         for e, (raw_len, content) in zip(info.entries, header, strict=True):
             loc = repo.index.lookup(e.chunk_id)
             if loc is None or loc.pack_id != source or e.chunk_id in packer:
-                continue  # unused here: no snapshot needs it, or its live copy is elsewhere
+                continue  # its live copy is elsewhere
+            if e.chunk_id not in live:
+                continue  # no snapshot needs it
             packer.add(e.chunk_id, data[e.offset : e.offset + e.length], raw_len, content)
             moved.append(e.chunk_id)
             if packer.full:
