@@ -38,7 +38,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
-from client.cli_forget import cmd_forget, cmd_prune, cmd_undelete, forget_parsers
+from client.cli_forget import cmd_forget, cmd_prune, cmd_stats, cmd_undelete, forget_parsers
 from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
@@ -518,6 +518,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "forget": cmd_forget,
     "undelete": cmd_undelete,
     "prune": cmd_prune,
+    "stats": cmd_stats,
 }
 
 

@@ -1,4 +1,4 @@
-"""`dicomvault forget`, `undelete` and `prune`: the commands around deletions that can be undone.
+"""`dicomvault forget`, `undelete`, `prune` and `stats`: retention and space.
 
 Owns the options (restic's `--keep-*`, `--group-by`, `--dry-run`), turning snapshots into the
 policy's input, and the report (kept and removed, each with its reasons). The policy is
@@ -16,6 +16,7 @@ from typing import Any
 
 from client.cli_common import emit, open_backend, with_repo
 from client.repository import Repository
+from engine.backend import StatsReceiver
 from engine.catalogue import SnapshotBody
 from engine.errors import NotFound, ObjectNotFound, UsageError
 from engine.forget_policy import (
@@ -82,6 +83,12 @@ def forget_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "(delete whole dead packs only)",
     )
     c.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    cmd(
+        "stats",
+        "what the repository holds: file and unique raw bytes, stored bytes, deduplication "
+        "ratio, bytes per DICOM modality, reclaimable by prune, pending deletion (on a chunk "
+        "server also reported for the provider's /metrics and status page)",
+    )
 
 
 def policy_from(args: argparse.Namespace) -> KeepPolicy:
@@ -200,6 +207,29 @@ async def cmd_prune(args: argparse.Namespace) -> int:
         if report.kept:
             text += f"; {len(report.kept)} packs kept for backups that ran meanwhile"
         emit(args, doc, text)
+        return 0
+
+    return await with_repo(args, run)
+
+
+async def cmd_stats(args: argparse.Namespace) -> int:
+    from client.stats import stats
+
+    async def run(repo: Repository) -> int:
+        s = await stats(repo)
+        doc = s.as_json()
+        if isinstance(repo.backend, StatsReceiver):
+            await repo.backend.report_stats(doc)
+        lines = [
+            f"snapshots:         {s.snapshots} ({s.files} files, {s.files_bytes:,} bytes)",
+            f"raw (unique):      {s.raw_bytes:,} bytes in {s.chunks} chunks",
+            f"stored:            {s.stored_bytes:,} bytes in {s.packs} packs",
+            f"dedup ratio:       {s.dedup_ratio}",
+            f"reclaimable:       {s.reclaimable_bytes:,} bytes (dicomvault prune --max-unused 0%)",
+            f"pending deletion:  {s.pending_deletion_bytes:,} bytes "
+            f"({s.pending_deletion_objects} objects)",
+        ] + [f"  {m:<16} {n:,} bytes" for m, n in doc["modalities"].items()]
+        emit(args, doc, "\n".join(lines))
         return 0
 
     return await with_repo(args, run)

@@ -51,10 +51,16 @@ class LiveSet:
         self.count = 0
 
     def add(self, ids: Iterable[ChunkId]) -> None:
+        self.add_new(ids)
+
+    def add_new(self, ids: Iterable[ChunkId]) -> list[bool]:
+        """Add the ids; for each, whether it was new."""
+        out = []
         with self.env.begin(write=True) as txn:
             for cid in ids:
-                if txn.put(bytes(cid), b"", overwrite=False):
-                    self.count += 1
+                out.append(bool(txn.put(bytes(cid), b"", overwrite=False)))
+        self.count += sum(out)
+        return out
 
     def __contains__(self, cid: bytes) -> bool:
         with self.env.begin() as txn:
@@ -119,12 +125,12 @@ async def prune(
     holder = holder or default_holder(repo)
     report = PruneReport(dry_run)
     async with _locked(backend, holder, dry_run):
-        await _refresh(repo)
+        await refresh(repo)
         live = LiveSet(scratch or Path(repo.index.env.path()).parent)
         try:
             report.snapshots = await _mark(repo, live)
             report.chunks_live = live.count
-            report.plan = plan(list(_usage(repo, live)), max_unused)
+            report.plan = plan(list(usage(repo, live)), max_unused)
             if not dry_run:
                 await _repack(repo, report, live)
                 await _schedule(repo, backend, holder, report)
@@ -160,7 +166,7 @@ async def _locked(backend: Pruning, holder: str, dry_run: bool) -> AsyncIterator
     await backend.prune_release(holder)  # not on failure: the lock expires, or we retake it
 
 
-async def _refresh(repo: Repository) -> None:
+async def refresh(repo: Repository) -> None:
     """The index exactly as the backend's packs are now (after the lock: nothing is removed
     from here on but by this prune)."""
     listed = {p async for p in repo.backend.list_packs()}
@@ -183,7 +189,7 @@ async def _mark(repo: Repository, live: LiveSet) -> int:
     return len(snapshots)
 
 
-def _usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
+def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
     """Live and total blob bytes per pack, by merging the live set with the index (both in id
     order). A chunk's live copy is its location; copies in other packs are unused."""
     sizes = dict(repo.index.pack_sizes())

@@ -162,6 +162,13 @@ class Pruning(Protocol):
 
 
 @runtime_checkable
+class StatsReceiver(Protocol):
+    """A backend whose server keeps each repository's last `dicomvault stats` figures."""
+
+    async def report_stats(self, stats: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
 class DrillReceiver(Protocol):
     """A backend whose server keeps the last fire-drill report of each repository."""
 
@@ -264,9 +271,9 @@ class LocalBackend(Backend, Pruning):
     async def pending_deletions(self) -> list[dict[str, Any]]:
         docs = [await self._trash_doc(sid) async for sid in self._trashed()]
         async for name in self.store.list(TRASH_PACKS):
-            scheduled = (await self.store.stat(name)).mtime
-            docs.append({"kind": "pack", "id": name.rsplit("/", 1)[-1], "scheduled": scheduled,
-                         "purge_after": scheduled + UNDELETE_WINDOW})  # fmt: skip
+            st = await self.store.stat(name)
+            docs.append({"kind": "pack", "id": name.rsplit("/", 1)[-1], "scheduled": st.mtime,
+                         "purge_after": st.mtime + UNDELETE_WINDOW, "size": st.size})  # fmt: skip
         return docs
 
     async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:

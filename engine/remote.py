@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.backend import Backend, DrillReceiver, Pruning, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
@@ -36,7 +36,7 @@ def _split_url(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}{prefix}", name
 
 
-class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning):
+class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     """A repository on a chunk server; `missing` is authoritative (the server has an index)."""
 
     knows_chunks = True
@@ -245,6 +245,9 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning):
 
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._request("POST", "heartbeat", "heartbeat", json=info)
+
+    async def report_stats(self, stats: dict[str, Any]) -> None:
+        await self._request("POST", "stats", "stats report", json=stats)
 
     async def report_drill(self, report: dict[str, Any]) -> None:
         await self._request("POST", "drills", "drill report", json=report)

@@ -30,7 +30,7 @@ from abc import ABC
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from engine.backend import Backend, DrillReceiver, Pruning, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
 from engine.clock import SYSTEM, Clock
 from engine.errors import TransientError, Unreachable, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
@@ -177,7 +177,7 @@ class RetryingBackend(Backend):
         await self.inner.close()
 
 
-class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning):
+class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     """`RetryingBackend` around a backend with the chunk server's optional capabilities."""
 
     def __init__(self, inner: RemoteCapable, **kw: Any) -> None:
@@ -193,6 +193,10 @@ class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning)
     async def report_drill(self, report: dict[str, Any]) -> None:
         # Idempotent: the server keeps the last report per repository; a repeat replaces it.
         await self._retry("drill report", lambda: self.remote.report_drill(report))
+
+    async def report_stats(self, stats: dict[str, Any]) -> None:
+        # Idempotent: the server keeps the last report per repository.
+        await self._retry("stats report", lambda: self.remote.report_stats(stats))
 
     # The prune protocol: every call is idempotent (a lock is renewed by its holder, a pack
     # already scheduled is reported absent, a commit is stored under its hash).
@@ -215,7 +219,7 @@ class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning)
         )
 
 
-class RemoteCapable(Backend, Replicated, DrillReceiver, Pruning, ABC):
+class RemoteCapable(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver, ABC):
     """What `RetryingRemoteBackend` wraps (for the type checker; `isinstance` decides)."""
 
 

@@ -37,6 +37,8 @@ SNAPSHOT = "snapshot"
 PACK = "pack"
 META = "meta"  # generation and prune lock rows, not deletions
 DAY = 86_400.0
+# What a practice's `dicomvault stats` reports (the server holds no key to count them itself).
+STATS_KEYS = ("files_bytes", "raw_bytes", "stored_bytes", "dedup_ratio", "reclaimable_bytes")
 _LOCATION = struct.Struct(f"<{ID_SIZE}sII")  # as server.index's chunks rows
 _PACK_ROW = struct.Struct("<Qd")
 
@@ -289,6 +291,15 @@ class Deletions:
                 txn.delete(_key(repo, META, name))
             else:
                 txn.put(_key(repo, META, name), json.dumps({"kind": META, **doc}).encode())
+
+    def put_stats(self, repo: str, doc: dict[str, Any]) -> None:
+        self._put_meta(repo, "stats", doc)
+
+    def stats(self, repo: str) -> dict[str, Any] | None:
+        doc = self._meta(repo, "stats")
+        if doc is not None:
+            doc.pop("kind", None)
+        return doc
 
     def generation(self, repo: str) -> int:
         doc = self._meta(repo, "generation")

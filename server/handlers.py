@@ -424,7 +424,14 @@ async def metrics(request: web.Request) -> web.Response:
     text = request.app[METRICS].render(repositories=count)
     text += await asyncio.to_thread(request.app[REPLICATION].render_metrics)
     text += await asyncio.to_thread(_monitor_metrics, request.app)
+    text += await asyncio.to_thread(render_space_metrics, request.app)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def render_space_metrics(app: web.Application) -> str:
+    from server.handlers_deletion import render_metrics  # it imports this module
+
+    return render_metrics(app)
 
 
 def _monitor_metrics(app: web.Application) -> str:

@@ -23,7 +23,7 @@ from engine.ids import PackId, SnapshotId
 from engine.protocol import routes as routes_v1
 from server.auth import Action
 from server.bodies import parse_json_object
-from server.deletion import Deletions, Window, pack_entries, refs_since
+from server.deletion import STATS_KEYS, Deletions, Window, pack_entries, refs_since
 from server.handlers import _repository, parse_id, small_body
 from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPOS
 
@@ -169,8 +169,76 @@ async def schedule_packs(request: web.Request) -> web.Response:
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: doc[k] for k in ("kind", "id", "scheduled", "purge_after")} | {
-        "time": doc.get("summary", {}).get("time")
+        "time": doc.get("summary", {}).get("time"),
+        "size": doc.get("size"),
     }
+
+
+# -- accounting: the practice's figures, kept for /metrics and the status page ---------------
+
+
+@deletion_routes.post(R + "/stats")
+async def post_stats(request: web.Request) -> web.Response:
+    """`dicomvault stats` reports what only the practice can count (the server holds no key):
+    raw and file bytes, deduplication, per modality, reclaimable. Kept per repository."""
+    repo = _repository(request, Action.APPEND)
+    doc = parse_json_object(await small_body(request, 64 * 1024), "stats")
+    numbers = {k: doc[k] for k in STATS_KEYS if isinstance(doc.get(k), int | float)}
+    modalities = doc.get("modalities")
+    if isinstance(modalities, dict):
+        numbers["modalities"] = {
+            str(k)[:16]: v for k, v in list(modalities.items())[:64] if isinstance(v, int)
+        }
+    numbers["reported"] = request.app[CLOCK].time()
+    await asyncio.to_thread(request.app[DELETIONS].put_stats, repo.name, numbers)
+    return web.json_response({"received": numbers["reported"]})
+
+
+@deletion_routes.get(R + "/stats")
+async def get_stats(request: web.Request) -> web.Response:
+    repo = _repository(request, Action.READ)
+    doc = await asyncio.to_thread(repo_accounting, request.app, repo.name)
+    return web.json_response(doc)
+
+
+def repo_accounting(app: web.Application, repo: str) -> dict[str, Any]:
+    """What the server knows of a repository's space, and the practice's last report."""
+    deletions = app[DELETIONS]
+    pending = deletions.pending(repo)
+    return {
+        "pending_deletion_objects": len(pending),
+        "pending_deletion_bytes": sum(int(d.get("size") or 0) for d in pending),
+        "reported": deletions.stats(repo),
+    }
+
+
+def render_metrics(app: web.Application) -> str:
+    """Per-repository space series for `/metrics`: pending deletions (the server's) and the
+    practice's last `dicomvault stats` report."""
+    rows = {name: repo_accounting(app, name) for name in app[REPOS].names()}
+    lines = []
+    for key, text in (
+        ("pending_deletion_bytes", "Bytes scheduled for deletion, not yet destroyed."),
+        ("pending_deletion_objects", "Snapshots and packs scheduled for deletion."),
+    ):
+        lines += [f"# HELP dicomvault_repo_{key} {text}", f"# TYPE dicomvault_repo_{key} gauge"]
+        lines += [f'dicomvault_repo_{key}{{repo="{n}"}} {r[key]}' for n, r in sorted(rows.items())]
+    for key in STATS_KEYS:
+        name = f"dicomvault_repo_{key}"
+        lines += [f"# HELP {name} From the practice's last `dicomvault stats`.",
+                  f"# TYPE {name} gauge"]  # fmt: skip
+        lines += [
+            f'{name}{{repo="{n}"}} {r["reported"][key]}'
+            for n, r in sorted(rows.items())
+            if r["reported"] and key in r["reported"]
+        ]
+    lines += ["# HELP dicomvault_repo_modality_bytes Unique raw bytes per DICOM modality.",
+              "# TYPE dicomvault_repo_modality_bytes gauge"]  # fmt: skip
+    for n, r in sorted(rows.items()):
+        for modality, value in sorted(((r["reported"] or {}).get("modalities") or {}).items()):
+            label = modality.replace("\\", "").replace('"', "")
+            lines.append(f'dicomvault_repo_modality_bytes{{repo="{n}",modality="{label}"}} {value}')
+    return "\n".join(lines) + "\n"
 
 
 async def _purge_forever(app: web.Application) -> None:

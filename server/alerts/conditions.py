@@ -84,6 +84,8 @@ class RepoFacts:
     unhealed: list[dict[str, Any]] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)
     scheduled_day: int = 0  # objects scheduled for deletion in the last 24 hours
+    pending_deletion_bytes: int = 0
+    space: dict[str, Any] | None = None  # the practice's last `dicomvault stats` report
     mass_deletion_share: float = 0.5
 
 
@@ -181,7 +183,10 @@ def _repo_facts(
     facts.scrub = scrub.run(name)
     facts.unhealed = scrub.unhealed(name)
     facts.drills = drills.latest(name)
-    facts.scheduled_day = Deletions(index).scheduled_since(name, now - DAY)
+    deletions = Deletions(index)
+    facts.scheduled_day = deletions.scheduled_since(name, now - DAY)
+    facts.pending_deletion_bytes = sum(int(d.get("size") or 0) for d in deletions.pending(name))
+    facts.space = deletions.stats(name)
     facts.mass_deletion_share = config.alerts.mass_deletion_share
     return facts
 
