@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from client.cli_common import emit, open_backend, with_repo
 from client.repository import Repository
+from client.retention import protect
 from engine.backend import StatsReceiver
 from engine.catalogue import SnapshotBody
 from engine.errors import NotFound, ObjectNotFound, UsageError
@@ -29,6 +31,7 @@ from engine.forget_policy import (
 )
 from engine.ids import SnapshotId
 from engine.prune_plan import parse_max_unused
+from engine.retention import RetentionPolicy, load_policy
 
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -59,6 +62,13 @@ def forget_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         default="host,paths",
         metavar="FIELDS",
         help="apply the policy per group of host, paths, tags (default host,paths; '' for one)",
+    )
+    c.add_argument(
+        "--policy",
+        metavar="TOML",
+        help="clinical retention policy ([retention] default_years, [retention.modality] MG = "
+        "10, [retention.minors] until_age, plus_years): instances still under retention that "
+        "only removed snapshots hold are first kept in a retention snapshot",
     )
     c.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     c = cmd(
@@ -126,20 +136,39 @@ async def decide(args: argparse.Namespace, repo: Repository) -> list[Decision]:
                         parse_group_by(args.group_by))  # fmt: skip
 
 
+def _policy(path: str | None) -> RetentionPolicy | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read retention policy {path}: {e}") from None
+    return load_policy(text, path)
+
+
 async def cmd_forget(args: argparse.Namespace) -> int:
+    retention = _policy(args.policy)  # a bad file fails before the repository is opened
+
     async def run(repo: Repository) -> int:
         decisions = await decide(args, repo)
         removed = [d for d in decisions if not d.keep]
+        removed_ids = [SnapshotId.parse(d.snapshot.id) for d in removed]
+        kept_ids = [SnapshotId.parse(d.snapshot.id) for d in decisions if d.keep]
+        kept_back = None
+        if retention is not None and removed:
+            today = datetime.now(UTC).date()
+            source = Path(args.policy).name
+            kept_back = await protect(repo, removed_ids, kept_ids, retention, today,
+                                      source=source, dry_run=args.dry_run)  # fmt: skip
         scheduled: list[dict[str, Any]] = []
         if removed and not args.dry_run:
-            scheduled = await repo.backend.forget(
-                [SnapshotId.parse(d.snapshot.id) for d in removed]
-            )
+            scheduled = await repo.backend.forget(removed_ids)
         doc = {
             "dry_run": args.dry_run,
             "kept": [_row(d) for d in decisions if d.keep],
             "removed": [_row(d) for d in removed],
             "scheduled": scheduled,
+            "retention": kept_back.as_json() if kept_back is not None else None,
         }
         emit(args, doc, _text(doc))
         return 0
@@ -148,7 +177,16 @@ async def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _text(doc: dict[str, Any]) -> str:
-    lines = [f"keep   {r['id'][:8]}  {r['time']}  {', '.join(r['reasons'])}" for r in doc["kept"]]
+    kept_back = doc["retention"]
+    lines = []
+    if kept_back and kept_back["instances"]:
+        where = (
+            f"retention snapshot {kept_back['snapshot'][:8]}"
+            if kept_back["snapshot"]
+            else ("a retention snapshot (not written: dry run)")
+        )
+        lines.append(f"{kept_back['instances']} instances still under retention kept in {where}")
+    lines += [f"keep   {r['id'][:8]}  {r['time']}  {', '.join(r['reasons'])}" for r in doc["kept"]]
     verb = "would remove" if doc["dry_run"] else "remove"
     lines += [f"{verb} {r['id'][:8]}  {r['time']}" for r in doc["removed"]]
     if doc["scheduled"]:

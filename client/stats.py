@@ -67,9 +67,7 @@ async def stats(repo: Repository) -> Stats:
         snapshots = await repo.snapshots()
         out.snapshots = len(snapshots)
         for _, _, body in snapshots:
-            for (_, raw), new in zip(
-                body.tree, seen.add_new(c for c, _ in body.tree), strict=True
-            ):
+            for (_, raw), new in zip(body.tree, seen.add_new(c for c, _ in body.tree), strict=True):
                 out.raw_bytes += raw if new else 0
             async for entry in catalogue(repo, body):
                 if entry.type != "file":

@@ -3,10 +3,18 @@ and a real chunk-server process where only an admin token may schedule a deletio
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tests.client.test_remote import REPO, ServerProcess, agent, server  # noqa: F401 (fixture)
-from tests.helpers import CHEAP_KDF_ARGS, Vault, assert_one_line_error, tree_state
+from tests.helpers import (
+    CHEAP_KDF_ARGS,
+    Vault,
+    assert_one_line_error,
+    ct_small,
+    pydicom_test_files,
+    tree_state,
+)
 
 
 def _backups(v: Vault, tree: Path, tags: list[str]) -> list[str]:
@@ -81,3 +89,51 @@ def test_only_an_admin_token_forgets_on_a_chunk_server(
     assert [d["id"] for d in a.json("undelete")["pending"]] == [ids[0]]
     admin.ok("undelete", "--all")
     assert sorted(_listed(a)) == sorted(ids)
+
+
+def test_forget_with_a_retention_policy_keeps_instances_still_under_retention(
+    vault: Vault, tmp_path: Path
+) -> None:
+    tree = tmp_path / "pacs"
+    tree.mkdir()
+    shutil.copy(ct_small(), tree / "ct.dcm")
+    shutil.copy(next(p for p in pydicom_test_files() if p.name == "MR_small.dcm"), tree / "mr.dcm")
+    ct_bytes = (tree / "ct.dcm").read_bytes()
+    vault.ok("backup", str(tree))
+    (tree / "ct.dcm").unlink()  # deleted from the PACS
+    vault.ok("backup", str(tree))
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[retention]\ndefault_years = 0\n[retention.modality]\nCT = 100\n")
+    expired = tmp_path / "expired.toml"
+    expired.write_text("[retention]\ndefault_years = 0\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[retention]\ndefault_years = 7\nfoo = 1\n")
+    frozen = tree_state(vault.repo)
+    assert_one_line_error(vault.run("forget", "--keep-last", "1", "--policy", str(bad)), 2,
+                          "bad.toml", "retention.foo")  # fmt: skip
+    dry = vault.json("forget", "--keep-last", "1", "--policy", str(expired), "--dry-run")
+    assert dry["retention"]["instances"] == 0
+    assert tree_state(vault.repo) == frozen
+
+    out = vault.json("forget", "--keep-last", "1", "--policy", str(policy))
+    kept_back = out["retention"]
+    assert kept_back["instances"] == 1 and kept_back["bytes"] == len(ct_bytes)  # CT only: MR
+    snaps = vault.json("snapshots")["snapshots"]  # is still in the kept snapshot
+    (ret,) = [s for s in snaps if s["id"] == kept_back["snapshot"]]
+    assert ret["tags"] == ["retention"] and "retention policy policy.toml" in ret["where"]
+    studies = vault.json("find", "--modality", "CT")["studies"]
+    assert [s["StudyInstanceUID"] for s in studies] == [ct_study_uid()]
+    vault.ok("prune", "--max-unused", "0%")
+    vault.ok("check", "--read-data")
+    target = tmp_path / "restored"
+    vault.ok("restore", "--study", ct_study_uid(), "--target", str(target))
+    (restored_file,) = [p for p in target.rglob("*") if p.is_file()]
+    assert restored_file.read_bytes() == ct_bytes
+    again = vault.json("forget", "--keep-last", "1", "--policy", str(policy))
+    assert again["retention"] is None or again["retention"]["instances"] == 0
+
+
+def ct_study_uid() -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(ct_small(), stop_before_pixels=True).StudyInstanceUID)
