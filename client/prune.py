@@ -253,10 +253,12 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
                 await packer.flush()
     await packer.flush()
     report.packs_written, report.bytes_written = packer.packs_written, packer.bytes_written
-    for cid in moved:  # the new copy becomes the location; the old one is scheduled next
+    moves = []  # the new copy becomes the location; the old one is scheduled next
+    for cid in moved:
         copy = next((o for o in repo.index.others(cid) if o.pack_id in written), None)
         if copy is not None:
-            repo.index.prefer(cid, copy, [])
+            moves.append((cid, copy))
+    repo.index.prefer_many(moves)
 
 
 async def _schedule(repo: Repository, backend: Pruning, holder: str, report: PruneReport) -> None:

@@ -149,14 +149,25 @@ class LocalIndex:
         """Make `good` the chunk's location and forget `bad` ones (they failed to authenticate
         or their pack is gone) while another location works: a failed copy is never kept as
         the one to read."""
-        drop = {*bad, good}
         with self.env.begin(write=True) as txn:
-            current = txn.get(chunk_id, db=self._chunks)
-            rest = _split(txn.get(chunk_id, db=self._others))
-            if current is not None:
-                rest.insert(0, _location(current))
-            txn.put(chunk_id, good.encode(), db=self._chunks)
-            _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
+            self._prefer(txn, chunk_id, good, bad)
+
+    def prefer_many(self, moves: Iterable[tuple[ChunkId, Location]]) -> None:
+        """`prefer` for many chunks in one transaction (a prune's repack)."""
+        with self.env.begin(write=True) as txn:
+            for chunk_id, good in moves:
+                self._prefer(txn, chunk_id, good, ())
+
+    def _prefer(
+        self, txn: lmdb.Transaction, chunk_id: ChunkId, good: Location, bad: Iterable[Location]
+    ) -> None:
+        drop = {*bad, good}
+        current = txn.get(chunk_id, db=self._chunks)
+        rest = _split(bytes(txn.get(chunk_id, db=self._others) or b""))
+        if current is not None:
+            rest.insert(0, _location(bytes(current)))
+        txn.put(chunk_id, good.encode(), db=self._chunks)
+        _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
 
     def add_remote(self, chunk_ids: Iterable[ChunkId]) -> None:
         """Record chunks the server holds in packs this client has not indexed yet."""
