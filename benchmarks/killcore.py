@@ -270,7 +270,8 @@ class KillLoop:
             proc.wait(self.rng.random() * self.backup_s)
         running = proc.poll() is None
         server.kill()
-        assert index_problems(server.data) == [], "index and packs differ after the kill"
+        problems = index_problems(server.data)
+        assert problems == [], f"index and packs differ after the kill: {problems}"
         time.sleep(self.rng.random() * 0.5)  # the client sees refused connections for a while
         server.start()
         out, err = proc.communicate(timeout=300)
@@ -285,7 +286,8 @@ class KillLoop:
         assert code == 0, f"backup across a server kill exited {code}: {err}"
         self.servers.add("client mid-backup" if running else "client done or not yet connected")
         sid = self.history.record(out, state)
-        assert index_problems(server.data) == [], "index and packs differ after the backup"
+        problems = index_problems(server.data)
+        assert problems == [], f"index and packs differ after the backup: {problems}"
         self.history.assert_clean()
         self.history.assert_restores(sid)
 
@@ -303,11 +305,12 @@ def index_problems(data: Path) -> list[str]:
     """Compare a (stopped or idle) server's index with one rebuilt from its repository folders.
 
     The index is a cache of the packs and commits (docs/design.md invariant 3), so every row the
-    server would start from must be exactly what `reindex` derives from the files.
+    server would start from must be exactly what `reindex` derives from the files. It starts by
+    finishing the intakes a kill interrupted (`complete_intakes`, as `serve` does), then serves.
     """
     from server.config import ServerConfig
     from server.index import ServerIndex
-    from server.reindex import reindex
+    from server.reindex import complete_intakes, reindex
     from server.repos import Repositories
 
     config = ServerConfig(data_dir=data)
@@ -316,6 +319,7 @@ def index_problems(data: Path) -> list[str]:
         rebuilt = ServerIndex(Path(scratch), INDEX_MAP_SIZE)
         live = ServerIndex(config.index_path, INDEX_MAP_SIZE)
         try:
+            asyncio.run(complete_intakes(repos, live))
             asyncio.run(reindex(repos, rebuilt))
             return [p for name in repos.names() for p in _diff(name, live, rebuilt)]
         finally:

@@ -27,6 +27,7 @@ from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.monitor import routes as monitor_routes
+from server.reindex import complete_intakes
 from server.replica import routes as replica_routes
 from server.replication.service import Replication
 from server.repos import Repositories
@@ -112,6 +113,9 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     removed = await asyncio.to_thread(app[REPOS].sweep_temp_files)
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
+    finished = await complete_intakes(app[REPOS], app[INDEX])
+    if finished:
+        log.info("indexed %d objects stored just before an earlier run ended", finished)
     yield
     app[INDEX].close()
 

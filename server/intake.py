@@ -3,7 +3,8 @@
 Owns the order of invariant 1 on the server: the Store stages the body durably, intake's
 `verify` checks its hash and manifest before the Store publishes it, and only then is it
 indexed, so a killed server never exposes a partial pack and the index never names a pack that
-is not durable. Holds no keys: it checks only the pack's BLAKE3
+is not durable. Each intake is journalled in the index first, so a server killed between storing
+and indexing finishes the job when it starts again. Holds no keys: it checks only the pack's BLAKE3
 name and its plaintext manifest. Must not know HTTP status codes or tokens.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 
 import blake3
 
@@ -84,11 +87,27 @@ async def receive_pack(
     durably; then index it (invariant 1)."""
     upload = _Upload(pack_id, body, max_size)
     name = pack_name(pack_id)
-    created = await repo.store.put_stream(name, upload.pieces(), upload.verify)
-    info = upload.info
-    assert info is not None  # put_stream awaits verify whenever the stream completes
-    # Index even when the pack already existed: a crash between publish and index leaves a
-    # durable but unindexed pack, and a re-upload is how a client heals it.
-    mtime = (await repo.store.stat(name)).mtime
-    await asyncio.to_thread(index.add_pack, repo.name, pack_id, info.size, mtime, info.entries)
+    async with journalled(repo, index, name):
+        created = await repo.store.put_stream(name, upload.pieces(), upload.verify)
+        info = upload.info
+        assert info is not None  # put_stream awaits verify whenever the stream completes
+        # Index even when the pack already existed: a re-upload completes an intake that a crash
+        # interrupted before the server restarted (it finishes journalled intakes at start).
+        mtime = (await repo.store.stat(name)).mtime
+        add = partial(index.add_pack, repo.name, pack_id, info.size, mtime, info.entries)
+        await asyncio.to_thread(add)
     return IntakeResult(pack_id, info.size, len(info.entries), created)
+
+
+@asynccontextmanager
+async def journalled(repo: Repository, index: ServerIndex, name: str) -> AsyncIterator[None]:
+    """Journal `name` before it is stored; indexing it ends the entry. A failed store (bad hash,
+    too large, dropped body) ends it too; a kill leaves it for `complete_intakes` at start."""
+    await asyncio.to_thread(index.begin_intake, repo.name, name)
+    try:
+        yield
+    except Exception:
+        with suppress(Exception):  # keep the first error; start-up finishes what is left
+            if not await repo.store.exists(name):
+                await asyncio.to_thread(index.end_intake, repo.name, name)
+        raise
