@@ -30,7 +30,7 @@ from server.monitor import routes as monitor_routes
 from server.reindex import complete_intakes
 from server.replica import routes as replica_routes
 from server.replication.service import Replication
-from server.repos import Repositories
+from server.repos import open_repositories
 from server.scrub import Scrubber, run_scheduled
 from server.state import (
     ALERTS,
@@ -110,7 +110,7 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[INDEX] = ServerIndex(config.index_path, config.index_map_size)
     # Nothing is uploading yet, so every temp file is a leftover of a crash or kill.
-    removed = await asyncio.to_thread(app[REPOS].sweep_temp_files)
+    removed = await app[REPOS].sweep()
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
     finished = await complete_intakes(app[REPOS], app[INDEX])
@@ -136,7 +136,7 @@ async def _sweep_forever(app: web.Application) -> None:
     while True:
         await asyncio.sleep(config.sweep_interval)
         cutoff = app[CLOCK].time() - config.incoming_max_age
-        await asyncio.to_thread(app[REPOS].sweep_temp_files, cutoff)
+        await app[REPOS].sweep(cutoff)
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -193,7 +193,7 @@ def make_app(
         middlewares=[metrics_middleware, error_middleware], client_max_size=config.max_body_size
     )
     app[CONFIG] = config
-    app[REPOS] = Repositories(config.repos_dir)
+    app[REPOS] = open_repositories(config)
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage

@@ -15,14 +15,14 @@ from server.admin import open_index
 from server.alerts.store import AlertStore
 from server.config import ServerConfig
 from server.provider import grant_heal, mint_provider_token
-from server.repos import Repositories
+from server.repos import open_repositories
 from server.scrub import Scrubber, ScrubReport
 
 
 def scrub_offline(config: ServerConfig, only: list[str] | None = None) -> ScrubReport:
     """One scrub pass over every repository (or `only` these), healing from the config's peers."""
     with open_index(config) as index:
-        repos = Repositories(config.repos_dir)
+        repos = open_repositories(config)
         for name in only or []:
             repos.get(name)  # RepositoryNotFound before any work
         return asyncio.run(Scrubber(config, index, repos, SYSTEM).run_pass(only))
