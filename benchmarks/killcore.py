@@ -311,10 +311,10 @@ def index_problems(data: Path) -> list[str]:
     from server.config import ServerConfig
     from server.index import ServerIndex
     from server.reindex import complete_intakes, reindex
-    from server.repos import Repositories
+    from server.repos import open_repositories
 
     config = ServerConfig(data_dir=data)
-    repos = Repositories(config.repos_dir)
+    repos = open_repositories(config)
     with tempfile.TemporaryDirectory(prefix="reindexed-") as scratch:
         rebuilt = ServerIndex(Path(scratch), INDEX_MAP_SIZE)
         live = ServerIndex(config.index_path, INDEX_MAP_SIZE)

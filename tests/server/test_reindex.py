@@ -17,7 +17,7 @@ from server.app import make_app
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import reindex
-from server.repos import Repositories
+from server.repos import open_repositories
 from server.state import INDEX, REPOS
 from tests.server.conftest import REPO, Harness, MiB, make_commit, make_key_object, make_pack
 
@@ -75,7 +75,7 @@ async def test_start_finishes_the_intakes_a_kill_interrupted(tmp_path: Path) -> 
     """A server killed after storing a pack or commit but before indexing it indexes it when it
     starts again; a journalled object that was never stored is forgotten."""
     config = ServerConfig(data_dir=tmp_path, index_map_size=64 * MiB)
-    repos, index = Repositories(config.repos_dir), ServerIndex(config.index_path, 64 * MiB)
+    repos, index = open_repositories(config), ServerIndex(config.index_path, 64 * MiB)
     create_repository(repos, index, REPO, 0.0)
     repo = repos.get(REPO)
     pack_id, data, ids = make_pack()
