@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 import signal
@@ -106,6 +107,25 @@ def sigkill_after(proc: subprocess.Popen[str], delay: float) -> bool:
         return True
     proc.communicate(timeout=60)
     return False
+
+
+def tcp_connected(pid: int) -> bool:
+    """Whether process `pid` holds an established TCP connection (Linux /proc)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with suppress(FileNotFoundError):  # closed since the listing
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        rows = [
+            line.split()
+            for table in ("tcp", "tcp6")
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        ]
+    except (FileNotFoundError, ProcessLookupError):  # it has exited
+        return False
+    return any(row[3] == "01" and row[9] in inodes for row in rows)  # 01: ESTABLISHED
 
 
 def timed(cli: Cli, *args: str) -> tuple[Completed, float]:
@@ -266,9 +286,16 @@ class KillLoop:
         churn(tree, self.rng)
         state = self.history.tree_state(tree)
         proc = self.cli.popen("backup", str(tree), "--json")
+        # Draw the kill from the client's first contact on: before it, a kill only meets a
+        # starting interpreter, and that share would grow with the machine's load.
+        while proc.poll() is None and not tcp_connected(proc.pid):
+            time.sleep(0.005)
+        start = time.monotonic()
         with suppress(subprocess.TimeoutExpired):
             proc.wait(self.rng.random() * self.backup_s)
         running = proc.poll() is None
+        if not running:  # it ran whole: later draws follow how long a churned tree's backup takes
+            self.backup_s = time.monotonic() - start
         server.kill()
         problems = index_problems(server.data)
         assert problems == [], f"index and packs differ after the kill: {problems}"
