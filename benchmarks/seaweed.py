@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.errors import StoreError
+from engine.store.s3 import S3Root, S3Settings
 
 ACCESS_KEY, SECRET_KEY = "dvtestaccess", "dvtestsecret"
 BUCKET = "dicomvault-test"
@@ -102,24 +103,35 @@ def start_seaweedfs(folder: Path, buckets: tuple[str, ...] = (BUCKET,)) -> Seawe
     return weed
 
 
+def settings(weed: SeaweedFS, prefix: str = "", bucket: str = BUCKET) -> S3Settings:
+    """The S3 settings of `bucket` on this SeaweedFS, signed with its one identity."""
+    return S3Settings(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=weed.endpoint,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+        timeout=10.0,
+        retries=0,
+    )
+
+
 def _wait_ready(weed: SeaweedFS, buckets: tuple[str, ...], timeout: float = 90.0) -> None:
-    """Until every bucket answers an (unsigned, so 403) request with something other than
-    404/503: SeaweedFS starts its parts one by one and creates the buckets last."""
+    """Until every bucket answers a signed listing: SeaweedFS starts its parts one by one and
+    creates the buckets last."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if weed.process.poll() is not None:
             raise RuntimeError(f"weed exited: {(weed.folder / 'weed.log').read_text()[-2000:]}")
-        if all(_bucket_answers(weed.endpoint, b) for b in buckets):
+        if all(_bucket_answers(weed, b) for b in buckets):
             return
         time.sleep(0.3)
     raise RuntimeError(f"SeaweedFS not ready: {(weed.folder / 'weed.log').read_text()[-2000:]}")
 
 
-def _bucket_answers(endpoint: str, bucket: str) -> bool:
+def _bucket_answers(weed: SeaweedFS, bucket: str) -> bool:
     try:
-        urllib.request.urlopen(f"{endpoint}/{bucket}?list-type=2&max-keys=1", timeout=2)
-    except urllib.error.HTTPError as e:
-        return e.code in (200, 403)
-    except OSError:
+        S3Root(settings(weed, bucket=bucket)).check()
+    except StoreError:
         return False
     return True

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
-from engine.store.s3 import S3Settings
+from benchmarks.seaweed import SeaweedFS
+from benchmarks.seaweed import settings as s3_settings
 
 __all__ = ["SeaweedFS", "s3_settings"]
-
-
-def s3_settings(weed: SeaweedFS, prefix: str = "", bucket: str = BUCKET) -> S3Settings:
-    return S3Settings(
-        bucket=bucket,
-        prefix=prefix,
-        endpoint=weed.endpoint,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-        timeout=10.0,
-        retries=0,
-    )

@@ -69,7 +69,10 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise UsageError(f"--store must be s3://BUCKET[/PREFIX], got {url!r}")
     prefix = parsed.path.strip("/")
     for part in prefix.split("/") if prefix else []:
-        validate_name(part)  # same rules as object names: no dots, no upper case
+        try:
+            validate_name(part)  # same rules as object names: no dots, no upper case
+        except StoreError as e:
+            raise UsageError(f"--store {url!r}: {e}") from None
     return parsed.netloc, prefix
 
 
