@@ -51,6 +51,8 @@ class ServerConfig:
     # Stale upload temp files older than this are removed by the sweeper (live uploads are younger).
     incoming_max_age: float = 24 * 3600.0
     sweep_interval: float = 3600.0
+    # With a shared store: how often this node publishes token hashes minted here (3.1.3).
+    token_publish_interval: float = 5.0
     # Replication (docs/design.md "Replication"): this site's name, as clients see it in
     # `snapshots`, and the peers every pack, commit, key object and token hash is pushed to.
     site_name: str = "primary"

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import blake3
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import FormatError
 from engine.ids import PackId
 from engine.pack import PackInfo, pack_name, read_pack_info_ranged
 from engine.store.base import Staged
+from server.catchup import log_pack
 from server.errors import BodyTooLarge, HashMismatch
 from server.index import ServerIndex
 from server.repos import Repository
@@ -79,6 +81,7 @@ async def receive_pack(
     pack_id: PackId,
     body: AsyncIterator[bytes],
     max_size: int,
+    clock: Clock = SYSTEM,
 ) -> IntakeResult:
     """Stream the body into the Store, which publishes it only after `verify` and only
     durably; then index it (invariant 1)."""
@@ -91,4 +94,5 @@ async def receive_pack(
     # durable but unindexed pack, and a re-upload is how a client heals it.
     mtime = (await repo.store.stat(name)).mtime
     await asyncio.to_thread(index.add_pack, repo.name, pack_id, info.size, mtime, info.entries)
+    await log_pack(repo, pack_id, info.size, mtime, info.entries, clock)  # for other nodes
     return IntakeResult(pack_id, info.size, len(info.entries), created)

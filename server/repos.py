@@ -20,13 +20,15 @@ from server.errors import from_os_error
 
 REPOS = "repos"
 QUARANTINE = "quarantine"
+SITE = "site"
 
 
 class Repository:
-    def __init__(self, name: str, store: Store, quarantine: Store) -> None:
+    def __init__(self, name: str, store: Store, quarantine: Store, shared: bool = False) -> None:
         self.name = name
         self.store = store
         self.quarantine = quarantine  # taken-out objects and their log (server.quarantine)
+        self.shared = shared  # other nodes write this store too (server.catchup)
 
 
 class Repositories:
@@ -35,10 +37,11 @@ class Repositories:
         # Repositories are never removed, so a name seen once stays valid: requests skip the
         # folder check (a HEAD on an object store) after the first.
         self._known: set[str] = set()
+        self.site = root.child(SITE)  # server-wide objects: token hashes (server.catchup)
 
     def _open(self, name: str) -> Repository:
-        store = self.root.child(f"{REPOS}/{name}")
-        return Repository(name, store, self.root.child(f"{QUARANTINE}/{name}"))
+        store, quarantine = (self.root.child(f"{top}/{name}") for top in (REPOS, QUARANTINE))
+        return Repository(name, store, quarantine, self.root.shared)
 
     def get(self, name: str) -> Repository:
         if name not in self._known:

@@ -333,6 +333,7 @@ class S3Root(StoreRoot):
     """
 
     MARKER = ".folder"
+    shared = True  # several server nodes serve one bucket
 
     def __init__(self, settings: S3Settings, clock: Clock = SYSTEM) -> None:
         self.settings, self.clock = settings, clock
