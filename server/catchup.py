@@ -15,9 +15,10 @@ import asyncio
 import json
 import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from engine.clock import SYSTEM, Clock
 from engine.commit import CommitRecord
@@ -46,6 +47,17 @@ WINDOW = 60.0
 # answer this stale costs only a re-upload, which intake dedups. Commits and pack reads always
 # catch up.
 MISSING_EVERY = 2.0
+PACKSEG = "packseg"
+SEGMENT = 1000  # log entries folded into one segment object
+PARALLEL = 16  # small reads in flight during a catch-up
+LIST_INSTEAD_OF_HEAD = 64  # more unknown packs than this: list packs/ rather than HEAD each
+_ZERO = PackId(bytes(ID_SIZE))
+# Segment, version 1: magic ‖ version u8 ‖ count u32, then per pack: pack id (32) ‖ entry
+# length u32 ‖ the pack's log entry (above).
+SEG_MAGIC = b"DVPS"
+_SEG_HEAD = struct.Struct("<4sBI")
+_SEG_ROW = struct.Struct(f"<{ID_SIZE}sI")
+T = TypeVar("T")
 
 
 def entry_name(stamp: float, pack_id: PackId) -> str:
@@ -66,6 +78,39 @@ def decode_entry(data: bytes) -> tuple[int, float, list[ManifestEntry]]:
         raise FormatError("not a version 1 pack log entry")
     rows = _ENTRY.iter_unpack(data[_HEAD.size :])
     return size, mtime, [ManifestEntry(ChunkId(c), o, n) for c, o, n in rows]
+
+
+def segment_name(first: float, last: float) -> str:
+    """`packseg/<last stamp>-<first stamp>`: sorted by the newest entry each covers."""
+    return f"{PACKSEG}/{int(last * 1e6):016x}-{int(first * 1e6):016x}"
+
+
+def _segment_range(name: str) -> tuple[float, float] | None:
+    last, _, first = name.rsplit("/", 1)[-1].partition("-")
+    try:
+        return int(first, 16) / 1e6, int(last, 16) / 1e6
+    except ValueError:
+        return None
+
+
+def encode_segment(rows: Sequence[tuple[PackId, bytes]]) -> bytes:
+    parts = [_SEG_HEAD.pack(SEG_MAGIC, VERSION, len(rows))]
+    for pack_id, entry in rows:
+        parts += [_SEG_ROW.pack(pack_id, len(entry)), entry]
+    return b"".join(parts)
+
+
+def decode_segment(data: bytes) -> list[tuple[PackId, bytes]]:
+    magic, version, count = _SEG_HEAD.unpack_from(data)
+    if magic != SEG_MAGIC or version != VERSION:
+        raise FormatError("not a version 1 pack log segment")
+    rows, at = [], _SEG_HEAD.size
+    for _ in range(count):
+        pack, length = _SEG_ROW.unpack_from(data, at)
+        at += _SEG_ROW.size
+        rows.append((PackId(pack), data[at : at + length]))
+        at += length
+    return rows
 
 
 def _parse_name(name: str) -> tuple[float, PackId] | None:
@@ -96,6 +141,7 @@ async def log_pack(
 @dataclass
 class _RepoCursor:
     seen: float | None = None  # the newest entry stamp read; None: never caught up
+    segmented: float = 0.0  # stamp up to which segments cover the log (0: none known)
     started: float = float("-inf")  # monotonic start of the last catch-up
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -106,15 +152,32 @@ class CatchUpReport:
     packs: int = 0
     chunks: int = 0
     requests: int = 0
+    segments_read: int = 0
+    segments_written: int = 0
+
+    def add(self, other: CatchUpReport) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+async def _bounded(calls: Sequence[Callable[[], Awaitable[T]]], limit: int = PARALLEL) -> list[T]:
+    """Run `calls` at most `limit` at a time (small GETs and HEADs against the store)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
 
 
 class CatchUp:
     """One per node (the app's), holding each repository's cursor into the pack log."""
 
-    def __init__(self, index: ServerIndex, clock: Clock = SYSTEM) -> None:
-        self.index, self.clock = index, clock
+    def __init__(self, index: ServerIndex, clock: Clock = SYSTEM, segment: int = SEGMENT) -> None:
+        self.index, self.clock, self.segment = index, clock, segment
         self._cursors: dict[str, _RepoCursor] = {}
-        self.total = CatchUpReport()  # since start, for /metrics and tests
+        self.total = CatchUpReport()  # since start, for /metrics, tests and benchmarks
 
     async def missing(
         self, repo: Repository, ids: Iterable[bytes], *, force: bool = False
@@ -144,17 +207,81 @@ class CatchUp:
         cursor = self._cursors.setdefault(repo.name, _RepoCursor())
         asked = self.clock.monotonic()
         async with cursor.lock:
-            if cursor.started >= asked - fresh_for:
+            if cursor.started > asked - fresh_for:
                 return CatchUpReport()  # one that started after we asked has run meanwhile
             cursor.started = self.clock.monotonic()
-            report = await self._read_log(repo, cursor)
-        for name in ("listed", "packs", "chunks", "requests"):
-            setattr(self.total, name, getattr(self.total, name) + getattr(report, name))
+            report = CatchUpReport()
+            if cursor.seen is None:
+                await self._read_segments(repo, cursor, report)
+            await self._read_log(repo, cursor, report)
+            await self._write_segments(repo, cursor, report)
+        self.total.add(report)
+        if report.packs:
+            log.info("%s: caught up %d packs from the store", repo.name, report.packs)
         return report
 
-    async def _read_log(self, repo: Repository, cursor: _RepoCursor) -> CatchUpReport:
-        report = CatchUpReport(requests=1)
-        after = None if cursor.seen is None else entry_name(cursor.seen - WINDOW, PackId(bytes(32)))
+    # -- segments: the log's old entries, a thousand to an object -------------------------
+
+    async def _read_segments(
+        self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport
+    ) -> None:
+        names = [n async for n in repo.store.list(PACKSEG)]
+        report.requests += 1 + len(names) // 1000
+        for name in names:
+            covered = _segment_range(name)
+            if covered is None:
+                continue
+            rows = decode_segment(await repo.store.get(name))
+            report.requests += 1
+            report.segments_read += 1
+            await self._index_rows(repo, rows, report)
+            cursor.segmented = max(cursor.segmented, covered[1])
+            cursor.seen = max(cursor.seen or 0.0, covered[1])
+
+    async def _write_segments(
+        self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport
+    ) -> None:
+        """Fold the log's entries older than two windows into segments of `SEGMENT`: every
+        node applies the same rule to the same names, so racing nodes write the same
+        segment (write-once), and a fresh node reads a segment per thousand packs."""
+        if cursor.seen is None or cursor.seen - cursor.segmented < 2 * WINDOW:
+            return
+        horizon = self.clock.time() - 2 * WINDOW
+        after = entry_name(cursor.segmented, _ZERO) if cursor.segmented else None
+        batch: list[tuple[float, str]] = []
+        async for name in repo.store.list(PACKLOG, start_after=after):
+            parsed = _parse_name(name)
+            if parsed is None or parsed[0] > horizon:
+                break
+            batch.append((parsed[0], name))
+            if len(batch) == self.segment:
+                await self._fold(repo, cursor, batch, report)
+                batch = []
+
+    async def _fold(
+        self,
+        repo: Repository,
+        cursor: _RepoCursor,
+        batch: list[tuple[float, str]],
+        report: CatchUpReport,
+    ) -> None:
+        datas = await _bounded([partial(repo.store.get, name) for _, name in batch])
+        report.requests += len(batch) + 1
+        rows = []
+        for (_, name), data in zip(batch, datas, strict=True):
+            parsed = _parse_name(name)
+            assert parsed is not None
+            rows.append((parsed[1], data))
+        first, last = batch[0][0], batch[-1][0]
+        await repo.store.put(segment_name(first, last), encode_segment(rows))
+        report.segments_written += 1
+        cursor.segmented = last
+
+    # -- the log after the cursor ------------------------------------------------------------
+
+    async def _read_log(self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport) -> None:
+        after = None if cursor.seen is None else entry_name(cursor.seen - WINDOW, _ZERO)
+        unknown: list[tuple[str, PackId]] = []
         async for name in repo.store.list(PACKLOG, start_after=after):
             report.listed += 1
             parsed = _parse_name(name)
@@ -163,27 +290,49 @@ class CatchUp:
             stamp, pack_id = parsed
             cursor.seen = max(cursor.seen or stamp, stamp)
             if not await asyncio.to_thread(self.index.has_pack, repo.name, pack_id):
-                await self._index_entry(repo, name, pack_id, report)
-        report.requests += report.listed // 1000
-        if report.packs:
-            log.info("%s: caught up %d packs from the pack log", repo.name, report.packs)
-        return report
+                unknown.append((name, pack_id))
+        report.requests += 1 + report.listed // 1000
+        datas = await _bounded([partial(repo.store.get, name) for name, _ in unknown])
+        report.requests += len(unknown)
+        await self._index_rows(
+            repo, [(p, d) for (_, p), d in zip(unknown, datas, strict=True)], report
+        )
 
-    async def _index_entry(
-        self, repo: Repository, name: str, pack_id: PackId, report: CatchUpReport
+    async def _index_rows(
+        self, repo: Repository, rows: Sequence[tuple[PackId, bytes]], report: CatchUpReport
     ) -> None:
-        try:
-            if not await repo.store.exists(pack_name(pack_id)):  # quarantined since
-                return
-            size, mtime, entries = decode_entry(await repo.store.get(name))
-        except (ObjectNotFound, FormatError) as e:
-            log.warning("%s: skipping pack log entry %s: %s", repo.name, name, e)
-            return
-        finally:
-            report.requests += 2
-        await asyncio.to_thread(self.index.add_pack, repo.name, pack_id, size, mtime, entries)
-        report.packs += 1
-        report.chunks += len(entries)
+        """Index the entries of packs this index lacks and the store still holds (not
+        quarantined since): a HEAD each for a few, one listing of `packs/` for many."""
+        new = [
+            (p, d)
+            for p, d in rows
+            if not await asyncio.to_thread(self.index.has_pack, repo.name, p)
+        ]
+        stored = await self._stored(repo, [p for p, _ in new], report)
+        for pack_id, data in new:
+            if pack_id not in stored:
+                continue
+            try:
+                size, mtime, entries = decode_entry(data)
+            except FormatError as e:
+                log.warning(
+                    "%s: skipping the log entry of pack %s: %s", repo.name, pack_id.hex(), e
+                )
+                continue
+            await asyncio.to_thread(self.index.add_pack, repo.name, pack_id, size, mtime, entries)
+            report.packs += 1
+            report.chunks += len(entries)
+
+    async def _stored(
+        self, repo: Repository, packs: Sequence[PackId], report: CatchUpReport
+    ) -> set[PackId]:
+        if len(packs) <= LIST_INSTEAD_OF_HEAD:
+            found = await _bounded([partial(repo.store.exists, pack_name(p)) for p in packs])
+            report.requests += len(packs)
+            return {p for p, ok in zip(packs, found, strict=True) if ok}
+        listed = {name async for name in repo.store.list("packs")}
+        report.requests += 1 + len(listed) // 1000
+        return {p for p in packs if pack_name(p) in listed}
 
     async def snapshots(self, repo: Repository) -> int:
         """Index the commit records other nodes stored (one listing of `snapshots/`)."""
