@@ -337,7 +337,8 @@ def index_problems(data: Path) -> list[str]:
     """
     from server.config import ServerConfig
     from server.index import ServerIndex
-    from server.reindex import complete_intakes, reindex
+    from server.intake import complete_intakes
+    from server.reindex import reindex
     from server.repos import open_repositories
 
     config = ServerConfig(data_dir=data)

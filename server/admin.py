@@ -43,9 +43,20 @@ def create_repository(
     return {str(role): mint_token(index, name, role, now) for role in PRACTICE_ROLES}
 
 
+def publish_tokens_offline(config: ServerConfig, index: ServerIndex) -> None:
+    """On a store other nodes share, publish the token hashes just minted (server.catchup)."""
+    from server.catchup import publish_tokens
+
+    repos = open_repositories(config)
+    if repos.root.shared:
+        asyncio.run(publish_tokens(index, repos.site))
+
+
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
     with open_index(config) as index:
-        return create_repository(open_repositories(config), index, name, SYSTEM.time())
+        tokens = create_repository(open_repositories(config), index, name, SYSTEM.time())
+        publish_tokens_offline(config, index)
+        return tokens
 
 
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
@@ -74,7 +85,9 @@ def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[s
     with open_index(config) as index:
         now = SYSTEM.time()
         bind_replica_names(open_repositories(config), index, peer, repos, now)
-        return mint_replica_token(index, peer, now)
+        token = mint_replica_token(index, peer, now)
+        publish_tokens_offline(config, index)
+        return token
 
 
 def bind_replica_names(

@@ -97,7 +97,7 @@ class ServerIndex:
     def begin_intake(self, repo: str, name: str) -> None:
         """Journal that `name` is about to be stored; indexing it (add_pack, add_snapshot) ends
         the entry in the same transaction, so a crash between the two leaves the entry behind
-        for `server.reindex.complete_intakes` to finish at start."""
+        for `server.intake.complete_intakes` to finish at start."""
         with self.env.begin(write=True, db=self.dbs["intake"]) as txn:
             txn.put(_prefix(repo) + name.encode(), b"")
 

@@ -57,7 +57,7 @@ async def _index_pack(repo: Repository, index: ServerIndex, name: str, verify: b
     return len(info.entries)
 
 
-async def _index_snapshot(repo: Repository, index: ServerIndex, name: str) -> None:
+async def index_snapshot(repo: Repository, index: ServerIndex, name: str) -> None:
     snapshot_id = SnapshotId.parse(name.rsplit("/", 1)[-1])
     record = CommitRecord.decode(await repo.store.get(name))
     summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
@@ -80,32 +80,12 @@ async def _reindex_packs(
 async def _reindex_snapshots(repo: Repository, index: ServerIndex, report: ReindexReport) -> None:
     async for name in repo.store.list("snapshots"):
         try:
-            await _index_snapshot(repo, index, name)
+            await index_snapshot(repo, index, name)
         except (ValueError, DicomvaultError) as e:
             log.warning("%s: skipping snapshot %s: %s", repo.name, name, e)
             report.bad += 1
             continue
         report.snapshots += 1
-
-
-async def complete_intakes(repos: Repositories, index: ServerIndex) -> int:
-    """Finish what a crash interrupted: index every journalled object that is stored, forget the
-    rest (never published). Run at start, before serving; return how many were indexed."""
-    done = 0
-    for repo_name, name in await asyncio.to_thread(index.intakes):
-        try:
-            repo = repos.get(repo_name)
-            if await repo.store.exists(name):
-                if name.startswith("packs/"):
-                    await _index_pack(repo, index, name, verify=False)
-                else:
-                    await _index_snapshot(repo, index, name)
-                done += 1
-                continue
-        except (ValueError, DicomvaultError) as e:
-            log.warning("%s: cannot finish the intake of %s: %s", repo_name, name, e)
-        await asyncio.to_thread(index.end_intake, repo_name, name)
-    return done
 
 
 async def reindex_repository(

@@ -13,37 +13,47 @@ from __future__ import annotations
 from engine.errors import RepositoryExists, RepositoryNotFound
 from engine.store.base import Store, StoreRoot
 from engine.store.local import LocalRoot
+from engine.store.s3 import S3Root
 from server.auth import validate_repo_name
 from server.config import ServerConfig
 from server.errors import from_os_error
 
 REPOS = "repos"
 QUARANTINE = "quarantine"
+SITE = "site"
 
 
 class Repository:
-    def __init__(self, name: str, store: Store, quarantine: Store) -> None:
+    def __init__(self, name: str, store: Store, quarantine: Store, shared: bool = False) -> None:
         self.name = name
         self.store = store
         self.quarantine = quarantine  # taken-out objects and their log (server.quarantine)
+        self.shared = shared  # other nodes write this store too (server.catchup)
 
 
 class Repositories:
     def __init__(self, root: StoreRoot) -> None:
         self.root = root
+        # Repositories are never removed, so a name seen once stays valid: requests skip the
+        # folder check (a HEAD on an object store) after the first.
+        self._known: set[str] = set()
+        self.site = root.child(SITE)  # server-wide objects: token hashes (server.catchup)
 
     def _open(self, name: str) -> Repository:
-        store = self.root.child(f"{REPOS}/{name}")
-        return Repository(name, store, self.root.child(f"{QUARANTINE}/{name}"))
+        store, quarantine = (self.root.child(f"{top}/{name}") for top in (REPOS, QUARANTINE))
+        return Repository(name, store, quarantine, self.root.shared)
 
     def get(self, name: str) -> Repository:
-        if not self.root.has_folder(f"{REPOS}/{validate_repo_name(name)}"):
-            raise RepositoryNotFound(f"no repository {name!r}")
+        if name not in self._known:
+            if not self.root.has_folder(f"{REPOS}/{validate_repo_name(name)}"):
+                raise RepositoryNotFound(f"no repository {name!r}")
+            self._known.add(name)
         return self._open(name)
 
     def create(self, name: str) -> Repository:
         if not self.root.make_folder(f"{REPOS}/{validate_repo_name(name)}"):
             raise RepositoryExists(f"repository {name!r} already exists")
+        self._known.add(name)
         return self._open(name)
 
     def ensure(self, name: str) -> Repository:
@@ -63,5 +73,10 @@ class Repositories:
 
 
 def open_repositories(config: ServerConfig) -> Repositories:
-    """The repositories of this server: folders under DATA (the default)."""
-    return Repositories(LocalRoot(config.data_dir, from_os_error))
+    """The repositories of this server: folders under DATA (the default), or prefixes in an S3
+    bucket, checked once here (`StoreError`, exit 14, naming what is wrong)."""
+    if config.store is None:
+        return Repositories(LocalRoot(config.data_dir, from_os_error))
+    root = S3Root(config.store)
+    root.check()
+    return Repositories(root)

@@ -174,8 +174,12 @@ class StoreRoot(ABC):
     components, e.g. "repos/clinic"); `folders(prefix)` lists the child folders directly under
     `prefix`; `make_folder(prefix)` creates one, False if it existed. Folder operations are
     synchronous: they are rare (create a repository, list repositories at start) and callers
-    run them in a worker thread when they are on the event loop.
+    run them in a worker thread when they are on the event loop. `shared` says whether other
+    processes on other machines may write the same stores (an object store) or not (a folder
+    one server owns).
     """
+
+    shared = False
 
     @abstractmethod
     def child(self, prefix: str) -> Store: ...

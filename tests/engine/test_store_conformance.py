@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from engine.store.base import ObjectStat, Staged, Store
 from engine.store.faulty import FaultyStore
 from engine.store.local import INCOMING, TMP_PREFIX, LocalStore
 from engine.store.memory import MemoryStore
+from engine.store.s3 import S3Root
+from tests.s3kit import SeaweedFS, s3_settings
 
 # Each backend makes a store in `place` (a fresh folder or key prefix per test and name).
 BACKENDS: dict[str, Callable[[Path], Store]] = {
@@ -23,19 +26,31 @@ BACKENDS: dict[str, Callable[[Path], Store]] = {
 }
 
 
-@pytest.fixture(params=list(BACKENDS))
+ALL = [*BACKENDS, "s3"]
+
+
+def _make(request: pytest.FixtureRequest, place: Path) -> Store:
+    if request.param != "s3":
+        return BACKENDS[request.param](place)
+    # A real SeaweedFS (session fixture); each test gets fresh prefixes in the one bucket.
+    weed: SeaweedFS = request.getfixturevalue("seaweed")
+    root = S3Root(s3_settings(weed, f"conf-{secrets.token_hex(6)}"))
+    return root.child(place.name)
+
+
+@pytest.fixture(params=ALL)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path / "store")
+    s = _make(request, tmp_path / "store")
     yield s
     await s.close()
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=ALL)
 async def two_stores(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Store, Store]]:
     """Two stores of one backend, as a repository and its quarantine."""
-    a, b = (BACKENDS[request.param](tmp_path / place) for place in ("store", "other"))
+    a, b = (_make(request, tmp_path / place) for place in ("store", "other"))
     yield a, b
     await a.close()
     await b.close()
