@@ -25,11 +25,22 @@ from server.auth import Action
 from server.bodies import parse_json_object
 from server.deletion import STATS_KEYS, Deletions, Window, pack_entries, refs_since
 from server.handlers import _repository, parse_id, small_body
+from server.repos import Repository
 from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPOS
 
 log = logging.getLogger(__name__)
 deletion_routes = web.RouteTableDef()
 R = routes_v1.REPO
+
+
+def _single_node(repo: Repository) -> None:
+    """Schedules live in this node's index; other nodes of a shared store would not see them
+    (and their catch-up would index the objects again), so deletions wait for a shared log."""
+    if repo.shared:
+        raise UsageError(
+            f"{repo.name} is shared by several server nodes: forget and prune are not "
+            "supported there yet"
+        )
 
 
 def _window(app: web.Application) -> Window:
@@ -51,6 +62,7 @@ async def forget(request: web.Request) -> web.Response:
     """Schedule snapshots for deletion: they leave every listing now and are destroyed once
     the undelete window has passed. All or none: an unknown id is 404 with nothing changed."""
     repo = _repository(request, Action.ADMIN)
+    _single_node(repo)
     names = await _names(request, "snapshots") or []
     ids = [parse_id(SnapshotId, n) for n in names]
     by = f"admin token from {request.remote}"
@@ -111,6 +123,7 @@ async def take_lock(request: web.Request) -> web.Response:
     """Take or renew the prune lock (409 prune_locked while another holder's lives); bumps
     the generation, so every commit from now on lists all its chunks until the lock goes."""
     repo = _repository(request, Action.ADMIN)
+    _single_node(repo)
     doc = parse_json_object(await small_body(request), "prune lock")
     ttl = doc.get("ttl", 600)
     if not isinstance(ttl, int | float) or not 10 <= ttl <= 86_400:

@@ -32,7 +32,7 @@ async def _snapshots(srv: Harness, n: int) -> list[SnapshotId]:
 
 
 def _stored(srv: Harness, sid: SnapshotId) -> bool:
-    return (srv.app[REPOS].get(REPO).root / snapshot_name(sid)).is_file()
+    return (srv.config.data_dir / "repos" / REPO / snapshot_name(sid)).is_file()
 
 
 async def test_a_backup_or_restore_token_cannot_schedule_a_deletion(
