@@ -6,7 +6,8 @@ them), synthetic data blobs (random bytes: prune never opens one, so `check --re
 run here; the tests run it), chunks of a window of 100 snapshots shuffled across packs so the
 boundary packs mix live and dead chunks. Each snapshot shares 10 % of its chunks with the one
 before. The server index is built by `reindex`, then a real `dicomvault-server` serves it and
-the real CLI runs, each a child process measured with `wait4` (time, peak RSS):
+the real CLI runs, each a child process measured from /proc (time, peak RSS, peak anonymous
+RSS):
 
 1. backup of a fresh 64 MiB tree alone (backup token, its own cache);
 2. `forget --keep-last N/2 --group-by ''` (admin token): the known dead set is every chunk only
@@ -142,14 +143,17 @@ def _free_port() -> int:
 
 
 class Child:
-    """A child process: its peak RSS from wait4 (LMDB's mapped index pages count there), and
-    its peak anonymous RSS (what the process itself allocated) sampled from /proc."""
+    """A child process: its peak RSS (VmHWM: LMDB's mapped index pages count there) and peak
+    anonymous RSS (what the process itself allocated), sampled from /proc every 20 ms. Not
+    wait4's ru_maxrss: a forked child starts with its parent's pages, and this parent has just
+    mapped the server's index for reindex."""
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.start = time.monotonic()
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.cmd = cmd
         self.anon_kib = 0
+        self.hwm_kib = 0
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
@@ -163,6 +167,8 @@ class Child:
             for line in text.splitlines():
                 if line.startswith("RssAnon:"):
                     self.anon_kib = max(self.anon_kib, int(line.split()[1]))
+                elif line.startswith("VmHWM:"):
+                    self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
             if "State:\tZ" in text:
                 return
             time.sleep(0.02)
@@ -171,12 +177,11 @@ class Child:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.proc.wait()
         self._sampler.join(5)
         if self.proc.returncode:
             raise SystemExit(f"{' '.join(self.cmd)} failed: {err.decode()[-2000:]}")
-        return time.monotonic() - self.start, int(usage.ru_maxrss), out.decode()
+        return time.monotonic() - self.start, self.hwm_kib, out.decode()
 
 
 def _tree(root: Path, mib: int, seed: int) -> Path:
