@@ -25,6 +25,8 @@ from client.cli_common import (
     EXIT_PARTIAL,
     as_of_option,
     emit,
+    kdf_from_args,
+    kdf_options,
     one_of_snapshot_or_as_of,
     open_backend,
     progress,
@@ -38,6 +40,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_key import cmd_key, key_parser
 from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
@@ -49,9 +52,8 @@ from client.restore_target import Overwrite, check_target
 from engine.backend import Replicated
 from engine.blob import Codec
 from engine.catalogue import Entry, SnapshotBody
-from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
+from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
-from engine.keys import KdfParams
 from engine.repoconfig import init_repository
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -73,7 +75,8 @@ exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
   18 a DICOM peer did not store every instance, or no agent is running (status),
   19 a fire drill found a mismatch, 20 restore completed but some files failed (listed on
-  stderr and in --json errors), 130 interrupted (Ctrl-C), 141 stdout's reader went away
+  stderr and in --json errors), 21 escrow shares too few, mistyped or another repository's,
+  130 interrupted (Ctrl-C), 141 stdout's reader went away
   (e.g. `| head`), quietly"""
 
 
@@ -149,11 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         _global_options(c.add_argument_group("global options"), argparse.SUPPRESS)
         return c
 
-    c = cmd("init", "create a repository")
-    c.add_argument(
-        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
-    )
-    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
+    kdf_options(cmd("init", "create a repository"))
     c = cmd("backup", "back up files and folders into a new snapshot")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
@@ -210,11 +209,12 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
+    key_parser(cmd)
     return p
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    kdf = _init_kdf(args, test_mode=os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1")
+    kdf = kdf_from_args(args)
     backend = open_backend(args)
     try:
         config = await init_repository(backend, read_passphrase(args), kdf)
@@ -226,19 +226,6 @@ async def cmd_init(args: argparse.Namespace) -> int:
         f"created repository {config.repo_id} at {backend.location}",
     )
     return 0
-
-
-def _init_kdf(args: argparse.Namespace, *, test_mode: bool) -> KdfParams:
-    """Argon2id cost from `init`'s options: at least the safe floor (engine.keyobject), unless
-    in test mode, where tests and drills use engine.keys.CHEAP_KDF's 8 KiB and one pass."""
-    memory_kib = int(args.kdf_memory_mib * 1024)
-    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
-    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
-    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
-    try:
-        return kdf.check() if test_mode else kdf.check_safe()
-    except FormatError as e:
-        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:
@@ -513,6 +500,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "agent": cmd_agent,
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
+    "key": cmd_key,
 }
 
 

@@ -20,7 +20,8 @@ from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
 from engine.backend import Backend, LocalBackend
-from engine.errors import RepositoryNotFound, UsageError
+from engine.errors import FormatError, RepositoryNotFound, UsageError
+from engine.keys import KdfParams
 from engine.rates import parse_rate
 from engine.store.local import LocalStore
 
@@ -60,7 +61,41 @@ def read_passphrase(args: argparse.Namespace) -> bytes:
         import getpass
 
         return getpass.getpass("passphrase: ").encode()
+    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/recovery.md)
+    if line:
+        return line
     raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")
+
+
+def stdin_line() -> bytes:
+    """The next line of a stdin that is not a terminal, without its line end; b"" at its end or
+    when there is no stdin to read."""
+    try:
+        return sys.stdin.buffer.readline().rstrip(b"\r\n")
+    except (OSError, ValueError, AttributeError):
+        return b""
+
+
+def kdf_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
+    )
+    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
+
+
+def kdf_from_args(args: argparse.Namespace) -> KdfParams:
+    """Argon2id cost from `--kdf-memory-mib/--kdf-iterations`: at least the safe floor
+    (engine.keyobject), unless DICOMVAULT_TEST_CHEAP_KDF=1, where tests and drills use
+    engine.keys.CHEAP_KDF's 8 KiB and one pass."""
+    test_mode = os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1"
+    memory_kib = int(args.kdf_memory_mib * 1024)
+    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
+    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
+    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    try:
+        return kdf.check() if test_mode else kdf.check_safe()
+    except FormatError as e:
+        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
 
 
 def cache_root(args: argparse.Namespace) -> Path:

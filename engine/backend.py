@@ -91,6 +91,11 @@ class Backend(ABC):
         without deleting it; needs an admin token. A local repository's owner moves the file."""
         raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
 
+    async def remove_key(self, name: str) -> None:
+        """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
+        that is the admin's quarantine: the server keeps the object and logs the removal."""
+        await self.quarantine("key", name, "removed by dicomvault key")
+
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
 
@@ -144,6 +149,9 @@ class LocalBackend(Backend):
 
     async def put_key(self, name: str, data: bytes) -> None:
         await self.store.put(f"keys/{name}", data)
+
+    async def remove_key(self, name: str) -> None:
+        await self.store.delete(f"keys/{name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         return set(ids)

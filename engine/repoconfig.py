@@ -62,9 +62,16 @@ async def init_repository(backend: Backend, passphrase: bytes, kdf: KdfParams) -
 async def unlock(backend: Backend, passphrase: bytes, warnings: list[str]) -> MasterKey:
     """Try each key object in turn; a malformed one (or one asking for a KDF cost out of
     bounds, `engine.keyobject`) is skipped with a warning before any KDF work is spent on it."""
+    return (await unlock_named(backend, passphrase, warnings))[1]
+
+
+async def unlock_named(
+    backend: Backend, passphrase: bytes, warnings: list[str]
+) -> tuple[str, MasterKey]:
+    """As `unlock`, and the name of the key object that opened (`dicomvault key`)."""
     for name in await backend.list_keys():
         try:
-            return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
+            return name, await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
         except WrongPassphrase:
             continue
         except (FormatError, ObjectNotFound) as e:  # not found: quarantined since listed
