@@ -76,8 +76,8 @@ exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   18 a DICOM peer did not store every instance, or no agent is running (status),
   19 a fire drill found a mismatch, 20 restore completed but some files failed (listed on
   stderr and in --json errors), 21 escrow shares too few, mistyped or another repository's,
-  130 interrupted (Ctrl-C), 141 stdout's reader went away
-  (e.g. `| head`), quietly"""
+  22 recovery kit unreadable, damaged or another repository's, 130 interrupted (Ctrl-C),
+  141 stdout's reader went away (e.g. `| head`), quietly"""
 
 
 def _version() -> str:

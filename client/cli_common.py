@@ -15,12 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from client import siteconfig
 from client.archive import parse_as_of
 from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
+from client.siteconfig import ClientConfig
 from engine.backend import Backend, LocalBackend
-from engine.errors import FormatError, RepositoryNotFound, UsageError
+from engine.errors import FormatError, KitError, RepositoryNotFound, UsageError
 from engine.keys import KdfParams
 from engine.rates import parse_rate
 from engine.store.local import LocalStore
@@ -28,15 +30,58 @@ from engine.store.local import LocalStore
 EXIT_PARTIAL = 3  # done, but some files were skipped or left for the next run
 
 
+def config_path() -> Path:
+    """The client configuration (`client.siteconfig`): DICOMVAULT_CONFIG, else
+    $XDG_CONFIG_HOME/dicomvault/config.toml (default ~/.config)."""
+    if os.environ.get("DICOMVAULT_CONFIG"):
+        return Path(os.environ["DICOMVAULT_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dicomvault" / "config.toml"
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig | None:
+    """The client configuration, when no repository is named on the command line or in the
+    environment (those win)."""
+    if args.repo or os.environ.get("DICOMVAULT_REPO"):
+        return None
+    return siteconfig.load(config_path())
+
+
+def repository_sites(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every site of the repository, as given (command line, environment or configuration)."""
+    config = client_config(args)
+    if config is not None:
+        return config.sites
+    return siteconfig.split_locations(args.repo or os.environ.get("DICOMVAULT_REPO") or "")
+
+
+def repository_token(args: argparse.Namespace) -> str:
+    config = client_config(args)
+    return args.token or os.environ.get("DICOMVAULT_TOKEN") or (config.token if config else "")
+
+
 def open_backend(args: argparse.Namespace) -> Backend:
-    location = args.repo or os.environ.get("DICOMVAULT_REPO")
-    if not location:
-        raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
+    """The repository's backend; with several sites (comma-separated URLs, or the client
+    configuration's [[sites]]), the first that serves the repository."""
+    config = client_config(args)
+    location = args.repo or os.environ.get("DICOMVAULT_REPO") or ""
+    if config is None and not location:
+        raise UsageError(
+            "no repository given: use --repo or DICOMVAULT_REPO, or set up this machine from "
+            "the recovery kit (`dicomvault key import-kit`)"
+        )
+    sites = repository_sites(args)
+    token = repository_token(args)
+    location = sites[0]
+    if len(sites) > 1:
+        expected = config.repository if config is not None else ""
+        location, skipped = siteconfig.choose_site(sites, token, expected, args.cacert)
+        for warning in skipped:
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
     if location.startswith(("http://", "https://")):
         from engine.remote import RemoteBackend
         from engine.retry import RETRY_FOR, parse_duration, with_retries
 
-        token = args.token or os.environ.get("DICOMVAULT_TOKEN")
         if not token:
             raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
         deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
@@ -61,7 +106,7 @@ def read_passphrase(args: argparse.Namespace) -> bytes:
         import getpass
 
         return getpass.getpass("passphrase: ").encode()
-    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/recovery.md)
+    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/design.md §14)
     if line:
         return line
     raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")
@@ -143,10 +188,18 @@ def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]) -> int:
     backend = open_backend(args)
+    config = client_config(args)
+    spare = [config.key_object] if config is not None and config.key_object else []
     try:
         repo = await Repository.open(
-            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
-        )
+            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args),
+            spare_keys=spare,
+        )  # fmt: skip
+        if config is not None and config.repository not in ("", repo.config.repo_id):
+            raise KitError(
+                f"{backend.location} holds repository {repo.config.repo_id}, not "
+                f"{config.repository} of this machine's configuration ({config_path()})"
+            )
     except RepositoryNotFound as e:  # what a new user meets right after `repo create`
         await backend.close()
         raise RepositoryNotFound(

@@ -2,9 +2,10 @@
 
 Owns the `key` subcommands: `list`, `add`, `remove`, `passwd` (each a key object, Argon2id as
 `init`: a passphrase is added, changed or revoked without re-encrypting any data), `split` and
-`recover` (SLIP-39 shares through `engine.escrow`). Must not keep a passphrase or the master
-key beyond one command, nor write anything before every check has passed ("nothing changed" on
-every refusal).
+`recover` (SLIP-39 shares through `engine.escrow`), `kit` and `import-kit` (the printed
+recovery kit, `client.kit`, which sets up a fresh machine's `client.siteconfig`). Must not
+keep a passphrase or the master key beyond one command, nor write anything before every check
+has passed ("nothing changed" on every refusal).
 """
 
 from __future__ import annotations
@@ -15,21 +16,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client import siteconfig
 from client.cli_common import (
+    config_path,
     emit,
     kdf_from_args,
     kdf_options,
     open_backend,
     read_passphrase,
+    repository_sites,
+    repository_token,
     stdin_line,
 )
+from client.kit import Kit, from_payloads, read_payloads, render_pdf
 from engine import blob, escrow
 from engine.backend import Backend
+from engine.clock import SYSTEM
 from engine.commit import verify_commit
 from engine.errors import (
     EscrowError,
     FormatError,
     IntegrityError,
+    KitError,
     NotFound,
     ObjectNotFound,
     UsageError,
@@ -75,6 +83,28 @@ def key_parser(
     )
     _new_passphrase_option(k)
     kdf_options(k)
+    k = kcmd("kit", "write the one-page recovery kit (PDF) for the practice's safe")
+    k.add_argument("--out", required=True, metavar="PDF", help="where to write the kit")
+    k.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another site of the repository, e.g. the peer (repeatable; the sites in use are "
+        "always listed)",
+    )
+    k.add_argument(
+        "--restore-token",
+        metavar="TOKEN",
+        help="the practice's restore token to print (default: the token in use)",
+    )
+    k = kcmd("import-kit", "set up this machine from a recovery kit: a photo, scan or the PDF")
+    k.add_argument("kit", metavar="IMAGE_OR_PDF")
+    k.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a configuration of another repository on this machine",
+    )
 
 
 def _new_passphrase_option(k: argparse.ArgumentParser) -> None:
@@ -109,6 +139,8 @@ def read_new_passphrase(args: argparse.Namespace) -> bytes:
 
 
 async def cmd_key(args: argparse.Namespace) -> int:
+    if args.key_command == "import-kit":  # a fresh machine: no repository to open yet
+        return _import_kit(args)
     backend = open_backend(args)
     try:
         return await KEY_COMMANDS[args.key_command](args, backend)
@@ -242,7 +274,57 @@ async def _recover(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+async def _kit(args: argparse.Namespace, backend: Backend) -> int:
+    config = RepoConfig.decode(await backend.get_config())
+    current, _ = await _open(args, backend)
+    sites = tuple(dict.fromkeys([*repository_sites(args), *(u.rstrip("/") for u in args.site)]))
+    token = args.restore_token or repository_token(args)
+    kit = Kit(config.repo_id, sites, token, await backend.get_key(current),
+              SYSTEM.now().date().isoformat())  # fmt: skip
+    render_pdf(kit, Path(args.out))
+    emit(
+        args,
+        {"kit": args.out, "repository": kit.repository, "sites": list(sites), "key": current},
+        f"wrote the recovery kit of repository {kit.repository} ({len(sites)} sites) to "
+        f"{args.out}: print it, keep it apart from the passphrase",
+    )
+    return 0
+
+
+def _import_kit(args: argparse.Namespace) -> int:
+    kit = from_payloads(read_payloads(Path(args.kit)))
+    path = config_path()
+    existing = siteconfig.load(path)
+    if existing is not None and existing.repository not in ("", kit.repository) and not args.force:
+        raise KitError(
+            f"this machine is set up for repository {existing.repository} ({path}); the kit is "
+            f"for {kit.repository}: nothing changed (--force replaces it)"
+        )
+    held = {url: siteconfig.repository_at(url, kit.token) for url in kit.sites}
+    foreign = {url: rid for url, rid in held.items() if rid not in (None, kit.repository)}
+    if foreign:
+        site, other = next(iter(foreign.items()))
+        raise KitError(
+            f"the kit is for repository {kit.repository}, but {site} holds {other}: a kit of "
+            "another repository? nothing changed"
+        )
+    for site in (u for u, rid in held.items() if rid is None):
+        print(f"dicomvault: warning: site {site} does not answer now", file=sys.stderr)
+    siteconfig.write(
+        path, siteconfig.ClientConfig(kit.sites, kit.repository, kit.token, kit.key_object)
+    )
+    emit(
+        args,
+        {"config": str(path), "repository": kit.repository, "sites": list(kit.sites),
+         "answering": [u for u, rid in held.items() if rid is not None]},
+        f"set up for repository {kit.repository} (kit of {kit.created}, {len(kit.sites)} "
+        f"sites) in {path}; now: dicomvault restore latest --target FOLDER",
+    )  # fmt: skip
+    return 0
+
+
 KEY_COMMANDS = {
+    "kit": _kit,
     "list": _list,
     "add": _add,
     "remove": _remove,
