@@ -195,11 +195,6 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
             backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args),
             spare_keys=spare,
         )  # fmt: skip
-        if config is not None and config.repository not in ("", repo.config.repo_id):
-            raise KitError(
-                f"{backend.location} holds repository {repo.config.repo_id}, not "
-                f"{config.repository} of this machine's configuration ({config_path()})"
-            )
     except RepositoryNotFound as e:  # what a new user meets right after `repo create`
         await backend.close()
         raise RepositoryNotFound(
@@ -210,6 +205,11 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
         await backend.close()
         raise
     try:
+        if config is not None and config.repository not in ("", repo.config.repo_id):
+            raise KitError(
+                f"{backend.location} holds repository {repo.config.repo_id}, not "
+                f"{config.repository} of this machine's configuration ({config_path()})"
+            )
         return await fn(repo)
     finally:
         for warning in repo.warnings:

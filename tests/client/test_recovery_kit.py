@@ -158,3 +158,13 @@ def test_import_kit_of_something_else(tmp_path: Path) -> None:
     Image.new("L", (400, 400), 255).save(blank)
     assert_one_line_error(run(vault, env, "key", "import-kit", str(blank)), 22, "QR code")
     assert_one_line_error(run(vault, env, "key", "import-kit", str(tmp_path / "none.pdf")), 2)
+
+
+def test_a_configuration_never_opens_a_site_holding_another_repository(tmp_path: Path) -> None:
+    vault, _ = local_kit(tmp_path / "r")
+    env = fresh_machine(tmp_path / "pc")
+    config = tmp_path / "pc" / ".config" / "dicomvault" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'repository = "{"0" * 32}"\n[[sites]]\nurl = "{vault.repo}"\n')
+    result = run(vault, env, "snapshots", typed=PASSPHRASE.decode())
+    assert_one_line_error(result, 22, "holds repository", "not " + "0" * 32)
