@@ -21,6 +21,7 @@ from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
+from server.audit_middleware import audit_ctx, audit_middleware
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.handlers import routes
@@ -184,9 +185,11 @@ def make_app(
     disk_usage: DiskUsageFn = shutil.disk_usage,
 ) -> web.Application:
     """The server; tests inject the clock and the disk-usage probe behind the disk alert."""
-    # Metrics outermost so they time the error responses too.
+    # Metrics outermost so they time the error responses too; the audit trail outside the error
+    # middleware, so it records the status a refused request was answered with.
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=config.max_body_size
+        middlewares=[metrics_middleware, audit_middleware, error_middleware],
+        client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
     app[REPOS] = Repositories(config.repos_dir)
@@ -194,6 +197,7 @@ def make_app(
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
     app.cleanup_ctx.append(_index_ctx)
+    app.cleanup_ctx.append(audit_ctx)  # after the index: the middleware reads token records
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_scrub_ctx)

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.errors import DicomvaultError, InvalidName, UsageError
 from server.auth import REPO_NAME_RULE
+from server.cli_audit import audit_parser, cmd_audit
 from server.config import ServerConfig, load_config
 
 
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--json", action="store_true", help="print JSON")
     rx.set_defaults(func=cmd_reindex)
     _monitor_parsers(sub)
+    audit_parser(sub, _data_arg)
+    sub.choices["audit"].set_defaults(func=lambda a: cmd_audit(a, _existing(_config(a))))
     return parser
 
 
