@@ -17,10 +17,12 @@ from pathlib import Path
 from select import POLLERR, POLLOUT, poll
 from typing import Any
 
+from client import audit
 from client.archive import owners, shown_path, snapshot_where, union
 from client.backup import Backup
 from client.check import check
 from client.cli_agent import agent_parsers, cmd_agent, cmd_drill, cmd_status, drill_parser
+from client.cli_audit import audit_parser, cmd_audit
 from client.cli_common import (
     EXIT_PARTIAL,
     as_of_option,
@@ -210,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     agent_parsers(cmd)
     serve_parser(cmd)
     key_parser(cmd)
+    audit_parser(cmd)
     return p
 
 
@@ -356,16 +359,35 @@ async def cmd_restore(args: argparse.Namespace) -> int:
 
     async def run(repo: Repository) -> int:
         if when is not None:
+            await audit.record(repo, "restore", snapshot=f"as of {when.isoformat()}",
+                               detail=f"into {args.target}")  # fmt: skip
             return await _restore_as_of(args, repo, when)
         snapshot = await repo.resolve(args.snapshot) if args.snapshot else None
         if select is not None:
             snapshot = await snapshot_holding(repo, select, snapshot)
         assert snapshot is not None
+        await audit_restore(args, repo, snapshot)
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
         return await _restore_files(args, repo, snapshot, select)
 
     return await with_repo(args, run)
+
+
+async def audit_restore(args: argparse.Namespace, repo: Repository, snapshot: SnapshotId) -> None:
+    """The audit event of a restore, recorded before anything is opened."""
+    action = (
+        "restore-to-pacs"
+        if args.to_pacs
+        else "restore-study"
+        if args.study or args.series
+        else "restore"
+    )
+    await audit.record(
+        repo, action, snapshot=snapshot.hex(), studies=[args.study] if args.study else [],
+        series=[args.series] if args.series else [],
+        detail=f"to {args.to_pacs}" if args.to_pacs else f"into {args.target}",
+    )  # fmt: skip
 
 
 async def _restore_files(
@@ -501,6 +523,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
     "key": cmd_key,
+    "audit": cmd_audit,
 }
 
 

@@ -91,6 +91,16 @@ class Backend(ABC):
         without deleting it; needs an admin token. A local repository's owner moves the file."""
         raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        """Store a sealed audit event (`engine.events`) under `events/<name>`, write-once."""
+        raise UsageError("this repository keeps no audit events")
+
+    async def list_events(self) -> list[str]:
+        raise UsageError("this repository keeps no audit events")
+
+    async def get_event(self, name: str) -> bytes:
+        raise UsageError("this repository keeps no audit events")
+
     async def remove_key(self, name: str) -> None:
         """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
         that is the admin's quarantine: the server keeps the object and logs the removal."""
@@ -152,6 +162,15 @@ class LocalBackend(Backend):
 
     async def remove_key(self, name: str) -> None:
         await self.store.delete(f"keys/{name}")
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self.store.put(f"events/{name}", data)
+
+    async def list_events(self) -> list[str]:
+        return sorted([n.removeprefix("events/") async for n in self.store.list("events")])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self.store.get(f"events/{name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         return set(ids)

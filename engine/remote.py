@@ -101,6 +101,16 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
     async def put_key(self, name: str, data: bytes) -> None:
         await self._request("PUT", f"keys/{name}", f"key {name}", data=data, headers=OCTETS)
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._request("PUT", f"events/{name}", f"event {name}", data=data, headers=OCTETS)
+
+    async def list_events(self) -> list[str]:
+        doc = await self._json("GET", "events", "events")
+        return sorted(doc["events"])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._request("GET", f"events/{name}", f"event {name}")
+
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         out: set[ChunkId] = set()
         for start in range(0, len(ids), MISSING_BATCH):

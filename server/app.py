@@ -24,6 +24,7 @@ from server.alerts.service import AlertService
 from server.audit_middleware import audit_ctx, audit_middleware
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
+from server.events import routes as event_routes
 from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
@@ -204,5 +205,6 @@ def make_app(
     app.cleanup_ctx.append(_alerts_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
+    app.add_routes(event_routes)
     app.add_routes(monitor_routes)
     return app

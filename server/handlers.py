@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import blake3
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
@@ -20,6 +21,7 @@ from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
+from engine.protocol.errors import HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.errors import BodyTooLarge, MissingChunks
@@ -28,12 +30,13 @@ from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
-from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
+from server.replication.state import EVENT, KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
 from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
+MAX_EVENT_SIZE = 64 * 1024  # a sealed audit event: who opened which studies and series
 PAGE = 10_000  # packs per listing page
 
 _T = TypeVar("_T", PackId, SnapshotId)
@@ -96,9 +99,13 @@ async def store_small_object(
     decides what every later unlock spends (docs/design.md, threat model)."""
     if name.startswith("keys/"):
         KeyObject.decode(data)
+    if name.startswith("events/"):
+        check_event(name.removeprefix("events/"), data)
     if await repo.store.put(name, data):
         if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
             items = [Item(CONFIG_ITEM, "config"), Item(TOKENS, "tokens")]
+        elif name.startswith("events/"):
+            items = [Item(EVENT, name.removeprefix("events/"))]
         else:
             items = [Item(KEY, name.removeprefix("keys/"))]
         await _notify(request, repo, items)
@@ -106,6 +113,14 @@ async def store_small_object(
     if await repo.store.get(name) != data:
         raise ObjectExists(f"{name} already exists with different content")
     return web.json_response({"created": False})
+
+
+def check_event(name: str, data: bytes) -> None:
+    """An audit event is opaque sealed bytes named by their BLAKE3 (first 16 bytes, hex)."""
+    if len(data) > MAX_EVENT_SIZE:
+        raise UsageError(f"audit event larger than {MAX_EVENT_SIZE} bytes")
+    if blake3.blake3(data).hexdigest()[:32] != name:
+        raise HashMismatch(f"audit event {name} does not match its name")
 
 
 async def _notify(request: web.Request, repo: Repository, items: list[Item]) -> None:

@@ -66,6 +66,13 @@ async def put_key(request: web.Request) -> web.Response:
     return await store_small_object(request, repo, name, await small_body(request))
 
 
+@routes.put(RR + "/events/{event}")
+async def put_event(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    name = "events/" + request.match_info["event"]
+    return await store_small_object(request, repo, name, await small_body(request))
+
+
 @routes.put(RR + "/packs/{id}")
 async def put_pack(request: web.Request) -> web.Response:
     repo = _replica(request, create=True)

@@ -30,7 +30,8 @@ import lmdb
 from server.index import ServerIndex
 
 PACK, SNAPSHOT, KEY, CONFIG, TOKENS = "pack", "snapshot", "key", "config", "tokens"
-KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS)
+EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §15)
+KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS, EVENT)
 _SEQ = struct.Struct(">Q")  # big-endian, so LMDB's byte order is queue order
 _TIME = struct.Struct("<d")
 _TABLES = ("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas")

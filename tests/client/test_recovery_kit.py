@@ -66,6 +66,7 @@ def test_kit_to_paper_to_a_fresh_machine_restores_from_the_peer(
     at_a = {"DICOMVAULT_REPO": f"{a.url}/{REPO}", "DICOMVAULT_TOKEN": tokens["backup"]}
     vault.ok("init", *CHEAP_KDF_ARGS, **at_a)
     vault.ok("backup", str(src), **at_a)
+    vault.ok("find", **{**at_a, "DICOMVAULT_TOKEN": tokens["restore"]})  # an audit event
     wait_until(lambda: settled(a, tokens["admin"]), what="replication to the peer")
     kit = tmp_path / "safe" / "kit.pdf"
     kit.parent.mkdir()
@@ -91,6 +92,9 @@ def test_kit_to_paper_to_a_fresh_machine_restores_from_the_peer(
     assert tree_state(restored(out, src)) == tree_state(src)
     wrong = run(vault, env, "snapshots", typed="not the passphrase\n")
     assert_one_line_error(wrong, 12)
+    # The find made at the primary reached the peer; the restore made at the peer is recorded.
+    audit = run(vault, env, "audit", "--json", typed=PASSPHRASE.decode())
+    assert [e["action"] for e in audit.doc["events"]] == ["find", "restore"], audit.err
 
 
 def damage(page: Path) -> Path:

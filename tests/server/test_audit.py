@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import blake3
 
 from engine.keys import key_name
 from server.audit import verify
@@ -110,3 +111,25 @@ async def test_the_audit_command_shows_filters_and_verifies(
     path.write_bytes(b"".join([lines[0], *lines[2:]]))
     broken = cli("audit", "--data", data)
     assert broken.returncode == 13 and "lines missing" in broken.stderr
+
+
+async def test_audit_events_are_write_once_content_named_and_open_to_restore_tokens(
+    srv: Harness, http: aiohttp.ClientSession
+) -> None:
+    sealed = b"\x01" + bytes(range(60))
+    name = blake3.blake3(sealed).hexdigest()[:32]
+    restore = srv.backend("restore")
+    await restore.put_event(name, sealed)
+    await restore.put_event(name, sealed)  # again: the same bytes, 200
+    assert await srv.backend("backup").list_events() == [name]
+    assert await restore.get_event(name) == sealed
+    other = "0" * 32
+    async with http.put(
+        srv.url(f"events/{other}"), data=sealed, headers=srv.headers("restore")
+    ) as r:
+        assert r.status == 422
+    big = b"x" * (64 * 1024 + 1)
+    big_name = blake3.blake3(big).hexdigest()[:32]
+    async with http.put(srv.url(f"events/{big_name}"), data=big, headers=srv.headers()) as r:
+        assert r.status == 413
+    assert await restore.list_events() == [name]
