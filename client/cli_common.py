@@ -72,21 +72,30 @@ def open_backend(args: argparse.Namespace) -> Backend:
         )
     sites = repository_sites(args)
     token = repository_token(args)
-    location = sites[0]
+    choice = siteconfig.Choice(0, 0, [])
     if len(sites) > 1:
         expected = config.repository if config is not None else ""
-        location, skipped = siteconfig.choose_site(sites, token, expected, args.cacert)
-        for warning in skipped:
+        choice = siteconfig.choose_site(sites, token, expected, args.cacert)
+        for warning in choice.skipped:
             print(f"dicomvault: warning: {warning}", file=sys.stderr)
-    if location.startswith(("http://", "https://")):
-        from engine.remote import RemoteBackend
-        from engine.retry import RETRY_FOR, parse_duration, with_retries
+    if not all(s.startswith(("http://", "https://")) for s in sites):
+        location = sites[choice.index]  # local folders: the one chosen, no failover
+        return LocalBackend(LocalStore(location), location)
+    from engine.failover import FailoverBackend
+    from engine.remote import RemoteBackend
+    from engine.retry import RETRY_FOR, parse_duration, with_retries
 
-        if not token:
-            raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
-        return with_retries(RemoteBackend(location, token, ca_file=args.cacert), deadline=deadline)
-    return LocalBackend(LocalStore(location), location)
+    if not token:
+        raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
+    deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
+    remotes = [
+        with_retries(
+            RemoteBackend(url, token, ca_file=args.cacert, generation=choice.generation),
+            deadline=deadline,
+        )
+        for url in sites
+    ]
+    return remotes[0] if len(remotes) == 1 else FailoverBackend(remotes, choice.index)
 
 
 def read_passphrase(args: argparse.Namespace) -> bytes:

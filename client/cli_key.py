@@ -300,7 +300,7 @@ def _import_kit(args: argparse.Namespace) -> int:
             f"this machine is set up for repository {existing.repository} ({path}); the kit is "
             f"for {kit.repository}: nothing changed (--force replaces it)"
         )
-    held = {url: siteconfig.repository_at(url, kit.token) for url in kit.sites}
+    held = {url: siteconfig.repository_at(url, kit.token)[0] for url in kit.sites}
     foreign = {url: rid for url, rid in held.items() if rid not in (None, kit.repository)}
     if foreign:
         site, other = next(iter(foreign.items()))

@@ -11,8 +11,8 @@ no `--repo`/`DICOMVAULT_REPO`:
     [[sites]]
     url = "https://b.example:8420/clinic"
 
-Owns the schema and choosing the site a command uses: the first, in order, that serves the
-repository (its config answers, with the expected id). Takes its path from
+Owns the schema and choosing the site a command starts with: of those serving the repository
+(its config answers, with the expected id), the one with the highest generation. Takes its path from
 `client.cli_common`; reads no environment.
 """
 
@@ -87,33 +87,45 @@ def split_locations(location: str) -> tuple[str, ...]:
     return (location,)
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int  # of the site to use
+    generation: int  # the highest any site answered with (docs/design.md §16)
+    skipped: list[str]  # a warning per site passed over
+
+
 def choose_site(
     sites: tuple[str, ...], token: str, repository: str = "", ca_file: str | None = None
-) -> tuple[str, list[str]]:
-    """The first site whose server serves the repository (`repository`, when known: a site
-    holding another id is passed over), and one warning for each passed over. None serving:
-    the first, so that its own error reaches the user."""
+) -> Choice:
+    """The site to use: of those serving the repository (with id `repository`, when known),
+    the one with the highest generation, the earliest in order among equals, so a returning
+    old primary is not preferred to the peer promoted in its place. None serving: the first,
+    so that its own error reaches the user."""
     skipped: list[str] = []
-    for url in sites:
-        held = repository_at(url, token, ca_file)
+    serving: list[tuple[int, int]] = []  # (generation, index)
+    for index, url in enumerate(sites):
+        held, generation = repository_at(url, token, ca_file)
         if held is not None and (not repository or held == repository):
-            return url, skipped
+            serving.append((generation, index))
+            continue
         why = "does not answer" if held is None else f"holds another repository ({held})"
-        skipped.append(f"site {url} {why}; trying the next")
-    return sites[0], skipped
+        skipped.append(f"site {url} {why}")
+    if not serving:
+        return Choice(0, 0, skipped)
+    top = max(g for g, _ in serving)
+    return Choice(min(i for g, i in serving if g == top), top, skipped)
 
 
-def repository_at(url: str, token: str, ca_file: str | None = None) -> str | None:
+def repository_at(url: str, token: str, ca_file: str | None = None) -> tuple[str | None, int]:
     """The id of the repository the site serves at `url` (or a local folder holds), or None
-    if it serves none to us."""
-    from engine.protocol.routes import repo_url
+    if it serves none to us, and the repository's generation there (0: not said)."""
+    from engine.protocol.routes import GENERATION_HEADER, repo_url
 
     if not url.startswith(("http://", "https://")):
         try:
-            return str(json.loads((Path(url) / "config").read_bytes())["id"])
+            return str(json.loads((Path(url) / "config").read_bytes())["id"]), 0
         except (OSError, ValueError, KeyError, TypeError):
-            return None
-
+            return None, 0
     base, _, name = url.rstrip("/").rpartition("/")
     context = None
     if url.startswith("https://"):
@@ -125,6 +137,7 @@ def repository_at(url: str, token: str, ca_file: str | None = None) -> str | Non
     )
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT, context=context) as resp:
-            return str(json.loads(resp.read())["id"])
+            text = resp.headers.get(GENERATION_HEADER, "")
+            return str(json.loads(resp.read())["id"]), int(text) if text.isdigit() else 0
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, 0

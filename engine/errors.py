@@ -107,3 +107,10 @@ class KitError(DicomvaultError):
     """The recovery kit cannot be read, is damaged, or belongs to another repository."""
 
     exit_code = 22
+
+
+class PrimaryAlive(DicomvaultError):
+    """The repository's primary site still answers: promoting a peer now would make two
+    primaries (`dicomvault-server promote --force` if it must)."""
+
+    exit_code = 23

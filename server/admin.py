@@ -101,4 +101,8 @@ def promote_replica_offline(config: ServerConfig, name: str) -> bool:
 
     with open_index(config) as index:
         Repositories(config.repos_dir).get(name)
-        return ReplicationState(index).release_replica(name)
+        state = ReplicationState(index)
+        was_replica = state.replica_owner(name) is not None
+        if was_replica:
+            state.promote(name)  # a generation above the old primary's fences it
+        return was_replica

@@ -25,6 +25,7 @@ from server.audit_middleware import audit_ctx, audit_middleware
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.events import routes as event_routes
+from server.fencing import add_generation
 from server.handlers import routes
 from server.index import ServerIndex
 from server.metrics import Metrics
@@ -198,6 +199,7 @@ def make_app(
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
     app.cleanup_ctx.append(_index_ctx)
+    app.on_response_prepare.append(add_generation)
     app.cleanup_ctx.append(audit_ctx)  # after the index: the middleware reads token records
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)

@@ -25,6 +25,7 @@ from engine.protocol.errors import HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.errors import BodyTooLarge, MissingChunks
+from server.fencing import check_writable
 from server.intake import receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
@@ -48,9 +49,8 @@ def _repository(request: web.Request, action: Action) -> Repository:
     """Validate the name (400), the token (401), its repository (404) and role (403)."""
     name = validate_repo_name(request.match_info["name"])
     authorize(request.app[INDEX], bearer_token(request), name, action)
-    if action is not Action.READ and request.app[REPLICATION].state.replica_owner(name):
-        # Writes here would diverge from the primary; `repo promote` ends the replica.
-        raise PermissionDenied(f"this site holds a replica of {name!r}; back up to the primary")
+    if action is not Action.READ:  # a replica's or a fenced site's would fork the repository
+        check_writable(request, name)
     return request.app[REPOS].get(name)
 
 

@@ -95,7 +95,11 @@ class Replicator:
     ) -> None:
         self.peer, self.state, self.index, self.repos = peer, state, index, repos
         self.clock, self.poll, self.retry_max = clock, poll, retry_max
-        self.client = PeerClient(peer)
+        self.client = PeerClient(
+            peer,
+            generation_of=lambda repo: state.generation(repo).current,
+            on_generation=lambda repo, text: state.observe_peer(repo, peer.name, text),
+        )
         self.bucket = TokenBucket(peer.rate_limit, clock=clock)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
