@@ -67,7 +67,7 @@ def check_replica_push(request: web.Request, name: str, owner: str) -> None:
 async def add_generation(request: web.Request, response: web.StreamResponse) -> None:
     """`on_response_prepare`: every answer about a repository says its generation here."""
     name = request.match_info.get("name")
-    if name is None or response.prepared:
+    if name is None:
         return
     try:
         gen = request.app[REPLICATION].state.generation(name)

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import build_dicom_tree
@@ -52,6 +53,7 @@ def rasterise(pdf: Path, dpi: int = 150) -> Path:
     return page
 
 
+@pytest.mark.slow
 def test_kit_to_paper_to_a_fresh_machine_restores_from_the_peer(
     sites: Callable[..., Site], tmp_path: Path
 ) -> None:
