@@ -19,7 +19,7 @@ from engine.errors import PrimaryAlive, UsageError
 from server.admin import open_index
 from server.config import ServerConfig
 from server.replication.state import ReplicationState
-from server.repos import Repositories
+from server.repos import open_repositories
 
 PROBE_TIMEOUT = 5.0  # seconds the old primary has to answer before it counts as down
 
@@ -45,7 +45,7 @@ def promote_parser(sub: Any, data_arg: Callable[[argparse.ArgumentParser], None]
 
 def cmd_promote(args: argparse.Namespace, config: ServerConfig) -> int:
     with open_index(config) as index:
-        Repositories(config.repos_dir).get(args.name)
+        open_repositories(config).get(args.name)
         state = ReplicationState(index)
         owner, gen = state.replica_owner(args.name), state.generation(args.name)
         if owner is None and not gen.fenced:

@@ -11,6 +11,7 @@ from engine.clock import Clock
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.audit import AuditTrail
+from server.catchup import CatchUp
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.metrics import Metrics
@@ -28,3 +29,4 @@ REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
 AUDIT = web.AppKey("audit", AuditTrail)
+CATCHUP = web.AppKey("catchup", CatchUp)
