@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,11 +74,13 @@ class Repository:
         *,
         limiter: RateLimiter | None = None,
         spool_dir: Path | None = None,
+        spare_keys: Sequence[bytes] = (),
     ) -> Repository:
-        """Unlock a repository; a chunk-server repository gets a pack spool and an uploader."""
+        """Unlock a repository; a chunk-server repository gets a pack spool and an uploader.
+        `spare_keys` (a recovery kit's key object) are tried after the repository's own."""
         config = RepoConfig.decode(await backend.get_config())
         warnings: list[str] = []
-        key = await unlock(backend, passphrase, warnings)
+        key = await unlock(backend, passphrase, warnings, spare_keys)
         index = LocalIndex(cache_root / config.repo_id / "index", files_key=key.cache_key)
         uploader = None
         if backend.knows_chunks:

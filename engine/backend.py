@@ -116,6 +116,21 @@ class Backend(ABC):
         """Bring back scheduled snapshots by id or unique prefix (None: every one)."""
         raise NotImplementedError
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        """Store a sealed audit event (`engine.events`) under `events/<name>`, write-once."""
+        raise UsageError("this repository keeps no audit events")
+
+    async def list_events(self) -> list[str]:
+        raise UsageError("this repository keeps no audit events")
+
+    async def get_event(self, name: str) -> bytes:
+        raise UsageError("this repository keeps no audit events")
+
+    async def remove_key(self, name: str) -> None:
+        """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
+        that is the admin's quarantine: the server keeps the object and logs the removal."""
+        await self.quarantine("key", name, "removed by dicomvault key")
+
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
 
@@ -201,6 +216,18 @@ class LocalBackend(Backend, Pruning):
 
     async def put_key(self, name: str, data: bytes) -> None:
         await self.store.put(f"keys/{name}", data)
+
+    async def remove_key(self, name: str) -> None:
+        await self.store.delete(f"keys/{name}")
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self.store.put(f"events/{name}", data)
+
+    async def list_events(self) -> list[str]:
+        return sorted([n.removeprefix("events/") async for n in self.store.list("events")])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self.store.get(f"events/{name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         return set(ids)

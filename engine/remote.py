@@ -20,7 +20,7 @@ from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsRec
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
-from engine.protocol.routes import repo_url
+from engine.protocol.routes import GENERATION_HEADER, repo_url
 
 MISSING_BATCH = 10_000  # ids per query: 320 KB each way, well under the server's cap
 
@@ -49,6 +49,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
         ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        generation: int = 0,
     ) -> None:
         self.location = url
         base, self.name = _split_url(url)
@@ -56,6 +57,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
         self.http = ProtocolClient(
             token, ca_file=ca_file, ssl_context=ssl_context, timeout=timeout or CLIENT_TIMEOUT
         )
+        self.http.generation = generation
 
     @property
     def bytes_uploaded(self) -> int:
@@ -100,6 +102,16 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
 
     async def put_key(self, name: str, data: bytes) -> None:
         await self._request("PUT", f"keys/{name}", f"key {name}", data=data, headers=OCTETS)
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._request("PUT", f"events/{name}", f"event {name}", data=data, headers=OCTETS)
+
+    async def list_events(self) -> list[str]:
+        doc = await self._json("GET", "events", "events")
+        return sorted(doc["events"])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._request("GET", f"events/{name}", f"event {name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         out: set[ChunkId] = set()
@@ -177,7 +189,10 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
                 return
 
     async def commit(self, record: bytes) -> SnapshotId:
-        doc = await self._json("POST", "snapshots", "commit", data=record, headers=OCTETS)
+        # The generation this client knows of: a stale primary that hears of a higher one is
+        # fenced and refuses (docs/design.md §17).
+        headers = {**OCTETS, GENERATION_HEADER: str(self.http.generation)}
+        doc = await self._json("POST", "snapshots", "commit", data=record, headers=headers)
         return SnapshotId.parse(doc["snapshot"])
 
     async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:

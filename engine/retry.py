@@ -157,6 +157,15 @@ class RetryingBackend(Backend):
     async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes:
         return await self._retry("get snapshot", lambda: self.inner.get_snapshot(snapshot_id))
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._retry("put event", lambda: self.inner.put_event(name, data))
+
+    async def list_events(self) -> list[str]:
+        return await self._retry("list events", self.inner.list_events)
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._retry("get event", lambda: self.inner.get_event(name))
+
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
         return await self.inner.quarantine(kind, ident, reason)  # not retried: see the docstring
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import blake3
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
@@ -20,17 +21,18 @@ from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
-from engine.protocol.errors import FullRefsRequired
+from engine.protocol.errors import FullRefsRequired, HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
 from server.errors import BodyTooLarge, MissingChunks
+from server.fencing import check_writable
 from server.intake import journalled, receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
-from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
+from server.replication.state import EVENT, KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
 from server.state import (
     ALERTS,
@@ -47,6 +49,7 @@ from server.state import (
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
+MAX_EVENT_SIZE = 64 * 1024  # a sealed audit event: who opened which studies and series
 PAGE = 10_000  # packs per listing page
 
 _T = TypeVar("_T", PackId, SnapshotId)
@@ -58,9 +61,8 @@ def _repository(request: web.Request, action: Action) -> Repository:
     """Validate the name (400), the token (401), its repository (404) and role (403)."""
     name = validate_repo_name(request.match_info["name"])
     authorize(request.app[INDEX], bearer_token(request), name, action)
-    if action is not Action.READ and request.app[REPLICATION].state.replica_owner(name):
-        # Writes here would diverge from the primary; `repo promote` ends the replica.
-        raise PermissionDenied(f"this site holds a replica of {name!r}; back up to the primary")
+    if action is not Action.READ:  # a replica's or a fenced site's would fork the repository
+        check_writable(request, name)
     return request.app[REPOS].get(name)
 
 
@@ -109,9 +111,13 @@ async def store_small_object(
     decides what every later unlock spends (docs/design.md, threat model)."""
     if name.startswith("keys/"):
         KeyObject.decode(data)
+    if name.startswith("events/"):
+        check_event(name.removeprefix("events/"), data)
     if await repo.store.put(name, data):
         if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
             items = [Item(CONFIG_ITEM, "config"), Item(TOKENS, "tokens")]
+        elif name.startswith("events/"):
+            items = [Item(EVENT, name.removeprefix("events/"))]
         else:
             items = [Item(KEY, name.removeprefix("keys/"))]
         await _notify(request, repo, items)
@@ -119,6 +125,14 @@ async def store_small_object(
     if await repo.store.get(name) != data:
         raise ObjectExists(f"{name} already exists with different content")
     return web.json_response({"created": False})
+
+
+def check_event(name: str, data: bytes) -> None:
+    """An audit event is opaque sealed bytes named by their BLAKE3 (first 16 bytes, hex)."""
+    if len(data) > MAX_EVENT_SIZE:
+        raise UsageError(f"audit event larger than {MAX_EVENT_SIZE} bytes")
+    if blake3.blake3(data).hexdigest()[:32] != name:
+        raise HashMismatch(f"audit event {name} does not match its name")
 
 
 async def _notify(request: web.Request, repo: Repository, items: list[Item]) -> None:

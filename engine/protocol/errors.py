@@ -36,6 +36,11 @@ class Unauthenticated(PermissionDenied):
     """Missing or unknown token."""
 
 
+class NotPrimary(PermissionDenied):
+    """This site does not take the practice's writes: it holds a replica, or another site was
+    promoted primary (docs/design.md §16). Another site may; a client with several tries it."""
+
+
 class BodyTooLarge(UsageError):
     """Request body larger than the server accepts."""
 
@@ -82,6 +87,7 @@ class PruneLocked(ObjectExists):
 # first row with the status and code.
 TABLE: tuple[tuple[type[DicomvaultError], int, str], ...] = (
     (Unauthenticated, 401, "unauthenticated"),
+    (NotPrimary, 403, "not_primary"),
     (PermissionDenied, 403, "forbidden"),
     (RepositoryNotFound, 404, "repo_not_found"),
     (ObjectNotFound, 404, "not_found"),
