@@ -42,6 +42,7 @@ from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
 )
+from client.heap import bound_heap
 from client.progress import Progress, scan_totals
 from client.repository import Repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
@@ -517,6 +518,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_heap()  # large frames go back to the system when freed (client/heap.py)
     args = _parser().parse_args(argv)
     try:
         code = asyncio.run(COMMANDS[args.command](args))
