@@ -85,14 +85,15 @@ class Backup:
         self,
         repo: Repository,
         *,
-        image_codec: Codec = Codec.JPEGLS,
+        image_codec: Codec | None = None,
         progress: Callable[[Summary, str], None] | None = None,
         host: str | None = None,
         workers: int | None = None,
         files_cache: bool = True,
         find_parent: bool = True,
     ) -> None:
-        """`files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
+        """`image_codec` None picks one per frame (`engine.blob.frame_codec`); a codec forces it.
+        `files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
         skips the parent search (which reads every snapshot): the agent backs up each arrived
         file once, under a name it never reuses, and tracks what it has committed itself."""
         self.repo = repo

@@ -161,9 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", help="host name recorded in the snapshot")
     c.add_argument(
         "--image-codec",
-        choices=["jpegls", "jpegxl", "none"],
-        default="jpegls",
-        help="lossless codec for native DICOM pixel data (none: zstd)",
+        choices=["auto", "jpegls", "jpegxl", "none"],
+        default="auto",
+        help="lossless codec for native DICOM pixel data (auto: JPEG-XL for 8-bit colour, "
+        "JPEG-LS for the rest; none: zstd)",
     )
     cmd("snapshots", "list snapshots (an agent's by the sources its batch came from)")
     c = cmd("ls", "list the files in a snapshot, or in the whole archive as of a time")
@@ -243,7 +244,9 @@ def _init_kdf(args: argparse.Namespace, *, test_mode: bool) -> KdfParams:
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:
-    codec = {"jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[args.image_codec]
+    codec = {"auto": None, "jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[
+        args.image_codec
+    ]
     for path in args.paths:
         if not os.path.lexists(path):
             raise UsageError(f"{path}: no such file or folder")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +32,9 @@ from engine.packer import Packer, read_manifest
 from engine.repoconfig import RepoConfig, unlock
 
 INDEX_SYNC_CONCURRENCY = 8
+# Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
+# so one thread per core keeps every core busy, and more would only hold more decoded frames.
+OPEN_THREADS = os.cpu_count() or 2
 
 
 class Repository:
@@ -52,6 +57,7 @@ class Repository:
         self.chunker = Chunker(key.chunker_seed)
         notify = uploader.notify if uploader is not None else None
         self.packer = Packer(key, index, self._put_pack, notify)
+        self._opening = ThreadPoolExecutor(OPEN_THREADS, "open")
 
     async def _put_pack(self, pack_id: PackId, data: bytes) -> None:
         if self.uploader is None:
@@ -85,6 +91,7 @@ class Repository:
         return cls(backend, config, key, index, uploader, warnings)
 
     async def close(self) -> None:
+        self._opening.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         await self.backend.close()
 
@@ -144,7 +151,9 @@ class Repository:
         try:
             if len(sealed) != loc.length:
                 raise IntegrityError("pack is truncated")
-            return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._opening, blob.open_blob, self.key, chunk_id, sealed
+            )
         except IntegrityError as e:
             raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
 

@@ -24,7 +24,7 @@ from engine.ids import ChunkId, SnapshotId
 
 FETCH_CONCURRENCY = 4  # chunk reads in flight per file
 FILES_IN_FLIGHT = 8  # files restored at once
-WINDOW_BYTES = 24 * 1024 * 1024  # decoded bytes fetched, decoding or waiting to be written
+WINDOW_BYTES = 16 * 1024 * 1024  # decoded bytes fetched, decoding or waiting to be written
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Content(enum.IntEnum):
 class Hint:
     content: Content = Content.DATA
     layout: object | None = None  # engine.dicom.PixelLayout for native frames
-    image_codec: Codec = Codec.JPEGLS
+    image_codec: Codec | None = None  # None: the measured policy, `frame_codec`
 
 
 _local = threading.local()  # zstd contexts are not thread-safe; one set per worker thread
@@ -109,20 +109,30 @@ def _zstd_may_beat(data: bytes | memoryview, image_len: int) -> bool:
     return estimate * ZSTD_ESTIMATE_MARGIN < image_len
 
 
+def frame_codec(layout: object) -> Codec:
+    """The default image codec for a native frame, from the measured frontier (docs/design.md
+    §3.5, benchmarks/throughput_codecs.py): 8-bit colour frames (ultrasound, secondary capture)
+    take JPEG-XL at effort 1, which there is both smaller and faster than JPEG-LS; everything
+    else (16-bit and 8-bit grey, palette indices) takes JPEG-LS, the smallest there."""
+    colour = getattr(layout, "samples_per_pixel", 1) == 3
+    return Codec.JPEGXL if colour and getattr(layout, "bits_allocated", 0) == 8 else Codec.JPEGLS
+
+
 def _encode_image(data: bytes | memoryview, hint: Hint) -> tuple[Codec, bytes] | None:
     from engine.imagecodec import ImageCodec, encode_frame
 
     layout = hint.layout
+    chosen = frame_codec(layout) if hint.image_codec is None else hint.image_codec
     # Any other `image_codec` (e.g. ZSTD for `--image-codec none`) means no image codec: the
     # blob's codec byte must name the codec that made the payload, or restore cannot decode it.
-    if layout is None or hint.image_codec not in (Codec.JPEGLS, Codec.JPEGXL):
+    if layout is None or chosen not in (Codec.JPEGLS, Codec.JPEGXL):
         return None
-    codec = ImageCodec.JPEGXL if hint.image_codec == Codec.JPEGXL else ImageCodec.JPEGLS
+    codec = ImageCodec.JPEGXL if chosen == Codec.JPEGXL else ImageCodec.JPEGLS
     encoded = encode_frame(codec, data, layout)  # type: ignore[arg-type]
     if encoded is None:
         return None
     prefix = _LAYOUT.pack(*(getattr(layout, f) for f in _LAYOUT_FIELDS))
-    return Codec(hint.image_codec), prefix + encoded
+    return Codec(chosen), prefix + encoded
 
 
 _LAYOUT_FIELDS = (
