@@ -223,10 +223,15 @@ def _blob_key(key: MasterKey, salt: bytes) -> AESGCM:
     return AESGCM(blake3.blake3(salt, key=key.encryption_key).digest())
 
 
-def seal_plaintext(key: MasterKey, chunk_id: bytes, plaintext: bytes) -> bytes:
+def seal_plaintext(key: MasterKey, chunk_id: bytes, plaintext: bytes | bytearray) -> bytes:
     salt = os.urandom(SALT_SIZE)
-    ciphertext = _blob_key(key, salt).encrypt(_NONCE, plaintext, _aad(chunk_id))
-    return bytes([VERSION]) + salt + ciphertext
+    out = bytearray(1 + SALT_SIZE + len(plaintext) + TAG_SIZE)
+    out[0], out[1 : 1 + SALT_SIZE] = VERSION, salt
+    # Straight into place: no separate ciphertext to copy behind the version and salt.
+    _blob_key(key, salt).encrypt_into(
+        _NONCE, plaintext, _aad(chunk_id), memoryview(out)[1 + SALT_SIZE :]
+    )
+    return bytes(out)
 
 
 def open_plaintext(key: MasterKey, chunk_id: bytes, blob: bytes | memoryview) -> bytes:
@@ -244,8 +249,12 @@ def open_plaintext(key: MasterKey, chunk_id: bytes, blob: bytes | memoryview) ->
 def seal(key: MasterKey, chunk_id: ChunkId, data: bytes | memoryview, hint: Hint = Hint()) -> bytes:
     """Encode, pad and encrypt one chunk into a blob."""
     codec, payload = encode(data, hint)
-    framed = _FRAME.pack(codec, len(data), len(payload)) + payload
-    return seal_plaintext(key, chunk_id, framed + bytes(padme(len(framed)) - len(framed)))
+    framed_len = _FRAME.size + len(payload)
+    plaintext = bytearray(padme(framed_len))  # zero padding included
+    _FRAME.pack_into(plaintext, 0, codec, len(data), len(payload))
+    plaintext[_FRAME.size : framed_len] = payload
+    del payload  # a worker holds at most two copies of an encoded chunk at once
+    return seal_plaintext(key, chunk_id, plaintext)
 
 
 def open_blob(key: MasterKey, chunk_id: ChunkId, blob: bytes | memoryview) -> bytes:
