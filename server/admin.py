@@ -18,7 +18,7 @@ from server.auth import PRACTICE_ROLES, mint_replica_token, mint_token, validate
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex
-from server.repos import Repositories
+from server.repos import Repositories, open_repositories
 
 
 @contextmanager
@@ -43,14 +43,25 @@ def create_repository(
     return {str(role): mint_token(index, name, role, now) for role in PRACTICE_ROLES}
 
 
+def publish_tokens_offline(config: ServerConfig, index: ServerIndex) -> None:
+    """On a store other nodes share, publish the token hashes just minted (server.catchup)."""
+    from server.catchup import publish_tokens
+
+    repos = open_repositories(config)
+    if repos.root.shared:
+        asyncio.run(publish_tokens(index, repos.site))
+
+
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
     with open_index(config) as index:
-        return create_repository(Repositories(config.repos_dir), index, name, SYSTEM.time())
+        tokens = create_repository(open_repositories(config), index, name, SYSTEM.time())
+        publish_tokens_offline(config, index)
+        return tokens
 
 
 def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexReport:
     with open_index(config) as index:
-        return asyncio.run(reindex(Repositories(config.repos_dir), index, verify=verify))
+        return asyncio.run(reindex(open_repositories(config), index, verify=verify))
 
 
 def quarantine_offline(
@@ -60,7 +71,7 @@ def quarantine_offline(
     from server.quarantine import object_name, quarantine
 
     with open_index(config) as index:
-        repo = Repositories(config.repos_dir).get(name)
+        repo = open_repositories(config).get(name)
         obj = object_name(kind, ident)
         now = SYSTEM.time()
         return asyncio.run(
@@ -73,8 +84,10 @@ def create_peer_token_offline(config: ServerConfig, peer: str, repos: Sequence[s
     after binding the repository names it may fill here (docs/design.md §6.2)."""
     with open_index(config) as index:
         now = SYSTEM.time()
-        bind_replica_names(Repositories(config.repos_dir), index, peer, repos, now)
-        return mint_replica_token(index, peer, now)
+        bind_replica_names(open_repositories(config), index, peer, repos, now)
+        token = mint_replica_token(index, peer, now)
+        publish_tokens_offline(config, index)
+        return token
 
 
 def bind_replica_names(
@@ -100,5 +113,5 @@ def promote_replica_offline(config: ServerConfig, name: str) -> bool:
     from server.replication.state import ReplicationState
 
     with open_index(config) as index:
-        Repositories(config.repos_dir).get(name)
+        open_repositories(config).get(name)
         return ReplicationState(index).release_replica(name)

@@ -21,18 +21,22 @@ from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
+from server.auth import hash_token
+from server.catchup import CatchUp, fetch_token, publish_tokens
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.handlers import routes
 from server.index import ServerIndex
+from server.intake import complete_intakes
 from server.metrics import Metrics
 from server.monitor import routes as monitor_routes
 from server.replica import routes as replica_routes
 from server.replication.service import Replication
-from server.repos import Repositories
+from server.repos import open_repositories
 from server.scrub import Scrubber, run_scheduled
 from server.state import (
     ALERTS,
+    CATCHUP,
     CLOCK,
     CONFIG,
     DISK_USAGE,
@@ -109,11 +113,50 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[INDEX] = ServerIndex(config.index_path, config.index_map_size)
     # Nothing is uploading yet, so every temp file is a leftover of a crash or kill.
-    removed = await asyncio.to_thread(app[REPOS].sweep_temp_files)
+    removed = await app[REPOS].sweep()
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
+    finished = await complete_intakes(app[REPOS], app[INDEX], app[CLOCK])
+    if finished:
+        log.info("indexed %d objects stored just before an earlier run ended", finished)
     yield
     app[INDEX].close()
+
+
+@web.middleware
+async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a store other nodes share, a token another node minted is fetched from the site
+    store into this node's index before any handler authorizes it (server.catchup)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if request.app[REPOS].root.shared and scheme.lower() == "bearer" and token.strip():
+        digest = hash_token(token.strip())
+        if await asyncio.to_thread(request.app[INDEX].get_token, digest) is None:
+            await fetch_token(request.app[INDEX], request.app[REPOS].site, digest)
+    return await handler(request)
+
+
+async def _catchup_ctx(app: web.Application) -> AsyncIterator[None]:
+    # After the index: the per-node cache catches up from a shared store (server.catchup),
+    # and this node's token hashes are published there for the other nodes.
+    app[CATCHUP] = CatchUp(app[INDEX], app[CLOCK])
+    task = None
+    if app[REPOS].root.shared:
+        task = asyncio.create_task(_publish_forever(app), name="publish-tokens")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _publish_forever(app: web.Application) -> None:
+    published: set[bytes] = set()
+    while True:
+        try:
+            published = await publish_tokens(app[INDEX], app[REPOS].site, published)
+        except DicomvaultError as e:
+            log.warning("publishing token hashes to the store failed: %s", e)
+        await asyncio.sleep(app[CONFIG].token_publish_interval)
 
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -132,7 +175,7 @@ async def _sweep_forever(app: web.Application) -> None:
     while True:
         await asyncio.sleep(config.sweep_interval)
         cutoff = app[CLOCK].time() - config.incoming_max_age
-        await asyncio.to_thread(app[REPOS].sweep_temp_files, cutoff)
+        await app[REPOS].sweep(cutoff)
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -186,14 +229,16 @@ def make_app(
     """The server; tests inject the clock and the disk-usage probe behind the disk alert."""
     # Metrics outermost so they time the error responses too.
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=config.max_body_size
+        middlewares=[metrics_middleware, error_middleware, token_middleware],
+        client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
-    app[REPOS] = Repositories(config.repos_dir)
+    app[REPOS] = open_repositories(config)
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
     app.cleanup_ctx.append(_index_ctx)
+    app.cleanup_ctx.append(_catchup_ctx)
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_scrub_ctx)

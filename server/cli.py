@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -47,8 +48,11 @@ def _peer_arg(text: str) -> dict[str, str]:
 
 
 def _existing(config: ServerConfig) -> ServerConfig:
-    """For commands that read a server's data: a mistyped --data must not create a new one."""
-    if not config.data_dir.is_dir():
+    """For commands that read a server's data: a mistyped --data must not create a new one.
+    With an S3 store DATA holds only this node's index, which a new node builds."""
+    if config.store is not None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    elif not config.data_dir.is_dir():
         raise UsageError(f"no server data folder at {config.data_dir}")
     return config
 
@@ -66,7 +70,26 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         max_connections=getattr(args, "max_connections", None),
         max_connections_per_address=getattr(args, "max_connections_per_address", None),
         idle_timeout=getattr(args, "idle_timeout", None),
+        store=getattr(args, "store", None),
+        s3_env=_s3_env(),
     )
+
+
+# The standard AWS variables, by the [s3] setting each fills (the first one set wins).
+_AWS_ENV = {
+    "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "session_token": ("AWS_SESSION_TOKEN",),
+}
+
+
+def _s3_env() -> dict[str, str]:
+    found = {
+        k: next((os.environ[v] for v in vs if os.environ.get(v)), "") for k, vs in _AWS_ENV.items()
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -263,6 +286,12 @@ def _monitor_parsers(sub: Any) -> None:
 def _data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="server data folder (or data_dir in --config)")
     p.add_argument("--config", type=Path, help="server TOML config file")
+    p.add_argument(
+        "--store",
+        metavar="s3://BUCKET/PREFIX",
+        help="keep repositories in this S3 bucket prefix instead of DATA/repos (endpoint, "
+        "region, credentials: AWS_* variables or [s3] in --config); DATA keeps the index",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.rates import parse_rate
+from engine.store.s3 import S3Settings, parse_s3_url
 from server.alerts.settings import (
     AlertSettings,
     AlertSite,
@@ -50,6 +51,8 @@ class ServerConfig:
     # Stale upload temp files older than this are removed by the sweeper (live uploads are younger).
     incoming_max_age: float = 24 * 3600.0
     sweep_interval: float = 3600.0
+    # With a shared store: how often this node publishes token hashes minted here (3.1.3).
+    token_publish_interval: float = 5.0
     # Replication (docs/design.md "Replication"): this site's name, as clients see it in
     # `snapshots`, and the peers every pack, commit, key object and token hash is pushed to.
     site_name: str = "primary"
@@ -65,6 +68,10 @@ class ServerConfig:
     # Alerts (docs/design.md "Alerts", docs/server.example.toml): `[alerts]` and `[repos.NAME]`.
     alerts: AlertSettings = field(default_factory=AlertSettings)
     repos: tuple[RepoPolicy, ...] = ()
+    # Where repositories live (docs/design.md 3.1.2): None for DATA/repos, else a bucket prefix
+    # (`store = "s3://BUCKET/PREFIX"` or --store, with `[s3]` or the AWS_* variables). DATA
+    # then holds only this node's index (a cache, 3.1.3).
+    store: S3Settings | None = None
 
     @property
     def index_path(self) -> Path:
@@ -111,11 +118,37 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+S3_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token")
+
+
+def store_settings(
+    url: str | None, table: dict[str, Any], env: dict[str, str]
+) -> S3Settings | None:
+    """`store = "s3://BUCKET/PREFIX"` with its `[s3]` table; the AWS_* variables (`env`, read
+    by the CLI) win over the table, as flags win over the file."""
+    if url is None:
+        if table:
+            raise UsageError('[s3] settings need store = "s3://BUCKET/PREFIX" (or --store)')
+        return None
+    unknown = sorted(set(table) - set(S3_KEYS))
+    if unknown:
+        raise UsageError(f"unknown [s3] settings: {', '.join(unknown)}")
+    bucket, prefix = parse_s3_url(url)
+    values = {**table, **{k: v for k, v in env.items() if v}}
+    given: dict[str, Any] = {k: str(values[k]) for k in S3_KEYS if k in values}
+    return S3Settings(bucket, prefix, **given)
+
+
 def load_config(
-    path: Path | None = None, *, add_peers: list[dict[str, Any]] | None = None, **overrides: Any
+    path: Path | None = None,
+    *,
+    add_peers: list[dict[str, Any]] | None = None,
+    s3_env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> ServerConfig:
     """Read `path` (TOML, optional), then apply non-None `overrides` (CLI flags win);
-    `add_peers` (from `--peer`/`--peer-token`) are appended to the file's `[[peers]]`."""
+    `add_peers` (from `--peer`/`--peer-token`) are appended to the file's `[[peers]]`;
+    `s3_env` (the AWS_* variables) completes an S3 `store`."""
     doc: dict[str, Any] = {}
     if path is not None:
         try:
@@ -123,6 +156,7 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UsageError(f"cannot read config {path}: {e}") from None
     doc.update({k: v for k, v in overrides.items() if v is not None})
+    doc["store"] = store_settings(doc.get("store"), doc.pop("s3", {}), s3_env or {})
     if add_peers:
         doc["peers"] = [*doc.get("peers", []), *add_peers]
     known = {f.name for f in fields(ServerConfig)} | {"listen"}

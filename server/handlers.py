@@ -23,14 +23,24 @@ from engine.protocol import routes as routes_v1
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.errors import BodyTooLarge, MissingChunks
-from server.intake import receive_pack
+from server.intake import journalled, receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
 from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
-from server.state import ALERTS, CLOCK, CONFIG, INDEX, METRICS, REPLICATION, REPOS, SCRUB
+from server.state import (
+    ALERTS,
+    CATCHUP,
+    CLOCK,
+    CONFIG,
+    INDEX,
+    METRICS,
+    REPLICATION,
+    REPOS,
+    SCRUB,
+)
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
@@ -162,7 +172,7 @@ async def missing(request: web.Request) -> web.Response:
         raise UsageError(f"body must be whole {ID_SIZE}-byte chunk ids")
     view = memoryview(body)
     ids = [bytes(view[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
-    absent = await asyncio.to_thread(request.app[INDEX].missing, repo.name, ids)
+    absent = await request.app[CATCHUP].missing(repo, ids)  # the index, then the pack log
     metrics = request.app[METRICS]
     metrics.missing_query_ids += len(ids)
     metrics.missing_ids_returned += len(absent)
@@ -175,6 +185,8 @@ async def list_packs(request: web.Request) -> web.Response:
     after_text = request.query.get("after")
     after = parse_id(PackId, after_text) if after_text else None
     limit = query_int(request, "limit", PAGE, 1, PAGE)
+    if after is None:  # a listing starts: learn what other nodes stored first
+        await request.app[CATCHUP].packs(repo)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
     more = len(rows) == limit
@@ -204,7 +216,9 @@ async def accept_pack(request: web.Request, repo: Repository, pack_id: PackId) -
         metrics.packs_duplicate += 1
         return web.json_response({"pack": pack_id.hex(), "created": False})
     body = _counted(paced(request, pace(request)), request)
-    result = await receive_pack(repo, index, pack_id, body, config.max_body_size)
+    result = await receive_pack(
+        repo, index, pack_id, body, config.max_body_size, request.app[CLOCK]
+    )
     if result.created:
         metrics.packs_stored += 1
     else:
@@ -267,7 +281,7 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
     until a re-upload indexes it (intake links idempotently, then indexes)."""
     repo = _repository(request, Action.READ)
     pack_id = parse_id(PackId, request.match_info["id"])
-    if not request.app[INDEX].has_pack(repo.name, pack_id):
+    if not await request.app[CATCHUP].has_pack(repo, pack_id):
         raise ObjectNotFound(f"no pack {pack_id.hex()}")
     return await stream_object(request, repo, pack_name(pack_id))
 
@@ -275,8 +289,8 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
 # -- snapshots -----------------------------------------------------------------------------
 
 
-def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) -> None:
-    absent = request.app[INDEX].missing(repo.name, record.refs)
+async def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) -> None:
+    absent = await request.app[CATCHUP].missing(repo, record.refs, force=True)
     if absent:
         request.app[METRICS].commits_refused += 1
         raise MissingChunks([ChunkId(a) for a in absent])
@@ -288,10 +302,11 @@ async def _store_commit(
     """Durable in the store, then indexed. The receive time (the no-commit alert's clock) is
     the object's mtime, which reindex reads back; it comes from the app's clock so that tests
     can move it. A retried commit (same bytes, same name) keeps its first receive time."""
-    name = snapshot_name(sid)
-    await repo.store.put(name, data, mtime=request.app[CLOCK].time())
-    summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
-    await asyncio.to_thread(request.app[INDEX].add_snapshot, repo.name, sid, summary)
+    name, index = snapshot_name(sid), request.app[INDEX]
+    async with journalled(repo, index, name):
+        await repo.store.put(name, data, mtime=request.app[CLOCK].time())
+        summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
+        await asyncio.to_thread(index.add_snapshot, repo.name, sid, summary)
 
 
 @routes.post(R + "/snapshots")
@@ -317,7 +332,7 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
     record = CommitRecord.decode(data)
     sid = snapshot_id_of(data)
     # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
-    await asyncio.to_thread(_check_refs, request, repo, record)
+    await _check_refs(request, repo, record)
     await _store_commit(request, repo, sid, record, data)
     request.app[METRICS].commits += 1
     await _notify(request, repo, [Item(SNAPSHOT, sid.hex())])
@@ -327,6 +342,7 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
 @routes.get(R + "/snapshots")
 async def list_snapshots(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
+    await request.app[CATCHUP].snapshots(repo)  # commits other nodes accepted
     rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
     docs = [{"id": sid.hex(), **summary} for sid, summary in rows]
     docs.sort(key=lambda d: (d["time"], d["id"]))

@@ -11,18 +11,18 @@ from dataclasses import replace
 from typing import Any
 
 from engine.clock import SYSTEM
-from server.admin import open_index
+from server.admin import open_index, publish_tokens_offline
 from server.alerts.store import AlertStore
 from server.config import ServerConfig
 from server.provider import grant_heal, mint_provider_token
-from server.repos import Repositories
+from server.repos import open_repositories
 from server.scrub import Scrubber, ScrubReport
 
 
 def scrub_offline(config: ServerConfig, only: list[str] | None = None) -> ScrubReport:
     """One scrub pass over every repository (or `only` these), healing from the config's peers."""
     with open_index(config) as index:
-        repos = Repositories(config.repos_dir)
+        repos = open_repositories(config)
         for name in only or []:
             repos.get(name)  # RepositoryNotFound before any work
         return asyncio.run(Scrubber(config, index, repos, SYSTEM).run_pass(only))
@@ -35,7 +35,9 @@ def open_alerts_offline(config: ServerConfig) -> list[dict[str, Any]]:
 
 def create_provider_token_offline(config: ServerConfig, label: str) -> str:
     with open_index(config) as index:
-        return mint_provider_token(index, label, SYSTEM.time())
+        token = mint_provider_token(index, label, SYSTEM.time())
+        publish_tokens_offline(config, index)
+        return token
 
 
 def with_rate(config: ServerConfig, rate: float | None) -> ServerConfig:
@@ -45,3 +47,4 @@ def with_rate(config: ServerConfig, rate: float | None) -> ServerConfig:
 def grant_heal_offline(config: ServerConfig, token: str) -> None:
     with open_index(config) as index:
         grant_heal(index, token)
+        publish_tokens_offline(config, index)

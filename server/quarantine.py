@@ -1,34 +1,30 @@
 """Quarantine: take a planted or damaged object out of a repository without deleting it.
 
-Owns moving a pack, commit record or key object from DATA/repos/NAME/ to
-DATA/quarantine/NAME/ (never served, never listed), the append-only log of who moved what and
-why beside it, and refreshing the repository's index rows afterwards. Used by the admin-token
-routes and by `dicomvault-server repo quarantine`; an operator undoes one by moving the file back
-and running `reindex`. Must not decide who may quarantine.
+Owns the one quarantine operation, used by the admin-token route, by `dicomvault-server repo
+quarantine` and by scrub: move a pack, commit record or key object from the repository's store
+to its quarantine store (`quarantine/NAME/<UTC time>-<object>`: never served, never listed) with
+`Store.move`, and write a record of who moved what and why beside it (`log/<that name>.json`).
+The admin operation then refreshes the repository's index rows. An operator undoes one by moving
+the object back and running `reindex`. Must not decide who may quarantine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, UsageError
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
-from engine.store.local import fsync_dir
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex_repository
 from server.repos import Repository
 
-QUARANTINE = "quarantine"  # DATA/quarantine, beside DATA/repos
-LOG_NAME = "log.jsonl"
 KINDS = ("pack", "snapshot", "key")
+LOG = "log"  # the records' folder inside the quarantine store
 
 log = logging.getLogger(__name__)
 
@@ -47,35 +43,49 @@ def object_name(kind: str, ident: str) -> str:
     raise UsageError(f"cannot quarantine a {kind!r}: one of {', '.join(KINDS)}")
 
 
-def quarantine_dir(repo: Repository) -> Path:
-    return repo.root.parent.parent / QUARANTINE / repo.name
+def quarantined_name(name: str, now: float, n: int = 0) -> str:
+    """`<UTC time>-<object, slashes as dashes>`, `.N` added when that name is taken."""
+    stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now))
+    base = f"{stamp}-{name.replace('/', '-')}"
+    return f"{base}.{n}" if n else base
+
+
+async def take_out(
+    repo: Repository, name: str, *, by: str, reason: str, now: float
+) -> dict[str, Any] | None:
+    """Move object `name` to quarantine and record it; None if it is missing (or another
+    process moved it first)."""
+    for n in range(100):
+        dest = quarantined_name(name, now, n)
+        try:
+            moved = await repo.store.move(name, repo.quarantine, dest)
+        except ObjectNotFound:
+            return None
+        if moved:
+            break
+    else:  # pragma: no cover - a hundred quarantines of one object in one second
+        raise UsageError(f"too many quarantined copies of {name} at {now}")
+    entry = {"time": now, "repo": repo.name, "object": name, "to": dest, "by": by}
+    entry["reason"] = reason
+    await repo.quarantine.put(f"{LOG}/{dest}.json", json.dumps(entry).encode(), mtime=now)
+    log.warning("quarantined %s/%s by %s: %s", repo.name, name, by, reason or "no reason given")
+    return entry
+
+
+async def records(repo: Repository) -> list[dict[str, Any]]:
+    """Every quarantine record of `repo`, oldest first."""
+    out = []
+    async for name in repo.quarantine.list(LOG):
+        out.append(json.loads(await repo.quarantine.get(name)))
+    return out
 
 
 async def quarantine(
     repo: Repository, index: ServerIndex, name: str, *, by: str, reason: str, now: float
 ) -> dict[str, Any]:
-    """Move object `name` into quarantine, log it, and rebuild the repository's index rows."""
-    entry = await asyncio.to_thread(_move, repo, name, by=by, reason=reason, now=now)
-    log.warning("quarantined %s/%s by %s: %s", repo.name, name, by, reason or "no reason given")
+    """Take object `name` out, then rebuild the repository's index rows."""
+    entry = await take_out(repo, name, by=by, reason=reason, now=now)
+    if entry is None:
+        raise ObjectNotFound(f"no object {name} in {repo.name}")
     report: ReindexReport = await reindex_repository(repo, index)
     return {**entry, "packs": report.packs, "snapshots": report.snapshots}
-
-
-def _move(repo: Repository, name: str, *, by: str, reason: str, now: float) -> dict[str, Any]:
-    path = repo.object_path(name)
-    if not path.is_file():
-        raise ObjectNotFound(f"no object {name} in {repo.name}")
-    folder = quarantine_dir(repo)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    dest = folder / f"{stamp}-{name.replace('/', '-')}"
-    os.replace(path, dest)  # same filesystem: DATA/repos and DATA/quarantine share DATA
-    fsync_dir(path.parent)
-    fsync_dir(folder)
-    entry = {"time": now, "repo": repo.name, "object": name, "to": dest.name, "by": by}
-    entry["reason"] = reason
-    with open(folder / LOG_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return entry

@@ -1,60 +1,60 @@
-"""Per-repository storage on the server: an engine `LocalStore` at DATA/repos/NAME/.
+"""Per-repository storage on the server: one `Store` per repository, handed out by a `StoreRoot`.
 
-Owns repository folders, their layout (`config`, `keys/*`, `packs/xx/<id>`, `snapshots/<id>`, the
-same as `engine.backend.LocalBackend`, so a server repository folder is also a valid local
-repository) and sweeping the temp files of uploads that were never published. Every read and
-write of a stored object goes through `Repository.store`; `object_path` is left only for
-quarantine's move (tests/server/test_storage_contract.py keeps that list). Must not hold keys or
-decide who may do what.
+Owns the repository namespace (`repos/NAME/` holding `config`, `keys/*`, `packs/xx/<id>`,
+`snapshots/<id>`, the same layout as `engine.backend.LocalBackend`, so a local server repository
+folder is also a valid local repository; `quarantine/NAME/` beside it) and the start-up sweep of
+uploads that were never published, which each store does itself. Every read and write of a
+stored object goes through `Repository.store` or `Repository.quarantine`; nothing here knows
+whether the root is a folder or a bucket. Must not hold keys or decide who may do what.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
-
 from engine.errors import RepositoryExists, RepositoryNotFound
-from engine.store.base import validate_name
-from engine.store.local import INCOMING, TMP_PREFIX, LocalStore, fsync_dir
+from engine.store.base import Store, StoreRoot
+from engine.store.local import LocalRoot
+from engine.store.s3 import S3Root
 from server.auth import validate_repo_name
+from server.config import ServerConfig
 from server.errors import from_os_error
+
+REPOS = "repos"
+QUARANTINE = "quarantine"
+SITE = "site"
 
 
 class Repository:
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, store: Store, quarantine: Store, shared: bool = False) -> None:
         self.name = name
-        self.root = root
-        self.store = LocalStore(root, from_os_error)
-
-    @property
-    def incoming(self) -> Path:
-        return self.root / INCOMING
-
-    def object_path(self, name: str) -> Path:
-        return self.root / validate_name(name)  # same names, same layout as LocalStore
+        self.store = store
+        self.quarantine = quarantine  # taken-out objects and their log (server.quarantine)
+        self.shared = shared  # other nodes write this store too (server.catchup)
 
 
 class Repositories:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: StoreRoot) -> None:
         self.root = root
+        # Repositories are never removed, so a name seen once stays valid: requests skip the
+        # folder check (a HEAD on an object store) after the first.
+        self._known: set[str] = set()
+        self.site = root.child(SITE)  # server-wide objects: token hashes (server.catchup)
+
+    def _open(self, name: str) -> Repository:
+        store, quarantine = (self.root.child(f"{top}/{name}") for top in (REPOS, QUARANTINE))
+        return Repository(name, store, quarantine, self.root.shared)
 
     def get(self, name: str) -> Repository:
-        path = self.root / validate_repo_name(name)
-        if not path.is_dir():
-            raise RepositoryNotFound(f"no repository {name!r}")
-        return Repository(name, path)
+        if name not in self._known:
+            if not self.root.has_folder(f"{REPOS}/{validate_repo_name(name)}"):
+                raise RepositoryNotFound(f"no repository {name!r}")
+            self._known.add(name)
+        return self._open(name)
 
     def create(self, name: str) -> Repository:
-        path = self.root / validate_repo_name(name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            raise RepositoryExists(f"repository {name!r} already exists") from None
-        (path / INCOMING).mkdir()
-        fsync_dir(self.root)
-        return Repository(name, path)
+        if not self.root.make_folder(f"{REPOS}/{validate_repo_name(name)}"):
+            raise RepositoryExists(f"repository {name!r} already exists")
+        self._known.add(name)
+        return self._open(name)
 
     def ensure(self, name: str) -> Repository:
         """The repository `name`, created if absent (a replica arriving from its primary)."""
@@ -64,32 +64,19 @@ class Repositories:
             return self.get(name)
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name[0] != ".")
+        return self.root.folders(REPOS)
 
-    def sweep_temp_files(self, cutoff: float | None = None) -> int:
-        """Remove upload and store temp files last changed before `cutoff` (epoch seconds);
-        all of them at start-up (`cutoff=None`).
-
-        A temp file is never visible under a real name (invariant 1), so deleting it only
-        forgets an upload that was never acknowledged. Only folders that receive temp files are
-        scanned: packs arrive by link from `.incoming/`, so the (huge) `packs/` tree is skipped.
-        """
-        removed = 0
-        for name in self.names():
-            root = self.root / name
-            for folder in (root / INCOMING, root, root / "keys", root / "snapshots"):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    for entry in os.scandir(folder):
-                        if entry.name.startswith(TMP_PREFIX) and entry.is_file():
-                            removed += _remove_if_old(Path(entry.path), cutoff)
-        return removed
+    async def sweep(self, cutoff: float | None = None) -> int:
+        """Forget never-published uploads older than `cutoff` in every repository (all of
+        them at start-up); a staged upload is never visible under a real name (invariant 1)."""
+        return sum([await self._open(name).store.sweep(cutoff) for name in self.names()])
 
 
-def _remove_if_old(path: Path, cutoff: float | None) -> int:
-    with contextlib.suppress(FileNotFoundError):
-        if cutoff is None or path.stat().st_mtime < cutoff:
-            path.unlink()
-            return 1
-    return 0
+def open_repositories(config: ServerConfig) -> Repositories:
+    """The repositories of this server: folders under DATA (the default), or prefixes in an S3
+    bucket, checked once here (`StoreError`, exit 14, naming what is wrong)."""
+    if config.store is None:
+        return Repositories(LocalRoot(config.data_dir, from_os_error))
+    root = S3Root(config.store)
+    root.check()
+    return Repositories(root)

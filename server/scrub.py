@@ -3,7 +3,8 @@
 Owns one pass over the packs the index names (and the bad packs of earlier passes still waiting
 for a good copy): each pack is read in 1 MiB pieces and hashed with BLAKE3 in a worker thread,
 paced by a token bucket (`scrub_rate`) so uploads keep the disk. A pack whose bytes no longer
-hash to its name (or that vanished) is moved to DATA/quarantine/REPO/<id>, taken out of the
+hash to its name (or that vanished) is taken out to the repository's quarantine store
+(`server.quarantine.take_out`, the same operation an admin uses), taken out of the
 index (`ScrubState.mark_bad`) and fetched again from each configured peer (`server.heal`). Also
 owns the schedule (`run_scheduled`). Must not serve HTTP; must not delete a bad pack's bytes.
 """
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import blake3
@@ -28,7 +28,7 @@ from engine.rates import TokenBucket
 from server.config import ServerConfig
 from server.heal import heal
 from server.index import ServerIndex
-from server.quarantine import QUARANTINE
+from server.quarantine import take_out
 from server.replication.state import ReplicationState
 from server.repos import Repositories, Repository
 from server.scrubstate import ScrubState
@@ -65,15 +65,6 @@ class ScrubReport:
         doc["healed"] = len(self.bad) - len(self.unhealed)
         doc["unhealed"] = len(self.unhealed)
         return doc
-
-
-def quarantine_path(data_dir: Path, repo: str, pack_id: PackId) -> Path:
-    base = data_dir / QUARANTINE / repo / pack_id.hex()
-    path, n = base, 0
-    while path.exists():  # the same pack rotted twice: keep both copies
-        n += 1
-        path = base.with_name(f"{base.name}.{n}")
-    return path
 
 
 class Scrubber:
@@ -167,19 +158,16 @@ class Scrubber:
         log.error("scrub: %s pack %s is bad: %s", repo.name, pack_id.hex(), reason)
         bad = BadPack(repo.name, pack_id.hex(), reason)
         self._report.bad.append(bad)
-        where = await asyncio.to_thread(self._quarantine, repo, pack_id, reason)
+        where = await self._quarantine(repo, pack_id, reason)
         log.info("scrub: quarantined %s/%s at %s", repo.name, pack_id.short(), where)
         await self._heal(repo, pack_id, bad)
 
-    def _quarantine(self, repo: Repository, pack_id: PackId, reason: str) -> str | None:
-        src = repo.object_path(pack_name(pack_id))
-        dest = quarantine_path(self.config.data_dir, repo.name, pack_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(src, dest)
-            where, chunks = str(dest), _manifest_chunks(dest)
-        except FileNotFoundError:  # missing, or another scrub process moved it first
-            where, chunks = None, None
+    async def _quarantine(self, repo: Repository, pack_id: PackId, reason: str) -> str | None:
+        now = self.clock.time()
+        entry = await take_out(repo, pack_name(pack_id), by="scrub", reason=reason, now=now)
+        # None: missing, or another scrub process moved it first.
+        where = None if entry is None else str(entry["to"])
+        chunks = None if where is None else await _manifest_chunks(repo, where)
         doc = {
             "repo": repo.name,
             "pack": pack_id.hex(),
@@ -190,7 +178,7 @@ class Scrubber:
             "healed_from": None,
             "error": None,
         }
-        self.state.mark_bad(repo.name, pack_id, doc, chunks)
+        await asyncio.to_thread(self.state.mark_bad, repo.name, pack_id, doc, chunks)
         return where
 
     async def _heal(self, repo: Repository, pack_id: PackId, bad: BadPack) -> None:
@@ -268,11 +256,11 @@ class Scrubber:
         )
 
 
-def _manifest_chunks(path: Path) -> list[ChunkId] | None:
+async def _manifest_chunks(repo: Repository, where: str) -> list[ChunkId] | None:
     """The chunks a quarantined pack's manifest names (read whole: a bad pack is rare)."""
     try:
-        return [e.chunk_id for e in read_pack_info(path.read_bytes()).entries]
-    except (DicomvaultError, OSError):
+        return [e.chunk_id for e in read_pack_info(await repo.quarantine.get(where)).entries]
+    except DicomvaultError:
         return None  # the damage reached the manifest: mark_bad scans the index instead
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from engine.clock import Clock
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
+from server.catchup import CatchUp
 from server.config import ServerConfig
 from server.index import ServerIndex
 from server.metrics import Metrics
@@ -26,3 +27,4 @@ DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
+CATCHUP = web.AppKey("catchup", CatchUp)

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.seaweed import SeaweedFS, start_seaweedfs
 from tests.helpers import Vault, pydicom_data_files, pydicom_test_files
 from tests.server.monitorkit import Site, start_site
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real SeaweedFS for the session (S3 on loopback); tests use their own key prefixes."""
+    weed = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield weed
+    weed.stop()
 
 
 @pytest.fixture

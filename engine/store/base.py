@@ -87,6 +87,13 @@ class Store(ABC):
       order, only those after `start_after` when it is given (to resume a listing); a missing
       folder yields nothing.
     - `delete` raises `ObjectNotFound` for a missing object.
+    - `move(name, dest, dest_name)` takes the object out of this store and publishes it as
+      `dest_name` in `dest` (write-once there: False, and the source left alone, when
+      `dest_name` exists). It raises `ObjectNotFound` for a missing object. A crash part-way
+      leaves the object in both stores, never in neither: the default copies, then deletes.
+    - `sweep(cutoff)` forgets staged uploads that were never published and last changed before
+      `cutoff` (epoch seconds; all of them when None) and returns how many; staging is never
+      visible, so this only forgets what was never acknowledged.
     """
 
     @abstractmethod
@@ -137,6 +144,18 @@ class Store(ABC):
     @abstractmethod
     async def delete(self, name: str) -> None: ...
 
+    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
+        if await dest.exists(dest_name):
+            return False
+        if not await dest.put_stream(dest_name, self.get_stream(name)):
+            return False
+        await self.delete(name)
+        return True
+
+    async def sweep(self, cutoff: float | None = None) -> int:
+        """The default stages nothing outside memory, so there is nothing to forget."""
+        return 0
+
     async def exists(self, name: str) -> bool:
         try:
             await self.size(name)
@@ -146,3 +165,34 @@ class Store(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default has none."""
+
+
+class StoreRoot(ABC):
+    """Where a server keeps many stores: one folder (or key prefix) per repository.
+
+    `child(prefix)` is the `Store` whose names live under `prefix` (one or two validated
+    components, e.g. "repos/clinic"); `folders(prefix)` lists the child folders directly under
+    `prefix`; `make_folder(prefix)` creates one, False if it existed. Folder operations are
+    synchronous: they are rare (create a repository, list repositories at start) and callers
+    run them in a worker thread when they are on the event loop. `shared` says whether other
+    processes on other machines may write the same stores (an object store) or not (a folder
+    one server owns).
+    """
+
+    shared = False
+
+    @abstractmethod
+    def child(self, prefix: str) -> Store: ...
+
+    @abstractmethod
+    def folders(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def make_folder(self, prefix: str) -> bool: ...
+
+    @abstractmethod
+    def has_folder(self, prefix: str) -> bool: ...
+
+    def describe(self) -> str:
+        """Where the stores live, for messages (a folder path or an s3:// URL)."""
+        return type(self).__name__

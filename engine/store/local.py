@@ -2,7 +2,8 @@
 
 Durability order for `put` (DESIGN invariant 1): write a temp file, fsync it, hard-link it to its
 final name (which fails rather than overwrites, so objects stay write-once), fsync the folder.
-A crash leaves at most a stray `.tmp-*` file, never a partial object under a real name.
+A crash leaves at most a stray `.tmp-*` file, never a partial object under a real name; `sweep`
+removes those. `LocalRoot` hands out one `LocalStore` per sub-folder (the server's repositories).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.errors import ObjectNotFound, StoreError
-from engine.store.base import ObjectStat, Staged, Store, Verify, validate_name
+from engine.store.base import ObjectStat, Staged, Store, StoreRoot, Verify, validate_name
 
 T = TypeVar("T")
 TMP_PREFIX = ".tmp-"
@@ -201,3 +202,103 @@ class LocalStore(Store):
             fsync_dir(path.parent)
 
         await self._run(name, unlink)
+
+    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
+        """Between two local stores on one filesystem: a hard link, then an unlink."""
+        if not isinstance(dest, LocalStore):
+            return await super().move(name, dest, dest_name)
+        src, final = self._path(name), dest._path(dest_name)
+        moved = await self._run(name, lambda: _relink(src, final))
+        return await super().move(name, dest, dest_name) if moved is None else moved
+
+    async def sweep(self, cutoff: float | None = None) -> int:
+        """Remove `.tmp-*` files in `.incoming/`, the root and its first-level folders.
+
+        Deeper folders are skipped: `put` stages beside the final name, and the only deep
+        objects (packs) arrive by `put_stream`, staged in `.incoming/`.
+        """
+        return await asyncio.to_thread(self._sweep, cutoff)
+
+    def _sweep(self, cutoff: float | None) -> int:
+        folders = [self.root / INCOMING, self.root]
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            folders += [Path(e.path) for e in os.scandir(self.root) if _is_plain_dir(e)]
+        return sum(_remove_old_temp_files(folder, cutoff) for folder in folders)
+
+
+def _relink(src: Path, final: Path) -> bool | None:
+    """Link `src` to `final` and unlink it; None when they lie on different filesystems."""
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(final.parent.parent)
+    try:
+        os.link(src, final)
+    except FileExistsError:
+        if not src.exists():
+            raise FileNotFoundError(src) from None
+        return False
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            return None
+        raise
+    fsync_dir(final.parent)
+    src.unlink()
+    fsync_dir(src.parent)
+    return True
+
+
+def _is_plain_dir(entry: os.DirEntry[str]) -> bool:
+    return entry.is_dir() and not entry.name.startswith(".")
+
+
+def _remove_old_temp_files(folder: Path, cutoff: float | None) -> int:
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(TMP_PREFIX) and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    if cutoff is None or entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+class LocalRoot(StoreRoot):
+    """Folders under `root`, each a `LocalStore` with its own `.incoming/` staging folder."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        errors: Callable[[OSError, str], StoreError] = store_error,
+    ) -> None:
+        self.root = Path(root)
+        self.errors = errors
+
+    def path(self, prefix: str) -> Path:
+        return self.root / validate_name(prefix)
+
+    def child(self, prefix: str) -> LocalStore:
+        return LocalStore(self.path(prefix), self.errors)
+
+    def folders(self, prefix: str) -> builtins.list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and p.name[0] != ".")
+
+    def make_folder(self, prefix: str) -> bool:
+        path = self.path(prefix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return False
+        (path / INCOMING).mkdir()
+        fsync_dir(path.parent)
+        return True
+
+    def has_folder(self, prefix: str) -> bool:
+        return self.path(prefix).is_dir()
+
+    def describe(self) -> str:
+        return str(self.root)

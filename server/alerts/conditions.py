@@ -8,13 +8,15 @@ same thing stays wrong, so the store can repeat and resolve it. Must not deliver
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.errors import ObjectNotFound, RepositoryNotFound
 from server.alerts.settings import AlertSite, Effective, effective
 from server.drills import DrillRecords
 from server.index import ServerIndex
@@ -121,11 +123,15 @@ def gather(
     replication: HasReplicators | None,
     now: float,
     disk_usage: DiskUsageFn = shutil.disk_usage,
+    initialised: Mapping[str, float | None] | None = None,
 ) -> Facts:
+    """Facts for the alert conditions; `initialised` is each repository's config time
+    (`initialised_times`, read from its store before this runs in a worker thread)."""
     scrub, drills = ScrubState(index), DrillRecords(index)
     disk = disk_usage(config.data_dir)
+    inits = initialised or {}
     rows = [
-        _repo_facts(config, index, repos, replication, scrub, drills, name, now)
+        _repo_facts(config, index, replication, scrub, drills, name, now, inits.get(name))
         for name in repos.names()
     ]
     return Facts(
@@ -141,6 +147,17 @@ def gather(
     )
 
 
+async def initialised_times(repos: Repositories) -> dict[str, float | None]:
+    """When each repository's config was stored (None: not initialised yet)."""
+    times: dict[str, float | None] = {}
+    for name in await asyncio.to_thread(repos.names):
+        try:
+            times[name] = (await repos.get(name).store.stat("config")).mtime
+        except (ObjectNotFound, RepositoryNotFound):
+            times[name] = None
+    return times
+
+
 def _peers_down(replication: HasReplicators | None) -> list[PeerFacts]:
     if replication is None:
         return []
@@ -154,20 +171,19 @@ def _peers_down(replication: HasReplicators | None) -> list[PeerFacts]:
 def _repo_facts(
     config: AlertSite,
     index: ServerIndex,
-    repos: Repositories,
     replication: HasReplicators | None,
     scrub: ScrubState,
     drills: DrillRecords,
     name: str,
     now: float,
+    initialised: float | None,
 ) -> RepoFacts:
     facts = RepoFacts(name, effective(config.alerts, config.repos, name))
     facts.heartbeats = index.heartbeats(name)
     snaps = [summary for _, summary in index.snapshots(name)]
     facts.snapshots = len(snaps)
     facts.last_commit = max((float(s.get("received", 0)) for s in snaps), default=None)
-    config_file = repos.root / name / "config"
-    facts.initialised = config_file.stat().st_mtime if config_file.is_file() else None
+    facts.initialised = initialised
     facts.packs, facts.stored_bytes = _pack_totals(index, name)
     if replication is not None:
         facts.replica_of = replication.state.replica_owner(name)

@@ -25,6 +25,7 @@ from server.alerts.conditions import (
     HasReplicators,
     evaluate,
     gather,
+    initialised_times,
     iso,
 )
 from server.alerts.delivery import Message, Notifier, Outcome
@@ -76,8 +77,16 @@ class AlertService:
     async def tick(self) -> list[Condition]:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
         now = self.clock.time()
+        inits = await initialised_times(self.repos)
         facts = await asyncio.to_thread(
-            gather, self.config, self.index, self.repos, self.replication, now, self.disk_usage
+            gather,
+            self.config,
+            self.index,
+            self.repos,
+            self.replication,
+            now,
+            self.disk_usage,
+            inits,
         )
         facts.storage_full_at = self.storage_full_at
         conditions = evaluate(facts)

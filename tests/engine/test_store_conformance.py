@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,21 +13,47 @@ from engine.clock import SimulatedClock
 from engine.errors import IntegrityError, InvalidName, ObjectNotFound, StoreError
 from engine.store.base import ObjectStat, Staged, Store
 from engine.store.faulty import FaultyStore
-from engine.store.local import INCOMING, LocalStore
+from engine.store.local import INCOMING, TMP_PREFIX, LocalStore
 from engine.store.memory import MemoryStore
+from engine.store.s3 import S3Root
+from tests.s3kit import SeaweedFS, s3_settings
 
+# Each backend makes a store in `place` (a fresh folder or key prefix per test and name).
 BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "memory": lambda tmp: MemoryStore(),
-    "local": lambda tmp: LocalStore(tmp / "store"),
-    "faulty-no-faults": lambda tmp: FaultyStore(LocalStore(tmp / "store")),
+    "memory": lambda place: MemoryStore(),
+    "local": lambda place: LocalStore(place),
+    "faulty-no-faults": lambda place: FaultyStore(LocalStore(place)),
 }
 
 
-@pytest.fixture(params=list(BACKENDS))
+ALL = [*BACKENDS, "s3"]
+
+
+def _make(request: pytest.FixtureRequest, place: Path) -> Store:
+    if request.param != "s3":
+        return BACKENDS[request.param](place)
+    # A real SeaweedFS (session fixture); each test gets fresh prefixes in the one bucket.
+    weed: SeaweedFS = request.getfixturevalue("seaweed")
+    root = S3Root(s3_settings(weed, f"conf-{secrets.token_hex(6)}"))
+    return root.child(place.name)
+
+
+@pytest.fixture(params=ALL)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+    s = _make(request, tmp_path / "store")
     yield s
     await s.close()
+
+
+@pytest.fixture(params=ALL)
+async def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores of one backend, as a repository and its quarantine."""
+    a, b = (_make(request, tmp_path / place) for place in ("store", "other"))
+    yield a, b
+    await a.close()
+    await b.close()
 
 
 async def names(store: Store, prefix: str = "") -> list[str]:
@@ -264,3 +292,49 @@ async def test_list_is_sorted_and_resumes_after_a_start_key(store: Store) -> Non
     after = [n async for n in store.list("packs", start_after="packs/aa/3")]
     assert after == ["packs/bb/2"]
     assert [n async for n in store.list(start_after="packs/zz")] == ["snapshots/x"]
+
+
+# -- moving between stores, sweeping staged uploads ------------------------------------------
+
+
+async def test_move_takes_the_object_out_and_publishes_it_once(
+    two_stores: tuple[Store, Store],
+) -> None:
+    src, dest = two_stores
+    await src.put("packs/aa/p", b"rotten", mtime=7.0)
+    await src.put("packs/aa/q", b"other")
+    assert await src.move("packs/aa/p", dest, "moved-p")
+    assert not await src.exists("packs/aa/p")
+    assert await dest.get("moved-p") == b"rotten"
+    assert await names(src) == ["packs/aa/q"]
+    await dest.put("taken", b"x")
+    assert not await src.move("packs/aa/q", dest, "taken")  # write-once there: source kept
+    assert await src.get("packs/aa/q") == b"other" and await dest.get("taken") == b"x"
+    with pytest.raises(ObjectNotFound):
+        await src.move("packs/aa/p", dest, "again")
+    assert not await dest.exists("again")
+
+
+async def test_sweep_forgets_only_what_was_never_published(store: Store) -> None:
+    await store.put("config", b"c")
+    await store.put_stream("packs/aa/p", _pieces(b"abc"))
+    await store.sweep()
+    await store.sweep(cutoff=0.0)
+    assert await names(store) == ["config", "packs/aa/p"]
+
+
+async def test_the_local_sweep_removes_old_temp_files_in_staging_and_top_folders(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    await store.put("keys/k1", b"key")
+    await store.put_stream("packs/aa/p", _pieces(b"abc"))
+    left = [tmp_path / INCOMING / f"{TMP_PREFIX}a", tmp_path / "keys" / f"{TMP_PREFIX}b"]
+    left.append(tmp_path / f"{TMP_PREFIX}c")
+    for path in left:
+        path.write_bytes(b"half an upload")
+        os.utime(path, (1000.0, 1000.0))
+    assert await store.sweep(cutoff=500.0) == 0  # younger than the cutoff: kept
+    assert await store.sweep(cutoff=2000.0) == 3
+    assert not any(p.exists() for p in left)
+    assert await names(store) == ["keys/k1", "packs/aa/p"]

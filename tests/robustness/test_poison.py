@@ -72,8 +72,8 @@ class Practice:
         assert tree_state(restored(target, self.tree)) == tree_state(self.tree)
 
     def assert_quarantined(self, name: str) -> None:
-        log = self.server.data / "quarantine" / REPO / "log.jsonl"
-        assert name in [json.loads(line)["object"] for line in log.read_text().splitlines()]
+        log = self.server.data / "quarantine" / REPO / "log"
+        assert name in [json.loads(p.read_text())["object"] for p in log.glob("*.json")]
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ class Site:
         return self.tokens[name]
 
     def repo_dir(self, repo: str = REPO) -> Path:
-        return self.app[REPOS].root / repo
+        return self.config.repos_dir / repo
 
     def settled(self) -> bool:
         status = self.app[REPLICATION].repo_status(REPO)

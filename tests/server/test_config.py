@@ -33,3 +33,30 @@ def test_bad_configs_are_usage_errors(tmp_path: Path, text: str, message: str) -
     path.write_text(text)
     with pytest.raises(UsageError, match=message):
         load_config(path)
+
+
+def test_an_s3_store_takes_its_table_and_the_aws_variables_win(tmp_path: Path) -> None:
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(
+        'data_dir = "/srv/node"\nstore = "s3://bucket/prod/eu"\n'
+        '[s3]\nendpoint = "http://file:8333"\nregion = "eu-1"\naccess_key_id = "from-file"\n'
+    )
+    config = load_config(cfg, s3_env={"access_key_id": "from-env", "secret_access_key": "s"})
+    store = config.store
+    assert store is not None and (store.bucket, store.prefix) == ("bucket", "prod/eu")
+    assert (store.endpoint, store.region) == ("http://file:8333", "eu-1")
+    assert (store.access_key_id, store.secret_access_key) == ("from-env", "s")
+    flag = load_config(cfg, store="s3://other", s3_env={})
+    assert flag.store is not None and (flag.store.bucket, flag.store.prefix) == ("other", "")
+    assert load_config(data_dir=tmp_path).store is None  # the folder stays the default
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['store = "https://bucket/x"', 'store = "s3://b/UPPER"', '[s3]\nendpoint = "http://x"'],
+)
+def test_a_bad_store_setting_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(f'data_dir = "/srv/node"\n{text}\n')
+    with pytest.raises(UsageError):
+        load_config(cfg)

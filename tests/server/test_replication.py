@@ -32,7 +32,7 @@ from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
 from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
 from server.replication.settings import PeerConfig, Window, peer_from_dict
-from server.state import CLOCK, INDEX, REPLICATION, REPOS
+from server.state import CLOCK, CONFIG, INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_key_object, make_pack
 
 MiB = 1024 * 1024
@@ -59,7 +59,7 @@ class Site:
         return self.replica_tokens[primary]
 
     def repo_dir(self, repo: str = REPO) -> Path:
-        return self.app[REPOS].root / repo
+        return self.app[CONFIG].repos_dir / repo
 
 
 SiteFactory = Callable[..., Awaitable[Site]]
@@ -326,7 +326,7 @@ async def test_practice_tokens_see_only_their_repository_at_the_peer(site: SiteF
     await backup(a, tokens)
     await wait_for(lambda: settled(a))
     a.app[REPLICATION].replicators[0].request_anti_entropy()  # sends "other"'s token hashes
-    await wait_for(lambda: (b.app[REPOS].root / "other").is_dir())
+    await wait_for(lambda: (b.app[CONFIG].repos_dir / "other").is_dir())
     await wait_for(lambda: settled(a))
     spy = RemoteBackend(f"{b.url}/{REPO}", other["admin"])
     try:

@@ -66,7 +66,7 @@ async def test_cli_scrub_names_quarantines_and_heals_a_flipped_pack_while_servin
         rc, out = await _scrub_cli(a, tmp_path)
         assert rc == 0, out
         assert f"BAD {REPO} {victim.name}" in out and "healed from site-b" in out
-        quarantined = a.config.data_dir / "quarantine" / REPO / victim.name
+        (quarantined,) = (a.config.data_dir / "quarantine" / REPO).glob(f"*-{victim.name}")
         assert quarantined.is_file() and quarantined.read_bytes() != good
         assert victim.read_bytes() == good
 
@@ -98,7 +98,8 @@ async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_aler
     assert not victim.exists()
     headers = {"Authorization": f"Bearer {a.tokens[REPO]['backup']}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        chunks = _chunk_ids(a.config.data_dir / "quarantine" / REPO / victim.name)
+        (quarantined,) = (a.config.data_dir / "quarantine" / REPO).glob(f"*-{victim.name}")
+        chunks = _chunk_ids(quarantined)
         async with http.post(f"{a.url}/v1/repos/{REPO}/missing", data=b"".join(chunks)) as r:
             assert len(await r.read()) == 32 * len(chunks)  # every chunk of it is missing now
         async with http.post(f"{a.url}/v1/repos/{REPO}/snapshots", data=make_commit(chunks)) as r:
@@ -144,3 +145,4 @@ async def test_a_vanished_pack_is_reported_missing_with_nothing_quarantined(
     (doc,) = a.app[SCRUB].state.bad(REPO)
     assert doc["pack"] == victim.name and doc["quarantine"] is None
     assert not [p for p in (a.config.data_dir / "quarantine").rglob("*") if p.is_file()]
+    assert not list((a.config.data_dir / "quarantine").rglob("log"))

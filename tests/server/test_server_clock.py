@@ -7,8 +7,8 @@ import asyncio
 import time
 
 from engine.clock import SimulatedClock
-from engine.store.local import TMP_PREFIX
-from server.state import INDEX, REPOS
+from engine.store.local import INCOMING, TMP_PREFIX
+from server.state import INDEX
 from tests.server.conftest import REPO, ServerFactory
 
 LONG_AGO = 1_000_000_000.0  # 2001: far from any wall-clock time a test runs at
@@ -25,7 +25,7 @@ async def test_the_temp_file_sweep_ages_files_by_the_apps_clock(
 ) -> None:
     clock = SimulatedClock(time.time())
     srv = await make_server(clock=clock, sweep_interval=0.02, incoming_max_age=3600.0)
-    leftover = srv.app[REPOS].get(REPO).incoming / f"{TMP_PREFIX}leftover"
+    leftover = srv.config.repos_dir / REPO / INCOMING / f"{TMP_PREFIX}leftover"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"half an upload")
     await asyncio.sleep(0.1)  # several sweeps: an hour has not passed on the app's clock

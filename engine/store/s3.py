@@ -1,0 +1,401 @@
+"""S3 object-store `Store` (SeaweedFS, MinIO, Ceph RGW, AWS S3, B2) through obstore.
+
+Owns the mapping of object names to keys under a bucket prefix, the write-once put (a
+conditional `If-None-Match: *` PUT), the verified streamed put (upload to a staging key, verify
+by ranged reads, then a server-side copy to the final key, so nothing unverified is ever
+visible), ranged and streamed gets, and translating obstore's errors into `engine.errors`:
+a missing object is `ObjectNotFound`; anything else the store or the network does is a
+`TransientError` (503 on the server, retried by the client). `S3Root` hands out one store per
+repository prefix and checks the bucket at start. Must not read the environment: the CLI builds
+`S3Settings`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import S3Store as _Bucket
+
+from engine.clock import SYSTEM, Clock
+from engine.errors import ObjectNotFound, StoreError, TransientError, UsageError
+from engine.store.base import PIECE, ObjectStat, Staged, Store, StoreRoot, Verify, validate_name
+
+T = TypeVar("T")
+STAGING = ".incoming"  # staged uploads under each store's prefix; a dot-name is never listed
+MTIME = "mtime"  # user metadata (x-amz-meta-mtime): the time `stat` reports
+PART = 8 * 1024 * 1024  # multipart part size: what one upload holds in memory per part
+PARTS_IN_FLIGHT = 4  # bounded memory per streamed put: PART x PARTS_IN_FLIGHT
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the bucket is and how to sign; from `s3://BUCKET/PREFIX`, `[s3]` in server.toml
+    and the standard AWS_* variables (read by the CLI, never here)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    timeout: float = 30.0
+    retries: int = 2  # obstore's own retries of one request before we call it transient
+
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://BUCKET/PREFIX` -> (bucket, prefix); the prefix may be empty."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise UsageError(f"--store must be s3://BUCKET[/PREFIX], got {url!r}")
+    prefix = parsed.path.strip("/")
+    for part in prefix.split("/") if prefix else []:
+        try:
+            validate_name(part)  # same rules as object names: no dots, no upper case
+        except StoreError as e:
+            raise UsageError(f"--store {url!r}: {e}") from None
+    return parsed.netloc, prefix
+
+
+def open_bucket(settings: S3Settings) -> _Bucket:
+    options: dict[str, Any] = {"timeout": timedelta(seconds=settings.timeout)}
+    options["connect_timeout"] = timedelta(seconds=min(settings.timeout, 5.0))
+    if settings.endpoint and settings.endpoint.startswith("http://"):
+        options["allow_http"] = True
+    config: dict[str, Any] = {"region": settings.region}
+    if settings.endpoint:
+        config["endpoint"] = settings.endpoint
+        config["virtual_hosted_style_request"] = False  # path style: any endpoint, any bucket
+    if settings.access_key_id:
+        config["access_key_id"] = settings.access_key_id
+        config["secret_access_key"] = settings.secret_access_key or ""
+    if settings.session_token:
+        config["session_token"] = settings.session_token
+    retry = {"max_retries": settings.retries, "retry_timeout": timedelta(seconds=settings.timeout)}
+    return _Bucket(
+        settings.bucket,
+        config=config,  # type: ignore[arg-type]
+        client_options=options,  # type: ignore[arg-type]
+        retry_config=retry,  # type: ignore[arg-type]
+        skip_signature=not settings.access_key_id,
+    )
+
+
+def _translate(e: BaseException, what: str) -> StoreError:
+    if isinstance(e, (FileNotFoundError, NotFoundError)):
+        return ObjectNotFound(f"object not found: {what}")
+    if isinstance(e, (PermissionDeniedError, UnauthenticatedError)):
+        return TransientError(f"object store refused {what}: check the credentials")
+    return TransientError(f"object store failed on {what}: {_first_line(e)}")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+async def _call(what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await fn()
+    except (BaseError, OSError) as e:
+        raise _translate(e, what) from None
+
+
+def _is_range_past_end(e: BaseException) -> bool:
+    text = str(e)
+    return "InvalidRange" in text or "416" in text or "Range" in type(e).__name__
+
+
+class _StagedKey(Staged):
+    def __init__(self, store: S3Store, key: str, size: int) -> None:
+        self.store, self.key, self.size = store, key, size
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        return await self.store._range_key(self.key, offset, length)
+
+
+class S3Store(Store):
+    """One prefix of one bucket. `clock` stamps objects put without an `mtime`."""
+
+    def __init__(self, bucket: _Bucket, prefix: str = "", clock: Clock = SYSTEM) -> None:
+        self.bucket, self.prefix, self.clock = bucket, prefix.strip("/"), clock
+
+    def _key(self, name: str) -> str:
+        validate_name(name)
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _name(self, key: str) -> str | None:
+        name = key[len(self.prefix) + 1 :] if self.prefix else key
+        try:
+            return validate_name(name)
+        except StoreError:
+            return None  # staging keys, folder markers: never listed
+
+    def _attributes(self, mtime: float | None) -> dict[str, str]:
+        return {MTIME: repr(self.clock.time() if mtime is None else mtime)}
+
+    async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
+        key = self._key(name)
+        try:
+            await obstore.put_async(
+                self.bucket, key, bytes(data), mode="create", attributes=self._attributes(mtime)
+            )
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except (BaseError, OSError) as e:
+            raise _translate(e, name) from None
+        return True
+
+    async def put_stream(
+        self,
+        name: str,
+        pieces: AsyncIterable[bytes],
+        verify: Verify | None = None,
+        *,
+        mtime: float | None = None,
+    ) -> bool:
+        """Upload to a staging key (multipart, bounded parts), verify, copy into place."""
+        final = self._key(name)
+        staging = self._staging_key()
+        size = 0
+        cut: list[BaseException] = []  # the stream's own error, which obstore wraps
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal size
+            try:
+                async for piece in pieces:
+                    size += len(piece)
+                    yield piece
+            except Exception as e:
+                cut.append(e)
+                raise
+
+        try:
+            try:
+                await self._upload(staging, counted(), mtime)
+            except StoreError:
+                if cut:
+                    raise cut[0] from None
+                raise
+            if verify is not None:
+                await verify(_StagedKey(self, staging, size))
+            if await self.exists(name):
+                return False
+            await _call(name, lambda: obstore.copy_async(self.bucket, staging, final))
+            return True
+        finally:
+            await self._forget(staging)
+
+    def _staging_key(self) -> str:
+        tail = f"{STAGING}/{secrets.token_hex(12)}"
+        return f"{self.prefix}/{tail}" if self.prefix else tail
+
+    async def _upload(self, key: str, pieces: AsyncIterator[bytes], mtime: float | None) -> None:
+        try:
+            await obstore.put_async(
+                self.bucket,
+                key,
+                pieces,
+                attributes=self._attributes(mtime),
+                chunk_size=PART,
+                max_concurrency=PARTS_IN_FLIGHT,
+            )
+        except (BaseError, OSError) as e:
+            raise _translate(e, key) from None
+
+    async def _forget(self, key: str) -> None:
+        # A leftover staging key is swept later; it is never visible.
+        with contextlib.suppress(BaseError, OSError):
+            await obstore.delete_async(self.bucket, key)
+
+    async def get(self, name: str) -> bytes:
+        key = self._key(name)
+
+        async def read() -> bytes:
+            result = await obstore.get_async(self.bucket, key)
+            return bytes(await result.bytes_async())
+
+        return await _call(name, read)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return await self._range_key(self._key(name), offset, length, name)
+
+    async def _range_key(self, key: str, offset: int, length: int, name: str = "") -> bytes:
+        if length <= 0:
+            await self._head(key, name or key)
+            return b""
+        try:
+            data = await obstore.get_range_async(self.bucket, key, start=offset, length=length)
+        except (BaseError, OSError) as e:
+            if _is_range_past_end(e) and not isinstance(e, (FileNotFoundError, NotFoundError)):
+                await self._head(key, name or key)  # past the end of an existing object
+                return b""
+            raise _translate(e, name or key) from None
+        return bytes(data)
+
+    async def _head(self, key: str, what: str) -> ObjectStat:
+        async def head() -> ObjectStat:
+            result = await obstore.get_async(self.bucket, key, options={"head": True})
+            mtime = result.attributes.get(MTIME)
+            stored = result.meta["last_modified"].timestamp()
+            return ObjectStat(int(result.meta["size"]), float(mtime) if mtime else stored)
+
+        return await _call(what, head)
+
+    async def stat(self, name: str) -> ObjectStat:
+        return await self._head(self._key(name), name)
+
+    async def get_stream(
+        self, name: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """One ranged GET streamed in pieces of at most `PIECE` bytes."""
+        key = self._key(name)
+        size = (await self.stat(name)).size
+        end = size if length is None else min(size, offset + length)
+        if offset >= end:
+            return
+        result = await _call(
+            name, lambda: obstore.get_async(self.bucket, key, options={"range": (offset, end)})
+        )
+        try:
+            async for chunk in result.stream(min_chunk_size=PIECE):
+                view = memoryview(bytes(chunk))
+                for start in range(0, len(view), PIECE):
+                    yield bytes(view[start : start + PIECE])
+        except (BaseError, OSError) as e:
+            raise _translate(e, name) from None
+
+    async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[str]:
+        folder = self._key(validate_name(prefix)) if prefix else self.prefix or None
+        offset = self._key(start_after) if start_after else None
+        stream = obstore.list(self.bucket, folder, offset=offset, chunk_size=1000)
+        try:
+            async for batch in stream:
+                for meta in batch:
+                    name = self._name(meta["path"])
+                    if name is not None:
+                        yield name
+        except (BaseError, OSError) as e:
+            raise _translate(e, f"listing {prefix or '/'}") from None
+
+    async def delete(self, name: str) -> None:
+        key = self._key(name)
+        await self._head(key, name)  # S3 deletes a missing key silently; the contract does not
+        await _call(name, lambda: obstore.delete_async(self.bucket, key))
+
+    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
+        """Within one bucket: a server-side copy, then a delete."""
+        if not isinstance(dest, S3Store) or dest.bucket is not self.bucket:
+            return await super().move(name, dest, dest_name)
+        src, final = self._key(name), dest._key(dest_name)
+        if await dest.exists(dest_name):
+            return False
+        await _call(name, lambda: obstore.copy_async(self.bucket, src, final))
+        await self.delete(name)
+        return True
+
+    async def sweep(self, cutoff: float | None = None) -> int:
+        """Delete staging keys older than `cutoff`. Incomplete multipart uploads are the
+        bucket's lifecycle rule's (AbortIncompleteMultipartUpload), see docs/design.md."""
+        folder = f"{self.prefix}/{STAGING}" if self.prefix else STAGING
+        removed = 0
+        async for batch in obstore.list(self.bucket, folder, chunk_size=1000):
+            for meta in batch:
+                if cutoff is None or meta["last_modified"].timestamp() < cutoff:
+                    await self._forget(meta["path"])
+                    removed += 1
+        return removed
+
+
+class S3Root(StoreRoot):
+    """A bucket prefix whose folders are stores (`repos/NAME`, `quarantine/NAME`).
+
+    A folder exists once its marker object `<folder>/.folder` does (S3 has no folders); the
+    folder operations use obstore's blocking calls, which callers run off the event loop.
+    """
+
+    MARKER = ".folder"
+    shared = True  # several server nodes serve one bucket
+
+    def __init__(self, settings: S3Settings, clock: Clock = SYSTEM) -> None:
+        self.settings, self.clock = settings, clock
+        self.bucket = open_bucket(settings)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.settings.prefix, *parts) if p)
+
+    def child(self, prefix: str) -> S3Store:
+        return S3Store(self.bucket, self._key(validate_name(prefix)), self.clock)
+
+    def folders(self, prefix: str) -> builtins.list[str]:
+        try:
+            listed = obstore.list_with_delimiter(self.bucket, self._key(validate_name(prefix)))
+        except (BaseError, OSError) as e:
+            raise _translate(e, f"listing {prefix}") from None
+        return sorted(p.rsplit("/", 1)[-1] for p in listed["common_prefixes"])
+
+    def make_folder(self, prefix: str) -> bool:
+        key = self._key(validate_name(prefix), self.MARKER)
+        try:
+            obstore.put(self.bucket, key, b"", mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except (BaseError, OSError) as e:
+            raise _translate(e, prefix) from None
+        return True
+
+    def has_folder(self, prefix: str) -> bool:
+        try:
+            obstore.head(self.bucket, self._key(validate_name(prefix), self.MARKER))
+        except (FileNotFoundError, NotFoundError):
+            return False
+        except (BaseError, OSError) as e:
+            raise _translate(e, prefix) from None
+        return True
+
+    def check(self) -> None:
+        """Raise `StoreError` (exit 14) naming what is wrong: no such bucket, credentials
+        refused, or no answer from the endpoint. Called once at start."""
+        where = f"{self.settings.url()} at {self.settings.endpoint or 'AWS'}"
+        try:
+            obstore.list_with_delimiter(self.bucket, self.settings.prefix or None)
+        except (PermissionDeniedError, UnauthenticatedError) as e:
+            raise StoreError(f"{where}: credentials refused ({_first_line(e)})") from None
+        except (FileNotFoundError, NotFoundError) as e:
+            raise StoreError(f"{where}: no such bucket ({_first_line(e)})") from None
+        except (BaseError, OSError) as e:
+            raise StoreError(f"{where}: {_diagnose(e)}") from None
+
+    def describe(self) -> str:
+        return self.settings.url()
+
+
+def _diagnose(e: BaseException) -> str:
+    text = str(e)
+    if "NoSuchBucket" in text or "404" in text:
+        return "no such bucket"
+    if "AccessDenied" in text or "SignatureDoesNotMatch" in text or "403" in text:
+        return "credentials refused"
+    if "InvalidAccessKeyId" in text:
+        return "credentials refused (unknown access key)"
+    if "error sending request" in text or "connect" in text.lower() or "timed out" in text:
+        return f"endpoint unreachable ({_first_line(e)})"
+    return _first_line(e)

@@ -1,0 +1,133 @@
+"""What only the S3 store has, against a real SeaweedFS: multipart streamed puts with bounded
+parts, staging keys that never show and are swept, folders as marker objects, a clear message
+per start-up failure, transient errors while serving, and whether the store enforces S3 Object
+Lock (docs/design.md records the finding; issue 14 builds on it)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import obstore
+import pytest
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from engine.errors import StoreError, TransientError
+from engine.store.s3 import PART, STAGING, S3Root, S3Settings
+from tests.s3kit import SeaweedFS, s3_settings
+
+
+def _root(weed: SeaweedFS) -> S3Root:
+    return S3Root(s3_settings(weed, f"s3t-{secrets.token_hex(6)}"))
+
+
+async def _pieces(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def test_a_streamed_put_larger_than_a_part_goes_multipart_and_leaves_no_staging(
+    seaweed: SeaweedFS,
+) -> None:
+    root = _root(seaweed)
+    store = root.child("repos/clinic")
+    data = os.urandom(2 * PART + 12345)
+    assert await store.put_stream("packs/ab/big", _pieces(data))
+    assert await store.get("packs/ab/big") == data
+    assert await store.get_range("packs/ab/big", PART - 3, 10) == data[PART - 3 : PART + 7]
+    staged = [m for b in obstore.list(root.bucket, f"{store.prefix}/{STAGING}") for m in b]
+    assert staged == []
+
+
+async def test_sweep_deletes_staging_keys_left_by_a_killed_upload(seaweed: SeaweedFS) -> None:
+    root = _root(seaweed)
+    store = root.child("repos/clinic")
+    await obstore.put_async(root.bucket, f"{store.prefix}/{STAGING}/left", b"half an upload")
+    assert [n async for n in store.list()] == []  # never visible
+    assert await store.sweep(cutoff=0.0) == 0  # younger than the cutoff
+    assert await store.sweep() == 1
+    assert [m for b in obstore.list(root.bucket, f"{store.prefix}/{STAGING}") for m in b] == []
+
+
+def test_folders_are_marker_objects_listed_by_the_root(seaweed: SeaweedFS) -> None:
+    root = _root(seaweed)
+    assert root.folders("repos") == [] and not root.has_folder("repos/a")
+    assert root.make_folder("repos/a") and root.make_folder("repos/b")
+    assert not root.make_folder("repos/a")
+    assert root.folders("repos") == ["a", "b"] and root.has_folder("repos/a")
+
+
+def _dead_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed when we return: refused
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bucket": "no-such-bucket"}, "no such bucket"),
+        ({"secret_access_key": "wrong"}, "credentials refused"),
+        ({"endpoint": "dead"}, "endpoint unreachable"),
+    ],
+)
+def test_the_start_up_check_names_what_is_wrong(
+    seaweed: SeaweedFS, change: dict[str, str], message: str
+) -> None:
+    settings = s3_settings(seaweed)
+    if change.get("endpoint") == "dead":
+        change = {"endpoint": _dead_endpoint()}
+    S3Root(settings).check()  # the good settings pass
+    with pytest.raises(StoreError, match=message) as e:
+        S3Root(replace(settings, **change)).check()  # type: ignore[arg-type]
+    assert e.value.exit_code == 14
+
+
+async def test_failures_while_serving_are_transient(seaweed: SeaweedFS) -> None:
+    good = S3Root(s3_settings(seaweed, "s3t-serving"))
+    await good.child("repos/clinic").put("config", b"c")
+    bad: S3Settings = replace(s3_settings(seaweed, "s3t-serving"), secret_access_key="wrong")
+    with pytest.raises(TransientError, match="credentials"):
+        await S3Root(bad).child("repos/clinic").get("config")
+    dead = replace(s3_settings(seaweed, "s3t-serving"), endpoint=_dead_endpoint())
+    with pytest.raises(TransientError):
+        await S3Root(dead).child("repos/clinic").put("config", b"c")
+
+
+async def test_seaweedfs_enforces_object_lock_on_a_locked_version(seaweed: SeaweedFS) -> None:
+    """The finding in docs/design.md ("S3 Object Lock on SeaweedFS"): a COMPLIANCE-locked
+    version cannot be deleted before its date; a plain delete only adds a delete marker."""
+    session = get_session()
+    config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+    settings = s3_settings(seaweed)
+    async with session.create_client(
+        "s3",
+        endpoint_url=seaweed.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=config,
+    ) as s3:
+        bucket = f"locked-{secrets.token_hex(4)}"
+        await s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        put = await s3.put_object(
+            Bucket=bucket,
+            Key="packs/ab/p",
+            Body=b"pack",
+            ObjectLockMode="COMPLIANCE",
+            ObjectLockRetainUntilDate=until,
+        )
+        version = put["VersionId"]
+        with pytest.raises(ClientError, match="AccessDenied"):
+            await s3.delete_object(Bucket=bucket, Key="packs/ab/p", VersionId=version)
+        marker = await s3.delete_object(Bucket=bucket, Key="packs/ab/p")
+        assert marker.get("DeleteMarker") is True
+        kept = await s3.get_object(Bucket=bucket, Key="packs/ab/p", VersionId=version)
+        assert await kept["Body"].read() == b"pack"
