@@ -35,6 +35,9 @@ INDEX_SYNC_CONCURRENCY = 8
 # Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
 # so one thread per core keeps every core busy, and more would only hold more decoded frames.
 OPEN_THREADS = os.cpu_count() or 2
+# One pool for the process, shared by every open repository (a drill opens a second one on the
+# same key): its threads start on first use and no repository has to remember to stop them.
+_OPENING = ThreadPoolExecutor(OPEN_THREADS, "open")
 
 
 class Repository:
@@ -57,7 +60,6 @@ class Repository:
         self.chunker = Chunker(key.chunker_seed)
         notify = uploader.notify if uploader is not None else None
         self.packer = Packer(key, index, self._put_pack, notify)
-        self._opening = ThreadPoolExecutor(OPEN_THREADS, "open")
 
     async def _put_pack(self, pack_id: PackId, data: bytes) -> None:
         if self.uploader is None:
@@ -91,7 +93,6 @@ class Repository:
         return cls(backend, config, key, index, uploader, warnings)
 
     async def close(self) -> None:
-        self._opening.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         await self.backend.close()
 
@@ -152,7 +153,7 @@ class Repository:
             if len(sealed) != loc.length:
                 raise IntegrityError("pack is truncated")
             return await asyncio.get_running_loop().run_in_executor(
-                self._opening, blob.open_blob, self.key, chunk_id, sealed
+                _OPENING, blob.open_blob, self.key, chunk_id, sealed
             )
         except IntegrityError as e:
             raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
