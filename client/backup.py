@@ -28,7 +28,7 @@ from engine.catalogue import Entry, SnapshotBody
 from engine.ids import ChunkId, SnapshotId
 
 MAX_IN_FLIGHT = 16  # chunks being hashed and sealed at once...
-MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024  # ...and their bytes: memory stays bounded
+MAX_IN_FLIGHT_BYTES = 12 * 1024 * 1024  # ...and their bytes (two 8 MiB bands fit): memory bounded
 QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
 QUERY_BATCH_COUNT = 2000
 FILES_CACHE_BATCH = 256  # files-cache records written per LMDB transaction
