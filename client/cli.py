@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -211,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
-    key_parser(cmd)
+    key_parser(cmd, lambda k: _global_options(k.add_argument_group("global options"), SUPPRESS))
     audit_parser(cmd)
     return p
 

@@ -22,7 +22,7 @@ import json
 import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UsageError
@@ -36,7 +36,6 @@ class ClientConfig:
     repository: str = ""
     token: str = ""
     key_object: bytes = b""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def dump(self) -> str:
         lines = [
