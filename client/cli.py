@@ -43,6 +43,7 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_forget import cmd_forget, cmd_prune, cmd_stats, cmd_undelete, forget_parsers
 from client.cli_key import cmd_key, key_parser
 from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
@@ -214,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser(cmd)
     key_parser(cmd, lambda k: _global_options(k.add_argument_group("global options"), SUPPRESS))
     audit_parser(cmd)
+    forget_parsers(cmd)
     return p
 
 
@@ -525,6 +527,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "dicom-serve": cmd_dicom_serve,
     "key": cmd_key,
     "audit": cmd_audit,
+    "forget": cmd_forget,
+    "undelete": cmd_undelete,
+    "prune": cmd_prune,
+    "stats": cmd_stats,
 }
 
 

@@ -90,7 +90,7 @@ def open_backend(args: argparse.Namespace) -> Backend:
     deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
     remotes = [
         with_retries(
-            RemoteBackend(url, token, ca_file=args.cacert, generation=choice.generation),
+            RemoteBackend(url, token, ca_file=args.cacert, primary_generation=choice.generation),
             deadline=deadline,
         )
         for url in sites
@@ -115,7 +115,7 @@ def read_passphrase(args: argparse.Namespace) -> bytes:
         import getpass
 
         return getpass.getpass("passphrase: ").encode()
-    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/design.md §14)
+    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/design.md §15)
     if line:
         return line
     raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")

@@ -39,7 +39,7 @@ class ClientConfig:
 
     def dump(self) -> str:
         lines = [
-            "# dicomvault client configuration (docs/design.md §14)",
+            "# dicomvault client configuration (docs/design.md §15)",
             f"repository = {json.dumps(self.repository)}",
             f"token = {json.dumps(self.token)}",
         ]
@@ -89,7 +89,7 @@ def split_locations(location: str) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Choice:
     index: int  # of the site to use
-    generation: int  # the highest any site answered with (docs/design.md §16)
+    generation: int  # the highest any site answered with (docs/design.md §17)
     skipped: list[str]  # a warning per site passed over
 
 
@@ -118,7 +118,7 @@ def choose_site(
 def repository_at(url: str, token: str, ca_file: str | None = None) -> tuple[str | None, int]:
     """The id of the repository the site serves at `url` (or a local folder holds), or None
     if it serves none to us, and the repository's generation there (0: not said)."""
-    from engine.protocol.routes import GENERATION_HEADER, repo_url
+    from engine.protocol.routes import PRIMARY_GENERATION_HEADER, repo_url
 
     if not url.startswith(("http://", "https://")):
         try:
@@ -136,7 +136,7 @@ def repository_at(url: str, token: str, ca_file: str | None = None) -> tuple[str
     )
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT, context=context) as resp:
-            text = resp.headers.get(GENERATION_HEADER, "")
+            text = resp.headers.get(PRIMARY_GENERATION_HEADER, "")
             return str(json.loads(resp.read())["id"]), int(text) if text.isdigit() else 0
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return None, 0

@@ -29,6 +29,7 @@ from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.events import routes as event_routes
 from server.fencing import add_generation
 from server.handlers import routes
+from server.handlers_deletion import deletion_routes, purge_ctx
 from server.index import ServerIndex
 from server.intake import complete_intakes
 from server.metrics import Metrics
@@ -249,8 +250,10 @@ def make_app(
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_alerts_ctx)
+    app.cleanup_ctx.append(purge_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
     app.add_routes(event_routes)
     app.add_routes(monitor_routes)
+    app.add_routes(deletion_routes)
     return app

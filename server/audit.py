@@ -9,7 +9,7 @@ Line: `{"seq", "time", "token", "role", "repo", "method", "route", "object", "st
 "bytes_in", "bytes_out", "remote", "prev", "hash"}` with `hash` = BLAKE3 hex of the previous
 line's hash (64 zeros before the first line) followed by the canonical JSON (sorted keys, no
 spaces) of every field but `hash`. Lines are written in request-completion order, fsynced when
-one comes a second or more after the last fsync, and at shutdown (docs/design.md §15).
+one comes a second or more after the last fsync, and at shutdown (docs/design.md §16).
 """
 
 from __future__ import annotations

@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a repository name this primary may fill here (repeatable; run again with the "
         "same --name to add names later). None: a token for a peer that may become primary "
         "of a repository of this site after a failover; name it as this site's [[peers]] "
-        "entry for it (docs/design.md §16)",
+        "entry for it (docs/design.md §17)",
     )
     ptc.add_argument(
         "--heal",

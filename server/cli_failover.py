@@ -1,5 +1,5 @@
 """`dicomvault-server promote REPO`: make this site the primary of a repository it holds a
-replica of, after the primary is lost (docs/design.md §16).
+replica of, after the primary is lost (docs/design.md §17).
 
 Owns the command's checks: the repository is here and not already primary; the old primary
 (`--primary URL`) does not answer its health check, unless `--force`. The generation bump and

@@ -1,7 +1,7 @@
 """Routes for the practice's sealed audit events: `PUT/GET …/events/{event}`, `GET …/events`.
 
 An event is opaque to the server (sealed with the repository's key by the client, docs/design.md
-§15), at most 64 KiB, named by the first 16 bytes of its BLAKE3 (checked on arrival, 422
+§16), at most 64 KiB, named by the first 16 bytes of its BLAKE3 (checked on arrival, 422
 otherwise) and write-once; it replicates to peers like a key object. Any practice token may add
 one — a restore token too, since restores are what is audited — and at a replica too: an event
 is content-named, so writing it cannot fork the repository. Must not interpret an event.

@@ -21,9 +21,10 @@ from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
-from engine.protocol.errors import HashMismatch
+from engine.protocol.errors import FullRefsRequired, HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
+from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
 from server.errors import BodyTooLarge, MissingChunks
 from server.fencing import check_writable
 from server.intake import journalled, receive_pack
@@ -38,6 +39,7 @@ from server.state import (
     CATCHUP,
     CLOCK,
     CONFIG,
+    DELETIONS,
     INDEX,
     METRICS,
     REPLICATION,
@@ -304,6 +306,21 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
 # -- snapshots -----------------------------------------------------------------------------
 
 
+async def check_generation(request: web.Request, repo: Repository, record: CommitRecord) -> None:
+    """The prune protocol's commit rule (docs/design.md §14): a commit that lists only changed
+    chunks must come from a client reconciled at the current generation while no prune runs;
+    otherwise it must list every chunk (`?full=1`). Chunks it needs from packs a prune
+    scheduled revive those packs."""
+    deletions = request.app[DELETIONS]
+    generation = query_int(request, "generation", 0, 0, 2**62)
+    full = request.query.get("full") == "1"
+    if not full and deletions.commit_is_stale(repo.name, generation, request.app[CLOCK].time()):
+        raise FullRefsRequired("a prune ran or is running: commit again listing every chunk")
+    absent = await asyncio.to_thread(request.app[INDEX].missing, repo.name, record.refs)
+    if absent:
+        await deletions.revive_for(repo, absent)
+
+
 async def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) -> None:
     absent = await request.app[CATCHUP].missing(repo, record.refs, force=True)
     if absent:
@@ -346,9 +363,12 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
     """Check a commit's refs, store it durably, index it, then queue it for the peers."""
     record = CommitRecord.decode(data)
     sid = snapshot_id_of(data)
-    # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
-    await _check_refs(request, repo, record)
-    await _store_commit(request, repo, sid, record, data)
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):  # never between a prune's steps (server.deletion)
+        await check_generation(request, repo, record)
+        # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
+        await _check_refs(request, repo, record)
+        await _store_commit(request, repo, sid, record, data)
     request.app[METRICS].commits += 1
     await _notify(request, repo, [Item(SNAPSHOT, sid.hex())])
     return sid
@@ -368,6 +388,8 @@ async def list_snapshots(request: web.Request) -> web.Response:
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
+    if request.app[DELETIONS].is_scheduled(repo.name, SNAPSHOT_DELETION, sid.hex()):
+        raise ObjectNotFound(f"snapshot {sid.hex()} is scheduled for deletion (undelete it)")
     return await stream_object(request, repo, snapshot_name(sid))
 
 
@@ -423,7 +445,14 @@ async def metrics(request: web.Request) -> web.Response:
     text = request.app[METRICS].render(repositories=count)
     text += await asyncio.to_thread(request.app[REPLICATION].render_metrics)
     text += await asyncio.to_thread(_monitor_metrics, request.app)
+    text += await asyncio.to_thread(render_space_metrics, request.app)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def render_space_metrics(app: web.Application) -> str:
+    from server.handlers_deletion import render_metrics  # it imports this module
+
+    return render_metrics(app)
 
 
 def _monitor_metrics(app: web.Application) -> str:

@@ -13,6 +13,7 @@ from server.alerts.service import AlertService
 from server.audit import AuditTrail
 from server.catchup import CatchUp
 from server.config import ServerConfig
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
@@ -30,3 +31,4 @@ SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
 AUDIT = web.AppKey("audit", AuditTrail)
 CATCHUP = web.AppKey("catchup", CatchUp)
+DELETIONS = web.AppKey("deletions", Deletions)
