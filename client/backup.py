@@ -29,7 +29,7 @@ from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.ids import ChunkId, SnapshotId
 
 MAX_IN_FLIGHT = 16  # chunks being hashed and sealed at once...
-MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # ...and their bytes: memory stays bounded
+MAX_IN_FLIGHT_BYTES = 12 * 1024 * 1024  # ...and their bytes (two 8 MiB bands fit): memory bounded
 QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
 QUERY_BATCH_COUNT = 2000
 FILES_CACHE_BATCH = 256  # files-cache records written per LMDB transaction
@@ -86,14 +86,15 @@ class Backup:
         self,
         repo: Repository,
         *,
-        image_codec: Codec = Codec.JPEGLS,
+        image_codec: Codec | None = None,
         progress: Callable[[Summary, str], None] | None = None,
         host: str | None = None,
         workers: int | None = None,
         files_cache: bool = True,
         find_parent: bool = True,
     ) -> None:
-        """`files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
+        """`image_codec` None picks one per frame (`engine.blob.frame_codec`); a codec forces it.
+        `files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
         skips the parent search (which reads every snapshot): the agent backs up each arrived
         file once, under a name it never reuses, and tracks what it has committed itself."""
         self.repo = repo

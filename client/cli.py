@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
 )
+from client.heap import bound_heap
 from client.progress import Progress, scan_totals
 from client.repository import Repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
@@ -162,9 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", help="host name recorded in the snapshot")
     c.add_argument(
         "--image-codec",
-        choices=["jpegls", "jpegxl", "none"],
-        default="jpegls",
-        help="lossless codec for native DICOM pixel data (none: zstd)",
+        choices=["auto", "jpegls", "jpegxl", "none"],
+        default="auto",
+        help="lossless codec for native DICOM pixel data (auto: JPEG-XL for 8-bit colour, "
+        "JPEG-LS for the rest; none: zstd)",
     )
     cmd("snapshots", "list snapshots (an agent's by the sources its batch came from)")
     c = cmd("ls", "list the files in a snapshot, or in the whole archive as of a time")
@@ -212,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
-    forget_parsers(cmd)
-    key_parser(cmd)
+    key_parser(cmd, lambda k: _global_options(k.add_argument_group("global options"), SUPPRESS))
     audit_parser(cmd)
+    forget_parsers(cmd)
     return p
 
 
@@ -234,7 +237,9 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:
-    codec = {"jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[args.image_codec]
+    codec = {"auto": None, "jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[
+        args.image_codec
+    ]
     for path in args.paths:
         if not os.path.lexists(path):
             raise UsageError(f"{path}: no such file or folder")
@@ -524,16 +529,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "agent": cmd_agent,
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
+    "key": cmd_key,
+    "audit": cmd_audit,
     "forget": cmd_forget,
     "undelete": cmd_undelete,
     "prune": cmd_prune,
     "stats": cmd_stats,
-    "key": cmd_key,
-    "audit": cmd_audit,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_heap()  # large frames go back to the system when freed (client/heap.py)
     args = _parser().parse_args(argv)
     try:
         code = asyncio.run(COMMANDS[args.command](args))

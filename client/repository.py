@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +34,12 @@ from engine.protocol.errors import FullRefsRequired
 from engine.repoconfig import RepoConfig, unlock
 
 INDEX_SYNC_CONCURRENCY = 8
+# Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
+# so one thread per core keeps every core busy, and more would only hold more decoded frames.
+OPEN_THREADS = os.cpu_count() or 2
+# One pool for the process, shared by every open repository (a drill opens a second one on the
+# same key): its threads start on first use and no repository has to remember to stop them.
+_OPENING = ThreadPoolExecutor(OPEN_THREADS, "open")
 
 
 class Repository:
@@ -148,7 +156,9 @@ class Repository:
         try:
             if len(sealed) != loc.length:
                 raise IntegrityError("pack is truncated")
-            return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
+            return await asyncio.get_running_loop().run_in_executor(
+                _OPENING, blob.open_blob, self.key, chunk_id, sealed
+            )
         except IntegrityError as e:
             raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
 
