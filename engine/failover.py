@@ -196,44 +196,6 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         if isinstance(site, DrillReceiver):
             await site.report_drill(report)
 
-    # Deletions and the prune protocol (docs/design.md §14) go to the site in use, like
-    # commits: each site keeps its own schedules and generation.
-
-    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
-        return await self._each("forget", lambda b: b.forget(snapshot_ids))
-
-    async def pending_deletions(self) -> list[dict[str, Any]]:
-        return await self._each("pending deletions", lambda b: b.pending_deletions())
-
-    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
-        return await self.sites[self.current].undelete(names)
-
-    async def generation(self) -> int:
-        return await self._each("generation", lambda b: _pruning(b).generation())
-
-    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
-        return await self._each("commit", lambda b: _pruning(b).commit_at(record, generation, full))
-
-    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
-        return await _pruning(self.sites[self.current]).prune_lock(holder, ttl)
-
-    async def prune_release(self, holder: str) -> None:
-        await _pruning(self.sites[self.current]).prune_release(holder)
-
-    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
-        return await _pruning(self.sites[self.current]).prune_schedule(holder, packs)
-
-    async def report_stats(self, stats: dict[str, Any]) -> None:
-        site = self.sites[self.current]
-        if isinstance(site, StatsReceiver):
-            await site.report_stats(stats)
-
     async def close(self) -> None:
         for site in self.sites:
             await site.close()
-
-
-def _pruning(site: Backend) -> Pruning:
-    if not isinstance(site, Pruning):
-        raise TransientError(f"{site.location} does not take part in pruning")
-    return site
