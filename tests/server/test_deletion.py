@@ -13,8 +13,8 @@ from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import SnapshotId
 from engine.protocol.errors import PruneLocked
-from server.alerts.conditions import MASS_DELETION
-from server.alerts.settings import AlertSettings
+from server.alerts.conditions import MASS_DELETION, RepoFacts, _deletion_conditions
+from server.alerts.settings import AlertSettings, effective
 from server.config import load_config
 from server.deletion import Deletions
 from server.reindex import reindex_repository
@@ -179,3 +179,19 @@ async def test_one_prune_lock_at_a_time_with_expiry_on_the_apps_clock(
         await srv.backend("backup").prune_lock("thief", 600)
     await second.prune_release("machine-b")
     assert (await first.prune_lock("machine-a", 600))["holder"] == "machine-a"
+
+
+def test_the_mass_deletion_rule_counts_snapshots_and_stored_bytes() -> None:
+    policy = effective(AlertSettings(), (), REPO)
+
+    def facts(**kw: int) -> RepoFacts:
+        return RepoFacts(REPO, policy, mass_deletion_share=0.5, **kw)  # type: ignore[arg-type]
+
+    def fires(**kw: int) -> list[str]:
+        return [c.message for c in _deletion_conditions(facts(**kw))]
+
+    assert fires(snapshots=2, scheduled_day=2, stored_bytes=100) == []  # half: not more
+    assert "3 of 5 snapshots" in fires(snapshots=2, scheduled_day=3)[0]
+    (message,) = fires(snapshots=10, stored_bytes=400_000, scheduled_day_bytes=600_000)
+    assert "600.0 kB of 1.0 MB stored" in message  # a prune scheduling most of the bytes
+    assert fires(snapshots=10, stored_bytes=600_000, scheduled_day_bytes=400_000) == []
