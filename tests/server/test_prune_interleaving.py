@@ -214,3 +214,46 @@ async def test_a_backup_through_several_sites_commits_after_a_prune(
     finally:
         await a.close()
         await admin.close()
+
+
+class _PruneWhileCommitting(LocalStore):
+    """A repository folder where `during_commit` runs just before a commit record is written:
+    the moment a local prune can take its lock after the commit looked (docs/design.md §14)."""
+
+    during_commit: Callable[[], Awaitable[object]] | None = None
+
+    async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
+        hook, self.during_commit = self.during_commit, None
+        if hook is not None and name.startswith("snapshots/"):
+            await hook()
+        return await super().put(name, data, mtime=mtime)
+
+
+async def test_a_local_commit_that_raced_a_prunes_start_is_made_again_in_full(
+    tmp_path: Path,
+) -> None:
+    """A prune takes the lock after a local commit looked at it and before its record exists:
+    the prune's mark does not see the record and trashes the packs it reuses. The commit sees
+    the new generation, takes its record back and commits again listing every chunk, which
+    brings them back from trash."""
+    folder = tmp_path / "repo"
+    await init_repository(LocalBackend(LocalStore(folder), str(folder)), PASSPHRASE, cheap_kdf())
+    store = _PruneWhileCommitting(folder)
+    a = await Repository.open(LocalBackend(store, str(folder)), PASSPHRASE, tmp_path / "a")
+    admin = await _at_folder(folder)(tmp_path / "admin", "admin")
+    try:
+        source = tmp_path / "src"
+        _write(source, random.Random(5), 3)
+        first = await _backup(a, source, "a")
+        await admin.backend.forget([SnapshotId.parse(first)])
+
+        async def run_prune() -> object:
+            return await prune(admin, max_unused=MaxUnused(0.0), holder="admin")
+
+        store.during_commit = run_prune
+        second = await _backup(a, source, "a")  # every file reused from the forgotten one
+        assert store.during_commit is None  # the prune ran inside the commit
+        await _verify(_at_folder(folder), tmp_path, {second: tree_state(source)})
+    finally:
+        await a.close()
+        await admin.close()
