@@ -18,13 +18,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from client.repository import Repository, now_rfc3339
 from client.walk import Found, layout_of, pieces, walk
 from engine import blob
 from engine.blob import Codec, Content, Hint
-from engine.catalogue import Entry, SnapshotBody
+from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.ids import ChunkId, SnapshotId
 
 MAX_IN_FLIGHT = 16  # chunks being hashed and sealed at once...
@@ -121,6 +122,7 @@ class Backup:
     ) -> Summary:
         """Back up `paths` into one snapshot; `sources` names where they came from (agent)."""
         start = time.monotonic()
+        await self.repo.reconcile()  # a prune since the last backup: reuse nothing it removed
         if not self.repo.backend.knows_chunks:
             await self.repo.sync_index()  # packs left by a crashed run become known again
         sent_before = self.repo.backend.bytes_uploaded
@@ -130,19 +132,21 @@ class Backup:
             with tempfile.TemporaryFile() as catalogue:
                 await self._walk(paths, catalogue)
                 tree = await self._store_catalogue(catalogue)
-            await self._flush_query()
-            await self.repo.packer.flush()
-            await self._finish_uploads(uploading)
-            body = SnapshotBody(
-                now_rfc3339(),
-                self.host,
-                sorted(os.path.abspath(p) for p in paths),
-                tree,
-                self._stats(),
-                tags or [],
-                sources or [],
-            )
-            sid = await self.repo.commit(body, parent, self.refs, self.host)
+                await self._flush_query()
+                await self.repo.packer.flush()
+                await self._finish_uploads(uploading)
+                body = SnapshotBody(
+                    now_rfc3339(),
+                    self.host,
+                    sorted(os.path.abspath(p) for p in paths),
+                    tree,
+                    self._stats(),
+                    tags or [],
+                    sources or [],
+                )
+                # Every chunk, read back from the local catalogue, if a prune asks for them.
+                every = partial(_every_chunk, catalogue, tree)
+                sid = await self.repo.commit(body, parent, self.refs, self.host, every)
         finally:
             if uploading is not None:
                 uploading.cancel()
@@ -377,6 +381,15 @@ class Backup:
         for cid, _ in tree:
             self.refs[cid] = None  # the server must hold every catalogue chunk
         return tree
+
+
+def _every_chunk(catalogue: Any, tree: list[tuple[ChunkId, int]]) -> list[ChunkId]:
+    """The catalogue's chunks, then every chunk its entries name, each once."""
+    out: dict[ChunkId, None] = dict.fromkeys(cid for cid, _ in tree)
+    catalogue.seek(0)
+    for entry in parse_lines(iter(catalogue)):
+        out.update(dict.fromkeys(cid for cid, _ in entry.chunks))
+    return list(out)
 
 
 def _signature(st: os.stat_result) -> list[int]:

@@ -118,6 +118,13 @@ def header_entry(raw_len: int, content: int) -> bytes:
     return _HEADER_ENTRY.pack(raw_len, content)
 
 
+def header_entries(plain: bytes) -> list[tuple[int, int]]:
+    """(raw_len, content kind) of each chunk, from an opened pack header (prune's repack)."""
+    if len(plain) % HEADER_ENTRY_SIZE:
+        raise FormatError("pack header is not whole entries")
+    return [e for e in _HEADER_ENTRY.iter_unpack(plain)]
+
+
 def parse_trailer(tail: bytes, size: int) -> tuple[int, int, int]:
     """Return (entry_count, header_len, blob_area_len) from the last 24 bytes of a pack."""
     if size < TRAILER_SIZE or len(tail) < TRAILER_SIZE:

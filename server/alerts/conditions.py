@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from engine.errors import ObjectNotFound, RepositoryNotFound
 from server.alerts.settings import AlertSite, Effective, effective
+from server.deletion import DAY, Deletions
 from server.drills import DrillRecords
 from server.index import ServerIndex
 from server.replication.state import ReplicationState
@@ -34,6 +35,7 @@ SCRUB_FAILED = "scrub_failed"
 DRILL_FAILED = "drill_failed"
 DISK_FULL = "disk_full"
 PEER_UNREACHABLE = "peer_unreachable"
+MASS_DELETION = "mass_deletion"
 # A write refused for want of space keeps the disk alert open this long, even when the failed
 # upload's temp file, once removed, leaves the disk under its threshold again.
 FULL_HOLD = 3600.0
@@ -83,6 +85,10 @@ class RepoFacts:
     scrub: dict[str, Any] | None = None
     unhealed: list[dict[str, Any]] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)
+    scheduled_day: int = 0  # objects scheduled for deletion in the last 24 hours
+    pending_deletion_bytes: int = 0
+    space: dict[str, Any] | None = None  # the practice's last `dicomvault stats` report
+    mass_deletion_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,11 @@ def _repo_facts(
     facts.scrub = scrub.run(name)
     facts.unhealed = scrub.unhealed(name)
     facts.drills = drills.latest(name)
+    deletions = Deletions(index)
+    facts.scheduled_day = deletions.scheduled_since(name, now - DAY)
+    facts.pending_deletion_bytes = sum(int(d.get("size") or 0) for d in deletions.pending(name))
+    facts.space = deletions.stats(name)
+    facts.mass_deletion_share = config.alerts.mass_deletion_share
     return facts
 
 
@@ -225,6 +236,7 @@ def evaluate(facts: Facts) -> list[Condition]:
         out += _lag_conditions(repo)
         out += _scrub_conditions(repo)
         out += _drill_conditions(repo)
+        out += _deletion_conditions(repo)
     out += _disk_conditions(facts)
     out += _peer_conditions(facts)
     return out
@@ -360,6 +372,25 @@ def _drill_conditions(repo: RepoFacts) -> list[Condition]:
             )
         )
     return out
+
+
+def _deletion_conditions(repo: RepoFacts) -> list[Condition]:
+    """More than the set share of a repository's snapshots scheduled for deletion in a day:
+    a stolen admin token at work, or a policy gone wrong. Clears once the day has passed or
+    the snapshots are brought back."""
+    total = repo.snapshots + repo.scheduled_day
+    if not total or repo.scheduled_day / total <= repo.mass_deletion_share:
+        return []
+    return [
+        Condition(
+            f"{repo.name}/{MASS_DELETION}",
+            repo.name,
+            MASS_DELETION,
+            f"{repo.name}: {repo.scheduled_day} of {total} snapshots scheduled for deletion in "
+            f"24 hours (threshold {repo.mass_deletion_share:.0%}); `dicomvault undelete` "
+            "brings them back within the undelete window",
+        )
+    ]
 
 
 def duration(seconds: float) -> str:
