@@ -6,7 +6,8 @@ them), synthetic data blobs (random bytes: prune never opens one, so `check --re
 run here; the tests run it), chunks of a window of 100 snapshots shuffled across packs so the
 boundary packs mix live and dead chunks. Each snapshot shares 10 % of its chunks with the one
 before. The server index is built by `reindex`, then a real `dicomvault-server` serves it and
-the real CLI runs, each a child process measured with `wait4` (time, peak RSS):
+the real CLI runs, each a child process measured from /proc (time, peak RSS, peak anonymous
+RSS):
 
 1. backup of a fresh 64 MiB tree alone (backup token, its own cache);
 2. `forget --keep-last N/2 --group-by ''` (admin token): the known dead set is every chunk only
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -71,9 +74,10 @@ async def build(repo_dir: Path, cache: Path, snapshots: int, chunks: int, size: 
     await init_repository(backend, PASSPHRASE, CHEAP_KDF)
     repo = await Repository.open(backend, PASSPHRASE, cache)
     rng = random.Random(1)
-    per = chunks // snapshots
-    shared = int(per * SHARED)
+    per = chunks // snapshots  # unique data chunks per snapshot
+    shared = int(per * SHARED)  # and this many more, reused from the snapshot before
     lists: list[list[ChunkId]] = []
+    trees: list[list[ChunkId]] = []  # each snapshot's catalogue chunks
     length: dict[ChunkId, int] = {}
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     try:
@@ -81,7 +85,7 @@ async def build(repo_dir: Path, cache: Path, snapshots: int, chunks: int, size: 
             window = range(w, min(w + WINDOW, snapshots))
             fresh: list[ChunkId] = []
             for i in window:
-                own = [ChunkId(os.urandom(32)) for _ in range(per - shared)]
+                own = [ChunkId(os.urandom(32)) for _ in range(per)]
                 fresh += own
                 prev = lists[i - 1][:shared] if i else []
                 lists.append(own + prev)
@@ -93,6 +97,7 @@ async def build(repo_dir: Path, cache: Path, snapshots: int, chunks: int, size: 
                     await repo.packer.flush()
             for i in window:
                 tree = await _catalogue(repo, lists[i], size, length)
+                trees.append([c for c, _ in tree])
                 when = (t0 + timedelta(hours=i)).isoformat().replace("+00:00", "Z")
                 stats = {"files": FILES, "dirs": 0, "bytes": per * size}
                 body = SnapshotBody(when, "pacs", ["/srv/pacs"], tree, stats, [], [])
@@ -101,9 +106,13 @@ async def build(repo_dir: Path, cache: Path, snapshots: int, chunks: int, size: 
     finally:
         await repo.close()
     keep = set(range(snapshots - snapshots // 2, snapshots))
-    live = {c for i in keep for c in lists[i]}
+    live = {c for i in keep for c in lists[i] + trees[i]}
     dead = sum(n for c, n in length.items() if c not in live)
     return Built(snapshots, len(length), sum(length.values()), dead, time.monotonic() - start)
+
+
+def _build(repo_dir: Path, cache: Path, args: argparse.Namespace) -> Built:
+    return asyncio.run(build(repo_dir, cache, args.snapshots, args.chunks, args.size))
 
 
 async def _catalogue(
@@ -118,10 +127,12 @@ async def _catalogue(
     tree = []
     for piece in repo.chunker.cut_stream(io.BytesIO(lines), len(lines), 0, 0):
         cid = repo.key.chunk_id(piece.data)
+        tree.append((cid, len(piece.data)))
+        if cid in length:
+            continue  # the same stretch of catalogue as another snapshot's: stored once
         sealed = blob.seal(repo.key, cid, piece.data, Hint(Content.TREE))
         repo.packer.add(cid, sealed, len(piece.data), Content.TREE)
         length[cid] = len(sealed)
-        tree.append((cid, len(piece.data)))
     return tree
 
 
@@ -132,22 +143,45 @@ def _free_port() -> int:
 
 
 class Child:
-    """A child process whose own peak RSS is read with wait4."""
+    """A child process: its peak RSS (VmHWM: LMDB's mapped index pages count there) and peak
+    anonymous RSS (what the process itself allocated), sampled from /proc every 20 ms. Not
+    wait4's ru_maxrss: a forked child starts with its parent's pages, and this parent has just
+    mapped the server's index for reindex."""
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.start = time.monotonic()
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.cmd = cmd
+        self.anon_kib = 0
+        self.hwm_kib = 0
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while True:
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("RssAnon:"):
+                    self.anon_kib = max(self.anon_kib, int(line.split()[1]))
+                elif line.startswith("VmHWM:"):
+                    self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
+            if "State:\tZ" in text:
+                return
+            time.sleep(0.02)
 
     def wait(self) -> tuple[float, int, str]:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.proc.wait()
+        self._sampler.join(5)
         if self.proc.returncode:
             raise SystemExit(f"{' '.join(self.cmd)} failed: {err.decode()[-2000:]}")
-        return time.monotonic() - self.start, int(usage.ru_maxrss), out.decode()
+        return time.monotonic() - self.start, self.hwm_kib, out.decode()
 
 
 def _tree(root: Path, mib: int, seed: int) -> Path:
@@ -165,9 +199,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = root / "server"
         config = ServerConfig(data_dir=data)
         tokens = create_repository_offline(config, REPO)
-        built = asyncio.run(
-            build(data / "repos" / REPO, root / "builder", args.snapshots, args.chunks, args.size)
-        )
+        # In a child process: the builder's 10⁶ ids would otherwise count in every measured
+        # child's peak RSS (a forked child starts with its parent's pages).
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            built = pool.apply(_build, (data / "repos" / REPO, root / "builder", args))
         reindex_offline(config)
         port = _free_port()
         log = open(root / "server.log", "wb")  # noqa: SIM115 - closed with the server
@@ -187,12 +222,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cli = cli_command()
         t1 = _tree(root / "tree1", args.backup_mib, 1)
         alone_s, _, _ = Child([*cli, "backup", str(t1), "--json"], agent).wait()
-        forget_s, forget_rss, _ = Child(
+        forgetting = Child(
             [*cli, "forget", "--keep-last", str(args.snapshots // 2), "--group-by", "",
              "--json"], admin,
-        ).wait()  # fmt: skip
+        )  # fmt: skip
+        forget_s, forget_rss, _ = forgetting.wait()
         t2 = _tree(root / "tree2", args.backup_mib, 2)
-        pruning = Child([*cli, "prune", "--max-unused", "5%", "--json"], admin)
+        pruning = Child([*cli, "prune", "--max-unused", args.max_unused, "--json"], admin)
         time.sleep(args.backup_delay)  # let prune take its lock and start marking
         during = Child([*cli, "backup", str(t2), "--json"], agent)
         during_s, _, _ = during.wait()
@@ -207,8 +243,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "build_s": round(built.seconds, 1),
             "forget_s": round(forget_s, 2),
             "forget_peak_rss_mib": round(forget_rss / 1024, 1),
+            "forget_peak_anon_mib": round(forgetting.anon_kib / 1024, 1),
             "prune_s": round(prune_s, 2),
             "prune_peak_rss_mib": round(prune_rss / 1024, 1),
+            "prune_peak_anon_mib": round(pruning.anon_kib / 1024, 1),
             "packs": report["packs"],
             "packs_deleted": report["packs_deleted"],
             "packs_repacked": report["packs_repacked"],
@@ -249,6 +287,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=1_000_000)
     p.add_argument("--size", type=int, default=512, help="bytes per synthetic blob")
     p.add_argument("--backup-mib", type=int, default=64)
+    p.add_argument("--max-unused", default="5%", help="prune's --max-unused (default 5%%)")
     p.add_argument("--backup-delay", type=float, default=1.0)
     p.add_argument("--dir", default=None, help="where to build (default: the temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the built repository")

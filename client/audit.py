@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import socket
 from collections.abc import Iterable
 from datetime import datetime
@@ -23,6 +24,7 @@ from engine.errors import DicomvaultError, IntegrityError, ObjectNotFound
 from engine.events import AuditEvent
 
 FETCH_CONCURRENCY = 16
+log = logging.getLogger(__name__)
 
 
 def _user() -> str:
@@ -49,6 +51,7 @@ async def record(
     try:
         await repo.backend.put_event(name, sealed)
     except DicomvaultError as e:
+        log.warning("audit event not recorded: %s", e)  # a long-running dicom-serve's log
         repo.warn(f"audit event not recorded: {e}")
 
 

@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -214,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
-    forget_parsers(cmd)
-    key_parser(cmd)
+    key_parser(cmd, lambda k: _global_options(k.add_argument_group("global options"), SUPPRESS))
     audit_parser(cmd)
+    forget_parsers(cmd)
     return p
 
 
@@ -528,12 +529,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "agent": cmd_agent,
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
+    "key": cmd_key,
+    "audit": cmd_audit,
     "forget": cmd_forget,
     "undelete": cmd_undelete,
     "prune": cmd_prune,
     "stats": cmd_stats,
-    "key": cmd_key,
-    "audit": cmd_audit,
 }
 
 

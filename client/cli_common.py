@@ -90,7 +90,7 @@ def open_backend(args: argparse.Namespace) -> Backend:
     deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
     remotes = [
         with_retries(
-            RemoteBackend(url, token, ca_file=args.cacert, generation=choice.generation),
+            RemoteBackend(url, token, ca_file=args.cacert, primary_generation=choice.generation),
             deadline=deadline,
         )
         for url in sites

@@ -49,16 +49,16 @@ from engine.repoconfig import RepoConfig, unlock_named
 Adder = Callable[[str, str], argparse.ArgumentParser]
 
 
-def key_parser(
-    cmd: Adder, sub_help: str = "manage the repository's passphrases and escrow"
-) -> None:
-    """Register `key` and its subcommands through the CLI's `cmd` factory."""
-    c = cmd("key", sub_help)
+def key_parser(cmd: Adder, global_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register `key` and its subcommands through the CLI's `cmd` factory; each subcommand
+    takes the global options too (`dicomvault key list -r REPO`)."""
+    c = cmd("key", "manage the repository's passphrases, escrow and recovery kit")
     sub = c.add_subparsers(dest="key_command", required=True, metavar="KEY_COMMAND")
 
     def kcmd(name: str, help: str) -> argparse.ArgumentParser:
         k = sub.add_parser(name, help=help, description=help)
         k.add_argument("--json", action="store_true", help="print one JSON document")
+        global_options(k)
         return k
 
     kcmd("list", "list the key objects; * marks the one your passphrase opens")

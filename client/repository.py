@@ -210,7 +210,10 @@ class Repository:
         it removed is reused (docs/design.md §14). True if the index changed."""
         if not isinstance(self.backend, Pruning):
             return False
-        generation = await self.backend.generation()
+        try:
+            generation = await self.backend.generation()
+        except ObjectNotFound:  # a server from before pruning: nothing was ever removed
+            return False
         if self.index.generation == generation:
             return False
         listed = {p async for p in self.backend.list_packs()}

@@ -22,7 +22,7 @@ import json
 import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UsageError
@@ -36,7 +36,6 @@ class ClientConfig:
     repository: str = ""
     token: str = ""
     key_object: bytes = b""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def dump(self) -> str:
         lines = [
@@ -119,7 +118,7 @@ def choose_site(
 def repository_at(url: str, token: str, ca_file: str | None = None) -> tuple[str | None, int]:
     """The id of the repository the site serves at `url` (or a local folder holds), or None
     if it serves none to us, and the repository's generation there (0: not said)."""
-    from engine.protocol.routes import GENERATION_HEADER, repo_url
+    from engine.protocol.routes import PRIMARY_GENERATION_HEADER, repo_url
 
     if not url.startswith(("http://", "https://")):
         try:
@@ -137,7 +136,7 @@ def repository_at(url: str, token: str, ca_file: str | None = None) -> tuple[str
     )
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT, context=context) as resp:
-            text = resp.headers.get(GENERATION_HEADER, "")
+            text = resp.headers.get(PRIMARY_GENERATION_HEADER, "")
             return str(json.loads(resp.read())["id"]), int(text) if text.isdigit() else 0
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return None, 0

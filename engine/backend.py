@@ -100,6 +100,21 @@ class Backend(ABC):
         without deleting it; needs an admin token. A local repository's owner moves the file."""
         raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        """Store a sealed audit event (`engine.events`) under `events/<name>`, write-once."""
+        raise UsageError("this repository keeps no audit events")
+
+    async def list_events(self) -> list[str]:
+        raise UsageError("this repository keeps no audit events")
+
+    async def get_event(self, name: str) -> bytes:
+        raise UsageError("this repository keeps no audit events")
+
+    async def remove_key(self, name: str) -> None:
+        """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
+        that is the admin's quarantine: the server keeps the object and logs the removal."""
+        await self.quarantine("key", name, "removed by dicomvault key")
+
     # Deletions that can be undone (docs/design.md §14): each returns one document per object,
     # {kind, id, scheduled, purge_after, time}, times in unix seconds.
 
@@ -115,21 +130,6 @@ class Backend(ABC):
     async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
         """Bring back scheduled snapshots by id or unique prefix (None: every one)."""
         raise NotImplementedError
-
-    async def put_event(self, name: str, data: bytes) -> None:
-        """Store a sealed audit event (`engine.events`) under `events/<name>`, write-once."""
-        raise UsageError("this repository keeps no audit events")
-
-    async def list_events(self) -> list[str]:
-        raise UsageError("this repository keeps no audit events")
-
-    async def get_event(self, name: str) -> bytes:
-        raise UsageError("this repository keeps no audit events")
-
-    async def remove_key(self, name: str) -> None:
-        """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
-        that is the admin's quarantine: the server keeps the object and logs the removal."""
-        await self.quarantine("key", name, "removed by dicomvault key")
 
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""

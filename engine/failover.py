@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from engine.backend import Backend, DrillReceiver, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
 from engine.errors import TransientError, Unreachable
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.protocol.errors import NotPrimary
@@ -30,7 +30,7 @@ class NoPrimary(TransientError):
     promoted yet (`dicomvault-server promote`); backups wait and retry."""
 
 
-class FailoverBackend(Backend, Replicated, DrillReceiver):
+class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     def __init__(self, sites: Sequence[Backend], start: int = 0) -> None:
         self.sites, self.current = list(sites), start
         self.knows_chunks = all(s.knows_chunks for s in sites)
@@ -138,6 +138,47 @@ class FailoverBackend(Backend, Replicated, DrillReceiver):
 
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
         return await self.sites[self.current].quarantine(kind, ident, reason)
+
+    # Deletions and the prune protocol (docs/design.md §14) act on the site in use: they are
+    # the primary's, and a replica or a fenced site refuses them (`NotPrimary`).
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        return await self._each("forget", lambda b: b.forget(snapshot_ids))
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return await self._each("deletions", lambda b: b.pending_deletions())
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        return await self._each("undelete", lambda b: b.undelete(names))
+
+    def _pruning(self, b: Backend) -> Pruning:
+        if not isinstance(b, Pruning):
+            raise TypeError(f"{b.location} does not prune")  # every chunk-server site does
+        return b
+
+    async def generation(self) -> int:
+        return await self._each("generation", lambda b: self._pruning(b).generation())
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        return await self._each(
+            "commit", lambda b: self._pruning(b).commit_at(record, generation, full)
+        )
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        return await self._each("prune lock", lambda b: self._pruning(b).prune_lock(holder, ttl))
+
+    async def prune_release(self, holder: str) -> None:
+        await self._each("prune unlock", lambda b: self._pruning(b).prune_release(holder))
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        return await self._each(
+            "prune schedule", lambda b: self._pruning(b).prune_schedule(holder, packs)
+        )
+
+    async def report_stats(self, stats: dict[str, Any]) -> None:
+        site = self.sites[self.current]
+        if isinstance(site, StatsReceiver):
+            await site.report_stats(stats)
 
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._each("heartbeat", lambda b: b.heartbeat(info))

@@ -20,7 +20,7 @@ from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsRec
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
-from engine.protocol.routes import GENERATION_HEADER, repo_url
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER, repo_url
 
 MISSING_BATCH = 10_000  # ids per query: 320 KB each way, well under the server's cap
 
@@ -49,7 +49,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
         ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
-        generation: int = 0,
+        primary_generation: int = 0,
     ) -> None:
         self.location = url
         base, self.name = _split_url(url)
@@ -57,7 +57,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
         self.http = ProtocolClient(
             token, ca_file=ca_file, ssl_context=ssl_context, timeout=timeout or CLIENT_TIMEOUT
         )
-        self.http.generation = generation
+        self.http.primary_generation = primary_generation
 
     @property
     def bytes_uploaded(self) -> int:
@@ -188,18 +188,22 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
             if not after:
                 return
 
+    def _commit_headers(self) -> dict[str, str]:
+        # The primary generation this client knows of (not the prune generation): a stale
+        # primary that hears of a higher one is fenced and refuses (docs/design.md §17).
+        return {**OCTETS, PRIMARY_GENERATION_HEADER: str(self.http.primary_generation)}
+
     async def commit(self, record: bytes) -> SnapshotId:
-        # The generation this client knows of: a stale primary that hears of a higher one is
-        # fenced and refuses (docs/design.md §17).
-        headers = {**OCTETS, GENERATION_HEADER: str(self.http.generation)}
+        headers = self._commit_headers()
         doc = await self._json("POST", "snapshots", "commit", data=record, headers=headers)
         return SnapshotId.parse(doc["snapshot"])
 
     async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
         params = {"generation": str(generation)} | ({"full": "1"} if full else {})
         doc = await self._json(
-            "POST", "snapshots", "commit", data=record, headers=OCTETS, params=params
-        )
+            "POST", "snapshots", "commit", data=record, headers=self._commit_headers(),
+            params=params,
+        )  # fmt: skip
         return SnapshotId.parse(doc["snapshot"])
 
     async def generation(self) -> int:

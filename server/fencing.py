@@ -17,7 +17,7 @@ from aiohttp import web
 
 from engine.errors import RepositoryNotFound, UsageError
 from engine.protocol.errors import NotPrimary
-from engine.protocol.routes import GENERATION_HEADER
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER
 from server.replication.state import ReplicationState
 from server.state import REPLICATION
 
@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def header_generation(request: web.Request) -> int:
-    text = request.headers.get(GENERATION_HEADER, "")
+    text = request.headers.get(PRIMARY_GENERATION_HEADER, "")
     if not text:
         return 0
     try:
         return int(text)
     except ValueError:
-        raise UsageError(f"{GENERATION_HEADER} must be an integer") from None
+        raise UsageError(f"{PRIMARY_GENERATION_HEADER} must be an integer") from None
 
 
 def check_writable(request: web.Request, name: str) -> None:
@@ -73,4 +73,4 @@ async def add_generation(request: web.Request, response: web.StreamResponse) -> 
         gen = request.app[REPLICATION].state.generation(name)
     except Exception:  # a name that failed validation, or the index closing at shutdown
         return
-    response.headers[GENERATION_HEADER] = str(gen.current)
+    response.headers[PRIMARY_GENERATION_HEADER] = str(gen.current)

@@ -34,7 +34,7 @@ import aiohttp
 
 from engine.errors import DicomvaultError, StoreError, Unreachable
 from engine.protocol.errors import error_for
-from engine.protocol.routes import GENERATION_HEADER
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 # No total timeout: a 16 MiB pack on a 4 Mbit/s uplink takes ~35 s, a rate-limited one minutes;
@@ -161,7 +161,9 @@ class ProtocolClient:
         self._timeout = timeout
         self.counter = ByteCounter()
         self._session: aiohttp.ClientSession | None = None
-        self.generation = 0  # the highest repository generation answers carried (§17)
+        # The highest primary generation answers carried (docs/design.md §17; not §14's prune
+        # generation).
+        self.primary_generation = 0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -198,7 +200,7 @@ class ProtocolClient:
                     message, code = await error_answer(resp)
                     raise self.refused(resp.status, code, what, message)
                 answered = True
-                self._saw_generation(resp.headers.get(GENERATION_HEADER, ""))
+                self._saw_generation(resp.headers.get(PRIMARY_GENERATION_HEADER, ""))
                 yield resp
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             if answered and not isinstance(e, aiohttp.ClientError | TimeoutError):
@@ -207,7 +209,7 @@ class ProtocolClient:
 
     def _saw_generation(self, text: str) -> None:
         if text.isdigit():
-            self.generation = max(self.generation, int(text))
+            self.primary_generation = max(self.primary_generation, int(text))
 
     async def fetch(
         self, method: str, url: str, what: str, ok: tuple[int, ...], **kw: Any

@@ -38,7 +38,7 @@ class Unauthenticated(PermissionDenied):
 
 class NotPrimary(PermissionDenied):
     """This site does not take the practice's writes: it holds a replica, or another site was
-    promoted primary (docs/design.md §16). Another site may; a client with several tries it."""
+    promoted primary (docs/design.md §17). Another site may; a client with several tries it."""
 
 
 class BodyTooLarge(UsageError):

@@ -85,7 +85,8 @@ class RepoFacts:
     scrub: dict[str, Any] | None = None
     unhealed: list[dict[str, Any]] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)
-    scheduled_day: int = 0  # objects scheduled for deletion in the last 24 hours
+    scheduled_day: int = 0  # snapshots scheduled for deletion in the last 24 hours
+    scheduled_day_bytes: int = 0  # bytes of the packs scheduled in the last 24 hours
     pending_deletion_bytes: int = 0
     space: dict[str, Any] | None = None  # the practice's last `dicomvault stats` report
     mass_deletion_share: float = 0.5
@@ -201,7 +202,11 @@ def _repo_facts(
     facts.drills = drills.latest(name)
     deletions = Deletions(index)
     facts.scheduled_day = deletions.scheduled_since(name, now - DAY)
-    facts.pending_deletion_bytes = sum(int(d.get("size") or 0) for d in deletions.pending(name))
+    pending = deletions.pending(name)
+    facts.pending_deletion_bytes = sum(int(d.get("size") or 0) for d in pending)
+    facts.scheduled_day_bytes = sum(
+        int(d.get("size") or 0) for d in pending if d["scheduled"] >= now - DAY
+    )
     facts.space = deletions.stats(name)
     facts.mass_deletion_share = config.alerts.mass_deletion_share
     return facts
@@ -375,20 +380,27 @@ def _drill_conditions(repo: RepoFacts) -> list[Condition]:
 
 
 def _deletion_conditions(repo: RepoFacts) -> list[Condition]:
-    """More than the set share of a repository's snapshots scheduled for deletion in a day:
-    a stolen admin token at work, or a policy gone wrong. Clears once the day has passed or
-    the snapshots are brought back."""
-    total = repo.snapshots + repo.scheduled_day
-    if not total or repo.scheduled_day / total <= repo.mass_deletion_share:
+    """More than the set share of a repository's snapshots, or of its stored bytes (packs a
+    prune scheduled), scheduled for deletion within a day: a stolen admin token at work, or a
+    policy gone wrong. Clears once the day has passed or the objects are brought back."""
+    share = repo.mass_deletion_share
+    snapshots = repo.snapshots + repo.scheduled_day
+    stored = repo.stored_bytes + repo.scheduled_day_bytes
+    parts = []
+    if snapshots and repo.scheduled_day / snapshots > share:
+        parts.append(f"{repo.scheduled_day} of {snapshots} snapshots")
+    if stored and repo.scheduled_day_bytes / stored > share:
+        parts.append(f"{_size(repo.scheduled_day_bytes)} of {_size(stored)} stored")
+    if not parts:
         return []
     return [
         Condition(
             f"{repo.name}/{MASS_DELETION}",
             repo.name,
             MASS_DELETION,
-            f"{repo.name}: {repo.scheduled_day} of {total} snapshots scheduled for deletion in "
-            f"24 hours (threshold {repo.mass_deletion_share:.0%}); `dicomvault undelete` "
-            "brings them back within the undelete window",
+            f"{repo.name}: {' and '.join(parts)} scheduled for deletion in 24 hours "
+            f"(threshold {share:.0%}); `dicomvault undelete` brings them back within the "
+            "undelete window",
         )
     ]
 

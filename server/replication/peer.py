@@ -19,7 +19,7 @@ from engine.errors import DicomvaultError, PermissionDenied, RepositoryNotFound,
 from engine.ids import ID_SIZE, PackId, SnapshotId
 from engine.protocol.client import OCTETS, PEER_TIMEOUT, ProtocolClient
 from engine.protocol.errors import error_class
-from engine.protocol.routes import GENERATION_HEADER, replica_repo_url
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER, replica_repo_url
 from server.replication.settings import PeerConfig
 
 MISSING_BATCH = 10_000  # pack ids per inventory question: 320 KB
@@ -65,7 +65,7 @@ class PeerClient(ProtocolClient):
         generation_of: Callable[[str], int] = lambda repo: 0,
         on_generation: Callable[[str, str], None] = lambda repo, text: None,
     ) -> None:
-        """`generation_of(repo)` is sent with every push (docs/design.md §16); the peer's
+        """`generation_of(repo)` is sent with every push (docs/design.md §17); the peer's
         answer's generation goes to `on_generation(repo, header text)`."""
         super().__init__(peer.token, ca_file=peer.ca_file, timeout=timeout)
         self.peer = peer
@@ -89,9 +89,12 @@ class PeerClient(ProtocolClient):
 
     async def _call(self, method: str, repo: str, path: str, what: str, **kw: Any) -> bytes:
         url = f"{replica_repo_url(self.peer.url, repo)}/{path}"
-        headers = {**kw.pop("headers", {}), GENERATION_HEADER: str(self.generation_of(repo))}
+        headers = {
+            **kw.pop("headers", {}),
+            PRIMARY_GENERATION_HEADER: str(self.generation_of(repo)),
+        }
         async with self.response(method, url, what, (200, 201), headers=headers, **kw) as resp:
-            self.on_generation(repo, resp.headers.get(GENERATION_HEADER, ""))
+            self.on_generation(repo, resp.headers.get(PRIMARY_GENERATION_HEADER, ""))
             return await resp.read()
 
     @asynccontextmanager

@@ -11,7 +11,7 @@ Tables (keys use NUL as the separator; peer and repository names cannot contain 
     repl_pending  peer ‖ repo ‖ kind ‖ name           → seq u64 BE (one queued copy per object)
     repl_acked    peer ‖ repo ‖ "snapshot" ‖ name     → acknowledged at (f64 unix seconds)
     repl_meta     "seq"                              → last sequence number u64 BE
-    repl_meta     "gen" ‖ repo                       → JSON Generation (docs/design.md §16)
+    repl_meta     "gen" ‖ repo                       → JSON Generation (docs/design.md §17)
     replicas      repo                               → JSON {owner, since}   (peer side)
 
 Unlike the chunks/packs/snapshots cache, these tables are not dropped by reindex; losing them
@@ -32,7 +32,7 @@ import lmdb
 from server.index import ServerIndex
 
 PACK, SNAPSHOT, KEY, CONFIG, TOKENS = "pack", "snapshot", "key", "config", "tokens"
-EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §15)
+EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §16)
 KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS, EVENT)
 log = logging.getLogger(__name__)
 _SEQ = struct.Struct(">Q")  # big-endian, so LMDB's byte order is queue order
@@ -230,7 +230,7 @@ class ReplicationState:
             raw = txn.get(repo.encode())
             return str(json.loads(raw)["owner"]) if raw is not None else owner
 
-    # -- generations: who is primary (docs/design.md §16) -------------------------------------
+    # -- generations: who is primary (docs/design.md §17) -------------------------------------
 
     def generation(self, repo: str) -> Generation:
         with self.env.begin(db=self.db["repl_meta"]) as txn:

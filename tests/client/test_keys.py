@@ -147,3 +147,35 @@ def test_split_refuses_bad_counts(repo: tuple[Vault, Path]) -> None:
     for shares, threshold in [("3", "4"), ("17", "2"), ("3", "1"), ("2", "0")]:
         result = vault.run("key", "split", "--shares", shares, "--threshold", threshold)
         assert_one_line_error(result, 2)
+
+
+@pytest.mark.slow
+def test_on_a_chunk_server_keys_need_the_admin_token_and_removal_is_quarantine(
+    tmp_path: Path,
+) -> None:
+    from tests.server.test_replication_process import REPO, Site
+
+    site = Site(tmp_path, "site-a")
+    tokens = site.create_repo()
+    site.start()
+    try:
+        vault = Vault(tmp_path / "vault")
+        vault.root.mkdir()
+        vault.password_file.write_text("first passphrase\n")
+        url = f"{site.url}/{REPO}"
+        as_backup = {"DICOMVAULT_REPO": url, "DICOMVAULT_TOKEN": tokens["backup"]}
+        as_admin = {"DICOMVAULT_REPO": url, "DICOMVAULT_TOKEN": tokens["admin"]}
+        vault.ok("init", "--kdf-memory-mib", "0.0078125", "--kdf-iterations", "1", **as_backup)
+        new = password_file(tmp_path, NEW)
+        refused = vault.run("key", "add", "--new-password-file", new, **as_backup)
+        assert_one_line_error(refused, 15, "admin")
+        (first,) = [r["name"] for r in vault.json("key", "list", **as_backup)["keys"]]
+        vault.ok("key", "add", "--new-password-file", new, **as_admin)
+        vault.ok("key", "remove", first, DICOMVAULT_PASSWORD_FILE=new, **as_admin)
+        assert [r["current"] for r in vault.json("key", "list", **as_backup,
+                DICOMVAULT_PASSWORD_FILE=new)["keys"]] == [True]  # fmt: skip
+        assert_one_line_error(vault.run("snapshots", **as_backup), 12)  # the old one is gone
+        kept = list((site.data / "quarantine").rglob("*"))
+        assert any(first in p.name for p in kept), kept  # kept aside, not deleted
+    finally:
+        site.stop()

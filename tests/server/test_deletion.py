@@ -12,8 +12,9 @@ from engine.clock import SimulatedClock
 from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, PermissionDenied, UsageError
 from engine.ids import SnapshotId
-from server.alerts.conditions import MASS_DELETION
-from server.alerts.settings import AlertSettings
+from engine.protocol.errors import PruneLocked
+from server.alerts.conditions import MASS_DELETION, RepoFacts, _deletion_conditions
+from server.alerts.settings import AlertSettings, effective
 from server.config import load_config
 from server.deletion import Deletions
 from server.reindex import reindex_repository
@@ -156,3 +157,41 @@ async def test_scheduling_most_snapshots_in_a_day_raises_an_alert(
             break
         await asyncio.sleep(0.02)
     assert MASS_DELETION not in open_kinds()
+
+
+async def test_one_prune_lock_at_a_time_with_expiry_on_the_apps_clock(
+    make_server: ServerFactory,
+) -> None:
+    clock = SimulatedClock(START)
+    srv = await make_server(clock=clock)
+    first, second = srv.backend("admin"), srv.backend("admin")
+    taken = await first.prune_lock("machine-a", 600)
+    assert taken["generation"] == 1 and taken["since"] == START
+    with pytest.raises(PruneLocked, match="machine-a"):
+        await second.prune_lock("machine-b", 600)
+    with pytest.raises(PruneLocked):  # scheduling needs the lock
+        await second.prune_schedule("machine-b", [])
+    again = await first.prune_lock("machine-a", 600)  # its holder renews (or takes it over)
+    assert again["since"] == START and again["generation"] == 2
+    clock.advance(601)  # expired: another machine may prune
+    assert (await second.prune_lock("machine-b", 600))["holder"] == "machine-b"
+    with pytest.raises(PermissionDenied):
+        await srv.backend("backup").prune_lock("thief", 600)
+    await second.prune_release("machine-b")
+    assert (await first.prune_lock("machine-a", 600))["holder"] == "machine-a"
+
+
+def test_the_mass_deletion_rule_counts_snapshots_and_stored_bytes() -> None:
+    policy = effective(AlertSettings(), (), REPO)
+
+    def facts(**kw: int) -> RepoFacts:
+        return RepoFacts(REPO, policy, mass_deletion_share=0.5, **kw)  # type: ignore[arg-type]
+
+    def fires(**kw: int) -> list[str]:
+        return [c.message for c in _deletion_conditions(facts(**kw))]
+
+    assert fires(snapshots=2, scheduled_day=2, stored_bytes=100) == []  # half: not more
+    assert "3 of 5 snapshots" in fires(snapshots=2, scheduled_day=3)[0]
+    (message,) = fires(snapshots=10, stored_bytes=400_000, scheduled_day_bytes=600_000)
+    assert "600.0 kB of 1.0 MB stored" in message  # a prune scheduling most of the bytes
+    assert fires(snapshots=10, stored_bytes=600_000, scheduled_day_bytes=400_000) == []

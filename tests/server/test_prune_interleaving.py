@@ -20,6 +20,8 @@ from client.prune import prune
 from client.repository import Repository
 from client.restore import Restorer
 from engine.clock import SimulatedClock
+from engine.failover import FailoverBackend
+from engine.ids import SnapshotId
 from engine.prune_plan import MaxUnused
 from engine.remote import RemoteBackend
 from engine.repoconfig import init_repository
@@ -137,3 +139,29 @@ async def test_prune_never_loses_what_a_concurrent_backup_reuses(
         await _one_schedule(srv, clock, root, seed)
         shutil.rmtree(root)
         await srv.server.close()
+
+
+async def test_a_backup_through_several_sites_commits_after_a_prune(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`FailoverBackend` (several sites) takes part in the prune protocol: without it, the
+    first backup after a prune would be refused (`full_refs_required`) for good."""
+    srv = await make_server()
+    backend = RemoteBackend(f"{srv.base}/{REPO}", srv.tokens[REPO]["backup"])
+    await init_repository(backend, PASSPHRASE, cheap_kdf())
+    await backend.close()
+    a = await Repository.open(FailoverBackend([srv.backend("backup")]), PASSPHRASE, tmp_path / "a")
+    admin = await _open(srv, tmp_path / "admin", "admin")
+    rng = random.Random(3)
+    try:
+        folder = tmp_path / "src"
+        _write(folder, rng, 3)
+        first = await _backup(a, folder, "a")
+        await admin.backend.forget([SnapshotId.parse(first)])
+        await prune(admin, max_unused=MaxUnused(0.0), holder="admin")
+        _write(folder, rng, 1)
+        second = await _backup(a, folder, "a")  # reused chunks from the forgotten snapshot
+        await _verify(srv, tmp_path, {second: tree_state(folder)})
+    finally:
+        await a.close()
+        await admin.close()
