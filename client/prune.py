@@ -47,7 +47,14 @@ class LiveSet:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="prune-live-", dir=folder))
-        self.env = lmdb.open(str(self.folder), map_size=1 << 40, max_dbs=1, sync=False)
+        # writemap: dirty pages are written in the file's mapping, not copied into buffers
+        # LMDB keeps (and never frees) for its next transactions: without it a 50,000-id
+        # batch into a 10⁶-id set leaves tens of MiB of anonymous memory behind. The file is
+        # as large as the map (sparse), so the map starts small and doubles when full.
+        self.map_size = 64 << 20
+        self.env = lmdb.open(
+            str(self.folder), map_size=self.map_size, max_dbs=1, sync=False, writemap=True
+        )
         self.count = 0
 
     def add(self, ids: Iterable[ChunkId]) -> None:
@@ -55,10 +62,15 @@ class LiveSet:
 
     def add_new(self, ids: Iterable[ChunkId]) -> list[bool]:
         """Add the ids; for each, whether it was new."""
-        out = []
-        with self.env.begin(write=True) as txn:
-            for cid in ids:
-                out.append(bool(txn.put(bytes(cid), b"", overwrite=False)))
+        batch = [bytes(cid) for cid in ids]
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    out = [bool(txn.put(cid, b"", overwrite=False)) for cid in batch]
+                break
+            except lmdb.MapFullError:  # the transaction was aborted: grow, add it again
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
         self.count += sum(out)
         return out
 

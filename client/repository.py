@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,15 @@ from engine.protocol.errors import FullRefsRequired
 from engine.repoconfig import RepoConfig, unlock
 
 INDEX_SYNC_CONCURRENCY = 8
+FORGET_BATCH = 20_000  # chunk rows `forget_packs` drops per transaction
+_ROW = struct.Struct("<32sII")  # chunk id, offset, length: what `forget_packs` keeps per row
+
+
+def _entries(rows: bytes | bytearray) -> Iterator[ManifestEntry]:
+    for cid, offset, length in _ROW.iter_unpack(rows):
+        yield ManifestEntry(ChunkId(cid), offset, length)
+
+
 # Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
 # so one thread per core keeps every core busy, and more would only hold more decoded frames.
 OPEN_THREADS = os.cpu_count() or 2
@@ -229,13 +239,19 @@ class Repository:
         other copies), with one pass over the index to find what pointed into them."""
         if not gone:
             return
-        entries: dict[PackId, list[ManifestEntry]] = {p: [] for p in gone}
+        # Packed rows (40 bytes each, not objects), all read before any write: a write while
+        # the read transaction lives could not reuse freed pages and would grow the file.
+        entries: dict[PackId, bytearray] = {p: bytearray() for p in gone}
         for cid, loc, others in self.index.locations():
             for where in (loc, *others):
                 if where.pack_id in entries:
-                    entries[where.pack_id].append(ManifestEntry(cid, where.offset, where.length))
-        for pack_id, listed in entries.items():
-            self.index.drop_pack(pack_id, listed)
+                    entries[where.pack_id] += _ROW.pack(cid, where.offset, where.length)
+        for pack_id, rows in entries.items():
+            step = FORGET_BATCH * _ROW.size
+            slices = [bytes(rows[i : i + step]) for i in range(0, len(rows), step)] or [b""]
+            for piece in slices[:-1]:  # one bounded transaction each; the pack's row goes last
+                self.index.drop_chunks(pack_id, _entries(piece))
+            self.index.drop_pack(pack_id, _entries(slices[-1]))
 
     async def load_snapshot(self, snapshot_id: SnapshotId) -> tuple[CommitRecord, SnapshotBody]:
         """Fetch, and authenticate, a snapshot: the record must hash to `snapshot_id` and its

@@ -213,18 +213,29 @@ class LocalIndex:
         """Forget a pack that is gone: each of its chunks falls back to another copy, or is
         forgotten when it has none."""
         with self.env.begin(write=True) as txn:
-            for e in entries:
-                current = txn.get(e.chunk_id, db=self._chunks)
-                rest = [
-                    o for o in _split(txn.get(e.chunk_id, db=self._others)) if o.pack_id != pack_id
-                ]
-                if current is not None and bytes(current[:32]) == pack_id:
-                    if rest:
-                        txn.put(e.chunk_id, rest.pop(0).encode(), db=self._chunks)
-                    else:
-                        txn.delete(e.chunk_id, db=self._chunks)
-                _put_others(txn, self._others, e.chunk_id, rest)
+            self._drop_chunks(txn, pack_id, entries)
             txn.delete(pack_id, db=self._packs)
+
+    def drop_chunks(self, pack_id: PackId, entries: Iterable[ManifestEntry]) -> None:
+        """`drop_pack` for some of its chunks, the pack still listed (a caller that drops a
+        large pack in slices drops the pack last, so a crash leaves it to be dropped again)."""
+        with self.env.begin(write=True) as txn:
+            self._drop_chunks(txn, pack_id, entries)
+
+    def _drop_chunks(
+        self, txn: lmdb.Transaction, pack_id: PackId, entries: Iterable[ManifestEntry]
+    ) -> None:
+        for e in entries:
+            current = txn.get(e.chunk_id, db=self._chunks)
+            raw = txn.get(e.chunk_id, db=self._others)
+            copies = _split(None if raw is None else bytes(raw))
+            rest = [o for o in copies if o.pack_id != pack_id]
+            if current is not None and bytes(current[:32]) == pack_id:
+                if rest:
+                    txn.put(e.chunk_id, rest.pop(0).encode(), db=self._chunks)
+                else:
+                    txn.delete(e.chunk_id, db=self._chunks)
+            _put_others(txn, self._others, e.chunk_id, rest)
 
     def drop_unknown(self) -> int:
         """Forget every "the server holds it" record: after a prune they may be stale."""
