@@ -7,29 +7,34 @@ the plaintext repository config and commit records; neither sees plaintext or ke
 What only a chunk server can do is declared as optional capabilities, typed `Protocol`s a
 caller checks with `isinstance` (never by probing for a name): `Replicated` (per-site
 replication status) and `DrillReceiver` (keeps fire-drill reports). `Pruning` (the prune
-protocol, docs/design.md §14) is implemented by both: a local folder has a lock object and a
-trash folder but no generation (it is never pruned while a backup writes to it).
+protocol, docs/design.md §14) is implemented by both: a local folder keeps its lock and
+generation in write-once `locks/generation/<n>` objects and its removed objects in `trash/`;
+a local commit waits while a prune holds the lock, and one that raced a prune's start is taken
+back and made again listing every chunk, bringing back from trash what it needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from engine.commit import snapshot_id_of, snapshot_name, verify_commit
+from engine.clock import SYSTEM, Clock
+from engine.commit import CommitRecord, snapshot_id_of, snapshot_name, verify_commit
 from engine.errors import NotFound, ObjectNotFound, RepositoryNotFound, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
-from engine.pack import pack_name, verify_pack
-from engine.protocol.errors import PruneLocked
+from engine.pack import pack_name, read_pack_info_ranged, verify_pack
+from engine.protocol.errors import FullRefsRequired, PruneLocked
 from engine.store.base import Store
 
 CONFIG_NAME = "config"
 TRASH = "trash/snapshots"  # a local repository's forgotten commit records
 TRASH_PACKS = "trash/packs"  # and the packs its prunes removed
-LOCK = "locks/prune"
+GENERATIONS = "locks/generation"  # a local repository's prune log: one object per generation
+COMMIT_POLL = 1.0  # seconds between a local commit's looks at a prune lock
+COMMIT_WAIT = 6 * 3600.0  # a local commit waits this long for a prune, then fails (exit 14)
 UNDELETE_WINDOW = 14 * 86_400.0  # a chunk server's default; its provider may set more
 
 
@@ -195,9 +200,12 @@ class LocalBackend(Backend, Pruning):
 
     knows_chunks = False
 
-    def __init__(self, store: Store, location: str = "") -> None:
+    def __init__(
+        self, store: Store, location: str = "", clock: Clock = SYSTEM, poll: float = COMMIT_POLL
+    ) -> None:
         self.store = store
         self.location = location
+        self.clock, self.poll = clock, poll
 
     async def get_config(self) -> bytes:
         try:
@@ -330,42 +338,104 @@ class LocalBackend(Backend, Pruning):
                 done += 1
         return done
 
-    # the prune protocol, locally: a lock object with an expiry; no generation (no concurrent
-    # backups are supported on a folder while it is pruned)
+    # The prune protocol, locally (docs/design.md §14). A folder has no server to run a commit
+    # check and a schedule under one lock, so: the prune log `locks/generation/<n>` holds
+    # write-once objects {holder, expires} (holder None: released); the newest is the generation
+    # and the lock state. Taking, renewing, scheduling and releasing each append one. A commit
+    # (1) waits while a lock lives, (2) is refused (`FullRefsRequired`) unless full when its
+    # index's generation is not the newest, (3) if full, brings back from trash every pack
+    # holding a chunk it names, (4) writes its record, (5) looks again: a generation appended
+    # since (1) means a prune may have listed snapshots before the record existed, so the record
+    # is taken back and the commit made again, full, after the prune.
+
+    async def _log(self) -> tuple[int, dict[str, Any]]:
+        """The newest prune-log entry: (generation, {holder, expires}); (0, {}) if none."""
+        for _ in range(20):
+            names = [n async for n in self.store.list(GENERATIONS)]
+            if not names:
+                return 0, {}
+            try:
+                return int(names[-1].rsplit("/", 1)[-1], 16), json.loads(
+                    await self.store.get(names[-1])
+                )
+            except ObjectNotFound:  # a release tidied it away meanwhile: look again
+                continue
+        raise PruneLocked(f"{self.location}/{GENERATIONS} keeps changing")
+
+    def _live(self, doc: dict[str, Any]) -> bool:
+        return doc.get("holder") is not None and float(doc["expires"]) > self.clock.time()
+
+    async def _append(self, after: int, doc: dict[str, Any]) -> int:
+        """Append generation `after + 1`; False from the store (another appended it first)
+        is a lost race the caller reports."""
+        n = after + 1
+        if not await self.store.put(f"{GENERATIONS}/{n:016x}", json.dumps(doc).encode()):
+            raise PruneLocked(f"another prune changed {self.location}/{GENERATIONS} just now")
+        return n
 
     async def generation(self) -> int:
-        return 0
+        return (await self._log())[0]
 
     async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
-        return await self.commit(record)
+        deadline = self.clock.monotonic() + COMMIT_WAIT
+        while True:
+            g0, doc = await self._log()
+            if self._live(doc):
+                if self.clock.monotonic() > deadline:
+                    raise PruneLocked(f"a prune ({doc['holder']}) held {self.location} too long")
+                await self.clock.sleep(self.poll)
+                continue
+            if not full and generation != g0:
+                raise FullRefsRequired("a prune ran: commit again listing every chunk")
+            if full:
+                await self._revive(set(CommitRecord.decode(record).refs))
+            sid = await self.commit(record)
+            if (await self._log())[0] == g0:
+                return sid
+            await self.store.delete(snapshot_name(sid))  # raced a prune's start: again, full
+            if not full:
+                raise FullRefsRequired("a prune started: commit again listing every chunk")
+
+    async def _revive(self, refs: set[bytes]) -> None:
+        """Bring back from trash every pack holding one of `refs` (a full commit needs it)."""
+        async for name in self.store.list(TRASH_PACKS):
+            with contextlib.suppress(ObjectNotFound):  # another commit brought it back first
+                if await self._holds_any(name, refs):
+                    pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+                    await self.store.put(pack_name(pack_id), await self.store.get(name))
+                    await self.store.delete(name)
+
+    async def _holds_any(self, name: str, refs: set[bytes]) -> bool:
+        async def read(offset: int, length: int) -> bytes:
+            return await self.store.get_range(name, offset, length)
+
+        info = await read_pack_info_ranged(read, (await self.store.stat(name)).size)
+        return any(bytes(e.chunk_id) in refs for e in info.entries)
 
     async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
-        now = time.time()
-        try:
-            held = json.loads(await self.store.get(LOCK))
-        except ObjectNotFound:
-            held = None
-        if held is not None and held["holder"] != holder and held["expires"] > now:
+        n, held = await self._log()
+        if self._live(held) and held["holder"] != holder:
             raise PruneLocked(
-                f"another prune ({held['holder']}) holds {self.location}/{LOCK} until "
+                f"another prune ({held['holder']}) holds {self.location}/{GENERATIONS} until "
                 f"{held['expires']:.0f}"
             )
-        if held is not None:
-            await self.store.delete(LOCK)
-        doc = {"holder": holder, "since": now, "expires": now + ttl, "generation": 0}
-        if not await self.store.put(LOCK, json.dumps(doc).encode()):
-            raise PruneLocked(f"another prune took {self.location}/{LOCK} just now")
-        return doc
+        now = self.clock.time()
+        doc = {"holder": holder, "expires": now + ttl}
+        return {**doc, "since": now, "generation": await self._append(n, doc)}
 
     async def prune_release(self, holder: str) -> None:
-        try:
-            held = json.loads(await self.store.get(LOCK))
-        except ObjectNotFound:
+        n, held = await self._log()
+        if held.get("holder") != holder:
             return
-        if held["holder"] == holder:
-            await self.store.delete(LOCK)
+        n = await self._append(n, {"holder": None, "expires": 0})
+        async for name in self.store.list(GENERATIONS):  # keep the newest two
+            if int(name.rsplit("/", 1)[-1], 16) < n - 1:
+                await self.store.delete(name)
 
     async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        n, held = await self._log()
+        if not self._live(held) or held["holder"] != holder:
+            raise PruneLocked("this prune does not hold the lock (expired or taken): run it again")
         scheduled, absent = [], []
         for pack_id in packs:
             try:
@@ -376,7 +446,8 @@ class LocalBackend(Backend, Pruning):
             await self.store.put(f"{TRASH_PACKS}/{pack_id.hex()}", data)  # durable first
             await self.store.delete(pack_name(pack_id))
             scheduled.append(pack_id.hex())
-        return {"scheduled": scheduled, "kept": [], "absent": absent, "generation": 0}
+        generation = await self._append(n, held)
+        return {"scheduled": scheduled, "kept": [], "absent": absent, "generation": generation}
 
     async def _trashed(self) -> AsyncIterator[SnapshotId]:
         async for name in self.store.list(TRASH):

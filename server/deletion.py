@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +112,9 @@ class Deletions:
 
     def undelete(self, repo: str, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Bring back the named scheduled snapshots (by full id or unique prefix), or all of a
-        repository's when `ids` is None. Unknown names raise `NotFound` before any change."""
-        pending = self.pending(repo)
+        repository's when `ids` is None. Unknown names raise `NotFound` before any change.
+        Scheduled packs are not named here (`revive_all_packs` brings them back)."""
+        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT]
         chosen = pending if ids is None else [_one(pending, name) for name in ids]
         snaps = self.index.dbs["snapshots"]
         with self.env.begin(write=True) as txn:
@@ -151,9 +152,15 @@ class Deletions:
 
     # -- purging ---------------------------------------------------------------------------
 
-    async def purge_due(self, repos: Repositories, now: float) -> list[dict[str, Any]]:
+    async def purge_due(
+        self,
+        repos: Repositories,
+        now: float,
+        on_destroyed: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Destroy every scheduled object whose window has passed: the stored object first,
-        then its row, so a purge killed between the two is finished by the next one."""
+        then `on_destroyed(repo, doc)` (the replication queue: peers apply the deletion), then
+        its row, so a purge killed anywhere is finished, and told, by the next one."""
         done = []
         for name in repos.names():
             repo = repos.get(name)
@@ -162,28 +169,32 @@ class Deletions:
                     continue
                 async with self.lock(name):
                     if doc["kind"] == PACK:
-                        await self._purge_pack(repo, PackId.parse(doc["id"]))
+                        destroyed = await self._purge_pack(repo, PackId.parse(doc["id"]))
                     else:
                         # ObjectNotFound: deleted by a purge killed before it dropped the row
                         with contextlib.suppress(ObjectNotFound):
                             await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
+                        destroyed = True
+                    if destroyed and on_destroyed is not None:
+                        on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
                 done.append(doc)
         return done
 
-    async def _purge_pack(self, repo: Repository, pack_id: PackId) -> None:
+    async def _purge_pack(self, repo: Repository, pack_id: PackId) -> bool:
         """Condemned rows first, then the object (the row last, by the caller): a purge killed
         anywhere is finished by the next. A pack indexed again since (a client re-uploaded it)
-        is left alone: only its schedule is dropped."""
+        is left alone: only its schedule is dropped (False)."""
         if self.index.has_pack(repo.name, pack_id):
-            return
+            return False
         try:
             entries = await pack_entries(repo, pack_id)
         except ObjectNotFound:
-            return
+            return True
         self._uncondemn(repo.name, pack_id, entries)
         with contextlib.suppress(ObjectNotFound):
             await repo.store.delete(pack_name(pack_id))
+        return True
 
     def _drop(self, repo: str, kind: str, ident: str) -> None:
         with self.env.begin(write=True, db=self.db) as txn:

@@ -18,15 +18,24 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import UsageError
+from engine.errors import NotFound, UsageError
 from engine.ids import PackId, SnapshotId
 from engine.protocol import routes as routes_v1
 from server.auth import Action
 from server.bodies import parse_json_object
-from server.deletion import STATS_KEYS, Deletions, Window, pack_entries, refs_since
+from server.deletion import (
+    PACK,
+    SNAPSHOT,
+    STATS_KEYS,
+    Deletions,
+    Window,
+    pack_entries,
+    refs_since,
+)
 from server.handlers import _repository, parse_id, small_body
+from server.replication.state import PURGE, Item
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPOS
+from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPLICATION, REPOS
 
 log = logging.getLogger(__name__)
 deletion_routes = web.RouteTableDef()
@@ -254,11 +263,58 @@ def render_metrics(app: web.Application) -> str:
     return "\n".join(lines) + "\n"
 
 
+async def purge_once(app: web.Application) -> list[dict[str, Any]]:
+    """Destroy what is past the window, and queue one `purge` item per destroyed object for
+    every peer (only where this site is primary: `Replication.enqueue` passes nothing on for
+    a replica), so peers apply the deletion only after the primary's window (§14)."""
+    replication, queued = app[REPLICATION], False
+
+    def tell_peers(repo: str, doc: dict[str, Any]) -> None:
+        nonlocal queued
+        queued |= replication.enqueue(repo, [Item(PURGE, f"{doc['kind']}:{doc['id']}")])
+
+    done = await app[DELETIONS].purge_due(app[REPOS], app[CLOCK].time(), tell_peers)
+    if queued:
+        replication.wake()
+    return done
+
+
+async def schedule_for_primary(app: web.Application, repo: Repository, kind: str, ident: str,
+                               by: str) -> bool:  # fmt: skip
+    """A peer's half of a purge its primary sent: schedule the object here on this site's own
+    clock and window (so it leaves listings at once, and only this site's purge destroys it,
+    `undelete_days` later). False if this site does not list it (already scheduled, purged,
+    or never received)."""
+    deletions, now, window = app[DELETIONS], app[CLOCK].time(), _window(app)
+    async with deletions.lock(repo.name):
+        if kind == SNAPSHOT:
+            sid = SnapshotId.parse(ident)
+            if deletions.is_scheduled(repo.name, SNAPSHOT, sid.hex()):
+                return False
+            try:
+                await asyncio.to_thread(
+                    deletions.schedule_snapshots, repo.name, [sid], now, window, by
+                )
+            except NotFound:
+                return False
+            return True
+        pack_id = PackId.parse(ident)
+        if not await asyncio.to_thread(app[INDEX].has_pack, repo.name, pack_id):
+            return False
+        entries = await pack_entries(repo, pack_id)
+        doc = await asyncio.to_thread(
+            deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
+        )
+        return doc is not None
+
+
+PURGE_KINDS = (SNAPSHOT, PACK)
+
+
 async def _purge_forever(app: web.Application) -> None:
-    deletions = app[DELETIONS]
     while True:
         try:
-            done = await deletions.purge_due(app[REPOS], app[CLOCK].time())
+            done = await purge_once(app)
             if done:
                 log.info("purged %d objects past the undelete window", len(done))
         except Exception:  # a failing store must not end purging for good

@@ -4,7 +4,9 @@ Owns the replica role's surface: implicit creation of a replicated repository, b
 primary that created it; write-once pushes of config, key objects, packs (verified by their
 BLAKE3 name on arrival, exactly like a practice's upload) and commits (refused while a
 referenced chunk is missing); the practice's token hashes; and inventories (which packs are
-missing, which snapshots are held). There is no route to read a pack or delete anything.
+missing, which snapshots are held); and purges: an object the primary destroyed past its
+undelete window is scheduled here on this site's own window (docs/design.md §14), never
+destroyed at once. There is no route to read a pack or delete anything at once.
 Must not implement storage or verification itself: it reuses `server.handlers`.
 """
 
@@ -14,7 +16,7 @@ import asyncio
 
 from aiohttp import web
 
-from engine.errors import UsageError
+from engine.errors import RepositoryNotFound, UsageError
 from engine.ids import ID_SIZE, PackId
 from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
@@ -29,8 +31,9 @@ from server.handlers import (
     small_body,
     store_small_object,
 )
+from server.handlers_deletion import PURGE_KINDS, schedule_for_primary
 from server.repos import Repository
-from server.state import CLOCK, INDEX, REPOS
+from server.state import CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
 RR = routes_v1.REPLICA_REPO
@@ -82,6 +85,22 @@ async def commit(request: web.Request) -> web.Response:
     repo = _replica(request, create=True)
     sid = await accept_commit(request, repo, await commit_body(request))
     return web.json_response({"snapshot": sid.hex()}, status=201)
+
+
+@routes.post(RR + "/purge")
+async def purge(request: web.Request) -> web.Response:
+    """Body `{"kind": "snapshot"|"pack", "id": hex}`: the primary destroyed it after its window.
+    Only the primary's replica token gets here; the object is scheduled, not destroyed."""
+    repo = _replica(request, create=False)
+    owner = authorize_replica(request.app[INDEX], bearer_token(request))
+    if request.app[REPLICATION].state.replica_owner(repo.name) != owner:  # a site that took
+        raise RepositoryNotFound(f"{repo.name} is not a replica of {owner!r} here")  # over
+    doc = parse_json_object(await small_body(request), "purge body")
+    kind, ident = doc.get("kind"), doc.get("id")
+    if kind not in PURGE_KINDS or not isinstance(ident, str):
+        raise UsageError('purge body must be {"kind": "snapshot" or "pack", "id": hex}')
+    scheduled = await schedule_for_primary(request.app, repo, kind, ident, f"replica:{owner}")
+    return web.json_response({"scheduled": scheduled})
 
 
 @routes.put(RR + "/tokens")

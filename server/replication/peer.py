@@ -122,6 +122,11 @@ class PeerClient(ProtocolClient):
         what = f"snapshot {snapshot_id.short()}"
         await self._call("POST", repo, "snapshots", what, data=record, headers=OCTETS)
 
+    async def purge(self, repo: str, kind: str, ident: str) -> None:
+        """The primary destroyed this snapshot or pack past its undelete window."""
+        body = {"kind": kind, "id": ident}
+        await self._call("POST", repo, "purge", f"purge of {kind} {ident[:16]}", json=body)
+
     async def packs_lacking(self, repo: str, ids: Sequence[PackId]) -> set[PackId]:
         """Which of `ids` the peer does not hold (all of them if it has no replica yet)."""
         out: set[PackId] = set()

@@ -33,7 +33,8 @@ from server.index import ServerIndex
 
 PACK, SNAPSHOT, KEY, CONFIG, TOKENS = "pack", "snapshot", "key", "config", "tokens"
 EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §16)
-KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS, EVENT)
+PURGE = "purge"  # `snapshot:<hex>` or `pack:<hex>` the primary destroyed past its window (§14)
+KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS, EVENT, PURGE)
 log = logging.getLogger(__name__)
 _SEQ = struct.Struct(">Q")  # big-endian, so LMDB's byte order is queue order
 _TIME = struct.Struct("<d")
@@ -42,7 +43,8 @@ _TABLES = ("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas")
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One object to push: a pack or snapshot (hex id), a key object (its name), config, tokens."""
+    """One object to push: a pack or snapshot (hex id), a key object (its name), config, tokens,
+    or a purge (`<kind>:<hex id>`: the primary destroyed that object after its undelete window)."""
 
     kind: str
     name: str

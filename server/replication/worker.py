@@ -22,13 +22,14 @@ from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
 from engine.rates import TokenBucket
 from server.index import ServerIndex
-from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable
+from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
 from server.replication.settings import PeerConfig
 from server.replication.state import (
     CONFIG,
     EVENT,
     KEY,
     PACK,
+    PURGE,
     SNAPSHOT,
     TOKENS,
     Item,
@@ -240,6 +241,10 @@ class Replicator:
         elif item.kind in (KEY, CONFIG, EVENT):
             name = small_object_name(item)
             await self.client.put_object(repo_name, name, await repo.store.get(name))
+        elif item.kind == PURGE:
+            kind, ident = item.name.split(":", 1)
+            with contextlib.suppress(RepoNotOnPeer):  # no replica there: nothing to delete
+                await self.client.purge(repo_name, kind, ident)
         elif item.kind == TOKENS:
             hashes = await asyncio.to_thread(token_hashes, self.index, repo_name)
             await self.client.put_tokens(repo_name, hashes)

@@ -21,18 +21,23 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from engine.clock import SYSTEM, SimulatedClock
+from engine.commit import snapshot_name
 from engine.errors import PermissionDenied, RepositoryNotFound, UsageError
-from engine.ids import PackId
+from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
+from engine.protocol.routes import replica_repo_url
 from engine.rates import parse_rate
 from engine.remote import RemoteBackend
 from server.admin import create_repository
 from server.app import make_app
 from server.auth import mint_replica_token
 from server.config import ServerConfig, load_config
+from server.deletion import Window as UndeleteWindow
+from server.deletion import pack_entries
+from server.handlers_deletion import purge_once
 from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
 from server.replication.settings import PeerConfig, Window, peer_from_dict
-from server.state import CLOCK, CONFIG, INDEX, REPLICATION, REPOS
+from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_key_object, make_pack
 
 MiB = 1024 * 1024
@@ -123,12 +128,16 @@ def settled(s: Site) -> bool:
     return all(p["pending_items"] == 0 for p in status(s)["peers"])
 
 
-async def backup(a: Site, tokens: dict[str, str], packs: int = 3) -> tuple[list[PackId], str]:
-    """What a practice's `init` and one backup send: config, key, packs, then a commit."""
+async def backup(
+    a: Site, tokens: dict[str, str], packs: int = 3, *, init: bool = True
+) -> tuple[list[PackId], str]:
+    """What a practice's `init` (unless `init` is False) and one backup send: config, key,
+    packs, then a commit."""
     client = RemoteBackend(f"{a.url}/{REPO}", tokens["backup"])
     try:
-        await client.put_key("k" + os.urandom(4).hex(), make_key_object())
-        await client.put_config(b'{"version": 1, "id": "0123"}')
+        if init:
+            await client.put_key("k" + os.urandom(4).hex(), make_key_object())
+            await client.put_config(b'{"version": 1, "id": "0123"}')
         ids, refs = [], []
         for _ in range(packs):
             pack_id, data, chunks = make_pack(chunks=4, size=2000)
@@ -459,3 +468,85 @@ def test_the_replicator_reads_the_same_table(status: int, code: str, expected: t
     error = client.refused(status, code, "pack ab", "no")
     assert type(error) is expected
     assert str(error) == f"pack ab: {status} {code} no"
+
+
+# -- deletions reach peers only after the undelete window (docs/design.md §14) -------------------
+
+
+async def test_peers_apply_a_deletion_only_after_the_primarys_window(site: SiteFactory) -> None:
+    day = 86_400.0
+    clock = SimulatedClock(1_900_000_000.0)
+    b = await site("site-b", clock=clock)
+    peer = {"url": b.url, "token": b.replica_token(), "name": "site-b"}
+    a = await site("site-a", [peer], clock=clock)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, clock.time())
+    old_packs, old = await backup(a, tokens)
+    _, kept = await backup(a, tokens, init=False)
+    await wait_for(lambda: settled(a))
+    admin = RemoteBackend(f"{a.url}/{REPO}", tokens["admin"])
+    at_b = RemoteBackend(f"{b.url}/{REPO}", tokens["restore"])
+    dead = old_packs[0]
+
+    async def schedule() -> None:
+        await admin.forget([SnapshotId.parse(old)])
+        entries = await pack_entries(a.app[REPOS].get(REPO), dead)
+        a.app[DELETIONS].schedule_pack(
+            REPO, dead, entries, clock.time(), UndeleteWindow(14 * day), "t"
+        )
+
+    async def at_peer() -> tuple[list[str], bool]:
+        listed = sorted(s.hex() for s in await at_b.list_snapshots())
+        return listed, dead in [p async for p in at_b.list_packs()]
+
+    try:
+        await schedule()  # scheduled at the primary: the peer still has it
+        assert await at_peer() == (sorted([old, kept]), True)
+        await admin.undelete(None)  # undone: nothing ever reaches the peer
+        clock.advance(15 * day)
+        assert await purge_once(a.app) == []
+        queued = a.app[REPLICATION].state.head("site-b", REPO, 1000)
+        assert all(item.kind != "purge" for item in queued)
+        await asyncio.sleep(0.3)  # several replication rounds
+        assert await at_peer() == (sorted([old, kept]), True)
+
+        await schedule()  # again, and this time the window passes
+        clock.advance(14 * day + 1)
+        assert len(await purge_once(a.app)) == 2
+        await wait_for(lambda: settled(a))
+        assert await at_peer() == ([kept], False)  # listings agree with the primary's
+        assert [s.hex() for s in await admin.list_snapshots()] == [kept]
+        # The peer scheduled them on its own window: a stolen replica token hides, never destroys.
+        assert (b.repo_dir() / pack_name(dead)).is_file()
+        assert (b.repo_dir() / snapshot_name(SnapshotId.parse(old))).is_file()
+        clock.advance(14 * day + 1)
+        assert len(await purge_once(b.app)) == 2
+        assert not (b.repo_dir() / pack_name(dead)).exists()
+        assert not (b.repo_dir() / snapshot_name(SnapshotId.parse(old))).exists()
+        assert await purge_once(b.app) == []
+    finally:
+        await admin.close()
+        await at_b.close()
+
+
+async def test_only_the_primarys_replica_token_may_send_a_purge(site: SiteFactory) -> None:
+    a, b, tokens = await pair(site)
+    packs, sid = await backup(a, tokens)
+    await wait_for(lambda: settled(a))
+    url = replica_repo_url(b.url, REPO) + "/purge"
+    async with aiohttp.ClientSession() as http:
+        for role in ("backup", "restore", "admin"):  # a stolen practice token
+            body = {"kind": "snapshot", "id": sid}
+            headers = {"Authorization": f"Bearer {tokens[role]}"}
+            async with http.post(url, json=body, headers=headers) as resp:
+                assert resp.status == 403
+        other = mint_replica_token(b.app[INDEX], "site-c", b.app[CLOCK].time())
+        headers = {"Authorization": f"Bearer {other}"}  # another primary's replica token
+        async with http.post(url, json={"kind": "pack", "id": packs[0].hex()},
+                             headers=headers) as resp:  # fmt: skip
+            assert resp.status == 404
+    at_b = RemoteBackend(f"{b.url}/{REPO}", tokens["restore"])
+    try:
+        assert [s.hex() for s in await at_b.list_snapshots()] == [sid]
+        assert sorted([p async for p in at_b.list_packs()]) == sorted(packs)
+    finally:
+        await at_b.close()
