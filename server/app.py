@@ -27,6 +27,7 @@ from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.handlers import routes
 from server.index import ServerIndex
+from server.intake import complete_intakes
 from server.metrics import Metrics
 from server.monitor import routes as monitor_routes
 from server.replica import routes as replica_routes
@@ -115,6 +116,9 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     removed = await app[REPOS].sweep()
     if removed:
         log.info("removed %d temp files left by an earlier run", removed)
+    finished = await complete_intakes(app[REPOS], app[INDEX], app[CLOCK])
+    if finished:
+        log.info("indexed %d objects stored just before an earlier run ended", finished)
     yield
     app[INDEX].close()
 

@@ -23,7 +23,7 @@ from engine.protocol import routes as routes_v1
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.errors import BodyTooLarge, MissingChunks
-from server.intake import receive_pack
+from server.intake import journalled, receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
@@ -302,10 +302,11 @@ async def _store_commit(
     """Durable in the store, then indexed. The receive time (the no-commit alert's clock) is
     the object's mtime, which reindex reads back; it comes from the app's clock so that tests
     can move it. A retried commit (same bytes, same name) keeps its first receive time."""
-    name = snapshot_name(sid)
-    await repo.store.put(name, data, mtime=request.app[CLOCK].time())
-    summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
-    await asyncio.to_thread(request.app[INDEX].add_snapshot, repo.name, sid, summary)
+    name, index = snapshot_name(sid), request.app[INDEX]
+    async with journalled(repo, index, name):
+        await repo.store.put(name, data, mtime=request.app[CLOCK].time())
+        summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
+        await asyncio.to_thread(index.add_snapshot, repo.name, sid, summary)
 
 
 @routes.post(R + "/snapshots")

@@ -1,9 +1,10 @@
 """The server's LMDB index: one environment under DATA/index.lmdb with named databases.
 
 Owns which chunk lives in which pack (per repository), pack sizes and arrival times, snapshot
-summaries, the last heartbeat per agent and the hashed tokens. Chunks, packs and snapshots are a
-cache rebuilt from stored packs and commit records (`server.reindex`); tokens and heartbeats are
-not. Must not touch pack files or know HTTP.
+summaries, the intake journal (objects being stored and not yet indexed), the last heartbeat per
+agent and the hashed tokens. Chunks, packs and snapshots are a cache rebuilt from stored packs and
+commit records (`server.reindex`); tokens and heartbeats are not. Must not touch pack files or
+know HTTP.
 
 Keys are `repo name ‖ 0x00 ‖ id`, so one database serves every repository and a repository's rows
 form one contiguous, prefix-scannable range.
@@ -20,13 +21,14 @@ from typing import Any
 
 import lmdb
 
+from engine.commit import snapshot_name
 from engine.errors import StoreError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
-from engine.pack import ManifestEntry
+from engine.pack import ManifestEntry, pack_name
 
 _LOCATION = struct.Struct(f"<{ID_SIZE}sII")  # pack id ‖ offset u32 ‖ length u32: 40 bytes
 _PACK = struct.Struct("<Qd")  # size u64 ‖ arrival time (unix seconds, f64)
-_DBS = ("chunks", "packs", "snapshots", "heartbeats", "tokens")
+_DBS = ("chunks", "packs", "snapshots", "intake", "heartbeats", "tokens")
 CACHE_DBS = ("chunks", "packs", "snapshots")  # what reindex may drop and rebuild
 # Every named table in the environment, the other modules' included (replication queue, scrub,
 # drills, alerts). py-lmdb's open_db takes LMDB's write lock while holding the GIL, so opening a
@@ -37,7 +39,7 @@ TABLES = (
     *("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas"),
     *("scrub", "drills", "alerts"),
 )
-MAX_DBS = 16
+MAX_DBS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,26 @@ class ServerIndex:
                 (p + e.chunk_id, _LOCATION.pack(pack_id, e.offset, e.length)) for e in entries
             )
             txn.put(p + pack_id, _PACK.pack(size, time), db=self.dbs["packs"])
+            txn.delete(p + pack_name(pack_id).encode(), db=self.dbs["intake"])
+
+    # -- the intake journal: stored objects whose index rows may be missing after a crash -----
+
+    def begin_intake(self, repo: str, name: str) -> None:
+        """Journal that `name` is about to be stored; indexing it (add_pack, add_snapshot) ends
+        the entry in the same transaction, so a crash between the two leaves the entry behind
+        for `server.intake.complete_intakes` to finish at start."""
+        with self.env.begin(write=True, db=self.dbs["intake"]) as txn:
+            txn.put(_prefix(repo) + name.encode(), b"")
+
+    def end_intake(self, repo: str, name: str) -> None:
+        with self.env.begin(write=True, db=self.dbs["intake"]) as txn:
+            txn.delete(_prefix(repo) + name.encode())
+
+    def intakes(self) -> list[tuple[str, str]]:
+        """Every journalled (repository, object name), in key order."""
+        with self.env.begin(db=self.dbs["intake"]) as txn:
+            rows = [bytes(key).split(b"\0", 1) for key in txn.cursor().iternext(values=False)]
+        return [(repo.decode(), name.decode()) for repo, name in rows]
 
     def has_pack(self, repo: str, pack_id: PackId) -> bool:
         with self.env.begin(db=self.dbs["packs"]) as txn:
@@ -131,8 +153,10 @@ class ServerIndex:
     # -- snapshots -------------------------------------------------------------------------
 
     def add_snapshot(self, repo: str, snapshot_id: SnapshotId, summary: dict[str, Any]) -> None:
-        with self.env.begin(write=True, db=self.dbs["snapshots"]) as txn:
-            txn.put(_prefix(repo) + snapshot_id, json.dumps(summary).encode())
+        p = _prefix(repo)
+        with self.env.begin(write=True) as txn:
+            txn.put(p + snapshot_id, json.dumps(summary).encode(), db=self.dbs["snapshots"])
+            txn.delete(p + snapshot_name(snapshot_id).encode(), db=self.dbs["intake"])
 
     def snapshots(self, repo: str) -> Iterator[tuple[SnapshotId, dict[str, Any]]]:
         for key, value in self._scan("snapshots", repo):
@@ -173,7 +197,7 @@ class ServerIndex:
         """Delete a repository's cache rows (chunks, packs, snapshots) in one transaction."""
         p = _prefix(repo)
         with self.env.begin(write=True) as txn:
-            for name in CACHE_DBS:
+            for name in (*CACHE_DBS, "intake"):  # a rebuilt cache has nothing left to finish
                 cur = txn.cursor(self.dbs[name])
                 if cur.set_range(p):
                     while cur.key().startswith(p):

@@ -38,11 +38,6 @@ def snapshot_summary(record: CommitRecord, received: float) -> dict[str, object]
     return {"time": record.time, "agent": record.agent, "received": received}
 
 
-async def _ids_under(repo: Repository, folder: str) -> list[tuple[str, str]]:
-    """(last component, object name) of every object under `folder` in the repository's Store."""
-    return [(name.rsplit("/", 1)[-1], name) async for name in repo.store.list(folder)]
-
-
 async def _hash_of(repo: Repository, name: str) -> bytes:
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     async for piece in repo.store.get_stream(name):
@@ -50,38 +45,46 @@ async def _hash_of(repo: Repository, name: str) -> bytes:
     return hasher.digest()
 
 
+async def _index_pack(repo: Repository, index: ServerIndex, name: str, verify: bool) -> int:
+    """Index one stored pack from its trailer and manifest; return its chunk count."""
+    pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+    stat = await repo.store.stat(name)
+    info = await read_pack_info_ranged(partial(repo.store.get_range, name), stat.size)
+    if verify and await _hash_of(repo, name) != pack_id:
+        raise DicomvaultError("content does not match its name")
+    add = partial(index.add_pack, repo.name, pack_id, info.size, stat.mtime, info.entries)
+    await asyncio.to_thread(add)
+    return len(info.entries)
+
+
+async def index_snapshot(repo: Repository, index: ServerIndex, name: str) -> None:
+    snapshot_id = SnapshotId.parse(name.rsplit("/", 1)[-1])
+    record = CommitRecord.decode(await repo.store.get(name))
+    summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
+    await asyncio.to_thread(index.add_snapshot, repo.name, snapshot_id, summary)
+
+
 async def _reindex_packs(
     repo: Repository, index: ServerIndex, verify: bool, report: ReindexReport
 ) -> None:
-    for ident, name in await _ids_under(repo, "packs"):
+    async for name in repo.store.list("packs"):
         try:
-            pack_id = PackId.parse(ident)
-            stat = await repo.store.stat(name)
-            info = await read_pack_info_ranged(partial(repo.store.get_range, name), stat.size)
-            if verify and await _hash_of(repo, name) != pack_id:
-                raise DicomvaultError("content does not match its name")
+            report.chunks += await _index_pack(repo, index, name, verify)
         except (ValueError, DicomvaultError) as e:
-            log.warning("%s: skipping pack %s: %s", repo.name, ident, e)
+            log.warning("%s: skipping pack %s: %s", repo.name, name, e)
             report.bad += 1
             continue
-        add = partial(index.add_pack, repo.name, pack_id, info.size, stat.mtime, info.entries)
-        await asyncio.to_thread(add)
         report.packs += 1
-        report.chunks += len(info.entries)
 
 
 async def _reindex_snapshots(repo: Repository, index: ServerIndex, report: ReindexReport) -> None:
-    for ident, name in await _ids_under(repo, "snapshots"):
+    async for name in repo.store.list("snapshots"):
         try:
-            snapshot_id = SnapshotId.parse(ident)
-            record = CommitRecord.decode(await repo.store.get(name))
-            stat = await repo.store.stat(name)
+            await index_snapshot(repo, index, name)
         except (ValueError, DicomvaultError) as e:
-            log.warning("%s: skipping snapshot %s: %s", repo.name, ident, e)
+            log.warning("%s: skipping snapshot %s: %s", repo.name, name, e)
             report.bad += 1
             continue
-        summary = snapshot_summary(record, stat.mtime)
-        await asyncio.to_thread(index.add_snapshot, repo.name, snapshot_id, summary)
         report.snapshots += 1
 
 
