@@ -17,7 +17,7 @@ from client.check import check
 from client.restore import Restorer
 from engine.ids import SnapshotId
 from server.catchup import PACKLOG
-from server.state import CATCHUP, METRICS, REPOS
+from server.state import CATCHUP, METRICS, REPOS, SCRUB
 from tests.helpers import restored, tree_state
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
@@ -87,6 +87,9 @@ async def test_a_commit_through_b_may_name_chunks_uploaded_through_a(node: NodeF
         other, _, _ = make_pack()
         async with http.get(f"{b.url}/v1/repos/{REPO}/packs/{other.hex()}") as r:
             assert r.status == 404  # caught up, and still unknown: absent
+    c = await node("node-c")  # scrub on a node that never served this repository
+    report = await c.app[SCRUB].run_pass()
+    assert (report.packs_checked, report.bad) == (1, [])
 
 
 async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
