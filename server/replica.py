@@ -19,6 +19,7 @@ from engine.ids import ID_SIZE, PackId
 from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
+from server.catchup import MISSING_EVERY
 from server.handlers import (
     PAGE,
     accept_commit,
@@ -30,7 +31,7 @@ from server.handlers import (
 )
 from server.replication.state import ReplicationState
 from server.repos import Repository
-from server.state import CLOCK, INDEX, REPLICATION, REPOS
+from server.state import CATCHUP, CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
 RR = routes_v1.REPLICA_REPO
@@ -126,6 +127,7 @@ async def packs_missing(request: web.Request) -> web.Response:
         raise UsageError(f"body must be whole {ID_SIZE}-byte pack ids")
     index = request.app[INDEX]
     ids = [PackId(body[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
+    await request.app[CATCHUP].packs(repo, fresh_for=MISSING_EVERY)  # other nodes' packs
     absent = await asyncio.to_thread(lambda: [p for p in ids if not index.has_pack(repo.name, p)])
     return web.Response(body=b"".join(absent), content_type="application/octet-stream")
 
@@ -133,5 +135,6 @@ async def packs_missing(request: web.Request) -> web.Response:
 @routes.get(RR + "/snapshots")
 async def list_snapshots(request: web.Request) -> web.Response:
     repo = _replica(request, create=False)
+    await request.app[CATCHUP].snapshots(repo)  # commits other nodes received
     rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
     return web.json_response({"snapshots": sorted(sid.hex() for sid, _ in rows)})
