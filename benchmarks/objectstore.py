@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -199,19 +200,21 @@ async def fresh_node(folder: Path, weed: SeaweedFS, count: int, fig: Figures) ->
     root = S3Root(store)
     repo_prefix = f"{store.prefix}/repos/{REPO}"
     root.make_folder(f"repos/{REPO}")
-    stamp = time.time() - 3600  # an hour old: older than two windows, so it folds
+    days = 30 * 86400.0  # logged over the last month: old enough to fold, as in service
+    stamp = time.time() - days
     entries = [ManifestEntry(ChunkId(os.urandom(32)), i * MiB, MiB) for i in range(16)]
     entry = encode_entry(16 * MiB, stamp, entries)
 
     async def write(i: int) -> None:
         pack_id = PackId(os.urandom(32))
         await obstore.put_async(root.bucket, f"{repo_prefix}/{pack_name(pack_id)}", b"p")
-        name = entry_name(stamp + i * 1e-3, pack_id)
+        name = entry_name(stamp + i * days / count, pack_id)
         await obstore.put_async(root.bucket, f"{repo_prefix}/{name}", entry)
 
     start = time.perf_counter()
     await _bounded([lambda i=i: write(i) for i in range(count)], 64)
     fig.fresh["write_s"] = round(time.perf_counter() - start, 1)
+    progress(f"{count} packs logged in {fig.fresh['write_s']} s")
     for label in ("first node (folds segments)", "second fresh node (reads segments)"):
         async with node(folder / f"fresh-{label[:5]}", store) as n:
             repo = n.app[REPOS].get(REPO)
@@ -220,10 +223,15 @@ async def fresh_node(folder: Path, weed: SeaweedFS, count: int, fig: Figures) ->
             report = await catch_up.packs(repo)
             elapsed = time.perf_counter() - start
             fig.fresh[label] = {"seconds": round(elapsed, 1), **asdict(report)}
+            progress(f"{label}: {fig.fresh[label]}")
     fig.fresh["packs"] = count
     fig.fresh["reindex_requests_estimate"] = 3 * count + count // 1000
     listed = sum(1 for b in obstore.list(root.bucket, f"{repo_prefix}/{PACKLOG}") for _ in b)
     assert listed == count
+
+
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace) -> Figures:
@@ -234,7 +242,9 @@ async def run(args: argparse.Namespace) -> Figures:
         try:
             packs = make_packs(args.packs, args.pack_mib)
             fig.packs = len(packs)
+            progress("ingest and restore")
             await ingest_and_restore(folder, weed, packs, fig)
+            progress(f"ingest {fig.ingest_mb_s}, restore {fig.restore_mb_s}")
             if args.fresh_packs:
                 await fresh_node(folder, weed, args.fresh_packs, fig)
         finally:

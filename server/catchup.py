@@ -281,47 +281,54 @@ class CatchUp:
 
     async def _read_log(self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport) -> None:
         after = None if cursor.seen is None else entry_name(cursor.seen - WINDOW, _ZERO)
-        unknown: list[tuple[str, PackId]] = []
+        listed: list[tuple[str, PackId]] = []
         async for name in repo.store.list(PACKLOG, start_after=after):
-            report.listed += 1
             parsed = _parse_name(name)
-            if parsed is None:
-                continue
-            stamp, pack_id = parsed
-            cursor.seen = max(cursor.seen or stamp, stamp)
-            if not await asyncio.to_thread(self.index.has_pack, repo.name, pack_id):
-                unknown.append((name, pack_id))
-        report.requests += 1 + report.listed // 1000
+            if parsed is not None:
+                cursor.seen = max(cursor.seen or parsed[0], parsed[0])
+                listed.append((name, parsed[1]))
+        report.listed += len(listed)
+        report.requests += 1 + len(listed) // 1000
+        known = await self._known(repo, [p for _, p in listed])
+        unknown = [(name, p) for name, p in listed if p not in known]
         datas = await _bounded([partial(repo.store.get, name) for name, _ in unknown])
         report.requests += len(unknown)
         await self._index_rows(
             repo, [(p, d) for (_, p), d in zip(unknown, datas, strict=True)], report
         )
 
+    async def _known(self, repo: Repository, packs: Sequence[PackId]) -> set[PackId]:
+        """The packs of `packs` this index holds, in one worker-thread hop."""
+        has = self.index.has_pack
+        return await asyncio.to_thread(lambda: {p for p in packs if has(repo.name, p)})
+
     async def _index_rows(
         self, repo: Repository, rows: Sequence[tuple[PackId, bytes]], report: CatchUpReport
     ) -> None:
         """Index the entries of packs this index lacks and the store still holds (not
         quarantined since): a HEAD each for a few, one listing of `packs/` for many."""
-        new = [
-            (p, d)
-            for p, d in rows
-            if not await asyncio.to_thread(self.index.has_pack, repo.name, p)
-        ]
+        known = await self._known(repo, [p for p, _ in rows])
+        new = [(p, d) for p, d in rows if p not in known]
         stored = await self._stored(repo, [p for p, _ in new], report)
+        decoded = []
         for pack_id, data in new:
             if pack_id not in stored:
                 continue
             try:
-                size, mtime, entries = decode_entry(data)
+                decoded.append((pack_id, *decode_entry(data)))
             except FormatError as e:
                 log.warning(
                     "%s: skipping the log entry of pack %s: %s", repo.name, pack_id.hex(), e
                 )
-                continue
-            await asyncio.to_thread(self.index.add_pack, repo.name, pack_id, size, mtime, entries)
-            report.packs += 1
-            report.chunks += len(entries)
+        await asyncio.to_thread(self._add_packs, repo.name, decoded)
+        report.packs += len(decoded)
+        report.chunks += sum(len(entries) for *_, entries in decoded)
+
+    def _add_packs(
+        self, repo: str, rows: Sequence[tuple[PackId, int, float, list[ManifestEntry]]]
+    ) -> None:
+        for pack_id, size, mtime, entries in rows:
+            self.index.add_pack(repo, pack_id, size, mtime, entries)
 
     async def _stored(
         self, repo: Repository, packs: Sequence[PackId], report: CatchUpReport
