@@ -320,15 +320,9 @@ class CatchUp:
                 log.warning(
                     "%s: skipping the log entry of pack %s: %s", repo.name, pack_id.hex(), e
                 )
-        await asyncio.to_thread(self._add_packs, repo.name, decoded)
+        await asyncio.to_thread(self.index.add_packs, repo.name, decoded)
         report.packs += len(decoded)
         report.chunks += sum(len(entries) for *_, entries in decoded)
-
-    def _add_packs(
-        self, repo: str, rows: Sequence[tuple[PackId, int, float, list[ManifestEntry]]]
-    ) -> None:
-        for pack_id, size, mtime, entries in rows:
-            self.index.add_pack(repo, pack_id, size, mtime, entries)
 
     async def _stored(
         self, repo: Repository, packs: Sequence[PackId], report: CatchUpReport
