@@ -222,7 +222,8 @@ async def fresh_node(folder: Path, weed: SeaweedFS, count: int, fig: Figures) ->
             start = time.perf_counter()
             report = await catch_up.packs(repo)
             elapsed = time.perf_counter() - start
-            fig.fresh[label] = {"seconds": round(elapsed, 1), **asdict(report)}
+            figures = {name: getattr(report, name) for name in report.FIGURES}
+            fig.fresh[label] = {"seconds": round(elapsed, 1), **figures}
             progress(f"{label}: {fig.fresh[label]}")
     fig.fresh["packs"] = count
     fig.fresh["reindex_requests_estimate"] = 3 * count + count // 1000

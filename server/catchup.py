@@ -154,9 +154,13 @@ class CatchUpReport:
     requests: int = 0
     segments_read: int = 0
     segments_written: int = 0
+    # The names under packs/ when this catch-up listed them (not a figure; not added up).
+    stored: set[str] | None = field(default=None, repr=False, compare=False)
+
+    FIGURES = ("listed", "packs", "chunks", "requests", "segments_read", "segments_written")
 
     def add(self, other: CatchUpReport) -> None:
-        for name in self.__dataclass_fields__:
+        for name in self.FIGURES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -331,9 +335,10 @@ class CatchUp:
             found = await _bounded([partial(repo.store.exists, pack_name(p)) for p in packs])
             report.requests += len(packs)
             return {p for p, ok in zip(packs, found, strict=True) if ok}
-        listed = {name async for name in repo.store.list("packs")}
-        report.requests += 1 + len(listed) // 1000
-        return {p for p in packs if pack_name(p) in listed}
+        if report.stored is None:  # listed once per catch-up, however many segments
+            report.stored = {name async for name in repo.store.list("packs")}
+            report.requests += 1 + len(report.stored) // 1000
+        return {p for p in packs if pack_name(p) in report.stored}
 
     async def snapshots(self, repo: Repository) -> int:
         """Index the commit records other nodes stored (one listing of `snapshots/`)."""
