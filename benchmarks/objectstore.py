@@ -241,11 +241,12 @@ async def run(args: argparse.Namespace) -> Figures:
         folder = Path(tmp)
         weed = start_seaweedfs(folder / "seaweedfs")
         try:
-            packs = make_packs(args.packs, args.pack_mib)
-            fig.packs = len(packs)
-            progress("ingest and restore")
-            await ingest_and_restore(folder, weed, packs, fig)
-            progress(f"ingest {fig.ingest_mb_s}, restore {fig.restore_mb_s}")
+            if args.packs:
+                packs = make_packs(args.packs, args.pack_mib)
+                fig.packs = len(packs)
+                progress("ingest and restore")
+                await ingest_and_restore(folder, weed, packs, fig)
+                progress(f"ingest {fig.ingest_mb_s}, restore {fig.restore_mb_s}")
             if args.fresh_packs:
                 await fresh_node(folder, weed, args.fresh_packs, fig)
         finally:
@@ -269,7 +270,7 @@ def report(fig: Figures) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.objectstore", description=__doc__)
-    parser.add_argument("--packs", type=int, default=32, help="packs ingested per target")
+    parser.add_argument("--packs", type=int, default=32, help="packs per target (0: skip 1, 2, 4)")
     parser.add_argument("--pack-mib", type=float, default=8.0, help="MiB per pack")
     parser.add_argument("--fresh-packs", type=int, default=100_000, help="0 skips part 3")
     parser.add_argument("--json", type=Path, help="also write the figures here")
