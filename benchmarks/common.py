@@ -446,6 +446,10 @@ class Dicomvault:
     def restore(self, target: Path) -> RunStats:
         return run_measured(self._cmd("restore", "latest", "--target", str(target)), self._env())
 
+    def check(self) -> RunStats:
+        """`check --read-data`: every pack read, every blob opened and checked against its id."""
+        return run_measured(self._cmd("check", "--read-data"), self._env())
+
 
 def restic_binary() -> str | None:
     return shutil.which("restic")
@@ -482,6 +486,9 @@ class Restic:
     def restore(self, target: Path) -> RunStats:
         cmd = [self.binary, "restore", "latest", "--quiet", "--target", str(target)]
         return run_measured(cmd, self._env())
+
+    def check(self) -> RunStats:
+        return run_measured([self.binary, "check", "--read-data", "--quiet"], self._env())
 
 
 def run_and_report(

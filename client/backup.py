@@ -18,17 +18,18 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from client.repository import Repository, now_rfc3339
 from client.walk import Found, layout_of, pieces, walk
 from engine import blob
 from engine.blob import Codec, Content, Hint
-from engine.catalogue import Entry, SnapshotBody
+from engine.catalogue import Entry, SnapshotBody, parse_lines
 from engine.ids import ChunkId, SnapshotId
 
 MAX_IN_FLIGHT = 16  # chunks being hashed and sealed at once...
-MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # ...and their bytes: memory stays bounded
+MAX_IN_FLIGHT_BYTES = 12 * 1024 * 1024  # ...and their bytes (two 8 MiB bands fit): memory bounded
 QUERY_BATCH_BYTES = 4 * 1024 * 1024  # ask the server about unknown chunks in batches this big
 QUERY_BATCH_COUNT = 2000
 FILES_CACHE_BATCH = 256  # files-cache records written per LMDB transaction
@@ -85,14 +86,15 @@ class Backup:
         self,
         repo: Repository,
         *,
-        image_codec: Codec = Codec.JPEGLS,
+        image_codec: Codec | None = None,
         progress: Callable[[Summary, str], None] | None = None,
         host: str | None = None,
         workers: int | None = None,
         files_cache: bool = True,
         find_parent: bool = True,
     ) -> None:
-        """`files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
+        """`image_codec` None picks one per frame (`engine.blob.frame_codec`); a codec forces it.
+        `files_cache=False` neither reads nor fills the files cache, and `find_parent=False`
         skips the parent search (which reads every snapshot): the agent backs up each arrived
         file once, under a name it never reuses, and tracks what it has committed itself."""
         self.repo = repo
@@ -120,6 +122,7 @@ class Backup:
     ) -> Summary:
         """Back up `paths` into one snapshot; `sources` names where they came from (agent)."""
         start = time.monotonic()
+        await self.repo.reconcile()  # a prune since the last backup: reuse nothing it removed
         if not self.repo.backend.knows_chunks:
             await self.repo.sync_index()  # packs left by a crashed run become known again
         sent_before = self.repo.backend.bytes_uploaded
@@ -129,19 +132,21 @@ class Backup:
             with tempfile.TemporaryFile() as catalogue:
                 await self._walk(paths, catalogue)
                 tree = await self._store_catalogue(catalogue)
-            await self._flush_query()
-            await self.repo.packer.flush()
-            await self._finish_uploads(uploading)
-            body = SnapshotBody(
-                now_rfc3339(),
-                self.host,
-                sorted(os.path.abspath(p) for p in paths),
-                tree,
-                self._stats(),
-                tags or [],
-                sources or [],
-            )
-            sid = await self.repo.commit(body, parent, self.refs, self.host)
+                await self._flush_query()
+                await self.repo.packer.flush()
+                await self._finish_uploads(uploading)
+                body = SnapshotBody(
+                    now_rfc3339(),
+                    self.host,
+                    sorted(os.path.abspath(p) for p in paths),
+                    tree,
+                    self._stats(),
+                    tags or [],
+                    sources or [],
+                )
+                # Every chunk, read back from the local catalogue, if a prune asks for them.
+                every = partial(_every_chunk, catalogue, tree)
+                sid = await self.repo.commit(body, parent, self.refs, self.host, every)
         finally:
             if uploading is not None:
                 uploading.cancel()
@@ -376,6 +381,15 @@ class Backup:
         for cid, _ in tree:
             self.refs[cid] = None  # the server must hold every catalogue chunk
         return tree
+
+
+def _every_chunk(catalogue: Any, tree: list[tuple[ChunkId, int]]) -> list[ChunkId]:
+    """The catalogue's chunks, then every chunk its entries name, each once."""
+    out: dict[ChunkId, None] = dict.fromkeys(cid for cid, _ in tree)
+    catalogue.seek(0)
+    for entry in parse_lines(iter(catalogue)):
+        out.update(dict.fromkeys(cid for cid, _ in entry.chunks))
+    return list(out)
 
 
 def _signature(st: os.stat_result) -> list[int]:

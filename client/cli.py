@@ -11,20 +11,25 @@ import asyncio
 import importlib.metadata
 import os
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from select import POLLERR, POLLOUT, poll
 from typing import Any
 
+from client import audit
 from client.archive import owners, shown_path, snapshot_where, union
 from client.backup import Backup
 from client.check import check
 from client.cli_agent import agent_parsers, cmd_agent, cmd_drill, cmd_status, drill_parser
+from client.cli_audit import audit_parser, cmd_audit
 from client.cli_common import (
     EXIT_PARTIAL,
     as_of_option,
     emit,
+    kdf_from_args,
+    kdf_options,
     one_of_snapshot_or_as_of,
     open_backend,
     progress,
@@ -38,10 +43,13 @@ from client.cli_dicom import (
     restore_selection,
     restore_to_pacs,
 )
+from client.cli_forget import cmd_forget, cmd_prune, cmd_stats, cmd_undelete, forget_parsers
+from client.cli_key import cmd_key, key_parser
 from client.cli_serve import cmd_dicom_serve, serve_parser
 from client.find import (
     snapshot_holding,
 )
+from client.heap import bound_heap
 from client.progress import Progress, scan_totals
 from client.repository import Repository
 from client.restore import RestoreIncomplete, Restorer, RestoreSummary, catalogue
@@ -49,9 +57,8 @@ from client.restore_target import Overwrite, check_target
 from engine.backend import Replicated
 from engine.blob import Codec
 from engine.catalogue import Entry, SnapshotBody
-from engine.errors import CheckFailed, DicomvaultError, FormatError, NotFound, UsageError
+from engine.errors import CheckFailed, DicomvaultError, NotFound, UsageError
 from engine.ids import SnapshotId
-from engine.keys import KdfParams
 from engine.repoconfig import init_repository
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -73,8 +80,9 @@ exit codes: 0 ok, 1 unexpected error, 2 usage, 3 backup done with files skipped,
   14 storage error, 15 permission denied, 16 no such snapshot, 17 check found problems,
   18 a DICOM peer did not store every instance, or no agent is running (status),
   19 a fire drill found a mismatch, 20 restore completed but some files failed (listed on
-  stderr and in --json errors), 130 interrupted (Ctrl-C), 141 stdout's reader went away
-  (e.g. `| head`), quietly"""
+  stderr and in --json errors), 21 escrow shares too few, mistyped or another repository's,
+  22 recovery kit unreadable, damaged or another repository's, 130 interrupted (Ctrl-C),
+  141 stdout's reader went away (e.g. `| head`), quietly"""
 
 
 def _version() -> str:
@@ -149,20 +157,17 @@ def _parser() -> argparse.ArgumentParser:
         _global_options(c.add_argument_group("global options"), argparse.SUPPRESS)
         return c
 
-    c = cmd("init", "create a repository")
-    c.add_argument(
-        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
-    )
-    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
+    kdf_options(cmd("init", "create a repository"))
     c = cmd("backup", "back up files and folders into a new snapshot")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
     c.add_argument("--host", help="host name recorded in the snapshot")
     c.add_argument(
         "--image-codec",
-        choices=["jpegls", "jpegxl", "none"],
-        default="jpegls",
-        help="lossless codec for native DICOM pixel data (none: zstd)",
+        choices=["auto", "jpegls", "jpegxl", "none"],
+        default="auto",
+        help="lossless codec for native DICOM pixel data (auto: JPEG-XL for 8-bit colour, "
+        "JPEG-LS for the rest; none: zstd)",
     )
     cmd("snapshots", "list snapshots (an agent's by the sources its batch came from)")
     c = cmd("ls", "list the files in a snapshot, or in the whole archive as of a time")
@@ -210,11 +215,14 @@ def _parser() -> argparse.ArgumentParser:
     drill_parser(cmd)
     agent_parsers(cmd)
     serve_parser(cmd)
+    key_parser(cmd, lambda k: _global_options(k.add_argument_group("global options"), SUPPRESS))
+    audit_parser(cmd)
+    forget_parsers(cmd)
     return p
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
-    kdf = _init_kdf(args, test_mode=os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1")
+    kdf = kdf_from_args(args)
     backend = open_backend(args)
     try:
         config = await init_repository(backend, read_passphrase(args), kdf)
@@ -228,21 +236,10 @@ async def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_kdf(args: argparse.Namespace, *, test_mode: bool) -> KdfParams:
-    """Argon2id cost from `init`'s options: at least the safe floor (engine.keyobject), unless
-    in test mode, where tests and drills use engine.keys.CHEAP_KDF's 8 KiB and one pass."""
-    memory_kib = int(args.kdf_memory_mib * 1024)
-    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
-    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
-    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
-    try:
-        return kdf.check() if test_mode else kdf.check_safe()
-    except FormatError as e:
-        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
-
-
 async def cmd_backup(args: argparse.Namespace) -> int:
-    codec = {"jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[args.image_codec]
+    codec = {"auto": None, "jpegls": Codec.JPEGLS, "jpegxl": Codec.JPEGXL, "none": Codec.ZSTD}[
+        args.image_codec
+    ]
     for path in args.paths:
         if not os.path.lexists(path):
             raise UsageError(f"{path}: no such file or folder")
@@ -369,16 +366,35 @@ async def cmd_restore(args: argparse.Namespace) -> int:
 
     async def run(repo: Repository) -> int:
         if when is not None:
+            await audit.record(repo, "restore", snapshot=f"as of {when.isoformat()}",
+                               detail=f"into {args.target}")  # fmt: skip
             return await _restore_as_of(args, repo, when)
         snapshot = await repo.resolve(args.snapshot) if args.snapshot else None
         if select is not None:
             snapshot = await snapshot_holding(repo, select, snapshot)
         assert snapshot is not None
+        await audit_restore(args, repo, snapshot)
         if peer is not None and select is not None:
             return await restore_to_pacs(args, repo, snapshot, select, peer)
         return await _restore_files(args, repo, snapshot, select)
 
     return await with_repo(args, run)
+
+
+async def audit_restore(args: argparse.Namespace, repo: Repository, snapshot: SnapshotId) -> None:
+    """The audit event of a restore, recorded before anything is opened."""
+    action = (
+        "restore-to-pacs"
+        if args.to_pacs
+        else "restore-study"
+        if args.study or args.series
+        else "restore"
+    )
+    await audit.record(
+        repo, action, snapshot=snapshot.hex(), studies=[args.study] if args.study else [],
+        series=[args.series] if args.series else [],
+        detail=f"to {args.to_pacs}" if args.to_pacs else f"into {args.target}",
+    )  # fmt: skip
 
 
 async def _restore_files(
@@ -513,10 +529,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "agent": cmd_agent,
     "status": cmd_status,
     "dicom-serve": cmd_dicom_serve,
+    "key": cmd_key,
+    "audit": cmd_audit,
+    "forget": cmd_forget,
+    "undelete": cmd_undelete,
+    "prune": cmd_prune,
+    "stats": cmd_stats,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_heap()  # large frames go back to the system when freed (client/heap.py)
     args = _parser().parse_args(argv)
     try:
         code = asyncio.run(COMMANDS[args.command](args))

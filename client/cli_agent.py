@@ -98,6 +98,9 @@ async def cmd_drill(args: argparse.Namespace) -> int:
     settings = drill.DrillSettings(args.sample_percent, args.recent_hours, args.max_files)
 
     async def run(repo: Repository) -> int:
+        from client import audit
+
+        await audit.record(repo, "drill", detail=f"sample {args.sample_percent}%")
         target, site = repo, _site_name(repo.backend.location)
         if args.site:
             from engine.remote import RemoteBackend

@@ -15,32 +15,87 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from client import siteconfig
 from client.archive import parse_as_of
 from client.progress import Progress, choose_style
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
+from client.siteconfig import ClientConfig
 from engine.backend import Backend, LocalBackend
-from engine.errors import RepositoryNotFound, UsageError
+from engine.errors import FormatError, KitError, RepositoryNotFound, UsageError
+from engine.keys import KdfParams
 from engine.rates import parse_rate
 from engine.store.local import LocalStore
 
 EXIT_PARTIAL = 3  # done, but some files were skipped or left for the next run
 
 
-def open_backend(args: argparse.Namespace) -> Backend:
-    location = args.repo or os.environ.get("DICOMVAULT_REPO")
-    if not location:
-        raise UsageError("no repository given: use --repo or DICOMVAULT_REPO")
-    if location.startswith(("http://", "https://")):
-        from engine.remote import RemoteBackend
-        from engine.retry import RETRY_FOR, parse_duration, with_retries
+def config_path() -> Path:
+    """The client configuration (`client.siteconfig`): DICOMVAULT_CONFIG, else
+    $XDG_CONFIG_HOME/dicomvault/config.toml (default ~/.config)."""
+    if os.environ.get("DICOMVAULT_CONFIG"):
+        return Path(os.environ["DICOMVAULT_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dicomvault" / "config.toml"
 
-        token = args.token or os.environ.get("DICOMVAULT_TOKEN")
-        if not token:
-            raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
-        deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
-        return with_retries(RemoteBackend(location, token, ca_file=args.cacert), deadline=deadline)
-    return LocalBackend(LocalStore(location), location)
+
+def client_config(args: argparse.Namespace) -> ClientConfig | None:
+    """The client configuration, when no repository is named on the command line or in the
+    environment (those win)."""
+    if args.repo or os.environ.get("DICOMVAULT_REPO"):
+        return None
+    return siteconfig.load(config_path())
+
+
+def repository_sites(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every site of the repository, as given (command line, environment or configuration)."""
+    config = client_config(args)
+    if config is not None:
+        return config.sites
+    return siteconfig.split_locations(args.repo or os.environ.get("DICOMVAULT_REPO") or "")
+
+
+def repository_token(args: argparse.Namespace) -> str:
+    config = client_config(args)
+    return args.token or os.environ.get("DICOMVAULT_TOKEN") or (config.token if config else "")
+
+
+def open_backend(args: argparse.Namespace) -> Backend:
+    """The repository's backend; with several sites (comma-separated URLs, or the client
+    configuration's [[sites]]), the first that serves the repository."""
+    config = client_config(args)
+    location = args.repo or os.environ.get("DICOMVAULT_REPO") or ""
+    if config is None and not location:
+        raise UsageError(
+            "no repository given: use --repo or DICOMVAULT_REPO, or set up this machine from "
+            "the recovery kit (`dicomvault key import-kit`)"
+        )
+    sites = repository_sites(args)
+    token = repository_token(args)
+    choice = siteconfig.Choice(0, 0, [])
+    if len(sites) > 1:
+        expected = config.repository if config is not None else ""
+        choice = siteconfig.choose_site(sites, token, expected, args.cacert)
+        for warning in choice.skipped:
+            print(f"dicomvault: warning: {warning}", file=sys.stderr)
+    if not all(s.startswith(("http://", "https://")) for s in sites):
+        location = sites[choice.index]  # local folders: the one chosen, no failover
+        return LocalBackend(LocalStore(location), location)
+    from engine.failover import FailoverBackend
+    from engine.remote import RemoteBackend
+    from engine.retry import RETRY_FOR, parse_duration, with_retries
+
+    if not token:
+        raise UsageError("a chunk-server repository needs --token or DICOMVAULT_TOKEN")
+    deadline = parse_duration(args.retry_for) if args.retry_for else RETRY_FOR
+    remotes = [
+        with_retries(
+            RemoteBackend(url, token, ca_file=args.cacert, primary_generation=choice.generation),
+            deadline=deadline,
+        )
+        for url in sites
+    ]
+    return remotes[0] if len(remotes) == 1 else FailoverBackend(remotes, choice.index)
 
 
 def read_passphrase(args: argparse.Namespace) -> bytes:
@@ -60,7 +115,41 @@ def read_passphrase(args: argparse.Namespace) -> bytes:
         import getpass
 
         return getpass.getpass("passphrase: ").encode()
+    line = stdin_line()  # typed or piped in: the recovery kit's way back (docs/design.md §15)
+    if line:
+        return line
     raise UsageError("no passphrase: use --password-file or DICOMVAULT_PASSWORD_FILE")
+
+
+def stdin_line() -> bytes:
+    """The next line of a stdin that is not a terminal, without its line end; b"" at its end or
+    when there is no stdin to read."""
+    try:
+        return sys.stdin.buffer.readline().rstrip(b"\r\n")
+    except (OSError, ValueError, AttributeError):
+        return b""
+
+
+def kdf_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--kdf-memory-mib", type=float, default=64, help="Argon2id memory (MiB, 19 to 4096)"
+    )
+    c.add_argument("--kdf-iterations", type=int, default=3, help="Argon2id passes (2 to 64)")
+
+
+def kdf_from_args(args: argparse.Namespace) -> KdfParams:
+    """Argon2id cost from `--kdf-memory-mib/--kdf-iterations`: at least the safe floor
+    (engine.keyobject), unless DICOMVAULT_TEST_CHEAP_KDF=1, where tests and drills use
+    engine.keys.CHEAP_KDF's 8 KiB and one pass."""
+    test_mode = os.environ.get("DICOMVAULT_TEST_CHEAP_KDF") == "1"
+    memory_kib = int(args.kdf_memory_mib * 1024)
+    # Argon2id needs 8 KiB per lane: tiny (test) memory costs get fewer lanes, not an error.
+    lanes = max(1, min(KdfParams().lanes, memory_kib // 8))
+    kdf = KdfParams(iterations=args.kdf_iterations, lanes=lanes, memory_kib=memory_kib)
+    try:
+        return kdf.check() if test_mode else kdf.check_safe()
+    except FormatError as e:
+        raise UsageError(f"--kdf-memory-mib/--kdf-iterations: {e}") from None
 
 
 def cache_root(args: argparse.Namespace) -> Path:
@@ -108,10 +197,13 @@ def emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitable[int]]) -> int:
     backend = open_backend(args)
+    config = client_config(args)
+    spare = [config.key_object] if config is not None and config.key_object else []
     try:
         repo = await Repository.open(
-            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args)
-        )
+            backend, read_passphrase(args), cache_root(args), limiter=rate_limiter(args),
+            spare_keys=spare,
+        )  # fmt: skip
     except RepositoryNotFound as e:  # what a new user meets right after `repo create`
         await backend.close()
         raise RepositoryNotFound(
@@ -122,6 +214,11 @@ async def with_repo(args: argparse.Namespace, fn: Callable[[Repository], Awaitab
         await backend.close()
         raise
     try:
+        if config is not None and config.repository not in ("", repo.config.repo_id):
+            raise KitError(
+                f"{backend.location} holds repository {repo.config.repo_id}, not "
+                f"{config.repository} of this machine's configuration ({config_path()})"
+            )
         return await fn(repo)
     finally:
         for warning in repo.warnings:

@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from client import audit
 from client.cli_common import emit, with_repo
 from client.find import (
     DateRange,
@@ -116,6 +117,13 @@ _FIND_FLAGS = {
 }
 
 
+def query_text(args: argparse.Namespace) -> str:
+    """The find options as given, for the audit event (sealed: it may name a patient)."""
+    given = {k: v for k, v in vars(args).items() if k in {*_FIND_FLAGS, "attr", "patient_name",
+             "study_date"} and v}  # fmt: skip
+    return " ".join(f"{k}={v}" for k, v in sorted(given.items()))
+
+
 async def cmd_find(args: argparse.Namespace) -> int:
     exact = dict(parse_attr(a) for a in args.attr)
     for flag, keyword in _FIND_FLAGS.items():
@@ -127,6 +135,10 @@ async def cmd_find(args: argparse.Namespace) -> int:
     async def run(repo: Repository) -> int:
         only = await repo.resolve(args.snapshot) if args.snapshot else None
         result = await find(repo, query, only)
+        await audit.record(
+            repo, "find", snapshot=only.hex() if only else "",
+            studies=[hit.latest.uid for hit in result.studies], detail=f"query {query_text(args)}",
+        )  # fmt: skip
         emit(args, result.as_json(), render_text(result))
         return 0
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from client.ratelimit import RateLimiter
 from client.spool import Spool, Uploader
 from engine import blob
-from engine.backend import Backend
+from engine.backend import Backend, Pruning
 from engine.catalogue import SnapshotBody
 from engine.chunker import Chunker
 from engine.commit import CommitRecord, verify_commit
@@ -26,10 +28,18 @@ from engine.errors import IntegrityError, NotFound, ObjectNotFound
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
 from engine.keys import MasterKey
+from engine.pack import ManifestEntry
 from engine.packer import Packer, read_manifest
+from engine.protocol.errors import FullRefsRequired
 from engine.repoconfig import RepoConfig, unlock
 
 INDEX_SYNC_CONCURRENCY = 8
+# Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
+# so one thread per core keeps every core busy, and more would only hold more decoded frames.
+OPEN_THREADS = os.cpu_count() or 2
+# One pool for the process, shared by every open repository (a drill opens a second one on the
+# same key): its threads start on first use and no repository has to remember to stop them.
+_OPENING = ThreadPoolExecutor(OPEN_THREADS, "open")
 
 
 class Repository:
@@ -72,11 +82,13 @@ class Repository:
         *,
         limiter: RateLimiter | None = None,
         spool_dir: Path | None = None,
+        spare_keys: Sequence[bytes] = (),
     ) -> Repository:
-        """Unlock a repository; a chunk-server repository gets a pack spool and an uploader."""
+        """Unlock a repository; a chunk-server repository gets a pack spool and an uploader.
+        `spare_keys` (a recovery kit's key object) are tried after the repository's own."""
         config = RepoConfig.decode(await backend.get_config())
         warnings: list[str] = []
-        key = await unlock(backend, passphrase, warnings)
+        key = await unlock(backend, passphrase, warnings, spare_keys)
         index = LocalIndex(cache_root / config.repo_id / "index", files_key=key.cache_key)
         uploader = None
         if backend.knows_chunks:
@@ -144,20 +156,86 @@ class Repository:
         try:
             if len(sealed) != loc.length:
                 raise IntegrityError("pack is truncated")
-            return await asyncio.to_thread(blob.open_blob, self.key, chunk_id, sealed)
+            return await asyncio.get_running_loop().run_in_executor(
+                _OPENING, blob.open_blob, self.key, chunk_id, sealed
+            )
         except IntegrityError as e:
             raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
 
     # snapshots
 
     async def commit(
-        self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId], agent: str
+        self,
+        body: SnapshotBody,
+        parent: SnapshotId | None,
+        refs: Iterable[ChunkId],
+        agent: str,
+        every: Callable[[], list[ChunkId]] | None = None,
     ) -> SnapshotId:
+        """Commit listing `refs` (what changed). Against a pruning backend, at the generation
+        this index was reconciled at; if a prune ran or runs meanwhile the server asks for
+        every chunk the snapshot references, and gets them (docs/design.md §14)."""
+        record = self._record(body, parent, refs, agent)
+        if not isinstance(self.backend, Pruning):
+            return await self.backend.commit(record)
+        generation = self.index.generation or 0
+        try:
+            return await self.backend.commit_at(record, generation, False)
+        except FullRefsRequired:
+            listed = await asyncio.to_thread(every) if every else await self.chunks_of(body)
+            return await self.backend.commit_at(
+                self._record(body, parent, listed, agent), generation, True
+            )
+
+    def _record(
+        self, body: SnapshotBody, parent: SnapshotId | None, refs: Iterable[ChunkId], agent: str
+    ) -> bytes:
         unsealed = CommitRecord(body.time, agent, parent, tuple(dict.fromkeys(refs)), b"")
         # Version 2: the sealed body authenticates the record's readable fields (engine.commit).
         sealed = blob.seal_plaintext(self.key, unsealed.body_ad(), body.encode())
-        record = dataclasses.replace(unsealed, sealed=sealed)
-        return await self.backend.commit(record.encode())
+        return dataclasses.replace(unsealed, sealed=sealed).encode()
+
+    async def chunks_of(self, body: SnapshotBody) -> list[ChunkId]:
+        """Every chunk a snapshot references, catalogue chunks first, each once."""
+        from client.restore import catalogue  # the one catalogue reader; it imports this module
+
+        out: dict[ChunkId, None] = dict.fromkeys(cid for cid, _ in body.tree)
+        async for entry in catalogue(self, body):
+            out.update(dict.fromkeys(cid for cid, _ in entry.chunks))
+        return list(out)
+
+    async def reconcile(self) -> bool:
+        """Before a backup: if a prune ran since this index was last reconciled, forget the
+        packs the backend no longer lists and every "the server holds it" record, so nothing
+        it removed is reused (docs/design.md §14). True if the index changed."""
+        if not isinstance(self.backend, Pruning):
+            return False
+        try:
+            generation = await self.backend.generation()
+        except ObjectNotFound:  # a server from before pruning: nothing was ever removed
+            return False
+        if self.index.generation == generation:
+            return False
+        listed = {p async for p in self.backend.list_packs()}
+        if self.uploader is not None:  # spooled, not yet sent: the spool still holds them
+            listed.update(self.uploader.spool.pending())
+        self.forget_packs({p for p, _ in self.index.pack_sizes() if p not in listed})
+        self.index.drop_unknown()
+        self.index.generation = generation
+        return True
+
+    def forget_packs(self, gone: set[PackId]) -> None:
+        """Drop packs the backend no longer holds from the index (their chunks fall back to
+        other copies), with one pass over the index to find what pointed into them."""
+        if not gone:
+            return
+        entries: dict[PackId, list[ManifestEntry]] = {p: [] for p in gone}
+        for cid, loc, others in self.index.locations():
+            for where in (loc, *others):
+                if where.pack_id in entries:
+                    entries[where.pack_id].append(ManifestEntry(cid, where.offset, where.length))
+        for pack_id, listed in entries.items():
+            self.index.drop_pack(pack_id, listed)
 
     async def load_snapshot(self, snapshot_id: SnapshotId) -> tuple[CommitRecord, SnapshotBody]:
         """Fetch, and authenticate, a snapshot: the record must hash to `snapshot_id` and its

@@ -24,6 +24,7 @@ from engine.ids import ChunkId, SnapshotId
 
 FETCH_CONCURRENCY = 4  # chunk reads in flight per file
 FILES_IN_FLIGHT = 8  # files restored at once
+WINDOW_BYTES = 16 * 1024 * 1024  # decoded bytes fetched, decoding or waiting to be written
 
 
 @dataclass
@@ -71,6 +72,36 @@ def normalise_include(path: str) -> str:
     return os.path.normpath(os.path.abspath(path) if path.startswith("/") else "/" + path)[1:]
 
 
+class ByteWindow:
+    """A budget of decoded bytes shared by every file being restored: a chunk is fetched only
+    once its length fits, and its bytes are given back once written. A chunk larger than the
+    whole window takes all of it, alone. Peak memory is this window plus the decoders' working
+    copies, whatever the number of files or the size of their chunks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._freed = asyncio.Event()
+
+    def try_take(self, n: int) -> int | None:
+        """Take `n` bytes (at most the whole window) if they fit now; return what was taken."""
+        n = min(n, self.limit)
+        if self.used + n > self.limit:
+            return None
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return n
+
+    async def take(self, n: int) -> int:
+        while (taken := self.try_take(n)) is None:
+            self._freed.clear()
+            await self._freed.wait()
+        return taken
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 class RestoreIncomplete(DicomvaultError):
     """Restore completed, but some files were not restored."""
 
@@ -106,6 +137,7 @@ class Restorer:
         self._link_paths: set[tuple[str, ...]] = set()
         self.overwrite = overwrite
         self._keep: set[str] | None = set() if delete else None  # paths the snapshot holds
+        self.window = ByteWindow(WINDOW_BYTES)
 
     async def run(self, snapshot_id: SnapshotId) -> RestoreSummary:
         start = time.monotonic()
@@ -238,18 +270,37 @@ class Restorer:
         self.progress(self.summary, entry.path)
 
     async def read_file(self, chunks: list[tuple[ChunkId, int]]) -> AsyncIterator[bytes]:
-        """Yield a file's chunks in order, with up to FETCH_CONCURRENCY reads in flight."""
-        window: list[asyncio.Task[bytes]] = []
-        todo = iter(chunks)
+        """Yield a file's chunks in order, with up to FETCH_CONCURRENCY reads in flight, each
+        holding its length in the shared `window` until the caller comes back for the next.
+
+        Never waits for the window while holding a fetched chunk of its own: it hands that
+        chunk on first, so files cannot hold the whole window between them and wait forever."""
+        window: list[tuple[asyncio.Task[bytes], int]] = []
+        held = 0  # window bytes of the chunk the caller is writing now
         try:
-            for chunk_id, _ in todo:
-                window.append(asyncio.create_task(self.repo.read_chunk(chunk_id)))
+            for chunk_id, length in chunks:
+                while (taken := self.window.try_take(length)) is None and window:
+                    task, held = window.pop(0)
+                    yield await task
+                    self.window.give(held)
+                    held = 0
+                if taken is None:
+                    taken = await self.window.take(length)
+                window.append((asyncio.create_task(self.repo.read_chunk(chunk_id)), taken))
                 if len(window) >= FETCH_CONCURRENCY:
-                    yield await window.pop(0)
+                    task, held = window.pop(0)
+                    yield await task
+                    self.window.give(held)
+                    held = 0
             while window:
-                yield await window.pop(0)
+                task, held = window.pop(0)
+                yield await task
+                self.window.give(held)
+                held = 0
         finally:
-            for task in window:
+            self.window.give(held)
+            for task, size in window:
+                self.window.give(size)
                 task.cancel()
                 task.add_done_callback(_retrieve)
 

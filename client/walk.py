@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from engine.blob import Content, Hint
+from engine.blob import Codec, Content, Hint
 from engine.chunker import Chunker, Piece, band_layout
 from engine.dicom import DicomLayout, SegmentKind, Sparse, segment
 
@@ -104,7 +104,11 @@ def _fetcher(fd: int, mm: mmap.mmap, filled: int) -> Callable[[int, int], None]:
 
 
 def pieces(
-    chunker: Chunker, f: BinaryIO, layout: DicomLayout | None, size: int, image_codec: int
+    chunker: Chunker,
+    f: BinaryIO,
+    layout: DicomLayout | None,
+    size: int,
+    image_codec: Codec | None = None,
 ) -> Iterator[tuple[Piece, Hint]]:
     """Chunk an open file: forced cuts at segment boundaries, FastCDC or row bands inside."""
     if layout is None or not layout.segments:
@@ -120,7 +124,7 @@ def pieces(
             row_bytes = pixel.columns * pixel.samples_per_pixel * (pixel.bits_allocated // 8)
             for p in chunker.cut_rows(f, seg.length, seg.offset, i, row_bytes):
                 layout_p = band_layout(pixel, p.rows) if p.rows else None
-                yield p, Hint(content, layout_p, image_codec)  # type: ignore[arg-type]
+                yield p, Hint(content, layout_p, image_codec)
         else:
             for p in chunker.cut_stream(f, seg.length, seg.offset, i):
                 yield p, Hint(content)

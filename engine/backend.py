@@ -6,22 +6,31 @@ the plaintext repository config and commit records; neither sees plaintext or ke
 
 What only a chunk server can do is declared as optional capabilities, typed `Protocol`s a
 caller checks with `isinstance` (never by probing for a name): `Replicated` (per-site
-replication status) and `DrillReceiver` (keeps fire-drill reports).
+replication status) and `DrillReceiver` (keeps fire-drill reports). `Pruning` (the prune
+protocol, docs/design.md §14) is implemented by both: a local folder has a lock object and a
+trash folder but no generation (it is never pruned while a backup writes to it).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from engine.commit import snapshot_id_of, snapshot_name, verify_commit
-from engine.errors import ObjectNotFound, RepositoryNotFound, UsageError
+from engine.errors import NotFound, ObjectNotFound, RepositoryNotFound, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import pack_name, verify_pack
+from engine.protocol.errors import PruneLocked
 from engine.store.base import Store
 
 CONFIG_NAME = "config"
+TRASH = "trash/snapshots"  # a local repository's forgotten commit records
+TRASH_PACKS = "trash/packs"  # and the packs its prunes removed
+LOCK = "locks/prune"
+UNDELETE_WINDOW = 14 * 86_400.0  # a chunk server's default; its provider may set more
 
 
 class Backend(ABC):
@@ -91,6 +100,37 @@ class Backend(ABC):
         without deleting it; needs an admin token. A local repository's owner moves the file."""
         raise UsageError("quarantine needs a chunk server; in a local repository, move the file")
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        """Store a sealed audit event (`engine.events`) under `events/<name>`, write-once."""
+        raise UsageError("this repository keeps no audit events")
+
+    async def list_events(self) -> list[str]:
+        raise UsageError("this repository keeps no audit events")
+
+    async def get_event(self, name: str) -> bytes:
+        raise UsageError("this repository keeps no audit events")
+
+    async def remove_key(self, name: str) -> None:
+        """Take a key object out of the repository (`dicomvault key remove`). On a chunk server
+        that is the admin's quarantine: the server keeps the object and logs the removal."""
+        await self.quarantine("key", name, "removed by dicomvault key")
+
+    # Deletions that can be undone (docs/design.md §14): each returns one document per object,
+    # {kind, id, scheduled, purge_after, time}, times in unix seconds.
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        """Schedule snapshots for deletion, all or none (`NotFound` for an unknown one): they
+        leave every listing at once and are destroyed only after the undelete window."""
+        raise NotImplementedError
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        """What is scheduled for deletion and not yet destroyed."""
+        raise NotImplementedError
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        """Bring back scheduled snapshots by id or unique prefix (None: every one)."""
+        raise NotImplementedError
+
     async def heartbeat(self, info: dict[str, Any]) -> None:  # noqa: B027 - local: nobody listens
         """Tell the server this agent is alive; a local repository has nobody to tell."""
 
@@ -112,13 +152,45 @@ class Replicated(Protocol):
 
 
 @runtime_checkable
+class Pruning(Protocol):
+    """Deleting packs safely while others back up (docs/design.md §14)."""
+
+    async def generation(self) -> int:
+        """The repository's prune generation: it changes whenever packs may have gone."""
+        ...
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        """Commit from a client reconciled at `generation`; `full`: `refs` lists every chunk.
+        `FullRefsRequired` when a prune ran or runs: commit again with `full`."""
+        ...
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        """Take or renew the one prune lock ({holder, since, expires, generation});
+        `PruneLocked` while another holder's lives."""
+        ...
+
+    async def prune_release(self, holder: str) -> None: ...
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        """Schedule dead packs for deletion: {scheduled, kept, absent} (pack id hex lists)."""
+        ...
+
+
+@runtime_checkable
+class StatsReceiver(Protocol):
+    """A backend whose server keeps each repository's last `dicomvault stats` figures."""
+
+    async def report_stats(self, stats: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
 class DrillReceiver(Protocol):
     """A backend whose server keeps the last fire-drill report of each repository."""
 
     async def report_drill(self, report: dict[str, Any]) -> None: ...
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, Pruning):
     """A repository folder on a local (or mounted) filesystem, through any `Store`."""
 
     knows_chunks = False
@@ -144,6 +216,18 @@ class LocalBackend(Backend):
 
     async def put_key(self, name: str, data: bytes) -> None:
         await self.store.put(f"keys/{name}", data)
+
+    async def remove_key(self, name: str) -> None:
+        await self.store.delete(f"keys/{name}")
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self.store.put(f"events/{name}", data)
+
+    async def list_events(self) -> list[str]:
+        return sorted([n.removeprefix("events/") async for n in self.store.list("events")])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self.store.get(f"events/{name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         return set(ids)
@@ -193,5 +277,133 @@ class LocalBackend(Backend):
         except ObjectNotFound:
             raise ObjectNotFound(f"no snapshot {snapshot_id.hex()}") from None
 
+    # A local repository keeps forgotten commit records under trash/snapshots/ (the object's
+    # mtime is when it was scheduled) for the same window as a chunk server's default; the
+    # owner of the folder could delete them by hand, so this protects against mistakes only.
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        listed = set(await self.list_snapshots())
+        for sid in snapshot_ids:
+            if sid not in listed and not await self.store.exists(_trash(sid)):
+                raise NotFound(f"no snapshot {sid.hex()}")
+        out = []
+        for sid in snapshot_ids:
+            if sid in listed:
+                data = await self.store.get(snapshot_name(sid))
+                await self.store.put(_trash(sid), data)  # durable before the original goes
+                await self.store.delete(snapshot_name(sid))
+            out.append(await self._trash_doc(sid))
+        return out
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        docs = [await self._trash_doc(sid) async for sid in self._trashed()]
+        async for name in self.store.list(TRASH_PACKS):
+            st = await self.store.stat(name)
+            docs.append({"kind": "pack", "id": name.rsplit("/", 1)[-1], "scheduled": st.mtime,
+                         "purge_after": st.mtime + UNDELETE_WINDOW, "size": st.size})  # fmt: skip
+        return docs
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        trashed = [sid async for sid in self._trashed()]
+        chosen = trashed if names is None else [_unique_prefix(trashed, n) for n in names]
+        out = []
+        for sid in chosen:
+            doc = await self._trash_doc(sid)
+            await self.store.put(snapshot_name(sid), await self.store.get(_trash(sid)))
+            await self.store.delete(_trash(sid))
+            out.append(doc)
+        if chosen:  # their chunks may be in packs a prune put aside since: bring all back
+            async for name in self.store.list(TRASH_PACKS):
+                pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+                await self.store.put(pack_name(pack_id), await self.store.get(name))
+                await self.store.delete(name)
+        return out
+
+    async def purge_trash(self, now: float, window: float = UNDELETE_WINDOW) -> int:
+        """Delete forgotten records and pruned packs older than the window; return how many."""
+        names = [_trash(sid) async for sid in self._trashed()]
+        names += [name async for name in self.store.list(TRASH_PACKS)]
+        done = 0
+        for name in names:
+            if (await self.store.stat(name)).mtime + window <= now:
+                await self.store.delete(name)
+                done += 1
+        return done
+
+    # the prune protocol, locally: a lock object with an expiry; no generation (no concurrent
+    # backups are supported on a folder while it is pruned)
+
+    async def generation(self) -> int:
+        return 0
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        return await self.commit(record)
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        now = time.time()
+        try:
+            held = json.loads(await self.store.get(LOCK))
+        except ObjectNotFound:
+            held = None
+        if held is not None and held["holder"] != holder and held["expires"] > now:
+            raise PruneLocked(
+                f"another prune ({held['holder']}) holds {self.location}/{LOCK} until "
+                f"{held['expires']:.0f}"
+            )
+        if held is not None:
+            await self.store.delete(LOCK)
+        doc = {"holder": holder, "since": now, "expires": now + ttl, "generation": 0}
+        if not await self.store.put(LOCK, json.dumps(doc).encode()):
+            raise PruneLocked(f"another prune took {self.location}/{LOCK} just now")
+        return doc
+
+    async def prune_release(self, holder: str) -> None:
+        try:
+            held = json.loads(await self.store.get(LOCK))
+        except ObjectNotFound:
+            return
+        if held["holder"] == holder:
+            await self.store.delete(LOCK)
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        scheduled, absent = [], []
+        for pack_id in packs:
+            try:
+                data = await self.store.get(pack_name(pack_id))
+            except ObjectNotFound:
+                absent.append(pack_id.hex())
+                continue
+            await self.store.put(f"{TRASH_PACKS}/{pack_id.hex()}", data)  # durable first
+            await self.store.delete(pack_name(pack_id))
+            scheduled.append(pack_id.hex())
+        return {"scheduled": scheduled, "kept": [], "absent": absent, "generation": 0}
+
+    async def _trashed(self) -> AsyncIterator[SnapshotId]:
+        async for name in self.store.list(TRASH):
+            try:
+                yield SnapshotId.parse(name.rsplit("/", 1)[-1])
+            except ValueError:
+                continue
+
+    async def _trash_doc(self, sid: SnapshotId) -> dict[str, Any]:
+        scheduled = (await self.store.stat(_trash(sid))).mtime
+        return {
+            "kind": "snapshot",
+            "id": sid.hex(),
+            "scheduled": scheduled,
+            "purge_after": scheduled + UNDELETE_WINDOW,
+        }
+
     async def close(self) -> None:
         await self.store.close()
+
+
+def _trash(sid: SnapshotId) -> str:
+    return f"{TRASH}/{sid.hex()}"
+
+
+def _unique_prefix(ids: Sequence[SnapshotId], name: str) -> SnapshotId:
+    found = [s for s in ids if s.hex().startswith(name.lower())]
+    if len(found) != 1:
+        raise NotFound(f"no unique snapshot scheduled for deletion matches {name!r}")
+    return found[0]

@@ -64,7 +64,7 @@ class Content(enum.IntEnum):
 class Hint:
     content: Content = Content.DATA
     layout: object | None = None  # engine.dicom.PixelLayout for native frames
-    image_codec: Codec = Codec.JPEGLS
+    image_codec: Codec | None = None  # None: the measured policy, `frame_codec`
 
 
 _local = threading.local()  # zstd contexts are not thread-safe; one set per worker thread
@@ -109,20 +109,30 @@ def _zstd_may_beat(data: bytes | memoryview, image_len: int) -> bool:
     return estimate * ZSTD_ESTIMATE_MARGIN < image_len
 
 
+def frame_codec(layout: object) -> Codec:
+    """The default image codec for a native frame, from the measured frontier (docs/design.md
+    §3.5, benchmarks/throughput_codecs.py): 8-bit colour frames (ultrasound, secondary capture)
+    take JPEG-XL at effort 1, which there is both smaller and faster than JPEG-LS; everything
+    else (16-bit and 8-bit grey, palette indices) takes JPEG-LS, the smallest there."""
+    colour = getattr(layout, "samples_per_pixel", 1) == 3
+    return Codec.JPEGXL if colour and getattr(layout, "bits_allocated", 0) == 8 else Codec.JPEGLS
+
+
 def _encode_image(data: bytes | memoryview, hint: Hint) -> tuple[Codec, bytes] | None:
     from engine.imagecodec import ImageCodec, encode_frame
 
     layout = hint.layout
+    chosen = frame_codec(layout) if hint.image_codec is None else hint.image_codec
     # Any other `image_codec` (e.g. ZSTD for `--image-codec none`) means no image codec: the
     # blob's codec byte must name the codec that made the payload, or restore cannot decode it.
-    if layout is None or hint.image_codec not in (Codec.JPEGLS, Codec.JPEGXL):
+    if layout is None or chosen not in (Codec.JPEGLS, Codec.JPEGXL):
         return None
-    codec = ImageCodec.JPEGXL if hint.image_codec == Codec.JPEGXL else ImageCodec.JPEGLS
+    codec = ImageCodec.JPEGXL if chosen == Codec.JPEGXL else ImageCodec.JPEGLS
     encoded = encode_frame(codec, data, layout)  # type: ignore[arg-type]
     if encoded is None:
         return None
     prefix = _LAYOUT.pack(*(getattr(layout, f) for f in _LAYOUT_FIELDS))
-    return Codec(hint.image_codec), prefix + encoded
+    return Codec(chosen), prefix + encoded
 
 
 _LAYOUT_FIELDS = (
@@ -213,10 +223,15 @@ def _blob_key(key: MasterKey, salt: bytes) -> AESGCM:
     return AESGCM(blake3.blake3(salt, key=key.encryption_key).digest())
 
 
-def seal_plaintext(key: MasterKey, chunk_id: bytes, plaintext: bytes) -> bytes:
+def seal_plaintext(key: MasterKey, chunk_id: bytes, plaintext: bytes | bytearray) -> bytes:
     salt = os.urandom(SALT_SIZE)
-    ciphertext = _blob_key(key, salt).encrypt(_NONCE, plaintext, _aad(chunk_id))
-    return bytes([VERSION]) + salt + ciphertext
+    out = bytearray(1 + SALT_SIZE + len(plaintext) + TAG_SIZE)
+    out[0], out[1 : 1 + SALT_SIZE] = VERSION, salt
+    # Straight into place: no separate ciphertext to copy behind the version and salt.
+    _blob_key(key, salt).encrypt_into(
+        _NONCE, plaintext, _aad(chunk_id), memoryview(out)[1 + SALT_SIZE :]
+    )
+    return bytes(out)
 
 
 def open_plaintext(key: MasterKey, chunk_id: bytes, blob: bytes | memoryview) -> bytes:
@@ -234,8 +249,12 @@ def open_plaintext(key: MasterKey, chunk_id: bytes, blob: bytes | memoryview) ->
 def seal(key: MasterKey, chunk_id: ChunkId, data: bytes | memoryview, hint: Hint = Hint()) -> bytes:
     """Encode, pad and encrypt one chunk into a blob."""
     codec, payload = encode(data, hint)
-    framed = _FRAME.pack(codec, len(data), len(payload)) + payload
-    return seal_plaintext(key, chunk_id, framed + bytes(padme(len(framed)) - len(framed)))
+    framed_len = _FRAME.size + len(payload)
+    plaintext = bytearray(padme(framed_len))  # zero padding included
+    _FRAME.pack_into(plaintext, 0, codec, len(data), len(payload))
+    plaintext[_FRAME.size : framed_len] = payload
+    del payload  # a worker holds at most two copies of an encoded chunk at once
+    return seal_plaintext(key, chunk_id, plaintext)
 
 
 def open_blob(key: MasterKey, chunk_id: ChunkId, blob: bytes | memoryview) -> bytes:

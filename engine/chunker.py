@@ -18,7 +18,7 @@ from pyfastcdc import FastCDC
 MIN_SIZE = 256 * 1024
 AVG_SIZE = 1024 * 1024
 MAX_SIZE = 8 * 1024 * 1024
-MAX_FRAME_CHUNK = 16 * 1024 * 1024  # native frames up to this size stay one chunk
+MAX_FRAME_CHUNK = 8 * 1024 * 1024  # native frames up to this size stay one chunk
 BUFFERED_MAX = 16 * 1024 * 1024  # segments up to this size are read whole, then cut in memory
 
 

@@ -94,3 +94,23 @@ class CheckFailed(DicomvaultError):
     """Repository check found problems."""
 
     exit_code = 17
+
+
+class EscrowError(DicomvaultError):
+    """The escrow shares do not rebuild this repository's key (too few, mistyped, or another
+    repository's)."""
+
+    exit_code = 21
+
+
+class KitError(DicomvaultError):
+    """The recovery kit cannot be read, is damaged, or belongs to another repository."""
+
+    exit_code = 22
+
+
+class PrimaryAlive(DicomvaultError):
+    """The repository's primary site still answers: promoting a peer now would make two
+    primaries (`dicomvault-server promote --force` if it must)."""
+
+    exit_code = 23

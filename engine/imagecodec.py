@@ -84,16 +84,15 @@ def encode_frame(
     codec failed or did not restore `raw` exactly. Every returned bitstream has been decoded and
     compared.
     """
-    raw = memoryview(raw).cast("B")
-    if not _encodable(layout) or raw.nbytes != _frame_bytes(layout):
+    view = memoryview(raw).cast("B")
+    if not _encodable(layout) or view.nbytes != _frame_bytes(layout):
         return None
     try:
-        encoded = _ENCODERS[codec](_to_codec_array(raw, layout))
-        restored = decode_frame(codec, encoded, layout, raw.nbytes)
+        encoded = _ENCODERS[codec](_to_codec_array(view, layout))
+        restored = _decode_words(codec, encoded, layout, view.nbytes)
     except Exception:  # any codec failure, whatever its type, means "fall back to zstd"
         return None
-    # bytes == bytes is one memcmp; memoryview == bytes compares element by element (~10x slower).
-    return encoded if restored == raw.tobytes() else None
+    return encoded if _same_bytes(restored, view) else None
 
 
 def decode_frame(
@@ -102,6 +101,14 @@ def decode_frame(
     """Return the raw frame bytes that `encode_frame` encoded; raise FormatError if impossible."""
     if not _supported(layout) or raw_length != _frame_bytes(layout):
         raise FormatError(f"image codec cannot restore this layout ({raw_length} bytes)")
+    return _decode_words(codec, encoded, layout, raw_length).tobytes()
+
+
+def _decode_words(
+    codec: ImageCodec, encoded: bytes | memoryview, layout: PixelLayoutLike, raw_length: int
+) -> _Image:
+    """The decoded frame as a contiguous array whose bytes are the raw frame's (`decode_frame`
+    without the final copy to bytes, which verifying an encoding does not need)."""
     decoder = _DECODERS.get(codec)
     if decoder is None:
         raise FormatError(f"unknown image codec {codec!r}")
@@ -109,10 +116,26 @@ def decode_frame(
         decoded = decoder(encoded)
     except Exception as exc:
         raise FormatError(f"{ImageCodec(codec).name} bitstream does not decode: {exc}") from exc
-    raw = _from_codec_array(decoded, layout)
-    if len(raw) != raw_length:
-        raise FormatError(f"decoded frame is {len(raw)} bytes, expected {raw_length}")
-    return raw
+    words = _from_codec_array(decoded, layout)
+    if words.nbytes != raw_length:
+        raise FormatError(f"decoded frame is {words.nbytes} bytes, expected {raw_length}")
+    return words
+
+
+_COMPARE_SLICE = 1024 * 1024
+
+
+def _same_bytes(words: _Image, raw: memoryview) -> bool:
+    """Whether the array's bytes equal `raw`, compared a slice at a time: bytes == bytes is one
+    memcmp (a memoryview compares element by element, ~10x slower), and whole-frame copies would
+    cost two more frames of memory per worker."""
+    got = words.data.cast("B")
+    if got.nbytes != raw.nbytes:
+        return False
+    return all(
+        got[i : i + _COMPARE_SLICE].tobytes() == raw[i : i + _COMPARE_SLICE].tobytes()
+        for i in range(0, raw.nbytes, _COMPARE_SLICE)
+    )
 
 
 @functools.cache
@@ -181,8 +204,9 @@ def _to_codec_array(raw: bytes | memoryview, layout: PixelLayoutLike) -> _Image:
     return words.reshape(layout.rows, layout.columns, 3)
 
 
-def _from_codec_array(decoded: _Image, layout: PixelLayoutLike) -> bytes:
-    """Inverse of `_to_codec_array`; raise FormatError when the decoded image has another shape."""
+def _from_codec_array(decoded: _Image, layout: PixelLayoutLike) -> _Image:
+    """Inverse of `_to_codec_array`, as a contiguous little-endian array holding the raw frame's
+    bytes; raise FormatError when the decoded image has another shape."""
     dtype = np.dtype(np.uint8) if layout.bits_allocated == 8 else np.dtype(np.uint16)
     shape: tuple[int, ...] = (layout.rows, layout.columns)
     if layout.samples_per_pixel == 3:
@@ -195,7 +219,7 @@ def _from_codec_array(decoded: _Image, layout: PixelLayoutLike) -> bytes:
         words = words ^ np.array(flip, dtype=dtype)
     if layout.samples_per_pixel == 3 and layout.planar_configuration == 1:
         words = words.transpose(2, 0, 1)
-    return np.ascontiguousarray(words).astype("<" + dtype.str[1:], copy=False).tobytes()
+    return np.ascontiguousarray(words.astype("<" + dtype.str[1:], copy=False))
 
 
 def _buffer(data: bytes | memoryview) -> bytes:

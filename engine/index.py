@@ -12,6 +12,8 @@ bounded whatever the repository's size. Knows nothing of HTTP or of how packs ar
     files2  keyed BLAKE3 of the absolute path (32) → nonce (12) ‖ AES-256-GCM(files-cache record
             JSON, associated data = the key): paths and DICOM attributes (patient names, UIDs)
             never sit in the cache in plaintext. The key is the master key's cache subkey.
+    meta    "generation" → u64: the chunk server's prune generation this index was last
+            reconciled at (docs/design.md §14)
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class LocalIndex:
         self._others = self.env.open_db(b"others")
         self._packs = self.env.open_db(b"packs")
         self._files = self.env.open_db(b"files2")
+        self._meta = self.env.open_db(b"meta")
         self._files_key = files_key
         self._drop_plaintext_files_cache()
 
@@ -146,14 +149,25 @@ class LocalIndex:
         """Make `good` the chunk's location and forget `bad` ones (they failed to authenticate
         or their pack is gone) while another location works: a failed copy is never kept as
         the one to read."""
-        drop = {*bad, good}
         with self.env.begin(write=True) as txn:
-            current = txn.get(chunk_id, db=self._chunks)
-            rest = _split(txn.get(chunk_id, db=self._others))
-            if current is not None:
-                rest.insert(0, _location(current))
-            txn.put(chunk_id, good.encode(), db=self._chunks)
-            _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
+            self._prefer(txn, chunk_id, good, bad)
+
+    def prefer_many(self, moves: Iterable[tuple[ChunkId, Location]]) -> None:
+        """`prefer` for many chunks in one transaction (a prune's repack)."""
+        with self.env.begin(write=True) as txn:
+            for chunk_id, good in moves:
+                self._prefer(txn, chunk_id, good, ())
+
+    def _prefer(
+        self, txn: lmdb.Transaction, chunk_id: ChunkId, good: Location, bad: Iterable[Location]
+    ) -> None:
+        drop = {*bad, good}
+        current = txn.get(chunk_id, db=self._chunks)
+        rest = _split(bytes(txn.get(chunk_id, db=self._others) or b""))
+        if current is not None:
+            rest.insert(0, _location(bytes(current)))
+        txn.put(chunk_id, good.encode(), db=self._chunks)
+        _put_others(txn, self._others, chunk_id, [o for o in rest if o not in drop])
 
     def add_remote(self, chunk_ids: Iterable[ChunkId]) -> None:
         """Record chunks the server holds in packs this client has not indexed yet."""
@@ -176,8 +190,66 @@ class LocalIndex:
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
-            for db in (self._chunks, self._others, self._packs, self._files):
+            for db in (self._chunks, self._others, self._packs, self._files, self._meta):
                 txn.drop(db, delete=False)
+
+    # pruning (docs/design.md §14)
+
+    def pack_sizes(self) -> Iterator[tuple[PackId, int]]:
+        with self.env.begin(db=self._packs) as txn:
+            for key, value in txn.cursor():
+                yield PackId(bytes(key)), _SIZE.unpack(value)[0]
+
+    def locations(self) -> Iterator[tuple[ChunkId, Location, list[Location]]]:
+        """Every chunk with its location and other copies, in id order, one read transaction
+        (LMDB streams it: memory stays flat)."""
+        with self.env.begin() as txn:
+            others = txn.cursor(self._others)
+            for key, value in txn.cursor(self._chunks):
+                raw = others.get(key)
+                yield ChunkId(bytes(key)), _location(value), _split(raw)
+
+    def drop_pack(self, pack_id: PackId, entries: Iterable[ManifestEntry]) -> None:
+        """Forget a pack that is gone: each of its chunks falls back to another copy, or is
+        forgotten when it has none."""
+        with self.env.begin(write=True) as txn:
+            for e in entries:
+                current = txn.get(e.chunk_id, db=self._chunks)
+                rest = [
+                    o for o in _split(txn.get(e.chunk_id, db=self._others)) if o.pack_id != pack_id
+                ]
+                if current is not None and bytes(current[:32]) == pack_id:
+                    if rest:
+                        txn.put(e.chunk_id, rest.pop(0).encode(), db=self._chunks)
+                    else:
+                        txn.delete(e.chunk_id, db=self._chunks)
+                _put_others(txn, self._others, e.chunk_id, rest)
+            txn.delete(pack_id, db=self._packs)
+
+    def drop_unknown(self) -> int:
+        """Forget every "the server holds it" record: after a prune they may be stale."""
+        dropped = 0
+        with self.env.begin(write=True, db=self._chunks) as txn:
+            cur = txn.cursor()
+            ok = cur.first()
+            while ok:
+                if bytes(cur.value()[:32]) == UNKNOWN_PACK:
+                    ok = cur.delete() and bool(cur.key())  # moved to the next, if any
+                    dropped += 1
+                else:
+                    ok = cur.next()
+        return dropped
+
+    @property
+    def generation(self) -> int | None:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(b"generation")
+        return None if raw is None else int(_SIZE.unpack(raw)[0])
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        with self.env.begin(write=True, db=self._meta) as txn:
+            txn.put(b"generation", _SIZE.pack(value))
 
     # files cache
 

@@ -16,6 +16,7 @@ Pack id = unkeyed BLAKE3-256 of all the pack's bytes, so anyone can verify a pac
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -92,15 +93,36 @@ class PackBuilder:
         trailer = _TRAILER.pack(
             MAGIC, VERSION, len(self._entries), len(sealed_header), self.blob_bytes
         )
-        data = b"".join([*self._parts, sealed_header, manifest, trailer])
+        parts, self._parts = self._parts, []  # finish consumes the blobs: finished once
+        data = _join_consuming([*parts, sealed_header, manifest, trailer], parts)
         if len(data) >= MAX_SIZE:
             raise ValueError("pack too large")
         return pack_id_of(data), data
 
 
+def _join_consuming(parts: list[bytes], owner: list[bytes]) -> bytes:
+    """`b"".join(parts)`, dropping each part once copied (from `parts` and from `owner`, the
+    list they came from), so a 16 MiB pack never sits in memory twice: BytesIO grows one buffer
+    in place (a mapping, remapped rather than copied) and hands it over without a copy when
+    nothing else holds it."""
+    owner.clear()
+    out = io.BytesIO()
+    parts.reverse()
+    while parts:
+        out.write(parts.pop())
+    return out.getvalue()
+
+
 def header_entry(raw_len: int, content: int) -> bytes:
     """One chunk's entry in a pack's header plaintext, in manifest order (sealed by the writer)."""
     return _HEADER_ENTRY.pack(raw_len, content)
+
+
+def header_entries(plain: bytes) -> list[tuple[int, int]]:
+    """(raw_len, content kind) of each chunk, from an opened pack header (prune's repack)."""
+    if len(plain) % HEADER_ENTRY_SIZE:
+        raise FormatError("pack header is not whole entries")
+    return [e for e in _HEADER_ENTRY.iter_unpack(plain)]
 
 
 def parse_trailer(tail: bytes, size: int) -> tuple[int, int, int]:

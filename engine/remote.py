@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.backend import Backend, DrillReceiver, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
 from engine.errors import ObjectNotFound, RepositoryNotFound, TransientError, UsageError
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
-from engine.protocol.routes import repo_url
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER, repo_url
 
 MISSING_BATCH = 10_000  # ids per query: 320 KB each way, well under the server's cap
 
@@ -36,7 +36,7 @@ def _split_url(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}{prefix}", name
 
 
-class RemoteBackend(Backend, Replicated, DrillReceiver):
+class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     """A repository on a chunk server; `missing` is authoritative (the server has an index)."""
 
     knows_chunks = True
@@ -49,6 +49,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
         ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        primary_generation: int = 0,
     ) -> None:
         self.location = url
         base, self.name = _split_url(url)
@@ -56,6 +57,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
         self.http = ProtocolClient(
             token, ca_file=ca_file, ssl_context=ssl_context, timeout=timeout or CLIENT_TIMEOUT
         )
+        self.http.primary_generation = primary_generation
 
     @property
     def bytes_uploaded(self) -> int:
@@ -100,6 +102,16 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
 
     async def put_key(self, name: str, data: bytes) -> None:
         await self._request("PUT", f"keys/{name}", f"key {name}", data=data, headers=OCTETS)
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._request("PUT", f"events/{name}", f"event {name}", data=data, headers=OCTETS)
+
+    async def list_events(self) -> list[str]:
+        doc = await self._json("GET", "events", "events")
+        return sorted(doc["events"])
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._request("GET", f"events/{name}", f"event {name}")
 
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         out: set[ChunkId] = set()
@@ -176,9 +188,39 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
             if not after:
                 return
 
+    def _commit_headers(self) -> dict[str, str]:
+        # The primary generation this client knows of (not the prune generation): a stale
+        # primary that hears of a higher one is fenced and refuses (docs/design.md §17).
+        return {**OCTETS, PRIMARY_GENERATION_HEADER: str(self.http.primary_generation)}
+
     async def commit(self, record: bytes) -> SnapshotId:
-        doc = await self._json("POST", "snapshots", "commit", data=record, headers=OCTETS)
+        headers = self._commit_headers()
+        doc = await self._json("POST", "snapshots", "commit", data=record, headers=headers)
         return SnapshotId.parse(doc["snapshot"])
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        params = {"generation": str(generation)} | ({"full": "1"} if full else {})
+        doc = await self._json(
+            "POST", "snapshots", "commit", data=record, headers=self._commit_headers(),
+            params=params,
+        )  # fmt: skip
+        return SnapshotId.parse(doc["snapshot"])
+
+    async def generation(self) -> int:
+        return int((await self._json("GET", "generation", "generation"))["generation"])
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        doc = await self._json(
+            "POST", "prune/lock", "prune lock", json={"holder": holder, "ttl": ttl}
+        )
+        return dict(doc)
+
+    async def prune_release(self, holder: str) -> None:
+        await self._request("DELETE", "prune/lock", "prune unlock", params={"holder": holder})
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        body = {"holder": holder, "packs": [p.hex() for p in packs]}
+        return dict(await self._json("POST", "prune/schedule", "prune schedule", json=body))
 
     async def list_snapshots(self) -> list[SnapshotId]:
         doc = await self._json("GET", "snapshots", "list snapshots")
@@ -223,8 +265,23 @@ class RemoteBackend(Backend, Replicated, DrillReceiver):
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._request("POST", "heartbeat", "heartbeat", json=info)
 
+    async def report_stats(self, stats: dict[str, Any]) -> None:
+        await self._request("POST", "stats", "stats report", json=stats)
+
     async def report_drill(self, report: dict[str, Any]) -> None:
         await self._request("POST", "drills", "drill report", json=report)
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        body = {"snapshots": [s.hex() for s in snapshot_ids]}
+        doc = await self._json("POST", "forget", "forget", json=body)
+        return list(doc["scheduled"])
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return list((await self._json("GET", "deletions", "pending deletions"))["pending"])
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        body = {} if names is None else {"snapshots": list(names)}
+        return list((await self._json("POST", "undelete", "undelete", json=body))["restored"])
 
     async def close(self) -> None:
         await self.http.close()

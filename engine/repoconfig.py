@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.backend import Backend
@@ -59,16 +60,33 @@ async def init_repository(backend: Backend, passphrase: bytes, kdf: KdfParams) -
     return config
 
 
-async def unlock(backend: Backend, passphrase: bytes, warnings: list[str]) -> MasterKey:
+async def unlock(
+    backend: Backend, passphrase: bytes, warnings: list[str], spare: Sequence[bytes] = ()
+) -> MasterKey:
     """Try each key object in turn; a malformed one (or one asking for a KDF cost out of
-    bounds, `engine.keyobject`) is skipped with a warning before any KDF work is spent on it."""
+    bounds, `engine.keyobject`) is skipped with a warning before any KDF work is spent on it.
+    `spare` key objects (a recovery kit's) are tried after the repository's own."""
+    return (await unlock_named(backend, passphrase, warnings, spare))[1]
+
+
+async def unlock_named(
+    backend: Backend, passphrase: bytes, warnings: list[str], spare: Sequence[bytes] = ()
+) -> tuple[str, MasterKey]:
+    """As `unlock`, and the name of the key object that opened (`dicomvault key`)."""
     for name in await backend.list_keys():
         try:
-            return await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
+            return name, await asyncio.to_thread(unwrap, await backend.get_key(name), passphrase)
         except WrongPassphrase:
             continue
         except (FormatError, ObjectNotFound) as e:  # not found: quarantined since listed
             warnings.append(f"skipped key object {name}: {e}")
+    for key_object in spare:
+        try:
+            return key_name(key_object), await asyncio.to_thread(unwrap, key_object, passphrase)
+        except WrongPassphrase:
+            continue
+        except FormatError as e:
+            warnings.append(f"skipped the recovery kit's key object: {e}")
     if warnings:
         raise WrongPassphrase(f"{WrongPassphrase.__doc__} ({'; '.join(warnings)})")
     raise WrongPassphrase()

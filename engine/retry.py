@@ -30,7 +30,7 @@ from abc import ABC
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from engine.backend import Backend, DrillReceiver, Replicated
+from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
 from engine.clock import SYSTEM, Clock
 from engine.errors import TransientError, Unreachable, UsageError
 from engine.ids import ChunkId, PackId, SnapshotId
@@ -157,8 +157,27 @@ class RetryingBackend(Backend):
     async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes:
         return await self._retry("get snapshot", lambda: self.inner.get_snapshot(snapshot_id))
 
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._retry("put event", lambda: self.inner.put_event(name, data))
+
+    async def list_events(self) -> list[str]:
+        return await self._retry("list events", self.inner.list_events)
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._retry("get event", lambda: self.inner.get_event(name))
+
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:
         return await self.inner.quarantine(kind, ident, reason)  # not retried: see the docstring
+
+    async def forget(self, snapshot_ids: Sequence[SnapshotId]) -> list[dict[str, Any]]:
+        # Idempotent: a snapshot already scheduled keeps its schedule.
+        return await self._retry("forget", lambda: self.inner.forget(snapshot_ids))
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return await self._retry("pending deletions", self.inner.pending_deletions)
+
+    async def undelete(self, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        return await self.inner.undelete(names)  # not retried: a repeat finds nothing to undo
 
     async def heartbeat(self, info: dict[str, Any]) -> None:
         await self._retry("heartbeat", lambda: self.inner.heartbeat(info))
@@ -167,7 +186,7 @@ class RetryingBackend(Backend):
         await self.inner.close()
 
 
-class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver):
+class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     """`RetryingBackend` around a backend with the chunk server's optional capabilities."""
 
     def __init__(self, inner: RemoteCapable, **kw: Any) -> None:
@@ -184,8 +203,32 @@ class RetryingRemoteBackend(RetryingBackend, Replicated, DrillReceiver):
         # Idempotent: the server keeps the last report per repository; a repeat replaces it.
         await self._retry("drill report", lambda: self.remote.report_drill(report))
 
+    async def report_stats(self, stats: dict[str, Any]) -> None:
+        # Idempotent: the server keeps the last report per repository.
+        await self._retry("stats report", lambda: self.remote.report_stats(stats))
 
-class RemoteCapable(Backend, Replicated, DrillReceiver, ABC):
+    # The prune protocol: every call is idempotent (a lock is renewed by its holder, a pack
+    # already scheduled is reported absent, a commit is stored under its hash).
+
+    async def generation(self) -> int:
+        return await self._retry("generation", self.remote.generation)
+
+    async def commit_at(self, record: bytes, generation: int, full: bool) -> SnapshotId:
+        return await self._retry("commit", lambda: self.remote.commit_at(record, generation, full))
+
+    async def prune_lock(self, holder: str, ttl: float) -> dict[str, Any]:
+        return await self._retry("prune lock", lambda: self.remote.prune_lock(holder, ttl))
+
+    async def prune_release(self, holder: str) -> None:
+        await self._retry("prune unlock", lambda: self.remote.prune_release(holder))
+
+    async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
+        return await self._retry(
+            "prune schedule", lambda: self.remote.prune_schedule(holder, packs)
+        )
+
+
+class RemoteCapable(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver, ABC):
     """What `RetryingRemoteBackend` wraps (for the type checker; `isinstance` decides)."""
 
 

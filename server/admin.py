@@ -114,4 +114,8 @@ def promote_replica_offline(config: ServerConfig, name: str) -> bool:
 
     with open_index(config) as index:
         open_repositories(config).get(name)
-        return ReplicationState(index).release_replica(name)
+        state = ReplicationState(index)
+        was_replica = state.replica_owner(name) is not None
+        if was_replica:
+            state.promote(name)  # a generation above the old primary's fences it
+        return was_replica

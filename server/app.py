@@ -21,11 +21,15 @@ from engine.clock import SYSTEM, Clock
 from engine.errors import DicomvaultError
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
+from server.audit_middleware import audit_ctx, audit_middleware
 from server.auth import hash_token
 from server.catchup import CatchUp, fetch_token, publish_tokens
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
+from server.events import routes as event_routes
+from server.fencing import add_generation
 from server.handlers import routes
+from server.handlers_deletion import deletion_routes, purge_ctx
 from server.index import ServerIndex
 from server.intake import complete_intakes
 from server.metrics import Metrics
@@ -227,9 +231,10 @@ def make_app(
     disk_usage: DiskUsageFn = shutil.disk_usage,
 ) -> web.Application:
     """The server; tests inject the clock and the disk-usage probe behind the disk alert."""
-    # Metrics outermost so they time the error responses too.
+    # Metrics outermost so they time the error responses too; the audit trail outside the error
+    # middleware, so it records the status a refused request was answered with.
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, token_middleware],
+        middlewares=[metrics_middleware, audit_middleware, error_middleware, token_middleware],
         client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
@@ -238,12 +243,17 @@ def make_app(
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
     app.cleanup_ctx.append(_index_ctx)
+    app.on_response_prepare.append(add_generation)
+    app.cleanup_ctx.append(audit_ctx)  # after the index: the middleware reads token records
     app.cleanup_ctx.append(_catchup_ctx)
     app.cleanup_ctx.append(_replication_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_alerts_ctx)
+    app.cleanup_ctx.append(purge_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
+    app.add_routes(event_routes)
     app.add_routes(monitor_routes)
+    app.add_routes(deletion_routes)
     return app

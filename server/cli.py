@@ -23,6 +23,8 @@ from typing import Any
 
 from engine.errors import DicomvaultError, InvalidName, UsageError
 from server.auth import REPO_NAME_RULE
+from server.cli_audit import audit_parser, cmd_audit
+from server.cli_failover import cmd_promote, promote_parser
 from server.config import ServerConfig, load_config
 
 
@@ -375,10 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     ptc.add_argument(
         "--repo",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME",
         help="a repository name this primary may fill here (repeatable; run again with the "
-        "same --name to add names later)",
+        "same --name to add names later). None: a token for a peer that may become primary "
+        "of a repository of this site after a failover; name it as this site's [[peers]] "
+        "entry for it (docs/design.md §17)",
     )
     ptc.add_argument(
         "--heal",
@@ -394,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--json", action="store_true", help="print JSON")
     rx.set_defaults(func=cmd_reindex)
     _monitor_parsers(sub)
+    audit_parser(sub, _data_arg)
+    promote_parser(sub, _data_arg)
+    sub.choices["promote"].set_defaults(func=lambda a: cmd_promote(a, _existing(_config(a))))
+    sub.choices["audit"].set_defaults(func=lambda a: cmd_audit(a, _existing(_config(a))))
     return parser
 
 

@@ -65,6 +65,11 @@ class ServerConfig:
     # (0: only on demand), at most `scrub_rate` bytes per second so uploads are not starved.
     scrub_interval: float = 7 * 24 * 3600.0
     scrub_rate: float | None = 50 * MiB
+    # Deletions (docs/design.md §14): forget and prune only schedule; objects are destroyed
+    # once `undelete_days` have passed (the provider's, at least 1), checked every
+    # `purge_interval` seconds.
+    undelete_days: float = 14.0
+    purge_interval: float = 3600.0
     # Alerts (docs/design.md "Alerts", docs/server.example.toml): `[alerts]` and `[repos.NAME]`.
     alerts: AlertSettings = field(default_factory=AlertSettings)
     repos: tuple[RepoPolicy, ...] = ()
@@ -169,6 +174,8 @@ def load_config(
     if "data_dir" not in values:
         raise UsageError("the data folder is required (--data or data_dir in the config file)")
     config = ServerConfig(**values)
+    if not config.undelete_days >= 1:
+        raise UsageError(f"undelete_days must be at least 1, got {config.undelete_days!r}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise UsageError("TLS needs both a certificate and a key")
     return config

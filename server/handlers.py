@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import blake3
 from aiohttp import web
 
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name
@@ -20,21 +21,25 @@ from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.keyobject import KeyObject
 from engine.pack import pack_name
 from engine.protocol import routes as routes_v1
+from engine.protocol.errors import FullRefsRequired, HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
+from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
 from server.errors import BodyTooLarge, MissingChunks
+from server.fencing import check_writable
 from server.intake import journalled, receive_pack
 from server.monitor_metrics import render as render_monitor_metrics
 from server.quarantine import object_name, quarantine
 from server.reindex import snapshot_summary
 from server.replication.state import CONFIG as CONFIG_ITEM
-from server.replication.state import KEY, PACK, SNAPSHOT, TOKENS, Item
+from server.replication.state import EVENT, KEY, PACK, SNAPSHOT, TOKENS, Item
 from server.repos import Repository
 from server.state import (
     ALERTS,
     CATCHUP,
     CLOCK,
     CONFIG,
+    DELETIONS,
     INDEX,
     METRICS,
     REPLICATION,
@@ -44,6 +49,7 @@ from server.state import (
 
 log = logging.getLogger(__name__)
 SMALL_BODY = 1024 * 1024  # config, key objects and heartbeats are a few KiB
+MAX_EVENT_SIZE = 64 * 1024  # a sealed audit event: who opened which studies and series
 PAGE = 10_000  # packs per listing page
 
 _T = TypeVar("_T", PackId, SnapshotId)
@@ -55,9 +61,8 @@ def _repository(request: web.Request, action: Action) -> Repository:
     """Validate the name (400), the token (401), its repository (404) and role (403)."""
     name = validate_repo_name(request.match_info["name"])
     authorize(request.app[INDEX], bearer_token(request), name, action)
-    if action is not Action.READ and request.app[REPLICATION].state.replica_owner(name):
-        # Writes here would diverge from the primary; `repo promote` ends the replica.
-        raise PermissionDenied(f"this site holds a replica of {name!r}; back up to the primary")
+    if action is not Action.READ:  # a replica's or a fenced site's would fork the repository
+        check_writable(request, name)
     return request.app[REPOS].get(name)
 
 
@@ -106,9 +111,13 @@ async def store_small_object(
     decides what every later unlock spends (docs/design.md, threat model)."""
     if name.startswith("keys/"):
         KeyObject.decode(data)
+    if name.startswith("events/"):
+        check_event(name.removeprefix("events/"), data)
     if await repo.store.put(name, data):
         if name == "config":  # a practice's `init`: its tokens exist by now, so send them too
             items = [Item(CONFIG_ITEM, "config"), Item(TOKENS, "tokens")]
+        elif name.startswith("events/"):
+            items = [Item(EVENT, name.removeprefix("events/"))]
         else:
             items = [Item(KEY, name.removeprefix("keys/"))]
         await _notify(request, repo, items)
@@ -116,6 +125,14 @@ async def store_small_object(
     if await repo.store.get(name) != data:
         raise ObjectExists(f"{name} already exists with different content")
     return web.json_response({"created": False})
+
+
+def check_event(name: str, data: bytes) -> None:
+    """An audit event is opaque sealed bytes named by their BLAKE3 (first 16 bytes, hex)."""
+    if len(data) > MAX_EVENT_SIZE:
+        raise UsageError(f"audit event larger than {MAX_EVENT_SIZE} bytes")
+    if blake3.blake3(data).hexdigest()[:32] != name:
+        raise HashMismatch(f"audit event {name} does not match its name")
 
 
 async def _notify(request: web.Request, repo: Repository, items: list[Item]) -> None:
@@ -289,6 +306,21 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
 # -- snapshots -----------------------------------------------------------------------------
 
 
+async def check_generation(request: web.Request, repo: Repository, record: CommitRecord) -> None:
+    """The prune protocol's commit rule (docs/design.md §14): a commit that lists only changed
+    chunks must come from a client reconciled at the current generation while no prune runs;
+    otherwise it must list every chunk (`?full=1`). Chunks it needs from packs a prune
+    scheduled revive those packs."""
+    deletions = request.app[DELETIONS]
+    generation = query_int(request, "generation", 0, 0, 2**62)
+    full = request.query.get("full") == "1"
+    if not full and deletions.commit_is_stale(repo.name, generation, request.app[CLOCK].time()):
+        raise FullRefsRequired("a prune ran or is running: commit again listing every chunk")
+    absent = await asyncio.to_thread(request.app[INDEX].missing, repo.name, record.refs)
+    if absent:
+        await deletions.revive_for(repo, absent)
+
+
 async def _check_refs(request: web.Request, repo: Repository, record: CommitRecord) -> None:
     absent = await request.app[CATCHUP].missing(repo, record.refs, force=True)
     if absent:
@@ -331,9 +363,12 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
     """Check a commit's refs, store it durably, index it, then queue it for the peers."""
     record = CommitRecord.decode(data)
     sid = snapshot_id_of(data)
-    # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
-    await _check_refs(request, repo, record)
-    await _store_commit(request, repo, sid, record, data)
+    deletions = request.app[DELETIONS]
+    async with deletions.lock(repo.name):  # never between a prune's steps (server.deletion)
+        await check_generation(request, repo, record)
+        # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
+        await _check_refs(request, repo, record)
+        await _store_commit(request, repo, sid, record, data)
     request.app[METRICS].commits += 1
     await _notify(request, repo, [Item(SNAPSHOT, sid.hex())])
     return sid
@@ -353,6 +388,8 @@ async def list_snapshots(request: web.Request) -> web.Response:
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
+    if request.app[DELETIONS].is_scheduled(repo.name, SNAPSHOT_DELETION, sid.hex()):
+        raise ObjectNotFound(f"snapshot {sid.hex()} is scheduled for deletion (undelete it)")
     return await stream_object(request, repo, snapshot_name(sid))
 
 
@@ -408,7 +445,14 @@ async def metrics(request: web.Request) -> web.Response:
     text = request.app[METRICS].render(repositories=count)
     text += await asyncio.to_thread(request.app[REPLICATION].render_metrics)
     text += await asyncio.to_thread(_monitor_metrics, request.app)
+    text += await asyncio.to_thread(render_space_metrics, request.app)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def render_space_metrics(app: web.Application) -> str:
+    from server.handlers_deletion import render_metrics  # it imports this module
+
+    return render_metrics(app)
 
 
 def _monitor_metrics(app: web.Application) -> str:

@@ -205,6 +205,8 @@ def _repo_row(r: RepoFacts, now: float, alerts: list[dict[str, Any]]) -> dict[st
         "snapshots": r.snapshots,
         "packs": r.packs,
         "stored_bytes": r.stored_bytes,
+        "pending_deletion_bytes": r.pending_deletion_bytes,
+        "space": r.space,
         "replication": r.lag,
         "replication_lag": max(lags) if lags else (0.0 if r.lag else None),
         "scrub": r.scrub,

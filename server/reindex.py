@@ -19,6 +19,9 @@ from engine.commit import CommitRecord
 from engine.errors import DicomvaultError
 from engine.ids import PackId, SnapshotId
 from engine.pack import read_pack_info_ranged
+from server.deletion import PACK as PACK_DELETION
+from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.repos import Repositories, Repository
 
@@ -48,6 +51,8 @@ async def _hash_of(repo: Repository, name: str) -> bytes:
 async def _index_pack(repo: Repository, index: ServerIndex, name: str, verify: bool) -> int:
     """Index one stored pack from its trailer and manifest; return its chunk count."""
     pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+    if Deletions(index).is_scheduled(repo.name, PACK_DELETION, pack_id.hex()):
+        return 0  # a prune scheduled it: out of the index until purged or revived
     stat = await repo.store.stat(name)
     info = await read_pack_info_ranged(partial(repo.store.get_range, name), stat.size)
     if verify and await _hash_of(repo, name) != pack_id:
@@ -59,6 +64,8 @@ async def _index_pack(repo: Repository, index: ServerIndex, name: str, verify: b
 
 async def index_snapshot(repo: Repository, index: ServerIndex, name: str) -> None:
     snapshot_id = SnapshotId.parse(name.rsplit("/", 1)[-1])
+    if Deletions(index).is_scheduled(repo.name, SNAPSHOT_DELETION, snapshot_id.hex()):
+        return  # forgotten, within its undelete window: it stays out of listings
     record = CommitRecord.decode(await repo.store.get(name))
     summary = snapshot_summary(record, (await repo.store.stat(name)).mtime)
     await asyncio.to_thread(index.add_snapshot, repo.name, snapshot_id, summary)

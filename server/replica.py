@@ -14,12 +14,13 @@ import asyncio
 
 from aiohttp import web
 
-from engine.errors import RepositoryNotFound, UsageError
+from engine.errors import UsageError
 from engine.ids import ID_SIZE, PackId
 from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
 from server.catchup import MISSING_EVERY
+from server.fencing import check_replica_push
 from server.handlers import (
     PAGE,
     accept_commit,
@@ -29,9 +30,8 @@ from server.handlers import (
     small_body,
     store_small_object,
 )
-from server.replication.state import ReplicationState
 from server.repos import Repository
-from server.state import CATCHUP, CLOCK, INDEX, REPLICATION, REPOS
+from server.state import CATCHUP, CLOCK, INDEX, REPOS
 
 routes = web.RouteTableDef()
 RR = routes_v1.REPLICA_REPO
@@ -47,9 +47,7 @@ def _replica(request: web.Request, *, create: bool) -> Repository:
     """
     name = validate_repo_name(request.match_info["name"])
     owner = authorize_replica(request.app[INDEX], bearer_token(request))
-    state: ReplicationState = request.app[REPLICATION].state
-    if state.replica_owner(name) != owner:
-        raise RepositoryNotFound(f"no repository {name!r} for replicas from {owner!r}")
+    check_replica_push(request, name, owner)
     repos = request.app[REPOS]
     return repos.ensure(name) if create else repos.get(name)
 
@@ -64,6 +62,13 @@ async def put_config(request: web.Request) -> web.Response:
 async def put_key(request: web.Request) -> web.Response:
     repo = _replica(request, create=True)
     name = "keys/" + request.match_info["key"]
+    return await store_small_object(request, repo, name, await small_body(request))
+
+
+@routes.put(RR + "/events/{event}")
+async def put_event(request: web.Request) -> web.Response:
+    repo = _replica(request, create=True)
+    name = "events/" + request.match_info["event"]
     return await store_small_object(request, repo, name, await small_body(request))
 
 

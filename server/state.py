@@ -10,8 +10,10 @@ from aiohttp import web
 from engine.clock import Clock
 from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
+from server.audit import AuditTrail
 from server.catchup import CatchUp
 from server.config import ServerConfig
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
@@ -27,4 +29,6 @@ DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
+AUDIT = web.AppKey("audit", AuditTrail)
 CATCHUP = web.AppKey("catchup", CatchUp)
+DELETIONS = web.AppKey("deletions", Deletions)

@@ -91,7 +91,8 @@ class GatedServer(AssociationServer):
 def stream_to(inbox: Inbox) -> None:
     """Have pynetdicom write each received dataset to a temporary file in the spool folder (as
     the PDUs arrive), so an instance of any size costs one PDU of memory and is adopted by a
-    rename. Process-wide: pynetdicom reads these as module globals."""
+    rename. Process-wide: pynetdicom reads these as module globals, so `stop_streaming` puts
+    them back when the receiver stops (another SCP in the process must not write here)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
         tempfile.NamedTemporaryFile, dir=inbox.folder, prefix=TMP_PREFIX
@@ -99,6 +100,14 @@ def stream_to(inbox: Inbox) -> None:
     dimse_messages.create_file_meta = _temp_file_meta  # type: ignore[assignment]
 
 
+def stop_streaming() -> None:
+    _config.STORE_RECV_CHUNKED_DATASET = _original_chunked
+    dimse_messages.NamedTemporaryFile = _original_temp_file
+    dimse_messages.create_file_meta = _original_file_meta
+
+
+_original_chunked = _config.STORE_RECV_CHUNKED_DATASET
+_original_temp_file = dimse_messages.NamedTemporaryFile
 _original_file_meta = dimse_messages.create_file_meta
 PLACEHOLDER_UID = "2.25.0"  # in a temporary file only: its instance is refused, never kept
 
@@ -166,6 +175,7 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            stop_streaming()
 
     # association requests
 

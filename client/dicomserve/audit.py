@@ -1,7 +1,8 @@
 """The audit trail of `dicom-serve`: one JSON line per query or retrieve, appended and fsynced.
 
-Owns the record's fields and the file; knows nothing of DICOM networking. Kept to this one module
-so the repository-wide audit trail (issue 16) can take it over.
+Owns the record's fields and the file; knows nothing of DICOM networking. Every record is also
+handed to a mirror, which `client.dicomserve.service` points at the repository's sealed audit
+events (`client.audit`) for retrievals, so `dicomvault audit` shows dicom-serve's reads too.
 
     {"time", "who", "address", "action", "level", "keys", "studies", "series", "instances",
      "outcome", "detail"}
@@ -45,10 +46,17 @@ class AuditRecord:
 
 
 class AuditLog:
-    """Append-only JSON lines; each record is fsynced before `write` returns. Thread-safe."""
+    """Append-only JSON lines; each record is fsynced before `write` returns. Thread-safe.
+    `mirror`, when given, also receives every record written (the repository's sealed audit
+    events, `client.audit`: one mechanism for every read of the practice's images)."""
 
-    def __init__(self, path: Path, clock: Callable[[], str]) -> None:
-        self.path, self._clock = path, clock
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], str],
+        mirror: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.path, self._clock, self._mirror = path, clock, mirror
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(self._fd, 0o600)  # plaintext UIDs and callers, for the auditor only
@@ -64,6 +72,8 @@ class AuditLog:
         with self._lock:
             os.write(self._fd, line)
             os.fsync(self._fd)
+        if self._mirror is not None:
+            self._mirror(doc)
 
     def close(self) -> None:
         with self._lock:

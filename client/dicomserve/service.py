@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client import audit as client_audit
 from client.dicomserve.audit import AuditLog, AuditRecord
 from client.dicomserve.index import CatalogueIndex, IndexReader, InstanceRef
 from client.dicomserve.instances import Fetcher, InstanceCache, sop_class_of
@@ -66,6 +67,40 @@ class ServeConfig:
 
     def admits(self, ae_title: str, host: str) -> bool:
         return self.accept_any or any(a.admits(ae_title, host) for a in self.allowed)
+
+
+RETRIEVALS = frozenset({"C-GET", "C-MOVE", "WADO-RS"})  # what becomes a repository event
+
+
+class RepositoryEvents:
+    """dicom-serve's retrievals as the repository's sealed audit events (`client.audit`),
+    recorded on the serving loop from whichever thread wrote the local line."""
+
+    def __init__(self, repo: Repository, loop: asyncio.AbstractEventLoop) -> None:
+        self.repo, self.loop = repo, loop
+        self.pending: set[Future[None]] = set()
+
+    def mirror(self, doc: dict[str, Any]) -> None:
+        if doc["action"] not in RETRIEVALS:
+            return
+        count = doc.get("instances_count", len(doc["instances"]))
+        detail = (f"{doc['action']} by {doc['who']} from {doc['address']}: {count} instances, "
+                  f"{doc['outcome']}")  # fmt: skip
+        coro = client_audit.record(self.repo, "dicom-serve", studies=doc["studies"],
+                                   series=doc["series"], detail=detail)  # fmt: skip
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        self.pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("audit event not recorded: %s", future.exception())
+
+    async def settle(self) -> None:
+        """Wait for the events still being written (at shutdown)."""
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in list(self.pending)),
+                             return_exceptions=True)  # fmt: skip
 
 
 class Archive:
@@ -236,7 +271,8 @@ async def serve(
     if await index.refresh(repo) or not index.loaded:
         await asyncio.to_thread(index.save)
     await repo.sync_index()  # chunk locations now, not on the first retrieve
-    audit = AuditLog(state_dir / "audit.jsonl", clock)
+    events = RepositoryEvents(repo, asyncio.get_running_loop())
+    audit = AuditLog(state_dir / "audit.jsonl", clock, mirror=events.mirror)
     archive = Archive(repo, index, audit, config, asyncio.get_running_loop())
     dimse = DimseServer(archive) if config.dimse_port is not None else None
     runner = None
@@ -258,5 +294,6 @@ async def serve(
         if runner is not None:
             await runner.cleanup()
         audit.close()
+        await events.settle()
         await asyncio.to_thread(index.save)  # the SOP classes learnt while serving
         index.close()

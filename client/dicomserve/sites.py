@@ -4,7 +4,8 @@
 primary chunk server, its replication peer, a local copy): every read tries the sites in order,
 starting with the one that answered last, and moves on when a site fails or lacks the object.
 The repository is the same everywhere (same config, key objects, content-addressed packs), so any
-answer is as good as another. Never writes.
+answer is as good as another. Writes nothing but its sealed audit events (`client.audit`),
+to the first site that takes one.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ class SitesBackend(Backend):
         return await self._first(
             f"snapshot {snapshot_id.short()}", lambda s: s.get_snapshot(snapshot_id)
         )
+
+    async def put_event(self, name: str, data: bytes) -> None:
+        await self._first(f"event {name}", lambda s: s.put_event(name, data))
+
+    async def list_events(self) -> list[str]:
+        return await self._first("event list", lambda s: s.list_events())
+
+    async def get_event(self, name: str) -> bytes:
+        return await self._first(f"event {name}", lambda s: s.get_event(name))
 
     async def put_config(self, data: bytes) -> None:
         raise ReadOnly("dicom-serve is read-only")

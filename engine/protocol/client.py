@@ -34,6 +34,7 @@ import aiohttp
 
 from engine.errors import DicomvaultError, StoreError, Unreachable
 from engine.protocol.errors import error_for
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 # No total timeout: a 16 MiB pack on a 4 Mbit/s uplink takes ~35 s, a rate-limited one minutes;
@@ -160,6 +161,9 @@ class ProtocolClient:
         self._timeout = timeout
         self.counter = ByteCounter()
         self._session: aiohttp.ClientSession | None = None
+        # The highest primary generation answers carried (docs/design.md §17; not §14's prune
+        # generation).
+        self.primary_generation = 0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -196,11 +200,16 @@ class ProtocolClient:
                     message, code = await error_answer(resp)
                     raise self.refused(resp.status, code, what, message)
                 answered = True
+                self._saw_generation(resp.headers.get(PRIMARY_GENERATION_HEADER, ""))
                 yield resp
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             if answered and not isinstance(e, aiohttp.ClientError | TimeoutError):
                 raise
             raise self.unreachable(what, e, await unanswered(e, url, self.CA_HINT)) from None
+
+    def _saw_generation(self, text: str) -> None:
+        if text.isdigit():
+            self.primary_generation = max(self.primary_generation, int(text))
 
     async def fetch(
         self, method: str, url: str, what: str, ok: tuple[int, ...], **kw: Any

@@ -36,6 +36,11 @@ class Unauthenticated(PermissionDenied):
     """Missing or unknown token."""
 
 
+class NotPrimary(PermissionDenied):
+    """This site does not take the practice's writes: it holds a replica, or another site was
+    promoted primary (docs/design.md §17). Another site may; a client with several tries it."""
+
+
 class BodyTooLarge(UsageError):
     """Request body larger than the server accepts."""
 
@@ -68,10 +73,21 @@ class MissingChunks(IntegrityError):
         }
 
 
+class FullRefsRequired(IntegrityError):
+    """A commit listing only its changed chunks came from a client whose index predates a
+    prune (or while one runs): the client commits again listing every chunk it references
+    (docs/design.md §14)."""
+
+
+class PruneLocked(ObjectExists):
+    """Another prune holds the repository's prune lock: refused, never two deleters at once."""
+
+
 # Most specific first: encoding takes the first row the error is an instance of; decoding the
 # first row with the status and code.
 TABLE: tuple[tuple[type[DicomvaultError], int, str], ...] = (
     (Unauthenticated, 401, "unauthenticated"),
+    (NotPrimary, 403, "not_primary"),
     (PermissionDenied, 403, "forbidden"),
     (RepositoryNotFound, 404, "repo_not_found"),
     (ObjectNotFound, 404, "not_found"),
@@ -81,6 +97,8 @@ TABLE: tuple[tuple[type[DicomvaultError], int, str], ...] = (
     (SlowBody, 408, "too_slow"),
     (UsageError, 400, "bad_request"),
     (MissingChunks, 409, "missing_chunks"),
+    (FullRefsRequired, 409, "full_refs_required"),
+    (PruneLocked, 409, "prune_locked"),
     (ObjectExists, 409, "exists"),
     (RepositoryExists, 409, "repo_exists"),
     (HashMismatch, 422, "hash_mismatch"),

@@ -13,6 +13,9 @@ ALERTS = f"{API}/alerts"
 REPO = f"{API}/repos/{{name}}"  # a client's repository
 REPLICA = f"{API}/replica"  # what a primary site may push to a peer
 REPLICA_REPO = f"{REPLICA}/repos/{{name}}"
+# The repository's primary generation (docs/design.md §17; not §14's prune generation): in every
+# answer about a repository, in a client's commit and in a primary's pushes.
+PRIMARY_GENERATION_HEADER = "Dicomvault-Primary-Generation"
 
 
 def repo_url(base: str, name: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from engine.errors import ObjectNotFound, RepositoryNotFound
 from server.alerts.settings import AlertSite, Effective, effective
+from server.deletion import DAY, Deletions
 from server.drills import DrillRecords
 from server.index import ServerIndex
 from server.replication.state import ReplicationState
@@ -34,6 +35,7 @@ SCRUB_FAILED = "scrub_failed"
 DRILL_FAILED = "drill_failed"
 DISK_FULL = "disk_full"
 PEER_UNREACHABLE = "peer_unreachable"
+MASS_DELETION = "mass_deletion"
 # A write refused for want of space keeps the disk alert open this long, even when the failed
 # upload's temp file, once removed, leaves the disk under its threshold again.
 FULL_HOLD = 3600.0
@@ -83,6 +85,11 @@ class RepoFacts:
     scrub: dict[str, Any] | None = None
     unhealed: list[dict[str, Any]] = field(default_factory=list)
     drills: list[dict[str, Any]] = field(default_factory=list)
+    scheduled_day: int = 0  # snapshots scheduled for deletion in the last 24 hours
+    scheduled_day_bytes: int = 0  # bytes of the packs scheduled in the last 24 hours
+    pending_deletion_bytes: int = 0
+    space: dict[str, Any] | None = None  # the practice's last `dicomvault stats` report
+    mass_deletion_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,15 @@ def _repo_facts(
     facts.scrub = scrub.run(name)
     facts.unhealed = scrub.unhealed(name)
     facts.drills = drills.latest(name)
+    deletions = Deletions(index)
+    facts.scheduled_day = deletions.scheduled_since(name, now - DAY)
+    pending = deletions.pending(name)
+    facts.pending_deletion_bytes = sum(int(d.get("size") or 0) for d in pending)
+    facts.scheduled_day_bytes = sum(
+        int(d.get("size") or 0) for d in pending if d["scheduled"] >= now - DAY
+    )
+    facts.space = deletions.stats(name)
+    facts.mass_deletion_share = config.alerts.mass_deletion_share
     return facts
 
 
@@ -225,6 +241,7 @@ def evaluate(facts: Facts) -> list[Condition]:
         out += _lag_conditions(repo)
         out += _scrub_conditions(repo)
         out += _drill_conditions(repo)
+        out += _deletion_conditions(repo)
     out += _disk_conditions(facts)
     out += _peer_conditions(facts)
     return out
@@ -360,6 +377,32 @@ def _drill_conditions(repo: RepoFacts) -> list[Condition]:
             )
         )
     return out
+
+
+def _deletion_conditions(repo: RepoFacts) -> list[Condition]:
+    """More than the set share of a repository's snapshots, or of its stored bytes (packs a
+    prune scheduled), scheduled for deletion within a day: a stolen admin token at work, or a
+    policy gone wrong. Clears once the day has passed or the objects are brought back."""
+    share = repo.mass_deletion_share
+    snapshots = repo.snapshots + repo.scheduled_day
+    stored = repo.stored_bytes + repo.scheduled_day_bytes
+    parts = []
+    if snapshots and repo.scheduled_day / snapshots > share:
+        parts.append(f"{repo.scheduled_day} of {snapshots} snapshots")
+    if stored and repo.scheduled_day_bytes / stored > share:
+        parts.append(f"{_size(repo.scheduled_day_bytes)} of {_size(stored)} stored")
+    if not parts:
+        return []
+    return [
+        Condition(
+            f"{repo.name}/{MASS_DELETION}",
+            repo.name,
+            MASS_DELETION,
+            f"{repo.name}: {' and '.join(parts)} scheduled for deletion in 24 hours "
+            f"(threshold {share:.0%}); `dicomvault undelete` brings them back within the "
+            "undelete window",
+        )
+    ]
 
 
 def duration(seconds: float) -> str:

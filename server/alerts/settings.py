@@ -34,6 +34,9 @@ class AlertSettings:
     digest_time: str | None = "07:00"  # local HH:MM of the daily digest; "" turns it off
     evaluate_interval: float = 60.0  # seconds between evaluations of every condition
     disk_threshold: float = 0.90  # fraction of DATA's filesystem in use that raises an alert
+    # A repository that schedules the deletion of more than this share of its snapshots (or of
+    # its pack bytes) within 24 hours raises `mass_deletion` (docs/design.md §14).
+    mass_deletion_share: float = 0.5
     peer_unreachable_grace: float = 900.0  # seconds a peer may fail before `peer_unreachable`
     # Defaults for every repository; `[repos.NAME]` may override each.
     heartbeat_timeout: float = 900.0
@@ -120,6 +123,7 @@ _ALERT_KEYS = {
     "digest_time",
     "evaluate_interval",
     "disk_threshold",
+    "mass_deletion_share",
     "peer_unreachable_grace",
     "heartbeat_timeout",
     "commit_policy_hours",
@@ -157,6 +161,7 @@ def alerts_from_dict(doc: Any) -> AlertSettings:
         digest_time=str(digest) if digest else None,
         evaluate_interval=_positive("evaluate_interval", doc.get("evaluate_interval", 60.0)),
         disk_threshold=float(doc.get("disk_threshold", base.disk_threshold)),
+        mass_deletion_share=float(doc.get("mass_deletion_share", base.mass_deletion_share)),
         peer_unreachable_grace=_positive(
             "peer_unreachable_grace", doc.get("peer_unreachable_grace", 900.0)
         ),

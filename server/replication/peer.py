@@ -9,8 +9,9 @@ object, a commit whose chunks it lacks). Must not touch the queue or decide what
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 
@@ -18,7 +19,7 @@ from engine.errors import DicomvaultError, PermissionDenied, RepositoryNotFound,
 from engine.ids import ID_SIZE, PackId, SnapshotId
 from engine.protocol.client import OCTETS, PEER_TIMEOUT, ProtocolClient
 from engine.protocol.errors import error_class
-from engine.protocol.routes import replica_repo_url
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER, replica_repo_url
 from server.replication.settings import PeerConfig
 
 MISSING_BATCH = 10_000  # pack ids per inventory question: 320 KB
@@ -56,9 +57,19 @@ class RepoNotOnPeer(PeerRefused):
 class PeerClient(ProtocolClient):
     CA_HINT = "give the peer's CA (ca_file, or serve --peer-ca FILE)"
 
-    def __init__(self, peer: PeerConfig, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> None:
+    def __init__(
+        self,
+        peer: PeerConfig,
+        timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
+        *,
+        generation_of: Callable[[str], int] = lambda repo: 0,
+        on_generation: Callable[[str, str], None] = lambda repo, text: None,
+    ) -> None:
+        """`generation_of(repo)` is sent with every push (docs/design.md §17); the peer's
+        answer's generation goes to `on_generation(repo, header text)`."""
         super().__init__(peer.token, ca_file=peer.ca_file, timeout=timeout)
         self.peer = peer
+        self.generation_of, self.on_generation = generation_of, on_generation
 
     def refused(self, status: int, code: str, what: str, message: str) -> DicomvaultError:
         """Bad credentials and the peer's own failures are the peer's state: retry it later."""
@@ -76,9 +87,15 @@ class PeerClient(ProtocolClient):
         untrusted = isinstance(e, aiohttp.ClientConnectorCertificateError)
         return PeerUnavailable(f"{what}: {cause}", UNTRUSTED if untrusted else UNREACHABLE)
 
-    async def _call(self, method: str, repo: str, path: str, what: str, **kw: object) -> bytes:
+    async def _call(self, method: str, repo: str, path: str, what: str, **kw: Any) -> bytes:
         url = f"{replica_repo_url(self.peer.url, repo)}/{path}"
-        return (await self.fetch(method, url, what, (200, 201), **kw))[2]
+        headers = {
+            **kw.pop("headers", {}),
+            PRIMARY_GENERATION_HEADER: str(self.generation_of(repo)),
+        }
+        async with self.response(method, url, what, (200, 201), headers=headers, **kw) as resp:
+            self.on_generation(repo, resp.headers.get(PRIMARY_GENERATION_HEADER, ""))
+            return await resp.read()
 
     @asynccontextmanager
     async def pack_body(self, repo: str, pack_id: PackId) -> AsyncIterator[AsyncIterator[bytes]]:

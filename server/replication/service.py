@@ -66,6 +66,8 @@ class Replication:
         not passed on, so two sites replicating to each other cannot loop."""
         if not self.replicators or self.state.replica_owner(repo) is not None:
             return False
+        if self.state.generation(repo).fenced:  # what arrives now comes from the new primary
+            return False
         names = [r.name for r in self.replicators]
         return self.state.enqueue(names, repo, items, self.clock.time()) > 0
 

@@ -11,6 +11,7 @@ Tables (keys use NUL as the separator; peer and repository names cannot contain 
     repl_pending  peer ‖ repo ‖ kind ‖ name           → seq u64 BE (one queued copy per object)
     repl_acked    peer ‖ repo ‖ "snapshot" ‖ name     → acknowledged at (f64 unix seconds)
     repl_meta     "seq"                              → last sequence number u64 BE
+    repl_meta     "gen" ‖ repo                       → JSON Generation (docs/design.md §17)
     replicas      repo                               → JSON {owner, since}   (peer side)
 
 Unlike the chunks/packs/snapshots cache, these tables are not dropped by reindex; losing them
@@ -20,9 +21,10 @@ costs only a re-comparison with the peer (anti-entropy), never data.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import lmdb
@@ -30,7 +32,9 @@ import lmdb
 from server.index import ServerIndex
 
 PACK, SNAPSHOT, KEY, CONFIG, TOKENS = "pack", "snapshot", "key", "config", "tokens"
-KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS)
+EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §16)
+KINDS = (PACK, SNAPSHOT, KEY, CONFIG, TOKENS, EVENT)
+log = logging.getLogger(__name__)
 _SEQ = struct.Struct(">Q")  # big-endian, so LMDB's byte order is queue order
 _TIME = struct.Struct("<d")
 _TABLES = ("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas")
@@ -53,6 +57,28 @@ class Lag:
     packs: int = 0
     bytes: int = 0
     oldest_pack_time: float | None = None  # enqueue time of the oldest unreplicated pack
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A repository's primacy at this site. `generation` counts promotions (1: the site where
+    the practice began); `fenced_by` > `generation` means another site became primary since,
+    so this one must not accept a practice's writes; `primary` names that site (its peer name
+    here) and `promoted_from` the replica label of the primary this site took over from."""
+
+    generation: int = 1
+    fenced_by: int = 0
+    primary: str = ""
+    promoted_from: str = ""
+
+    @property
+    def fenced(self) -> bool:
+        return self.fenced_by > self.generation
+
+    @property
+    def current(self) -> int:
+        """The highest generation this site knows of."""
+        return max(self.generation, self.fenced_by)
 
 
 def _key(*parts: str) -> bytes:
@@ -203,6 +229,52 @@ class ReplicationState:
                 return owner
             raw = txn.get(repo.encode())
             return str(json.loads(raw)["owner"]) if raw is not None else owner
+
+    # -- generations: who is primary (docs/design.md §17) -------------------------------------
+
+    def generation(self, repo: str) -> Generation:
+        with self.env.begin(db=self.db["repl_meta"]) as txn:
+            raw = txn.get(_key("gen", repo))
+        return Generation(**json.loads(raw)) if raw is not None else Generation()
+
+    def _put_generation(self, txn: lmdb.Transaction, repo: str, gen: Generation) -> None:
+        txn.put(_key("gen", repo), json.dumps(asdict(gen)).encode(), db=self.db["repl_meta"])
+
+    def fence(self, repo: str, generation: int, primary: str = "") -> bool:
+        """Record that `primary` holds `repo` at `generation`; True if this fences this site
+        (first news of a generation above its own)."""
+        if generation <= self.generation(repo).current:  # the common case: no write
+            return False
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_key("gen", repo), db=self.db["repl_meta"])
+            gen = Generation(**json.loads(raw)) if raw is not None else Generation()
+            if generation <= gen.current:
+                return False
+            self._put_generation(txn, repo, replace(gen, fenced_by=generation, primary=primary))
+            return True
+
+    def observe_peer(self, repo: str, peer: str, text: str) -> None:
+        """A peer answered about `repo` with generation `text`: above ours fences this site."""
+        try:
+            generation = int(text)
+        except ValueError:
+            return
+        if self.replica_owner(repo) is None and self.fence(repo, generation, peer):
+            log.warning("%s: %s is primary at generation %d: this site is fenced", repo, peer,
+                        generation)  # fmt: skip
+
+    def promote(self, repo: str) -> Generation:
+        """Make this site primary of `repo` at a generation above any it knows of: drop the
+        replica binding, remember whom it was taken from."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_key("gen", repo), db=self.db["repl_meta"])
+            gen = Generation(**json.loads(raw)) if raw is not None else Generation()
+            owner_raw = txn.get(repo.encode(), db=self.db["replicas"])
+            owner = str(json.loads(owner_raw)["owner"]) if owner_raw is not None else ""
+            txn.delete(repo.encode(), db=self.db["replicas"])
+            new = Generation(gen.current + 1, 0, "", owner or gen.promoted_from)
+            self._put_generation(txn, repo, new)
+            return new
 
     def release_replica(self, repo: str) -> bool:
         """Promote a replica to a primary repository: its practice may write here from now on."""

@@ -26,6 +26,7 @@ from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable
 from server.replication.settings import PeerConfig
 from server.replication.state import (
     CONFIG,
+    EVENT,
     KEY,
     PACK,
     SNAPSHOT,
@@ -94,7 +95,11 @@ class Replicator:
     ) -> None:
         self.peer, self.state, self.index, self.repos = peer, state, index, repos
         self.clock, self.poll, self.retry_max = clock, poll, retry_max
-        self.client = PeerClient(peer)
+        self.client = PeerClient(
+            peer,
+            generation_of=lambda repo: state.generation(repo).current,
+            on_generation=lambda repo, text: state.observe_peer(repo, peer.name, text),
+        )
         self.bucket = TokenBucket(peer.rate_limit, clock=clock)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
@@ -232,8 +237,8 @@ class Replicator:
             await self.bucket.take(len(record))
             await self.client.commit(repo_name, sid, record)
             self.status.commits_sent += 1
-        elif item.kind in (KEY, CONFIG):
-            name = "config" if item.kind == CONFIG else f"keys/{item.name}"
+        elif item.kind in (KEY, CONFIG, EVENT):
+            name = small_object_name(item)
             await self.client.put_object(repo_name, name, await repo.store.get(name))
         elif item.kind == TOKENS:
             hashes = await asyncio.to_thread(token_hashes, self.index, repo_name)
@@ -303,4 +308,13 @@ async def _metadata_items(repo: Repository) -> list[Item]:
     items = [Item(CONFIG, "config")] if await repo.store.exists("config") else []
     keys = [name async for name in repo.store.list("keys")]  # sorted by the Store
     items += [Item(KEY, name.removeprefix("keys/")) for name in keys]
+    events = [name async for name in repo.store.list("events")]
+    items += [Item(EVENT, name.removeprefix("events/")) for name in events]
     return [*items, Item(TOKENS, "tokens")]
+
+
+def small_object_name(item: Item) -> str:
+    """The store name of a `config`, key object or audit event item."""
+    if item.kind == CONFIG:
+        return "config"
+    return f"{'keys' if item.kind == KEY else 'events'}/{item.name}"

@@ -12,8 +12,10 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -171,7 +173,7 @@ def test_calling_ae_titles_and_hosts_outside_the_allow_list_are_refused(
 def test_get_sends_every_instance_with_identical_pixels(
     study: tuple[Vault, list[Path]], served: Served, tmp_path: Path
 ) -> None:
-    _, paths = study
+    vault, paths = study
     result = dcmtk("getscu", "-S", "-aet", "DVTEST", "-aec", "DICOMVAULT", "-od", str(tmp_path),
                    "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY_UID}",
                    "127.0.0.1", str(served.port))  # fmt: skip
@@ -179,6 +181,17 @@ def test_get_sends_every_instance_with_identical_pixels(
     assert pixels(sorted(tmp_path.iterdir())) == pixels(paths)
     record = served.audit()[-1]
     assert (record["action"], record["outcome"], len(record["instances"])) == ("C-GET", "ok", 7)
+
+    # The same retrieval, sealed in the repository (`dicomvault audit`), written alongside.
+    def sealed() -> list[dict[str, Any]]:
+        return [e for e in vault.json("audit")["events"] if e["action"] == "dicom-serve"
+                and e["studies"] == [STUDY_UID] and "C-GET by DVTEST" in e["detail"]
+                and "7 instances, ok" in e["detail"]]  # fmt: skip
+
+    deadline = time.monotonic() + 30
+    while not sealed() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sealed()
 
 
 def test_instances_in_syntaxes_the_get_scu_did_not_take_fail_alone(tmp_path: Path) -> None:

@@ -76,6 +76,31 @@ def test_native_ct_frame_uses_the_image_codec_and_restores_bit_exact(image_codec
     assert len(sealed) < len(pixels) // 2
 
 
+def us_rgb_frame() -> tuple[bytes, PixelLayout]:
+    """A real 8-bit RGB ultrasound frame (pydicom's US1_UNCR), on which JPEG-LS loses to zstd."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("US1_UNCR.dcm"))
+    layout = PixelLayout(ds.Rows, ds.Columns, 3, 8, 8, 0, int(ds.PlanarConfiguration), True)
+    return bytes(ds.PixelData), layout
+
+
+def test_the_default_policy_takes_jpegxl_for_8_bit_colour_and_beats_zstd_and_jpegls() -> None:
+    pixels, layout = us_rgb_frame()
+    codec, sealed = round_trip(pixels, Hint(Content.NATIVE_FRAME, layout))
+    assert codec == Codec.JPEGXL
+    _, zstd = round_trip(pixels, Hint(Content.NATIVE_FRAME, layout, Codec.ZSTD))
+    assert len(sealed) < len(zstd) * 0.8
+    # Forced to JPEG-LS, the frame ends up as zstd: JPEG-LS loses to it here.
+    assert round_trip(pixels, Hint(Content.NATIVE_FRAME, layout, Codec.JPEGLS))[0] == Codec.ZSTD
+
+
+def test_the_default_policy_keeps_jpegls_for_16_bit_grey() -> None:
+    pixels, layout = ct_frame()
+    assert round_trip(pixels, Hint(Content.NATIVE_FRAME, layout))[0] == Codec.JPEGLS
+    assert blob.frame_codec(replace(layout, bits_allocated=8, bits_stored=8)) == Codec.JPEGLS
+
+
 def test_native_frame_without_a_layout_falls_back_to_general_codecs() -> None:
     pixels, _ = ct_frame()
     codec, _ = round_trip(pixels, Hint(Content.NATIVE_FRAME, None))

@@ -1,0 +1,169 @@
+"""`dicomvault prune` through the CLI: a local repository, and a real chunk-server process with
+real CLI backups running while prune runs, prunes killed (SIGKILL) at seeded moments, the
+server killed mid-prune, a backup token refused and a second prune refused."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+from engine.backend import LocalBackend
+from engine.store.local import LocalStore
+from tests.client.test_remote import REPO, Agent, ServerProcess, agent, server  # noqa: F401
+from tests.helpers import (
+    CHEAP_KDF_ARGS,
+    Vault,
+    assert_one_line_error,
+    restored,
+    tree_state,
+    write_pattern_file,
+)
+
+
+def _change(tree: Path, seed: int, files: int = 3) -> None:
+    tree.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for i in rng.sample(range(6), files):
+        write_pattern_file(tree / f"f{i}.bin", rng.randrange(20_000, 400_000), seed * 10 + i, 1)
+
+
+def _snap_states(a: Vault | Agent, tree: Path, rounds: int, seed: int) -> dict[str, dict]:
+    states = {}
+    for r in range(rounds):
+        _change(tree, seed + r)
+        states[a.json("backup", str(tree))["snapshot"]] = tree_state(tree)
+    return states
+
+
+def _assert_all_restore(a: Vault | Agent, tree: Path, states: dict[str, dict], root: Path) -> None:
+    listed = {s["id"] for s in a.json("snapshots")["snapshots"]}
+    for sid, state in states.items():
+        if sid not in listed:
+            continue
+        target = root / f"restore-{sid[:8]}"
+        a.ok("restore", sid, "--target", str(target))
+        assert tree_state(restored(target, tree)) == state, sid
+
+
+def test_local_prune_reclaims_forgotten_data_and_checks_clean(vault: Vault, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    states = _snap_states(vault, tree, 5, seed=1)
+    before = vault.packs_size()
+    vault.ok("forget", "--keep-last", "2")
+    frozen = tree_state(vault.repo)
+    dry = vault.json("prune", "--dry-run")
+    assert tree_state(vault.repo) == frozen  # a dry run changes nothing
+    assert dry["packs_deleted"] > 0 and dry["bytes_unused"] > 0
+    done = vault.json("prune", "--max-unused", "0%")
+    assert done["bytes_reclaimed"] >= dry["bytes_deleted"]
+    assert done["unused_after"] == 0
+    assert vault.packs_size() == before - done["bytes_reclaimed"] + done["bytes_written"]
+    assert done["bytes_reclaimed"] > done["bytes_written"]
+    vault.ok("check", "--read-data")
+    _assert_all_restore(vault, tree, states, tmp_path)
+    again = vault.json("prune", "--max-unused", "0%")  # nothing left to do
+    assert again["packs_deleted"] == again["packs_repacked"] == 0
+    # forgotten, then undeleted: the pruned packs come back with it
+    forgotten = vault.json("undelete")["pending"]
+    assert any(d["kind"] == "pack" for d in forgotten)
+    vault.ok("undelete", "--all")
+    vault.ok("repair-index")
+    vault.ok("check", "--read-data")
+    _assert_all_restore(vault, tree, states, tmp_path / "after-undelete")
+
+
+def test_a_second_prune_is_refused_while_the_first_holds_the_lock(
+    vault: Vault, tmp_path: Path
+) -> None:
+    _snap_states(vault, tmp_path / "tree", 2, seed=2)
+    vault.ok("forget", "--keep-last", "1")
+    import asyncio
+
+    other = LocalBackend(LocalStore(vault.repo), str(vault.repo))
+    asyncio.run(other.prune_lock("another-machine", 600))
+    frozen = tree_state(vault.repo)
+    assert_one_line_error(vault.run("prune"), 14, "another prune (another-machine)")
+    assert tree_state(vault.repo) == frozen
+    asyncio.run(other.prune_release("another-machine"))
+    vault.ok("prune")
+
+
+def test_prune_on_a_chunk_server_with_backups_running(
+    server: ServerProcess,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tokens = server.create_repo()
+    url = f"{server.base}/{REPO}"
+    a = agent(tmp_path / "pc1", url, tokens["backup"])
+    a.ok("init", *CHEAP_KDF_ARGS)
+    tree_a = tmp_path / "tree-a"
+    states = _snap_states(a, tree_a, 4, seed=3)
+    admin = agent(tmp_path / "admin", url, tokens["admin"])
+
+    refused = a.run("prune")  # a backup token: exit 15, nothing changed
+    assert_one_line_error(refused, 15, "")
+    assert a.run("prune", "--dry-run").rc == 0  # reading is allowed
+
+    b = agent(tmp_path / "pc2", url, tokens["backup"])
+    tree_b = tmp_path / "tree-b"
+    b_states: dict[str, dict] = {}
+    errors: list[str] = []
+
+    def keep_backing_up() -> None:  # a second machine backs up all through the prunes
+        for r in range(6):
+            _change(tree_b, 100 + r)
+            state = tree_state(tree_b)
+            result = b.run("backup", str(tree_b), "--json")
+            if result.rc != 0:
+                errors.append(result.err)
+                return
+            b_states[result.doc["snapshot"]] = state
+
+    worker = threading.Thread(target=keep_backing_up)
+    worker.start()
+    for r in range(3):
+        states.update(_snap_states(a, tree_a, 1, seed=10 + r))
+        admin.ok("forget", "--keep-last", "2", "--group-by", "host,paths")
+        admin.ok("prune", "--max-unused", "0%")
+    worker.join()
+    assert errors == []
+    admin.ok("prune", "--max-unused", "0%")
+    reader = agent(tmp_path / "fresh", url, tokens["restore"])
+    reader.ok("check", "--read-data")
+    _assert_all_restore(reader, tree_a, states, tmp_path / "ra")
+    _assert_all_restore(reader, tree_b, b_states, tmp_path / "rb")
+    pending = reader.json("undelete")["pending"]
+    assert any(d["kind"] == "pack" for d in pending)  # scheduled, not destroyed
+
+
+def test_a_prune_killed_at_any_moment_is_finished_by_the_next(
+    server: ServerProcess,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    tokens = server.create_repo()
+    url = f"{server.base}/{REPO}"
+    a = agent(tmp_path / "pc1", url, tokens["backup"])
+    a.ok("init", *CHEAP_KDF_ARGS)
+    tree = tmp_path / "tree"
+    states = _snap_states(a, tree, 3, seed=5)
+    admin = agent(tmp_path / "admin", url, tokens["admin"])
+    rng = random.Random(14)
+    for round_ in range(6):
+        states.update(_snap_states(a, tree, 2, seed=20 + 2 * round_))
+        admin.ok("forget", "--keep-last", "2")
+        proc = admin.popen("prune", "--max-unused", "0%")
+        time.sleep(rng.uniform(0.0, 1.5))
+        if round_ % 2:
+            server.kill()  # the server dies mid-prune
+            proc.wait(120)
+            server.start()
+        else:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        admin.ok("prune", "--max-unused", "0%")  # same machine: takes over its lock
+        reader = agent(tmp_path / f"fresh{round_}", url, tokens["restore"])
+        reader.ok("check", "--read-data")
+        _assert_all_restore(reader, tree, states, tmp_path / f"r{round_}")
