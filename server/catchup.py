@@ -12,6 +12,7 @@ reading `tokens/<hash>` from the site store. Must not know HTTP or decide who ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PACKLOG = "packlog"
 TOKENS = "tokens"  # in the site store: one object per token hash (hex), the token's JSON doc
+FETCHED = "fetched"  # marks a cached token doc another node published
 # Pack log entry, version 1: magic ‖ version u8 ‖ pack size u64 ‖ stored time f64 ‖ count u32,
 # then per chunk: chunk id (32) ‖ offset u32 ‖ length u32 (40 bytes, as the index's rows).
 MAGIC = b"DVPL"
@@ -383,7 +385,8 @@ async def publish_tokens(
     """Publish every token hash of this node's index not in `skip`; return those it holds."""
     rows = await asyncio.to_thread(index.tokens)
     for digest, doc in rows:
-        if skip is None or digest not in skip:
+        # Fetched from the store: another node's to publish (and to revoke).
+        if (skip is None or digest not in skip) and not doc.get(FETCHED):
             await publish_token(site, digest, doc)
     return {digest for digest, _ in rows}
 
@@ -394,5 +397,27 @@ async def fetch_token(index: ServerIndex, site: Store, digest: bytes) -> bool:
         doc = json.loads(await site.get(f"{TOKENS}/{digest.hex()}"))
     except ObjectNotFound:
         return False
-    await asyncio.to_thread(index.put_token, digest, doc)
+    await asyncio.to_thread(index.put_token, digest, {**doc, FETCHED: True})
     return True
+
+
+async def recheck_token(
+    index: ServerIndex, site: Store, digest: bytes, doc: dict[str, Any], now: float, grace: float
+) -> bool:
+    """Drop a cached token the site store no longer holds (revoked through another node);
+    False if dropped. A token minted here less than `grace` ago may not be published yet."""
+    try:
+        await site.stat(f"{TOKENS}/{digest.hex()}")
+    except ObjectNotFound:
+        if now - float(doc.get("created", now)) < grace:
+            return True
+        await asyncio.to_thread(index.delete_token, digest)
+        return False
+    return True
+
+
+async def revoke_tokens(site: Store, digests: Iterable[bytes]) -> None:
+    """Take revoked token hashes out of the site store, so the other nodes drop them too."""
+    for digest in digests:
+        with contextlib.suppress(ObjectNotFound):
+            await site.delete(f"{TOKENS}/{digest.hex()}")

@@ -19,7 +19,7 @@ from engine.ids import ID_SIZE, PackId
 from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
-from server.catchup import MISSING_EVERY
+from server.catchup import MISSING_EVERY, revoke_tokens
 from server.fencing import check_replica_push
 from server.handlers import (
     PAGE,
@@ -90,7 +90,9 @@ async def put_tokens(request: web.Request) -> web.Response:
     """Replace this repository's replicated token hashes, so the practice's tokens work here."""
     repo = _replica(request, create=True)
     hashes = _parse_tokens(await small_body(request))
-    added = await asyncio.to_thread(_replace_tokens, request, repo.name, hashes)
+    added, revoked = await asyncio.to_thread(_replace_tokens, request, repo.name, hashes)
+    if repo.shared:  # the other nodes of this site drop them too (server.catchup)
+        await revoke_tokens(request.app[REPOS].site, revoked)
     return web.json_response({"tokens": len(hashes), "added": added})
 
 
@@ -105,12 +107,16 @@ def _parse_tokens(body: bytes) -> dict[bytes, str]:
     return out
 
 
-def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -> int:
+def _replace_tokens(
+    request: web.Request, repo: str, hashes: dict[bytes, str]
+) -> tuple[int, list[bytes]]:
     index, now = request.app[INDEX], request.app[CLOCK].time()
     existing = index.tokens()
+    revoked = []
     for h, doc in existing:  # revoked at the primary: revoked here
         if doc.get("repo") == repo and doc.get("replicated") and h not in hashes:
             index.delete_token(h)
+            revoked.append(h)
     held = {h: doc for h, doc in existing}
     added = 0
     for h, role in hashes.items():
@@ -120,7 +126,7 @@ def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -
         if current is None:
             index.put_token(h, {"repo": repo, "role": role, "created": now, "replicated": True})
             added += 1
-    return added
+    return added, revoked
 
 
 @routes.post(RR + "/packs/missing")
