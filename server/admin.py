@@ -67,7 +67,7 @@ def reindex_offline(config: ServerConfig, *, verify: bool = False) -> ReindexRep
 def quarantine_offline(
     config: ServerConfig, name: str, kind: str, ident: str, reason: str
 ) -> dict[str, Any]:
-    """Move one object of repository `name` into DATA/quarantine (server.quarantine)."""
+    """Move one object of repository `name` into its quarantine store (server.quarantine)."""
     from server.quarantine import object_name, quarantine
 
     with open_index(config) as index:

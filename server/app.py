@@ -23,7 +23,7 @@ from server.alerts.conditions import DiskUsageFn
 from server.alerts.service import AlertService
 from server.audit_middleware import audit_ctx, audit_middleware
 from server.auth import hash_token
-from server.catchup import CatchUp, fetch_token, publish_tokens
+from server.catchup import CatchUp, fetch_token, publish_tokens, recheck_token
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.events import routes as event_routes
@@ -49,6 +49,7 @@ from server.state import (
     REPLICATION,
     REPOS,
     SCRUB,
+    TOKEN_CHECKS,
 )
 
 log = logging.getLogger(__name__)
@@ -133,16 +134,30 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     store into this node's index before any handler authorizes it (server.catchup)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if request.app[REPOS].root.shared and scheme.lower() == "bearer" and token.strip():
-        digest = hash_token(token.strip())
-        if await asyncio.to_thread(request.app[INDEX].get_token, digest) is None:
-            await fetch_token(request.app[INDEX], request.app[REPOS].site, digest)
+        await _cached_token(request.app, hash_token(token.strip()))
     return await handler(request)
+
+
+async def _cached_token(app: web.Application, digest: bytes) -> None:
+    """Fetch a token this node lacks; re-check a cached one every `token_recheck_interval`
+    seconds, so a token revoked through another node stops working here too."""
+    index, site, now = app[INDEX], app[REPOS].site, app[CLOCK].time()
+    doc = await asyncio.to_thread(index.get_token, digest)
+    if doc is None:
+        await fetch_token(index, site, digest)
+        app[TOKEN_CHECKS][digest] = now
+        return
+    interval = app[CONFIG].token_recheck_interval
+    if now - app[TOKEN_CHECKS].get(digest, float("-inf")) >= interval:
+        app[TOKEN_CHECKS][digest] = now
+        await recheck_token(index, site, digest, doc, now, interval)
 
 
 async def _catchup_ctx(app: web.Application) -> AsyncIterator[None]:
     # After the index: the per-node cache catches up from a shared store (server.catchup),
     # and this node's token hashes are published there for the other nodes.
     app[CATCHUP] = CatchUp(app[INDEX], app[CLOCK])
+    app[TOKEN_CHECKS] = {}
     task = None
     if app[REPOS].root.shared:
         task = asyncio.create_task(_publish_forever(app), name="publish-tokens")

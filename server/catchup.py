@@ -12,6 +12,7 @@ reading `tokens/<hash>` from the site store. Must not know HTTP or decide who ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PACKLOG = "packlog"
 TOKENS = "tokens"  # in the site store: one object per token hash (hex), the token's JSON doc
+FETCHED = "fetched"  # marks a cached token doc another node published
 # Pack log entry, version 1: magic ‖ version u8 ‖ pack size u64 ‖ stored time f64 ‖ count u32,
 # then per chunk: chunk id (32) ‖ offset u32 ‖ length u32 (40 bytes, as the index's rows).
 MAGIC = b"DVPL"
@@ -154,9 +156,13 @@ class CatchUpReport:
     requests: int = 0
     segments_read: int = 0
     segments_written: int = 0
+    # The names under packs/ when this catch-up listed them (not a figure; not added up).
+    stored: set[str] | None = field(default=None, repr=False, compare=False)
+
+    FIGURES = ("listed", "packs", "chunks", "requests", "segments_read", "segments_written")
 
     def add(self, other: CatchUpReport) -> None:
-        for name in self.__dataclass_fields__:
+        for name in self.FIGURES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -281,47 +287,48 @@ class CatchUp:
 
     async def _read_log(self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport) -> None:
         after = None if cursor.seen is None else entry_name(cursor.seen - WINDOW, _ZERO)
-        unknown: list[tuple[str, PackId]] = []
+        listed: list[tuple[str, PackId]] = []
         async for name in repo.store.list(PACKLOG, start_after=after):
-            report.listed += 1
             parsed = _parse_name(name)
-            if parsed is None:
-                continue
-            stamp, pack_id = parsed
-            cursor.seen = max(cursor.seen or stamp, stamp)
-            if not await asyncio.to_thread(self.index.has_pack, repo.name, pack_id):
-                unknown.append((name, pack_id))
-        report.requests += 1 + report.listed // 1000
+            if parsed is not None:
+                cursor.seen = max(cursor.seen or parsed[0], parsed[0])
+                listed.append((name, parsed[1]))
+        report.listed += len(listed)
+        report.requests += 1 + len(listed) // 1000
+        known = await self._known(repo, [p for _, p in listed])
+        unknown = [(name, p) for name, p in listed if p not in known]
         datas = await _bounded([partial(repo.store.get, name) for name, _ in unknown])
         report.requests += len(unknown)
         await self._index_rows(
             repo, [(p, d) for (_, p), d in zip(unknown, datas, strict=True)], report
         )
 
+    async def _known(self, repo: Repository, packs: Sequence[PackId]) -> set[PackId]:
+        """The packs of `packs` this index holds, in one worker-thread hop."""
+        has = self.index.has_pack
+        return await asyncio.to_thread(lambda: {p for p in packs if has(repo.name, p)})
+
     async def _index_rows(
         self, repo: Repository, rows: Sequence[tuple[PackId, bytes]], report: CatchUpReport
     ) -> None:
         """Index the entries of packs this index lacks and the store still holds (not
         quarantined since): a HEAD each for a few, one listing of `packs/` for many."""
-        new = [
-            (p, d)
-            for p, d in rows
-            if not await asyncio.to_thread(self.index.has_pack, repo.name, p)
-        ]
+        known = await self._known(repo, [p for p, _ in rows])
+        new = [(p, d) for p, d in rows if p not in known]
         stored = await self._stored(repo, [p for p, _ in new], report)
+        decoded = []
         for pack_id, data in new:
             if pack_id not in stored:
                 continue
             try:
-                size, mtime, entries = decode_entry(data)
+                decoded.append((pack_id, *decode_entry(data)))
             except FormatError as e:
                 log.warning(
                     "%s: skipping the log entry of pack %s: %s", repo.name, pack_id.hex(), e
                 )
-                continue
-            await asyncio.to_thread(self.index.add_pack, repo.name, pack_id, size, mtime, entries)
-            report.packs += 1
-            report.chunks += len(entries)
+        await asyncio.to_thread(self.index.add_packs, repo.name, decoded)
+        report.packs += len(decoded)
+        report.chunks += sum(len(entries) for *_, entries in decoded)
 
     async def _stored(
         self, repo: Repository, packs: Sequence[PackId], report: CatchUpReport
@@ -330,9 +337,10 @@ class CatchUp:
             found = await _bounded([partial(repo.store.exists, pack_name(p)) for p in packs])
             report.requests += len(packs)
             return {p for p, ok in zip(packs, found, strict=True) if ok}
-        listed = {name async for name in repo.store.list("packs")}
-        report.requests += 1 + len(listed) // 1000
-        return {p for p in packs if pack_name(p) in listed}
+        if report.stored is None:  # listed once per catch-up, however many segments
+            report.stored = {name async for name in repo.store.list("packs")}
+            report.requests += 1 + len(report.stored) // 1000
+        return {p for p in packs if pack_name(p) in report.stored}
 
     async def snapshots(self, repo: Repository) -> int:
         """Index the commit records other nodes stored (one listing of `snapshots/`)."""
@@ -377,7 +385,8 @@ async def publish_tokens(
     """Publish every token hash of this node's index not in `skip`; return those it holds."""
     rows = await asyncio.to_thread(index.tokens)
     for digest, doc in rows:
-        if skip is None or digest not in skip:
+        # Fetched from the store: another node's to publish (and to revoke).
+        if (skip is None or digest not in skip) and not doc.get(FETCHED):
             await publish_token(site, digest, doc)
     return {digest for digest, _ in rows}
 
@@ -388,5 +397,27 @@ async def fetch_token(index: ServerIndex, site: Store, digest: bytes) -> bool:
         doc = json.loads(await site.get(f"{TOKENS}/{digest.hex()}"))
     except ObjectNotFound:
         return False
-    await asyncio.to_thread(index.put_token, digest, doc)
+    await asyncio.to_thread(index.put_token, digest, {**doc, FETCHED: True})
     return True
+
+
+async def recheck_token(
+    index: ServerIndex, site: Store, digest: bytes, doc: dict[str, Any], now: float, grace: float
+) -> bool:
+    """Drop a cached token the site store no longer holds (revoked through another node);
+    False if dropped. A token minted here less than `grace` ago may not be published yet."""
+    try:
+        await site.stat(f"{TOKENS}/{digest.hex()}")
+    except ObjectNotFound:
+        if now - float(doc.get("created", now)) < grace:
+            return True
+        await asyncio.to_thread(index.delete_token, digest)
+        return False
+    return True
+
+
+async def revoke_tokens(site: Store, digests: Iterable[bytes]) -> None:
+    """Take revoked token hashes out of the site store, so the other nodes drop them too."""
+    for digest in digests:
+        with contextlib.suppress(ObjectNotFound):
+            await site.delete(f"{TOKENS}/{digest.hex()}")

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     qo = repo_sub.add_parser(
         "quarantine",
         help="move a planted or damaged pack, snapshot or key object out of a repository "
-        "(into DATA/quarantine, logged; undo: move it back and reindex)",
+        "(into its quarantine store, logged; undo: move it back and reindex)",
     )
     qo.add_argument("name", help="repository name")
     qo.add_argument("kind", choices=["pack", "snapshot", "key"])

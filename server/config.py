@@ -53,6 +53,9 @@ class ServerConfig:
     sweep_interval: float = 3600.0
     # With a shared store: how often this node publishes token hashes minted here (3.1.3).
     token_publish_interval: float = 5.0
+    # ... and how often it re-checks a cached token, so a revocation through another node
+    # reaches it (at most this late).
+    token_recheck_interval: float = 60.0
     # Replication (docs/design.md "Replication"): this site's name, as clients see it in
     # `snapshots`, and the peers every pack, commit, key object and token hash is pushed to.
     site_name: str = "primary"

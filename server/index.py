@@ -93,6 +93,20 @@ class ServerIndex:
             txn.put(p + pack_id, _PACK.pack(size, time), db=self.dbs["packs"])
             txn.delete(p + pack_name(pack_id).encode(), db=self.dbs["intake"])
 
+    def add_packs(
+        self, repo: str, rows: Iterable[tuple[PackId, int, float, Iterable[ManifestEntry]]]
+    ) -> None:
+        """Index many packs (pack id, size, time, entries) in one write transaction: what a
+        node catching up from the store learns (server.catchup), one commit for a batch."""
+        p = _prefix(repo)
+        with self.env.begin(write=True) as txn:
+            chunks = txn.cursor(self.dbs["chunks"])
+            for pack_id, size, time, entries in rows:
+                chunks.putmulti(
+                    (p + e.chunk_id, _LOCATION.pack(pack_id, e.offset, e.length)) for e in entries
+                )
+                txn.put(p + pack_id, _PACK.pack(size, time), db=self.dbs["packs"])
+
     # -- the intake journal: stored objects whose index rows may be missing after a crash -----
 
     def begin_intake(self, repo: str, name: str) -> None:

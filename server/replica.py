@@ -21,6 +21,7 @@ from engine.ids import ID_SIZE, PackId
 from engine.protocol import routes as routes_v1
 from server.auth import PRACTICE_ROLES, authorize_replica, bearer_token, validate_repo_name
 from server.bodies import parse_json_object
+from server.catchup import MISSING_EVERY, revoke_tokens
 from server.fencing import check_replica_push
 from server.handlers import (
     PAGE,
@@ -33,7 +34,7 @@ from server.handlers import (
 )
 from server.handlers_deletion import PURGE_KINDS, schedule_for_primary
 from server.repos import Repository
-from server.state import CLOCK, INDEX, REPLICATION, REPOS
+from server.state import CATCHUP, CLOCK, INDEX, REPLICATION, REPOS
 
 routes = web.RouteTableDef()
 RR = routes_v1.REPLICA_REPO
@@ -108,7 +109,9 @@ async def put_tokens(request: web.Request) -> web.Response:
     """Replace this repository's replicated token hashes, so the practice's tokens work here."""
     repo = _replica(request, create=True)
     hashes = _parse_tokens(await small_body(request))
-    added = await asyncio.to_thread(_replace_tokens, request, repo.name, hashes)
+    added, revoked = await asyncio.to_thread(_replace_tokens, request, repo.name, hashes)
+    if repo.shared:  # the other nodes of this site drop them too (server.catchup)
+        await revoke_tokens(request.app[REPOS].site, revoked)
     return web.json_response({"tokens": len(hashes), "added": added})
 
 
@@ -123,12 +126,16 @@ def _parse_tokens(body: bytes) -> dict[bytes, str]:
     return out
 
 
-def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -> int:
+def _replace_tokens(
+    request: web.Request, repo: str, hashes: dict[bytes, str]
+) -> tuple[int, list[bytes]]:
     index, now = request.app[INDEX], request.app[CLOCK].time()
     existing = index.tokens()
+    revoked = []
     for h, doc in existing:  # revoked at the primary: revoked here
         if doc.get("repo") == repo and doc.get("replicated") and h not in hashes:
             index.delete_token(h)
+            revoked.append(h)
     held = {h: doc for h, doc in existing}
     added = 0
     for h, role in hashes.items():
@@ -138,7 +145,7 @@ def _replace_tokens(request: web.Request, repo: str, hashes: dict[bytes, str]) -
         if current is None:
             index.put_token(h, {"repo": repo, "role": role, "created": now, "replicated": True})
             added += 1
-    return added
+    return added, revoked
 
 
 @routes.post(RR + "/packs/missing")
@@ -150,6 +157,7 @@ async def packs_missing(request: web.Request) -> web.Response:
         raise UsageError(f"body must be whole {ID_SIZE}-byte pack ids")
     index = request.app[INDEX]
     ids = [PackId(body[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
+    await request.app[CATCHUP].packs(repo, fresh_for=MISSING_EVERY)  # other nodes' packs
     absent = await asyncio.to_thread(lambda: [p for p in ids if not index.has_pack(repo.name, p)])
     return web.Response(body=b"".join(absent), content_type="application/octet-stream")
 
@@ -157,5 +165,6 @@ async def packs_missing(request: web.Request) -> web.Response:
 @routes.get(RR + "/snapshots")
 async def list_snapshots(request: web.Request) -> web.Response:
     repo = _replica(request, create=False)
+    await request.app[CATCHUP].snapshots(repo)  # commits other nodes received
     rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
     return web.json_response({"snapshots": sorted(sid.hex() for sid, _ in rows)})

@@ -25,6 +25,7 @@ from engine.errors import DicomvaultError, ObjectNotFound, StoreError
 from engine.ids import ChunkId, PackId
 from engine.pack import pack_name, read_pack_info
 from engine.rates import TokenBucket
+from server.catchup import CatchUp
 from server.config import ServerConfig
 from server.heal import heal
 from server.index import ServerIndex
@@ -77,6 +78,7 @@ class Scrubber:
     ) -> None:
         self.config, self.index, self.repos, self.clock = config, index, repos, clock
         self.state = ScrubState(index)
+        self.catchup = CatchUp(index, clock)  # on a shared store: scrub what other nodes stored
         self.replication = ReplicationState(index)
         self.bucket = TokenBucket(config.scrub_rate, clock=clock)
         self._lock = asyncio.Lock()
@@ -119,6 +121,7 @@ class Scrubber:
         report = self._report
         before = (report.packs_checked, report.bytes_checked, len(report.bad))
         started = self.clock.time()
+        await self.catchup.packs(repo)
         await self._retry_unhealed(repo)
         after: PackId | None = None
         while True:

@@ -31,4 +31,6 @@ SCRUB = web.AppKey("scrub", Scrubber)
 ALERTS = web.AppKey("alerts", AlertService)
 AUDIT = web.AppKey("audit", AuditTrail)
 CATCHUP = web.AppKey("catchup", CatchUp)
+# On a shared store: when this node last checked each token hash against the site store.
+TOKEN_CHECKS: web.AppKey[dict[bytes, float]] = web.AppKey("token_checks")
 DELETIONS = web.AppKey("deletions", Deletions)

@@ -1,8 +1,8 @@
 """S3 object-store `Store` (SeaweedFS, MinIO, Ceph RGW, AWS S3, B2) through obstore.
 
 Owns the mapping of object names to keys under a bucket prefix, the write-once put (a
-conditional `If-None-Match: *` PUT), the verified streamed put (upload to a staging key, verify
-by ranged reads, then a server-side copy to the final key, so nothing unverified is ever
+conditional `If-None-Match: *` PUT), the verified streamed put (a multipart upload to the final key
+completed only after `verify` has read the object's tail, so nothing unverified is ever
 visible), ranged and streamed gets, and translating obstore's errors into `engine.errors`:
 a missing object is `ObjectNotFound`; anything else the store or the network does is a
 `TransientError` (503 on the server, retried by the client). `S3Root` hands out one store per
@@ -13,8 +13,8 @@ repository prefix and checks the bucket at start. Must not read the environment:
 from __future__ import annotations
 
 import builtins
-import contextlib
-import secrets
+import functools
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,14 +33,14 @@ from obstore.exceptions import (
 from obstore.store import S3Store as _Bucket
 
 from engine.clock import SYSTEM, Clock
-from engine.errors import ObjectNotFound, StoreError, TransientError, UsageError
+from engine.errors import IntegrityError, ObjectNotFound, StoreError, TransientError, UsageError
 from engine.store.base import PIECE, ObjectStat, Staged, Store, StoreRoot, Verify, validate_name
 
 T = TypeVar("T")
-STAGING = ".incoming"  # staged uploads under each store's prefix; a dot-name is never listed
 MTIME = "mtime"  # user metadata (x-amz-meta-mtime): the time `stat` reports
-PART = 8 * 1024 * 1024  # multipart part size: what one upload holds in memory per part
-PARTS_IN_FLIGHT = 4  # bounded memory per streamed put: PART x PARTS_IN_FLIGHT
+PART = 16 * 1024 * 1024  # multipart part size, and the largest object sent in one PUT
+PARTS_IN_FLIGHT = 4  # bounded memory per streamed put: PART x PARTS_IN_FLIGHT, plus TAIL
+TAIL = 8 * 1024 * 1024  # what `verify` may read of a streamed put: a pack's manifest and trailer
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,29 @@ def _is_range_past_end(e: BaseException) -> bool:
     return "InvalidRange" in text or "416" in text or "Range" in type(e).__name__
 
 
-class _StagedKey(Staged):
-    def __init__(self, store: S3Store, key: str, size: int) -> None:
-        self.store, self.key, self.size = store, key, size
+class _Tail(Staged):
+    """The last `TAIL` bytes of a streamed object, which is all `verify` may read: a pack's
+    trailer and manifest lie at its end."""
+
+    def __init__(self) -> None:
+        self.pieces: deque[bytes] = deque()
+        self.size = self.held = 0
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.size += len(piece)
+        self.held += len(piece)
+        while self.held - len(self.pieces[0]) >= TAIL:
+            self.held -= len(self.pieces.popleft())
 
     async def read_range(self, offset: int, length: int) -> bytes:
-        return await self.store._range_key(self.key, offset, length)
+        start = self.size - self.held
+        if offset < start:
+            raise IntegrityError(
+                f"verify read byte {offset} of {self.size}: only the last {TAIL} are kept"
+            )
+        data = b"".join(self.pieces)
+        return data[offset - start : offset - start + length]
 
 
 class S3Store(Store):
@@ -147,7 +164,7 @@ class S3Store(Store):
         try:
             return validate_name(name)
         except StoreError:
-            return None  # staging keys, folder markers: never listed
+            return None  # folder markers, foreign keys: never listed
 
     def _attributes(self, mtime: float | None) -> dict[str, str]:
         return {MTIME: repr(self.clock.time() if mtime is None else mtime)}
@@ -172,59 +189,34 @@ class S3Store(Store):
         *,
         mtime: float | None = None,
     ) -> bool:
-        """Upload to a staging key (multipart, bounded parts), verify, copy into place."""
-        final = self._key(name)
-        staging = self._staging_key()
-        size = 0
-        cut: list[BaseException] = []  # the stream's own error, which obstore wraps
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
-            try:
-                async for piece in pieces:
-                    size += len(piece)
-                    yield piece
-            except Exception as e:
-                cut.append(e)
-                raise
-
-        try:
-            try:
-                await self._upload(staging, counted(), mtime)
-            except StoreError:
-                if cut:
-                    raise cut[0] from None
-                raise
-            if verify is not None:
-                await verify(_StagedKey(self, staging, size))
-            if await self.exists(name):
-                return False
-            await _call(name, lambda: obstore.copy_async(self.bucket, staging, final))
-            return True
-        finally:
-            await self._forget(staging)
-
-    def _staging_key(self) -> str:
-        tail = f"{STAGING}/{secrets.token_hex(12)}"
-        return f"{self.prefix}/{tail}" if self.prefix else tail
-
-    async def _upload(self, key: str, pieces: AsyncIterator[bytes], mtime: float | None) -> None:
-        try:
-            await obstore.put_async(
+        """Upload straight to the final key (multipart, bounded parts), keeping the object's
+        last `TAIL` bytes for `verify`; complete the upload only after `verify` returns, so
+        nothing unverified is ever visible and nothing is acknowledged before S3 stored it.
+        An object that exists already is not uploaded again (only verified)."""
+        key = self._key(name)
+        writer = None
+        if not await self.exists(name):
+            attributes = self._attributes(mtime)
+            writer = obstore.open_writer_async(
                 self.bucket,
                 key,
-                pieces,
-                attributes=self._attributes(mtime),
-                chunk_size=PART,
+                attributes=attributes,
+                buffer_size=PART,
                 max_concurrency=PARTS_IN_FLIGHT,
             )
-        except (BaseError, OSError) as e:
-            raise _translate(e, key) from None
-
-    async def _forget(self, key: str) -> None:
-        # A leftover staging key is swept later; it is never visible.
-        with contextlib.suppress(BaseError, OSError):
-            await obstore.delete_async(self.bucket, key)
+        tail = _Tail()
+        async for piece in pieces:
+            tail.add(piece)
+            if writer is not None:
+                await _call(name, functools.partial(writer.write, piece))
+        # A failed stream or verify leaves the upload uncompleted: invisible, and its parts
+        # are the bucket lifecycle rule's (AbortIncompleteMultipartUpload).
+        if verify is not None:
+            await verify(tail)
+        if writer is None:
+            return False
+        await _call(name, writer.close)
+        return True
 
     async def get(self, name: str) -> bytes:
         key = self._key(name)
@@ -311,18 +303,6 @@ class S3Store(Store):
         await _call(name, lambda: obstore.copy_async(self.bucket, src, final))
         await self.delete(name)
         return True
-
-    async def sweep(self, cutoff: float | None = None) -> int:
-        """Delete staging keys older than `cutoff`. Incomplete multipart uploads are the
-        bucket's lifecycle rule's (AbortIncompleteMultipartUpload), see docs/design.md."""
-        folder = f"{self.prefix}/{STAGING}" if self.prefix else STAGING
-        removed = 0
-        async for batch in obstore.list(self.bucket, folder, chunk_size=1000):
-            for meta in batch:
-                if cutoff is None or meta["last_modified"].timestamp() < cutoff:
-                    await self._forget(meta["path"])
-                    removed += 1
-        return removed
 
 
 class S3Root(StoreRoot):

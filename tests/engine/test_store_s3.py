@@ -1,5 +1,5 @@
 """What only the S3 store has, against a real SeaweedFS: multipart streamed puts with bounded
-parts, staging keys that never show and are swept, folders as marker objects, a clear message
+parts completed only after verify has read their tail, folders as marker objects, a clear message
 per start-up failure, transient errors while serving, and whether the store enforces S3 Object
 Lock (docs/design.md records the finding; issue 14 builds on it)."""
 
@@ -12,14 +12,14 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import obstore
 import pytest
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from engine.errors import StoreError, TransientError
-from engine.store.s3 import PART, STAGING, S3Root, S3Settings
+from engine.errors import IntegrityError, StoreError, TransientError
+from engine.store.base import ObjectStat, Staged
+from engine.store.s3 import PART, TAIL, S3Root, S3Settings
 from tests.s3kit import SeaweedFS, s3_settings
 
 
@@ -32,27 +32,45 @@ async def _pieces(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def test_a_streamed_put_larger_than_a_part_goes_multipart_and_leaves_no_staging(
+async def test_a_streamed_put_larger_than_a_part_is_invisible_until_verified(
     seaweed: SeaweedFS,
 ) -> None:
-    root = _root(seaweed)
-    store = root.child("repos/clinic")
-    data = os.urandom(2 * PART + 12345)
-    assert await store.put_stream("packs/ab/big", _pieces(data))
+    store = _root(seaweed).child("repos/clinic")
+    data = os.urandom(2 * PART + 12345)  # three parts of a multipart upload
+    seen: list[tuple[bool, bytes]] = []
+
+    async def verify(staged: Staged) -> None:
+        tail = await staged.read_range(len(data) - 9, 9)
+        seen.append((await store.exists("packs/ab/big"), tail))
+
+    assert await store.put_stream("packs/ab/big", _pieces(data), verify)
+    assert seen == [(False, data[-9:])]  # verified from the tail, before it was visible
     assert await store.get("packs/ab/big") == data
     assert await store.get_range("packs/ab/big", PART - 3, 10) == data[PART - 3 : PART + 7]
-    staged = [m for b in obstore.list(root.bucket, f"{store.prefix}/{STAGING}") for m in b]
-    assert staged == []
 
 
-async def test_sweep_deletes_staging_keys_left_by_a_killed_upload(seaweed: SeaweedFS) -> None:
-    root = _root(seaweed)
-    store = root.child("repos/clinic")
-    await obstore.put_async(root.bucket, f"{store.prefix}/{STAGING}/left", b"half an upload")
-    assert [n async for n in store.list()] == []  # never visible
-    assert await store.sweep(cutoff=0.0) == 0  # younger than the cutoff
-    assert await store.sweep() == 1
-    assert [m for b in obstore.list(root.bucket, f"{store.prefix}/{STAGING}") for m in b] == []
+async def test_verify_may_read_only_the_tail_of_a_streamed_put(seaweed: SeaweedFS) -> None:
+    store = _root(seaweed).child("repos/clinic")
+    data = os.urandom(TAIL + 2 * (1 << 20))
+
+    async def head(staged: Staged) -> None:
+        await staged.read_range(0, 10)
+
+    with pytest.raises(IntegrityError, match="only the last"):
+        await store.put_stream("packs/ab/p", _pieces(data), head)
+    assert not await store.exists("packs/ab/p")
+
+
+async def test_an_existing_object_is_verified_but_not_uploaded_again(seaweed: SeaweedFS) -> None:
+    store = _root(seaweed).child("repos/clinic")
+    await store.put("packs/ab/p", b"first", mtime=5.0)
+    checked: list[int] = []
+
+    async def verify(staged: Staged) -> None:
+        checked.append(staged.size)
+
+    assert not await store.put_stream("packs/ab/p", _pieces(b"first"), verify)
+    assert checked == [5] and await store.stat("packs/ab/p") == ObjectStat(5, 5.0)
 
 
 def test_folders_are_marker_objects_listed_by_the_root(seaweed: SeaweedFS) -> None:

@@ -14,6 +14,7 @@ import pytest
 from engine.clock import SimulatedClock
 from engine.ids import ChunkId, PackId
 from engine.pack import ManifestEntry, pack_name
+from engine.store.faulty import FaultyStore
 from engine.store.memory import MemoryStore
 from server.catchup import PACKLOG, PACKSEG, CatchUp, decode_entry, encode_entry, log_pack
 from server.index import ServerIndex
@@ -89,3 +90,19 @@ async def test_an_entry_stamped_before_the_cursor_within_the_window_is_seen(
     assert indexes[0].has_pack("clinic", late)
     names = [n async for n in repo.store.list(PACKLOG)]
     assert len(names) == 2
+
+
+async def test_a_fresh_node_lists_packs_once_however_many_segments(
+    indexes: list[ServerIndex], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.catchup.LIST_INSTEAD_OF_HEAD", 2)  # list rather than HEAD
+    store = FaultyStore(MemoryStore())
+    repo = Repository("clinic", store, MemoryStore(), shared=True)
+    for i in range(12):
+        await _upload(repo, T0 + i)
+    later = SimulatedClock(T0 + 1000)
+    await CatchUp(indexes[0], later, segment=3).packs(repo)  # folds four segments
+    store.calls.clear()
+    report = await CatchUp(indexes[1], later, segment=3).packs(repo)
+    assert (report.packs, report.segments_read) == (12, 4)
+    assert store.calls.count(("list", "packs")) == 1

@@ -16,8 +16,9 @@ import pytest
 from client.check import check
 from client.restore import Restorer
 from engine.ids import SnapshotId
+from server.auth import hash_token
 from server.catchup import PACKLOG
-from server.state import CATCHUP, METRICS, REPOS
+from server.state import CATCHUP, METRICS, REPOS, SCRUB
 from tests.helpers import restored, tree_state
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
@@ -87,6 +88,9 @@ async def test_a_commit_through_b_may_name_chunks_uploaded_through_a(node: NodeF
         other, _, _ = make_pack()
         async with http.get(f"{b.url}/v1/repos/{REPO}/packs/{other.hex()}") as r:
             assert r.status == 404  # caught up, and still unknown: absent
+    c = await node("node-c")  # scrub on a node that never served this repository
+    report = await c.app[SCRUB].run_pass()
+    assert (report.packs_checked, report.bad) == (1, [])
 
 
 async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
@@ -126,3 +130,29 @@ async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
     # by reading the packs.
     logged = [n async for n in a.app[REPOS].get(REPO).store.list(PACKLOG)]
     assert fresh.app[CATCHUP].total.packs == len(logged) > 0
+
+
+async def test_a_token_revoked_through_one_node_stops_working_on_the_others(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    settings = s3_settings(seaweed, f"revoke-{secrets.token_hex(6)}")
+    kw = {"store": settings, "token_publish_interval": 0.05, "token_recheck_interval": 0.2}
+    a = await start_site(tmp_path, "node-a", **kw)
+    b = await start_site(tmp_path, "node-b", **kw)
+    try:
+        a.add_repo()
+        b.tokens = a.tokens
+        await _wait_token(b)
+        digest = hash_token(a.tokens[REPO]["backup"])
+        await b.app[REPOS].site.delete(f"tokens/{digest.hex()}")  # revoked (as replica.py does)
+        headers = {"Authorization": f"Bearer {a.tokens[REPO]['backup']}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def refused() -> bool:
+                async with http.get(f"{b.url}/v1/repos/{REPO}/snapshots") as r:
+                    return r.status == 401
+
+            await wait_for(refused, what="node-b to drop the revoked token")
+    finally:
+        await a.server.close()
+        await b.server.close()

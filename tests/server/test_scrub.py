@@ -2,7 +2,7 @@
 from the peer — by the CLI against a running server's data folder, and in process.
 
 Two real chunk servers on loopback replicate a real client repository (encrypted packs, real
-commits); the corrupted pack is named by the CLI, moved to DATA/quarantine, fetched from the
+commits); the corrupted pack is named by the CLI, moved to its quarantine store, fetched from the
 peer with the opt-in healing right of the replica token, and `check --read-data` passes after.
 """
 
