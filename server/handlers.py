@@ -420,12 +420,14 @@ async def post_heartbeat(request: web.Request) -> web.Response:
     agent = info["agent"][:128]
     doc = {"agent": agent, "received": request.app[CLOCK].time(), "info": info}
     request.app[INDEX].put_heartbeat(repo.name, agent, doc)
+    await request.app[ALERTS].heartbeats.publish(repo, doc)  # other nodes see it (3.1.3)
     return web.json_response({"received": doc["received"]})
 
 
 @routes.get(R + "/heartbeat")
 async def get_heartbeat(request: web.Request) -> web.Response:
     repo = _repository(request, Action.ADMIN)
+    await request.app[ALERTS].heartbeats.merge(repo)  # the newest any node received (3.1.3)
     return web.json_response({"heartbeats": request.app[INDEX].heartbeats(repo.name)})
 
 

@@ -4,7 +4,9 @@ open → repeated every `repeat_interval` → resolved (one message), plus the d
 Owns the state machine's transitions and who hears about what: a repository's alerts go to its
 practice's recipients and webhooks and to the provider's; server-wide alerts (disk) and the full
 digest go to the provider only; each practice with its own recipients gets a digest of its own
-repository. Delivery is at least once: an alert is marked sent when any channel took it.
+repository. Delivery is at least once: an alert is marked sent when any channel took it. On a
+shared store (several nodes, §3.1.3) each evaluation first merges the heartbeats other nodes
+published, and a transition is sent only by the node that claims it (`server.alerts.shared`).
 Started and cancelled by the app's `cleanup_ctx`; the clock is injected. Must not serve HTTP.
 """
 
@@ -30,6 +32,7 @@ from server.alerts.conditions import (
 )
 from server.alerts.delivery import Message, Notifier, Outcome
 from server.alerts.settings import AlertSite, effective
+from server.alerts.shared import Claims, SharedHeartbeats
 from server.alerts.store import AlertStore
 from server.index import ServerIndex
 from server.repos import Repositories
@@ -53,6 +56,8 @@ class AlertService:
         self.replication, self.clock = replication, clock
         self.disk_usage = disk_usage
         self.store = AlertStore(index)
+        self.heartbeats = SharedHeartbeats(index)
+        self.claims = Claims(repos.site, repos.root.shared)
         self.notifier = notifier or Notifier(config.alerts)
         self.last_facts: Facts | None = None
         self.last_tick: float | None = None
@@ -78,6 +83,8 @@ class AlertService:
         """One evaluation: open, repeat and resolve alerts, then the digest if due."""
         now = self.clock.time()
         inits = await initialised_times(self.repos)
+        for name in inits:
+            await self.heartbeats.merge(self.repos.get(name))
         facts = await asyncio.to_thread(
             gather,
             self.config,
@@ -118,10 +125,10 @@ class AlertService:
         last = doc["last_sent"]
         if last is None or now - float(last) >= self.config.alerts.repeat_interval:
             event = "alert" if doc["sends"] == 0 else "repeat"
-            outcome = await self._send(event, doc, now)
+            outcome, sent = await self._deliver(event, doc, now)
             doc["last_error"] = "; ".join(outcome.errors) or None
             if outcome.ok:
-                doc["last_sent"], doc["sends"] = now, doc["sends"] + 1
+                doc["last_sent"], doc["sends"] = sent, doc["sends"] + 1
         await asyncio.to_thread(self.store.put, doc)
 
     async def _clear(self, doc: dict[str, Any], now: float) -> None:
@@ -129,12 +136,36 @@ class AlertService:
             await asyncio.to_thread(self.store.delete, doc["key"])  # nobody was told: no news
             return
         doc["state"], doc["resolved"] = "resolving", doc.get("resolved") or now
-        outcome = await self._send("resolved", doc, now)
+        outcome, _ = await self._deliver("resolved", doc, now)
         if outcome.ok:
             await asyncio.to_thread(self.store.delete, doc["key"])
         else:
             doc["last_error"] = "; ".join(outcome.errors)
             await asyncio.to_thread(self.store.put, doc)
+
+    async def _deliver(self, event: str, doc: dict[str, Any], now: float) -> tuple[Outcome, float]:
+        """Send `event` for the alert `doc` and say when it was sent. On a shared store, only
+        if this node claims the transition first: when another node already sent it (an open
+        alert within its repeat interval, or its resolution), adopt that node's times."""
+        if not self.claims.shared:
+            return await self._send(event, doc, now), now
+        key, last = doc["key"], await self.claims.newest(doc["key"])
+        is_open = last is not None and last.event != "resolved"
+        if event != "resolved":
+            if last is not None and is_open:
+                doc["opened"] = last.opened
+                if now - last.time < self.config.alerts.repeat_interval:
+                    return Outcome(), last.time  # another node sent it this period
+            event = "repeat" if is_open else "alert"
+        elif last is not None and not is_open:
+            return Outcome(), last.time  # another node announced the resolution
+        seq = last.seq + 1 if last is not None else 0
+        if not await self.claims.claim(key, seq, event, now, float(doc["opened"])):
+            return Outcome(), now  # lost the race: the winner sends
+        outcome = await self._send(event, doc, now)
+        if not outcome.ok:
+            await self.claims.release(key, seq)
+        return outcome, now
 
     async def _send(self, event: str, doc: dict[str, Any], now: float) -> Outcome:
         tag = {"alert": "ALERT", "repeat": "STILL FAILING", "resolved": "RESOLVED"}[event]

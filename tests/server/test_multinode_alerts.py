@@ -1,0 +1,117 @@
+"""Alerts from two chunk-server nodes on one SeaweedFS bucket (docs/design.md §3.1.3): an agent's
+heartbeat that reached only node A keeps it alive at node B, and an agent silent everywhere is
+announced once across both nodes (alert, repeat and resolution), received by a real webhook.
+Both nodes share one injected clock; the test drives their evaluations itself."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.remote import RemoteBackend
+from server.alerts.conditions import AGENT_SILENT
+from server.alerts.settings import AlertSettings, RepoPolicy
+from server.state import ALERTS
+from tests.s3kit import SeaweedFS, s3_settings
+from tests.server.monitorkit import REPO, FakeClock, Site, Webhook, start_site, wait_for
+from tests.server.test_multinode import _wait_token
+
+Nodes = tuple[Site, Site, FakeClock]
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Webhook]:
+    receiver = Webhook()
+    await receiver.server.start_server()
+    yield receiver
+    await receiver.server.close()
+
+
+@pytest.fixture
+async def nodes(seaweed: SeaweedFS, tmp_path: Path, hook: Webhook) -> AsyncIterator[Nodes]:
+    """Nodes A and B on one bucket prefix, one practice (agent timeout 60 s), one webhook."""
+    store = s3_settings(seaweed, f"alerts-{secrets.token_hex(6)}")
+    clock = FakeClock()
+    alerts = AlertSettings(
+        webhooks=(hook.url,),
+        repeat_interval=600.0,
+        evaluate_interval=3600.0,  # one evaluation at start; the test calls `tick` itself
+        digest_time="",
+        disk_threshold=1.01,
+    )
+    kw = {"clock": clock, "store": store, "alerts": alerts, "token_publish_interval": 0.05}
+    policy = RepoPolicy(REPO, heartbeat_timeout=60.0)
+    a = await start_site(tmp_path, "node-a", repos=(policy,), **kw)
+    a.add_repo()
+    b = await start_site(tmp_path, "node-b", repos=(policy,), **kw)
+    b.tokens = a.tokens
+    await _wait_token(b)
+    for site in (a, b):
+        await wait_for(lambda s=site: s.app[ALERTS].last_tick is not None, what="first tick")
+    yield a, b, clock
+    for site in (a, b):
+        await site.server.close()
+
+
+async def _heartbeat(site: Site, agent: str) -> None:
+    backend = RemoteBackend(f"{site.url}/{REPO}", site.tokens[REPO]["backup"])
+    try:
+        await backend.heartbeat({"agent": agent})
+    finally:
+        await backend.close()
+
+
+async def _tick_both(a: Site, b: Site) -> None:
+    await asyncio.gather(a.app[ALERTS].tick(), b.app[ALERTS].tick())
+
+
+async def test_an_agent_heartbeating_only_to_node_a_is_not_silent_at_node_b(nodes: Nodes) -> None:
+    a, b, clock = nodes
+    await _heartbeat(b, "reception-pc")
+    clock.advance(100)
+    await _heartbeat(a, "reception-pc")  # from now on the balancer picks A
+    seen_by_a = clock.time()
+    clock.advance(30)  # B heard it 130 s ago, A 30 s ago; the policy allows 60 s
+
+    conditions = await b.app[ALERTS].tick()
+    assert [c for c in conditions if c.kind == AGENT_SILENT] == []
+    facts = b.app[ALERTS].last_facts
+    assert facts is not None  # what the status page shows
+    (row,) = facts.repos[0].heartbeats
+    assert row["agent"] == "reception-pc" and row["received"] == pytest.approx(seen_by_a)
+
+    clock.advance(60)  # now silent everywhere: B says so too
+    conditions = await b.app[ALERTS].tick()
+    assert [c.kind for c in conditions] == [AGENT_SILENT]
+
+
+async def test_an_agent_silent_everywhere_is_announced_once_across_both_nodes(
+    nodes: Nodes, hook: Webhook
+) -> None:
+    a, b, clock = nodes
+    await _heartbeat(a, "pc-2")
+    await _heartbeat(b, "pc-2")  # the balancer spread its heartbeats over both nodes
+    clock.advance(120)
+
+    await _tick_both(a, b)
+    assert len(hook.events("alert", "silent")) == 1
+    for site in (a, b):  # the node that did not send records it as sent
+        (doc,) = site.app[ALERTS].store.open_alerts()
+        assert doc["sends"] == 1 and doc["kind"] == AGENT_SILENT
+    await _tick_both(a, b)
+    assert len(hook.events("alert")) == 1 and not hook.events("repeat")
+
+    clock.advance(600)
+    await _tick_both(a, b)
+    await _tick_both(a, b)
+    assert len(hook.events("repeat", "silent")) == 1
+
+    await _heartbeat(b, "pc-2")  # back, through B only
+    await _tick_both(a, b)
+    await _tick_both(a, b)
+    assert len(hook.events("resolved")) == 1
+    assert a.app[ALERTS].store.open_alerts() == b.app[ALERTS].store.open_alerts() == []
