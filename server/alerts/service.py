@@ -6,7 +6,8 @@ practice's recipients and webhooks and to the provider's; server-wide alerts (di
 digest go to the provider only; each practice with its own recipients gets a digest of its own
 repository. Delivery is at least once: an alert is marked sent when any channel took it. On a
 shared store (several nodes, §3.1.3) each evaluation first merges the heartbeats other nodes
-published, and a transition is sent only by the node that claims it (`server.alerts.shared`).
+published, and a transition (or a digest) is sent only by the node that claims it
+(`server.alerts.shared`).
 Started and cancelled by the app's `cleanup_ctx`; the clock is injected. Must not serve HTTP.
 """
 
@@ -210,6 +211,9 @@ class AlertService:
         last = await asyncio.to_thread(self.store.last_digest)
         if last is not None and last.get("date") == today:
             return
+        if not await self.claims.claim_digest(today, now):  # another node sends today's
+            await asyncio.to_thread(self.store.set_digest, today, now)
+            return
         open_alerts = await asyncio.to_thread(self.store.open_alerts)
         outcome = await self._send_digest(facts, open_alerts, None, today, now)
         for repo in facts.repos:
@@ -217,6 +221,8 @@ class AlertService:
                 await self._send_digest(facts, open_alerts, repo.name, today, now)
         if outcome.ok:
             await asyncio.to_thread(self.store.set_digest, today, now)
+        else:
+            await self.claims.release_digest(today)
 
     async def _send_digest(
         self, facts: Facts, alerts: list[dict[str, Any]], repo: str | None, today: str, now: float

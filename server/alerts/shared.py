@@ -11,6 +11,8 @@ the index-only path):
     alerts/<alert key hash>-<sequence, 8 hex>      in the site store: one claim per transition
         of an alert (alert, repeat, resolved): JSON {event, time, opened}. The node whose put
         creates it sends; the others see it and record the transition as sent.
+    alerts/digest-<YYYY-MM-DD>                     in the site store: the same for the daily
+        digest.
 
 Must not decide what is wrong or deliver anything.
 """
@@ -133,6 +135,20 @@ class Claims:
         """Give up claim `seq` (its delivery failed), so the next evaluation anywhere retries."""
         with contextlib.suppress(ObjectNotFound):
             await self.site.delete(self._name(key, seq))
+
+    async def claim_digest(self, date: str, now: float) -> bool:
+        """True if this node sends the daily digest of `date` (always, on an unshared store)."""
+        if not self.shared:
+            return True
+        return await self.site.put(self._digest(date), json.dumps({"time": now}).encode())
+
+    async def release_digest(self, date: str) -> None:
+        with contextlib.suppress(ObjectNotFound):
+            await self.site.delete(self._digest(date))
+
+    @staticmethod
+    def _digest(date: str) -> str:
+        return f"{CLAIMS}/digest-{date}"
 
     @staticmethod
     def _name(key: str, seq: int) -> str:

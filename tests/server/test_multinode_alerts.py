@@ -1,6 +1,7 @@
 """Alerts from two chunk-server nodes on one SeaweedFS bucket (docs/design.md §3.1.3): an agent's
 heartbeat that reached only node A keeps it alive at node B, and an agent silent everywhere is
-announced once across both nodes (alert, repeat and resolution), received by a real webhook.
+announced once across both nodes (alert, repeat and resolution), and so is the daily digest,
+received by a real webhook.
 Both nodes share one injected clock; the test drives their evaluations itself."""
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path, hook: Webhook) -> AsyncItera
         webhooks=(hook.url,),
         repeat_interval=600.0,
         evaluate_interval=3600.0,  # one evaluation at start; the test calls `tick` itself
-        digest_time="",
+        digest_time="00:00",  # due at once: each node's first evaluation sends it, or not
         disk_threshold=1.01,
     )
     kw = {"clock": clock, "store": store, "alerts": alerts, "token_publish_interval": 0.05}
@@ -115,3 +116,12 @@ async def test_an_agent_silent_everywhere_is_announced_once_across_both_nodes(
     await _tick_both(a, b)
     assert len(hook.events("resolved")) == 1
     assert a.app[ALERTS].store.open_alerts() == b.app[ALERTS].store.open_alerts() == []
+
+
+async def test_one_daily_digest_across_both_nodes(nodes: Nodes, hook: Webhook) -> None:
+    a, b, _ = nodes
+    await _tick_both(a, b)  # both evaluated at start, too
+    digests = hook.events("digest")
+    assert digests and len(digests) == len({d["date"] for d in digests})  # one per day
+    for site in (a, b):
+        assert site.app[ALERTS].store.last_digest() is not None  # recorded as sent
