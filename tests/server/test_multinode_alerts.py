@@ -16,7 +16,8 @@ import pytest
 from engine.remote import RemoteBackend
 from server.alerts.conditions import AGENT_SILENT
 from server.alerts.settings import AlertSettings, RepoPolicy
-from server.state import ALERTS
+from server.alerts.shared import HEARTBEATS, PUBLISH_INTERVAL
+from server.state import ALERTS, REPOS
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.monitorkit import REPO, FakeClock, Site, Webhook, start_site, wait_for
 from tests.server.test_multinode import _wait_token
@@ -125,3 +126,23 @@ async def test_one_daily_digest_across_both_nodes(nodes: Nodes, hook: Webhook) -
     assert digests and len(digests) == len({d["date"] for d in digests})  # one per day
     for site in (a, b):
         assert site.app[ALERTS].store.last_digest() is not None  # recorded as sent
+
+
+async def test_heartbeat_objects_are_bounded_per_agent(nodes: Nodes) -> None:
+    """At most one put per agent per node per minute; an evaluation keeps only the newest."""
+    a, _, clock = nodes
+    store = a.app[REPOS].get(REPO).store
+
+    async def published() -> list[str]:
+        return [n async for n in store.list(HEARTBEATS)]
+
+    for _ in range(3):
+        await _heartbeat(a, "pc-3")
+        clock.advance(10)
+    assert len(await published()) == 1
+    clock.advance(PUBLISH_INTERVAL)
+    await _heartbeat(a, "pc-3")
+    both = await published()
+    assert len(both) == 2
+    await a.app[ALERTS].tick()
+    assert await published() == [max(both)]  # the newest stays, the superseded one is gone
