@@ -45,13 +45,15 @@ SCHEDULE_BATCH = 500  # packs per schedule call (the server reads each manifest 
 class LiveSet:
     """Chunk ids on disk (LMDB in a temp folder), iterated in id order."""
 
+    initial_map = 64 << 20
+
     def __init__(self, folder: Path) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="prune-live-", dir=folder))
         # writemap: dirty pages are written in the file's mapping, not copied into buffers
         # LMDB keeps (and never frees) for its next transactions: without it a 50,000-id
         # batch into a 10⁶-id set leaves tens of MiB of anonymous memory behind. The file is
         # as large as the map (sparse), so the map starts small and doubles when full.
-        self.map_size = 64 << 20
+        self.map_size = self.initial_map
         self.env = lmdb.open(
             str(self.folder), map_size=self.map_size, max_dbs=1, sync=False, writemap=True
         )

@@ -286,6 +286,10 @@ async def schedule_for_primary(app: web.Application, repo: Repository, kind: str
     `undelete_days` later). False if this site does not list it (already scheduled, purged,
     or never received)."""
     deletions, now, window = app[DELETIONS], app[CLOCK].time(), _window(app)
+    if repo.shared:  # as `_single_node`: the schedule would live in one node's index only
+        log.warning("%s is shared by several nodes: the primary's purge of %s %s is not applied",
+                    repo.name, kind, ident[:16])  # fmt: skip
+        return False
     async with deletions.lock(repo.name):
         if kind == SNAPSHOT:
             sid = SnapshotId.parse(ident)

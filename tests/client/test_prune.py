@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.backend import LocalBackend
 from engine.store.local import LocalStore
 from tests.client.test_remote import REPO, Agent, ServerProcess, agent, server  # noqa: F401
@@ -168,3 +170,22 @@ def test_a_prune_killed_at_any_moment_is_finished_by_the_next(
         reader = agent(tmp_path / f"fresh{round_}", url, tokens["restore"])
         reader.ok("check", "--read-data")
         _assert_all_restore(reader, tree, states, tmp_path / f"r{round_}")
+
+
+def test_the_live_set_grows_its_map_when_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live set writes through its map, so its file is as large as the map: it starts
+    small and doubles, adding a batch that did not fit again."""
+    from client.prune import LiveSet
+
+    monkeypatch.setattr(LiveSet, "initial_map", 256 * 1024)
+    live = LiveSet(tmp_path)
+    try:
+        ids = [random.Random(i).randbytes(32) for i in range(30_000)]
+        assert all(live.add_new(ids[:20_000]))
+        assert live.add_new(ids[10_000:]) == [False] * 10_000 + [True] * 10_000
+        assert live.count == 30_000 and live.map_size > 256 * 1024
+        assert list(live) == sorted(ids) and ids[123] in live
+    finally:
+        live.close()
