@@ -9,7 +9,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Debian packages the tests and benchmarks use as real peers: restic and borgbackup (comparison),
 # dcmtk (storescu/dcmsend DICOM senders), orthanc (a real PACS receiving `restore --to-pacs`),
 # chromium (the status page in a real headless browser, tests/server/test_status_page.py),
-# haproxy, poppler-utils (pdftoppm: the recovery kit's PDF rasterised as a scanner would).
+# haproxy (a real load balancer before two server nodes, tests/server/test_balanced_nodes.py),
+# poppler-utils (pdftoppm: the recovery kit's PDF rasterised as a scanner would).
 APT_PACKAGES ?= restic dcmtk orthanc borgbackup chromium haproxy poppler-utils
 
 .PHONY: setup setup-system demo test test-fast check lint format types bench bench-bandwidth
