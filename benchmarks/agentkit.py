@@ -99,7 +99,12 @@ class ChunkServer:
         )
         self.tokens = json.loads(out.stdout)["tokens"]
         self.port = free_port()
-        log = open(self.root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+        return self.serve()
+
+    def serve(self) -> ChunkServer:
+        """(Re)start the server process on its port (after `stop`: the same data, same port)."""
+        data = self.root / "server"
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             [
                 sys.executable,

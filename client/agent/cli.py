@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.agent.config import AgentConfig, Overrides, RepositorySettings, load, read_toml
-from client.agent.daemon import Agent
+from client.agent.daemon import Agent, Opener
 from client.agent.status import read_status, render
 from client.cli_common import (
     EXIT_PARTIAL,
@@ -30,7 +30,7 @@ from client.cli_common import (
 )
 from client.ratelimit import RateLimiter, Schedule, ScheduleFile
 from client.repository import Repository
-from engine.errors import UsageError
+from engine.errors import TransientError, UsageError
 from engine.rates import parse_rate
 
 DEFAULT_STATE_DIR = Path("/var/lib/dicomvault/agent")
@@ -89,14 +89,22 @@ async def run_agent(args: argparse.Namespace) -> int:
     config = agent_config(args)
     _fill_repository_args(args, config.repository)
     backend = open_backend(args)
-    try:
-        repo = await Repository.open(
-            backend,
-            read_passphrase(args),
-            cache_root(args),
-            limiter=_limiter(args, config),
-            spool_dir=config.packs_dir,
+    passphrase, limiter = read_passphrase(args), _limiter(args, config)
+
+    async def open_repository() -> Repository:
+        return await Repository.open(
+            backend, passphrase, cache_root(args), limiter=limiter, spool_dir=config.packs_dir
         )
+
+    try:
+        repo: Repository | Opener = await open_repository()
+    except TransientError as e:
+        if args.once:
+            await backend.close()
+            raise
+        # The door opens anyway: the agent keeps trying (client/agent/daemon.py).
+        logging.getLogger(__name__).error("repository unreachable, retrying: %s", e)
+        repo = open_repository
     except BaseException:
         await backend.close()
         raise
@@ -109,7 +117,7 @@ async def run_agent(args: argparse.Namespace) -> int:
             return _report_once(args, await agent.run_once())
         await agent.run()
     finally:
-        await repo.close()
+        await (agent.repo.close() if agent.opened else backend.close())
     return 0
 
 

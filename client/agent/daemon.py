@@ -7,6 +7,11 @@ peer sites have the snapshot too, `PeerHold`), answering Storage Commitment, sen
 re-reading the live policy, and writing the status file every second. Deletion order (the
 agent's safety rule): server commit → [every peer holds it →] ledger → unlink. Does not parse
 flags or read the environment: the CLI builds the `AgentConfig`, `Repository` and clock.
+
+A repository the CLI could not reach at start comes as an opener instead: the door (receiver,
+watchers, status) opens at once and only the loops that need the repository wait for
+`_await_repository`, which retries on the clock with backoff (everything received meanwhile
+waits in the spool and goes in the first batches).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from client.agent import batching
 from client.agent.alerts import agent_alerts
@@ -41,7 +47,7 @@ from client.backup import Backup, Summary
 from client.repository import Repository, now_rfc3339
 from engine.backend import Replicated
 from engine.clock import SYSTEM, Clock
-from engine.errors import DicomvaultError, UsageError
+from engine.errors import DicomvaultError, TransientError, UsageError
 from engine.retry import RetryingBackend
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ KEEP_ERRORS = 20
 RATE_WINDOW = 10.0  # seconds of upload history behind the "current rate"
 PEER_POLL = 5.0  # delete_after = "peer": ask the server this often which snapshots peers hold
 SWEEP_SECONDS = 60.0  # the spool is swept for temporary files of receives cut short this often
+T = TypeVar("T")
+Opener = Callable[[], Awaitable[Repository]]  # opens the repository (the CLI's, with its backend)
 
 
 @dataclass
@@ -67,8 +75,14 @@ class Commit:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, repo: Repository, clock: Clock | None = None) -> None:
-        self.config, self.repo = config, repo
+    def __init__(
+        self, config: AgentConfig, repo: Repository | Opener, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self._repo: Repository | None = repo if isinstance(repo, Repository) else None
+        self._opener: Opener | None = None if isinstance(repo, Repository) else repo
+        # the CLI could not open the repository: since when (None once it is open)
+        self.unreachable_since = None if self._opener is None else now_rfc3339()
         self.clock: Clock = clock or SYSTEM
         self.policy = config.policy
         self.inbox = Inbox(config.instances_dir)
@@ -94,12 +108,21 @@ class Agent:
         self._unreachable: str | None = None  # the repository's failure being retried, if any
         self._batch_summaries: list[Summary] | None = None  # kept in --once mode only
         # fire drills: client/agent/drills.py, [drill]
-        self.drills = DrillScheduler(config, repo, clock=self.clock)
+        self.drills = DrillScheduler(config, self._repo, clock=self.clock) if self._repo else None
         # the status page at the practice: client/agent/page.py, [status_page]
         self.page_settings = PageSettings.from_file(config.config_file)
         self.page: StatusPage | None = None
         self.peer_holds_last: bool | None = None  # None: no second site (or not asked yet)
         self._committed_at = 0.0  # on the clock; 0: before this start
+
+    @property
+    def opened(self) -> bool:
+        return self._repo is not None
+
+    @property
+    def repo(self) -> Repository:
+        assert self._repo is not None, "the repository is not open yet"
+        return self._repo
 
     # life cycle
 
@@ -114,24 +137,59 @@ class Agent:
         self.last_commit = Commit(**last) if last else None
         self._resume_spool()
         self._start_sources()
-        tasks = [
-            asyncio.create_task(c, name=n)
-            for n, c in (
-                ("batches", self._batch_loop()),
-                ("heartbeat", self._heartbeat_loop()),
-                ("status", self._status_loop()),
-                ("rescan", self._rescan_loop()),
-                ("config", self._config_loop()),
-                ("drills", self.drills.run()),
-                ("peer-hold", self._release_loop()),
-            )
-        ]
+        tasks = _spawn(
+            ("status", self._status_loop()),
+            ("rescan", self._rescan_loop()),
+            ("config", self._config_loop()),
+        )
         if self.page_settings is not None:
-            tasks.append(asyncio.create_task(self._page_loop(self.page_settings), name="page"))
+            tasks += _spawn(("page", self._page_loop(self.page_settings)))
         try:
-            await self._stop.wait()
+            if await self._await_repository():
+                assert self.drills is not None
+                tasks += _spawn(
+                    ("batches", self._batch_loop()),
+                    ("heartbeat", self._heartbeat_loop()),
+                    ("drills", self.drills.run()),
+                    ("peer-hold", self._release_loop()),
+                )
+                await self._stop.wait()
         finally:
             await self._shutdown(tasks)
+
+    async def _await_repository(self) -> bool:
+        """Open the repository if the CLI could not: retry an unreachable one on the clock with
+        backoff until it opens (True) or the agent is stopped (False). Other errors (a wrong
+        passphrase) end the agent."""
+        backoff = 1.0
+        while self._repo is None:
+            assert self._opener is not None
+            if (opening := await self._unless_stopped(self._opener())) is None:
+                return False
+            try:
+                self._repo = opening.result()
+            except TransientError as e:
+                if backoff == 1.0:
+                    self._error(f"repository unreachable, retrying (files wait in the spool): {e}")
+                if await self._unless_stopped(self.clock.sleep(backoff)) is None:
+                    return False
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        if self.unreachable_since is not None:
+            log.info("repository opened (unreachable since %s)", self.unreachable_since)
+            self.unreachable_since = None
+        self.drills = DrillScheduler(self.config, self._repo, clock=self.clock)
+        return True
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
+        """`work`'s finished future, or None (`work` cancelled) if the agent is stopped first."""
+        task, stop = asyncio.ensure_future(work), asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if self._stop.is_set():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        return task
 
     async def run_once(self) -> dict[str, Any]:
         """Catch-up mode (`agent --once`): back up what the spool holds and every new or changed
@@ -433,7 +491,7 @@ class Agent:
             "last_commit": self.last_commit.as_json() if self.last_commit else None,
             "alerts": list(self.alerts),
             "errors": len(self.errors),
-            "drill": self.drills.summary(),
+            "drill": self.drills.summary() if self.drills else None,
         }
 
     async def _config_loop(self) -> None:
@@ -484,7 +542,9 @@ class Agent:
     def _check_repository(self) -> None:
         """An outage shows in the errors when it starts, not when the retries give up (the
         backend retries for minutes); the spool keeps everything meanwhile."""
-        backend = self.repo.backend
+        if self._repo is None:
+            return
+        backend = self._repo.backend
         failing = backend.last_error if isinstance(backend, RetryingBackend) else None
         if failing and not self._unreachable:
             self._error(f"repository unreachable, retrying (files wait in the spool): {failing}")
@@ -493,7 +553,7 @@ class Agent:
         self._unreachable = failing
 
     def _check_alerts(self) -> None:
-        uploader = self.repo.uploader
+        uploader = self._repo.uploader if self._repo else None
         stats = uploader.stats if uploader is not None else None
         door = self.receiver.door if self.receiver is not None else None
         alerts = agent_alerts(self.policy, self.spool_bytes(), stats, door, self.clock.time())
@@ -512,22 +572,25 @@ class Agent:
         return self.inbox.held_bytes + self.packs_bytes()
 
     def packs_bytes(self) -> int:
-        uploader = self.repo.uploader
+        uploader = self._repo.uploader if self._repo else None
         return uploader.spool.bytes_pending() if uploader is not None else 0
 
     def bytes_pending(self) -> int:
         return self.queue.bytes + self.packs_bytes()
 
     def upload_rate(self) -> float:
-        t, sent = self.clock.monotonic(), self.repo.backend.bytes_uploaded
+        t, sent = self.clock.monotonic(), self._bytes_uploaded()
         self._uploaded.append((t, sent))
         while len(self._uploaded) > 1 and t - self._uploaded[0][0] > RATE_WINDOW:
             self._uploaded.popleft()
         t0, s0 = self._uploaded[0]
         return (sent - s0) / (t - t0) if t > t0 else 0.0
 
+    def _bytes_uploaded(self) -> int:
+        return self._repo.backend.bytes_uploaded if self._repo else 0
+
     def rate_limit(self) -> float | None:
-        uploader = self.repo.uploader
+        uploader = self._repo.uploader if self._repo else None
         return uploader.limiter.current_rate() if uploader is not None else None
 
     def status(self, state: str = "running") -> dict[str, Any]:
@@ -544,7 +607,8 @@ class Agent:
             "started": self.started,
             "updated": now_rfc3339(),
             "updated_unix": self.clock.time(),
-            "repository": self.repo.backend.location,
+            "repository": self._repo.backend.location if self._repo else None,
+            "repository_unreachable_since": self.unreachable_since,
             "sources": self.config.sources(),
             "dicom_port": self.receiver.port if self.receiver else None,
             "queue": {
@@ -567,7 +631,7 @@ class Agent:
             "upload": {
                 "rate_bytes_per_s": round(rate),
                 "limit_bytes_per_s": limit,
-                "bytes_total": self.repo.backend.bytes_uploaded,
+                "bytes_total": self._bytes_uploaded(),
             },
             "eta_seconds": round(pending / speed, 1)
             if pending and speed
@@ -601,7 +665,9 @@ class Agent:
             await self.page.close()
 
     async def _ask_peers(self) -> None:
-        backend = self.repo.backend
+        if self._repo is None:
+            return
+        backend = self._repo.backend
         try:
             doc = await backend.replication_status() if isinstance(backend, Replicated) else None
         except (DicomvaultError, OSError) as e:
@@ -613,7 +679,7 @@ class Agent:
 
     def page_figures(self) -> dict[str, Any]:
         assert self.page_settings is not None
-        doc = {**self.status(), "drill": self.drills.summary()}
+        doc = {**self.status(), "drill": self.drills.summary() if self.drills else None}
         lag = self.clock.time() - self._committed_at
         return page_document(doc, self.peer_holds_last, lag, self.page_settings)
 
@@ -622,6 +688,10 @@ class Agent:
             write_status(self.config.state_dir, self.status(state))
         except OSError as e:
             log.error("cannot write the status file: %s", e)
+
+
+def _spawn(*named: tuple[str, Any]) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(c, name=n) for n, c in named]
 
 
 def _failure(cls: str, uid: str, conflicts: set[tuple[str, str]], queued: set[str]) -> int:

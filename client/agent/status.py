@@ -93,7 +93,7 @@ def render(doc: dict[str, Any]) -> str:
     state = "running" if doc["running"] else f"NOT RUNNING (last seen {doc['age_seconds']} s ago)"
     lines = [
         f"agent {doc['agent']} (pid {doc['pid']}, dicomvault {doc['dicomvault']}): {state}",
-        f"repository: {doc.get('repository')}",
+        f"repository: {doc.get('repository') or 'not open yet'}",
         "sources: " + "; ".join(doc["sources"]),
         f"queue: {q['files']} files ({q['instances']} received, {q['watched']} watched, "
         f"{q['settling']} settling), {_size(doc['bytes_pending'])} pending "
@@ -110,6 +110,8 @@ def render(doc: dict[str, Any]) -> str:
         ),
         f"storage commitments pending: {doc['commitments_pending']}",
     ]
+    if since := doc.get("repository_unreachable_since"):
+        lines.insert(2, f"repository unreachable since {since}, retrying (files wait in the spool)")
     lines += [f"ALERT: {a}" for a in doc.get("alerts", [])]
     lines += [f"error: {e['time']} {e['message']}" for e in doc.get("errors", [])[-5:]]
     return "\n".join(lines)
