@@ -177,7 +177,7 @@ class Agent:
         if self.unreachable_since is not None:
             log.info("repository opened (unreachable since %s)", self.unreachable_since)
             self.unreachable_since = None
-        self.drills = DrillScheduler(self.config, self._repo, clock=self.clock)
+        self.drills = self.drills or DrillScheduler(self.config, self._repo, clock=self.clock)
         return True
 
     async def _unless_stopped(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
