@@ -72,6 +72,8 @@ def verdict(doc: dict[str, Any], peer: bool | None, lag: float, settings: PageSe
     holds the last commit (None: no second site), `lag` how long ago that commit was made."""
     if doc.get("alerts"):
         return "; ".join(doc["alerts"])
+    if since := doc.get("repository_unreachable_since"):
+        return f"the backup server cannot be reached since {since} (images wait safely here)"
     drill = doc.get("drill")
     if drill and not drill.get("ok"):
         return f"the last restore test ({drill.get('time')}) failed"

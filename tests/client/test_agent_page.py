@@ -90,6 +90,12 @@ def test_an_open_alert_or_a_failed_drill_turns_the_line_red_and_names_whom_to_ca
     assert "no second site" in page_document(status_doc(), None, 0.0, settings())["line"]
 
 
+def test_a_repository_not_yet_reachable_turns_the_line_red() -> None:
+    down = status_doc(repository_unreachable_since="2026-11-30T07:00:00Z")
+    doc = page_document(down, None, 0.0, settings())
+    assert not doc["ok"] and "cannot be reached since 2026-11-30T07:00:00Z" in doc["line"]
+
+
 async def test_the_json_needs_the_token_from_a_token_file(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("s3cret\n")
     page = StatusPage(lambda: {"ok": True}, settings(token_file=tmp_path / "token"))
