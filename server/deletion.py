@@ -30,7 +30,7 @@ from engine.errors import DicomvaultError, NotFound, ObjectNotFound
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import ManifestEntry, pack_name, read_pack_info_ranged
 from engine.protocol.errors import PruneLocked
-from server.index import ServerIndex
+from server.index import ServerIndex, prefixed
 from server.repos import Repositories, Repository
 
 SNAPSHOT = "snapshot"
@@ -140,15 +140,9 @@ class Deletions:
         )
 
     def _scan(self, repo: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        prefix = repo.encode() + b"\0"
         with self.env.begin(db=self.db) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(prefix):
-                return
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    break
-                yield bytes(key), json.loads(value)
+            for key, value in prefixed(txn.cursor(), repo.encode() + b"\0"):
+                yield key, json.loads(value)
 
     # -- purging ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from engine.errors import UsageError
-from server.index import ServerIndex
+from server.index import ServerIndex, prefixed
 
 MAX_PROBLEMS = 20  # lines of detail kept per report; the agent's own log has them all
 _NAME_MAX = 128
@@ -63,14 +63,5 @@ class DrillRecords:
 
     def latest(self, repo: str) -> list[dict[str, Any]]:
         """The last report of each (agent, site) of `repo`."""
-        prefix = repo.encode() + b"\0"
         with self.env.begin(db=self.db) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(prefix):
-                return []
-            out = []
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    break
-                out.append(json.loads(value))
-            return out
+            return [json.loads(v) for _, v in prefixed(txn.cursor(), repo.encode() + b"\0")]

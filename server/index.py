@@ -61,6 +61,18 @@ def _prefix(repo: str) -> bytes:
     return repo.encode() + b"\0"
 
 
+def prefixed(cur: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key after `prefix`, value) of every row whose key starts with `prefix`, in key order:
+    the one range scan every table of the environment uses."""
+    if not cur.set_range(prefix):
+        return
+    for raw_key, value in cur:
+        key = bytes(raw_key)  # the same object unless a transaction asked for buffers
+        if not key.startswith(prefix):
+            return
+        yield key[len(prefix) :], bytes(value)
+
+
 class ServerIndex:
     """Thin typed wrapper over the LMDB environment; every method is one transaction."""
 
@@ -224,12 +236,5 @@ class ServerIndex:
         return {name: list(self._scan(name, repo)) for name in CACHE_DBS}
 
     def _scan(self, db: str, repo: str) -> Iterator[tuple[bytes, bytes]]:
-        p = _prefix(repo)
         with self.env.begin(db=self.dbs[db]) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(p):
-                return
-            for key, value in cur:
-                if not key.startswith(p):
-                    break
-                yield key[len(p) :], value
+            yield from prefixed(txn.cursor(), _prefix(repo))

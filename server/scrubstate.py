@@ -23,7 +23,7 @@ from typing import Any
 import lmdb
 
 from engine.ids import ID_SIZE, ChunkId, PackId
-from server.index import ServerIndex
+from server.index import ServerIndex, prefixed
 
 _PROGRESS = b"progress"
 
@@ -57,7 +57,7 @@ class ScrubState:
         return self._get(_run_key(repo))
 
     def runs(self) -> dict[str, dict[str, Any]]:
-        return {k[len(b"run\0") :].decode(): v for k, v in self._scan(b"run\0")}
+        return {k.decode(): v for k, v in self._scan(b"run\0")}
 
     # -- bad packs ---------------------------------------------------------------------------
 
@@ -103,14 +103,10 @@ class ScrubState:
         return json.loads(raw) if raw is not None else None
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """(key after `prefix`, document) of the rows under `prefix`."""
         with self.env.begin(db=self.db) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(prefix):
-                return
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    return
-                yield bytes(key), json.loads(value)
+            for key, value in prefixed(txn.cursor(), prefix):
+                yield key, json.loads(value)
 
 
 def _drop_chunks(

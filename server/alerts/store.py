@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.index import ServerIndex
+from server.index import ServerIndex, prefixed
 
 _OPEN = b"open\0"
 _DIGEST = b"digest"
@@ -28,15 +28,7 @@ class AlertStore:
     def all(self) -> dict[str, dict[str, Any]]:
         """Every record, open or resolving, by key."""
         with self.env.begin(db=self.db) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(_OPEN):
-                return {}
-            out = {}
-            for key, value in cur:
-                if not key.startswith(_OPEN):
-                    break
-                out[key[len(_OPEN) :].decode()] = json.loads(value)
-            return out
+            return {k.decode(): json.loads(v) for k, v in prefixed(txn.cursor(), _OPEN)}
 
     def open_alerts(self) -> list[dict[str, Any]]:
         """Alerts whose condition still holds, oldest first."""

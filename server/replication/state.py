@@ -20,6 +20,7 @@ costs only a re-comparison with the peer (anti-entropy), never data.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import struct
@@ -29,7 +30,7 @@ from typing import Any
 
 import lmdb
 
-from server.index import ServerIndex
+from server.index import ServerIndex, prefixed
 
 PACK, SNAPSHOT, KEY, CONFIG, TOKENS = "pack", "snapshot", "key", "config", "tokens"
 EVENT = "event"  # a sealed audit event, `events/<name>` (docs/design.md §16)
@@ -139,14 +140,10 @@ class ReplicationState:
     def _items(self, peer: str, repo: str, limit: int | None = None) -> Iterator[Item]:
         p = _prefix(peer, repo)
         with self.env.begin(db=self.db["repl_queue"]) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(p):
-                return
-            for n, (key, value) in enumerate(cur):
-                if not key.startswith(p) or (limit is not None and n >= limit):
-                    return
+            rows = prefixed(txn.cursor(), p)
+            for key, value in rows if limit is None else itertools.islice(rows, limit):
                 doc = json.loads(value)
-                seq = int(_SEQ.unpack(key[len(p) :])[0])
+                seq = int(_SEQ.unpack(key)[0])
                 yield Item(doc["kind"], doc["name"], doc["size"], doc["time"], seq)
 
     def repos_with_work(self, peer: str) -> list[str]:
@@ -195,15 +192,7 @@ class ReplicationState:
     def acked_snapshots(self, peer: str, repo: str) -> set[str]:
         p = _prefix(peer, repo, SNAPSHOT)
         with self.env.begin(db=self.db["repl_acked"]) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(p):
-                return set()
-            out: set[str] = set()
-            for key, _ in cur:
-                if not key.startswith(p):
-                    break
-                out.add(key[len(p) :].decode())
-            return out
+            return {key.decode() for key, _ in prefixed(txn.cursor(), p)}
 
     def lag(self, peer: str, repo: str) -> Lag:
         """Pending items, packs and bytes for (peer, repo); cost ∝ the backlog."""
