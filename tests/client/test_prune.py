@@ -50,6 +50,15 @@ def _assert_all_restore(a: Vault | Agent, tree: Path, states: dict[str, dict], r
         assert tree_state(restored(target, tree)) == state, sid
 
 
+def _practice(site: ServerProcess, tmp_path: Path) -> tuple[dict[str, str], Agent, Agent]:
+    """A repository on `site` with a backup machine (initialised) and an admin's machine."""
+    tokens = site.create_repo()
+    url = f"{site.base}/{REPO}"
+    backup = agent(tmp_path / "pc1", url, tokens["backup"])
+    backup.ok("init", *CHEAP_KDF_ARGS)
+    return tokens, backup, agent(tmp_path / "admin", url, tokens["admin"])
+
+
 def test_local_prune_reclaims_forgotten_data_and_checks_clean(vault: Vault, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     states = _snap_states(vault, tree, 5, seed=1)
@@ -97,13 +106,10 @@ def test_prune_on_a_chunk_server_with_backups_running(
     server: ServerProcess,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    tokens = server.create_repo()
+    tokens, a, admin = _practice(server, tmp_path)
     url = f"{server.base}/{REPO}"
-    a = agent(tmp_path / "pc1", url, tokens["backup"])
-    a.ok("init", *CHEAP_KDF_ARGS)
     tree_a = tmp_path / "tree-a"
     states = _snap_states(a, tree_a, 4, seed=3)
-    admin = agent(tmp_path / "admin", url, tokens["admin"])
 
     refused = a.run("prune")  # a backup token: exit 15, nothing changed
     assert_one_line_error(refused, 15, "")
@@ -145,13 +151,10 @@ def test_a_prune_killed_at_any_moment_is_finished_by_the_next(
     server: ServerProcess,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    tokens = server.create_repo()
+    tokens, a, admin = _practice(server, tmp_path)
     url = f"{server.base}/{REPO}"
-    a = agent(tmp_path / "pc1", url, tokens["backup"])
-    a.ok("init", *CHEAP_KDF_ARGS)
     tree = tmp_path / "tree"
     states = _snap_states(a, tree, 3, seed=5)
-    admin = agent(tmp_path / "admin", url, tokens["admin"])
     rng = random.Random(14)
     for round_ in range(6):
         states.update(_snap_states(a, tree, 2, seed=20 + 2 * round_))
