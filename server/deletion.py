@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,10 +151,12 @@ class Deletions:
         repos: Repositories,
         now: float,
         on_destroyed: Callable[[str, dict[str, Any]], None] | None = None,
+        still_scheduled: Callable[[Repository, dict[str, Any]], Awaitable[bool]] | None = None,
     ) -> list[dict[str, Any]]:
         """Destroy every scheduled object whose window has passed: the stored object first,
         then `on_destroyed(repo, doc)` (the replication queue: peers apply the deletion), then
-        its row, so a purge killed anywhere is finished, and told, by the next one."""
+        its row, so a purge killed anywhere is finished, and told, by the next one. An object
+        `still_scheduled` denies (another node revived it) is left alone."""
         done = []
         for name in repos.names():
             repo = repos.get(name)
@@ -162,6 +164,8 @@ class Deletions:
                 if doc["purge_after"] > now:
                     continue
                 async with self.lock(name):
+                    if still_scheduled is not None and not await still_scheduled(repo, doc):
+                        continue
                     if doc["kind"] == PACK:
                         destroyed = await self._purge_pack(repo, PackId.parse(doc["id"]))
                     else:
@@ -172,7 +176,7 @@ class Deletions:
                     if destroyed and on_destroyed is not None:
                         on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
-                done.append(doc)
+                done.append({**doc, "repo": name})
         return done
 
     async def _purge_pack(self, repo: Repository, pack_id: PackId) -> bool:
@@ -189,6 +193,20 @@ class Deletions:
         with contextlib.suppress(ObjectNotFound):
             await repo.store.delete(pack_name(pack_id))
         return True
+
+    def put_schedule(self, repo: str, doc: dict[str, Any]) -> None:
+        """Record a schedule made elsewhere (another node of a shared store): a snapshot's row
+        leaves `snapshots`; a pack this index does not hold only gets its row (catch-up then
+        skips it)."""
+        with self.env.begin(write=True) as txn:
+            if doc["kind"] == SNAPSHOT:
+                sid = SnapshotId.parse(doc["id"])
+                txn.delete(repo.encode() + b"\0" + sid, db=self.index.dbs["snapshots"])
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(doc).encode(), db=self.db)
+
+    def drop(self, repo: str, kind: str, ident: str) -> None:
+        """Forget a schedule whose object is gone (purged by another node)."""
+        self._drop(repo, kind, ident)
 
     def _drop(self, repo: str, kind: str, ident: str) -> None:
         with self.env.begin(write=True, db=self.db) as txn:
