@@ -20,11 +20,11 @@ from client.repository import Repository
 from engine.clock import SimulatedClock
 from engine.remote import RemoteBackend
 from server.handlers_deletion import purge_once
+from tests.helpers import PASSPHRASE
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
 from tests.server.monitorkit import REPO, Site, init_practice, start_site, wait_for
 from tests.server.test_prune_interleaving import _one_schedule
-from tests.helpers import PASSPHRASE
 
 SCHEDULES = int(os.environ.get("PRUNE_MULTINODE_SCHEDULES", "100"))
 DAY = 86_400.0
@@ -49,7 +49,7 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[Nodes]:
                 store=settings,
                 purge_interval=3600.0,
                 token_publish_interval=0.05,
-            )  # fmt: skip
+            )
             for name in ("node-a", "node-b")
         ]
         started.extend(pair)
@@ -193,7 +193,9 @@ async def test_prune_on_two_nodes_never_loses_what_a_concurrent_backup_reuses(
         admin_node = a if seed % 2 else b
         through = {"cache-a": a, "cache-b": b, "cache-admin": admin_node, "cache-fresh": b}
 
-        async def open_repo(cache: Path, role: str) -> Repository:
+        async def open_repo(
+            cache: Path, role: str, through: dict[str, Site] = through
+        ) -> Repository:
             site = through[cache.name]
             backend = RemoteBackend(f"{site.url}/{REPO}", site.tokens[REPO][role])
             return await Repository.open(backend, PASSPHRASE, cache)
