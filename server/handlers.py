@@ -205,7 +205,8 @@ async def list_packs(request: web.Request) -> web.Response:
     after_text = request.query.get("after")
     after = parse_id(PackId, after_text) if after_text else None
     limit = query_int(request, "limit", PAGE, 1, PAGE)
-    if after is None:  # a listing starts: learn what other nodes stored first
+    if after is None:  # a listing starts: learn what other nodes stored and scheduled first
+        await request.app[SHARED_DELETIONS].sync(repo)
         await request.app[CATCHUP].packs(repo)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
@@ -301,9 +302,12 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
     until a re-upload indexes it (intake links idempotently, then indexes)."""
     repo = _repository(request, Action.READ)
     pack_id = parse_id(PackId, request.match_info["id"])
-    await request.app[SHARED_DELETIONS].sync(repo, LISTING_FRESH)
+    shared = request.app[SHARED_DELETIONS]
+    await shared.sync(repo, LISTING_FRESH)
     if not await request.app[CATCHUP].has_pack(repo, pack_id):
-        raise ObjectNotFound(f"no pack {pack_id.hex()}")
+        await shared.sync(repo)  # revived through another node since this node's last look?
+        if not await asyncio.to_thread(request.app[INDEX].has_pack, repo.name, pack_id):
+            raise ObjectNotFound(f"no pack {pack_id.hex()}")
     return await stream_object(request, repo, pack_name(pack_id))
 
 
