@@ -204,6 +204,28 @@ class Deletions:
                 txn.delete(repo.encode() + b"\0" + sid, db=self.index.dbs["snapshots"])
             txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(doc).encode(), db=self.db)
 
+    def forget_object(self, repo: str, kind: str, ident: str) -> None:
+        """An object another node purged (docs/design.md §14, several nodes) that this index
+        still lists: its snapshot row, or its pack row and every chunk row pointing into it
+        (a scan of the repository's chunk rows: the manifest is gone with the pack), and any
+        schedule row."""
+        prefix = repo.encode() + b"\0"
+        chunks = self.index.dbs["chunks"]
+        with self.env.begin(write=True) as txn:
+            txn.delete(_key(repo, kind, ident), db=self.db)
+            if kind == SNAPSHOT:
+                txn.delete(prefix + SnapshotId.parse(ident), db=self.index.dbs["snapshots"])
+                return
+            pack_id = PackId.parse(ident)
+            if txn.delete(prefix + pack_id, db=self.index.dbs["packs"]):
+                stale = [k for k, loc in prefixed(txn.cursor(db=chunks), prefix)
+                         if loc[:ID_SIZE] == pack_id]  # fmt: skip
+                for key in stale:
+                    txn.delete(prefix + key, db=chunks)
+            for key in [k for k, loc in prefixed(txn.cursor(db=self.condemned), prefix)
+                        if loc[:ID_SIZE] == pack_id]:  # fmt: skip
+                txn.delete(prefix + key, db=self.condemned)
+
     def drop(self, repo: str, kind: str, ident: str) -> None:
         """Forget a schedule whose object is gone (purged by another node)."""
         self._drop(repo, kind, ident)

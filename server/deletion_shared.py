@@ -28,6 +28,7 @@ from engine.clock import Clock
 from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
+from engine.pack import pack_name
 from engine.protocol.errors import FullRefsRequired, PruneLocked
 from engine.prunelog import PruneLog, live
 from server.catchup import MISSING_EVERY, WINDOW, CatchUp
@@ -68,6 +69,9 @@ class SharedDeletions:
     def __init__(self, deletions: Deletions, catchup: CatchUp, clock: Clock) -> None:
         self.deletions, self.catchup, self.clock = deletions, catchup, clock
         self._synced: dict[str, _Synced] = {}
+        # Per repository: tombstones (schedules of objects already purged) this node has
+        # applied, by name, so a sync looks at each once; `expire` deletes them in the end.
+        self._settled: dict[str, dict[str, dict[str, Any]]] = {}
 
     # -- schedules in the store -----------------------------------------------------------
 
@@ -109,33 +113,72 @@ class SharedDeletions:
             if parsed is not None:
                 stored[parsed] = name
         local = {(d["kind"], d["id"]): d for d in self.deletions.pending(repo.name)}
+        settled = self._settled.setdefault(repo.name, {})
+        for name in settled.keys() - stored.values():
+            del settled[name]  # expired (or withdrawn) since
         for key in stored.keys() - local.keys():
+            if stored[key] in settled:
+                continue
             with contextlib.suppress(ObjectNotFound):  # withdrawn since the listing
-                await self._apply(repo, json.loads(await repo.store.get(stored[key])))
+                doc = json.loads(await repo.store.get(stored[key]))
+                if await self._apply(repo, doc):
+                    settled[stored[key]] = doc
         for key in local.keys() - stored.keys():
             await self._unapply(repo, local[key])
         for kind, ident in local.keys() & stored.keys():
             if kind == PACK and self.deletions.index.has_pack(repo.name, PackId.parse(ident)):
                 await self.revive_pack(repo, PackId.parse(ident))  # uploaded again here
 
-    async def _apply(self, repo: Repository, doc: dict[str, Any]) -> None:
-        """Another node scheduled this: take it out of this node's listings and index."""
+    async def _apply(self, repo: Repository, doc: dict[str, Any]) -> bool:
+        """Another node scheduled this: take it out of this node's listings and index. True
+        if it was purged already (a tombstone): then only what this node still lists of it
+        goes, and no schedule row is kept."""
+        if await self._purged(repo, doc):
+            await asyncio.to_thread(self.deletions.forget_object, repo.name, doc["kind"], doc["id"])
+            return True
         if doc["kind"] == SNAPSHOT:
             await asyncio.to_thread(self.deletions.put_schedule, repo.name, doc)
-            return
+            return False
         pack_id = PackId.parse(doc["id"])
         if not self.deletions.index.has_pack(repo.name, pack_id):
             await asyncio.to_thread(self.deletions.put_schedule, repo.name, doc)
-            return
+            return False
         try:
             entries = await pack_entries(repo, pack_id)
-        except ObjectNotFound:  # purged meanwhile: the withdrawal follows
-            return
+        except ObjectNotFound:  # purged just now
+            await asyncio.to_thread(self.deletions.forget_object, repo.name, PACK, doc["id"])
+            return True
         window = Window(float(doc["purge_after"]) - float(doc["scheduled"]))
         at, by = float(doc["scheduled"]), str(doc.get("by", ""))
         await asyncio.to_thread(
             self.deletions.schedule_pack, repo.name, pack_id, entries, at, window, by
         )
+        return False
+
+    async def _purged(self, repo: Repository, doc: dict[str, Any]) -> bool:
+        """Past its window and no longer stored: purged by some node (one HEAD, only then)."""
+        if float(doc["purge_after"]) > self.clock.time():
+            return False
+        ident = doc["id"]
+        name = snapshot_name(SnapshotId.parse(ident)) if doc["kind"] == SNAPSHOT else None
+        return not await repo.store.exists(name or pack_name(PackId.parse(ident)))
+
+    def settle(self, repo: Repository, doc: dict[str, Any]) -> None:
+        """This node purged `doc`: its schedule stays in the store as a tombstone (below)."""
+        if repo.shared:
+            name = schedule_name(doc["kind"], doc["id"])
+            self._settled.setdefault(repo.name, {})[name] = doc
+
+    async def expire(self, repo: Repository, now: float, window: Window) -> int:
+        """Delete the tombstones this node knows whose purge is a window old: every node that
+        ran meanwhile synced (its purge task syncs every `purge_interval`) and dropped them."""
+        settled = self._settled.get(repo.name, {})
+        old = [n for n, d in settled.items() if float(d["purge_after"]) + window.seconds < now]
+        for name in old:
+            with contextlib.suppress(ObjectNotFound):  # another node expired it first
+                await repo.store.delete(name)
+            del settled[name]
+        return len(old)
 
     async def _unapply(self, repo: Repository, doc: dict[str, Any]) -> None:
         """Another node undeleted, revived or purged this: bring it back here, or drop it."""
@@ -178,7 +221,10 @@ class SharedDeletions:
         return docs
 
     async def revive_pack(self, repo: Repository, pack_id: PackId) -> None:
-        await self.withdraw(repo, PACK, pack_id.hex())
+        """In the store first (a node killed between leaves it revived for all), unless the
+        pack is gone: then its schedule stays as the tombstone the other nodes need."""
+        if repo.shared and await repo.store.exists(pack_name(pack_id)):
+            await self.withdraw(repo, PACK, pack_id.hex())
         await self._revive_local(repo, pack_id)
 
     async def revive_for(self, repo: Repository, chunk_ids: Iterable[bytes]) -> int:

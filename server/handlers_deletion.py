@@ -293,8 +293,10 @@ async def purge_once(app: web.Application) -> list[dict[str, Any]]:
     done = await app[DELETIONS].purge_due(
         repos, app[CLOCK].time(), tell_peers, shared.still_scheduled
     )
-    for doc in done:  # after the object: a purge killed between is finished by the next
-        await shared.withdraw(repos.get(doc["repo"]), doc["kind"], doc["id"])
+    for doc in done:  # its schedule stays a window longer: the other nodes' tombstone
+        shared.settle(repos.get(doc["repo"]), doc)
+    for name in repos.names():
+        await shared.expire(repos.get(name), app[CLOCK].time(), _window(app))
     if queued:
         replication.wake()
     return done

@@ -29,7 +29,7 @@ from tests.server.test_prune_interleaving import _one_schedule
 SCHEDULES = int(os.environ.get("PRUNE_MULTINODE_SCHEDULES", "100"))
 DAY = 86_400.0
 
-Nodes = Callable[[SimulatedClock], Awaitable[list[Site]]]
+Nodes = Callable[..., Awaitable[list[Site]]]
 
 
 @pytest.fixture
@@ -38,7 +38,9 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[Nodes]:
     first and its tokens accepted by the second."""
     started: list[Site] = []
 
-    async def start(clock: SimulatedClock) -> list[Site]:
+    async def start(
+        clock: SimulatedClock, names: tuple[str, ...] = ("node-a", "node-b")
+    ) -> list[Site]:
         settings = s3_settings(seaweed, f"prune-{secrets.token_hex(6)}")
         root = tmp_path / f"nodes{len(started)}"
         pair = [
@@ -50,13 +52,13 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[Nodes]:
                 purge_interval=3600.0,
                 token_publish_interval=0.05,
             )
-            for name in ("node-a", "node-b")
+            for name in names
         ]
         started.extend(pair)
-        a, b = pair
-        a.add_repo()
-        b.tokens = a.tokens
-        await _wait_token(b)
+        pair[0].add_repo()
+        for other in pair[1:]:
+            other.tokens = pair[0].tokens
+            await _wait_token(other)
         return pair
 
     yield start
@@ -140,10 +142,11 @@ async def test_a_second_prune_through_the_other_node_is_refused(nodes: Nodes) ->
 async def test_a_pack_scheduled_through_one_node_leaves_the_others_index_and_catch_up(
     nodes: Nodes,
 ) -> None:
-    """B indexed the pack before A scheduled it; C, a fresh node, would catch it up from the
-    pack log. Both answer its chunks missing and the pack absent; undelete brings it back."""
+    """B indexed the pack before A scheduled it; C, which never served the repository, would
+    catch it up from the pack log. All answer its chunks missing and the pack absent; undelete
+    through B brings it back everywhere."""
     clock = SimulatedClock(1_900_000_000.0)
-    a, b = await nodes(clock)
+    a, b, c = await nodes(clock, ("node-a", "node-b", "node-c"))
     pack_id, data, chunks = make_pack()
     async with aiohttp.ClientSession() as http:
         put = http.put(_url(a, f"packs/{pack_id.hex()}"), data=data, headers=_auth(a, "backup"))
@@ -158,7 +161,7 @@ async def test_a_pack_scheduled_through_one_node_leaves_the_others_index_and_cat
         async with http.post(_url(a, "prune/schedule"), json=body, headers=_auth(a, "admin")) as r:
             assert (await r.json())["scheduled"] == [pack_id.hex()]
         clock.advance(3.0)  # past the missing-query's freshness window
-        for site in (a, b):
+        for site in (a, b, c):
             missing = http.post(
                 _url(site, "missing"), data=b"".join(chunks), headers=_auth(site, "backup")
             )
@@ -171,7 +174,7 @@ async def test_a_pack_scheduled_through_one_node_leaves_the_others_index_and_cat
         async with http.post(_url(b, "undelete"), json={}, headers=_auth(b, "admin")) as r:
             assert r.status == 200
         clock.advance(3.0)
-        for site in (a, b):
+        for site in (a, b, c):
             missing = http.post(
                 _url(site, "missing"), data=b"".join(chunks), headers=_auth(site, "backup")
             )
@@ -201,8 +204,6 @@ async def test_prune_on_two_nodes_never_loses_what_a_concurrent_backup_reuses(
             return await Repository.open(backend, PASSPHRASE, cache)
 
         async def purge(pair: list[Site] = [a, b], clock: SimulatedClock = clock) -> object:  # noqa: B006
-            for site in pair:  # each node's purge task syncs every purge_interval (1 h)
-                await purge_once(site.app)  # during the window (days): nothing is due yet
             clock.advance(15 * DAY)
             return [await purge_once(site.app) for site in pair]
 
