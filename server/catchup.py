@@ -6,7 +6,9 @@ upload is acknowledged, holding the pack's manifest entries) and the catch-up th
 node that meets a chunk or pack its index lacks lists the log after its cursor (less a window
 for clock skew between nodes), and indexes each pack it does not know whose bytes are in the
 store, without reading the pack. Commits are caught up by listing `snapshots/`, token hashes by
-reading `tokens/<hash>` from the site store. Must not know HTTP or decide who may do what.
+reading `tokens/<hash>` from the site store. What this node holds scheduled for deletion is
+never indexed or listed again (server.deletion_shared keeps those schedules in step). Must
+not know HTTP or decide who may do what.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ chunk rows in `condemned` (chunk → where it was), so a commit that still needs
 its pack. Only `purge_due`, run on the server's injected clock, deletes stored objects, and only
 rows whose `purge_after` has passed. The window is the provider's (`undelete_days` in
 server.toml); nothing a practice sends can shorten it. Must not know HTTP or the alert
-channels: the alert service reads `scheduled_since` like any other fact.
+channels: the alert service reads `scheduled_since` like any other fact. On a store several
+nodes share, these tables are this node's cache of the schedules kept in the store
+(`server.deletion_shared`), like the index is of the packs.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Owns the routes `POST forget`, `GET deletions`, `POST undelete`, `GET generation
 that runs every `purge_interval` seconds and asks `server.deletion` to destroy what is past the
 undelete window on the app's clock. Scheduling and undoing need an admin token; a backup or
 restore token is refused (403, exit 15) with nothing changed. Must not implement the
-bookkeeping itself (that is `server.deletion`).
+bookkeeping itself (that is `server.deletion`, and `server.deletion_shared` for a repository
+several nodes serve from one store).
 """
 
 from __future__ import annotations
