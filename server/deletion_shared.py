@@ -38,6 +38,7 @@ from server.repos import Repository
 log = logging.getLogger(__name__)
 
 SCHEDULES = "deletions"  # deletions/<kind>-<id hex>: one schedule doc per scheduled object
+CLAIMS = "locks/purging"  # locks/purging/<kind>-<id hex>: a purge is about to destroy it
 INTENTS = "locks/commits"  # locks/commits/<µs stamp, 16 hex>-<random, 16 hex>: a commit in flight
 # An intent older than this (by its writer's stamp) is a node that died mid-commit: a commit
 # takes well under a second; the margin covers clock skew between nodes (catch-up's WINDOW).
@@ -49,6 +50,10 @@ ROUNDS = 20  # a commit looks again at most this often while prunes keep appendi
 
 def schedule_name(kind: str, ident: str) -> str:
     return f"{SCHEDULES}/{kind}-{ident}"
+
+
+def claim_name(kind: str, ident: str) -> str:
+    return f"{CLAIMS}/{kind}-{ident}"
 
 
 def _parse(name: str) -> tuple[str, str] | None:
@@ -85,9 +90,27 @@ class SharedDeletions:
                 await repo.store.delete(schedule_name(kind, ident))
 
     async def still_scheduled(self, repo: Repository, doc: dict[str, Any]) -> bool:
-        """The purge's last look: a schedule another node withdrew (revived, undeleted) is
-        not destroyed here."""
-        return not repo.shared or await repo.store.exists(schedule_name(doc["kind"], doc["id"]))
+        """The purge's last look, after its claim: a schedule another node withdrew (revived,
+        undeleted) is not destroyed. Revival withdraws, then looks for a claim, so of a purge
+        and a revival at the same instant at least one sees the other (`revive_pack`)."""
+        if not repo.shared:
+            return True
+        claim = claim_name(doc["kind"], doc["id"])
+        await repo.store.put(claim, b"{}")  # create-only: a killed purge's claim is reused
+        if await repo.store.exists(schedule_name(doc["kind"], doc["id"])):
+            return True
+        await self.unclaim(repo, doc)
+        return False
+
+    async def unclaim(self, repo: Repository, doc: dict[str, Any]) -> None:
+        if repo.shared:
+            with contextlib.suppress(ObjectNotFound):
+                await repo.store.delete(claim_name(doc["kind"], doc["id"]))
+
+    async def _claimed(self, repo: Repository, kind: str, ident: str) -> bool:
+        """After a withdrawal: a purge claimed the object and may be destroying it now, so it
+        stays scheduled here (the purge's tombstone, or the next sync, settles it)."""
+        return await repo.store.exists(claim_name(kind, ident))
 
     async def sync(self, repo: Repository, fresh_for: float = 0.0) -> None:
         """Apply the store's schedules to this node's tables (no-op unless shared); with
@@ -213,8 +236,12 @@ class SharedDeletions:
     async def undelete(self, repo: Repository, names: list[str] | None) -> list[dict[str, Any]]:
         """Bring back snapshots, and every scheduled pack (their chunks are among them)."""
         docs = await asyncio.to_thread(self.deletions.undelete, repo.name, names)
-        for doc in docs:
+        for doc in list(docs):
             await self.withdraw(repo, SNAPSHOT, doc["id"])
+            if repo.shared and await self._claimed(repo, SNAPSHOT, doc["id"]):
+                # Too late: its window ended and a purge is destroying it.
+                await asyncio.to_thread(self.deletions.put_schedule, repo.name, doc)
+                docs.remove(doc)
         for doc in self.deletions.pending(repo.name):
             if doc["kind"] == PACK:
                 await self.revive_pack(repo, PackId.parse(doc["id"]))
@@ -225,6 +252,8 @@ class SharedDeletions:
         pack is gone: then its schedule stays as the tombstone the other nodes need."""
         if repo.shared and await repo.store.exists(pack_name(pack_id)):
             await self.withdraw(repo, PACK, pack_id.hex())
+            if await self._claimed(repo, PACK, pack_id.hex()):
+                return  # its chunks stay absent here: the commit is told they are missing
         await self._revive_local(repo, pack_id)
 
     async def revive_for(self, repo: Repository, chunk_ids: Iterable[bytes]) -> int:

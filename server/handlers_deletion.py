@@ -296,6 +296,7 @@ async def purge_once(app: web.Application) -> list[dict[str, Any]]:
     )
     for doc in done:  # its schedule stays a window longer: the other nodes' tombstone
         shared.settle(repos.get(doc["repo"]), doc)
+        await shared.unclaim(repos.get(doc["repo"]), doc)
     for name in repos.names():
         await shared.expire(repos.get(name), app[CLOCK].time(), _window(app))
     if queued:

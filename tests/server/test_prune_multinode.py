@@ -18,8 +18,10 @@ import pytest
 
 from client.repository import Repository
 from engine.clock import SimulatedClock
+from engine.pack import pack_name
 from engine.remote import RemoteBackend
 from server.handlers_deletion import purge_once
+from server.state import DELETIONS, REPOS, SHARED_DELETIONS
 from tests.helpers import PASSPHRASE
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
@@ -212,3 +214,45 @@ async def test_prune_on_two_nodes_never_loses_what_a_concurrent_backup_reuses(
         shutil.rmtree(root)
         for site in (a, b):
             await site.server.close()
+
+
+async def test_a_commit_reviving_a_pack_a_purge_has_claimed_is_told_its_chunks_are_missing(
+    nodes: Nodes,
+) -> None:
+    """Node A's purge has claimed pack P (its window is over) and is about to destroy it when
+    a commit through B names P's chunks: B withdraws P's schedule, sees the claim, and refuses
+    the commit (409 missing_chunks: the client uploads them again) instead of accepting a
+    snapshot whose chunks A then destroys."""
+    clock = SimulatedClock(1_900_000_000.0)
+    a, b = await nodes(clock)
+    pack_id, data, chunks = make_pack()
+    async with aiohttp.ClientSession() as http:
+        put = http.put(_url(a, f"packs/{pack_id.hex()}"), data=data, headers=_auth(a, "backup"))
+        async with put as r:
+            assert r.status in (200, 201)
+        head = http.head(_url(b, f"packs/{pack_id.hex()}"), headers=_auth(b, "restore"))
+        async with head as r:
+            assert r.status == 200  # B indexes P: its sync will condemn P's chunks, not drop them
+        take = http.post(_url(a, "prune/lock"), json={"holder": "p"}, headers=_auth(a, "admin"))
+        async with take as r:
+            assert r.status == 200
+        body = {"holder": "p", "packs": [pack_id.hex()]}
+        async with http.post(_url(a, "prune/schedule"), json=body, headers=_auth(a, "admin")) as r:
+            assert (await r.json())["scheduled"] == [pack_id.hex()]
+        async with http.delete(_url(a, "prune/lock?holder=p"), headers=_auth(a, "admin")) as r:
+            assert r.status == 200
+        clock.advance(15 * DAY)
+        repo = a.app[REPOS].get(REPO)
+        (doc,) = a.app[DELETIONS].pending(REPO)
+        assert await a.app[SHARED_DELETIONS].still_scheduled(repo, doc)  # A's purge claims P
+        commit = make_commit(chunks)
+        url = _url(b, "snapshots?full=1")
+        async with http.post(url, data=commit, headers=_auth(b, "backup")) as r:
+            assert r.status == 409 and (await r.json())["code"] == "missing_chunks"
+        # The rest of A's purge, past its last look: P is destroyed, and no snapshot names it.
+        await a.app[DELETIONS].purge_due(a.app[REPOS], clock.time())
+        assert not await repo.store.exists(pack_name(pack_id))
+        assert await _listed(http, b) == set()
+        missing = http.post(_url(b, "missing"), data=b"".join(chunks), headers=_auth(b, "backup"))
+        async with missing as r:
+            assert len(await r.read()) == 32 * len(chunks)
