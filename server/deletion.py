@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.commit import CommitRecord, snapshot_name
-from engine.errors import DicomvaultError, NotFound, ObjectNotFound
+from engine.errors import DicomvaultError, NotFound, ObjectLocked, ObjectNotFound
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import ManifestEntry, pack_name, read_pack_info_ranged
 from engine.protocol.errors import PruneLocked
@@ -162,18 +162,30 @@ class Deletions:
                 if doc["purge_after"] > now:
                     continue
                 async with self.lock(name):
-                    if doc["kind"] == PACK:
-                        destroyed = await self._purge_pack(repo, PackId.parse(doc["id"]))
-                    else:
-                        # ObjectNotFound: deleted by a purge killed before it dropped the row
-                        with contextlib.suppress(ObjectNotFound):
-                            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
-                        destroyed = True
+                    try:
+                        destroyed = await self._purge_one(repo, doc)
+                    except ObjectLocked as e:  # S3 Object Lock: not destroyed; try at its date
+                        self._postpone(name, doc, e.until)
+                        continue
                     if destroyed and on_destroyed is not None:
                         on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
                 done.append(doc)
         return done
+
+    async def _purge_one(self, repo: Repository, doc: dict[str, Any]) -> bool:
+        if doc["kind"] == PACK:
+            return await self._purge_pack(repo, PackId.parse(doc["id"]))
+        # ObjectNotFound: deleted by a purge killed before it dropped the row
+        with contextlib.suppress(ObjectNotFound):
+            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
+        return True
+
+    def _postpone(self, repo: str, doc: dict[str, Any], until: float) -> None:
+        """Keep the row of an object the store still locks, due again at its retain-until."""
+        later = {**doc, "purge_after": max(until, doc["purge_after"]), "locked_until": until}
+        with self.env.begin(write=True, db=self.db) as txn:
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(later).encode())
 
     async def _purge_pack(self, repo: Repository, pack_id: PackId) -> bool:
         """Condemned rows first, then the object (the row last, by the caller): a purge killed
@@ -183,7 +195,9 @@ class Deletions:
             return False
         try:
             entries = await pack_entries(repo, pack_id)
-        except ObjectNotFound:
+        except ObjectNotFound:  # gone, or hidden by a purge that met a lock: destroy what is left
+            with contextlib.suppress(ObjectNotFound):
+                await repo.store.delete(pack_name(pack_id))
             return True
         self._uncondemn(repo.name, pack_id, entries)
         with contextlib.suppress(ObjectNotFound):

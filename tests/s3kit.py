@@ -6,18 +6,36 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from benchmarks.seaweed import SeaweedFS, free_port
 from benchmarks.seaweed import settings as s3_settings
+from engine.store.s3 import S3Settings, open_api
 
-__all__ = ["Balancer", "NodeProcess", "SeaweedFS", "s3_settings"]
+__all__ = ["Balancer", "NodeProcess", "SeaweedFS", "api", "locked_bucket", "s3_settings"]
+
+
+def api(weed: SeaweedFS) -> Any:
+    """A botocore S3 client on the session's SeaweedFS, with the provider's own credentials."""
+    return open_api(s3_settings(weed))
+
+
+def locked_bucket(weed: SeaweedFS, prefix: str = "") -> S3Settings:
+    """A new bucket created with Object Lock enabled (so versioned), and its settings."""
+    bucket = f"locked-{secrets.token_hex(4)}"
+    api(weed).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    return replace(s3_settings(weed, prefix), bucket=bucket)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
