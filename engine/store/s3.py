@@ -547,9 +547,16 @@ class S3Root(StoreRoot):
     ) -> None:
         self.settings, self.clock, self.retention = settings, clock, retention
         self.bucket = open_bucket(settings)
-        self._api = _Api(open_api(settings), settings.bucket)
+        self._client: _Api | None = None
         # Learnt by `check()`: deletes destroy every version where the bucket keeps them.
         self.versioned = retention is not None
+
+    @property
+    def _api(self) -> _Api:
+        """The botocore client, made on first use (loading its models takes a moment)."""
+        if self._client is None:
+            self._client = _Api(open_api(self.settings), self.settings.bucket)
+        return self._client
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.settings.prefix, *parts) if p)
@@ -603,16 +610,27 @@ class S3Root(StoreRoot):
             raise StoreError(f"{where}: no such bucket ({_first_line(e)})") from None
         except (BaseError, OSError) as e:
             raise StoreError(f"{where}: {_diagnose(e)}") from None
+        if self.retention is None:
+            self.versioned = self._versioning_known()
+            return
         try:
-            self.versioned = self.retention is not None or self._api.versioned()
-            if self.retention is not None and not self._api.lock_enabled():
-                raise StoreError(
-                    f"{where}: [object_lock] is set but the bucket has no Object Lock enabled "
-                    "(create the bucket with Object Lock, e.g. ObjectLockEnabledForBucket): "
-                    "refusing to serve without the retention the configuration promises"
-                )
+            enabled = self._api.lock_enabled()
         except (ClientError, BotoCoreError) as e:
-            raise StoreError(f"{where}: {_diagnose(e)}") from None
+            raise StoreError(f"{where}: Object Lock configuration: {_diagnose(e)}") from None
+        if not enabled:
+            raise StoreError(
+                f"{where}: [object_lock] is set but the bucket has no Object Lock enabled "
+                "(create the bucket with Object Lock, e.g. ObjectLockEnabledForBucket): "
+                "refusing to serve without the retention the configuration promises"
+            )
+
+    def _versioning_known(self) -> bool:
+        """Whether the bucket keeps versions; a store (or a policy) that will not say counts
+        as unversioned: deletes then stay plain DELETEs, as before."""
+        try:
+            return self._api.versioned()
+        except (ClientError, BotoCoreError):
+            return False
 
     def describe(self) -> str:
         return self.settings.url()

@@ -219,3 +219,23 @@ def test_the_start_up_check_refuses_a_retention_the_bucket_cannot_keep(
     with pytest.raises(StoreError, match="no Object Lock enabled") as e:
         S3Root(s3_settings(seaweed), retention=retention).check()
     assert e.value.exit_code == 14
+
+
+async def test_deletes_in_a_versioned_bucket_leave_no_noncurrent_version(
+    seaweed: SeaweedFS,
+) -> None:
+    settings = replace(s3_settings(seaweed, "v"), bucket=f"versioned-{secrets.token_hex(4)}")
+    client = open_api(settings)
+    client.create_bucket(Bucket=settings.bucket)
+    client.put_bucket_versioning(
+        Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    root = S3Root(settings)
+    root.check()  # learns that the bucket keeps versions
+    store = root.child("repos/clinic")
+    await store.put("heartbeats/h", b"{}")
+    await store.move("heartbeats/h", root.child("quarantine/clinic"), "h")
+    await store.put("packs/ab/p", b"pack")
+    await store.delete("packs/ab/p")
+    for key in ("v/repos/clinic/heartbeats/h", "v/repos/clinic/packs/ab/p"):
+        assert _versions(root, key) == []
