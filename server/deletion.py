@@ -114,7 +114,7 @@ class Deletions:
         """Bring back the named scheduled snapshots (by full id or unique prefix), or all of a
         repository's when `ids` is None. Unknown names raise `NotFound` before any change.
         Scheduled packs are not named here (`revive_all_packs` brings them back)."""
-        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT]
+        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT and _undoable(d)]
         chosen = pending if ids is None else [_one(pending, name) for name in ids]
         snaps = self.index.dbs["snapshots"]
         with self.env.begin(write=True) as txn:
@@ -292,7 +292,7 @@ class Deletions:
     async def revive_all_packs(self, repo: Repository) -> int:
         """Undelete of a snapshot brings back every scheduled pack: the chunks it needs are
         among them, and a later prune schedules again what is still dead."""
-        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK]
+        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK and _undoable(d)]
         for doc in docs:
             await self.revive_pack(repo, PackId.parse(doc["id"]))
         return len(docs)
@@ -382,6 +382,12 @@ async def refs_since(index: ServerIndex, repo: Repository, since: float) -> set[
 
 def chunk_ids(entries: Iterable[ManifestEntry]) -> list[ChunkId]:
     return [e.chunk_id for e in entries]
+
+
+def _undoable(doc: dict[str, Any]) -> bool:
+    """Not yet purged: a purge that met an Object Lock has hidden the object already and only
+    waits for the store to let it destroy it (`locked_until`)."""
+    return "locked_until" not in doc
 
 
 def _one(pending: list[dict[str, Any]], name: str) -> dict[str, Any]:

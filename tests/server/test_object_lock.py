@@ -167,6 +167,11 @@ async def test_the_purge_destroys_a_locked_object_only_after_its_date(
         assert all(d["purge_after"] == d["locked_until"] for d in pending)
         for name in names:  # hidden, not destroyed: the locked version is still there
             assert [m for _, m in _versions(site, _key(site, name))].count(False) == 1
+        # Past the window it is purged, only not destroyed yet: undelete brings nothing back.
+        deletions = site.app[DELETIONS]
+        assert deletions.undelete(REPO, None) == []
+        assert await deletions.revive_all_packs(site.app[REPOS].get(REPO)) == 0
+        assert len(deletions.pending(REPO)) == len(names)
         await asyncio.sleep(max(0.0, until - time.time()) + 1.5)
         clock.advance(until - clock.time() + 1)
         done = await purge_once(site.app)
