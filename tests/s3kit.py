@@ -58,8 +58,8 @@ def _answers(url: str) -> bool:
 class NodeProcess:
     """`python -m server serve --store s3://...` with its own DATA (its own index)."""
 
-    def __init__(self, data: Path, store: str, weed: SeaweedFS) -> None:
-        self.data, self.store, self.weed = data, store, weed
+    def __init__(self, data: Path, store: str, weed: SeaweedFS, config: Path | None = None) -> None:
+        self.data, self.store, self.weed, self.config = data, store, weed, config
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = data.parent / f"{data.name}.log"
@@ -77,6 +77,7 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         args = ["serve", "--data", str(self.data), "--store", self.store]
+        args += ["--config", str(self.config)] if self.config else []
         args += ["--listen", f"127.0.0.1:{self.port}"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

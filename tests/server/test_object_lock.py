@@ -35,7 +35,9 @@ from server.deletion import DAY, Window, pack_entries
 from server.handlers_deletion import purge_once
 from server.objectlock import LockTable, extend_once
 from server.state import DELETIONS, INDEX, REPOS
-from tests.s3kit import SeaweedFS, locked_bucket, s3_settings
+from tests.client.test_remote import agent, random_tree
+from tests.helpers import CHEAP_KDF_ARGS
+from tests.s3kit import NodeProcess, SeaweedFS, locked_bucket, s3_settings
 from tests.server.monitorkit import REPO, Site, backup, init_practice, make_tree, start_site
 
 UNDELETE_DAYS = 14.0
@@ -211,6 +213,35 @@ async def test_live_locks_are_extended_and_scheduled_ones_are_not(
         assert await extend_once(site.app) == 0
     finally:
         await site.server.close()
+
+
+def test_a_serve_process_locks_what_a_cli_backup_stores(seaweed: SeaweedFS, tmp_path: Path) -> None:
+    """The same through the command lines: `dicomvault-server serve --config` with
+    `[object_lock]` on an Object Lock bucket, and `dicomvault init` + `backup`."""
+    settings = locked_bucket(seaweed, f"olp-{secrets.token_hex(4)}")
+    config = tmp_path / "server.toml"
+    config.write_text(f"undelete_days = 14\n[object_lock]\ndays = {LOCK_DAYS}\n")
+    node = NodeProcess(
+        tmp_path / "node", f"s3://{settings.bucket}/{settings.prefix}", seaweed, config
+    )
+    node.start()
+    try:
+        tokens = node.create_repo(REPO)
+        pc = agent(tmp_path / "pc", f"{node.base}/{REPO}", tokens["backup"])
+        pc.ok("init", *CHEAP_KDF_ARGS)
+        pc.ok("backup", str(random_tree(tmp_path / "tree", [1.0, 2.5])))
+        client = open_api(settings)
+        listed = client.list_objects_v2(Bucket=settings.bucket, Prefix=f"{settings.prefix}/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+        locked = [k for k in keys if "/repos/" in k and _is_locked_kind(k)]
+        assert any("/packs/" in k for k in locked) and any("/snapshots/" in k for k in locked)
+        for key in locked:
+            doc = client.get_object_retention(Bucket=settings.bucket, Key=key)["Retention"]
+            assert doc["Mode"] == "COMPLIANCE"
+            days = (doc["RetainUntilDate"].timestamp() - time.time()) / DAY
+            assert LOCK_DAYS - 0.01 < days <= LOCK_DAYS, key
+    finally:
+        node.stop()
 
 
 def test_object_lock_on_a_bucket_without_it_stops_the_server(
