@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _UNTIL = struct.Struct("<d")
 EXTEND_INTERVAL = 3600.0  # how often live locks are looked at (a local scan; few requests)
 IN_FLIGHT = 8  # retention requests at once
+BATCH = 1000  # objects extended, then recorded, at a time
 LOCKED_TOPS = ("packs/", "snapshots/", "keys/")
 KEYS = "keys"
 CONFIG_NAME = "config"
@@ -161,10 +162,14 @@ class Extender:
                     return None  # destroyed since it was listed, or no config yet
             return (repo.name, name, until)
 
-        done = [r for r in await asyncio.gather(*(one(n) for n in names)) if r is not None]
-        await asyncio.to_thread(self.table.record, done)
+        count = 0
+        for start in range(0, len(names), BATCH):  # recorded as it goes: a kill loses little
+            batch = await asyncio.gather(*(one(n) for n in names[start : start + BATCH]))
+            done = [r for r in batch if r is not None]
+            await asyncio.to_thread(self.table.record, done)
+            count += len(done)
         await asyncio.to_thread(self.table.forget_gone, repo.name, self.deletions)
-        return len(done)
+        return count
 
 
 def _due(table: LockTable, repo: str, name: str, horizon: float) -> bool:
