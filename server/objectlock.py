@@ -160,6 +160,9 @@ class Extender:
                     await store.retain(name, until)
                 except ObjectNotFound:
                     return None  # destroyed since it was listed, or no config yet
+                except StoreError as e:  # one object must not stop the others
+                    log.warning("could not extend the lock of %s/%s: %s", repo.name, name, e)
+                    return None
             return (repo.name, name, until)
 
         count = 0

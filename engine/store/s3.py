@@ -191,6 +191,16 @@ class _Api:
                 raise
         return None
 
+    def extend(self, key: str, mode: str, until: float) -> None:
+        """Retain every data version of `key` until `until`, named by version id: a request
+        without one would reach only the newest version, which may be a delete marker someone
+        put to hide the object (SeaweedFS then answers 200 and locks nothing)."""
+        found = [v for v, marker in self.versions(key) if not marker]
+        if not found:
+            raise ObjectNotFound(f"object not found: {key}")
+        for version in found:
+            self.retain(key, mode, until, version)
+
     def retention(self, key: str, version: str | None = None) -> float | None:
         """The retain-until of a version (the latest without `version`), None if it has none."""
         extra = {"VersionId": version} if version else {}
@@ -354,15 +364,19 @@ class S3Store(Store):
         if r is None or api is None or not r.covers(self.relative, name):
             return
         until = r.clock.time() + r.seconds
-        await _api_call(name, functools.partial(api.retain, key, r.mode, until, version))
+        if version is not None:  # the version this put created
+            await _api_call(name, functools.partial(api.retain, key, r.mode, until, version))
+        else:
+            await _api_call(name, functools.partial(api.extend, key, r.mode, until))
         r.recent.append((self.relative, name, until))
 
     async def retain(self, name: str, until: float) -> None:
-        """Extend the retention of a covered object to `until` (never shortens it)."""
+        """Extend the retention of every version of a covered object to `until` (never
+        shortens one), hidden or not: `ObjectNotFound` only when no version is left."""
         r, api = self.retention, self.api
         if r is None or api is None:
             raise StoreError("this store has no Object Lock retention configured")
-        await _api_call(name, functools.partial(api.retain, self._key(name), r.mode, until))
+        await _api_call(name, functools.partial(api.extend, self._key(name), r.mode, until))
 
     async def retention_of(self, name: str) -> float | None:
         """The retain-until of the object's current version, None if it has none."""

@@ -200,14 +200,24 @@ async def test_live_locks_are_extended_and_scheduled_ones_are_not(
         assert table.until(REPO, f"snapshots/{second}") is not None  # recorded at the put
         before = {n: _retention(site, _key(site, n)) for n in (f"snapshots/{first}",
                   pack_name(doomed))}  # fmt: skip
-        clock.advance(2 * DAY)  # now every lock ends within the window + margin
         live = [pack_name(r.pack_id) for r in site.app[INDEX].packs(REPO)]
+        # Someone with the provider's credentials hides a live pack behind a delete marker,
+        # hoping its lock runs out unextended.
+        bucket = site.config.store.bucket if site.config.store else ""
+        _api(site).delete_object(Bucket=bucket, Key=_key(site, live[0]))
+        ((hidden, _),) = [v for v in _versions(site, _key(site, live[0])) if not v[1]]
+        clock.advance(2 * DAY)  # now every lock ends within the window + margin
         extended = await extend_once(site.app)
         assert extended == len(live) + 1 + 1 + 1  # the live packs, `second`, a key, the config
-        for name in [*live, f"snapshots/{second}", "config"]:
+        for name in [*live[1:], f"snapshots/{second}", "config"]:
             mode, until = _retention(site, _key(site, name)) or ("none", 0.0)
             assert mode == "COMPLIANCE" and abs(until - (clock.time() + LOCK_DAYS * DAY)) < 60
             assert table.until(REPO, name) == pytest.approx(clock.time() + LOCK_DAYS * DAY)
+        doc = _api(site).get_object_retention(Bucket=bucket, Key=_key(site, live[0]),
+                                              VersionId=hidden)["Retention"]  # fmt: skip
+        assert doc["RetainUntilDate"].timestamp() == pytest.approx(
+            clock.time() + LOCK_DAYS * DAY, abs=60
+        )  # the hidden version was extended all the same
         for name, held in before.items():  # scheduled: its lock still ends when it did
             assert _retention(site, _key(site, name)) == held
         assert await extend_once(site.app) == 0
