@@ -353,10 +353,6 @@ class S3Store(Store):
         self.bucket, self.prefix, self.clock = bucket, prefix.strip("/"), clock
         self.api, self.retention, self.relative = api, retention, relative
 
-    def _covered(self, name: str) -> bool:
-        r = self.retention
-        return r is not None and self.api is not None and r.covers(self.relative, name)
-
     async def _retain(self, name: str, key: str, version: str | None = None) -> None:
         """Lock what was just put (or sent again) before the put returns: a failure is an
         error, so nothing unlocked is acknowledged."""
