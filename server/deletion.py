@@ -10,9 +10,10 @@ back. Scheduling a pack takes its `packs` row and the `chunks` rows pointing int
 the index (so `missing` reports those chunks and `GET packs/<id>` answers 404) and keeps the
 chunk rows in `condemned` (chunk → where it was), so a commit that still needs a chunk revives
 its pack. Only `purge_due`, run on the server's injected clock, deletes stored objects, and only
-rows whose `purge_after` has passed. The window is the provider's (`undelete_days` in
-server.toml); nothing a practice sends can shorten it. Must not know HTTP or the alert
-channels: the alert service reads `scheduled_since` like any other fact.
+rows whose `purge_after` has passed; an object the store still locks (S3 Object Lock,
+`ObjectLocked`) keeps its row, due again at the lock's date. The window is the provider's
+(`undelete_days` in server.toml); nothing a practice sends can shorten it. Must not know
+HTTP or the alert channels: the alert service reads `scheduled_since` like any other fact.
 """
 
 from __future__ import annotations
