@@ -239,3 +239,15 @@ async def test_deletes_in_a_versioned_bucket_leave_no_noncurrent_version(
     await store.delete("packs/ab/p")
     for key in ("v/repos/clinic/heartbeats/h", "v/repos/clinic/packs/ab/p"):
         assert _versions(root, key) == []
+
+
+async def test_a_locked_object_moved_to_quarantine_is_hidden_and_copied(
+    seaweed: SeaweedFS,
+) -> None:
+    root, _ = _locking_root(seaweed)
+    store, quarantine = root.child("repos/clinic"), root.child("quarantine/clinic")
+    await store.put("packs/ab/p", b"planted")
+    assert await store.move("packs/ab/p", quarantine, "p")
+    assert not await store.exists("packs/ab/p") and await quarantine.get("p") == b"planted"
+    # The locked version stays, behind a marker, until its date.
+    assert len(_versions(root, f"{store.prefix}/packs/ab/p")) == 2
