@@ -2,8 +2,9 @@
 (docs/design.md §14, several nodes), in process on one SimulatedClock: schedules, the prune
 generation and lock live in the store, so what one node schedules leaves the other's listings
 and index, a second prune through the other node is refused, catch-up does not index a
-scheduled pack again, and the seeded interleavings of tests/server/test_prune_interleaving.py
-hold with each machine backing up through its own node."""
+scheduled pack again, a commit cannot revive a pack another node's purge has claimed, and
+the seeded interleavings of tests/server/test_prune_interleaving.py hold with each machine
+backing up through its own node."""
 
 from __future__ import annotations
 
