@@ -1,7 +1,8 @@
 """`dicomvault dicom-serve`: its options, their checks, and running the server until a signal.
 
 The server itself is `client.dicomserve`; this module only turns arguments (and the environment,
-through `client.cli_common`) into a `ServeConfig`, the list of sites and a running process.
+through `client.cli_common`) into a `ServeConfig`, the list of sites (read through one read-only
+`engine.failover.FailoverBackend`) and a running process.
 """
 
 from __future__ import annotations
@@ -166,13 +167,13 @@ def ready_line(args: argparse.Namespace, up: Listening, config: ServeConfig) -> 
 
 async def cmd_dicom_serve(args: argparse.Namespace) -> int:
     from client.dicomserve.service import serve
-    from client.dicomserve.sites import SitesBackend
+    from engine.failover import FailoverBackend
 
     config = serve_config(args)
     logging.basicConfig(
         level=logging.WARNING, format="dicom-serve: %(levelname)s %(name)s: %(message)s"
     )
-    backend = SitesBackend(site_backends(args))
+    backend = FailoverBackend(site_backends(args), read_only=True)  # design §13: no prune here
     try:
         repo = await Repository.open(backend, read_passphrase(args), cache_root(args))
     except BaseException:
