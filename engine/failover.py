@@ -47,6 +47,7 @@ from engine.pack import verify_pack
 from engine.protocol.errors import NotPrimary
 
 T = TypeVar("T")
+U = TypeVar("U")
 log = logging.getLogger(__name__)
 # What a site may answer for an object that another site can still serve.
 ELSEWHERE = (StoreError, IntegrityError, RepositoryNotFound)
@@ -108,14 +109,9 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         assert last is not None
         raise last
 
-    async def _any(
-        self,
-        what: str,
-        call: Callable[[Backend], Awaitable[T]],
-        check: Callable[[T], object] | None = None,
-    ) -> T:
+    async def _any(self, what: str, call: Callable[[Backend], Awaitable[T]]) -> T:
         """An object that is the same at every site: the site in use, then each other on any
-        failure (and on a `check` that fails). Only a lost site is passed over for good; all
+        failure (a failed check included). Only a lost site is passed over for good; all
         failing, the first site that answered says why (else the site in use)."""
         answered: list[Exception] = []
         lost: list[Exception] = []
@@ -123,8 +119,6 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
             site = self.sites[index]
             try:
                 result = await call(site)
-                if check is not None:
-                    await asyncio.to_thread(check, result)
             except Unreachable as e:
                 lost.append(e)
                 continue
@@ -141,6 +135,17 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
                 self._tell(f"{what} served", f"{what}: read from {site.location}")
             return result
         raise (answered or lost)[0]
+
+    async def read_checked(
+        self,
+        what: str,
+        read: Callable[[Backend], Awaitable[T]],
+        check: Callable[[T], Awaitable[U]],
+    ) -> U:
+        async def checked(b: Backend) -> U:
+            return await check(await read(b))
+
+        return await self._any(what, checked)
 
     def _tell(self, key: str, message: str) -> None:
         """Warn once per object: a restore reads a lost pack's every chunk."""
@@ -204,10 +209,12 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         await self._write(f"pack {pack_id.short()}", put)
 
     async def get_pack(self, pack_id: PackId) -> bytes:
-        return await self._any(
-            f"pack {pack_id.short()}",
-            lambda b: b.get_pack(pack_id),
-            lambda d: verify_pack(pack_id, d),
+        async def verified(data: bytes) -> bytes:
+            await asyncio.to_thread(verify_pack, pack_id, data)
+            return data
+
+        return await self.read_checked(
+            f"pack {pack_id.short()}", lambda b: b.get_pack(pack_id), verified
         )
 
     async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes:
@@ -237,10 +244,12 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         return await self._listing("list snapshots", lambda b: b.list_snapshots())
 
     async def get_snapshot(self, snapshot_id: SnapshotId) -> bytes:
-        return await self._any(
-            f"snapshot {snapshot_id.short()}",
-            lambda b: b.get_snapshot(snapshot_id),
-            lambda record: verify_commit(snapshot_id, record),
+        async def verified(record: bytes) -> bytes:
+            verify_commit(snapshot_id, record)
+            return record
+
+        return await self.read_checked(
+            f"snapshot {snapshot_id.short()}", lambda b: b.get_snapshot(snapshot_id), verified
         )
 
     async def quarantine(self, kind: str, ident: str, reason: str = "") -> dict[str, Any]:

@@ -24,7 +24,7 @@ from engine.repoconfig import init_repository
 from server.index import ServerIndex
 from server.state import INDEX
 from tests.helpers import PASSPHRASE, cheap_kdf, tree_state, write_pattern_file
-from tests.server.monitorkit import REPO, Site, pack_files, start_site
+from tests.server.monitorkit import REPO, Site, flip_byte, pack_files, start_site
 
 
 @pytest.fixture
@@ -113,6 +113,28 @@ async def test_packs_the_primary_lost_are_restored_and_checked_from_the_peer(
         assert backend.location == f"{a.url}/{REPO}"  # the primary is still the site in use
         second = await backup(repo, tree(tmp_path / "src2", 2))
         assert second in snapshots(a.app[INDEX]) and second not in snapshots(b.app[INDEX])
+    finally:
+        await repo.close()
+
+
+async def test_a_chunk_that_rotted_at_the_primary_is_read_from_the_peer(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    """A flipped byte in a data chunk of the primary's pack: the range read arrives, the
+    client's authentication of the chunk fails, and the same range is read at the peer."""
+    a, b = sites
+    backend = both(a, b, "backup")
+    repo = await Repository.open(backend, PASSPHRASE, tmp_path / "pc")
+    try:
+        source = tree(tmp_path / "src", 3)
+        sid = await backup(repo, source)
+        await copy_repository(a, b)
+        for pack in pack_files(a):
+            flip_byte(pack, 100)  # inside the pack's first blob
+        assert await restored(repo, sid, source, tmp_path / "out") == tree_state(source)
+        report = await check(repo, read_data=True)
+        assert report.problems == [], report.problems
+        assert backend.served_elsewhere > 0 and backend.location == f"{a.url}/{REPO}"
     finally:
         await repo.close()
 
