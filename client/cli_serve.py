@@ -11,13 +11,18 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.cli_common import as_of_option, cache_root, read_passphrase
+from client.cli_common import (
+    as_of_option,
+    cache_root,
+    read_passphrase,
+    repository_sites,
+    repository_token,
+)
 from client.repository import Repository, now_rfc3339
 from engine.backend import Backend, LocalBackend
 from engine.errors import UsageError
@@ -131,15 +136,16 @@ def read_tokens(path: Path) -> dict[str, str]:
 
 
 def site_backends(args: argparse.Namespace) -> list[Backend]:
+    """The repository's sites as every command finds them (`--repo`, `DICOMVAULT_REPO` with its
+    comma-separated URLs, or the client configuration's [[sites]]), then each `--site`."""
     import aiohttp
 
     from engine.remote import RemoteBackend
 
-    first = args.repo or os.environ.get("DICOMVAULT_REPO")
-    locations = [loc for loc in (first, *args.site) if loc]
+    locations = [loc for loc in (*repository_sites(args), *args.site) if loc]
     if not locations:
         raise UsageError("no repository given: use --repo, DICOMVAULT_REPO or --site")
-    token = args.token or os.environ.get("DICOMVAULT_TOKEN") or ""
+    token = repository_token(args)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=SITE_CONNECT_TIMEOUT, sock_read=120)
     out: list[Backend] = []
     for loc in locations:
