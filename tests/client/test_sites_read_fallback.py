@@ -14,7 +14,7 @@ from client.check import check
 from client.prune import prune
 from client.repository import Repository
 from client.restore import Restorer
-from engine.errors import ObjectNotFound
+from engine.errors import ObjectNotFound, PermissionDenied
 from engine.events import event_name
 from engine.failover import FailoverBackend, ReadOnly
 from engine.ids import PackId, SnapshotId
@@ -205,3 +205,31 @@ async def test_read_only_sites_refuse_every_write_but_an_audit_event(
             await backend.get_event(event_name(b"never written"))
     finally:
         await backend.close()
+
+
+async def test_a_listing_the_site_in_use_fails_is_asked_elsewhere_only_when_read_only(
+    sites: tuple[Site, Site],
+) -> None:
+    """The site in use answers, but refuses (here: a token it does not know): its config is
+    read at the peer, its snapshot list is not — except for a read-only reader, which never
+    prunes."""
+    a, b = sites
+    await copy_repository(a, b)
+    token = b.tokens[REPO]["restore"]
+
+    def sites_for(read_only: bool) -> FailoverBackend:
+        urls = (f"{a.url}/{REPO}", f"{b.url}/{REPO}")
+        return FailoverBackend([RemoteBackend(u, token) for u in urls], read_only=read_only)
+
+    for read_only in (False, True):
+        backend = sites_for(read_only)
+        try:
+            assert await backend.get_config() == await backend.sites[1].get_config()
+            if read_only:
+                assert await backend.list_snapshots() == []
+            else:
+                with pytest.raises(PermissionDenied):
+                    await backend.list_snapshots()
+            assert backend.location == f"{a.url}/{REPO}"
+        finally:
+            await backend.close()
