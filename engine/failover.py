@@ -14,10 +14,11 @@ an outage is first retried there for its `--retry-for` grace. Two rules, by what
   peer's listing would make a prune mark a recent snapshot's chunks dead.
 - **Same everywhere** (packs and ranged or tail reads of them, commit records, key objects,
   events, the config: named by their content or written once): a read that fails at the site
-  in use for any reason (not found, a 5xx after its retries, a whole pack or commit record
-  that does not match its name) is served by the next site that has it, and the site in use
-  stays in use: a pack the primary lost must not move a practice's backups to the peer. Only a
-  lost site (`Unreachable`) is passed over for good, as by any call.
+  in use for any reason (not found, a 5xx, a whole pack or commit record that does not match
+  its name, a chunk the caller's `read_checked` check refuses) is served by the next site that
+  has it, and the site in use stays in use: a pack the primary lost must not move a practice's
+  backups to the peer. A site's retries are spent only on no answer at all (`Unreachable`, which
+  passes a lost site over for good, as by any call) or when no site serves the object now.
 
 `read_only=True` (dicom-serve) is the same backend for a reader that never prunes: listings
 (and the prune generation) fall back like the objects above, every write but a sealed audit
@@ -45,6 +46,7 @@ from engine.errors import (
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import verify_pack
 from engine.protocol.errors import NotPrimary
+from engine.retry import RetryingBackend
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -118,7 +120,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         for index in self._order():
             site = self.sites[index]
             try:
-                result = await call(site)
+                result = await _once_then_patiently(site, call)
             except Unreachable as e:
                 lost.append(e)
                 continue
@@ -134,6 +136,8 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
                 self.served_elsewhere += 1
                 self._tell(f"{what} served", f"{what}: read from {site.location}")
             return result
+        if any(isinstance(e, TransientError) for e in answered):
+            return await call(self.sites[self.current])  # no site has it now: its retries
         raise (answered or lost)[0]
 
     async def read_checked(
@@ -317,3 +321,16 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
     async def close(self) -> None:
         for site in self.sites:
             await site.close()
+
+
+async def _once_then_patiently(site: Backend, call: Callable[[Backend], Awaitable[T]]) -> T:
+    """`call` at `site` without its retries (a peer that holds the object beats minutes of
+    them on a 5xx); only no answer at all is retried for the site's grace, which decides
+    whether the site is lost."""
+    once = site.inner if isinstance(site, RetryingBackend) else site
+    try:
+        return await call(once)
+    except Unreachable:
+        if once is site:
+            raise
+    return await call(site)

@@ -14,6 +14,7 @@ from client.check import check
 from client.prune import prune
 from client.repository import Repository
 from client.restore import Restorer
+from engine.clock import SimulatedClock
 from engine.errors import ObjectNotFound, PermissionDenied
 from engine.events import event_name
 from engine.failover import FailoverBackend, ReadOnly
@@ -21,6 +22,7 @@ from engine.ids import PackId, SnapshotId
 from engine.prune_plan import MaxUnused
 from engine.remote import RemoteBackend
 from engine.repoconfig import init_repository
+from engine.retry import RetryingBackend, with_retries
 from server.index import ServerIndex
 from server.state import INDEX
 from tests.helpers import PASSPHRASE, cheap_kdf, tree_state, write_pattern_file
@@ -134,6 +136,37 @@ async def test_a_chunk_that_rotted_at_the_primary_is_read_from_the_peer(
         assert await restored(repo, sid, source, tmp_path / "out") == tree_state(source)
         report = await check(repo, read_data=True)
         assert report.problems == [], report.problems
+        assert backend.served_elsewhere > 0 and backend.location == f"{a.url}/{REPO}"
+    finally:
+        await repo.close()
+
+
+async def test_a_pack_the_primary_fails_with_a_5xx_is_read_from_the_peer_without_retries(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    """The primary answers 5xx for a pack (its file is unreadable: here a folder in its place):
+    the peer serves it at once, not after the primary's retry grace (an hour here, on an
+    injected clock: a retry would show in `retries` and the clock, not in wall time)."""
+    a, b = sites
+    clock = SimulatedClock(1_900_000_000.0)
+    start = clock.monotonic()
+    backend = FailoverBackend([
+        with_retries(RemoteBackend(f"{site.url}/{REPO}", site.tokens[REPO]["backup"]),
+                     deadline=3600.0, clock=clock)
+        for site in (a, b)
+    ])  # fmt: skip
+    repo = await Repository.open(backend, PASSPHRASE, tmp_path / "pc")
+    try:
+        source = tree(tmp_path / "src", 4)
+        sid = await backup(repo, source)
+        await copy_repository(a, b)
+        for pack in pack_files(a):
+            pack.unlink()
+            pack.mkdir()
+        assert await restored(repo, sid, source, tmp_path / "out") == tree_state(source)
+        primary = backend.sites[0]
+        assert isinstance(primary, RetryingBackend) and primary.retries == 0
+        assert clock.monotonic() == start  # no retry slept
         assert backend.served_elsewhere > 0 and backend.location == f"{a.url}/{REPO}"
     finally:
         await repo.close()
