@@ -128,7 +128,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
                 if not answered:
                     self._use(index, what)
                 answered.append(e)
-                self._tell(what, f"{what} failed at {site.location}: {e}")
+                self._tell(what, f"{site.location}: {e}")  # e names the object
                 continue
             if not answered:
                 self._use(index, what)
