@@ -1,6 +1,8 @@
 """The one multi-site backend's two rules (docs/design.md §17), on two in-process chunk servers:
-an object the site in use lost is read from the other site without leaving the site in use, and
-a prune lists only at the site in use, never at a peer that lags."""
+an object the site in use lost, holds damaged or fails with a 5xx is read from the other site
+without leaving the site in use (and without the site's retries), while listings, and so a
+prune's mark, come only from the site in use, never from a peer that lags; read-only (dicom-serve,
+§13), listings fall back too and nothing but an audit event is written."""
 
 from __future__ import annotations
 
@@ -81,7 +83,9 @@ async def copy_repository(src: Site, dst: Site) -> None:
         await d.close()
 
 
-async def restored(repo: Repository, sid: SnapshotId, source: Path, target: Path) -> dict:
+async def restored(
+    repo: Repository, sid: SnapshotId, source: Path, target: Path
+) -> dict[str, tuple[object, ...]]:
     summary = await Restorer(repo, target).run(sid)
     assert not summary.errors, summary.errors
     return tree_state(target / str(source).lstrip("/"))
