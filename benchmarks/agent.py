@@ -40,8 +40,9 @@ from typing import Any
 import pydicom
 from pydicom.uid import generate_uid
 
-from benchmarks.agentkit import AGENT_AET, STORESCU, AgentSite, ChunkServer, wait_for
+from benchmarks.agentkit import AGENT_AET, STORESCU, AgentSite, ChunkServer
 from benchmarks.common import build_corpus, corpus_files
+from benchmarks.serverkit import wait_for
 
 LINK_RATE = 10 * 10**6 / 8  # 10 Mbit/s in bytes/s
 BATCH_ONLY = '[batch]\ninterval_seconds = 86400\nmax_files = 100000\nmax_bytes = "1000GB"\n'
@@ -226,7 +227,7 @@ def latency(root: Path, study: list[Path]) -> dict[str, Any]:
     proxy, limit = _link(server.port)
     site = AgentSite(root / "site", server)
     if proxy is not None:
-        site.extra_env["DICOMVAULT_REPO"] = f"{proxy.url}/{server.name}"
+        site.extra_env["DICOMVAULT_REPO"] = f"{proxy.url}/{server.repo}"
     site.init()
     try:
         site.start(

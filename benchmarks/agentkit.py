@@ -12,20 +12,16 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import pydicom
 from pynetdicom import AllStoragePresentationContexts
 
 from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
+from benchmarks.serverkit import REPO, ServerProcess, wait_for
 from client.agent.inbox import valid_uid
 
 STORESCU = "/usr/bin/storescu"
@@ -37,7 +33,6 @@ SENDERS = (
     "STORESCU",
     "ECHOSCU",
 )  # the calling AE titles the tests' senders use
-T = TypeVar("T")
 STORAGE_CLASSES = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
 
 
@@ -47,101 +42,26 @@ def require_tool(path: str, package: str) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class ChunkServer(ServerProcess):
+    """The kit's server process on ROOT/server with one repository, `repo`, whose tokens are
+    made at the first `start` (or given, for a server started elsewhere)."""
 
+    def __init__(
+        self, root: Path, *, port: int | None = None, tokens: dict[str, str] | None = None,
+        repo: str = REPO,
+    ) -> None:  # fmt: skip
+        super().__init__(root / "server", port=port, name="the chunk server")
+        self.repo, self.tokens = repo, dict(tokens or {})
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-@dataclass
-class ChunkServer:
-    """`dicomvault-server serve` in a subprocess with one repository, `clinic`."""
-
-    root: Path
-    port: int = 0
-    tokens: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    name: str = "clinic"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.name}"
-
-    def start(self) -> ChunkServer:
-        data = self.root / "server"
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "repo",
-                "create",
-                self.name,
-                "--data",
-                str(data),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        self.tokens = json.loads(out.stdout)["tokens"]
-        self.port = free_port()
-        return self.serve()
-
-    def serve(self) -> ChunkServer:
-        """(Re)start the server process on its port (after `stop`: the same data, same port)."""
-        data = self.root / "server"
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "serve",
-                "--data",
-                str(data),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for("the chunk server to answer /v1/health", self._healthy)
-        return self
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/health", timeout=1):
-                return True
-        except OSError:
-            return False
+    def start(self) -> Self:
+        """Create the repository (the first time), then start or restart the process."""
+        if not self.tokens:
+            self.tokens = self.create_repo(self.repo)
+        return super().start()
 
     def get(self, path: str, role: str = "admin") -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v1/repos/{self.name}/{path}",
-            headers={"Authorization": f"Bearer {self.tokens[role]}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        """GET /v1/repos/REPO/PATH with the `role` token; parsed JSON."""
+        return self.get_json(f"/v1/repos/{self.repo}/{path}", self.tokens[role])
 
 
 @dataclass
@@ -164,7 +84,7 @@ class AgentSite:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
         env.update(
-            DICOMVAULT_REPO=self.server.url,
+            DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
             DICOMVAULT_TOKEN=self.server.tokens["backup"],
             DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
             DICOMVAULT_CACHE_DIR=str(self.root / "cache"),

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import MB, Archive, DayLog
+from benchmarks.serverkit import ServerProcess
 
 IDEAL_TARGET = 1.2  # wire bytes per day at most 1.2 × the ideal engine's
 PEER_TARGET = 0.5  # and at most half of restic's and borg's
@@ -58,39 +58,13 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
 # --- the chunk server behind a throttled link -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"dicomvault-server did not listen on port {port}")
-
-
 @contextlib.contextmanager
 def chunk_server(data: Path) -> Iterator[tuple[int, str]]:
     """A real `dicomvault-server` on loopback with one repository; yields (port, backup token)."""
-    server = [sys.executable, "-m", "server"]
-    created = json.loads(run([*server, "repo", "create", "bench", "--data", str(data), "--json"]))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*server, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=(data / "server.log").open("w"),
-    )
-    try:
-        _wait_port(port)
-        yield port, created["tokens"]["backup"]
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    server = ServerProcess(data)
+    tokens = server.create_repo("bench")
+    with server:
+        yield server.port, tokens["backup"]
 
 
 # --- the systems under test -------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Shared benchmark helpers: a small seeded corpus of real DICOM, tree digests, measured child
-processes (wall time, CPU time, peak RSS) and a `restic` runner for same-run comparisons.
+processes (wall time, CPU time, peak RSS), a `restic` runner for same-run comparisons, and the
+one home of a benchmark's report: its work folder, Markdown tables and JSON document.
 
 The corpus is built only from DICOM files that ship with pydicom and pydicom-data; every copy has
 a new SOPInstanceUID, and native images get deterministic pixel changes so copies do not dedupe.
@@ -24,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -491,6 +493,37 @@ class Restic:
         return run_measured([self.binary, "check", "--read-data", "--quiet"], self._env())
 
 
+@contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """`given` (kept afterwards), or a new temporary folder removed afterwards."""
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_report(
+    doc: dict[str, Any], render: Callable[[dict[str, Any]], str], to: Path | None
+) -> int:
+    """A benchmark's last step: print `doc` rendered as Markdown, write it as JSON to `to` (if
+    given); the exit code, 0."""
+    print(render(doc))
+    if to is not None:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        to.write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+def md_table(header: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table's lines; `align` has a letter a column: l (left) or r (right)."""
+    assert len(align) == len(header), (header, align)
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    cells = ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", rule, *cells]
+
+
 def run_and_report(
     args: argparse.Namespace,
     prefix: str,
@@ -499,13 +532,6 @@ def run_and_report(
 ) -> int:
     """A benchmark's `main` after parsing: `run` in `args.work` (default: a temp folder, removed
     afterwards), write the JSON document to `args.out` and print it rendered as Markdown."""
-    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
-    try:
+    with work_folder(args.work, prefix) as work:
         doc = run(args, work)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    print(render(doc))
-    return 0
+    return print_report(doc, render, args.out)

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,8 @@ from benchmarks.killcore import (
     build_tree,
     seeded,
 )
-from benchmarks.replication import ROOT, Server
+from benchmarks.serverkit import REPO, ServerProcess
 
-REPO = "clinic"
 LOOPS = ("local", "remote", "server")
 
 
@@ -76,24 +74,6 @@ class Dicomvault:
         return self
 
 
-class ChunkServer(Server):
-    """benchmarks.replication's server process, killable, with one repository."""
-
-    def create_repo(self) -> dict[str, str]:
-        cmd = ["repo", "create", REPO, "--data", str(self.data), "--json"]
-        out = subprocess.run(
-            [sys.executable, "-m", "server", *cmd], cwd=ROOT, capture_output=True, text=True,
-            check=True,
-        )  # fmt: skip
-        tokens: dict[str, str] = json.loads(out.stdout)["tokens"]
-        return tokens
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
 def dicom_files() -> list[Path]:
     """pydicom's test files and pydicom-data's files of at most SMALL_DICOM bytes."""
     from pydicom.data import get_testdata_files
@@ -118,9 +98,8 @@ def run_loop(name: str, root: Path, kills: int, seed: int) -> list[Tally]:
         if name == "local":
             cli = Dicomvault(str(root / "repo"), root / "cache").init()
             return _cycles(make_loop(root, cli, seed), kills, lambda loop: loop.backup_cycle())
-        server = ChunkServer(root, "server")
-        server.configure([])
-        token = server.create_repo()["backup"]
+        server = ServerProcess(root / "server")
+        token = server.create_repo(REPO)["backup"]
         server.start()
         try:
             cli = Dicomvault(f"{server.url}/{REPO}", root / "cache", token).init()

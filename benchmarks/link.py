@@ -23,13 +23,10 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,6 +36,7 @@ from typing import Any
 
 from benchmarks.common import MB, build_corpus, corpus_files, run_and_report
 from benchmarks.linkproxy import LinkProxy
+from benchmarks.serverkit import ServerProcess
 from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
 from engine.rates import parse_rate
@@ -61,43 +59,13 @@ def log(msg: str) -> None:
 # --- the server ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited during start-up")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the server did not become healthy")
-
-
 @contextmanager
 def chunk_server(data: Path) -> Iterator[tuple[int, dict[str, str], int]]:
     """Yield (port, tokens, server pid) of a fresh server with one repository."""
-    server = [sys.executable, "-m", "server"]
-    out = subprocess.run(
-        [*server, "repo", "create", REPO, "--data", str(data), "--json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    tokens = json.loads(out.stdout)["tokens"]
-    port = _free_port()
-    serve = [*server, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(serve, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield port, tokens, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    server = ServerProcess(data)
+    tokens = server.create_repo(REPO)
+    with server:
+        yield server.port, tokens, server.pid
 
 
 # --- backups over the link -----------------------------------------------------------------------

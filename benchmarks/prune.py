@@ -27,19 +27,17 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from benchmarks.clikit import PASSPHRASE, cli_command
+from benchmarks.serverkit import ServerProcess
 from client.repository import Repository
 from engine import blob
 from engine.backend import LocalBackend
@@ -136,12 +134,6 @@ async def _catalogue(
     return tree
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Child:
     """A child process: its peak RSS (VmHWM: LMDB's mapped index pages count there) and peak
     anonymous RSS (what the process itself allocated), sampled from /proc every 20 ms. Not
@@ -204,13 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             built = pool.apply(_build, (data / "repos" / REPO, root / "builder", args))
         reindex_offline(config)
-        port = _free_port()
-        log = open(root / "server.log", "wb")  # noqa: SIM115 - closed with the server
-        server = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--data", str(data), "--listen",
-             f"127.0.0.1:{port}"], stdout=log, stderr=log,
-        )  # fmt: skip
-        _wait_healthy(port)
+        server = ServerProcess(data).start()
+        port = server.port
         (root / "pw").write_bytes(PASSPHRASE + b"\n")
         base = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
         base |= {"DICOMVAULT_REPO": f"http://127.0.0.1:{port}/{REPO}",
@@ -263,21 +250,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_healthy(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the server did not start")
 
 
 def main() -> None:

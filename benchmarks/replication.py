@@ -18,90 +18,43 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serverkit import ServerProcess
 from engine.ids import ChunkId, PackId
 from engine.pack import PackBuilder
 from engine.remote import RemoteBackend
 
-ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 MB = 1_000_000
 REPO = "bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(ServerProcess):
+    """A site: `serve --config` with quick replication retries and, once configured, peers."""
 
-
-def _cli(*args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "server", *args, "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
-class Server:
     def __init__(self, root: Path, name: str) -> None:
-        self.name, self.data, self.port = name, root / name, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = root / f"{name}.toml"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root / name, name=name)
 
     def configure(self, peers: list[dict[str, Any]]) -> None:
-        lines = [
-            f'data_dir = "{self.data}"',
-            f'listen = "127.0.0.1:{self.port}"',
-            f'site_name = "{self.name}"',
-            "replication_poll_interval = 0.2",
-            "replication_retry_max = 2.0",
-        ]
-        for peer in peers:
-            lines += ["[[peers]]", *(f"{k} = {json.dumps(v)}" for k, v in peer.items())]
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.write_config(
+            peers, site_name=self.name, replication_poll_interval=0.2, replication_retry_max=2.0
         )
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
     def lag(self, token: str) -> dict[str, Any]:
-        req = urllib.request.Request(
-            f"{self.url}/v1/repos/{REPO}/replication", headers={"Authorization": f"Bearer {token}"}
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            peer: dict[str, Any] = json.loads(resp.read())["peers"][0]
-            return peer
+        peer: dict[str, Any] = self.get_json(f"/v1/repos/{REPO}/replication", token)["peers"][0]
+        return peer
+
+    def peer_token(self, primary: str) -> str:
+        """A replica token here for `primary`, bound to REPO."""
+        token: str = self.cli_json("peer-token", "create", "--name", primary, "--repo", REPO)[
+            "token"
+        ]
+        return token
 
 
 def make_pack(pack_mib: int) -> tuple[PackId, bytes]:
@@ -143,10 +96,8 @@ def _lag_fields(lag: dict[str, Any]) -> dict[str, Any]:
 def bulk(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, Any]:
     """Throughput: the primary holds `packs` packs, then is restarted with the peer."""
     a, b = Server(root, "bulk-a"), Server(root, "bulk-b")
-    token = _cli("peer-token", "create", "--data", str(b.data), "--name", "bulk-a", "--repo", REPO)[
-        "token"
-    ]
-    tokens = _cli("repo", "create", REPO, "--data", str(a.data))["tokens"]
+    token = b.peer_token("bulk-a")
+    tokens = a.create_repo(REPO)
     b.configure([])
     a.configure([])
     b.start()
@@ -170,10 +121,8 @@ def bulk(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, A
 def burst(root: Path, packs: int, pack_mib: int, rate: str | None) -> dict[str, Any]:
     """Lag: upload a burst to a continuously replicating primary, time until the lag is 0."""
     a, b = Server(root, "burst-a"), Server(root, "burst-b")
-    token = _cli(
-        "peer-token", "create", "--data", str(b.data), "--name", "burst-a", "--repo", REPO
-    )["token"]
-    tokens = _cli("repo", "create", REPO, "--data", str(a.data))["tokens"]
+    token = b.peer_token("burst-a")
+    tokens = a.create_repo(REPO)
     peer: dict[str, Any] = {"name": "burst-b", "url": b.url, "token": token}
     if rate:
         peer["rate_limit"] = rate

@@ -13,18 +13,23 @@ Measures; changes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import throughput_codecs, throughput_e2e, throughput_stages
-from benchmarks.common import can_drop_caches, machine_load, restic_version, run_quiet
+from benchmarks.common import (
+    can_drop_caches,
+    machine_load,
+    print_report,
+    restic_version,
+    run_quiet,
+    work_folder,
+)
 
 MB = 1_000_000
 
@@ -120,16 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.drop_caches and not can_drop_caches():
         raise SystemExit("--drop-caches needs write access to /proc/sys/vm/drop_caches (root)")
-    work = args.out or Path(tempfile.mkdtemp(prefix="dv-throughput-"))
-    try:
+    with work_folder(args.out, "dv-throughput-") as work:
         doc = run(args, work)
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print(markdown(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return print_report(doc, markdown, args.json)
 
 
 if __name__ == "__main__":

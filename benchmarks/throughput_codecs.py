@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import imagecodecs
 import numpy as np
 import zstandard
 
+from benchmarks.common import md_table, print_report
 from client.walk import pieces
 from engine.blob import Codec, Content
 from engine.chunker import Chunker
@@ -163,18 +163,22 @@ def report(frontier: Frontier) -> dict[str, Any]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [
-        "| frame kind | codec | frames | raw MB | compressed ÷ raw | backup MB/s | restore MB/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+    header = ("frame kind", "codec", "frames", "raw MB", "compressed ÷ raw", "backup MB/s",
+              "restore MB/s")  # fmt: skip
+    rows = [
+        (
+            kind,
+            f"{codec}{' (not lossless!)' if f['lossy_frames'] else ''}",
+            f["frames"],
+            f["raw_mb"],
+            f["ratio"],
+            f["backup_mb_s"],
+            f["restore_mb_s"],
+        )
+        for kind, codecs in doc.items()
+        for codec, f in codecs.items()
     ]
-    for kind, codecs in doc.items():
-        for codec, f in codecs.items():
-            lossy = " (not lossless!)" if f["lossy_frames"] else ""
-            lines.append(
-                f"| {kind} | {codec}{lossy} | {f['frames']} | {f['raw_mb']} | {f['ratio']} | "
-                f"{f['backup_mb_s']} | {f['restore_mb_s']} |"
-            )
-    return "\n".join(lines)
+    return "\n".join(md_table(header, "llrrrrr", rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,11 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the figures as JSON to this file")
     args = p.parse_args(argv)
     frames = list(native_frames(args.corpus, int(args.max_mb * MB)))
-    doc = report(measure(frames))
-    print(markdown(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return print_report(report(measure(frames)), markdown, args.json)
 
 
 if __name__ == "__main__":

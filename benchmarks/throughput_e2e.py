@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,14 @@ from benchmarks.common import (
     diff_digests,
     dir_size,
     drop_caches,
+    md_table,
     median,
+    print_report,
     restic_binary,
     run_measured,
     run_quiet,
     tree_digest,
+    work_folder,
 )
 from benchmarks.corpus import Archive
 
@@ -258,24 +260,23 @@ def ratios(doc: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
+def _op_row(tool: str, op: str, r: dict[str, Any]) -> tuple[str, ...]:
+    runs = ", ".join(f"{x:.2f}" for x in r["runs_s"])
+    return (tool, op, f"{r['median_s']:.2f}", f"{r['mb_s']:,.1f}", runs,
+            f"{r['peak_rss_mib']:,.0f}", f"{r['cpu_per_wall']:.2f}")  # fmt: skip
+
+
 def markdown(doc: dict[str, Any]) -> list[str]:
     e2e, rat = doc["tools"], doc["ratios"]
-    lines = [
-        "| tool | op | median s | MB/s | runs (s) | peak RSS MiB | CPU s / wall s |",
-        "|---|---|---:|---:|---|---:|---:|",
-    ]
-    for name, f in e2e.items():
-        for op in OPS:
-            r = f[op]
-            runs = ", ".join(f"{x:.2f}" for x in r["runs_s"])
-            lines.append(
-                f"| {name} | {op} | {r['median_s']:.2f} | {r['mb_s']:,.1f} | {runs} | "
-                f"{r['peak_rss_mib']:,.0f} | {r['cpu_per_wall']:.2f} |"
-            )
-    lines += ["", "| dicomvault ÷ | " + " | ".join(OPS) + " |", "|---|" + "---:|" * len(OPS)]
-    for peer, r in rat.items():
-        cells = [f"{r[op]:.2f}× {'met' if r[op] >= SPEED_TARGET else '**not met**'}" for op in OPS]
-        lines.append(f"| {peer} (target ≥ {SPEED_TARGET}×) | " + " | ".join(cells) + " |")
+    header = ("tool", "op", "median s", "MB/s", "runs (s)", "peak RSS MiB", "CPU s / wall s")
+    rows = [_op_row(name, op, f[op]) for name, f in e2e.items() for op in OPS]
+    lines = md_table(header, "llrrlrr", rows)
+    ratio_rows = [
+        (f"{peer} (target ≥ {SPEED_TARGET}×)",
+         *(f"{r[op]:.2f}× {'met' if r[op] >= SPEED_TARGET else '**not met**'}" for op in OPS))
+        for peer, r in rat.items()
+    ]  # fmt: skip
+    lines += ["", *md_table(("dicomvault ÷", *OPS), "l" + "r" * len(OPS), ratio_rows)]
     dv = e2e["dicomvault"]
     rss = [(op, dv[op]["peak_rss_mib"]) for op in ("initial", "incremental", "restore")]
     lines += [
@@ -325,16 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="work folder; the corpus is kept and reused there")
     p.add_argument("--json", type=Path, help="write the figures as JSON to this file")
     args = p.parse_args(argv)
-    work = args.out or Path(tempfile.mkdtemp(prefix="dv-e2e-"))
-    try:
+    with work_folder(args.out, "dv-e2e-") as work:
         doc = run(args, work)
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(markdown(doc)))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return print_report(doc, lambda d: "\n".join(markdown(d)), args.json)
 
 
 if __name__ == "__main__":

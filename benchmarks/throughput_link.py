@@ -12,15 +12,21 @@ seconds of the restore, start-up included). Measures; changes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MB, build_corpus, diff_digests, tree_digest
+from benchmarks.common import (
+    MB,
+    build_corpus,
+    diff_digests,
+    md_table,
+    print_report,
+    tree_digest,
+    work_folder,
+)
 from benchmarks.link import REPO, Client, chunk_server
 from benchmarks.linkproxy import LinkProxy
 from engine.rates import parse_rate
@@ -67,18 +73,18 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [
-        f"Restore of {doc['corpus_mb']} MB from a chunk server through the link proxy:",
-        "",
-        "| link | wall s | MB down | link utilisation |",
-        "|---|---:|---:|---:|",
-    ]
-    for r in doc["restores"]:
-        lines.append(
-            f"| {r['rate_mbit']:g} Mbit/s | {r['wall_s']:.2f} | {r['bytes_down'] / MB:.1f} | "
-            f"{r['utilisation'] * 100:.0f} % |"
+    rows = [
+        (
+            f"{r['rate_mbit']:g} Mbit/s",
+            f"{r['wall_s']:.2f}",
+            f"{r['bytes_down'] / MB:.1f}",
+            f"{r['utilisation'] * 100:.0f} %",
         )
-    return "\n".join(lines)
+        for r in doc["restores"]
+    ]
+    table = md_table(("link", "wall s", "MB down", "link utilisation"), "lrrr", rows)
+    title = f"Restore of {doc['corpus_mb']} MB from a chunk server through the link proxy:"
+    return "\n".join([title, "", *table])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,15 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the figures as JSON to this file")
     args = p.parse_args(argv)
     args.rates = [parse_rate(r) for r in args.rates.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="dv-link-restore-"))
-    try:
+    with work_folder(None, "dv-link-restore-") as work:
         doc = run(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(markdown(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return print_report(doc, markdown, args.json)
 
 
 if __name__ == "__main__":

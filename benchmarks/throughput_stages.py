@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import corpus_files, mb_per_s
+from benchmarks.common import corpus_files, mb_per_s, md_table
 from client.walk import pieces
 from engine import blob
 from engine.blob import Hint
@@ -317,22 +317,25 @@ def _fresh(path: Path) -> Path:
 
 
 def md_stages(stages: list[dict[str, Any]], bounds: dict[str, float]) -> list[str]:
-    lines = [
-        "| side | stage | MB/s (own input) | MB/s (corpus) | share of side | what |",
-        "|---|---|---:|---:|---:|---|",
-    ]
+    rows: list[tuple[str, ...]] = []
     for side in ("backup", "restore"):
         side_s = sum(s["seconds"] for s in stages if s["side"] == side)
-        for s in (s for s in stages if s["side"] == side):
-            lines.append(
-                f"| {side} | {s['name']} | {s['mb_s']:,.1f} | {s['corpus_mb_s']:,.1f} | "
-                f"{100 * s['seconds'] / side_s:.0f} % | {s['note']} |"
+        rows += [
+            (
+                side,
+                s["name"],
+                f"{s['mb_s']:,.1f}",
+                f"{s['corpus_mb_s']:,.1f}",
+                f"{100 * s['seconds'] / side_s:.0f} %",
+                s["note"],
             )
-        lines.append(
-            f"| {side} | **all, one thread** | | **{bounds[side]:,.1f}** | 100 % | "
-            "corpus MB ÷ sum of stage seconds |"
-        )
-    return lines
+            for s in stages
+            if s["side"] == side
+        ]
+        rows.append((side, "**all, one thread**", "", f"**{bounds[side]:,.1f}**", "100 %",
+                     "corpus MB ÷ sum of stage seconds"))  # fmt: skip
+    header = ("side", "stage", "MB/s (own input)", "MB/s (corpus)", "share of side", "what")
+    return md_table(header, "llrrrl", rows)
 
 
 def main(argv: list[str] | None = None) -> int:

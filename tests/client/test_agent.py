@@ -40,8 +40,8 @@ from benchmarks.agentkit import (
     require_tool,
     storescu,
     transfer_syntax,
-    wait_for,
 )
+from benchmarks.serverkit import wait_for
 from tests.helpers import ct_small, pydicom_data_files, pydicom_test_files
 
 pytestmark = pytest.mark.slow

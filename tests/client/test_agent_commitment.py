@@ -15,7 +15,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from benchmarks.agentkit import free_port
+from benchmarks.serverkit import free_port
 from tests.client.agentloop import (
     MODALITY_AET,
     Reports,

@@ -41,7 +41,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from benchmarks.agentkit import AgentSite, ChunkServer, require_tool, wait_for
+from benchmarks.agentkit import AgentSite, ChunkServer, require_tool
+from benchmarks.serverkit import wait_for
 from client.agent.config import DicomSettings, Sender
 from client.agent.inbox import Inbox, Instance
 from client.agent.ledger import Ledger

@@ -12,7 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from benchmarks.agentkit import AGENT_AET, AgentSite, ChunkServer, allow, free_port, wait_for
+from benchmarks.agentkit import AGENT_AET, AgentSite, ChunkServer, allow
+from benchmarks.serverkit import free_port, wait_for
 from tests.helpers import ct_small
 
 pytestmark = pytest.mark.slow

@@ -27,10 +27,10 @@ from benchmarks.agentkit import (
     dataset_digest,
     pick_files,
     storescu,
-    wait_for,
 )
+from benchmarks.serverkit import wait_for
 from tests.helpers import PASSPHRASE, ct_small, pydicom_data_files, pydicom_test_files
-from tests.server.test_replication_process import REPO, Site, settled
+from tests.server.test_replication_process import Site, settled
 
 pytestmark = pytest.mark.slow
 AGENT_CONFIG = """
@@ -66,7 +66,7 @@ def agent(
     tmp_path: Path, sites: tuple[Site, Site, dict[str, str]]
 ) -> Iterator[tuple[AgentSite, Path]]:
     primary, _, tokens = sites
-    server = ChunkServer(tmp_path, port=primary.port, tokens=tokens, name=REPO)
+    server = ChunkServer(tmp_path, port=primary.port, tokens=tokens)
     site = AgentSite(tmp_path / "practice", server).init()
     watched = tmp_path / "watched"
     watched.mkdir()
@@ -159,7 +159,7 @@ def test_agent_spools_while_the_primary_is_down_and_catches_up_when_it_returns(
     assert all(s["sites"] == {"site-a": True, "site-b": True} for s in snapshots), snapshots
 
     # Disaster restore from the peer: the passphrase and the restore token only.
-    at_peer = ChunkServer(tmp_path, port=peer.port, tokens={"backup": tokens["restore"]}, name=REPO)
+    at_peer = ChunkServer(tmp_path, port=peer.port, tokens={"backup": tokens["restore"]})
     dr = AgentSite(tmp_path / "replacement", at_peer)
     dr.root.mkdir()
     (dr.root / "passphrase").write_bytes(PASSPHRASE + b"\n")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from benchmarks.agentkit import AgentSite, ChunkServer, pick_files, storescu, wait_for
+from benchmarks.agentkit import AgentSite, ChunkServer, pick_files, storescu
+from benchmarks.serverkit import wait_for
 from tests.client.test_agent import (
     assert_same_instances,
     committed_uids,
@@ -51,7 +52,7 @@ def test_agent_receives_while_the_server_is_down_at_start_and_backs_up_once_it_i
     assert "repository unreachable since" in status.out and "retrying" in status.out, status.out
     assert site.status()["last_commit"] is None  # type: ignore[index]
 
-    site.server.serve()
+    site.server.start()
     wait_committed(site, len(files), timeout=120)
     assert site.status()["repository_unreachable_since"] is None  # type: ignore[index]
     assert_same_instances(files, committed_uids(site, tmp_path / "restore"))

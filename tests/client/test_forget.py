@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.client.test_remote import REPO, ServerProcess, agent, server  # noqa: F401 (fixture)
+from benchmarks.serverkit import REPO, ServerProcess
+from tests.client.test_remote import agent, server  # noqa: F401 (fixture)
 from tests.helpers import (
     CHEAP_KDF_ARGS,
     Vault,
@@ -76,7 +77,7 @@ def test_only_an_admin_token_forgets_on_a_chunk_server(
     tmp_path: Path,
 ) -> None:
     tokens = server.create_repo()
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", tokens["backup"])
     a.ok("init", *CHEAP_KDF_ARGS)
     ids = _backups(a, tmp_path / "tree", ["a", "b"])
     assert_one_line_error(a.run("forget", "--keep-last", "1"), 15, "")

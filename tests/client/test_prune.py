@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serverkit import REPO, ServerProcess
 from engine.backend import LocalBackend
 from engine.store.local import LocalStore
-from tests.client.test_remote import REPO, Agent, ServerProcess, agent, server  # noqa: F401
+from tests.client.test_remote import Agent, agent, server  # noqa: F401
 from tests.helpers import (
     CHEAP_KDF_ARGS,
     Vault,
@@ -53,7 +54,7 @@ def _assert_all_restore(a: Vault | Agent, tree: Path, states: dict[str, dict], r
 def _practice(site: ServerProcess, tmp_path: Path) -> tuple[dict[str, str], Agent, Agent]:
     """A repository on `site` with a backup machine (initialised) and an admin's machine."""
     tokens = site.create_repo()
-    url = f"{site.base}/{REPO}"
+    url = f"{site.url}/{REPO}"
     backup = agent(tmp_path / "pc1", url, tokens["backup"])
     backup.ok("init", *CHEAP_KDF_ARGS)
     return tokens, backup, agent(tmp_path / "admin", url, tokens["admin"])
@@ -107,7 +108,7 @@ def test_prune_on_a_chunk_server_with_backups_running(
     tmp_path: Path,
 ) -> None:
     tokens, a, admin = _practice(server, tmp_path)
-    url = f"{server.base}/{REPO}"
+    url = f"{server.url}/{REPO}"
     tree_a = tmp_path / "tree-a"
     states = _snap_states(a, tree_a, 4, seed=3)
 
@@ -152,7 +153,7 @@ def test_a_prune_killed_at_any_moment_is_finished_by_the_next(
     tmp_path: Path,
 ) -> None:
     tokens, a, admin = _practice(server, tmp_path)
-    url = f"{server.base}/{REPO}"
+    url = f"{server.url}/{REPO}"
     tree = tmp_path / "tree"
     states = _snap_states(a, tree, 3, seed=5)
     rng = random.Random(14)

@@ -13,12 +13,8 @@ import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +23,7 @@ from typing import Any
 import pytest
 
 from benchmarks.linkproxy import LinkProxy, max_in_window
+from benchmarks.serverkit import REPO, ServerProcess, free_port
 from tests.helpers import (
     CHEAP_KDF_ARGS,
     PASSPHRASE,
@@ -40,15 +37,7 @@ from tests.helpers import (
 )
 from tests.server.test_tls import self_signed
 
-ROOT = Path(__file__).resolve().parents[2]
-REPO = "clinic"
 RANDOM = 1  # write_pattern_file(random_every=1): every piece random, so nothing compresses
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
@@ -56,65 +45,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.05)
-
-
-class ServerProcess:
-    """`python -m server serve` on a fixed port, which survives kills and restarts."""
-
-    def __init__(self, data: Path, *, tls: tuple[Path, Path] | None = None) -> None:
-        self.data, self.tls, self.port = data, tls, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data.parent / f"{data.name}.log"
-        scheme = "https" if tls else "http"
-        self.base = f"{scheme}://127.0.0.1:{self.port}"
-
-    def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "server", *args]
-
-    def start(self) -> ServerProcess:
-        args = ["serve", "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"]
-        if self.tls:
-            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self._cmd(*args), cwd=ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-            )
-        wait_until(self._healthy, 30, "the server's /v1/health")
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
-        context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
-        try:
-            with urllib.request.urlopen(f"{self.base}/v1/health", timeout=2, context=context) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def create_repo(self, name: str = REPO) -> dict[str, str]:
-        out = subprocess.run(
-            self._cmd("repo", "create", name, "--data", str(self.data), "--json"),
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        tokens: dict[str, str] = json.loads(out.stdout)["tokens"]
-        return tokens
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def pack_files(self, repo: str = REPO) -> list[Path]:
-        folder = self.data / "repos" / repo / "packs"
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
 
 @pytest.fixture
@@ -143,7 +73,7 @@ class Agent(Vault):
 
     def direct(self, server: ServerProcess) -> Agent:
         """The same machine talking to the server without the proxy in between."""
-        return Agent(self.root, f"{server.base}/{REPO}", self.token, self.extra_env)
+        return Agent(self.root, f"{server.url}/{REPO}", self.token, self.extra_env)
 
     def create(self) -> Agent:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -253,7 +183,7 @@ def _every_other_command(
 def test_a_backup_before_init_says_to_run_init(server: ServerProcess, tmp_path: Path) -> None:
     """The README's chunk-server steps: `repo create` makes the space, `init` the repository."""
     tokens = server.create_repo()
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", tokens["backup"])
     tree = random_tree(tmp_path / "tree", [0.1])
     assert_one_line_error(a.run("backup", str(tree)), 10, "dicomvault init")
 
@@ -278,7 +208,7 @@ def test_a_token_that_starts_with_a_dash_works_in_the_equals_form(
     token = "-" + "x" * 42
     with open_index(load_config(None, data_dir=server.data)) as index:
         index.put_token(hash_token(token), {"repo": REPO, "role": str(Role.BACKUP), "created": 0})
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", "")
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", "")
     a.ok(f"--token={token}", "init", *CHEAP_KDF_ARGS)
     assert a.json("snapshots", f"--token={token}")["snapshots"] == []
 
@@ -286,7 +216,7 @@ def test_a_token_that_starts_with_a_dash_works_in_the_equals_form(
 def test_restore_token_reads_but_cannot_back_up(server: ServerProcess, tmp_path: Path) -> None:
     tokens = server.create_repo()
     tree = random_tree(tmp_path / "tree", [0.5])
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", tokens["backup"])
     a.ok("init", *CHEAP_KDF_ARGS)
     a.ok("backup", str(tree))
     reader = agent(tmp_path / "viewer", a.url, tokens["restore"])
@@ -299,9 +229,9 @@ def test_restore_token_reads_but_cannot_back_up(server: ServerProcess, tmp_path:
 
 def test_tokens_are_confined_to_their_repository(server: ServerProcess, tmp_path: Path) -> None:
     clinic, other = server.create_repo(), server.create_repo("other")
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", clinic["backup"])
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", clinic["backup"])
     a.ok("init", *CHEAP_KDF_ARGS)
-    intruder = agent(tmp_path / "pc2", f"{server.base}/{REPO}", other["admin"])
+    intruder = agent(tmp_path / "pc2", f"{server.url}/{REPO}", other["admin"])
     assert_one_line_error(intruder.run("snapshots"), 10)
     assert_one_line_error(intruder.with_token("x" * 43).run("snapshots"), 15)
     assert_one_line_error(intruder.run("init", *CHEAP_KDF_ARGS), 10)
@@ -317,7 +247,7 @@ def test_two_agents_of_one_practice_dedupe_against_each_other(
     tree = small_dicom_tree(tmp_path / "tree")
     copy = tmp_path / "elsewhere" / "same-studies"
     shutil.copytree(tree, copy, symlinks=True)
-    a = agent(tmp_path / "pc1", f"{server.base}/{REPO}", tokens["backup"])
+    a = agent(tmp_path / "pc1", f"{server.url}/{REPO}", tokens["backup"])
     a.ok("init", *CHEAP_KDF_ARGS)
     first = a.json("backup", str(tree), "--host", "pc1")
     b = agent(tmp_path / "pc2", a.url, tokens["backup"])  # its own, empty cache
@@ -424,7 +354,7 @@ def test_backup_and_restore_over_tls_with_a_generated_certificate(tmp_path: Path
     try:
         tokens = srv.create_repo()
         tree = random_tree(tmp_path / "tree", [1.5])
-        a = agent(tmp_path / "pc1", f"{srv.base}/{REPO}", tokens["backup"])
+        a = agent(tmp_path / "pc1", f"{srv.url}/{REPO}", tokens["backup"])
         untrusted = a.run("init", *CHEAP_KDF_ARGS)
         assert_one_line_error(untrusted, 14, "certificate")
         a.ok("--cacert", str(cert), "init", *CHEAP_KDF_ARGS)

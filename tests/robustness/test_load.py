@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serverkit import ServerProcess
 from client.backup import Backup
 from client.repository import Repository
 from engine.remote import RemoteBackend
@@ -20,7 +21,6 @@ from engine.repoconfig import init_repository
 from server.admin import create_repository_offline
 from server.config import ServerConfig
 from tests.helpers import PASSPHRASE, cheap_kdf, write_pattern_file
-from tests.server.test_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.robustness
 MiB = 1024 * 1024
@@ -35,7 +35,7 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     config = ServerConfig(data, index_map_size=256 * MiB)
     tokens = {f"p{i}": create_repository_offline(config, f"p{i}")["backup"] for i in range(AGENTS)}
     with systemd_default_descriptors():
-        proc = ServerProcess(data, free_port())
+        proc = ServerProcess(data).start()
     try:
         yield proc, tokens
     finally:
@@ -90,13 +90,13 @@ async def test_twenty_backups_and_a_thousand_idle_connections(
     server: tuple[ServerProcess, dict[str, str]], tmp_path: Path
 ) -> None:
     proc, tokens = server
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     idle = [
         await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % 8}", 0))
         for i in range(IDLE)
     ]
-    peak = [rss(proc.proc.pid)]
-    watcher = asyncio.create_task(_watch_rss(proc.proc.pid, peak))
+    peak = [rss(proc.pid)]
+    watcher = asyncio.create_task(_watch_rss(proc.pid, peak))
     try:
         snapshots = await asyncio.gather(
             *(
@@ -120,4 +120,4 @@ async def test_twenty_backups_and_a_thousand_idle_connections(
         assert held == [snapshot], name
     print(f"server RSS peak {peak[0] / MiB:.0f} MiB")
     assert peak[0] < RSS_LIMIT, f"server RSS peaked at {peak[0] / MiB:.0f} MiB"
-    assert proc.proc.poll() is None and os.path.exists(f"/proc/{proc.proc.pid}")
+    assert proc.alive() and os.path.exists(f"/proc/{proc.pid}")

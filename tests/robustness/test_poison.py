@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serverkit import REPO, ServerProcess
 from engine.commit import CommitRecord
 from engine.ids import PackId
 from engine.pack import PackBuilder, read_pack_info
-from tests.client.test_remote import REPO, Agent, ServerProcess, agent
+from tests.client.test_remote import Agent, agent
 from tests.helpers import CHEAP_KDF_ARGS, Vault, ct_small, restored, tree_state
 
 pytestmark = pytest.mark.robustness
@@ -38,7 +39,7 @@ class Practice:
     snapshots: list[str]
 
     def url(self, path: str) -> str:
-        return f"{self.server.base}/v1/repos/{REPO}/{path}"
+        return f"{self.server.url}/v1/repos/{REPO}/{path}"
 
     def http(self, method: str, path: str, role: str = "backup", data: bytes | None = None) -> int:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -87,7 +88,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 def practice(server: ServerProcess, tmp_path: Path) -> Practice:
     """A repository made with the backup token, as the quick start does, with two snapshots."""
     tokens = server.create_repo()
-    pc = agent(tmp_path / "pc", f"{server.base}/{REPO}", tokens["backup"])
+    pc = agent(tmp_path / "pc", f"{server.url}/{REPO}", tokens["backup"])
     pc.ok("init", *CHEAP_KDF_ARGS)
     tree = tmp_path / "src"
     tree.mkdir()

@@ -12,19 +12,20 @@ from pathlib import Path
 import obstore
 import pytest
 
+from benchmarks.serverkit import ServerProcess
 from engine.store.s3 import S3Root
 from tests.client.test_remote import agent, random_tree
 from tests.helpers import CHEAP_KDF_ARGS, restored, tree_state
-from tests.s3kit import Balancer, NodeProcess, SeaweedFS, s3_settings
+from tests.s3kit import Balancer, SeaweedFS, s3_node, s3_settings
 
 REPO = "clinic"
 
 
 @pytest.fixture
-def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], Balancer]]:
+def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[ServerProcess], Balancer]]:
     settings = s3_settings(seaweed, f"lb-{secrets.token_hex(6)}")
     store = f"s3://{settings.bucket}/{settings.prefix}"
-    nodes = [NodeProcess(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
+    nodes = [s3_node(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
     balancer = Balancer(tmp_path, nodes)
     yield nodes, balancer
     balancer.stop()
@@ -39,14 +40,14 @@ def _packs_in_bucket(settings_prefix: str, weed: SeaweedFS) -> int:
 
 
 def test_a_node_killed_during_a_backup_through_the_balancer_loses_nothing(
-    cluster: tuple[list[NodeProcess], Balancer], seaweed: SeaweedFS, tmp_path: Path
+    cluster: tuple[list[ServerProcess], Balancer], seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     nodes, balancer = cluster
     tokens = nodes[0].create_repo(REPO)  # published to the bucket: node1 accepts them too
-    pc = agent(tmp_path / "pc", f"{balancer.base}/{REPO}", tokens["backup"])
+    pc = agent(tmp_path / "pc", f"{balancer.url}/{REPO}", tokens["backup"])
     pc.ok("init", *CHEAP_KDF_ARGS)
     tree = random_tree(tmp_path / "tree", [6.0] * 12)
-    prefix = nodes[0].store.split("/", 3)[3]
+    prefix = str(nodes[0].store).split("/", 3)[3]
     backup = pc.popen("backup", str(tree), "--json")
     deadline = time.monotonic() + 120
     while _packs_in_bucket(prefix, seaweed) < 1:  # mid-backup: a pack stored, more to come

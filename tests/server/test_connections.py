@@ -9,8 +9,6 @@ import contextlib
 import logging
 import os
 import resource
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from benchmarks.serverkit import ServerProcess, free_port
 from engine.errors import ObjectNotFound
 from engine.remote import RemoteBackend
 from server.admin import create_repository_offline
@@ -25,7 +24,6 @@ from server.app import make_app
 from server.config import ServerConfig
 from server.listener import GuardedRunner, RepeatFilter, start
 from tests.server.conftest import Harness, MiB, make_pack
-from tests.server.test_process import ENV, ROOT, free_port
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Serve = Callable[..., Awaitable[int]]
@@ -125,24 +123,17 @@ def _limit_descriptors() -> None:
 @pytest.fixture
 def small_server(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
     """`dicomvault-server serve` with 256 descriptors (soft = hard), stderr to a file."""
-    data, port, log = tmp_path / "data", free_port(), tmp_path / "server.log"
+    data = tmp_path / "data"
     tokens = create_repository_offline(ServerConfig(data, index_map_size=64 * MiB), "clinic")
-    args = ["serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"]
-    args += ["--max-connections-per-address", "16"]
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            preexec_fn=_limit_descriptors,
-        )
+    server = ServerProcess(
+        data, log=tmp_path / "server.log", preexec=_limit_descriptors,
+        serve_args=["--max-connections-per-address", "16"],
+    )  # fmt: skip
+    server.start()
     try:
-        yield port, tokens["backup"], log
+        yield server.port, tokens["backup"], server.log
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 async def test_a_flood_of_idle_connections_leaves_backup_and_restore_working(

@@ -49,7 +49,7 @@ def test_primary_lost_peer_promoted_old_primary_fenced_and_both_converge(
     # site-b may push back to site-a once it is primary: a replica token named as a's peer.
     back = cli("peer-token", "create", "--data", str(a.data), "--name", "site-b", "--json")
     assert back.returncode == 0, back.stderr
-    b.write_config([{"name": "site-a", "url": a.url, "token": json.loads(back.stdout)["token"]}])
+    b.configure([{"name": "site-a", "url": a.url, "token": json.loads(back.stdout)["token"]}])
     b.start(), a.start()
 
     vault = Vault(tmp_path / "vault")

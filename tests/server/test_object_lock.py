@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from benchmarks.serverkit import cli, server_env
 from engine.clock import SimulatedClock
 from engine.errors import UsageError
 from engine.ids import PackId, SnapshotId
@@ -37,7 +36,7 @@ from server.objectlock import LockTable, extend_once
 from server.state import DELETIONS, INDEX, REPOS, SHARED_DELETIONS
 from tests.client.test_remote import agent, random_tree
 from tests.helpers import CHEAP_KDF_ARGS
-from tests.s3kit import NodeProcess, SeaweedFS, locked_bucket, s3_settings
+from tests.s3kit import SeaweedFS, locked_bucket, s3_node, s3_settings
 from tests.server.monitorkit import REPO, Site, backup, init_practice, make_tree, start_site
 
 UNDELETE_DAYS = 14.0
@@ -234,13 +233,13 @@ def test_a_serve_process_locks_what_a_cli_backup_stores(seaweed: SeaweedFS, tmp_
     settings = locked_bucket(seaweed, f"olp-{secrets.token_hex(4)}")
     config = tmp_path / "server.toml"
     config.write_text(f"undelete_days = 14\n[object_lock]\ndays = {LOCK_DAYS}\n")
-    node = NodeProcess(
+    server = s3_node(
         tmp_path / "node", f"s3://{settings.bucket}/{settings.prefix}", seaweed, config
     )
-    node.start()
+    server.start()
     try:
-        tokens = node.create_repo(REPO)
-        pc = agent(tmp_path / "pc", f"{node.base}/{REPO}", tokens["backup"])
+        tokens = server.create_repo(REPO)
+        pc = agent(tmp_path / "pc", f"{server.url}/{REPO}", tokens["backup"])
         pc.ok("init", *CHEAP_KDF_ARGS)
         pc.ok("backup", str(random_tree(tmp_path / "tree", [1.0, 2.5])))
         client = open_api(settings)
@@ -254,7 +253,7 @@ def test_a_serve_process_locks_what_a_cli_backup_stores(seaweed: SeaweedFS, tmp_
             days = (doc["RetainUntilDate"].timestamp() - time.time()) / DAY
             assert LOCK_DAYS - 0.01 < days <= LOCK_DAYS, key
     finally:
-        node.stop()
+        server.stop()
 
 
 def test_object_lock_on_a_bucket_without_it_stops_the_server(
@@ -263,10 +262,9 @@ def test_object_lock_on_a_bucket_without_it_stops_the_server(
     settings = s3_settings(seaweed, f"nolock-{secrets.token_hex(4)}")
     config = tmp_path / "server.toml"
     config.write_text('[object_lock]\nmode = "COMPLIANCE"\ndays = 30\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--data", str(tmp_path / "data"),
-         "--config", str(config), "--store", f"s3://{settings.bucket}/{settings.prefix}"],
-        env={**os.environ, **seaweed.env}, capture_output=True, text=True, timeout=120,
+    done = cli(
+        "serve", "--data", str(tmp_path / "data"), "--config", str(config),
+        "--store", f"s3://{settings.bucket}/{settings.prefix}", env=server_env(seaweed.env),
     )  # fmt: skip
     assert done.returncode == 14, done.stderr
     assert "no Object Lock enabled" in done.stderr

@@ -3,70 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.serverkit import ServerProcess, cli, free_port
 from engine.errors import UsageError
 from engine.remote import RemoteBackend
 from tests.server.conftest import make_pack
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "server", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, data: Path, port: int) -> None:
-        args = ["serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"]
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited during start-up"
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("server did not become healthy")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -121,7 +68,7 @@ async def test_sigkill_mid_upload_exposes_no_partial_pack(data: Path) -> None:
     pack_id, pack, ids = make_pack(chunks=16, size=1024 * 1024)  # a full 16 MiB pack
     port = free_port()
 
-    server = ServerProcess(data, port)
+    server = ServerProcess(data, port=port).start()
     try:
         sock = _send_partial_upload(server.url, token, pack_id.hex(), pack, 6 * 1024 * 1024)
         _wait_for_temp_file(repo / ".incoming", 1024 * 1024)
@@ -132,7 +79,7 @@ async def test_sigkill_mid_upload_exposes_no_partial_pack(data: Path) -> None:
     assert not list(repo.glob("packs/**/*[0-9a-f]"))  # nothing under a real name
     assert list((repo / ".incoming").iterdir())  # the partial upload is only a temp file
 
-    server = ServerProcess(data, port)
+    server = ServerProcess(data, port=port).start()
     backend = RemoteBackend(f"{server.url}/clinic", token)
     try:
         assert not list((repo / ".incoming").iterdir())  # swept at start-up

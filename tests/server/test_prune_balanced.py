@@ -18,19 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.serverkit import ServerProcess
 from tests.client.test_prune import _assert_all_restore, _change, _snap_states
 from tests.client.test_remote import agent
 from tests.helpers import CHEAP_KDF_ARGS, assert_one_line_error, tree_state
-from tests.s3kit import Balancer, NodeProcess, SeaweedFS, s3_settings
+from tests.s3kit import Balancer, SeaweedFS, s3_node, s3_settings
 
 REPO = "clinic"
 
 
 @pytest.fixture
-def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], Balancer]]:
+def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[ServerProcess], Balancer]]:
     settings = s3_settings(seaweed, f"prune-lb-{secrets.token_hex(6)}")
     store = f"s3://{settings.bucket}/{settings.prefix}"
-    nodes = [NodeProcess(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
+    nodes = [s3_node(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
     balancer = Balancer(tmp_path, nodes)
     yield nodes, balancer
     balancer.stop()
@@ -46,18 +47,18 @@ def _call(method: str, url: str, token: str, body: dict[str, object] | None = No
         return json.loads(r.read())
 
 
-def _listed(node: NodeProcess, token: str) -> set[str]:
-    doc = _call("GET", f"{node.base}/v1/repos/{REPO}/snapshots", token)
+def _listed(node: ServerProcess, token: str) -> set[str]:
+    doc = _call("GET", f"{node.url}/v1/repos/{REPO}/snapshots", token)
     assert isinstance(doc, dict)
     return {s["id"] for s in doc["snapshots"]}
 
 
 def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
-    cluster: tuple[list[NodeProcess], Balancer], tmp_path: Path
+    cluster: tuple[list[ServerProcess], Balancer], tmp_path: Path
 ) -> None:
     nodes, balancer = cluster
     tokens = nodes[0].create_repo(REPO)  # published to the bucket: node1 accepts them too
-    url = f"{balancer.base}/{REPO}"
+    url = f"{balancer.url}/{REPO}"
     a = agent(tmp_path / "pc1", url, tokens["backup"])
     a.ok("init", *CHEAP_KDF_ARGS)
     admin = agent(tmp_path / "admin", url, tokens["admin"])
@@ -94,9 +95,9 @@ def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
     forgotten = (set(states) | set(b_states)) - listed[0]
     assert forgotten
 
-    lock = f"{nodes[1].base}/v1/repos/{REPO}/prune/lock"
+    lock = f"{nodes[1].url}/v1/repos/{REPO}/prune/lock"
     _call("POST", lock, tokens["admin"], {"holder": "another-machine"})
-    for where in (url, f"{nodes[0].base}/{REPO}", f"{nodes[1].base}/{REPO}"):
+    for where in (url, f"{nodes[0].url}/{REPO}", f"{nodes[1].url}/{REPO}"):
         assert_one_line_error(
             agent(tmp_path / "admin", where, tokens["admin"]).run("prune"),
             14,
@@ -109,6 +110,6 @@ def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
     _assert_all_restore(reader, tree_a, states, tmp_path / "ra")
     _assert_all_restore(reader, tree_b, b_states, tmp_path / "rb")
     for node in nodes:  # scheduled, not destroyed: both nodes know
-        doc = _call("GET", f"{node.base}/v1/repos/{REPO}/deletions", restore)
+        doc = _call("GET", f"{node.url}/v1/repos/{REPO}/deletions", restore)
         assert isinstance(doc, dict)
         assert any(d["kind"] == "pack" for d in doc["pending"])

@@ -6,113 +6,47 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.serverkit import ServerProcess, cli
 from engine.ids import ChunkId, PackId
 from engine.pack import pack_id_of
 from engine.remote import RemoteBackend
 from tests.conftest import build_dicom_tree
 from tests.helpers import CHEAP_KDF_ARGS, PASSPHRASE, Vault, restored, tree_state
 from tests.server.conftest import make_commit, make_pack
-from tests.server.test_process import ENV, ROOT, cli, free_port
 
 pytestmark = pytest.mark.slow
 REPO = "clinic"
 
 
-class Site:
+class Site(ServerProcess):
     """One `python -m server serve` process with its data folder, config file and port."""
 
     def __init__(self, root: Path, name: str, peers: Sequence[dict[str, Any]] = ()) -> None:
-        self.name, self.data, self.port = name, root / name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = root / f"{name}.toml"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.write_config(peers)
+        super().__init__(root / name, name=name)
+        self.configure(peers)
 
-    def write_config(self, peers: Sequence[dict[str, Any]]) -> None:
-        lines = [
-            f'data_dir = "{self.data}"',
-            f'listen = "127.0.0.1:{self.port}"',
-            f'site_name = "{self.name}"',
-            "index_map_size = 268435456",
-            "replication_poll_interval = 0.2",
-            "replication_retry_max = 1.0",
-        ]
-        for peer in peers:
-            lines.append("[[peers]]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in peer.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+    def configure(self, peers: Sequence[dict[str, Any]]) -> None:
+        """(Re)write the site's config file: its name, quick replication retries, `peers`."""
+        self.write_config(
+            peers, site_name=self.name, index_map_size=268435456,
+            replication_poll_interval=0.2, replication_retry_max=1.0,
+        )  # fmt: skip
 
     def peer_entry(self, primary: str, **extra: Any) -> dict[str, Any]:
         """Mint a replica token here (for `primary`) and return the `[[peers]]` entry."""
-        args = ["--data", str(self.data), "--name", primary, "--repo", REPO, "--json"]
-        out = cli("peer-token", "create", *args)
-        assert out.returncode == 0, out.stderr
-        token = json.loads(out.stdout)["token"]
+        token = self.cli_json("peer-token", "create", "--name", primary, "--repo", REPO)["token"]
         return {"name": self.name, "url": self.url, "token": token, **extra}
 
-    def create_repo(self, name: str = REPO) -> dict[str, str]:
-        out = cli("repo", "create", name, "--data", str(self.data), "--json")
-        assert out.returncode == 0, out.stderr
-        tokens: dict[str, str] = json.loads(out.stdout)["tokens"]
-        return tokens
-
-    def start(self) -> Site:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config)],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.name} exited during start-up"
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not become healthy")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{"):
-                    return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"no metric {name}")
-
     def replication(self, token: str, repo: str = REPO) -> dict[str, Any]:
-        req = urllib.request.Request(
-            f"{self.url}/v1/repos/{repo}/replication", headers={"Authorization": f"Bearer {token}"}
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            doc: dict[str, Any] = json.loads(resp.read())
-            return doc
-
-    def pack_files(self, repo: str = REPO) -> list[Path]:
-        folder = self.data / "repos" / repo / "packs"
-        return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        doc: dict[str, Any] = self.get_json(f"/v1/repos/{repo}/replication", token, timeout=5)
+        return doc
 
 
 @pytest.fixture
@@ -316,12 +250,5 @@ def test_replica_names_are_bound_by_the_operator_and_never_taken_twice(tmp_path:
 
 def test_serve_refuses_a_peer_without_its_token(tmp_path: Path) -> None:
     args = ["serve", "--data", str(tmp_path), "--peer", "http://127.0.0.1:1"]
-    out = subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = cli(*args, timeout=30)
     assert out.returncode == 2 and "--peer-token" in out.stderr

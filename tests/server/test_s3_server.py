@@ -4,14 +4,13 @@ DATA but the index, and the CLI's start-up check with its exit code."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import obstore
 
+from benchmarks.serverkit import cli, server_env
 from client.check import check
 from client.restore import Restorer
 from engine.ids import SnapshotId
@@ -48,13 +47,7 @@ async def test_backup_check_and_restore_through_a_server_on_seaweedfs(
 
 
 def _server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(*args, env=server_env(env))
 
 
 def test_the_cli_creates_a_repository_in_the_bucket_and_names_a_wrong_bucket(

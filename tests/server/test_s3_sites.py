@@ -6,16 +6,14 @@ replicates to site-b; a pack that rots in site-a's bucket is found by scrub with
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import obstore
 import pytest
 
+from benchmarks.serverkit import cli, server_env
 from client.check import check
 from engine.store.s3 import S3Store
 from server.state import REPOS, SCRUB
@@ -29,8 +27,6 @@ from tests.server.monitorkit import (
     start_site,
     wait_for,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -82,11 +78,9 @@ async def test_replication_and_scrub_healing_between_s3_backed_sites(
     settings = b.config.store
     assert settings is not None
     fresh = tmp_path / "fresh-node"
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "reindex", "--data", str(fresh), "--json",
-         "--store", f"s3://{settings.bucket}/{settings.prefix}"],
-        cwd=ROOT, env={**os.environ, **seaweed.env}, capture_output=True, text=True,
-        timeout=120,
+    done = cli(
+        "reindex", "--data", str(fresh), "--json",
+        "--store", f"s3://{settings.bucket}/{settings.prefix}", env=server_env(seaweed.env),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rebuilt = json.loads(done.stdout)
