@@ -1,5 +1,5 @@
-"""Test harness for the practice agent: a real chunk server subprocess, a real agent subprocess,
-real DICOM senders (dcmtk) and polling helpers with timeouts.
+"""Test harness for the practice agent: a real chunk server subprocess (`benchmarks.serverkit`'s,
+with one repository), a real agent subprocess and real DICOM senders (dcmtk).
 
 Nothing is mocked: the server is `python -m server serve` on a free loopback port, the agent is
 `dicomvault agent` as a user starts it. A missing tool (dcmtk, Orthanc) fails the test with a

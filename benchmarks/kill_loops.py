@@ -2,8 +2,9 @@
 
 Runs the cycles of `benchmarks.killcore` (SIGKILL of `dicomvault backup` to a local folder and to a
 chunk server, of `dicomvault restore`, and of `dicomvault-server serve` under a backup) with its
-own small process drivers, since benchmarks do not import the test suite. Restores are compared
-by content digest (`benchmarks.common.tree_digest`); the tests also compare modes and mtimes.
+own small `dicomvault` driver and the server of `benchmarks.serverkit`, since benchmarks do not
+import the test suite. Restores are compared by content digest (`benchmarks.common.tree_digest`);
+the tests also compare modes and mtimes.
 """
 
 from __future__ import annotations
