@@ -20,8 +20,10 @@ from client.progress import Progress
 from client.repository import Repository, pack_named
 from client.restore import catalogue
 from engine import blob
+from engine.backend import Backend
 from engine.errors import DicomvaultError, IntegrityError
 from engine.ids import ChunkId, PackId
+from engine.keys import MasterKey
 from engine.pack import ManifestEntry
 from engine.packer import read_manifest
 
@@ -104,10 +106,29 @@ def _suspect(repo: Repository, chunks: list[tuple[ChunkId, int]], present: set[P
 
 
 async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> int:
+    """Verify every byte of a pack; with several sites, a pack that fails at one is read at
+    the next (`Backend.read_checked`, docs/design.md §17)."""
+
+    async def site(backend: Backend) -> Backend:
+        return backend
+
+    async def streamed(backend: Backend) -> tuple[int, list[ManifestEntry]]:
+        return await _stream_pack(repo.key, backend, pack_id)
+
+    size, entries = await repo.backend.read_checked(f"pack {pack_id.short()}", site, streamed)
+    report.bytes_verified += size
+    if not repo.index.has_pack(pack_id):
+        repo.index.add_pack(pack_id, size, entries)
+    return size
+
+
+async def _stream_pack(
+    key: MasterKey, backend: Backend, pack_id: PackId
+) -> tuple[int, list[ManifestEntry]]:
     """Read a pack as a stream of windows of whole blobs, never whole: each window is hashed
     into the pack's BLAKE3 and its blobs opened (decrypted, decoded, checked against their
     chunk ids) in one worker-thread call, so memory per pack is one window and its blobs."""
-    size, entries = await read_manifest(repo.backend, pack_id)
+    size, entries = await read_manifest(backend, pack_id)
     hasher = blake3.blake3()
     failures: list[DicomvaultError] = []
 
@@ -116,25 +137,22 @@ async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> 
         view = memoryview(data)
         for e in group:
             try:
-                blob.open_blob(repo.key, e.chunk_id, view[e.offset - start : _end(e) - start])
+                blob.open_blob(key, e.chunk_id, view[e.offset - start : _end(e) - start])
             except DicomvaultError as err:
                 failures.append(err)
 
     cursor = 0
     for group in _windows(entries):
         end = _end(group[-1])
-        data = await repo.backend.get_pack_range(pack_id, cursor, end - cursor)
+        data = await backend.get_pack_range(pack_id, cursor, end - cursor)
         await asyncio.to_thread(take, data, cursor, group)
         cursor = end
-    take(await repo.backend.get_pack_range(pack_id, cursor, size - cursor), cursor, [])
+    take(await backend.get_pack_range(pack_id, cursor, size - cursor), cursor, [])
     if hasher.digest() != pack_id:  # first: a damaged pack is named as such, not by a blob
         raise IntegrityError(f"pack {pack_id.hex()}: content does not match its name")
     if failures:
         raise failures[0]
-    report.bytes_verified += size
-    if not repo.index.has_pack(pack_id):
-        repo.index.add_pack(pack_id, size, entries)
-    return size
+    return size, entries
 
 
 def _end(e: ManifestEntry) -> int:

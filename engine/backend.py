@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from engine.clock import SYSTEM, Clock
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name, verify_commit
@@ -29,6 +29,8 @@ from engine.pack import pack_name, read_pack_info_ranged, verify_pack
 from engine.protocol.errors import FullRefsRequired, PruneLocked
 from engine.store.base import Store
 
+T = TypeVar("T")
+U = TypeVar("U")
 CONFIG_NAME = "config"
 TRASH = "trash/snapshots"  # a local repository's forgotten commit records
 TRASH_PACKS = "trash/packs"  # and the packs its prunes removed
@@ -91,6 +93,17 @@ class Backend(ABC):
     async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
         """Return (pack size, its last `length` bytes): enough to read a trailer and manifest."""
         raise NotImplementedError
+
+    async def read_checked(
+        self,
+        what: str,
+        read: Callable[[Backend], Awaitable[T]],
+        check: Callable[[T], Awaitable[U]],
+    ) -> U:
+        """`check(read(self))`, for a read of an object that is the same wherever it is held
+        (a pack range the caller authenticates with the key): a backend with several sites
+        reads it at the next when `check` fails (`engine.failover`, docs/design.md §17)."""
+        return await check(await read(self))
 
     async def has_pack(self, pack_id: PackId) -> bool:
         """Whether the repository holds this pack (without fetching it)."""

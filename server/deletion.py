@@ -10,9 +10,10 @@ back. Scheduling a pack takes its `packs` row and the `chunks` rows pointing int
 the index (so `missing` reports those chunks and `GET packs/<id>` answers 404) and keeps the
 chunk rows in `condemned` (chunk → where it was), so a commit that still needs a chunk revives
 its pack. Only `purge_due`, run on the server's injected clock, deletes stored objects, and only
-rows whose `purge_after` has passed. The window is the provider's (`undelete_days` in
-server.toml); nothing a practice sends can shorten it. Must not know HTTP or the alert
-channels: the alert service reads `scheduled_since` like any other fact.
+rows whose `purge_after` has passed; an object the store still locks (S3 Object Lock,
+`ObjectLocked`) keeps its row, due again at the lock's date. The window is the provider's
+(`undelete_days` in server.toml); nothing a practice sends can shorten it. Must not know
+HTTP or the alert channels: the alert service reads `scheduled_since` like any other fact.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.commit import CommitRecord, snapshot_name
-from engine.errors import DicomvaultError, NotFound, ObjectNotFound
+from engine.errors import DicomvaultError, NotFound, ObjectLocked, ObjectNotFound
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import ManifestEntry, pack_name, read_pack_info_ranged
 from engine.protocol.errors import PruneLocked
@@ -114,7 +115,7 @@ class Deletions:
         """Bring back the named scheduled snapshots (by full id or unique prefix), or all of a
         repository's when `ids` is None. Unknown names raise `NotFound` before any change.
         Scheduled packs are not named here (`revive_all_packs` brings them back)."""
-        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT]
+        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT and _undoable(d)]
         chosen = pending if ids is None else [_one(pending, name) for name in ids]
         snaps = self.index.dbs["snapshots"]
         with self.env.begin(write=True) as txn:
@@ -162,18 +163,30 @@ class Deletions:
                 if doc["purge_after"] > now:
                     continue
                 async with self.lock(name):
-                    if doc["kind"] == PACK:
-                        destroyed = await self._purge_pack(repo, PackId.parse(doc["id"]))
-                    else:
-                        # ObjectNotFound: deleted by a purge killed before it dropped the row
-                        with contextlib.suppress(ObjectNotFound):
-                            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
-                        destroyed = True
+                    try:
+                        destroyed = await self._purge_one(repo, doc)
+                    except ObjectLocked as e:  # S3 Object Lock: not destroyed; try at its date
+                        self._postpone(name, doc, e.until)
+                        continue
                     if destroyed and on_destroyed is not None:
                         on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
                 done.append(doc)
         return done
+
+    async def _purge_one(self, repo: Repository, doc: dict[str, Any]) -> bool:
+        if doc["kind"] == PACK:
+            return await self._purge_pack(repo, PackId.parse(doc["id"]))
+        # ObjectNotFound: deleted by a purge killed before it dropped the row
+        with contextlib.suppress(ObjectNotFound):
+            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
+        return True
+
+    def _postpone(self, repo: str, doc: dict[str, Any], until: float) -> None:
+        """Keep the row of an object the store still locks, due again at its retain-until."""
+        later = {**doc, "purge_after": max(until, doc["purge_after"]), "locked_until": until}
+        with self.env.begin(write=True, db=self.db) as txn:
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(later).encode())
 
     async def _purge_pack(self, repo: Repository, pack_id: PackId) -> bool:
         """Condemned rows first, then the object (the row last, by the caller): a purge killed
@@ -183,7 +196,9 @@ class Deletions:
             return False
         try:
             entries = await pack_entries(repo, pack_id)
-        except ObjectNotFound:
+        except ObjectNotFound:  # gone, or hidden by a purge that met a lock: destroy what is left
+            with contextlib.suppress(ObjectNotFound):
+                await repo.store.delete(pack_name(pack_id))
             return True
         self._uncondemn(repo.name, pack_id, entries)
         with contextlib.suppress(ObjectNotFound):
@@ -278,7 +293,7 @@ class Deletions:
     async def revive_all_packs(self, repo: Repository) -> int:
         """Undelete of a snapshot brings back every scheduled pack: the chunks it needs are
         among them, and a later prune schedules again what is still dead."""
-        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK]
+        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK and _undoable(d)]
         for doc in docs:
             await self.revive_pack(repo, PackId.parse(doc["id"]))
         return len(docs)
@@ -368,6 +383,12 @@ async def refs_since(index: ServerIndex, repo: Repository, since: float) -> set[
 
 def chunk_ids(entries: Iterable[ManifestEntry]) -> list[ChunkId]:
     return [e.chunk_id for e in entries]
+
+
+def _undoable(doc: dict[str, Any]) -> bool:
+    """Not yet purged: a purge that met an Object Lock has hidden the object already and only
+    waits for the store to let it destroy it (`locked_until`)."""
+    return "locked_until" not in doc
 
 
 def _one(pending: list[dict[str, Any]], name: str) -> dict[str, Any]:
