@@ -14,6 +14,8 @@ rows whose `purge_after` has passed; an object the store still locks (S3 Object 
 `ObjectLocked`) keeps its row, due again at the lock's date. The window is the provider's
 (`undelete_days` in server.toml); nothing a practice sends can shorten it. Must not know
 HTTP or the alert channels: the alert service reads `scheduled_since` like any other fact.
+On a store several nodes share, these tables are this node's cache of the schedules kept in
+the store (`server.deletion_shared`), like the index is of the packs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +154,12 @@ class Deletions:
         repos: Repositories,
         now: float,
         on_destroyed: Callable[[str, dict[str, Any]], None] | None = None,
+        still_scheduled: Callable[[Repository, dict[str, Any]], Awaitable[bool]] | None = None,
     ) -> list[dict[str, Any]]:
         """Destroy every scheduled object whose window has passed: the stored object first,
         then `on_destroyed(repo, doc)` (the replication queue: peers apply the deletion), then
-        its row, so a purge killed anywhere is finished, and told, by the next one."""
+        its row, so a purge killed anywhere is finished, and told, by the next one. An object
+        `still_scheduled` denies (another node revived it) is left alone."""
         done = []
         for name in repos.names():
             repo = repos.get(name)
@@ -163,6 +167,8 @@ class Deletions:
                 if doc["purge_after"] > now:
                     continue
                 async with self.lock(name):
+                    if still_scheduled is not None and not await still_scheduled(repo, doc):
+                        continue
                     try:
                         destroyed = await self._purge_one(repo, doc)
                     except ObjectLocked as e:  # S3 Object Lock: not destroyed; try at its date
@@ -171,7 +177,7 @@ class Deletions:
                     if destroyed and on_destroyed is not None:
                         on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
-                done.append(doc)
+                done.append({**doc, "repo": name})
         return done
 
     async def _purge_one(self, repo: Repository, doc: dict[str, Any]) -> bool:
@@ -204,6 +210,42 @@ class Deletions:
         with contextlib.suppress(ObjectNotFound):
             await repo.store.delete(pack_name(pack_id))
         return True
+
+    def put_schedule(self, repo: str, doc: dict[str, Any]) -> None:
+        """Record a schedule made elsewhere (another node of a shared store): a snapshot's row
+        leaves `snapshots`; a pack this index does not hold only gets its row (catch-up then
+        skips it)."""
+        with self.env.begin(write=True) as txn:
+            if doc["kind"] == SNAPSHOT:
+                sid = SnapshotId.parse(doc["id"])
+                txn.delete(repo.encode() + b"\0" + sid, db=self.index.dbs["snapshots"])
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(doc).encode(), db=self.db)
+
+    def forget_object(self, repo: str, kind: str, ident: str) -> None:
+        """An object another node purged (docs/design.md §14, several nodes) that this index
+        still lists: its snapshot row, or its pack row and every chunk row pointing into it
+        (a scan of the repository's chunk rows: the manifest is gone with the pack), and any
+        schedule row."""
+        prefix = repo.encode() + b"\0"
+        chunks = self.index.dbs["chunks"]
+        with self.env.begin(write=True) as txn:
+            txn.delete(_key(repo, kind, ident), db=self.db)
+            if kind == SNAPSHOT:
+                txn.delete(prefix + SnapshotId.parse(ident), db=self.index.dbs["snapshots"])
+                return
+            pack_id = PackId.parse(ident)
+            if txn.delete(prefix + pack_id, db=self.index.dbs["packs"]):
+                stale = [k for k, loc in prefixed(txn.cursor(db=chunks), prefix)
+                         if loc[:ID_SIZE] == pack_id]  # fmt: skip
+                for key in stale:
+                    txn.delete(prefix + key, db=chunks)
+            for key in [k for k, loc in prefixed(txn.cursor(db=self.condemned), prefix)
+                        if loc[:ID_SIZE] == pack_id]:  # fmt: skip
+                txn.delete(prefix + key, db=self.condemned)
+
+    def drop(self, repo: str, kind: str, ident: str) -> None:
+        """Forget a schedule whose object is gone (purged by another node)."""
+        self._drop(repo, kind, ident)
 
     def _drop(self, repo: str, kind: str, ident: str) -> None:
         with self.env.begin(write=True, db=self.db) as txn:

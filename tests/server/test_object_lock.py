@@ -34,7 +34,7 @@ from server.config import ObjectLockSettings, load_config
 from server.deletion import DAY, Window, pack_entries
 from server.handlers_deletion import purge_once
 from server.objectlock import LockTable, extend_once
-from server.state import DELETIONS, INDEX, REPOS
+from server.state import DELETIONS, INDEX, REPOS, SHARED_DELETIONS
 from tests.client.test_remote import agent, random_tree
 from tests.helpers import CHEAP_KDF_ARGS
 from tests.s3kit import NodeProcess, SeaweedFS, locked_bucket, s3_settings
@@ -143,13 +143,16 @@ async def test_what_a_backup_stores_is_locked_before_it_is_acknowledged(
 
 
 async def _schedule_everything(site: Site, snapshot: str, now: float) -> list[PackId]:
-    """What forget and prune would schedule: the snapshot and every pack of the repository."""
+    """What forget and prune would schedule: the snapshot and every pack of the repository,
+    in the store too (an S3 store is shared: server.deletion_shared)."""
     deletions, repo = site.app[DELETIONS], site.app[REPOS].get(REPO)
-    deletions.schedule_snapshots(REPO, [SnapshotId.parse(snapshot)], now, WINDOW, "test")
+    shared = site.app[SHARED_DELETIONS]
+    await shared.schedule_snapshots(repo, [SnapshotId.parse(snapshot)], now, WINDOW, "test")
     packs = [row.pack_id for row in site.app[INDEX].packs(REPO)]
     for pack_id in packs:
         entries = await pack_entries(repo, pack_id)
-        deletions.schedule_pack(REPO, pack_id, entries, now, WINDOW, "test")
+        doc = deletions.schedule_pack(REPO, pack_id, entries, now, WINDOW, "test")
+        await shared.publish(repo, [doc] if doc else [])
     return packs
 
 
