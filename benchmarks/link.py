@@ -36,13 +36,12 @@ from typing import Any
 
 from benchmarks.common import MB, build_corpus, corpus_files, run_and_report
 from benchmarks.linkproxy import LinkProxy
-from benchmarks.serverkit import ServerProcess
+from benchmarks.serverkit import ROOT, ServerProcess
 from engine.ids import ChunkId, PackId
 from engine.pack import TARGET_SIZE, PackBuilder
 from engine.rates import parse_rate
 from engine.remote import RemoteBackend
 
-ROOT = Path(__file__).resolve().parents[1]
 REPO = "bench"
 PASSWORD = "link-benchmark"
 BULK_START = 0.01  # utilisation counts from when 1 % of the run's wire bytes had passed
@@ -60,9 +59,10 @@ def log(msg: str) -> None:
 
 
 @contextmanager
-def chunk_server(data: Path) -> Iterator[tuple[int, dict[str, str], int]]:
-    """Yield (port, tokens, server pid) of a fresh server with one repository."""
-    server = ServerProcess(data)
+def chunk_server(data: Path, tree: Path = ROOT) -> Iterator[tuple[int, dict[str, str], int]]:
+    """Yield (port, tokens, server pid) of a fresh server with one repository, running the code
+    of the source `tree` (default: this checkout)."""
+    server = ServerProcess(data, tree=tree)
     tokens = server.create_repo(REPO)
     with server:
         yield server.port, tokens, server.pid
@@ -186,12 +186,14 @@ def random_pack() -> tuple[PackId, bytes]:
     return builder.finish(sealed_header=os.urandom(5 * len(builder) + 45))
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _ingest(backend: RemoteBackend, packs: list[tuple[PackId, bytes]], par: int) -> float:
+async def ingest_packs(
+    backend: RemoteBackend, packs: list[tuple[PackId, bytes]], par: int
+) -> float:
     sem = asyncio.Semaphore(par)
 
     async def one(pack_id: PackId, data: bytes) -> None:
@@ -210,12 +212,12 @@ async def server_runs(url: str, token: str, n_packs: int, pid: int) -> dict[str,
         out: dict[str, Any] = {}
         for label, par in (("sequential", 1), (f"{PARALLEL} in parallel", PARALLEL)):
             packs = [random_pack() for _ in range(n_packs)]
-            size, cpu = sum(len(d) for _, d in packs), _cpu_seconds(pid)
-            seconds = await _ingest(backend, packs, par)
+            size, cpu = sum(len(d) for _, d in packs), cpu_seconds(pid)
+            seconds = await ingest_packs(backend, packs, par)
             out[label] = {
                 "packs": n_packs, "bytes": size, "seconds": round(seconds, 3),
                 "mb_per_s": round(size / MB / seconds, 1),
-                "server_cpu_s_per_gb": round((_cpu_seconds(pid) - cpu) / size * 1e9, 2),
+                "server_cpu_s_per_gb": round((cpu_seconds(pid) - cpu) / size * 1e9, 2),
             }  # fmt: skip
         out["missing"] = await _missing_rate(backend)
         return out

@@ -50,9 +50,9 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0) ->
         time.sleep(0.05)
 
 
-def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment now, running `python -m server` of this checkout."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
+def server_env(extra: Mapping[str, str] | None = None, tree: Path = ROOT) -> dict[str, str]:
+    """This process's environment now, running `python -m server` of the source `tree`."""
+    return {**os.environ, "PYTHONPATH": str(tree), **(extra or {})}
 
 
 def server_command(*args: str) -> list[str]:
@@ -60,12 +60,13 @@ def server_command(*args: str) -> list[str]:
 
 
 def cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120, tree: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m server ARGS` run to the end, its output captured (never raises on exit code)."""
+    """`python -m server ARGS` of the source `tree` (default: this checkout) run to the end, its
+    output captured (never raises on exit code)."""
     return subprocess.run(
-        server_command(*args), cwd=ROOT, env=dict(env or server_env()), capture_output=True,
-        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        server_command(*args), cwd=tree, env=dict(env or server_env(tree=tree)),
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -89,7 +90,8 @@ class ServerProcess:
 
     `data` is the server's data folder; the log (stdout and stderr, appended across restarts)
     goes to `log`, by default DATA.log beside it. `config`, `store` and `tls` are passed to
-    `serve` and (but `tls`) to every offline command of `cli`; `serve_args` to `serve` only."""
+    `serve` and (but `tls`) to every offline command of `cli`; `serve_args` to `serve` only.
+    `tree` is the source tree run, e.g. a baseline checkout to compare with."""
 
     def __init__(
         self,
@@ -104,10 +106,12 @@ class ServerProcess:
         name: str = "",
         preexec: Callable[[], None] | None = None,
         serve_args: Sequence[str] = (),
+        tree: Path = ROOT,
     ) -> None:
         self.data, self.config, self.store, self.tls = data, config, store, tls
         self.port = port or free_port()
-        self.env = server_env(env)
+        self.tree = tree  # the source tree whose `server` runs (default: this checkout)
+        self.env = server_env(env, tree)
         self.log = log or data.parent / f"{data.name}.log"
         self.name = name or data.name
         self.preexec = preexec  # run in the child before `serve` starts, e.g. to set rlimits
@@ -140,7 +144,7 @@ class ServerProcess:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """`python -m server ARGS` on this server's data, config and store."""
-        return cli(*args, *self._where(), env=self.env, timeout=timeout)
+        return cli(*args, *self._where(), env=self.env, timeout=timeout, tree=self.tree)
 
     def cli_json(self, *args: str) -> Any:
         """`cli(ARGS --json)`, which must exit 0; its parsed output."""
@@ -164,7 +168,7 @@ class ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                server_command(*args), cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                server_command(*args), cwd=self.tree, env=self.env, stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, preexec_fn=self.preexec,
             )  # fmt: skip
         wait_for(f"{self.name}'s /v1/health", self.healthy, START_TIMEOUT)
