@@ -54,3 +54,18 @@ def test_offline_commands_use_the_same_config_and_say_why_they_failed(tmp_path: 
     with pytest.raises(AssertionError, match=r"exited 11: .*already exists"):
         server.create_repo()
     assert server.pack_files() == []
+
+
+def test_the_server_runs_from_the_source_tree_it_is_given(tmp_path: Path) -> None:
+    """A baseline comparison (benchmarks.ingest) runs another checkout's `server`."""
+    fake = tmp_path / "other-checkout" / "server"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(
+        "import sys\nsys.exit(f'the other server was asked {sys.argv[1]}')\n"
+    )
+    elsewhere = ServerProcess(tmp_path / "data", tree=fake.parent)
+    done = elsewhere.cli("reindex")
+    assert (done.returncode, done.stderr) == (1, "the other server was asked reindex\n")
+    with pytest.raises(AssertionError, match="the other server was asked serve"):
+        elsewhere.start()
