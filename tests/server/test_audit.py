@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 import blake3
 
+from benchmarks.serverkit import cli
 from engine.keys import key_name
 from server.audit import verify
 from server.auth import hash_token
 from server.state import AUDIT
 from tests.server.conftest import REPO, Harness, make_key_object, make_pack
-from tests.server.test_process import cli
 
 
 async def traffic(srv: Harness, http: aiohttp.ClientSession) -> None:

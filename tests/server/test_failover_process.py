@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.serverkit import cli
 from tests.conftest import build_dicom_tree
 from tests.helpers import CHEAP_KDF_ARGS, PASSPHRASE, Vault, restored, tree_state
-from tests.server.test_process import cli
 from tests.server.test_replication_process import REPO, Site, settled, wait_until
 from tests.server.test_replication_process import sites as sites_fixture
 

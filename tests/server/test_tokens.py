@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.server.test_process import cli
+from benchmarks.serverkit import cli
 from tests.server.test_replication_process import REPO, Site, settled, sites, wait_until
 
 __all__ = ["sites"]  # the fixture
