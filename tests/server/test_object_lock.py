@@ -25,11 +25,14 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from client.cli_forget import pending_line
 from engine.clock import SimulatedClock
 from engine.errors import UsageError
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
+from engine.remote import RemoteBackend
 from engine.store.s3 import open_api
+from server.catchup import publish_tokens
 from server.config import ObjectLockSettings, load_config
 from server.deletion import DAY, Window, pack_entries
 from server.handlers_deletion import purge_once
@@ -156,6 +159,17 @@ async def _schedule_everything(site: Site, snapshot: str, now: float) -> list[Pa
     return packs
 
 
+async def _listed(site: Site) -> list[dict[str, Any]]:
+    """`GET deletions` through the practice's admin token, as `dicomvault undelete` lists."""
+    # Published as the node's task would, so its recheck after the clock's jump keeps it.
+    await publish_tokens(site.app[INDEX], site.app[REPOS].site)
+    backend = RemoteBackend(f"{site.url}/{REPO}", site.tokens[REPO]["admin"])
+    try:
+        return await backend.pending_deletions()
+    finally:
+        await backend.close()
+
+
 async def test_the_purge_destroys_a_locked_object_only_after_its_date(
     seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
@@ -172,7 +186,14 @@ async def test_the_purge_destroys_a_locked_object_only_after_its_date(
         assert all(d["purge_after"] == d["locked_until"] for d in pending)
         for name in names:  # hidden, not destroyed: the locked version is still there
             assert [m for _, m in _versions(site, _key(site, name))].count(False) == 1
-        # Past the window it is purged, only not destroyed yet: undelete brings nothing back.
+        # Past the window it is purged, only not destroyed yet: undelete brings nothing back,
+        # and its listing says so, with the lock's date.
+        listed = await _listed(site)
+        assert {d["id"]: d["locked_until"] for d in listed} == {
+            d["id"]: d["locked_until"] for d in pending
+        }
+        line = pending_line(next(d for d in listed if d["kind"] == "snapshot"))
+        assert "can no longer be undone" in line and "Object Lock keeps it until" in line
         deletions = site.app[DELETIONS]
         assert deletions.undelete(REPO, None) == []
         assert await deletions.revive_all_packs(site.app[REPOS].get(REPO)) == 0
