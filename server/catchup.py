@@ -323,6 +323,9 @@ class CatchUp:
             if data is not None:  # None: folded and deleted by another node just now
                 rows.append((parsed[1], data))
         first, last = batch[0][0], batch[-1][0]
+        cursor.segmented = last
+        if not rows:  # all folded into another node's segment and deleted meanwhile
+            return
         seg = segment_name(first, last)
         if not await repo.store.put(seg, encode_segment(rows)):
             # Another node wrote this segment first: delete only what it holds.
@@ -330,7 +333,6 @@ class CatchUp:
             report.requests += 1
         else:
             report.segments_written += 1
-        cursor.segmented = last
         folded = [names[p] for p, _ in rows if p in names]
         await _bounded([partial(_delete_quietly, repo.store, name) for name in folded])
         report.requests += len(folded)
