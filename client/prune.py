@@ -184,7 +184,7 @@ async def refresh(repo: Repository) -> None:
     """The index exactly as the backend's packs are now (after the lock: nothing is removed
     from here on but by this prune)."""
     listed = {p async for p in repo.backend.list_packs()}
-    repo.forget_packs({p for p, _ in repo.index.pack_sizes() if p not in listed})
+    repo.forget_packs(repo.index.indexed_packs() - listed)
     await repo.sync_index()
     repo.index.drop_unknown()
 
