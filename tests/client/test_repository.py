@@ -11,7 +11,7 @@ from client.backup import Backup
 from client.repository import Repository
 from engine.backend import LocalBackend
 from engine.errors import RepositoryExists, RepositoryNotFound, TransientError, WrongPassphrase
-from engine.ids import ChunkId, PackId
+from engine.ids import ChunkId
 from engine.pack import PackBuilder
 from engine.packer import read_manifest
 from engine.repoconfig import init_repository
