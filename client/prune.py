@@ -190,8 +190,11 @@ async def refresh(repo: Repository) -> None:
 
 
 async def _mark(repo: Repository, live: LiveSet) -> int:
-    snapshots = await repo.snapshots()
-    for _, _, body in snapshots:
+    """Add every chunk the snapshots reference to `live`, one snapshot and 50,000 ids at a
+    time; return how many snapshots."""
+    count = 0
+    async for _, _, body in repo.each_snapshot():
+        count += 1
         live.add(cid for cid, _ in body.tree)
         batch: list[ChunkId] = []
         async for entry in catalogue(repo, body):
@@ -200,7 +203,7 @@ async def _mark(repo: Repository, live: LiveSet) -> int:
                 live.add(batch)
                 batch = []
         live.add(batch)
-    return len(snapshots)
+    return count
 
 
 def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
@@ -239,7 +242,8 @@ def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
 async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
     """Copy each live blob whose location is a pack being repacked into new packs, sealed
     blobs as they are (their id is their associated data, so no re-encryption), then make the
-    new copies the locations."""
+    new copies the locations. Memory: one source pack, the pack being built, and the ids of
+    its blobs (their locations move once it is uploaded)."""
     if not report.plan.repack:
         return
     written: set[PackId] = set()
@@ -251,28 +255,46 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
     packer = Packer(repo.key, repo.index, put)
     moved: list[ChunkId] = []
     for source in report.plan.repack:
-        data = await repo.backend.get_pack(source)
-        info = read_pack_info(data)
-        sealed_header = data[info.header_offset : info.header_offset + info.header_len]
-        header = header_entries(blob.open_plaintext(repo.key, PACK_HEADER_AD, sealed_header))
-        for e, (raw_len, content) in zip(info.entries, header, strict=True):
-            loc = repo.index.lookup(e.chunk_id)
-            if loc is None or loc.pack_id != source or e.chunk_id in packer:
-                continue  # its live copy is elsewhere
-            if e.chunk_id not in live:
-                continue  # no snapshot needs it
-            packer.add(e.chunk_id, data[e.offset : e.offset + e.length], raw_len, content)
-            moved.append(e.chunk_id)
+        for cid, sealed, raw_len, content in await _live_blobs(repo, source, live, packer):
+            packer.add(cid, sealed, raw_len, content)
+            moved.append(cid)
             if packer.full:
                 await packer.flush()
+                _move(repo, moved, written)
     await packer.flush()
+    _move(repo, moved, written)
     report.packs_written, report.bytes_written = packer.packs_written, packer.bytes_written
-    moves = []  # the new copy becomes the location; the old one is scheduled next
+
+
+async def _live_blobs(
+    repo: Repository, source: PackId, live: LiveSet, packer: Packer
+) -> list[tuple[ChunkId, bytes, int, int]]:
+    """The blobs of `source` a snapshot needs whose live copy is this one, not yet copied."""
+    data = await repo.backend.get_pack(source)
+    info = read_pack_info(data)
+    sealed_header = data[info.header_offset : info.header_offset + info.header_len]
+    header = header_entries(blob.open_plaintext(repo.key, PACK_HEADER_AD, sealed_header))
+    out = []
+    for e, (raw_len, content) in zip(info.entries, header, strict=True):
+        loc = repo.index.lookup(e.chunk_id)
+        if loc is None or loc.pack_id != source or e.chunk_id in packer:
+            continue  # its live copy is elsewhere
+        if e.chunk_id not in live:
+            continue  # no snapshot needs it
+        out.append((e.chunk_id, data[e.offset : e.offset + e.length], raw_len, content))
+    return out
+
+
+def _move(repo: Repository, moved: list[ChunkId], written: set[PackId]) -> None:
+    """The uploaded new copies of `moved` become their locations (the old ones are scheduled
+    next); `moved` is emptied."""
+    moves = []
     for cid in moved:
         copy = next((o for o in repo.index.others(cid) if o.pack_id in written), None)
         if copy is not None:
             moves.append((cid, copy))
     repo.index.prefer_many(moves)
+    moved.clear()
 
 
 async def _schedule(repo: Repository, backend: Pruning, holder: str, report: PruneReport) -> None:

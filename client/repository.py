@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,17 +242,23 @@ class Repository:
             raise IntegrityError(f"snapshot {snapshot_id.hex()}: {message}") from None
 
     async def snapshots(self) -> list[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
-        """Every snapshot that authenticates, oldest first; the others are skipped and named in
-        `warnings`, so one planted or damaged record never hides the good ones."""
-        out = []
+        """Every snapshot that authenticates, oldest first (`each_snapshot`, all held)."""
+        out = [s async for s in self.each_snapshot()]
+        return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
+
+    async def each_snapshot(self) -> AsyncIterator[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
+        """Every snapshot that authenticates, one at a time in listing order; the others are
+        skipped and named in `warnings`, so one planted or damaged record never hides the good
+        ones. Records come without their `refs` and sealed body (checked, then dropped): a
+        first backup's refs name every chunk it stored, so the records of every snapshot would
+        hold the repository's chunk ids (docs/design.md §14, "Memory")."""
         for sid in await self.backend.list_snapshots():
             try:
                 record, body = await self.load_snapshot(sid)
             except (IntegrityError, ObjectNotFound) as e:  # not found: quarantined since listed
                 self.warn(f"skipped {e}")
                 continue
-            out.append((sid, record, body))
-        return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
+            yield sid, dataclasses.replace(record, refs=(), sealed=b""), body
 
     async def resolve(self, name: str) -> SnapshotId:
         """Snapshot by `latest`, full id or unique id prefix.
