@@ -1,7 +1,8 @@
 """`dicomvault dicom-serve`: its options, their checks, and running the server until a signal.
 
 The server itself is `client.dicomserve`; this module only turns arguments (and the environment,
-through `client.cli_common`) into a `ServeConfig`, the list of sites and a running process.
+through `client.cli_common`) into a `ServeConfig`, the list of sites (read through one read-only
+`engine.failover.FailoverBackend`) and a running process.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.cli_common import as_of_option, cache_root, read_passphrase
+from client.cli_common import (
+    as_of_option,
+    cache_root,
+    read_passphrase,
+    repository_sites,
+    repository_token,
+)
 from client.repository import Repository, now_rfc3339
 from engine.backend import Backend, LocalBackend
 from engine.errors import UsageError
@@ -130,15 +136,16 @@ def read_tokens(path: Path) -> dict[str, str]:
 
 
 def site_backends(args: argparse.Namespace) -> list[Backend]:
+    """The repository's sites as every command finds them (`--repo`, `DICOMVAULT_REPO` with its
+    comma-separated URLs, or the client configuration's [[sites]]), then each `--site`."""
     import aiohttp
 
     from engine.remote import RemoteBackend
 
-    first = args.repo or os.environ.get("DICOMVAULT_REPO")
-    locations = [loc for loc in (first, *args.site) if loc]
+    locations = [loc for loc in (*repository_sites(args), *args.site) if loc]
     if not locations:
         raise UsageError("no repository given: use --repo, DICOMVAULT_REPO or --site")
-    token = args.token or os.environ.get("DICOMVAULT_TOKEN") or ""
+    token = repository_token(args)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=SITE_CONNECT_TIMEOUT, sock_read=120)
     out: list[Backend] = []
     for loc in locations:
@@ -166,13 +173,13 @@ def ready_line(args: argparse.Namespace, up: Listening, config: ServeConfig) -> 
 
 async def cmd_dicom_serve(args: argparse.Namespace) -> int:
     from client.dicomserve.service import serve
-    from client.dicomserve.sites import SitesBackend
+    from engine.failover import FailoverBackend
 
     config = serve_config(args)
     logging.basicConfig(
         level=logging.WARNING, format="dicom-serve: %(levelname)s %(name)s: %(message)s"
     )
-    backend = SitesBackend(site_backends(args))
+    backend = FailoverBackend(site_backends(args), read_only=True)  # design §13: no prune here
     try:
         repo = await Repository.open(backend, read_passphrase(args), cache_root(args))
     except BaseException:

@@ -152,15 +152,24 @@ class Repository:
         raise IntegrityError("; ".join(errors))
 
     async def _read_at(self, chunk_id: ChunkId, loc: Location) -> bytes:
-        sealed = await self.backend.get_pack_range(loc.pack_id, loc.offset, loc.length)
-        try:
-            if len(sealed) != loc.length:
-                raise IntegrityError("pack is truncated")
-            return await asyncio.get_running_loop().run_in_executor(
-                _OPENING, blob.open_blob, self.key, chunk_id, sealed
-            )
-        except IntegrityError as e:
-            raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
+        """The chunk at `loc`; a copy that fails authentication at one site of several is read
+        at the next (`Backend.read_checked`)."""
+
+        async def opened(sealed: bytes) -> bytes:
+            try:
+                if len(sealed) != loc.length:
+                    raise IntegrityError("pack is truncated")
+                return await asyncio.get_running_loop().run_in_executor(
+                    _OPENING, blob.open_blob, self.key, chunk_id, sealed
+                )
+            except IntegrityError as e:
+                raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
+
+        return await self.backend.read_checked(
+            f"pack {loc.pack_id.short()}",
+            lambda b: b.get_pack_range(loc.pack_id, loc.offset, loc.length),
+            opened,
+        )
 
     # snapshots
 

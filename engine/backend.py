@@ -16,10 +16,9 @@ back and made again listing every chunk, bringing back from trash what it needs.
 from __future__ import annotations
 
 import contextlib
-import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from engine.clock import SYSTEM, Clock
 from engine.commit import CommitRecord, snapshot_id_of, snapshot_name, verify_commit
@@ -27,12 +26,14 @@ from engine.errors import NotFound, ObjectNotFound, RepositoryNotFound, UsageErr
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.pack import pack_name, read_pack_info_ranged, verify_pack
 from engine.protocol.errors import FullRefsRequired, PruneLocked
+from engine.prunelog import GENERATIONS, PruneLog, live
 from engine.store.base import Store
 
+T = TypeVar("T")
+U = TypeVar("U")
 CONFIG_NAME = "config"
 TRASH = "trash/snapshots"  # a local repository's forgotten commit records
 TRASH_PACKS = "trash/packs"  # and the packs its prunes removed
-GENERATIONS = "locks/generation"  # a local repository's prune log: one object per generation
 COMMIT_POLL = 1.0  # seconds between a local commit's looks at a prune lock
 COMMIT_WAIT = 6 * 3600.0  # a local commit waits this long for a prune, then fails (exit 14)
 UNDELETE_WINDOW = 14 * 86_400.0  # a chunk server's default; its provider may set more
@@ -91,6 +92,17 @@ class Backend(ABC):
     async def get_pack_tail(self, pack_id: PackId, length: int) -> tuple[int, bytes]:
         """Return (pack size, its last `length` bytes): enough to read a trailer and manifest."""
         raise NotImplementedError
+
+    async def read_checked(
+        self,
+        what: str,
+        read: Callable[[Backend], Awaitable[T]],
+        check: Callable[[T], Awaitable[U]],
+    ) -> U:
+        """`check(read(self))`, for a read of an object that is the same wherever it is held
+        (a pack range the caller authenticates with the key): a backend with several sites
+        reads it at the next when `check` fails (`engine.failover`, docs/design.md §17)."""
+        return await check(await read(self))
 
     async def has_pack(self, pack_id: PackId) -> bool:
         """Whether the repository holds this pack (without fetching it)."""
@@ -350,28 +362,13 @@ class LocalBackend(Backend, Pruning):
 
     async def _log(self) -> tuple[int, dict[str, Any]]:
         """The newest prune-log entry: (generation, {holder, expires}); (0, {}) if none."""
-        for _ in range(20):
-            names = [n async for n in self.store.list(GENERATIONS)]
-            if not names:
-                return 0, {}
-            try:
-                return int(names[-1].rsplit("/", 1)[-1], 16), json.loads(
-                    await self.store.get(names[-1])
-                )
-            except ObjectNotFound:  # a release tidied it away meanwhile: look again
-                continue
-        raise PruneLocked(f"{self.location}/{GENERATIONS} keeps changing")
+        return await PruneLog(self.store, self.location).newest()
 
     def _live(self, doc: dict[str, Any]) -> bool:
-        return doc.get("holder") is not None and float(doc["expires"]) > self.clock.time()
+        return live(doc, self.clock.time())
 
     async def _append(self, after: int, doc: dict[str, Any]) -> int:
-        """Append generation `after + 1`; False from the store (another appended it first)
-        is a lost race the caller reports."""
-        n = after + 1
-        if not await self.store.put(f"{GENERATIONS}/{n:016x}", json.dumps(doc).encode()):
-            raise PruneLocked(f"another prune changed {self.location}/{GENERATIONS} just now")
-        return n
+        return await PruneLog(self.store, self.location).append(after, doc)
 
     async def generation(self) -> int:
         return (await self._log())[0]
@@ -428,9 +425,7 @@ class LocalBackend(Backend, Pruning):
         if held.get("holder") != holder:
             return
         n = await self._append(n, {"holder": None, "expires": 0})
-        async for name in self.store.list(GENERATIONS):  # keep the newest two
-            if int(name.rsplit("/", 1)[-1], 16) < n - 1:
-                await self.store.delete(name)
+        await PruneLog(self.store, self.location).tidy(n)
 
     async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
         n, held = await self._log()

@@ -69,6 +69,14 @@ class InvalidName(StoreError):
     """Invalid object name."""
 
 
+class ObjectLocked(StoreError):
+    """The object store keeps a version of this object under an Object Lock retention."""
+
+    def __init__(self, message: str | None = None, until: float = 0.0) -> None:
+        super().__init__(message)
+        self.until = until  # the retain-until date (unix seconds) of the latest locked version
+
+
 class PermissionDenied(StoreError):
     """Not allowed with these credentials."""
 

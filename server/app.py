@@ -34,6 +34,7 @@ from server.index import ServerIndex
 from server.intake import complete_intakes
 from server.metrics import Metrics
 from server.monitor import routes as monitor_routes
+from server.objectlock import objectlock_ctx
 from server.replica import routes as replica_routes
 from server.replication.service import Replication
 from server.repos import open_repositories
@@ -253,7 +254,7 @@ def make_app(
         client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
-    app[REPOS] = open_repositories(config)
+    app[REPOS] = open_repositories(config, clock)
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
@@ -266,6 +267,7 @@ def make_app(
     app.cleanup_ctx.append(_scrub_ctx)
     app.cleanup_ctx.append(_alerts_ctx)
     app.cleanup_ctx.append(purge_ctx)
+    app.cleanup_ctx.append(objectlock_ctx)
     app.add_routes(routes)
     app.add_routes(replica_routes)
     app.add_routes(event_routes)

@@ -29,7 +29,6 @@ from engine.clock import Clock
 
 GENESIS = "0" * 64
 SYNC_INTERVAL = 1.0  # seconds between fsyncs of the trail
-TOKEN_ID_HEX = 12
 
 
 def line_hash(prev: str, fields: dict[str, Any]) -> str:

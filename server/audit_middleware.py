@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from server.audit import AuditTrail
-from server.auth import hash_token
+from server.auth import hash_token, token_id
 from server.state import AUDIT, CLOCK, CONFIG, INDEX
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-TOKEN_ID_HEX = 12
 _OBJECT_KEYS = ("id", "key", "event")  # match_info names that identify an object
 
 
@@ -53,7 +52,7 @@ def _record(request: web.Request, response: web.StreamResponse | None, status: i
     info = request.match_info
     resource = info.route.resource
     fields = {
-        "token": digest.hex()[:TOKEN_ID_HEX],
+        "token": token_id(digest),
         "role": doc.get("role", ""),
         "repo": info.get("name", doc.get("repo", "")),
         "method": request.method,

@@ -12,6 +12,7 @@ import enum
 import hmac
 import re
 import secrets
+from typing import Any
 
 import blake3
 from aiohttp import web
@@ -30,6 +31,7 @@ TOKEN_BYTES = 32
 # Every minted token starts with this, so none is ever taken for a command-line option (a bare
 # token_urlsafe begins with '-' once in 64) and a leaked one is recognisable in logs.
 TOKEN_PREFIX = "dv_"
+TOKEN_ID_HEX = 12  # enough to tell a site's tokens apart; never enough to find one
 
 
 class Role(enum.StrEnum):
@@ -60,14 +62,22 @@ def hash_token(token: str) -> bytes:
     return blake3.blake3(token.encode()).digest()
 
 
+def token_id(digest: bytes) -> str:
+    """A token's short id, as `dicomvault-server token list` and the audit trail show it."""
+    return digest.hex()[:TOKEN_ID_HEX]
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def mint_token(index: ServerIndex, repo: str, role: Role, now: float) -> str:
+def mint_token(index: ServerIndex, repo: str, role: Role, now: float, label: str = "") -> str:
     """Create a token for `repo` with `role`; only its hash is stored, so show it once."""
     token = new_token()
-    index.put_token(hash_token(token), {"repo": repo, "role": str(role), "created": now})
+    doc: dict[str, Any] = {"repo": repo, "role": str(role), "created": now}
+    if label:
+        doc["label"] = label
+    index.put_token(hash_token(token), doc)
     return token
 
 

@@ -6,7 +6,9 @@ upload is acknowledged, holding the pack's manifest entries) and the catch-up th
 node that meets a chunk or pack its index lacks lists the log after its cursor (less a window
 for clock skew between nodes), and indexes each pack it does not know whose bytes are in the
 store, without reading the pack. Commits are caught up by listing `snapshots/`, token hashes by
-reading `tokens/<hash>` from the site store. Must not know HTTP or decide who may do what.
+reading `tokens/<hash>` from the site store. What this node holds scheduled for deletion is
+never indexed or listed again (server.deletion_shared keeps those schedules in step). Must
+not know HTTP or decide who may do what.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from engine.errors import DicomvaultError, FormatError, ObjectNotFound
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import ManifestEntry, pack_name
 from engine.store.base import Store
+from server.deletion import PACK as PACK_KIND
+from server.deletion import SNAPSHOT as SNAP_KIND
+from server.deletion import Deletions
 from server.index import ServerIndex
 from server.reindex import snapshot_summary
 from server.repos import Repository
@@ -314,6 +319,7 @@ class CatchUp:
         """Index the entries of packs this index lacks and the store still holds (not
         quarantined since): a HEAD each for a few, one listing of `packs/` for many."""
         known = await self._known(repo, [p for p, _ in rows])
+        known |= await asyncio.to_thread(self._scheduled, repo.name, PACK_KIND)
         new = [(p, d) for p, d in rows if p not in known]
         stored = await self._stored(repo, [p for p, _ in new], report)
         decoded = []
@@ -329,6 +335,12 @@ class CatchUp:
         await asyncio.to_thread(self.index.add_packs, repo.name, decoded)
         report.packs += len(decoded)
         report.chunks += sum(len(entries) for *_, entries in decoded)
+
+    def _scheduled(self, repo: str, kind: str) -> set[Any]:
+        """What this node holds scheduled for deletion (server.deletion): catch-up must not
+        index it again, or list it (docs/design.md §14, several nodes)."""
+        parse = PackId.parse if kind == PACK_KIND else SnapshotId.parse
+        return {parse(d["id"]) for d in Deletions(self.index).pending(repo) if d["kind"] == kind}
 
     async def _stored(
         self, repo: Repository, packs: Sequence[PackId], report: CatchUpReport
@@ -349,6 +361,7 @@ class CatchUp:
         known = {
             sid.hex() for sid, _ in await asyncio.to_thread(list, self.index.snapshots(repo.name))
         }
+        known |= {s.hex() for s in await asyncio.to_thread(self._scheduled, repo.name, SNAP_KIND)}
         added = 0
         async for name in repo.store.list("snapshots"):
             ident = name.rsplit("/", 1)[-1]

@@ -25,6 +25,7 @@ from engine.errors import DicomvaultError, InvalidName, UsageError
 from server.auth import REPO_NAME_RULE
 from server.cli_audit import audit_parser, cmd_audit
 from server.cli_failover import cmd_promote, promote_parser
+from server.cli_token import cmd_token, token_parser
 from server.config import ServerConfig, load_config
 
 
@@ -400,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     _monitor_parsers(sub)
     audit_parser(sub, _data_arg)
     promote_parser(sub, _data_arg)
+    token_parser(sub, _data_arg)
+    sub.choices["token"].set_defaults(func=lambda a: cmd_token(a, _existing(_config(a))))
     sub.choices["promote"].set_defaults(func=lambda a: cmd_promote(a, _existing(_config(a))))
     sub.choices["audit"].set_defaults(func=lambda a: cmd_audit(a, _existing(_config(a))))
     return parser

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.rates import parse_rate
-from engine.store.s3 import S3Settings, parse_s3_url
+from engine.store.s3 import LOCK_MODES, S3Settings, parse_s3_url
 from server.alerts.settings import (
     AlertSettings,
     AlertSite,
@@ -25,6 +25,23 @@ from server.replication.settings import PeerConfig, ReplicationSettings, peers_f
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8420
+
+
+DEFAULT_LOCK_DAYS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLockSettings:
+    """`[object_lock]` (docs/design.md §14 "Object Lock"): packs, commit records, key objects
+    and the config of every repository are put with this retention, `days` long, extended
+    while they live; only with an S3 store whose bucket has Object Lock enabled."""
+
+    mode: str = "COMPLIANCE"
+    days: float = DEFAULT_LOCK_DAYS
+
+
+OBJECT_LOCK_KEYS = ("mode", "days")
+LOCK_MARGIN_DAYS = 2.0  # a live object keeps at least undelete_days + this of its lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +97,8 @@ class ServerConfig:
     # (`store = "s3://BUCKET/PREFIX"` or --store, with `[s3]` or the AWS_* variables). DATA
     # then holds only this node's index (a cache, 3.1.3).
     store: S3Settings | None = None
+    # S3 Object Lock retention of what forget and prune could remove (`[object_lock]`).
+    object_lock: ObjectLockSettings | None = None
 
     @property
     def index_path(self) -> Path:
@@ -123,7 +142,41 @@ def _coerce(name: str, value: Any) -> Any:
         return alerts_from_dict(value)
     if name == "repos":
         return repos_from_dict(value)
+    if name == "object_lock":
+        return object_lock_from_dict(value)
     return value
+
+
+def object_lock_from_dict(doc: Any) -> ObjectLockSettings:
+    if not isinstance(doc, dict):
+        raise UsageError("[object_lock] must be a table")
+    unknown = sorted(set(doc) - set(OBJECT_LOCK_KEYS))
+    if unknown:
+        raise UsageError(f"unknown [object_lock] settings: {', '.join(unknown)}")
+    mode = doc.get("mode", "COMPLIANCE")
+    if mode not in LOCK_MODES:
+        raise UsageError(f"object_lock.mode must be one of {', '.join(LOCK_MODES)}, got {mode!r}")
+    days = doc.get("days", DEFAULT_LOCK_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= 36_500:
+        raise UsageError(f"object_lock.days must be a number of days (up to 36500), got {days!r}")
+    return ObjectLockSettings(mode, float(days))
+
+
+def _check_object_lock(config: ServerConfig) -> None:
+    lock = config.object_lock
+    if lock is None:
+        return
+    if config.store is None:
+        raise UsageError(
+            '[object_lock] needs an S3 store (store = "s3://BUCKET/PREFIX"): a local folder '
+            "store has no Object Lock"
+        )
+    least = config.undelete_days + LOCK_MARGIN_DAYS + 1
+    if lock.days < least:
+        raise UsageError(
+            f"object_lock.days must be at least undelete_days + {LOCK_MARGIN_DAYS + 1:g} "
+            f"({least:g}), got {lock.days:g}"
+        )
 
 
 S3_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token")
@@ -179,6 +232,7 @@ def load_config(
     config = ServerConfig(**values)
     if not config.undelete_days >= 1:
         raise UsageError(f"undelete_days must be at least 1, got {config.undelete_days!r}")
+    _check_object_lock(config)
     if (config.tls_cert is None) != (config.tls_key is None):
         raise UsageError("TLS needs both a certificate and a key")
     return config

@@ -10,9 +10,12 @@ back. Scheduling a pack takes its `packs` row and the `chunks` rows pointing int
 the index (so `missing` reports those chunks and `GET packs/<id>` answers 404) and keeps the
 chunk rows in `condemned` (chunk → where it was), so a commit that still needs a chunk revives
 its pack. Only `purge_due`, run on the server's injected clock, deletes stored objects, and only
-rows whose `purge_after` has passed. The window is the provider's (`undelete_days` in
-server.toml); nothing a practice sends can shorten it. Must not know HTTP or the alert
-channels: the alert service reads `scheduled_since` like any other fact.
+rows whose `purge_after` has passed; an object the store still locks (S3 Object Lock,
+`ObjectLocked`) keeps its row, due again at the lock's date. The window is the provider's
+(`undelete_days` in server.toml); nothing a practice sends can shorten it. Must not know
+HTTP or the alert channels: the alert service reads `scheduled_since` like any other fact.
+On a store several nodes share, these tables are this node's cache of the schedules kept in
+the store (`server.deletion_shared`), like the index is of the packs.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from engine.commit import CommitRecord, snapshot_name
-from engine.errors import DicomvaultError, NotFound, ObjectNotFound
+from engine.errors import DicomvaultError, NotFound, ObjectLocked, ObjectNotFound
 from engine.ids import ID_SIZE, ChunkId, PackId, SnapshotId
 from engine.pack import ManifestEntry, pack_name, read_pack_info_ranged
 from engine.protocol.errors import PruneLocked
@@ -114,7 +117,7 @@ class Deletions:
         """Bring back the named scheduled snapshots (by full id or unique prefix), or all of a
         repository's when `ids` is None. Unknown names raise `NotFound` before any change.
         Scheduled packs are not named here (`revive_all_packs` brings them back)."""
-        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT]
+        pending = [d for d in self.pending(repo) if d["kind"] == SNAPSHOT and _undoable(d)]
         chosen = pending if ids is None else [_one(pending, name) for name in ids]
         snaps = self.index.dbs["snapshots"]
         with self.env.begin(write=True) as txn:
@@ -151,10 +154,12 @@ class Deletions:
         repos: Repositories,
         now: float,
         on_destroyed: Callable[[str, dict[str, Any]], None] | None = None,
+        still_scheduled: Callable[[Repository, dict[str, Any]], Awaitable[bool]] | None = None,
     ) -> list[dict[str, Any]]:
         """Destroy every scheduled object whose window has passed: the stored object first,
         then `on_destroyed(repo, doc)` (the replication queue: peers apply the deletion), then
-        its row, so a purge killed anywhere is finished, and told, by the next one."""
+        its row, so a purge killed anywhere is finished, and told, by the next one. An object
+        `still_scheduled` denies (another node revived it) is left alone."""
         done = []
         for name in repos.names():
             repo = repos.get(name)
@@ -162,18 +167,32 @@ class Deletions:
                 if doc["purge_after"] > now:
                     continue
                 async with self.lock(name):
-                    if doc["kind"] == PACK:
-                        destroyed = await self._purge_pack(repo, PackId.parse(doc["id"]))
-                    else:
-                        # ObjectNotFound: deleted by a purge killed before it dropped the row
-                        with contextlib.suppress(ObjectNotFound):
-                            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
-                        destroyed = True
+                    if still_scheduled is not None and not await still_scheduled(repo, doc):
+                        continue
+                    try:
+                        destroyed = await self._purge_one(repo, doc)
+                    except ObjectLocked as e:  # S3 Object Lock: not destroyed; try at its date
+                        self._postpone(name, doc, e.until)
+                        continue
                     if destroyed and on_destroyed is not None:
                         on_destroyed(name, doc)
                     self._drop(name, doc["kind"], doc["id"])
-                done.append(doc)
+                done.append({**doc, "repo": name})
         return done
+
+    async def _purge_one(self, repo: Repository, doc: dict[str, Any]) -> bool:
+        if doc["kind"] == PACK:
+            return await self._purge_pack(repo, PackId.parse(doc["id"]))
+        # ObjectNotFound: deleted by a purge killed before it dropped the row
+        with contextlib.suppress(ObjectNotFound):
+            await repo.store.delete(snapshot_name(SnapshotId.parse(doc["id"])))
+        return True
+
+    def _postpone(self, repo: str, doc: dict[str, Any], until: float) -> None:
+        """Keep the row of an object the store still locks, due again at its retain-until."""
+        later = {**doc, "purge_after": max(until, doc["purge_after"]), "locked_until": until}
+        with self.env.begin(write=True, db=self.db) as txn:
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(later).encode())
 
     async def _purge_pack(self, repo: Repository, pack_id: PackId) -> bool:
         """Condemned rows first, then the object (the row last, by the caller): a purge killed
@@ -183,12 +202,50 @@ class Deletions:
             return False
         try:
             entries = await pack_entries(repo, pack_id)
-        except ObjectNotFound:
+        except ObjectNotFound:  # gone, or hidden by a purge that met a lock: destroy what is left
+            with contextlib.suppress(ObjectNotFound):
+                await repo.store.delete(pack_name(pack_id))
             return True
         self._uncondemn(repo.name, pack_id, entries)
         with contextlib.suppress(ObjectNotFound):
             await repo.store.delete(pack_name(pack_id))
         return True
+
+    def put_schedule(self, repo: str, doc: dict[str, Any]) -> None:
+        """Record a schedule made elsewhere (another node of a shared store): a snapshot's row
+        leaves `snapshots`; a pack this index does not hold only gets its row (catch-up then
+        skips it)."""
+        with self.env.begin(write=True) as txn:
+            if doc["kind"] == SNAPSHOT:
+                sid = SnapshotId.parse(doc["id"])
+                txn.delete(repo.encode() + b"\0" + sid, db=self.index.dbs["snapshots"])
+            txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(doc).encode(), db=self.db)
+
+    def forget_object(self, repo: str, kind: str, ident: str) -> None:
+        """An object another node purged (docs/design.md §14, several nodes) that this index
+        still lists: its snapshot row, or its pack row and every chunk row pointing into it
+        (a scan of the repository's chunk rows: the manifest is gone with the pack), and any
+        schedule row."""
+        prefix = repo.encode() + b"\0"
+        chunks = self.index.dbs["chunks"]
+        with self.env.begin(write=True) as txn:
+            txn.delete(_key(repo, kind, ident), db=self.db)
+            if kind == SNAPSHOT:
+                txn.delete(prefix + SnapshotId.parse(ident), db=self.index.dbs["snapshots"])
+                return
+            pack_id = PackId.parse(ident)
+            if txn.delete(prefix + pack_id, db=self.index.dbs["packs"]):
+                stale = [k for k, loc in prefixed(txn.cursor(db=chunks), prefix)
+                         if loc[:ID_SIZE] == pack_id]  # fmt: skip
+                for key in stale:
+                    txn.delete(prefix + key, db=chunks)
+            for key in [k for k, loc in prefixed(txn.cursor(db=self.condemned), prefix)
+                        if loc[:ID_SIZE] == pack_id]:  # fmt: skip
+                txn.delete(prefix + key, db=self.condemned)
+
+    def drop(self, repo: str, kind: str, ident: str) -> None:
+        """Forget a schedule whose object is gone (purged by another node)."""
+        self._drop(repo, kind, ident)
 
     def _drop(self, repo: str, kind: str, ident: str) -> None:
         with self.env.begin(write=True, db=self.db) as txn:
@@ -278,7 +335,7 @@ class Deletions:
     async def revive_all_packs(self, repo: Repository) -> int:
         """Undelete of a snapshot brings back every scheduled pack: the chunks it needs are
         among them, and a later prune schedules again what is still dead."""
-        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK]
+        docs = [d for d in self.pending(repo.name) if d["kind"] == PACK and _undoable(d)]
         for doc in docs:
             await self.revive_pack(repo, PackId.parse(doc["id"]))
         return len(docs)
@@ -368,6 +425,12 @@ async def refs_since(index: ServerIndex, repo: Repository, since: float) -> set[
 
 def chunk_ids(entries: Iterable[ManifestEntry]) -> list[ChunkId]:
     return [e.chunk_id for e in entries]
+
+
+def _undoable(doc: dict[str, Any]) -> bool:
+    """Not yet purged: a purge that met an Object Lock has hidden the object already and only
+    waits for the store to let it destroy it (`locked_until`)."""
+    return "locked_until" not in doc
 
 
 def _one(pending: list[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from engine.protocol.errors import FullRefsRequired, HashMismatch
 from server.auth import Action, authorize, bearer_token, validate_repo_name
 from server.bodies import Pace, paced, parse_json, parse_json_object, query_int, read_body
 from server.deletion import SNAPSHOT as SNAPSHOT_DELETION
+from server.deletion_shared import LISTING_FRESH
 from server.errors import BodyTooLarge, MissingChunks
 from server.fencing import check_writable
 from server.intake import journalled, receive_pack
@@ -45,6 +46,7 @@ from server.state import (
     REPLICATION,
     REPOS,
     SCRUB,
+    SHARED_DELETIONS,
 )
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,7 @@ async def missing(request: web.Request) -> web.Response:
         raise UsageError(f"body must be whole {ID_SIZE}-byte chunk ids")
     view = memoryview(body)
     ids = [bytes(view[i : i + ID_SIZE]) for i in range(0, len(body), ID_SIZE)]
+    await request.app[SHARED_DELETIONS].sync(repo, LISTING_FRESH)  # other nodes' schedules
     absent = await request.app[CATCHUP].missing(repo, ids)  # the index, then the pack log
     metrics = request.app[METRICS]
     metrics.missing_query_ids += len(ids)
@@ -202,7 +205,8 @@ async def list_packs(request: web.Request) -> web.Response:
     after_text = request.query.get("after")
     after = parse_id(PackId, after_text) if after_text else None
     limit = query_int(request, "limit", PAGE, 1, PAGE)
-    if after is None:  # a listing starts: learn what other nodes stored first
+    if after is None:  # a listing starts: learn what other nodes stored and scheduled first
+        await request.app[SHARED_DELETIONS].sync(repo)
         await request.app[CATCHUP].packs(repo)
     rows = await asyncio.to_thread(request.app[INDEX].packs, repo.name, after, limit)
     page = [{"id": r.pack_id.hex(), "size": r.size, "time": r.time} for r in rows]
@@ -298,8 +302,12 @@ async def get_pack(request: web.Request) -> web.StreamResponse:
     until a re-upload indexes it (intake links idempotently, then indexes)."""
     repo = _repository(request, Action.READ)
     pack_id = parse_id(PackId, request.match_info["id"])
+    shared = request.app[SHARED_DELETIONS]
+    await shared.sync(repo, LISTING_FRESH)
     if not await request.app[CATCHUP].has_pack(repo, pack_id):
-        raise ObjectNotFound(f"no pack {pack_id.hex()}")
+        await shared.sync(repo)  # revived through another node since this node's last look?
+        if not await asyncio.to_thread(request.app[INDEX].has_pack, repo.name, pack_id):
+            raise ObjectNotFound(f"no pack {pack_id.hex()}")
     return await stream_object(request, repo, pack_name(pack_id))
 
 
@@ -314,6 +322,10 @@ async def check_generation(request: web.Request, repo: Repository, record: Commi
     deletions = request.app[DELETIONS]
     generation = query_int(request, "generation", 0, 0, 2**62)
     full = request.query.get("full") == "1"
+    if repo.shared:  # the log and the schedules are in the store (server.deletion_shared)
+        now = request.app[CLOCK].time()
+        await request.app[SHARED_DELETIONS].check_commit(repo, record.refs, generation, full, now)
+        return
     if not full and deletions.commit_is_stale(repo.name, generation, request.app[CLOCK].time()):
         raise FullRefsRequired("a prune ran or is running: commit again listing every chunk")
     absent = await asyncio.to_thread(request.app[INDEX].missing, repo.name, record.refs)
@@ -363,8 +375,9 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
     """Check a commit's refs, store it durably, index it, then queue it for the peers."""
     record = CommitRecord.decode(data)
     sid = snapshot_id_of(data)
-    deletions = request.app[DELETIONS]
-    async with deletions.lock(repo.name):  # never between a prune's steps (server.deletion)
+    deletions, shared = request.app[DELETIONS], request.app[SHARED_DELETIONS]
+    # Never between a prune's steps (server.deletion); on a shared store, in flight for all.
+    async with deletions.lock(repo.name), shared.intent(repo):
         await check_generation(request, repo, record)
         # Cost ∝ len(refs): refs hold only what changed since the parent (engine.commit).
         await _check_refs(request, repo, record)
@@ -377,6 +390,7 @@ async def accept_commit(request: web.Request, repo: Repository, data: bytes) -> 
 @routes.get(R + "/snapshots")
 async def list_snapshots(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
+    await request.app[SHARED_DELETIONS].sync(repo)  # forgotten and undeleted through others
     await request.app[CATCHUP].snapshots(repo)  # commits other nodes accepted
     rows = await asyncio.to_thread(lambda: list(request.app[INDEX].snapshots(repo.name)))
     docs = [{"id": sid.hex(), **summary} for sid, summary in rows]
@@ -388,6 +402,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     repo = _repository(request, Action.READ)
     sid = parse_id(SnapshotId, request.match_info["id"])
+    await request.app[SHARED_DELETIONS].sync(repo, LISTING_FRESH)
     if request.app[DELETIONS].is_scheduled(repo.name, SNAPSHOT_DELETION, sid.hex()):
         raise ObjectNotFound(f"snapshot {sid.hex()} is scheduled for deletion (undelete it)")
     return await stream_object(request, repo, snapshot_name(sid))

@@ -5,7 +5,8 @@ Owns the routes `POST forget`, `GET deletions`, `POST undelete`, `GET generation
 that runs every `purge_interval` seconds and asks `server.deletion` to destroy what is past the
 undelete window on the app's clock. Scheduling and undoing need an admin token; a backup or
 restore token is refused (403, exit 15) with nothing changed. Must not implement the
-bookkeeping itself (that is `server.deletion`).
+bookkeeping itself (that is `server.deletion`, and `server.deletion_shared` for a repository
+several nodes serve from one store).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from engine.ids import PackId, SnapshotId
 from engine.protocol import routes as routes_v1
 from server.auth import Action
 from server.bodies import parse_json_object
+from server.catchup import WINDOW
 from server.deletion import (
     PACK,
     SNAPSHOT,
@@ -32,24 +34,24 @@ from server.deletion import (
     pack_entries,
     refs_since,
 )
+from server.deletion_shared import SharedDeletions
 from server.handlers import _repository, parse_id, small_body
 from server.replication.state import PURGE, Item
 from server.repos import Repository
-from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPLICATION, REPOS
+from server.state import (
+    CATCHUP,
+    CLOCK,
+    CONFIG,
+    DELETIONS,
+    INDEX,
+    REPLICATION,
+    REPOS,
+    SHARED_DELETIONS,
+)
 
 log = logging.getLogger(__name__)
 deletion_routes = web.RouteTableDef()
 R = routes_v1.REPO
-
-
-def _single_node(repo: Repository) -> None:
-    """Schedules live in this node's index; other nodes of a shared store would not see them
-    (and their catch-up would index the objects again), so deletions wait for a shared log."""
-    if repo.shared:
-        raise UsageError(
-            f"{repo.name} is shared by several server nodes: forget and prune are not "
-            "supported there yet"
-        )
 
 
 def _window(app: web.Application) -> Window:
@@ -71,22 +73,21 @@ async def forget(request: web.Request) -> web.Response:
     """Schedule snapshots for deletion: they leave every listing now and are destroyed once
     the undelete window has passed. All or none: an unknown id is 404 with nothing changed."""
     repo = _repository(request, Action.ADMIN)
-    _single_node(repo)
     names = await _names(request, "snapshots") or []
     ids = [parse_id(SnapshotId, n) for n in names]
     by = f"admin token from {request.remote}"
     now = request.app[CLOCK].time()
-    deletions = request.app[DELETIONS]
-    async with deletions.lock(repo.name):
-        docs = await asyncio.to_thread(
-            deletions.schedule_snapshots, repo.name, ids, now, _window(request.app), by
-        )
+    shared = request.app[SHARED_DELETIONS]
+    async with request.app[DELETIONS].lock(repo.name):
+        await shared.sync_locked(repo)
+        docs = await shared.schedule_snapshots(repo, ids, now, _window(request.app), by)
     return web.json_response({"scheduled": [_public(d) for d in docs]})
 
 
 @deletion_routes.get(R + "/deletions")
 async def pending(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
+    await request.app[SHARED_DELETIONS].sync(repo)
     docs = await asyncio.to_thread(request.app[DELETIONS].pending, repo.name)
     return web.json_response({"pending": [_public(d) for d in docs]})
 
@@ -96,11 +97,11 @@ async def undelete(request: web.Request) -> web.Response:
     """Bring back scheduled snapshots (`{"snapshots": [ids or prefixes]}`, or all without it)."""
     repo = _repository(request, Action.ADMIN)
     names = await _names(request, "snapshots")
-    deletions = request.app[DELETIONS]
-    async with deletions.lock(repo.name):
-        docs = await asyncio.to_thread(deletions.undelete, repo.name, names)
+    shared = request.app[SHARED_DELETIONS]
+    async with request.app[DELETIONS].lock(repo.name):
+        await shared.sync_locked(repo)
         # The snapshots' chunks may be in packs a prune scheduled since: bring them all back.
-        await deletions.revive_all_packs(repo)
+        docs = await shared.undelete(repo, names)
     return web.json_response({"restored": [_public(d) for d in docs if d["kind"] != "pack"]})
 
 
@@ -110,14 +111,9 @@ async def undelete(request: web.Request) -> web.Response:
 @deletion_routes.get(R + "/generation")
 async def generation(request: web.Request) -> web.Response:
     repo = _repository(request, Action.READ)
-    deletions = request.app[DELETIONS]
     now = request.app[CLOCK].time()
-    return web.json_response(
-        {
-            "generation": deletions.generation(repo.name),
-            "prune": deletions.prune_lock(repo.name, now),
-        }
-    )
+    generation, lock = await request.app[SHARED_DELETIONS].generation(repo, now)
+    return web.json_response({"generation": generation, "prune": lock})
 
 
 def _holder(doc: dict[str, Any]) -> str:
@@ -132,14 +128,13 @@ async def take_lock(request: web.Request) -> web.Response:
     """Take or renew the prune lock (409 prune_locked while another holder's lives); bumps
     the generation, so every commit from now on lists all its chunks until the lock goes."""
     repo = _repository(request, Action.ADMIN)
-    _single_node(repo)
     doc = parse_json_object(await small_body(request), "prune lock")
     ttl = doc.get("ttl", 600)
     if not isinstance(ttl, int | float) or not 10 <= ttl <= 86_400:
         raise UsageError('"ttl" must be 10 to 86400 seconds')
-    deletions = request.app[DELETIONS]
-    async with deletions.lock(repo.name):
-        lock = deletions.take_lock(repo.name, _holder(doc), float(ttl), request.app[CLOCK].time())
+    now, shared = request.app[CLOCK].time(), request.app[SHARED_DELETIONS]
+    async with request.app[DELETIONS].lock(repo.name):
+        lock = await shared.take_lock(repo, _holder(doc), float(ttl), now)
     return web.json_response(lock)
 
 
@@ -147,9 +142,8 @@ async def take_lock(request: web.Request) -> web.Response:
 async def release_lock(request: web.Request) -> web.Response:
     repo = _repository(request, Action.ADMIN)
     holder = _holder(dict(request.query))
-    deletions = request.app[DELETIONS]
-    async with deletions.lock(repo.name):
-        deletions.release_lock(repo.name, holder)
+    async with request.app[DELETIONS].lock(repo.name):
+        await request.app[SHARED_DELETIONS].release_lock(repo, holder)
     return web.json_response({"released": True})
 
 
@@ -164,29 +158,50 @@ async def schedule_packs(request: web.Request) -> web.Response:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UsageError('"packs" must be a list of pack ids')
     ids = [parse_id(PackId, n) for n in names]
-    deletions, index = request.app[DELETIONS], request.app[INDEX]
-    now, window = request.app[CLOCK].time(), _window(request.app)
     by = f"prune by {holder} from {request.remote}"
-    scheduled, kept, absent = [], [], []
-    async with deletions.lock(repo.name):
-        lock = deletions.check_lock(repo.name, holder, now)
-        live = await refs_since(index, repo, float(lock["since"]))
-        for pack_id in ids:
-            if not index.has_pack(repo.name, pack_id):
-                absent.append(pack_id.hex())
-                continue
-            entries = await pack_entries(repo, pack_id)
-            if any(bytes(e.chunk_id) in live for e in entries):
-                kept.append(pack_id.hex())
-                continue
-            await asyncio.to_thread(
-                deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
-            )
-            scheduled.append(pack_id.hex())
-        new_generation = deletions.bump(repo.name)
-    return web.json_response(
-        {"scheduled": scheduled, "kept": kept, "absent": absent, "generation": new_generation}
-    )
+    async with request.app[DELETIONS].lock(repo.name):
+        result = await _schedule_locked(request.app, repo, holder, ids, by)
+    return web.json_response(result)
+
+
+async def _schedule_locked(
+    app: web.Application, repo: Repository, holder: str, ids: list[PackId], by: str
+) -> dict[str, Any]:
+    """Rule 3 (exclusion), then the generation; on a shared store a second look once the
+    commits in flight on other nodes are done (server.deletion_shared)."""
+    deletions, index, shared = app[DELETIONS], app[INDEX], app[SHARED_DELETIONS]
+    now, window = app[CLOCK].time(), _window(app)
+    await shared.sync_locked(repo)
+    n, lock = await shared.check_lock(repo, holder, now)
+    since = float(lock["since"])
+    if repo.shared:
+        await app[CATCHUP].snapshots(repo)  # commits received by every node count
+    live = await refs_since(index, repo, since - (WINDOW if repo.shared else 0.0))
+    scheduled: list[PackId] = []
+    kept, absent = [], []
+    for pack_id in ids:
+        if not await app[CATCHUP].has_pack(repo, pack_id):
+            absent.append(pack_id.hex())
+            continue
+        entries = await pack_entries(repo, pack_id)
+        if any(bytes(e.chunk_id) in live for e in entries):
+            kept.append(pack_id.hex())
+            continue
+        doc = await asyncio.to_thread(
+            deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
+        )
+        if doc is not None and repo.shared:
+            await shared.publish(repo, [doc])
+        scheduled.append(pack_id)
+    generation = await shared.bump(repo, n, lock)
+    revived = await shared.recheck(repo, since, scheduled)
+    kept += [p.hex() for p in revived]
+    return {
+        "scheduled": [p.hex() for p in scheduled if p not in revived],
+        "kept": kept,
+        "absent": absent,
+        "generation": generation,
+    }
 
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +288,17 @@ async def purge_once(app: web.Application) -> list[dict[str, Any]]:
         nonlocal queued
         queued |= replication.enqueue(repo, [Item(PURGE, f"{doc['kind']}:{doc['id']}")])
 
-    done = await app[DELETIONS].purge_due(app[REPOS], app[CLOCK].time(), tell_peers)
+    shared, repos = app[SHARED_DELETIONS], app[REPOS]
+    for name in repos.names():
+        await shared.sync(repos.get(name))  # schedules other nodes made or withdrew
+    done = await app[DELETIONS].purge_due(
+        repos, app[CLOCK].time(), tell_peers, shared.still_scheduled
+    )
+    for doc in done:  # its schedule stays a window longer: the other nodes' tombstone
+        shared.settle(repos.get(doc["repo"]), doc)
+        await shared.unclaim(repos.get(doc["repo"]), doc)
+    for name in repos.names():
+        await shared.expire(repos.get(name), app[CLOCK].time(), _window(app))
     if queued:
         replication.wake()
     return done
@@ -286,29 +311,27 @@ async def schedule_for_primary(app: web.Application, repo: Repository, kind: str
     `undelete_days` later). False if this site does not list it (already scheduled, purged,
     or never received)."""
     deletions, now, window = app[DELETIONS], app[CLOCK].time(), _window(app)
-    if repo.shared:  # as `_single_node`: the schedule would live in one node's index only
-        log.warning("%s is shared by several nodes: the primary's purge of %s %s is not applied",
-                    repo.name, kind, ident[:16])  # fmt: skip
-        return False
+    shared = app[SHARED_DELETIONS]
     async with deletions.lock(repo.name):
+        await shared.sync_locked(repo)  # on a shared store: another node may have applied it
         if kind == SNAPSHOT:
             sid = SnapshotId.parse(ident)
             if deletions.is_scheduled(repo.name, SNAPSHOT, sid.hex()):
                 return False
             try:
-                await asyncio.to_thread(
-                    deletions.schedule_snapshots, repo.name, [sid], now, window, by
-                )
+                await shared.schedule_snapshots(repo, [sid], now, window, by)
             except NotFound:
                 return False
             return True
         pack_id = PackId.parse(ident)
-        if not await asyncio.to_thread(app[INDEX].has_pack, repo.name, pack_id):
+        if not await app[CATCHUP].has_pack(repo, pack_id):
             return False
         entries = await pack_entries(repo, pack_id)
         doc = await asyncio.to_thread(
             deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
         )
+        if doc is not None and repo.shared:
+            await shared.publish(repo, [doc])
         return doc is not None
 
 
@@ -329,6 +352,7 @@ async def _purge_forever(app: web.Application) -> None:
 async def purge_ctx(app: web.Application) -> AsyncIterator[None]:
     """After the index: purges what is past the window, every `purge_interval` seconds."""
     app[DELETIONS] = Deletions(app[INDEX])
+    app[SHARED_DELETIONS] = SharedDeletions(app[DELETIONS], app[CATCHUP], app[CLOCK])
     task = asyncio.create_task(_purge_forever(app), name="purge")
     yield
     task.cancel()

@@ -38,7 +38,7 @@ TABLES = (
     *_DBS,
     *("repl_queue", "repl_pending", "repl_acked", "repl_meta", "replicas"),
     *("scrub", "drills", "alerts"),
-    *("deletions", "condemned"),
+    *("deletions", "condemned", "retention"),
 )
 MAX_DBS = 32
 

@@ -10,6 +10,7 @@ whether the root is a folder or a bucket. Must not hold keys or decide who may d
 
 from __future__ import annotations
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import RepositoryExists, RepositoryNotFound
 from engine.store.base import Store, StoreRoot
 from engine.store.local import LocalRoot
@@ -72,11 +73,14 @@ class Repositories:
         return sum([await self._open(name).store.sweep(cutoff) for name in self.names()])
 
 
-def open_repositories(config: ServerConfig) -> Repositories:
+def open_repositories(config: ServerConfig, clock: Clock = SYSTEM) -> Repositories:
     """The repositories of this server: folders under DATA (the default), or prefixes in an S3
-    bucket, checked once here (`StoreError`, exit 14, naming what is wrong)."""
+    bucket, checked once here (`StoreError`, exit 14, naming what is wrong: also a bucket
+    without the Object Lock that `[object_lock]` asks for)."""
     if config.store is None:
         return Repositories(LocalRoot(config.data_dir, from_os_error))
-    root = S3Root(config.store)
+    from server.objectlock import retention_for  # it imports this module
+
+    root = S3Root(config.store, retention=retention_for(config, clock))
     root.check()
     return Repositories(root)

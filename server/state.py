@@ -14,6 +14,7 @@ from server.audit import AuditTrail
 from server.catchup import CatchUp
 from server.config import ServerConfig
 from server.deletion import Deletions
+from server.deletion_shared import SharedDeletions
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
@@ -34,3 +35,5 @@ CATCHUP = web.AppKey("catchup", CatchUp)
 # On a shared store: when this node last checked each token hash against the site store.
 TOKEN_CHECKS: web.AppKey[dict[bytes, float]] = web.AppKey("token_checks")
 DELETIONS = web.AppKey("deletions", Deletions)
+# Schedules, revival and the prune log in the store too, for repositories several nodes serve.
+SHARED_DELETIONS = web.AppKey("shared_deletions", SharedDeletions)

@@ -6,18 +6,36 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from benchmarks.seaweed import SeaweedFS, free_port
 from benchmarks.seaweed import settings as s3_settings
+from engine.store.s3 import S3Settings, open_api
 
-__all__ = ["Balancer", "NodeProcess", "SeaweedFS", "s3_settings"]
+__all__ = ["Balancer", "NodeProcess", "SeaweedFS", "api", "locked_bucket", "s3_settings"]
+
+
+def api(weed: SeaweedFS) -> Any:
+    """A botocore S3 client on the session's SeaweedFS, with the provider's own credentials."""
+    return open_api(s3_settings(weed))
+
+
+def locked_bucket(weed: SeaweedFS, prefix: str = "") -> S3Settings:
+    """A new bucket created with Object Lock enabled (so versioned), and its settings."""
+    bucket = f"locked-{secrets.token_hex(4)}"
+    api(weed).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    return replace(s3_settings(weed, prefix), bucket=bucket)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,8 +58,8 @@ def _answers(url: str) -> bool:
 class NodeProcess:
     """`python -m server serve --store s3://...` with its own DATA (its own index)."""
 
-    def __init__(self, data: Path, store: str, weed: SeaweedFS) -> None:
-        self.data, self.store, self.weed = data, store, weed
+    def __init__(self, data: Path, store: str, weed: SeaweedFS, config: Path | None = None) -> None:
+        self.data, self.store, self.weed, self.config = data, store, weed, config
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = data.parent / f"{data.name}.log"
@@ -59,6 +77,7 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         args = ["serve", "--data", str(self.data), "--store", self.store]
+        args += ["--config", str(self.config)] if self.config else []
         args += ["--listen", f"127.0.0.1:{self.port}"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The server never holds a key: of the engine it may use only these keyless modules.
 SERVER_ENGINE = ("engine.ids", "engine.errors", "engine.pack", "engine.commit", "engine.store")
 SERVER_ENGINE += ("engine.rates", "engine.keyobject", "engine.protocol", "engine.clock")
+SERVER_ENGINE += ("engine.prunelog",)  # the write-once prune log nodes of one bucket share
 # Server services are given their own settings (AlertSite, ReplicationSettings): server.config
 # imports theirs, never the other way, and they know nothing of the app that runs them.
 SERVER_SERVICE = ("server.app", "server.handlers", "server.cli", "server.config")

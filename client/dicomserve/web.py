@@ -2,10 +2,11 @@
 
 Owns the routes under `/dicomweb`, the bearer-token check (the token's name is the "who" of the
 audit trail), the `application/dicom+json` rendering of query answers and instance metadata,
-and the `multipart/related; type="application/dicom"` stream of a study, series or instance,
+the `multipart/related; type="application/dicom"` stream of a study, series or instance,
 each part the instance's Part 10 bytes as stored, labelled with its own transfer syntax (never
-transcoded). An instance that cannot be read is left out of the stream (with an alert); a bad
-request is a 400 and nothing a client sends stops the server.
+transcoded), and an instance's frames (`client.dicomserve.frames` cuts them). An instance that
+cannot be read is left out of the stream (with an alert); a bad request is a 4xx and nothing a
+client sends stops the server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from client.dicomserve.audit import AuditRecord
+from client.dicomserve.frames import FrameError, cut_frames, parse_accept, parse_frame_list
 from client.dicomserve.index import InstanceRef
 from client.dicomserve.instances import part10
 from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
@@ -269,6 +271,43 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     return web.Response(text=json.dumps(docs), content_type=DICOM_JSON)
 
 
+async def frames(request: web.Request) -> web.StreamResponse:
+    """`…/instances/{sop}/frames/{list}`: the frames asked, one octet-stream part each."""
+    archive = request.app[ARCHIVE]
+    record = AuditRecord(request[WHO], _address(request), "WADO-RS frames", "IMAGE")
+    try:
+        numbers = parse_frame_list(request.match_info["frames"])
+        accepted = parse_accept(request.headers.get("Accept", ""))
+    except FrameError as e:
+        return _error(e.status, str(e))
+    ref = (await _refs(request, record))[0]
+    failed: list[str] = []
+    cut = None
+    async for _, read in archive.read_ahead([ref]):
+        got = _framed(ref, read, failed)
+        if got is not None:
+            try:
+                cut = await asyncio.to_thread(cut_frames, got[0], numbers, accepted)
+            except FrameError as e:
+                record.outcome, record.detail = "failed", str(e)
+                _audit(request, record)
+                return _error(e.status, str(e))
+    if cut is not None:
+        record.note(ref.attrs)
+    _finish(request, record, failed, 1)
+    if cut is None:
+        return _error(500, f"instance {ref.sop} could not be read")
+    boundary = secrets.token_hex(16)
+    head = f"Content-Type: application/octet-stream; transfer-syntax={cut.transfer_syntax}"
+    body = b"".join(
+        f"--{boundary}\r\n{head}\r\nContent-Length: {len(f)}\r\n\r\n".encode() + f + b"\r\n"
+        for f in cut.frames
+    )
+    content_type = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return web.Response(body=body + f"--{boundary}--\r\n".encode(),
+                        headers={"Content-Type": content_type})  # fmt: skip
+
+
 def _metadata_json(data: bytes, base: str, ref: InstanceRef) -> dict[str, Any]:
     """The instance's attributes as DICOM JSON; bulk data (pixels) as a URI of the instance."""
     import pydicom
@@ -293,6 +332,7 @@ def make_app(archive: Archive) -> web.Application:
     for path in (study, series, f"{series}/instances/{{instance}}"):
         app.router.add_get(path, retrieve)
         app.router.add_get(f"{path}/metadata", metadata)
+    app.router.add_get(f"{series}/instances/{{instance}}/frames/{{frames}}", frames)
     return app
 
 

@@ -8,20 +8,33 @@ a missing object is `ObjectNotFound`; anything else the store or the network doe
 `TransientError` (503 on the server, retried by the client). `S3Root` hands out one store per
 repository prefix and checks the bucket at start. Must not read the environment: the CLI builds
 `S3Settings`.
+
+Object Lock and versions (docs/design.md 3.1.2, §14): obstore cannot send object-lock headers
+nor name a version, so those few calls go through botocore (blocking, run in worker threads):
+a store given a `Retention` puts a retain-until on every object its `covers` selects before its
+put returns (so nothing is acknowledged unlocked), and in a versioned bucket `delete` destroys
+every version of a key, raising `ObjectLocked` (after hiding the object behind a delete marker)
+while a version is still under retention.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import functools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import botocore.session
 import obstore
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
 from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
@@ -33,7 +46,14 @@ from obstore.exceptions import (
 from obstore.store import S3Store as _Bucket
 
 from engine.clock import SYSTEM, Clock
-from engine.errors import IntegrityError, ObjectNotFound, StoreError, TransientError, UsageError
+from engine.errors import (
+    IntegrityError,
+    ObjectLocked,
+    ObjectNotFound,
+    StoreError,
+    TransientError,
+    UsageError,
+)
 from engine.store.base import PIECE, ObjectStat, Staged, Store, StoreRoot, Verify, validate_name
 
 T = TypeVar("T")
@@ -60,6 +80,29 @@ class S3Settings:
 
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Object Lock retention for the objects `covers(store prefix, name)` selects (the store
+    prefix is relative to the root, e.g. "repos/clinic"): each gets `mode` with a retain-until
+    of `clock.time() + seconds` before its put returns. What it locked is remembered in
+    `recent` (bounded; losing some costs only a request later) for whoever records dates."""
+
+    mode: str
+    seconds: float
+    covers: Callable[[str, str], bool]
+    clock: Clock = SYSTEM
+    recent: deque[tuple[str, str, float]] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def drain(self) -> builtins.list[tuple[str, str, float]]:
+        out = []
+        while self.recent:
+            out.append(self.recent.popleft())
+        return out
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -98,6 +141,148 @@ def open_bucket(settings: S3Settings) -> _Bucket:
         retry_config=retry,  # type: ignore[arg-type]
         skip_signature=not settings.access_key_id,
     )
+
+
+def open_api(settings: S3Settings) -> Any:
+    """A botocore S3 client for what obstore does not expose (Object Lock, versions)."""
+    config = BotoConfig(
+        s3={"addressing_style": "path"} if settings.endpoint else {},
+        retries={"max_attempts": settings.retries + 1, "mode": "standard"},
+        connect_timeout=min(settings.timeout, 5.0),
+        read_timeout=settings.timeout,
+        signature_version=None if settings.access_key_id else UNSIGNED,
+    )
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=settings.endpoint,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key if settings.access_key_id else None,
+        aws_session_token=settings.session_token,
+        config=config,
+    )
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+class _Api:
+    """The botocore calls of one bucket; blocking, so the store runs them in worker threads."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+
+    def retain(self, key: str, mode: str, until: float, version: str | None = None) -> None:
+        """Put (or extend) a retention; a later date already held is kept (a lock is never
+        shortened, and S3 refuses to), anything else refused is an error."""
+        date = datetime.fromtimestamp(until, UTC)
+        extra = {"VersionId": version} if version else {}
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=key,
+                Retention={"Mode": mode, "RetainUntilDate": date},
+                **extra,
+            )
+        except ClientError as e:
+            held = self.retention(key, version) if _code(e) == "AccessDenied" else None
+            if held is None or held < until - 1.0:
+                raise
+        return None
+
+    def extend(self, key: str, mode: str, until: float) -> None:
+        """Retain every data version of `key` until `until`, named by version id: a request
+        without one would reach only the newest version, which may be a delete marker someone
+        put to hide the object (SeaweedFS then answers 200 and locks nothing)."""
+        found = [v for v, marker in self.versions(key) if not marker]
+        if not found:
+            raise ObjectNotFound(f"object not found: {key}")
+        for version in found:
+            self.retain(key, mode, until, version)
+
+    def retention(self, key: str, version: str | None = None) -> float | None:
+        """The retain-until of a version (the latest without `version`), None if it has none."""
+        extra = {"VersionId": version} if version else {}
+        try:
+            doc = self.client.get_object_retention(Bucket=self.bucket, Key=key, **extra)
+        except ClientError as e:
+            if _code(e) in (
+                "ObjectLockConfigurationNotFoundError",
+                "NoSuchObjectLockConfiguration",
+            ):
+                return None
+            raise
+        return float(doc["Retention"]["RetainUntilDate"].timestamp())
+
+    def versions(self, key: str) -> builtins.list[tuple[str, bool]]:
+        """(version id, is a delete marker) of every version of exactly `key`."""
+        out: builtins.list[tuple[str, bool]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        while True:
+            page = self.client.list_object_versions(**kwargs)
+            for v in page.get("Versions", []):
+                if v["Key"] == key:
+                    out.append((v["VersionId"], False))
+            for m in page.get("DeleteMarkers", []):
+                if m["Key"] == key:
+                    out.append((m["VersionId"], True))
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["KeyMarker"] = page["NextKeyMarker"]
+            kwargs["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+    def destroy(self, key: str) -> float | None:
+        """Delete every version of `key`. None when none is left; else the object is hidden
+        behind a delete marker and the latest retain-until of what stays is returned. Raises
+        `ObjectNotFound` when the key has no data version at all (markers are removed)."""
+        versions = self.versions(key)
+        locked: builtins.list[str] = []
+        for version, _ in versions:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+            except ClientError as e:
+                if _code(e) != "AccessDenied":
+                    raise
+                locked.append(version)
+        if not any(not marker for _, marker in versions):
+            raise ObjectNotFound(f"object not found: {key}")
+        if not locked:
+            return None
+        self.client.delete_object(Bucket=self.bucket, Key=key)  # a marker: hidden meanwhile
+        dates = [self.retention(key, v) for v in locked]
+        if not any(d is not None for d in dates):
+            raise TransientError(f"object store refused to delete {key}: check the credentials")
+        return max(d for d in dates if d is not None)
+
+    def lock_enabled(self) -> bool:
+        try:
+            doc = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as e:
+            if "ObjectLockConfiguration" in _code(e):
+                return False
+            raise
+        return bool(doc.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
+
+    def versioned(self) -> bool:
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except ClientError as e:
+            if _code(e) in ("NotImplemented", "MethodNotAllowed"):
+                return False  # a store without versions
+            raise
+        return status in ("Enabled", "Suspended")
+
+
+async def _api_call(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return await asyncio.to_thread(fn)
+    except ClientError as e:
+        if _code(e) in ("NoSuchKey", "NoSuchVersion", "404"):
+            raise ObjectNotFound(f"object not found: {what}") from None
+        raise TransientError(f"object store failed on {what}: {_first_line(e)}") from None
+    except BotoCoreError as e:
+        raise TransientError(f"object store failed on {what}: {_first_line(e)}") from None
 
 
 def _translate(e: BaseException, what: str) -> StoreError:
@@ -150,10 +335,50 @@ class _Tail(Staged):
 
 
 class S3Store(Store):
-    """One prefix of one bucket. `clock` stamps objects put without an `mtime`."""
+    """One prefix of one bucket. `clock` stamps objects put without an `mtime`. With `api` (a
+    versioned bucket) `delete` destroys every version; with `retention` too (and `relative`,
+    the prefix below the root that `retention.covers` is asked about) covered objects are
+    locked before their put returns."""
 
-    def __init__(self, bucket: _Bucket, prefix: str = "", clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        bucket: _Bucket,
+        prefix: str = "",
+        clock: Clock = SYSTEM,
+        *,
+        api: _Api | None = None,
+        retention: Retention | None = None,
+        relative: str = "",
+    ) -> None:
         self.bucket, self.prefix, self.clock = bucket, prefix.strip("/"), clock
+        self.api, self.retention, self.relative = api, retention, relative
+
+    async def _retain(self, name: str, key: str, version: str | None = None) -> None:
+        """Lock what was just put (or sent again) before the put returns: a failure is an
+        error, so nothing unlocked is acknowledged."""
+        r, api = self.retention, self.api
+        if r is None or api is None or not r.covers(self.relative, name):
+            return
+        until = r.clock.time() + r.seconds
+        if version is not None:  # the version this put created
+            await _api_call(name, functools.partial(api.retain, key, r.mode, until, version))
+        else:
+            await _api_call(name, functools.partial(api.extend, key, r.mode, until))
+        r.recent.append((self.relative, name, until))
+
+    async def retain(self, name: str, until: float) -> None:
+        """Extend the retention of every version of a covered object to `until` (never
+        shortens one), hidden or not: `ObjectNotFound` only when no version is left."""
+        r, api = self.retention, self.api
+        if r is None or api is None:
+            raise StoreError("this store has no Object Lock retention configured")
+        await _api_call(name, functools.partial(api.extend, self._key(name), r.mode, until))
+
+    async def retention_of(self, name: str) -> float | None:
+        """The retain-until of the object's current version, None if it has none."""
+        if self.api is None:
+            return None
+        return await _api_call(name, functools.partial(self.api.retention, self._key(name)))
 
     def _key(self, name: str) -> str:
         validate_name(name)
@@ -172,13 +397,15 @@ class S3Store(Store):
     async def put(self, name: str, data: bytes | memoryview, *, mtime: float | None = None) -> bool:
         key = self._key(name)
         try:
-            await obstore.put_async(
+            result = await obstore.put_async(
                 self.bucket, key, bytes(data), mode="create", attributes=self._attributes(mtime)
             )
         except (AlreadyExistsError, PreconditionError):
+            await self._retain(name, key)  # sent again: it is live, and may be unlocked
             return False
         except (BaseError, OSError) as e:
             raise _translate(e, name) from None
+        await self._retain(name, key, result.get("version"))
         return True
 
     async def put_stream(
@@ -213,10 +440,10 @@ class S3Store(Store):
         # are the bucket lifecycle rule's (AbortIncompleteMultipartUpload).
         if verify is not None:
             await verify(tail)
-        if writer is None:
-            return False
-        await _call(name, writer.close)
-        return True
+        if writer is not None:
+            await _call(name, writer.close)
+        await self._retain(name, key)
+        return writer is not None
 
     async def get(self, name: str) -> bytes:
         key = self._key(name)
@@ -289,7 +516,15 @@ class S3Store(Store):
             raise _translate(e, f"listing {prefix or '/'}") from None
 
     async def delete(self, name: str) -> None:
+        """Destroy the object. In a versioned bucket every version goes (a plain DELETE would
+        only add a delete marker); a version under retention raises `ObjectLocked` with its
+        date, the object hidden meanwhile, and a later delete destroys what is left."""
         key = self._key(name)
+        if self.api is not None:
+            until = await _api_call(name, functools.partial(self.api.destroy, key))
+            if until is not None:
+                raise ObjectLocked(f"{name} is under Object Lock retention", until)
+            return
         await self._head(key, name)  # S3 deletes a missing key silently; the contract does not
         await _call(name, lambda: obstore.delete_async(self.bucket, key))
 
@@ -301,7 +536,9 @@ class S3Store(Store):
         if await dest.exists(dest_name):
             return False
         await _call(name, lambda: obstore.copy_async(self.bucket, src, final))
-        await self.delete(name)
+        await dest._retain(dest_name, final)
+        with contextlib.suppress(ObjectLocked):  # hidden; the locked version stays until its date
+            await self.delete(name)
         return True
 
 
@@ -315,15 +552,35 @@ class S3Root(StoreRoot):
     MARKER = ".folder"
     shared = True  # several server nodes serve one bucket
 
-    def __init__(self, settings: S3Settings, clock: Clock = SYSTEM) -> None:
-        self.settings, self.clock = settings, clock
+    def __init__(
+        self, settings: S3Settings, clock: Clock = SYSTEM, retention: Retention | None = None
+    ) -> None:
+        self.settings, self.clock, self.retention = settings, clock, retention
         self.bucket = open_bucket(settings)
+        self._client: _Api | None = None
+        # Learnt by `check()`: deletes destroy every version where the bucket keeps them.
+        self.versioned = retention is not None
+
+    @property
+    def _api(self) -> _Api:
+        """The botocore client, made on first use (loading its models takes a moment)."""
+        if self._client is None:
+            self._client = _Api(open_api(self.settings), self.settings.bucket)
+        return self._client
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.settings.prefix, *parts) if p)
 
     def child(self, prefix: str) -> S3Store:
-        return S3Store(self.bucket, self._key(validate_name(prefix)), self.clock)
+        api = self._api if self.versioned else None
+        return S3Store(
+            self.bucket,
+            self._key(validate_name(prefix)),
+            self.clock,
+            api=api,
+            retention=self.retention,
+            relative=prefix,
+        )
 
     def folders(self, prefix: str) -> builtins.list[str]:
         try:
@@ -363,6 +620,27 @@ class S3Root(StoreRoot):
             raise StoreError(f"{where}: no such bucket ({_first_line(e)})") from None
         except (BaseError, OSError) as e:
             raise StoreError(f"{where}: {_diagnose(e)}") from None
+        if self.retention is None:
+            self.versioned = self._versioning_known()
+            return
+        try:
+            enabled = self._api.lock_enabled()
+        except (ClientError, BotoCoreError) as e:
+            raise StoreError(f"{where}: Object Lock configuration: {_diagnose(e)}") from None
+        if not enabled:
+            raise StoreError(
+                f"{where}: [object_lock] is set but the bucket has no Object Lock enabled "
+                "(create the bucket with Object Lock, e.g. ObjectLockEnabledForBucket): "
+                "refusing to serve without the retention the configuration promises"
+            )
+
+    def _versioning_known(self) -> bool:
+        """Whether the bucket keeps versions; a store (or a policy) that will not say counts
+        as unversioned: deletes then stay plain DELETEs, as before."""
+        try:
+            return self._api.versioned()
+        except (ClientError, BotoCoreError):
+            return False
 
     def describe(self) -> str:
         return self.settings.url()

@@ -11,7 +11,7 @@ import requests
 
 from benchmarks.dicom_study import STUDY_UID, build_study
 from client.cli import _parser
-from client.cli_serve import serve_config
+from client.cli_serve import serve_config, site_backends
 from tests.client.servekit import WEB_TOKEN, dicom_serve
 from tests.helpers import Vault, assert_one_line_error
 
@@ -63,3 +63,21 @@ def test_snapshots_taken_while_serving_are_indexed_on_the_next_refresh(tmp_path:
                 break
             time.sleep(0.05)
         assert [s["0020000D"]["Value"] for s in response.json()] == [[STUDY_UID]]
+
+
+def test_its_sites_are_found_as_every_commands_then_each_site_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comma-separated URLs in DICOMVAULT_REPO, or the kit's [[sites]], then each --site."""
+    monkeypatch.setenv("DICOMVAULT_REPO", "http://a.example/clinic,http://b.example/clinic")
+    monkeypatch.setenv("DICOMVAULT_TOKEN", "t")
+    args = _parser().parse_args(["dicom-serve", "--accept-any", "--site", str(tmp_path)])
+    locations = ["http://a.example/clinic", "http://b.example/clinic", str(tmp_path)]
+    assert [b.location for b in site_backends(args)] == locations
+
+    monkeypatch.delenv("DICOMVAULT_REPO")
+    config = tmp_path / "config.toml"
+    config.write_text('repository = "r"\ntoken = "t"\n[[sites]]\nurl = "http://c.example/clinic"\n')
+    monkeypatch.setenv("DICOMVAULT_CONFIG", str(config))
+    args = _parser().parse_args(["dicom-serve", "--accept-any"])
+    assert [b.location for b in site_backends(args)] == ["http://c.example/clinic"]

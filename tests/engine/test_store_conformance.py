@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from engine.store.base import ObjectStat, Staged, Store
 from engine.store.faulty import FaultyStore
 from engine.store.local import INCOMING, TMP_PREFIX, LocalStore
 from engine.store.memory import MemoryStore
-from engine.store.s3 import S3Root
+from engine.store.s3 import S3Root, S3Settings, open_api
 from tests.s3kit import SeaweedFS, s3_settings
 
 # Each backend makes a store in `place` (a fresh folder or key prefix per test and name).
@@ -26,15 +27,31 @@ BACKENDS: dict[str, Callable[[Path], Store]] = {
 }
 
 
-ALL = [*BACKENDS, "s3"]
+ALL = [*BACKENDS, "s3", "s3-versioned"]
+
+
+@pytest.fixture(scope="session")
+def versioned_bucket(seaweed: SeaweedFS) -> S3Settings:
+    """A bucket that keeps versions, where deletes must destroy every version (3.1.2)."""
+    settings = replace(s3_settings(seaweed), bucket=f"versioned-{secrets.token_hex(4)}")
+    client = open_api(settings)
+    client.create_bucket(Bucket=settings.bucket)
+    status = {"Status": "Enabled"}
+    client.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration=status)
+    return settings
 
 
 def _make(request: pytest.FixtureRequest, place: Path) -> Store:
-    if request.param != "s3":
+    if not request.param.startswith("s3"):
         return BACKENDS[request.param](place)
     # A real SeaweedFS (session fixture); each test gets fresh prefixes in the one bucket.
     weed: SeaweedFS = request.getfixturevalue("seaweed")
-    root = S3Root(s3_settings(weed, f"conf-{secrets.token_hex(6)}"))
+    settings = s3_settings(weed)
+    if request.param == "s3-versioned":
+        settings = request.getfixturevalue("versioned_bucket")
+    root = S3Root(replace(settings, prefix=f"conf-{secrets.token_hex(6)}"))
+    root.check()
+    assert root.versioned == (request.param == "s3-versioned")
     return root.child(place.name)
 
 

@@ -5,22 +5,25 @@ Lock (docs/design.md records the finding; issue 14 builds on it)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from engine.errors import IntegrityError, StoreError, TransientError
+from engine.errors import IntegrityError, ObjectLocked, ObjectNotFound, StoreError, TransientError
 from engine.store.base import ObjectStat, Staged
-from engine.store.s3 import PART, TAIL, S3Root, S3Settings
-from tests.s3kit import SeaweedFS, s3_settings
+from engine.store.s3 import PART, TAIL, Retention, S3Root, S3Settings, open_api
+from tests.s3kit import SeaweedFS, locked_bucket, s3_settings
 
 
 def _root(weed: SeaweedFS) -> S3Root:
@@ -149,3 +152,102 @@ async def test_seaweedfs_enforces_object_lock_on_a_locked_version(seaweed: Seawe
         assert marker.get("DeleteMarker") is True
         kept = await s3.get_object(Bucket=bucket, Key="packs/ab/p", VersionId=version)
         assert await kept["Body"].read() == b"pack"
+
+
+# -- Object Lock retention and versioned deletes (docs/design.md 3.1.2, §14 "Object Lock") --------
+
+
+def _locking_root(weed: SeaweedFS, seconds: float = 30.0) -> tuple[S3Root, Retention]:
+    retention = Retention("COMPLIANCE", seconds, lambda prefix, name: name.startswith("packs/"))
+    root = S3Root(locked_bucket(weed, f"ol-{secrets.token_hex(4)}"), retention=retention)
+    root.check()
+    return root, retention
+
+
+def _versions(root: S3Root, key: str) -> list[str]:
+    page = api_client(root).list_object_versions(Bucket=root.settings.bucket, Prefix=key)
+    return [v["VersionId"] for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]]
+
+
+def api_client(root: S3Root) -> Any:
+    return open_api(root.settings)
+
+
+async def test_covered_objects_are_locked_before_their_put_returns(seaweed: SeaweedFS) -> None:
+    root, retention = _locking_root(seaweed)
+    store = root.child("repos/clinic")
+    before = time.time()
+    assert await store.put("packs/ab/p", b"pack")
+    assert await store.put_stream("packs/ab/q", _pieces(os.urandom(3 << 20)))
+    assert not await store.put_stream("packs/ab/q", _pieces(b"again"))  # sent again: still locked
+    await store.put("heartbeats/h", b"{}")  # not covered
+    for name in ("packs/ab/p", "packs/ab/q"):
+        until = await store.retention_of(name)
+        assert until is not None and before + 29 < until < time.time() + 31
+    assert await store.retention_of("heartbeats/h") is None
+    assert [n for _, n, _ in retention.drain()] == ["packs/ab/p", "packs/ab/q", "packs/ab/q"]
+    doc = api_client(root).get_object_retention(
+        Bucket=root.settings.bucket, Key=f"{store.prefix}/packs/ab/p"
+    )
+    assert doc["Retention"]["Mode"] == "COMPLIANCE"
+
+
+async def test_a_versioned_delete_destroys_every_version_or_says_until_when(
+    seaweed: SeaweedFS,
+) -> None:
+    root, _ = _locking_root(seaweed, seconds=4.0)
+    store = root.child("repos/clinic")
+    await store.put("heartbeats/h", b"{}")
+    await store.delete("heartbeats/h")  # unlocked: no noncurrent version, no marker left
+    assert _versions(root, f"{store.prefix}/heartbeats/h") == []
+    await store.put("packs/ab/p", b"pack")
+    with pytest.raises(ObjectLocked) as locked:
+        await store.delete("packs/ab/p")
+    assert locked.value.until > time.time() and not await store.exists("packs/ab/p")  # hidden
+    assert len(_versions(root, f"{store.prefix}/packs/ab/p")) == 2  # the locked one and a marker
+    await asyncio.sleep(max(0.0, locked.value.until - time.time()) + 1.5)
+    await store.delete("packs/ab/p")  # its date has passed: destroyed for real
+    assert _versions(root, f"{store.prefix}/packs/ab/p") == []
+    with pytest.raises(ObjectNotFound):
+        await store.delete("packs/ab/p")
+
+
+def test_the_start_up_check_refuses_a_retention_the_bucket_cannot_keep(
+    seaweed: SeaweedFS,
+) -> None:
+    retention = Retention("COMPLIANCE", 60.0, lambda prefix, name: True)
+    with pytest.raises(StoreError, match="no Object Lock enabled") as e:
+        S3Root(s3_settings(seaweed), retention=retention).check()
+    assert e.value.exit_code == 14
+
+
+async def test_deletes_in_a_versioned_bucket_leave_no_noncurrent_version(
+    seaweed: SeaweedFS,
+) -> None:
+    settings = replace(s3_settings(seaweed, "v"), bucket=f"versioned-{secrets.token_hex(4)}")
+    client = open_api(settings)
+    client.create_bucket(Bucket=settings.bucket)
+    client.put_bucket_versioning(
+        Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    root = S3Root(settings)
+    root.check()  # learns that the bucket keeps versions
+    store = root.child("repos/clinic")
+    await store.put("heartbeats/h", b"{}")
+    await store.move("heartbeats/h", root.child("quarantine/clinic"), "h")
+    await store.put("packs/ab/p", b"pack")
+    await store.delete("packs/ab/p")
+    for key in ("v/repos/clinic/heartbeats/h", "v/repos/clinic/packs/ab/p"):
+        assert _versions(root, key) == []
+
+
+async def test_a_locked_object_moved_to_quarantine_is_hidden_and_copied(
+    seaweed: SeaweedFS,
+) -> None:
+    root, _ = _locking_root(seaweed)
+    store, quarantine = root.child("repos/clinic"), root.child("quarantine/clinic")
+    await store.put("packs/ab/p", b"planted")
+    assert await store.move("packs/ab/p", quarantine, "p")
+    assert not await store.exists("packs/ab/p") and await quarantine.get("p") == b"planted"
+    # The locked version stays, behind a marker, until its date.
+    assert len(_versions(root, f"{store.prefix}/packs/ab/p")) == 2

@@ -122,3 +122,40 @@ def test_primary_lost_peer_promoted_old_primary_fenced_and_both_converge(
             cache = str(tmp_path / f"cache-{site.name}-{n}")
             vault.ok("restore", sid, "--target", str(target), DICOMVAULT_CACHE_DIR=cache, **env)
             assert tree_state(restored(target, src)) == state, (site.name, sid)
+
+
+def test_packs_the_primary_lost_are_read_from_the_peer_and_backups_stay_at_the_primary(
+    sites: Callable[..., Site], tmp_path: Path
+) -> None:
+    """Real processes, both sites given: the primary lost every pack file (its index still
+    lists them); `check --read-data` and `restore` read them from the peer, saying so, and the
+    next backup still commits at the primary, which stays the site in use (docs/design.md §17)."""
+    b = sites("site-b")
+    a = sites("site-a", [b.peer_entry("site-a")])
+    tokens = a.create_repo()
+    b.start(), a.start()
+    vault = Vault(tmp_path / "vault")
+    vault.root.mkdir()
+    vault.password_file.write_bytes(PASSPHRASE + b"\n")
+    both = {"DICOMVAULT_REPO": f"{a.url}/{REPO},{b.url}/{REPO}"}
+    src = build_dicom_tree(tmp_path / "practice")
+    vault.ok("init", *CHEAP_KDF_ARGS, DICOMVAULT_TOKEN=tokens["backup"], **both)
+    first = vault.json("backup", *RETRY, str(src), DICOMVAULT_TOKEN=tokens["backup"], **both)
+    state = tree_state(src)
+    wait_until(lambda: settled(a, tokens["admin"]), what="the snapshot at the peer")
+    packs = [p for p in (a.data / "repos" / REPO / "packs").rglob("*") if p.is_file()]
+    assert packs
+    for pack in packs:
+        pack.unlink()
+
+    reader = {"DICOMVAULT_TOKEN": tokens["restore"], **both}
+    checked = vault.ok("check", "--read-data", DICOMVAULT_CACHE_DIR=str(tmp_path / "c1"), **reader)
+    assert f"read from {b.url}/{REPO}" in checked.err, checked.err
+    target = tmp_path / "restored"
+    vault.ok("restore", first["snapshot"], "--target", str(target),
+             DICOMVAULT_CACHE_DIR=str(tmp_path / "c2"), **reader)  # fmt: skip
+    assert tree_state(restored(target, src)) == state
+
+    add_files(src, 2)
+    second = vault.json("backup", *RETRY, str(src), DICOMVAULT_TOKEN=tokens["backup"], **both)
+    assert second["snapshot"] in snapshot_ids(vault, a, tokens["restore"])

@@ -1,0 +1,114 @@
+"""Forget and prune through a real haproxy over two `dicomvault-server serve --store s3://...`
+processes on one SeaweedFS bucket (docs/design.md §14, several nodes), with the CLI as a
+practice runs it: one machine keeps backing up while an admin forgets and prunes, every
+request landing on either node. Both nodes then list the same snapshots, none forgotten; a
+second prune is refused (exit 14) through the balancer and through either node while another
+machine holds the lock; a fresh machine checks `--read-data` clean and restores every snapshot
+left bit-exact. (The purge after the window is tested in process: tests/server/
+test_prune_multinode.py; a server process has no clock to move.)"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.client.test_prune import _assert_all_restore, _change, _snap_states
+from tests.client.test_remote import agent
+from tests.helpers import CHEAP_KDF_ARGS, assert_one_line_error, tree_state
+from tests.s3kit import Balancer, NodeProcess, SeaweedFS, s3_settings
+
+REPO = "clinic"
+
+
+@pytest.fixture
+def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], Balancer]]:
+    settings = s3_settings(seaweed, f"prune-lb-{secrets.token_hex(6)}")
+    store = f"s3://{settings.bucket}/{settings.prefix}"
+    nodes = [NodeProcess(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
+    balancer = Balancer(tmp_path, nodes)
+    yield nodes, balancer
+    balancer.stop()
+    for node in nodes:
+        node.stop()
+
+
+def _call(method: str, url: str, token: str, body: dict[str, object] | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _listed(node: NodeProcess, token: str) -> set[str]:
+    doc = _call("GET", f"{node.base}/v1/repos/{REPO}/snapshots", token)
+    assert isinstance(doc, dict)
+    return {s["id"] for s in doc["snapshots"]}
+
+
+def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
+    cluster: tuple[list[NodeProcess], Balancer], tmp_path: Path
+) -> None:
+    nodes, balancer = cluster
+    tokens = nodes[0].create_repo(REPO)  # published to the bucket: node1 accepts them too
+    url = f"{balancer.base}/{REPO}"
+    a = agent(tmp_path / "pc1", url, tokens["backup"])
+    a.ok("init", *CHEAP_KDF_ARGS)
+    admin = agent(tmp_path / "admin", url, tokens["admin"])
+    tree_a = tmp_path / "tree-a"
+    states = _snap_states(a, tree_a, 4, seed=3)
+    b = agent(tmp_path / "pc2", url, tokens["backup"])
+    tree_b = tmp_path / "tree-b"
+    b_states: dict[str, dict] = {}
+    errors: list[str] = []
+
+    def keep_backing_up() -> None:  # a second machine backs up all through the prunes
+        for r in range(5):
+            _change(tree_b, 100 + r)
+            state = tree_state(tree_b)
+            result = b.run("backup", str(tree_b), "--json")
+            if result.rc != 0:
+                errors.append(result.err)
+                return
+            b_states[result.doc["snapshot"]] = state
+
+    worker = threading.Thread(target=keep_backing_up)
+    worker.start()
+    for r in range(3):
+        states.update(_snap_states(a, tree_a, 1, seed=10 + r))
+        admin.ok("forget", "--keep-last", "2", "--group-by", "host,paths")
+        admin.ok("prune", "--max-unused", "0%")
+    worker.join()
+    assert errors == []
+    admin.ok("prune", "--max-unused", "0%")
+
+    restore = tokens["restore"]
+    listed = [_listed(node, restore) for node in nodes]
+    assert listed[0] == listed[1]  # what one node forgot, the other no longer lists
+    forgotten = (set(states) | set(b_states)) - listed[0]
+    assert forgotten
+
+    lock = f"{nodes[1].base}/v1/repos/{REPO}/prune/lock"
+    _call("POST", lock, tokens["admin"], {"holder": "another-machine"})
+    for where in (url, f"{nodes[0].base}/{REPO}", f"{nodes[1].base}/{REPO}"):
+        assert_one_line_error(
+            agent(tmp_path / "admin", where, tokens["admin"]).run("prune"),
+            14,
+            "another prune (another-machine)",
+        )
+    _call("DELETE", f"{lock}?holder=another-machine", tokens["admin"])
+
+    reader = agent(tmp_path / "fresh", url, restore)
+    reader.ok("check", "--read-data")
+    _assert_all_restore(reader, tree_a, states, tmp_path / "ra")
+    _assert_all_restore(reader, tree_b, b_states, tmp_path / "rb")
+    for node in nodes:  # scheduled, not destroyed: both nodes know
+        doc = _call("GET", f"{node.base}/v1/repos/{REPO}/deletions", restore)
+        assert isinstance(doc, dict)
+        assert any(d["kind"] == "pack" for d in doc["pending"])
