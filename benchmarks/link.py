@@ -81,17 +81,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def chunk_server(data: Path) -> Iterator[tuple[int, dict[str, str], int]]:
-    """Yield (port, tokens, server pid) of a fresh server with one repository."""
+def chunk_server(data: Path, tree: Path = ROOT) -> Iterator[tuple[int, dict[str, str], int]]:
+    """Yield (port, tokens, server pid) of a fresh server with one repository, running the code
+    of the source `tree` (default: this checkout)."""
     server = [sys.executable, "-m", "server"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
         [*server, "repo", "create", REPO, "--data", str(data), "--json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=tree, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     tokens = json.loads(out.stdout)["tokens"]
     port = _free_port()
     serve = [*server, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(serve, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(serve, cwd=tree, env=env, stdout=quiet, stderr=quiet)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield port, tokens, proc.pid
@@ -218,12 +221,14 @@ def random_pack() -> tuple[PackId, bytes]:
     return builder.finish(sealed_header=os.urandom(5 * len(builder) + 45))
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _ingest(backend: RemoteBackend, packs: list[tuple[PackId, bytes]], par: int) -> float:
+async def ingest_packs(
+    backend: RemoteBackend, packs: list[tuple[PackId, bytes]], par: int
+) -> float:
     sem = asyncio.Semaphore(par)
 
     async def one(pack_id: PackId, data: bytes) -> None:
@@ -242,12 +247,12 @@ async def server_runs(url: str, token: str, n_packs: int, pid: int) -> dict[str,
         out: dict[str, Any] = {}
         for label, par in (("sequential", 1), (f"{PARALLEL} in parallel", PARALLEL)):
             packs = [random_pack() for _ in range(n_packs)]
-            size, cpu = sum(len(d) for _, d in packs), _cpu_seconds(pid)
-            seconds = await _ingest(backend, packs, par)
+            size, cpu = sum(len(d) for _, d in packs), cpu_seconds(pid)
+            seconds = await ingest_packs(backend, packs, par)
             out[label] = {
                 "packs": n_packs, "bytes": size, "seconds": round(seconds, 3),
                 "mb_per_s": round(size / MB / seconds, 1),
-                "server_cpu_s_per_gb": round((_cpu_seconds(pid) - cpu) / size * 1e9, 2),
+                "server_cpu_s_per_gb": round((cpu_seconds(pid) - cpu) / size * 1e9, 2),
             }  # fmt: skip
         out["missing"] = await _missing_rate(backend)
         return out

@@ -1,27 +1,34 @@
 """Repository check: structure always, every byte with `read_data`.
 
 Structure: every pack's trailer and manifest parse, every snapshot opens, and every chunk a
-catalogue names is in some pack. Read-data: every pack is fetched whole, hashed against its name,
-and every blob is decrypted and checked against its chunk id. Each problem names the pack or
+catalogue names is in some pack. Read-data: every pack is read in windows of whole blobs (never
+whole, so memory does not grow with pack size), hashed against its name, and every blob is
+decrypted, decoded and checked against its chunk id. Each problem names the pack or
 snapshot it concerns. Reports packs checked (and bytes read) to a `Progress` as it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import blake3
 
 from client.progress import Progress
 from client.repository import Repository, pack_named
 from client.restore import catalogue
 from engine import blob
-from engine.errors import DicomvaultError
+from engine.backend import Backend
+from engine.errors import DicomvaultError, IntegrityError
 from engine.ids import ChunkId, PackId
-from engine.pack import verify_pack
+from engine.keys import MasterKey
+from engine.pack import ManifestEntry
 from engine.packer import read_manifest
 
-READ_CONCURRENCY = 4
+READ_CONCURRENCY = 4  # packs read at once
+PACK_WINDOW = 4 * 1024 * 1024  # bytes of a pack read, hashed and opened at once
 
 
 @dataclass
@@ -99,19 +106,70 @@ def _suspect(repo: Repository, chunks: list[tuple[ChunkId, int]], present: set[P
 
 
 async def _read_pack(repo: Repository, pack_id: PackId, report: CheckReport) -> int:
-    data = await repo.backend.get_pack(pack_id)
-    info = await asyncio.to_thread(verify_pack, pack_id, data)
+    """Verify every byte of a pack; with several sites, a pack that fails at one is read at
+    the next (`Backend.read_checked`, docs/design.md §17)."""
 
-    def open_all() -> None:
-        view = memoryview(data)
-        for e in info.entries:
-            blob.open_blob(repo.key, e.chunk_id, view[e.offset : e.offset + e.length])
+    async def site(backend: Backend) -> Backend:
+        return backend
 
-    await asyncio.to_thread(open_all)
-    report.bytes_verified += len(data)
+    async def streamed(backend: Backend) -> tuple[int, list[ManifestEntry]]:
+        return await _stream_pack(repo.key, backend, pack_id)
+
+    size, entries = await repo.backend.read_checked(f"pack {pack_id.short()}", site, streamed)
+    report.bytes_verified += size
     if not repo.index.has_pack(pack_id):
-        repo.index.add_pack(pack_id, len(data), info.entries)
-    return len(data)
+        repo.index.add_pack(pack_id, size, entries)
+    return size
+
+
+async def _stream_pack(
+    key: MasterKey, backend: Backend, pack_id: PackId
+) -> tuple[int, list[ManifestEntry]]:
+    """Read a pack as a stream of windows of whole blobs, never whole: each window is hashed
+    into the pack's BLAKE3 and its blobs opened (decrypted, decoded, checked against their
+    chunk ids) in one worker-thread call, so memory per pack is one window and its blobs."""
+    size, entries = await read_manifest(backend, pack_id)
+    hasher = blake3.blake3()
+    failures: list[DicomvaultError] = []
+
+    def take(data: bytes, start: int, group: list[ManifestEntry]) -> None:
+        hasher.update(data)
+        view = memoryview(data)
+        for e in group:
+            try:
+                blob.open_blob(key, e.chunk_id, view[e.offset - start : _end(e) - start])
+            except DicomvaultError as err:
+                failures.append(err)
+
+    cursor = 0
+    for group in _windows(entries):
+        end = _end(group[-1])
+        data = await backend.get_pack_range(pack_id, cursor, end - cursor)
+        await asyncio.to_thread(take, data, cursor, group)
+        cursor = end
+    take(await backend.get_pack_range(pack_id, cursor, size - cursor), cursor, [])
+    if hasher.digest() != pack_id:  # first: a damaged pack is named as such, not by a blob
+        raise IntegrityError(f"pack {pack_id.hex()}: content does not match its name")
+    if failures:
+        raise failures[0]
+    return size, entries
+
+
+def _end(e: ManifestEntry) -> int:
+    return e.offset + e.length
+
+
+def _windows(entries: list[ManifestEntry]) -> Iterator[list[ManifestEntry]]:
+    """The entries in pack order, grouped into runs of at most PACK_WINDOW bytes (a larger blob
+    alone)."""
+    group: list[ManifestEntry] = []
+    for e in sorted(entries, key=lambda e: e.offset):
+        if group and _end(e) - group[0].offset > PACK_WINDOW:
+            yield group
+            group = []
+        group.append(e)
+    if group:
+        yield group
 
 
 async def _snapshots(repo: Repository, report: CheckReport, present: set[PackId]) -> None:

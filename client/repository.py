@@ -129,7 +129,7 @@ class Repository:
             )
         return loc
 
-    async def read_chunk(self, chunk_id: ChunkId) -> bytes:
+    async def read_chunk(self, chunk_id: ChunkId) -> bytes | bytearray:
         """Fetch, decrypt and verify a chunk. If its copy fails authentication (or its pack is
         gone), every other pack known to hold the chunk is tried, and the first that works
         becomes its location: a pack planted with reused chunk ids cannot stop a restore or
@@ -151,16 +151,18 @@ class Repository:
             return data
         raise IntegrityError("; ".join(errors))
 
-    async def _read_at(self, chunk_id: ChunkId, loc: Location) -> bytes:
+    async def _read_at(self, chunk_id: ChunkId, loc: Location) -> bytes | bytearray:
         """The chunk at `loc`; a copy that fails authentication at one site of several is read
         at the next (`Backend.read_checked`)."""
 
-        async def opened(sealed: bytes) -> bytes:
+        async def opened(sealed: bytes) -> bytes | bytearray:
+            box = [sealed]  # handed over whole: the opening thread lets it go once decrypted
+            del sealed
             try:
-                if len(sealed) != loc.length:
+                if len(box[0]) != loc.length:
                     raise IntegrityError("pack is truncated")
                 return await asyncio.get_running_loop().run_in_executor(
-                    _OPENING, blob.open_blob, self.key, chunk_id, sealed
+                    _OPENING, _open_handed_over, self.key, chunk_id, box
                 )
             except IntegrityError as e:
                 raise IntegrityError(pack_named(loc.pack_id, str(e))) from None
@@ -299,3 +301,10 @@ def pack_named(pack_id: PackId, message: str) -> str:
 def now_rfc3339() -> str:
     """UTC with microseconds: snapshots are ordered by time, and two can finish in one second."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _open_handed_over(key: MasterKey, chunk_id: ChunkId, sealed: list[bytes]) -> bytes | bytearray:
+    """`blob.open_blob` on the one blob in `sealed`, taken out of the list: nothing else holds
+    it, so it is freed once decrypted instead of staying beside the decoding frame (an encoded
+    copy per decoding thread at a restore's peak, docs/design.md §2.2)."""
+    return blob.open_blob(key, chunk_id, sealed.pop())

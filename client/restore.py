@@ -11,6 +11,7 @@ import asyncio
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -261,6 +262,7 @@ class Restorer:
             with self.target.new_file(parts) as f:
                 async for data in self.read_file(entry.chunks):
                     f.write(data)
+                    del data  # outside the window once the next chunk is asked for
                 finish_file(f, entry.mode, entry.mtime_ns)
         except Exception as e:  # one file fails alone; the others are still restored
             self._failed(entry, e)
@@ -269,32 +271,36 @@ class Restorer:
         self.summary.bytes_written += entry.size
         self.progress(self.summary, entry.path)
 
-    async def read_file(self, chunks: list[tuple[ChunkId, int]]) -> AsyncIterator[bytes]:
+    async def read_file(
+        self, chunks: list[tuple[ChunkId, int]]
+    ) -> AsyncIterator[bytes | bytearray]:
         """Yield a file's chunks in order, with up to FETCH_CONCURRENCY reads in flight, each
         holding its length in the shared `window` until the caller comes back for the next.
+        The caller must drop a chunk before asking for the next (`del data` in its loop): its
+        bytes are given back to the window then, so a chunk still held would be outside it.
 
         Never waits for the window while holding a fetched chunk of its own: it hands that
         chunk on first, so files cannot hold the whole window between them and wait forever."""
-        window: list[tuple[asyncio.Task[bytes], int]] = []
+        window: deque[tuple[asyncio.Task[bytes | bytearray], int]] = deque()
         held = 0  # window bytes of the chunk the caller is writing now
         try:
             for chunk_id, length in chunks:
                 while (taken := self.window.try_take(length)) is None and window:
-                    task, held = window.pop(0)
-                    yield await task
+                    held = window[0][1]
+                    yield await _first(window)
                     self.window.give(held)
                     held = 0
                 if taken is None:
                     taken = await self.window.take(length)
                 window.append((asyncio.create_task(self.repo.read_chunk(chunk_id)), taken))
                 if len(window) >= FETCH_CONCURRENCY:
-                    task, held = window.pop(0)
-                    yield await task
+                    held = window[0][1]
+                    yield await _first(window)
                     self.window.give(held)
                     held = 0
             while window:
-                task, held = window.pop(0)
-                yield await task
+                held = window[0][1]
+                yield await _first(window)
                 self.window.give(held)
                 held = 0
         finally:
@@ -305,11 +311,18 @@ class Restorer:
                 task.add_done_callback(_retrieve)
 
 
+async def _first(window: deque[tuple[asyncio.Task[bytes | bytearray], int]]) -> bytes | bytearray:
+    """The oldest read's chunk, with the read taken out of `window`: once handed on, the chunk
+    is referenced only by whoever writes it (a finished task would keep its result alive)."""
+    task, _ = window.popleft()
+    return await task
+
+
 def _is_folder(st: os.stat_result | None) -> bool:
     return st is not None and stat.S_ISDIR(st.st_mode)
 
 
-def _retrieve(task: asyncio.Task[bytes]) -> None:
+def _retrieve(task: asyncio.Task[bytes | bytearray]) -> None:
     """A read left behind may already have failed: take its error, as nobody awaits it."""
     if not task.cancelled():
         task.exception()

@@ -330,6 +330,7 @@ async def _send_one(reader: Restorer, entry: Entry, sender: Sender, path: Path) 
     with open(path, "wb") as f:
         async for data in reader.read_file(entry.chunks):
             f.write(data)
+            del data  # outside the restore window once the next chunk is asked for
     try:
         staged = await asyncio.to_thread(stage, path, (entry.dicom or {}).get("TransferSyntaxUID"))
         ok, status, message = await asyncio.to_thread(sender.send, staged)

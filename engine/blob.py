@@ -187,7 +187,7 @@ def _encode_plain(data: bytes | memoryview) -> tuple[Codec, bytes]:
     return Codec.ZSTD, payload
 
 
-def decode(codec: int, payload: bytes | memoryview, raw_len: int) -> bytes:
+def decode(codec: int, payload: bytes | memoryview, raw_len: int) -> bytes | bytearray:
     if codec == Codec.STORED:
         return bytes(payload)
     if codec == Codec.ZSTD:
@@ -239,7 +239,9 @@ def open_plaintext(key: MasterKey, chunk_id: bytes, blob: bytes | memoryview) ->
         raise IntegrityError(f"chunk {chunk_id.hex()}: malformed blob")
     salt = bytes(blob[1 : 1 + SALT_SIZE])
     try:
-        return _blob_key(key, salt).decrypt(_NONCE, blob[1 + SALT_SIZE :], _aad(chunk_id))
+        # A view: slicing bytes would copy the ciphertext, a third encoded copy per worker.
+        ciphertext = memoryview(blob)[1 + SALT_SIZE :]
+        return _blob_key(key, salt).decrypt(_NONCE, ciphertext, _aad(chunk_id))
     except InvalidTag:
         raise IntegrityError(
             f"chunk {chunk_id.hex()}: authentication failed (tampered or corrupt)"
@@ -257,9 +259,12 @@ def seal(key: MasterKey, chunk_id: ChunkId, data: bytes | memoryview, hint: Hint
     return seal_plaintext(key, chunk_id, plaintext)
 
 
-def open_blob(key: MasterKey, chunk_id: ChunkId, blob: bytes | memoryview) -> bytes:
-    """Decrypt and decode a blob; verify the plaintext hashes to `chunk_id`."""
+def open_blob(key: MasterKey, chunk_id: ChunkId, blob: bytes | memoryview) -> bytes | bytearray:
+    """Decrypt and decode a blob; verify the plaintext hashes to `chunk_id`. The blob is let go
+    once decrypted, so a caller that hands over its only reference (`Repository.read_chunk`)
+    does not hold the sealed copy while the frame decodes."""
     plaintext = open_plaintext(key, chunk_id, blob)
+    del blob
     codec, raw_len, payload_len = _FRAME.unpack_from(plaintext)
     payload = memoryview(plaintext)[_FRAME.size : _FRAME.size + payload_len]
     try:

@@ -89,6 +89,10 @@ def encode_frame(
         return None
     try:
         encoded = _ENCODERS[codec](_to_codec_array(view, layout))
+        if _decodes_in_place(layout):
+            # One decoded copy, compared by one memcmp (bytearray == any buffer): the verify
+            # step holds the raw frame, its bitstream and one frame more, and nothing else.
+            return encoded if decode_frame(codec, encoded, layout, view.nbytes) == view else None
         restored = _decode_words(codec, encoded, layout, view.nbytes)
     except Exception:  # any codec failure, whatever its type, means "fall back to zstd"
         return None
@@ -97,11 +101,42 @@ def encode_frame(
 
 def decode_frame(
     codec: ImageCodec, encoded: bytes | memoryview, layout: PixelLayoutLike, raw_length: int
-) -> bytes:
-    """Return the raw frame bytes that `encode_frame` encoded; raise FormatError if impossible."""
+) -> bytes | bytearray:
+    """Return the raw frame bytes that `encode_frame` encoded; raise FormatError if impossible.
+
+    Where the codec's array is laid out as the raw frame (every layout but planar colour, on a
+    little-endian machine) the codec decodes straight into the returned buffer, a `bytearray`,
+    so the frame is in memory once instead of twice (an array, then its copy as bytes): with
+    one decoding thread per core and 8 MiB frame bands, that copy was ~16 MiB of a restore's
+    peak (docs/design.md §2.2)."""
     if not _supported(layout) or raw_length != _frame_bytes(layout):
         raise FormatError(f"image codec cannot restore this layout ({raw_length} bytes)")
-    return _decode_words(codec, encoded, layout, raw_length).tobytes()
+    if not _decodes_in_place(layout):
+        return _decode_words(codec, encoded, layout, raw_length).tobytes()
+    out = bytearray(raw_length)
+    words = np.frombuffer(out, dtype=_codec_dtype(layout)).reshape(_codec_shape(layout))
+    try:
+        _IN_PLACE[codec](_buffer(encoded), out=words)
+    except Exception as exc:
+        raise FormatError(f"{ImageCodec(codec).name} bitstream does not decode: {exc}") from exc
+    flip = _sign_flip(layout)
+    if flip:
+        np.bitwise_xor(words, np.array(flip, dtype=words.dtype), out=words)
+    return out
+
+
+def _decodes_in_place(layout: PixelLayoutLike) -> bool:
+    planar_colour = layout.samples_per_pixel == 3 and layout.planar_configuration == 1
+    return not planar_colour and _codec_dtype(layout).isnative
+
+
+def _codec_dtype(layout: PixelLayoutLike) -> np.dtype[Any]:
+    return np.dtype(np.uint8) if layout.bits_allocated == 8 else np.dtype("<u2")
+
+
+def _codec_shape(layout: PixelLayoutLike) -> tuple[int, ...]:
+    shape: tuple[int, ...] = (layout.rows, layout.columns)
+    return (*shape, 3) if layout.samples_per_pixel == 3 else shape
 
 
 def _decode_words(
@@ -208,9 +243,7 @@ def _from_codec_array(decoded: _Image, layout: PixelLayoutLike) -> _Image:
     """Inverse of `_to_codec_array`, as a contiguous little-endian array holding the raw frame's
     bytes; raise FormatError when the decoded image has another shape."""
     dtype = np.dtype(np.uint8) if layout.bits_allocated == 8 else np.dtype(np.uint16)
-    shape: tuple[int, ...] = (layout.rows, layout.columns)
-    if layout.samples_per_pixel == 3:
-        shape += (3,)
+    shape = _codec_shape(layout)
     if decoded.dtype != dtype or decoded.shape != shape:
         raise FormatError(f"decoded image is {decoded.dtype}{decoded.shape}, expected {shape}")
     words = decoded
@@ -246,6 +279,10 @@ def _decode_jpegxl(encoded: bytes | memoryview) -> _Image:
 _ENCODERS: dict[ImageCodec, Callable[[_Image], bytes]] = {
     ImageCodec.JPEGLS: _encode_jpegls,
     ImageCodec.JPEGXL: _encode_jpegxl,
+}
+_IN_PLACE: dict[ImageCodec, Callable[..., Any]] = {  # decode into `out`, an array of the frame
+    ImageCodec.JPEGLS: imagecodecs.jpegls_decode,
+    ImageCodec.JPEGXL: imagecodecs.jpegxl_decode,
 }
 _DECODERS: dict[ImageCodec, Callable[[bytes | memoryview], _Image]] = {
     ImageCodec.JPEGLS: _decode_jpegls,

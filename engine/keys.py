@@ -58,7 +58,7 @@ class MasterKey:
     def generate(cls) -> MasterKey:
         return cls(secrets.token_bytes(SECRET_SIZE))
 
-    def chunk_id(self, data: bytes | memoryview) -> ChunkId:
+    def chunk_id(self, data: bytes | bytearray | memoryview) -> ChunkId:
         return ChunkId(blake3.blake3(data, key=self.id_key, max_threads=1).digest())
 
 

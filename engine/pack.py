@@ -2,7 +2,8 @@
 
 A pack is `blobs ‖ sealed header ‖ manifest ‖ trailer`. The blobs and the header are opaque here
 (the client seals them); the manifest is plaintext so a keyless server can index and verify a
-pack. Does not touch storage and holds no keys.
+pack. Does not touch storage (a pack being built waits in an unlinked temporary file, not in
+memory) and holds no keys.
 
     blob area      sum(entry.length) bytes, blobs back to back in manifest order
     header         header_len bytes, sealed by the client (opaque to the server); its plaintext
@@ -17,9 +18,12 @@ Pack id = unkeyed BLAKE3-256 of all the pack's bytes, so anyone can verify a pac
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import blake3
 
@@ -60,10 +64,14 @@ def pack_id_of(data: bytes | memoryview) -> PackId:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs in memory (≤ one pack, ~16 MiB) and emits the finished pack."""
+    """Accumulates sealed blobs (≤ one pack, ~16 MiB) and emits the finished pack.
+
+    The blobs wait in an unlinked temporary file, not in memory: a backup's peak came when a
+    nearly full pack coincided with both workers' frames (docs/design.md §2.2), and the pack is
+    now in memory only while `finish` assembles it."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._spool: IO[bytes] | None = None  # opened at the first blob
         self._entries: list[ManifestEntry] = []
         self._ids: set[ChunkId] = set()
         self.blob_bytes = 0
@@ -81,8 +89,10 @@ class PackBuilder:
     def add(self, chunk_id: ChunkId, blob: bytes) -> ManifestEntry:
         if chunk_id in self._ids:
             raise ValueError(f"{chunk_id!r} already in this pack")
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `finish`)
         entry = ManifestEntry(chunk_id, self.blob_bytes, len(blob))
-        self._parts.append(blob)
+        self._spool.write(blob)
         self._entries.append(entry)
         self._ids.add(chunk_id)
         self.blob_bytes += len(blob)
@@ -93,24 +103,28 @@ class PackBuilder:
         trailer = _TRAILER.pack(
             MAGIC, VERSION, len(self._entries), len(sealed_header), self.blob_bytes
         )
-        parts, self._parts = self._parts, []  # finish consumes the blobs: finished once
-        data = _join_consuming([*parts, sealed_header, manifest, trailer], parts)
+        spool, self._spool = self._spool, None  # finish consumes the blobs: finished once
+        data = _assemble(spool, [sealed_header, manifest, trailer])
         if len(data) >= MAX_SIZE:
             raise ValueError("pack too large")
         return pack_id_of(data), data
 
 
-def _join_consuming(parts: list[bytes], owner: list[bytes]) -> bytes:
-    """`b"".join(parts)`, dropping each part once copied (from `parts` and from `owner`, the
-    list they came from), so a 16 MiB pack never sits in memory twice: BytesIO grows one buffer
-    in place (a mapping, remapped rather than copied) and hands it over without a copy when
-    nothing else holds it."""
-    owner.clear()
+def _assemble(spool: IO[bytes] | None, tail: list[bytes]) -> bytes:
+    """The spooled blobs followed by `tail`, as one bytes object that is never in memory twice:
+    BytesIO grows one buffer in place (a mapping, remapped rather than copied) and hands it over
+    without a copy when nothing else holds it. Closes (and so deletes) the spool."""
     out = io.BytesIO()
-    parts.reverse()
-    while parts:
-        out.write(parts.pop())
+    if spool is not None:
+        with spool:
+            spool.seek(0)
+            shutil.copyfileobj(spool, out, _COPY_PIECE)
+    for part in tail:
+        out.write(part)
     return out.getvalue()
+
+
+_COPY_PIECE = 1024 * 1024
 
 
 def header_entry(raw_len: int, content: int) -> bytes:

@@ -79,7 +79,7 @@ class Fetcher:
             task.add_done_callback(lambda t: self._inflight.pop(ref.digest, None))
         return await asyncio.shield(task)
 
-    async def _chunk(self, chunk_id: ChunkId) -> bytes:
+    async def _chunk(self, chunk_id: ChunkId) -> bytes | bytearray:
         async with self._slots:
             return await self.repo.read_chunk(chunk_id)
 
@@ -96,7 +96,7 @@ class Fetcher:
         cached = self.cache.get(ref.digest)
         if cached is not None or not ref.chunks:
             return cached or b""
-        return await self._chunk(ref.chunks[0][0])
+        return bytes(await self._chunk(ref.chunks[0][0]))  # a header chunk: already bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,17 +146,28 @@ class LocalStore(Store):
         *,
         mtime: float | None = None,
     ) -> bool:
-        """Stage in `.incoming/` (write, fsync), verify, then link into place like `put`."""
+        """Stage in `.incoming/` (write, fsync), verify, then link into place like `put`.
+
+        A piece is written in a worker thread while the next one is awaited, so receiving and
+        writing overlap; one write is in flight at a time, so at most two pieces are held.
+        """
         final = self._path(name)
         staged = await self._run(name, lambda: _StagedFile(self.root / INCOMING))
+        writing: asyncio.Future[int] | None = None
         try:
             async for piece in pieces:
-                await self._run(name, functools.partial(staged.file.write, piece))
+                if writing is not None:
+                    await writing
+                write = functools.partial(staged.file.write, piece)
+                writing = asyncio.ensure_future(self._run(name, write))
+            if writing is not None:
+                await writing
             await self._run(name, lambda: staged.seal(mtime))
             if verify is not None:
                 await verify(staged)
             return await self._run(name, lambda: link_durably(staged.path, final))
         finally:
+            await _settled(writing)
             await asyncio.to_thread(staged.discard)
 
     async def get(self, name: str) -> bytes:
@@ -224,6 +235,15 @@ class LocalStore(Store):
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             folders += [Path(e.path) for e in os.scandir(self.root) if _is_plain_dir(e)]
         return sum(_remove_old_temp_files(folder, cutoff) for folder in folders)
+
+
+async def _settled(task: asyncio.Future[T] | None) -> None:
+    """Wait for `task` to end without raising: the staged file is closed only after its last
+    write, and an error already on its way out is not replaced by the write's."""
+    if task is not None:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as lost
 
 
 def _relink(src: Path, final: Path) -> bool | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -300,6 +303,38 @@ async def test_local_put_stream_leaves_no_staged_file(tmp_path: Path) -> None:
     with pytest.raises(ConnectionResetError):
         await store.put_stream("packs/aa/q", _pieces(b"abc", b"def", fail_after=1))
     assert list((tmp_path / INCOMING).iterdir()) == []
+
+
+async def test_local_put_stream_receives_the_next_piece_while_writing_one(
+    tmp_path: Path,
+) -> None:
+    """The one worker thread is held until the second piece is asked for: a store that waited
+    for each write before asking for the next piece would wait for the hold to time out."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    released, held = threading.Event(), []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        hold = loop.run_in_executor(None, released.wait, 3.0)
+        yield b"a" * 1000  # its write waits behind the hold
+        released.set()
+        yield b"b" * 1000
+        held.append(await hold)
+
+    store = LocalStore(tmp_path)
+    assert await store.put_stream("packs/aa/p", pieces())
+    assert held == [True]  # released by the request for the second piece, not by the timeout
+    assert await store.get("packs/aa/p") == b"a" * 1000 + b"b" * 1000
+
+
+async def test_local_put_stream_waits_for_its_last_write_when_the_stream_breaks(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    with pytest.raises(ConnectionResetError):
+        await store.put_stream("packs/aa/q", _pieces(b"a" * 1000, b"b", fail_after=1))
+    assert list((tmp_path / INCOMING).iterdir()) == []
+    assert not await store.exists("packs/aa/q")
 
 
 async def test_list_is_sorted_and_resumes_after_a_start_key(store: Store) -> None:
