@@ -1,8 +1,8 @@
 """Memory of forget, prune and stats does not grow with the repository (docs/design.md §14,
 "Memory"): the real CLI in a child process, its anonymous memory sampled from /proc (what the
 process allocated: Python's heap and LMDB's page buffers, not the index's mapped file pages),
-on two local repositories built like the prune benchmark's, one four times the other (same
-number of snapshots, four times the chunks and packs). The packs are built small (2 MiB), so
+on two local repositories built like the prune benchmark's, one six times the other (same
+number of snapshots, six times the chunks and packs). The packs are built small (2 MiB), so
 what is bounded by a pack's size (repacking, a local repository's trash copies) is the same in
 both and what grows with the repository shows."""
 
@@ -18,11 +18,11 @@ from engine import packer
 from tests.helpers import PASSPHRASE, Vault
 
 SNAPSHOTS = 400  # 4 windows of 100 whose chunks are shuffled together (benchmarks.prune)
-SMALL, LARGE = 40_000, 160_000
+SMALL, LARGE = 40_000, 240_000
 # What the larger repository may add. Before the bounded index transactions and the records
-# held without their refs it added 10 MiB to forget, 7 to prune and 6 to stats here; now
-# within ±0.5 MiB.
-GROWTH_MIB = 4
+# held without their refs it added 20 MiB to forget, 13 to prune and 10 to stats here; now
+# 0 to 4 MiB (noise of the allocator and of the sampling).
+GROWTH_MIB = 6
 
 
 def _peaks(root: Path, chunks: int) -> dict[str, float]:
