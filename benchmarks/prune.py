@@ -14,7 +14,11 @@ RSS):
    the older half references;
 3. `prune --max-unused 5%` while a second 64 MiB backup runs: prune's time and RSS, bytes
    reclaimed ÷ dead bytes, bytes read and written by repacking, and the backup's throughput
-   against (1).
+   against (1);
+4. `stats` (the same pass over every catalogue as prune's mark): time and RSS.
+
+Each snapshot's record lists the chunks it stored new, as a backup's does, so the records of
+all snapshots together name every chunk.
 """
 
 from __future__ import annotations
@@ -99,7 +103,9 @@ async def build(repo_dir: Path, cache: Path, snapshots: int, chunks: int, size: 
                 when = (t0 + timedelta(hours=i)).isoformat().replace("+00:00", "Z")
                 stats = {"files": FILES, "dirs": 0, "bytes": per * size}
                 body = SnapshotBody(when, "pacs", ["/srv/pacs"], tree, stats, [], [])
-                await repo.commit(body, None, [c for c, _ in tree], "pacs")
+                # refs as a backup's: every chunk it stored new (the record carries them all)
+                refs = [c for c, _ in tree] + lists[i][:per]
+                await repo.commit(body, None, refs, "pacs")
         await repo.packer.flush()
     finally:
         await repo.close()
@@ -135,8 +141,9 @@ async def _catalogue(
 
 
 class Child:
-    """A child process: its peak RSS (VmHWM: LMDB's mapped index pages count there) and peak
-    anonymous RSS (what the process itself allocated), sampled from /proc every 20 ms. Not
+    """A child process: its peak RSS (VmHWM: LMDB's mapped index pages count there), peak
+    anonymous RSS (what the process itself allocated) and peak file-backed RSS (mapped file
+    pages, mostly LMDB's, which the kernel can drop), sampled from /proc every 20 ms. Not
     wait4's ru_maxrss: a forked child starts with its parent's pages, and this parent has just
     mapped the server's index for reindex."""
 
@@ -145,6 +152,7 @@ class Child:
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.cmd = cmd
         self.anon_kib = 0
+        self.file_kib = 0
         self.hwm_kib = 0
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -159,6 +167,8 @@ class Child:
             for line in text.splitlines():
                 if line.startswith("RssAnon:"):
                     self.anon_kib = max(self.anon_kib, int(line.split()[1]))
+                elif line.startswith("RssFile:"):
+                    self.file_kib = max(self.file_kib, int(line.split()[1]))
                 elif line.startswith("VmHWM:"):
                     self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
             if "State:\tZ" in text:
@@ -221,6 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         during_s, _, _ = during.wait()
         prune_s, prune_rss, out = pruning.wait()
         report = json.loads(out)
+        counting = Child([*cli, "stats", "--json"], admin)
+        stats_s, stats_rss, _ = counting.wait()
         dead_freed = report["bytes_unused"] - report["unused_after"]  # blob bytes
         return {
             "snapshots": built.snapshots,
@@ -231,9 +243,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "forget_s": round(forget_s, 2),
             "forget_peak_rss_mib": round(forget_rss / 1024, 1),
             "forget_peak_anon_mib": round(forgetting.anon_kib / 1024, 1),
+            "forget_peak_file_mib": round(forgetting.file_kib / 1024, 1),
             "prune_s": round(prune_s, 2),
             "prune_peak_rss_mib": round(prune_rss / 1024, 1),
             "prune_peak_anon_mib": round(pruning.anon_kib / 1024, 1),
+            "prune_peak_file_mib": round(pruning.file_kib / 1024, 1),
+            "stats_s": round(stats_s, 2),
+            "stats_peak_rss_mib": round(stats_rss / 1024, 1),
+            "stats_peak_anon_mib": round(counting.anon_kib / 1024, 1),
             "packs": report["packs"],
             "packs_deleted": report["packs_deleted"],
             "packs_repacked": report["packs_repacked"],

@@ -202,6 +202,18 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def pending_line(doc: dict[str, Any]) -> str:
+    """One row of `undelete`'s listing; a row the purge met under Object Lock
+    (`locked_until`) is purged already and says so."""
+    head = f"{doc['id'][:8]}  scheduled {_iso(doc['scheduled'])}"
+    if doc.get("locked_until") is not None:
+        return (
+            f"{head}  purged, can no longer be undone; Object Lock keeps it until "
+            f"{_iso(doc['locked_until'])}"
+        )
+    return f"{head}  destroyed after {_iso(doc['purge_after'])}"
+
+
 async def cmd_undelete(args: argparse.Namespace) -> int:
     backend = open_backend(args)  # no passphrase: the server acts on names alone
     try:
@@ -214,11 +226,7 @@ async def cmd_undelete(args: argparse.Namespace) -> int:
             emit(args, {"restored": docs}, text)
         else:
             docs = await backend.pending_deletions()
-            text = "\n".join(
-                f"{d['id'][:8]}  scheduled {_iso(d['scheduled'])}  destroyed after "
-                f"{_iso(d['purge_after'])}"
-                for d in docs
-            )
+            text = "\n".join(pending_line(d) for d in docs)
             emit(args, {"pending": docs}, text or "nothing scheduled for deletion")
     finally:
         await backend.close()

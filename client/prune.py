@@ -34,12 +34,19 @@ from engine.backend import LocalBackend, Pruning
 from engine.catalogue import PACK_HEADER_AD
 from engine.errors import IntegrityError, UsageError
 from engine.ids import ChunkId, PackId
-from engine.pack import header_entries, read_pack_info
+from engine.pack import (
+    TRAILER_SIZE,
+    ManifestEntry,
+    header_entries,
+    read_pack_info_ranged,
+)
 from engine.packer import Packer
 from engine.prune_plan import MaxUnused, PackUse, Plan, plan
 
 LOCK_TTL = 600.0  # seconds; renewed every third of it while the prune runs
 SCHEDULE_BATCH = 500  # packs per schedule call (the server reads each manifest under its lock)
+RANGE_MAX = 4 << 20  # bytes per ranged read of a pack being repacked
+RANGE_GAP = 64 << 10  # dead bytes read through rather than starting another range
 
 
 class LiveSet:
@@ -184,14 +191,17 @@ async def refresh(repo: Repository) -> None:
     """The index exactly as the backend's packs are now (after the lock: nothing is removed
     from here on but by this prune)."""
     listed = {p async for p in repo.backend.list_packs()}
-    repo.forget_packs({p for p, _ in repo.index.pack_sizes() if p not in listed})
+    repo.forget_packs(repo.index.indexed_packs() - listed)
     await repo.sync_index()
     repo.index.drop_unknown()
 
 
 async def _mark(repo: Repository, live: LiveSet) -> int:
-    snapshots = await repo.snapshots()
-    for _, _, body in snapshots:
+    """Add every chunk the snapshots reference to `live`, one snapshot and 50,000 ids at a
+    time; return how many snapshots."""
+    count = 0
+    async for _, _, body in repo.each_snapshot():
+        count += 1
         live.add(cid for cid, _ in body.tree)
         batch: list[ChunkId] = []
         async for entry in catalogue(repo, body):
@@ -200,7 +210,7 @@ async def _mark(repo: Repository, live: LiveSet) -> int:
                 live.add(batch)
                 batch = []
         live.add(batch)
-    return len(snapshots)
+    return count
 
 
 def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
@@ -239,7 +249,8 @@ def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
 async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
     """Copy each live blob whose location is a pack being repacked into new packs, sealed
     blobs as they are (their id is their associated data, so no re-encryption), then make the
-    new copies the locations."""
+    new copies the locations. Memory: one range of a source pack (`_live_blobs`), the pack
+    being built, and the ids of its blobs (their locations move once it is uploaded)."""
     if not report.plan.repack:
         return
     written: set[PackId] = set()
@@ -251,28 +262,75 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
     packer = Packer(repo.key, repo.index, put)
     moved: list[ChunkId] = []
     for source in report.plan.repack:
-        data = await repo.backend.get_pack(source)
-        info = read_pack_info(data)
-        sealed_header = data[info.header_offset : info.header_offset + info.header_len]
-        header = header_entries(blob.open_plaintext(repo.key, PACK_HEADER_AD, sealed_header))
-        for e, (raw_len, content) in zip(info.entries, header, strict=True):
-            loc = repo.index.lookup(e.chunk_id)
-            if loc is None or loc.pack_id != source or e.chunk_id in packer:
-                continue  # its live copy is elsewhere
-            if e.chunk_id not in live:
-                continue  # no snapshot needs it
-            packer.add(e.chunk_id, data[e.offset : e.offset + e.length], raw_len, content)
-            moved.append(e.chunk_id)
+        async for cid, sealed, raw_len, content in _live_blobs(repo, source, live, packer):
+            packer.add(cid, sealed, raw_len, content)
+            moved.append(cid)
             if packer.full:
                 await packer.flush()
+                _move(repo, moved, written)
     await packer.flush()
+    _move(repo, moved, written)
     report.packs_written, report.bytes_written = packer.packs_written, packer.bytes_written
-    moves = []  # the new copy becomes the location; the old one is scheduled next
+
+
+async def _live_blobs(
+    repo: Repository, source: PackId, live: LiveSet, packer: Packer
+) -> AsyncIterator[tuple[ChunkId, bytes, int, int]]:
+    """The blobs of `source` a snapshot needs whose live copy is this one, not yet copied:
+    read by ranges (`_runs`) from its manifest and sealed header, never the whole pack."""
+    size, _ = await repo.backend.get_pack_tail(source, TRAILER_SIZE)
+
+    async def read(offset: int, length: int) -> bytes:
+        data = await repo.backend.get_pack_range(source, offset, length)
+        if len(data) != length:
+            raise IntegrityError(f"pack {source.hex()} is truncated")
+        return data
+
+    info = await read_pack_info_ranged(read, size)
+    sealed_header = await read(info.header_offset, info.header_len)
+    header = header_entries(blob.open_plaintext(repo.key, PACK_HEADER_AD, sealed_header))
+    wanted = []
+    for e, kind in zip(info.entries, header, strict=True):
+        loc = repo.index.lookup(e.chunk_id)
+        if loc is None or loc.pack_id != source or e.chunk_id in packer:
+            continue  # its live copy is elsewhere
+        if e.chunk_id in live:  # else no snapshot needs it
+            wanted.append((e, kind))
+    for run in _runs(sorted(wanted, key=lambda w: w[0].offset)):
+        start = run[0][0].offset
+        data = await read(start, run[-1][0].offset + run[-1][0].length - start)
+        for e, (raw_len, content) in run:
+            yield e.chunk_id, data[e.offset - start : e.offset - start + e.length], raw_len, content
+
+
+def _runs(
+    wanted: list[tuple[ManifestEntry, tuple[int, int]]],
+) -> Iterator[list[tuple[ManifestEntry, tuple[int, int]]]]:
+    """Blobs in offset order grouped into ranges of at most RANGE_MAX bytes, reading through
+    gaps (dead blobs) of at most RANGE_GAP rather than starting another range."""
+    run: list[tuple[ManifestEntry, tuple[int, int]]] = []
+    for w in wanted:
+        e = w[0]
+        if run:
+            start, end = run[0][0].offset, run[-1][0].offset + run[-1][0].length
+            if e.offset - end > RANGE_GAP or e.offset + e.length - start > RANGE_MAX:
+                yield run
+                run = []
+        run.append(w)
+    if run:
+        yield run
+
+
+def _move(repo: Repository, moved: list[ChunkId], written: set[PackId]) -> None:
+    """The uploaded new copies of `moved` become their locations (the old ones are scheduled
+    next); `moved` is emptied."""
+    moves = []
     for cid in moved:
         copy = next((o for o in repo.index.others(cid) if o.pack_id in written), None)
         if copy is not None:
             moves.append((cid, copy))
     repo.index.prefer_many(moves)
+    moved.clear()
 
 
 async def _schedule(repo: Repository, backend: Pruning, holder: str, report: PruneReport) -> None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,20 +28,11 @@ from engine.errors import IntegrityError, NotFound, ObjectNotFound
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
 from engine.keys import MasterKey
-from engine.pack import ManifestEntry
 from engine.packer import Packer, read_manifest
 from engine.protocol.errors import FullRefsRequired
 from engine.repoconfig import RepoConfig, unlock
 
 INDEX_SYNC_CONCURRENCY = 8
-FORGET_BATCH = 20_000  # chunk rows `forget_packs` drops per transaction
-_ROW = struct.Struct("<32sII")  # chunk id, offset, length: what `forget_packs` keeps per row
-
-
-def _entries(rows: bytes | bytearray) -> Iterator[ManifestEntry]:
-    for cid, offset, length in _ROW.iter_unpack(rows):
-        yield ManifestEntry(ChunkId(cid), offset, length)
-
 
 # Blobs opened (decrypted, decoded, hashed) at once: the codecs, zstd and BLAKE3 release the GIL,
 # so one thread per core keeps every core busy, and more would only hold more decoded frames.
@@ -240,29 +230,15 @@ class Repository:
         listed = {p async for p in self.backend.list_packs()}
         if self.uploader is not None:  # spooled, not yet sent: the spool still holds them
             listed.update(self.uploader.spool.pending())
-        self.forget_packs({p for p, _ in self.index.pack_sizes() if p not in listed})
+        self.forget_packs(self.index.indexed_packs() - listed)
         self.index.drop_unknown()
         self.index.generation = generation
         return True
 
     def forget_packs(self, gone: set[PackId]) -> None:
         """Drop packs the backend no longer holds from the index (their chunks fall back to
-        other copies), with one pass over the index to find what pointed into them."""
-        if not gone:
-            return
-        # Packed rows (40 bytes each, not objects), all read before any write: a write while
-        # the read transaction lives could not reuse freed pages and would grow the file.
-        entries: dict[PackId, bytearray] = {p: bytearray() for p in gone}
-        for cid, loc, others in self.index.locations():
-            for where in (loc, *others):
-                if where.pack_id in entries:
-                    entries[where.pack_id] += _ROW.pack(cid, where.offset, where.length)
-        for pack_id, rows in entries.items():
-            step = FORGET_BATCH * _ROW.size
-            slices = [bytes(rows[i : i + step]) for i in range(0, len(rows), step)] or [b""]
-            for piece in slices[:-1]:  # one bounded transaction each; the pack's row goes last
-                self.index.drop_chunks(pack_id, _entries(piece))
-            self.index.drop_pack(pack_id, _entries(slices[-1]))
+        other copies): one pass over the index, in bounded slices (`LocalIndex.drop_packs`)."""
+        self.index.drop_packs(gone)
 
     async def load_snapshot(self, snapshot_id: SnapshotId) -> tuple[CommitRecord, SnapshotBody]:
         """Fetch, and authenticate, a snapshot: the record must hash to `snapshot_id` and its
@@ -277,17 +253,23 @@ class Repository:
             raise IntegrityError(f"snapshot {snapshot_id.hex()}: {message}") from None
 
     async def snapshots(self) -> list[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
-        """Every snapshot that authenticates, oldest first; the others are skipped and named in
-        `warnings`, so one planted or damaged record never hides the good ones."""
-        out = []
+        """Every snapshot that authenticates, oldest first (`each_snapshot`, all held)."""
+        out = [s async for s in self.each_snapshot()]
+        return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
+
+    async def each_snapshot(self) -> AsyncIterator[tuple[SnapshotId, CommitRecord, SnapshotBody]]:
+        """Every snapshot that authenticates, one at a time in listing order; the others are
+        skipped and named in `warnings`, so one planted or damaged record never hides the good
+        ones. Records come without their `refs` and sealed body (checked, then dropped): a
+        first backup's refs name every chunk it stored, so the records of every snapshot would
+        hold the repository's chunk ids (docs/design.md §14, "Memory")."""
         for sid in await self.backend.list_snapshots():
             try:
                 record, body = await self.load_snapshot(sid)
             except (IntegrityError, ObjectNotFound) as e:  # not found: quarantined since listed
                 self.warn(f"skipped {e}")
                 continue
-            out.append((sid, record, body))
-        return sorted(out, key=lambda s: (s[2].time, s[0].hex()))
+            yield sid, dataclasses.replace(record, refs=(), sealed=b""), body
 
     async def resolve(self, name: str) -> SnapshotId:
         """Snapshot by `latest`, full id or unique id prefix.

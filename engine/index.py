@@ -13,7 +13,17 @@ bounded whatever the repository's size. Knows nothing of HTTP or of how packs ar
             JSON, associated data = the key): paths and DICOM attributes (patient names, UIDs)
             never sit in the cache in plaintext. The key is the master key's cache subkey.
     meta    "generation" → u64: the chunk server's prune generation this index was last
-            reconciled at (docs/design.md §14)
+            reconciled at (docs/design.md §14); "adding/" ‖ pack id → empty: a pack whose rows
+            are being written over several transactions (`add_pack`)
+
+Every write transaction touches at most WRITE_BATCH rows: LMDB copies each page a write
+transaction dirties into a buffer it keeps, for its next transactions, until the environment
+closes, and random ids dirty about one leaf page each, so the largest transaction is what the
+process keeps. Bounded transactions keep that flat whatever the number of chunks
+(docs/design.md §14, "Memory"). Each commit flushes the data but not the meta page
+(`metasync=False`): a system crash may undo the last transaction, never corrupt the file; for a
+cache that is the safe loss (a pack's rows go after the pack is durable, the generation after
+the reconcile), and it halves the syncs that bounded transactions multiply.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,9 @@ _SIZE = struct.Struct("<Q")
 MAP_SIZE = 1 << 40  # address space only: LMDB grows the file as it is used
 UNKNOWN_PACK = PackId(bytes(32))
 _NONCE_SIZE = 12  # random per record: at most ~10⁸ records per cache, far below GCM's 2³² bound
+WRITE_BATCH = 2_000  # rows per write transaction (module docstring): ≤ ~8 MiB of page buffers
+SCAN_SLICE = 50_000  # rows one read transaction of a pass over the index looks at
+_ADDING = b"adding/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +104,9 @@ class LocalIndex:
     def __init__(self, path: str | os.PathLike[str], files_key: bytes | None = None) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=6, max_readers=256)
+            self.env = lmdb.open(
+                str(path), map_size=MAP_SIZE, max_dbs=6, max_readers=256, metasync=False
+            )
         except lmdb.Error as e:
             raise StoreError(f"cannot open index at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
@@ -131,19 +146,34 @@ class LocalIndex:
             return _split(txn.get(chunk_id))
 
     def add_pack(self, pack_id: PackId, size: int, entries: Iterable[ManifestEntry]) -> None:
-        """Index a durable pack's chunks in one transaction (after the pack is durable).
+        """Index a durable pack's chunks (after the pack is durable), WRITE_BATCH rows per
+        transaction, in id order. A pack of more rows is marked `adding` in its first
+        transaction and listed in its last: a crash midway leaves it unlisted (`has_pack` is
+        false, so the next sync adds it again: adding is idempotent) but known to
+        `indexed_packs` (so its rows are dropped with it if it is gone by then).
 
         A chunk already located in another pack keeps that location; this one is added to
         `others`, so a pack reusing ids never displaces a location that worked."""
-        with self.env.begin(write=True) as txn:
-            for e in entries:
-                loc = _LOC.pack(pack_id, e.offset, e.length)
-                old = txn.get(e.chunk_id, db=self._chunks)
-                if old is None or old[:32] == UNKNOWN_PACK or old[:32] == pack_id:
-                    txn.put(e.chunk_id, loc, db=self._chunks)
-                else:
-                    _append_other(txn, self._others, e.chunk_id, loc)
-            txn.put(pack_id, _SIZE.pack(size), db=self._packs)
+        rows = sorted(entries, key=lambda e: e.chunk_id)
+        slices = [rows[i : i + WRITE_BATCH] for i in range(0, len(rows), WRITE_BATCH)] or [[]]
+        marker = _ADDING + pack_id
+        for n, batch in enumerate(slices):
+            with self.env.begin(write=True) as txn:
+                if n == 0 and len(slices) > 1:
+                    txn.put(marker, b"", db=self._meta)
+                for e in batch:
+                    self._add_row(txn, pack_id, e)
+                if n == len(slices) - 1:
+                    txn.put(pack_id, _SIZE.pack(size), db=self._packs)
+                    txn.delete(marker, db=self._meta)
+
+    def _add_row(self, txn: lmdb.Transaction, pack_id: PackId, e: ManifestEntry) -> None:
+        loc = _LOC.pack(pack_id, e.offset, e.length)
+        old = txn.get(e.chunk_id, db=self._chunks)
+        if old is None or old[:32] == UNKNOWN_PACK or old[:32] == pack_id:
+            txn.put(e.chunk_id, loc, db=self._chunks)
+        else:
+            _append_other(txn, self._others, e.chunk_id, loc)
 
     def prefer(self, chunk_id: ChunkId, good: Location, bad: Iterable[Location]) -> None:
         """Make `good` the chunk's location and forget `bad` ones (they failed to authenticate
@@ -153,10 +183,16 @@ class LocalIndex:
             self._prefer(txn, chunk_id, good, bad)
 
     def prefer_many(self, moves: Iterable[tuple[ChunkId, Location]]) -> None:
-        """`prefer` for many chunks in one transaction (a prune's repack)."""
-        with self.env.begin(write=True) as txn:
-            for chunk_id, good in moves:
-                self._prefer(txn, chunk_id, good, ())
+        """`prefer` for many chunks (a prune's repack), WRITE_BATCH per transaction."""
+        batch: list[tuple[ChunkId, Location]] = []
+        for move in [*moves, None]:
+            if move is not None:
+                batch.append(move)
+            if batch and (move is None or len(batch) >= WRITE_BATCH):
+                with self.env.begin(write=True) as txn:
+                    for chunk_id, good in batch:
+                        self._prefer(txn, chunk_id, good, ())
+                batch = []
 
     def _prefer(
         self, txn: lmdb.Transaction, chunk_id: ChunkId, good: Location, bad: Iterable[Location]
@@ -209,47 +245,98 @@ class LocalIndex:
                 raw = others.get(key)
                 yield ChunkId(bytes(key)), _location(value), _split(raw)
 
-    def drop_pack(self, pack_id: PackId, entries: Iterable[ManifestEntry]) -> None:
-        """Forget a pack that is gone: each of its chunks falls back to another copy, or is
-        forgotten when it has none."""
-        with self.env.begin(write=True) as txn:
-            self._drop_chunks(txn, pack_id, entries)
-            txn.delete(pack_id, db=self._packs)
+    def indexed_packs(self) -> set[PackId]:
+        """Every pack with rows here: the listed ones and any a crash left half added."""
+        with self.env.begin() as txn:
+            out = {PackId(bytes(k)) for k in txn.cursor(self._packs).iternext(values=False)}
+            cur = txn.cursor(self._meta)
+            if cur.set_range(_ADDING):
+                for key in cur.iternext(values=False):
+                    if not bytes(key).startswith(_ADDING):
+                        break
+                    out.add(PackId(bytes(key)[len(_ADDING) :]))
+        return out
 
-    def drop_chunks(self, pack_id: PackId, entries: Iterable[ManifestEntry]) -> None:
-        """`drop_pack` for some of its chunks, the pack still listed (a caller that drops a
-        large pack in slices drops the pack last, so a crash leaves it to be dropped again)."""
-        with self.env.begin(write=True) as txn:
-            self._drop_chunks(txn, pack_id, entries)
+    def drop_packs(self, gone: Collection[PackId]) -> None:
+        """Forget packs that are gone: each of their chunks falls back to another copy, or is
+        forgotten when it has none. One pass in id order (`_rewrite`); the packs' own rows go
+        last, so a crash midway leaves them to be dropped again."""
+        doomed = set(gone)
+        if not doomed:
+            return
 
-    def _drop_chunks(
-        self, txn: lmdb.Transaction, pack_id: PackId, entries: Iterable[ManifestEntry]
-    ) -> None:
-        for e in entries:
-            current = txn.get(e.chunk_id, db=self._chunks)
-            raw = txn.get(e.chunk_id, db=self._others)
-            copies = _split(None if raw is None else bytes(raw))
-            rest = [o for o in copies if o.pack_id != pack_id]
-            if current is not None and bytes(current[:32]) == pack_id:
-                if rest:
-                    txn.put(e.chunk_id, rest.pop(0).encode(), db=self._chunks)
-                else:
-                    txn.delete(e.chunk_id, db=self._chunks)
-            _put_others(txn, self._others, e.chunk_id, rest)
+        def hit(txn: lmdb.Transaction, key: bytes, value: bytes) -> bool:
+            if value[:32] in doomed:
+                return True
+            raw = txn.get(key, db=self._others)
+            return raw is not None and any(o.pack_id in doomed for o in _split(bytes(raw)))
+
+        self._rewrite(hit, lambda txn, key: self._drop_copies(txn, ChunkId(key), doomed))
+        with self.env.begin(write=True) as txn:
+            for pack_id in doomed:
+                txn.delete(pack_id, db=self._packs)
+                txn.delete(_ADDING + pack_id, db=self._meta)
+
+    def _drop_copies(self, txn: lmdb.Transaction, chunk_id: ChunkId, doomed: set[PackId]) -> None:
+        current = txn.get(chunk_id, db=self._chunks)
+        raw = txn.get(chunk_id, db=self._others)
+        rest = [o for o in _split(None if raw is None else bytes(raw)) if o.pack_id not in doomed]
+        if current is not None and PackId(bytes(current[:32])) in doomed:
+            if rest:
+                txn.put(chunk_id, rest.pop(0).encode(), db=self._chunks)
+            else:
+                txn.delete(chunk_id, db=self._chunks)
+        _put_others(txn, self._others, chunk_id, rest)
 
     def drop_unknown(self) -> int:
         """Forget every "the server holds it" record: after a prune they may be stale."""
-        dropped = 0
-        with self.env.begin(write=True, db=self._chunks) as txn:
-            cur = txn.cursor()
-            ok = cur.first()
-            while ok:
-                if bytes(cur.value()[:32]) == UNKNOWN_PACK:
-                    ok = cur.delete() and bool(cur.key())  # moved to the next, if any
-                    dropped += 1
-                else:
-                    ok = cur.next()
-        return dropped
+        return self._rewrite(
+            lambda txn, key, value: value[:32] == UNKNOWN_PACK,
+            lambda txn, key: txn.delete(key, db=self._chunks),
+        )
+
+    def _rewrite(
+        self,
+        hit: Callable[[lmdb.Transaction, bytes, bytes], bool],
+        change: Callable[[lmdb.Transaction, bytes], object],
+    ) -> int:
+        """Apply `change` to every chunk row `hit` selects, in id order, in slices: a read
+        transaction looks at up to SCAN_SLICE rows and ends before the (at most WRITE_BATCH)
+        rows it selected are changed in a write transaction (a write while a read lives could
+        not reuse the pages it frees: the file would grow). Memory: one slice. Returns how
+        many rows were changed."""
+        after: bytes | None = b""
+        changed = 0
+        while after is not None:
+            keys, after = self._select(hit, after)
+            if keys:
+                with self.env.begin(write=True) as txn:
+                    for key in keys:
+                        change(txn, key)
+                changed += len(keys)
+        return changed
+
+    def _select(
+        self, hit: Callable[[lmdb.Transaction, bytes, bytes], bool], after: bytes
+    ) -> tuple[list[bytes], bytes | None]:
+        """Up to WRITE_BATCH keys `hit` selects among SCAN_SLICE rows past `after`, and the
+        key to go on after (None at the end)."""
+        keys: list[bytes] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self._chunks)
+            ok = cur.set_range(after)
+            if ok and after and bytes(cur.key()) == after:
+                ok = cur.next()
+            for _ in range(SCAN_SLICE):
+                if not ok:
+                    return keys, None
+                key = bytes(cur.key())
+                if hit(txn, key, bytes(cur.value())):
+                    keys.append(key)
+                    if len(keys) >= WRITE_BATCH:
+                        return keys, key
+                ok = cur.next()
+            return keys, key
 
     @property
     def generation(self) -> int | None:

@@ -24,6 +24,17 @@ def entry_name(n: int) -> str:
     return f"{GENERATIONS}/{n:016x}"
 
 
+def encode(doc: dict[str, Any]) -> bytes:
+    """An entry's bytes (version 1: JSON in insertion order, tests/fixtures/prunelog-v1.json)."""
+    return json.dumps(doc).encode()
+
+
+def lock_doc(holder: str | None, since: float, expires: float) -> dict[str, Any]:
+    """A server's entry: the holder (None: released), when its lock was first taken, and when
+    it lapses unless renewed."""
+    return {"holder": holder, "since": since, "expires": expires}
+
+
 def live(doc: dict[str, Any], now: float) -> bool:
     """Whether an entry holds the lock at `now`."""
     return doc.get("holder") is not None and float(doc.get("expires", 0)) > now
@@ -54,7 +65,7 @@ class PruneLog:
     async def append(self, after: int, doc: dict[str, Any]) -> int:
         """Append generation `after + 1`; another writer appended it first: `PruneLocked`."""
         n = after + 1
-        if not await self.store.put(entry_name(n), json.dumps(doc).encode()):
+        if not await self.store.put(entry_name(n), encode(doc)):
             raise PruneLocked(f"another prune changed {self.where}/{GENERATIONS} just now")
         return n
 

@@ -5,7 +5,9 @@ packs (`packlog/<stamp>-<pack id>`: one small object per accepted pack, written 
 upload is acknowledged, holding the pack's manifest entries) and the catch-up that reads it: a
 node that meets a chunk or pack its index lacks lists the log after its cursor (less a window
 for clock skew between nodes), and indexes each pack it does not know whose bytes are in the
-store, without reading the pack. Commits are caught up by listing `snapshots/`, token hashes by
+store, without reading the pack. Old entries are folded into segments (`packseg/`), then
+deleted; every catch-up lists the segments after the log, so none is missed. Commits are
+caught up by listing `snapshots/`, token hashes by
 reading `tokens/<hash>` from the site store. What this node holds scheduled for deletion is
 never indexed or listed again (server.deletion_shared keeps those schedules in step). Must
 not know HTTP or decide who may do what.
@@ -120,6 +122,24 @@ def decode_segment(data: bytes) -> list[tuple[PackId, bytes]]:
     return rows
 
 
+def _segments_after(segmented: float) -> str | None:
+    """The listing start that skips every segment whose newest entry is at most `segmented`."""
+    return f"{PACKSEG}/{int(segmented * 1e6):016x}-{'f' * 16}" if segmented else None
+
+
+async def _get_or_none(store: Store, name: str) -> bytes | None:
+    """A log entry, or None if it was folded into a segment and deleted since it was listed."""
+    try:
+        return await store.get(name)
+    except ObjectNotFound:
+        return None
+
+
+async def _delete_quietly(store: Store, name: str) -> None:
+    with contextlib.suppress(ObjectNotFound):  # another node folded it as well
+        await store.delete(name)
+
+
 def _parse_name(name: str) -> tuple[float, PackId] | None:
     stamp, _, pack = name.rsplit("/", 1)[-1].partition("-")
     try:
@@ -161,10 +181,19 @@ class CatchUpReport:
     requests: int = 0
     segments_read: int = 0
     segments_written: int = 0
+    entries_deleted: int = 0  # log entries removed once folded into a segment
     # The names under packs/ when this catch-up listed them (not a figure; not added up).
     stored: set[str] | None = field(default=None, repr=False, compare=False)
 
-    FIGURES = ("listed", "packs", "chunks", "requests", "segments_read", "segments_written")
+    FIGURES = (
+        "listed",
+        "packs",
+        "chunks",
+        "requests",
+        "segments_read",
+        "segments_written",
+        "entries_deleted",
+    )
 
     def add(self, other: CatchUpReport) -> None:
         for name in self.FIGURES:
@@ -224,7 +253,11 @@ class CatchUp:
             report = CatchUpReport()
             if cursor.seen is None:
                 await self._read_segments(repo, cursor, report)
+            # The log, then the segments written since: an entry deleted before the log's
+            # listing (or before its GET) was folded, and its segment put, before that
+            # deletion, so the segment listing that follows sees it (design §3.1.3).
             await self._read_log(repo, cursor, report)
+            await self._read_segments(repo, cursor, report)
             await self._write_segments(repo, cursor, report)
         self.total.add(report)
         if report.packs:
@@ -236,11 +269,13 @@ class CatchUp:
     async def _read_segments(
         self, repo: Repository, cursor: _RepoCursor, report: CatchUpReport
     ) -> None:
-        names = [n async for n in repo.store.list(PACKSEG)]
+        """Index the segments whose newest entry is past `cursor.segmented` (all, at first)."""
+        after = _segments_after(cursor.segmented)
+        names = [n async for n in repo.store.list(PACKSEG, start_after=after)]
         report.requests += 1 + len(names) // 1000
         for name in names:
             covered = _segment_range(name)
-            if covered is None:
+            if covered is None or covered[1] <= cursor.segmented:
                 continue
             rows = decode_segment(await repo.store.get(name))
             report.requests += 1
@@ -276,17 +311,32 @@ class CatchUp:
         batch: list[tuple[float, str]],
         report: CatchUpReport,
     ) -> None:
-        datas = await _bounded([partial(repo.store.get, name) for _, name in batch])
+        """Write one segment of `batch`, then delete the entries it holds: after the put, so
+        whoever misses a deleted entry in the log finds it in a segment listed later."""
+        datas = await _bounded([partial(_get_or_none, repo.store, name) for _, name in batch])
         report.requests += len(batch) + 1
-        rows = []
+        rows, names = [], {}
         for (_, name), data in zip(batch, datas, strict=True):
             parsed = _parse_name(name)
             assert parsed is not None
-            rows.append((parsed[1], data))
+            names[parsed[1]] = name
+            if data is not None:  # None: folded and deleted by another node just now
+                rows.append((parsed[1], data))
         first, last = batch[0][0], batch[-1][0]
-        await repo.store.put(segment_name(first, last), encode_segment(rows))
-        report.segments_written += 1
         cursor.segmented = last
+        if not rows:  # all folded into another node's segment and deleted meanwhile
+            return
+        seg = segment_name(first, last)
+        if not await repo.store.put(seg, encode_segment(rows)):
+            # Another node wrote this segment first: delete only what it holds.
+            rows = decode_segment(await repo.store.get(seg))
+            report.requests += 1
+        else:
+            report.segments_written += 1
+        folded = [names[p] for p, _ in rows if p in names]
+        await _bounded([partial(_delete_quietly, repo.store, name) for name in folded])
+        report.requests += len(folded)
+        report.entries_deleted += len(folded)
 
     # -- the log after the cursor ------------------------------------------------------------
 
@@ -302,11 +352,10 @@ class CatchUp:
         report.requests += 1 + len(listed) // 1000
         known = await self._known(repo, [p for _, p in listed])
         unknown = [(name, p) for name, p in listed if p not in known]
-        datas = await _bounded([partial(repo.store.get, name) for name, _ in unknown])
+        datas = await _bounded([partial(_get_or_none, repo.store, name) for name, _ in unknown])
         report.requests += len(unknown)
-        await self._index_rows(
-            repo, [(p, d) for (_, p), d in zip(unknown, datas, strict=True)], report
-        )
+        rows = [(p, d) for (_, p), d in zip(unknown, datas, strict=True) if d is not None]
+        await self._index_rows(repo, rows, report)
 
     async def _known(self, repo: Repository, packs: Sequence[PackId]) -> set[PackId]:
         """The packs of `packs` this index holds, in one worker-thread hop."""

@@ -30,7 +30,7 @@ from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
 from engine.protocol.errors import FullRefsRequired, PruneLocked
-from engine.prunelog import PruneLog, live
+from engine.prunelog import PruneLog, live, lock_doc
 from server.catchup import MISSING_EVERY, WINDOW, CatchUp
 from server.deletion import PACK, SNAPSHOT, Deletions, Window, pack_entries, refs_since
 from server.repos import Repository
@@ -46,6 +46,19 @@ INTENT_DEAD = 2 * WINDOW
 POLL = 0.05  # pause between listings while waiting for commits in flight
 WAIT_POLLS = 1200  # then the lock or schedule is refused (exit 14) rather than wait on
 ROUNDS = 20  # a commit looks again at most this often while prunes keep appending
+
+
+MARK = b"{}"  # the body of a commit's intent and of a purge's claim: only the name matters
+
+
+def encode_schedule(doc: dict[str, Any]) -> bytes:
+    """A schedule object's bytes, and the tombstone's after the purge (version 1: the doc of
+    server.deletion as JSON in its insertion order; tests/fixtures/schedule-*-v1.json)."""
+    return json.dumps(doc).encode()
+
+
+def intent_name(stamp: float, nonce: str) -> str:
+    return f"{INTENTS}/{int(stamp * 1e6):016x}-{nonce}"
 
 
 def schedule_name(kind: str, ident: str) -> str:
@@ -82,7 +95,7 @@ class SharedDeletions:
 
     async def publish(self, repo: Repository, docs: Iterable[dict[str, Any]]) -> None:
         for doc in docs:  # write-once: a schedule already there is the same object's
-            await repo.store.put(schedule_name(doc["kind"], doc["id"]), json.dumps(doc).encode())
+            await repo.store.put(schedule_name(doc["kind"], doc["id"]), encode_schedule(doc))
 
     async def withdraw(self, repo: Repository, kind: str, ident: str) -> None:
         if repo.shared:
@@ -96,7 +109,7 @@ class SharedDeletions:
         if not repo.shared:
             return True
         claim = claim_name(doc["kind"], doc["id"])
-        await repo.store.put(claim, b"{}")  # create-only: a killed purge's claim is reused
+        await repo.store.put(claim, MARK)  # create-only: a killed purge's claim is reused
         if await repo.store.exists(schedule_name(doc["kind"], doc["id"])):
             return True
         await self.unclaim(repo, doc)
@@ -289,7 +302,7 @@ class SharedDeletions:
                 f"another prune ({held['holder']}) holds the lock until {held['expires']:.0f}"
             )
         since = held.get("since", now) if live(held, now) else now
-        doc = {"holder": holder, "since": since, "expires": now + ttl}
+        doc = lock_doc(holder, since, now + ttl)
         n = await self.prune_log(repo).append(n, doc)
         await self.wait_for_commits(repo)
         return {**doc, "generation": n}
@@ -312,7 +325,7 @@ class SharedDeletions:
             return
         n, held = await self.prune_log(repo).newest()
         if held.get("holder") == holder:
-            n = await self.prune_log(repo).append(n, {"holder": None, "since": 0, "expires": 0})
+            n = await self.prune_log(repo).append(n, lock_doc(None, 0, 0))
             await self.prune_log(repo).tidy(n)
 
     async def bump(self, repo: Repository, n: int, lock: dict[str, Any]) -> int:
@@ -332,8 +345,8 @@ class SharedDeletions:
         if not repo.shared:
             yield
             return
-        name = f"{INTENTS}/{int(self.clock.time() * 1e6):016x}-{secrets.token_hex(8)}"
-        await repo.store.put(name, b"{}")
+        name = intent_name(self.clock.time(), secrets.token_hex(8))
+        await repo.store.put(name, MARK)
         try:
             yield
         finally:

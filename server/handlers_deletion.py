@@ -205,9 +205,12 @@ async def _schedule_locked(
 
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    """A row of `GET deletions`; `locked_until` (else null): purged already, the store's
+    Object Lock keeps the object until then, so it can no longer be undone."""
     return {k: doc[k] for k in ("kind", "id", "scheduled", "purge_after")} | {
         "time": doc.get("summary", {}).get("time"),
         "size": doc.get("size"),
+        "locked_until": doc.get("locked_until"),
     }
 
 

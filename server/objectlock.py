@@ -1,6 +1,7 @@
 """S3 Object Lock retention of what a thief holding the provider's machine would destroy
 (docs/design.md §14 "Object Lock"): which objects are locked, and the task that keeps the locks
-of live objects ahead of the undelete window.
+of live objects ahead of the undelete window, and, once a day, removes the versions left
+behind a newer one (or a delete marker) whose lock has passed.
 
 Owns the choice of objects (`covered`: a repository's packs, commit records, key objects and
 config; never quarantine, site objects, pack logs, heartbeats or claims), the `Retention` the S3
@@ -8,8 +9,10 @@ store applies before acknowledging a put (server.toml `[object_lock]`), and the 
 table (`repo ‖ 0 ‖ object name → retain-until f64`), so extending is one request per object
 every `days - undelete_days - LOCK_MARGIN_DAYS` days, not one a day. Only LIVE objects (indexed,
 not scheduled for deletion) are extended, so the lock of an object scheduled at t ends by
-t + days, and the purge (server.deletion) destroys it then. Must not delete objects or decide
-what is live: the index and the deletions table say that.
+t + days, and the purge (server.deletion) destroys it then. Deletes only versions no read
+returns, once their lock has passed, and never the newest data version of an object the index
+holds live or scheduled; must not decide what is live: the index and the deletions table say
+that.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
@@ -27,7 +30,7 @@ from engine.commit import snapshot_name
 from engine.errors import ObjectNotFound, StoreError
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
-from engine.store.s3 import Retention, S3Store
+from engine.store.s3 import Retention, S3Store, VersionSweep
 from server.config import LOCK_MARGIN_DAYS, ServerConfig
 from server.deletion import DAY, PACK, SNAPSHOT, Deletions
 from server.index import ServerIndex, prefixed
@@ -175,6 +178,57 @@ class Extender:
         return count
 
 
+SWEPT = ("packs", "snapshots")  # where a locked version can be left behind a newer one
+SWEEP_INTERVAL = DAY  # how often the task sweeps them: a listing per 1,000 versions
+
+
+def keeps(index: ServerIndex, deletions: Deletions, repo: str) -> Callable[[str], bool]:
+    """Whether the sweep must keep an object's newest data version: it is live, or scheduled
+    (the purge destroys it at its date)."""
+    snaps = {snapshot_name(sid) for sid, _ in index.snapshots(repo)}
+
+    def keep(name: str) -> bool:
+        top, _, ident = name.rpartition("/")
+        if name in snaps:
+            return True
+        if top.startswith("packs/"):
+            pack_id = PackId.parse(ident)
+            return index.has_pack(repo, pack_id) or deletions.is_scheduled(repo, PACK, ident)
+        if top == "snapshots":
+            return deletions.is_scheduled(repo, SNAPSHOT, ident)
+        return True  # not a name the sweep knows: keep
+
+    return keep
+
+
+async def sweep_repo(repo: Repository, index: ServerIndex, now: float) -> VersionSweep:
+    """Remove a repository's leftover locked versions whose date has passed (a pack
+    quarantined while locked, one uploaded again while hidden) and the markers left over."""
+    total = VersionSweep()
+    if not isinstance(repo.store, S3Store):
+        return total
+    keep = await asyncio.to_thread(keeps, index, Deletions(index), repo.name)
+    for prefix in SWEPT:
+        done = await repo.store.sweep_versions(prefix, now, keep)
+        total.requests += done.requests
+        total.removed += done.removed
+        total.locked += done.locked
+    return total
+
+
+async def sweep_once(app: web.Application) -> VersionSweep:
+    """One sweep of every repository's leftover versions, when `[object_lock]` is set."""
+    total = VersionSweep()
+    if getattr(app[REPOS].root, "retention", None) is None:
+        return total
+    for name in await asyncio.to_thread(app[REPOS].names):
+        done = await sweep_repo(app[REPOS].get(name), app[INDEX], app[CLOCK].time())
+        total.requests += done.requests
+        total.removed += done.removed
+        total.locked += done.locked
+    return total
+
+
 def _due(table: LockTable, repo: str, name: str, horizon: float) -> bool:
     until = table.until(repo, name)
     return until is None or until < horizon
@@ -195,11 +249,17 @@ async def extend_once(app: web.Application) -> int:
 
 
 async def _extend_forever(app: web.Application) -> None:
+    swept = float("-inf")
     while True:
         try:
             extended = await extend_once(app)
             if extended:
                 log.info("extended the Object Lock retention of %d objects", extended)
+            if app[CLOCK].time() - swept >= SWEEP_INTERVAL:
+                done = await sweep_once(app)
+                swept = app[CLOCK].time()
+                if done.removed:
+                    log.info("removed %d versions whose Object Lock had passed", done.removed)
         except StoreError as e:  # the store is down: the next pass tries again
             log.warning("extending Object Lock retention failed: %s", e)
         except Exception:

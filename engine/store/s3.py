@@ -85,6 +85,16 @@ class S3Settings:
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 
 
+@dataclass
+class VersionSweep:
+    """What `S3Store.sweep_versions` did: requests sent, versions removed, versions still
+    locked (left for a later sweep)."""
+
+    requests: int = 0
+    removed: int = 0
+    locked: int = 0
+
+
 @dataclass(frozen=True)
 class Retention:
     """Object Lock retention for the objects `covers(store prefix, name)` selects (the store
@@ -255,6 +265,65 @@ class _Api:
             raise TransientError(f"object store refused to delete {key}: check the credentials")
         return max(d for d in dates if d is not None)
 
+    def sweep(self, prefix: str, now: float, keep_newest: Callable[[str], bool]) -> VersionSweep:
+        """Delete what a versioned bucket keeps under `prefix` but nobody reads: noncurrent
+        delete markers, noncurrent data versions whose retain-until is before `now` (none, or
+        passed), and a current delete marker left with no data version behind it. For a key
+        `keep_newest` names (live or scheduled), its newest data version stays even when
+        noncurrent (hidden by someone's marker: the purge or the extension owns it). One
+        listing per thousand versions, one retention read per noncurrent data version, one
+        DELETE per version removed."""
+        report = VersionSweep()
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        held: dict[str, builtins.list[dict[str, Any]]] = {}
+        while True:
+            page = self.client.list_object_versions(**kwargs)
+            report.requests += 1
+            for v in page.get("Versions", []):
+                held.setdefault(v["Key"], []).append({**v, "marker": False})
+            for m in page.get("DeleteMarkers", []):
+                held.setdefault(m["Key"], []).append({**m, "marker": True})
+            open_key = page.get("NextKeyMarker") if page.get("IsTruncated") else None
+            for key in [k for k in held if k != open_key]:  # complete: sweep it
+                self._sweep_key(key, held.pop(key), now, keep_newest(key), report)
+            if open_key is None:
+                return report
+            kwargs["KeyMarker"] = page["NextKeyMarker"]
+            kwargs["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+    def _sweep_key(self, key: str, versions: builtins.list[dict[str, Any]], now: float,
+                   keep: bool, report: VersionSweep) -> None:  # fmt: skip
+        versions.sort(key=lambda v: v["LastModified"], reverse=True)
+        data = [v for v in versions if not v["marker"]]
+        newest = data[0]["VersionId"] if data else None
+        left = len(data)
+        for v in versions:
+            if v["IsLatest"] or (keep and v["VersionId"] == newest):
+                continue
+            if not v["marker"]:
+                until = self.retention(key, v["VersionId"])
+                report.requests += 1
+                if until is not None and until >= now:
+                    report.locked += 1
+                    continue
+            if self._delete_version(key, v["VersionId"], report):
+                left -= 0 if v["marker"] else 1
+        latest = next((v for v in versions if v["IsLatest"]), None)
+        if latest is not None and latest["marker"] and left == 0:
+            self._delete_version(key, latest["VersionId"], report)
+
+    def _delete_version(self, key: str, version: str, report: VersionSweep) -> bool:
+        report.requests += 1
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+        except ClientError as e:
+            if _code(e) != "AccessDenied":  # the store's clock says it is still locked
+                raise
+            report.locked += 1
+            return False
+        report.removed += 1
+        return True
+
     def lock_enabled(self) -> bool:
         try:
             doc = self.client.get_object_lock_configuration(Bucket=self.bucket)
@@ -373,6 +442,22 @@ class S3Store(Store):
         if r is None or api is None:
             raise StoreError("this store has no Object Lock retention configured")
         await _api_call(name, functools.partial(api.extend, self._key(name), r.mode, until))
+
+    async def sweep_versions(
+        self, prefix: str, now: float, keep_newest: Callable[[str], bool]
+    ) -> VersionSweep:
+        """Remove the versions nobody reads under `prefix` once their lock has passed at `now`
+        (`_Api.sweep`); `keep_newest(name)` keeps a live object's newest data version. A
+        store without versions has none."""
+        if self.api is None:
+            return VersionSweep()
+
+        def keep(key: str) -> bool:
+            name = self._name(key)
+            return name is None or keep_newest(name)
+
+        call = functools.partial(self.api.sweep, self._key(prefix) + "/", now, keep)
+        return await _api_call(f"versions of {prefix}", call)
 
     async def retention_of(self, name: str) -> float | None:
         """The retain-until of the object's current version, None if it has none."""

@@ -193,3 +193,21 @@ def test_the_live_set_grows_its_map_when_full(
         assert list(live) == sorted(ids) and ids[123] in live
     finally:
         live.close()
+
+
+def test_repack_reads_live_blobs_in_bounded_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack being repacked is read by ranges of its live blobs (never whole): at most
+    RANGE_MAX bytes each, reading through short dead gaps, a blob larger than that alone."""
+    from client import prune as module
+    from engine.ids import ChunkId
+    from engine.pack import ManifestEntry
+
+    monkeypatch.setattr(module, "RANGE_MAX", 100)
+    monkeypatch.setattr(module, "RANGE_GAP", 10)
+    spans = [(0, 30), (35, 30), (65, 30), (200, 10), (215, 150), (400, 5)]
+    wanted = [
+        (ManifestEntry(ChunkId(bytes([i]) * 32), o, n), (n, 0)) for i, (o, n) in enumerate(spans)
+    ]
+    runs = [[(e.offset, e.length) for e, _ in run] for run in module._runs(wanted)]
+    assert runs == [[(0, 30), (35, 30), (65, 30)], [(200, 10)], [(215, 150)], [(400, 5)]]
+    assert list(module._runs([])) == []

@@ -11,7 +11,7 @@ from client.backup import Backup
 from client.repository import Repository
 from engine.backend import LocalBackend
 from engine.errors import RepositoryExists, RepositoryNotFound, TransientError, WrongPassphrase
-from engine.ids import ChunkId, PackId
+from engine.ids import ChunkId
 from engine.pack import PackBuilder
 from engine.packer import read_manifest
 from engine.repoconfig import init_repository
@@ -140,32 +140,3 @@ async def test_a_pack_reusing_chunk_ids_never_displaces_a_good_copy(
         assert any(planted.hex() in w for w in repo.warnings) == planted_first
     finally:
         await repo.close()
-
-
-def test_forget_packs_in_bounded_slices_falls_back_to_other_copies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`forget_packs` reads every row first, then drops them a few transactions at a time
-    (FORGET_BATCH), the pack's own row last: the result is the one-transaction result."""
-    import types
-
-    from client import repository as module
-    from engine.index import LocalIndex
-    from engine.pack import ManifestEntry
-
-    monkeypatch.setattr(module, "FORGET_BATCH", 3)
-    index = LocalIndex(tmp_path / "index", files_key=b"k" * 32)
-    gone, kept = PackId(b"\x01" * 32), PackId(b"\x02" * 32)
-    ids = [ChunkId(bytes([i]) * 32) for i in range(3, 13)]
-    index.add_pack(gone, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
-    index.add_pack(kept, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids[:4])])
-    try:
-        module.Repository.forget_packs(types.SimpleNamespace(index=index), {gone})  # type: ignore[arg-type]
-        assert dict(index.pack_sizes()) == {kept: 500}
-        for i, c in enumerate(ids):
-            loc = index.lookup(c)
-            where = None if loc is None else (loc.pack_id, loc.offset)
-            assert where == ((kept, 5 * i) if i < 4 else None)
-            assert index.others(c) == []
-    finally:
-        index.close()

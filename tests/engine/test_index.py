@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine import index as index_module
 from engine.ids import ChunkId, PackId
 from engine.index import UNKNOWN_PACK, LocalIndex, Location
 from engine.pack import ManifestEntry
@@ -136,3 +138,136 @@ def test_a_plaintext_files_cache_from_before_is_dropped(tmp_path: Path) -> None:
             env.open_db(b"files", create=False)
     finally:
         env.close()
+
+
+# Bounded write transactions (docs/design.md §14, "Memory"): LMDB keeps as many page buffers as
+# its largest write transaction dirtied until the environment closes, so no operation may
+# write more than WRITE_BATCH rows at once, whatever the size of the pack or of the index.
+
+
+class _Txn:
+    """A real LMDB write transaction that counts the rows it writes (puts and deletes)."""
+
+    def __init__(self, env: _CountingEnv, txn: Any) -> None:
+        self.env, self.txn, self.rows = env, txn, 0
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self.rows += 1
+        return self.txn.put(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        self.rows += 1
+        return self.txn.delete(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.txn, name)
+
+    def __enter__(self) -> _Txn:
+        self.txn.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        self.env.largest = max(self.env.largest, self.rows)
+        self.env.writes += 1
+        if exc[0] is None and self.env.writes == self.env.crash_at:
+            self.txn.__exit__(RuntimeError, RuntimeError("crash"), None)  # aborted
+            raise RuntimeError("crash")
+        return self.txn.__exit__(*exc)
+
+
+class _CountingEnv:
+    """The index's real environment; its write transactions are counted (`largest`: the most
+    rows one of them wrote) and the `crash_at`-th one can be made to fail (a kill midway)."""
+
+    def __init__(self, env: Any) -> None:
+        self.inner, self.largest, self.writes = env, 0, 0
+        self.crash_at: int | None = None
+
+    def begin(self, write: bool = False, **kwargs: Any) -> Any:
+        txn = self.inner.begin(write=write, **kwargs)
+        return _Txn(self, txn) if write else txn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def counted(index: LocalIndex, monkeypatch: pytest.MonkeyPatch) -> _CountingEnv:
+    monkeypatch.setattr(index_module, "WRITE_BATCH", 3)
+    monkeypatch.setattr(index_module, "SCAN_SLICE", 4)
+    env = _CountingEnv(index.env)
+    monkeypatch.setattr(index, "env", env)
+    return env
+
+
+OTHER = PackId(b"\xbb" * 32)
+
+
+def test_a_large_pack_is_indexed_in_bounded_transactions(
+    index: LocalIndex, counted: _CountingEnv
+) -> None:
+    entries = [ManifestEntry(cid(n), 10 * n, 10) for n in range(10, 0, -1)]
+    index.add_pack(PACK, 1000, entries)
+    assert counted.largest <= 3 + 2  # WRITE_BATCH rows, and the pack's row and its marker
+    assert counted.writes == 4
+    assert all(index.lookup(cid(n)) == Location(PACK, 10 * n, 10) for n in range(1, 11))
+    assert dict(index.pack_sizes()) == {PACK: 1000} and index.indexed_packs() == {PACK}
+
+
+def test_a_pack_half_indexed_by_a_killed_sync_is_unlisted_but_dropped_when_gone(
+    index: LocalIndex, counted: _CountingEnv
+) -> None:
+    entries = [ManifestEntry(cid(n), 10 * n, 10) for n in range(1, 11)]
+    counted.crash_at = 3
+    with pytest.raises(RuntimeError):
+        index.add_pack(PACK, 1000, entries)
+    assert not index.has_pack(PACK) and index.indexed_packs() == {PACK}  # the next sync adds it
+    assert index.lookup(cid(1)) == Location(PACK, 10, 10)
+    index.drop_packs({PACK})  # gone meanwhile: no row is left pointing into it
+    assert index.indexed_packs() == set() and index.chunk_count() == 0
+    counted.crash_at = None
+    index.add_pack(PACK, 1000, entries)  # or listed: added again, idempotently
+    assert index.has_pack(PACK) and index.chunk_count() == 10
+
+
+def test_dropping_packs_falls_back_to_other_copies_in_bounded_transactions(
+    index: LocalIndex, counted: _CountingEnv
+) -> None:
+    ids = [cid(n) for n in range(1, 14)]
+    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
+    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids[:4])])
+    index.add_remote([cid(20), cid(21)])
+    counted.largest = 0
+    index.drop_packs({PACK})
+    assert counted.largest <= 3 * 2  # a location and its others row per chunk
+    assert dict(index.pack_sizes()) == {OTHER: 500}
+    for i, c in enumerate(ids):
+        assert index.lookup(c) == (Location(OTHER, 5 * i, 5) if i < 4 else None)
+        assert index.others(c) == []
+    counted.largest = 0
+    assert index.drop_unknown() == 2 and index.chunk_count() == 4
+    assert counted.largest <= 3
+
+
+def test_a_dropped_pack_that_was_the_other_copy_leaves_the_location(
+    index: LocalIndex, counted: _CountingEnv
+) -> None:
+    ids = [cid(n) for n in range(1, 8)]
+    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
+    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids)])
+    index.drop_packs({OTHER})
+    assert all(index.lookup(c) == Location(PACK, 10 * i, 10) for i, c in enumerate(ids))
+    assert all(index.others(c) == [] for c in ids) and index.indexed_packs() == {PACK}
+
+
+def test_many_preferred_locations_are_written_in_bounded_transactions(
+    index: LocalIndex, counted: _CountingEnv
+) -> None:
+    ids = [cid(n) for n in range(1, 11)]
+    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
+    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids)])
+    counted.largest = 0
+    index.prefer_many((c, Location(OTHER, 5 * i, 5)) for i, c in enumerate(ids))
+    assert counted.largest <= 3 * 2  # a location and its others row per move
+    assert all(index.lookup(c) == Location(OTHER, 5 * i, 5) for i, c in enumerate(ids))
+    assert all(index.others(c) == [Location(PACK, 10 * i, 10)] for i, c in enumerate(ids))

@@ -24,15 +24,19 @@ import pytest
 from botocore.exceptions import ClientError
 
 from benchmarks.serverkit import cli, server_env
+from client.cli_forget import pending_line
 from engine.clock import SimulatedClock
 from engine.errors import UsageError
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
+from engine.remote import RemoteBackend
 from engine.store.s3 import open_api
+from server.catchup import publish_tokens
 from server.config import ObjectLockSettings, load_config
 from server.deletion import DAY, Window, pack_entries
 from server.handlers_deletion import purge_once
-from server.objectlock import LockTable, extend_once
+from server.objectlock import LockTable, extend_once, sweep_once
+from server.quarantine import quarantine
 from server.state import DELETIONS, INDEX, REPOS, SHARED_DELETIONS
 from tests.client.test_remote import agent, random_tree
 from tests.helpers import CHEAP_KDF_ARGS
@@ -155,6 +159,17 @@ async def _schedule_everything(site: Site, snapshot: str, now: float) -> list[Pa
     return packs
 
 
+async def _listed(site: Site) -> list[dict[str, Any]]:
+    """`GET deletions` through the practice's admin token, as `dicomvault undelete` lists."""
+    # Published as the node's task would, so its recheck after the clock's jump keeps it.
+    await publish_tokens(site.app[INDEX], site.app[REPOS].site)
+    backend = RemoteBackend(f"{site.url}/{REPO}", site.tokens[REPO]["admin"])
+    try:
+        return await backend.pending_deletions()
+    finally:
+        await backend.close()
+
+
 async def test_the_purge_destroys_a_locked_object_only_after_its_date(
     seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
@@ -171,7 +186,14 @@ async def test_the_purge_destroys_a_locked_object_only_after_its_date(
         assert all(d["purge_after"] == d["locked_until"] for d in pending)
         for name in names:  # hidden, not destroyed: the locked version is still there
             assert [m for _, m in _versions(site, _key(site, name))].count(False) == 1
-        # Past the window it is purged, only not destroyed yet: undelete brings nothing back.
+        # Past the window it is purged, only not destroyed yet: undelete brings nothing back,
+        # and its listing says so, with the lock's date.
+        listed = await _listed(site)
+        assert {d["id"]: d["locked_until"] for d in listed} == {
+            d["id"]: d["locked_until"] for d in pending
+        }
+        line = pending_line(next(d for d in listed if d["kind"] == "snapshot"))
+        assert "can no longer be undone" in line and "Object Lock keeps it until" in line
         deletions = site.app[DELETIONS]
         assert deletions.undelete(REPO, None) == []
         assert await deletions.revive_all_packs(site.app[REPOS].get(REPO)) == 0
@@ -182,6 +204,62 @@ async def test_the_purge_destroys_a_locked_object_only_after_its_date(
         assert len(done) == len(names) and site.app[DELETIONS].pending(REPO) == []
         for name in names:  # destroyed for real: no version, no delete marker left
             assert _versions(site, _key(site, name)) == []
+    finally:
+        await site.server.close()
+
+
+async def test_leftover_locked_versions_are_removed_once_their_lock_has_passed(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """A pack quarantined while locked, and one quarantined then uploaded again, leave their
+    old locked versions (and markers) behind; the sweep removes them after their date only,
+    and leaves live packs and the quarantined copies alone."""
+    site, clock = await _site(seaweed, tmp_path, lead=40.0)  # three backups fit
+    try:
+        await _backed_up(site, tmp_path, runs=3)  # a pack each
+        repo, index = site.app[REPOS].get(REPO), site.app[INDEX]
+        gone, again, kept, *_ = [row.pack_id for row in index.packs(REPO)]
+        data = await repo.store.get(pack_name(again))
+        for pack_id in (gone, again):
+            await quarantine(repo, index, pack_name(pack_id), by="t", reason="t", now=clock.time())
+        await repo.store.put(pack_name(again), data)  # a client sends it again while hidden
+        markers = {p: [m for _, m in _versions(site, _key(site, pack_name(p)))]
+                   for p in (gone, again, kept)}  # fmt: skip
+        assert markers == {gone: [False, True], again: [False, False, True], kept: [False]}
+        quarantined = len(
+            [
+                n
+                async for n in repo.quarantine.list("")
+                if "-packs-" in n and not n.endswith(".json")
+            ]
+        )
+        assert quarantined == 2
+
+        early = await sweep_once(site.app)  # still locked: nothing goes
+        assert (early.removed, early.locked) == (1, 2)  # only the noncurrent marker of `again`
+        assert early.requests == 2 + 2 + 1  # a listing per prefix, a retention read, a DELETE
+        assert len(_versions(site, _key(site, pack_name(gone)))) == 2
+
+        await asyncio.sleep(max(0.0, clock.time() + LOCK_DAYS * DAY - time.time()) + 1.5)
+        clock.advance(LOCK_DAYS * DAY + 2)
+        done = await sweep_once(site.app)
+        assert (done.removed, done.locked) == (3, 0)  # `gone`: data and marker; `again`: data
+        assert done.requests == 2 + 2 + 3
+        assert _versions(site, _key(site, pack_name(gone))) == []
+        assert [m for _, m in _versions(site, _key(site, pack_name(again)))] == [False]
+        assert [m for _, m in _versions(site, _key(site, pack_name(kept)))] == [False]
+        assert (
+            len(
+                [
+                    n
+                    async for n in repo.quarantine.list("")
+                    if "-packs-" in n and not n.endswith(".json")
+                ]
+            )
+            == quarantined
+        )
+        assert await repo.store.get(pack_name(again)) == data
+        assert (await sweep_once(site.app)).removed == 0
     finally:
         await site.server.close()
 
