@@ -27,6 +27,7 @@ from typing import Any
 
 import lmdb
 
+from client.heap import trim
 from client.repository import Repository
 from client.restore import catalogue
 from engine import blob
@@ -268,6 +269,7 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
             if packer.full:
                 await packer.flush()
                 _move(repo, moved, written)
+                trim()
     await packer.flush()
     _move(repo, moved, written)
     report.packs_written, report.bytes_written = packer.packs_written, packer.bytes_written
