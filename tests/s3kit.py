@@ -9,6 +9,8 @@ import secrets
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,15 @@ from benchmarks.seaweed import settings as s3_settings
 from benchmarks.serverkit import ServerProcess, wait_for
 from engine.store.s3 import S3Settings, open_api
 
-__all__ = ["Balancer", "SeaweedFS", "api", "locked_bucket", "s3_node", "s3_settings"]
+__all__ = [
+    "Balancer",
+    "SeaweedFS",
+    "api",
+    "balanced_nodes",
+    "locked_bucket",
+    "s3_node",
+    "s3_settings",
+]
 
 
 def api(weed: SeaweedFS) -> Any:
@@ -81,3 +91,20 @@ class Balancer:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+@contextmanager
+def balanced_nodes(
+    weed: SeaweedFS, root: Path, tag: str
+) -> Iterator[tuple[list[ServerProcess], Balancer]]:
+    """Two `serve --store s3://` nodes on a fresh bucket prefix behind a real haproxy."""
+    settings = s3_settings(weed, f"{tag}-{secrets.token_hex(6)}")
+    store = f"s3://{settings.bucket}/{settings.prefix}"
+    nodes = [s3_node(root / f"node{i}", store, weed).start() for i in range(2)]
+    balancer = Balancer(root, nodes)
+    try:
+        yield nodes, balancer
+    finally:
+        balancer.stop()
+        for node in nodes:
+            node.stop()

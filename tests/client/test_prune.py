@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,33 +118,12 @@ def test_prune_on_a_chunk_server_with_backups_running(
     assert a.run("prune", "--dry-run").rc == 0  # reading is allowed
 
     b = agent(tmp_path / "pc2", url, tokens["backup"])
-    tree_b = tmp_path / "tree-b"
-    b_states: dict[str, dict] = {}
-    errors: list[str] = []
-
-    def keep_backing_up() -> None:  # a second machine backs up all through the prunes
-        for r in range(6):
-            _change(tree_b, 100 + r)
-            state = tree_state(tree_b)
-            result = b.run("backup", str(tree_b), "--json")
-            if result.rc != 0:
-                errors.append(result.err)
-                return
-            b_states[result.doc["snapshot"]] = state
-
-    worker = threading.Thread(target=keep_backing_up)
-    worker.start()
-    for r in range(3):
-        states.update(_snap_states(a, tree_a, 1, seed=10 + r))
-        admin.ok("forget", "--keep-last", "2", "--group-by", "host,paths")
-        admin.ok("prune", "--max-unused", "0%")
-    worker.join()
-    assert errors == []
+    b_states = prune_while_backing_up(a, admin, b, tree_a, tmp_path / "tree-b", states, 6)
     admin.ok("prune", "--max-unused", "0%")
     reader = agent(tmp_path / "fresh", url, tokens["restore"])
     reader.ok("check", "--read-data")
     _assert_all_restore(reader, tree_a, states, tmp_path / "ra")
-    _assert_all_restore(reader, tree_b, b_states, tmp_path / "rb")
+    _assert_all_restore(reader, tmp_path / "tree-b", b_states, tmp_path / "rb")
     pending = reader.json("undelete")["pending"]
     assert any(d["kind"] == "pack" for d in pending)  # scheduled, not destroyed
 
@@ -211,3 +191,33 @@ def test_repack_reads_live_blobs_in_bounded_ranges(monkeypatch: pytest.MonkeyPat
     runs = [[(e.offset, e.length) for e, _ in run] for run in module._runs(wanted)]
     assert runs == [[(0, 30), (35, 30), (65, 30)], [(200, 10)], [(215, 150)], [(400, 5)]]
     assert list(module._runs([])) == []
+
+
+def prune_while_backing_up(
+    a: Any, admin: Any, b: Any, tree_a: Path, tree_b: Path, states: dict[str, Any], b_runs: int
+) -> dict[str, Any]:
+    """Machine `b` backs up `b_runs` times in a thread while `a` backs up and `admin` forgets
+    and prunes three times; then one more prune. Adds a's snapshots to `states`, returns b's."""
+    b_states: dict[str, Any] = {}
+    errors: list[str] = []
+
+    def keep_backing_up() -> None:  # a second machine backs up all through the prunes
+        for r in range(b_runs):
+            _change(tree_b, 100 + r)
+            state = tree_state(tree_b)
+            result = b.run("backup", str(tree_b), "--json")
+            if result.rc != 0:
+                errors.append(result.err)
+                return
+            b_states[result.doc["snapshot"]] = state
+
+    worker = threading.Thread(target=keep_backing_up)
+    worker.start()
+    for r in range(3):
+        states.update(_snap_states(a, tree_a, 1, seed=10 + r))
+        admin.ok("forget", "--keep-last", "2", "--group-by", "host,paths")
+        admin.ok("prune", "--max-unused", "0%")
+    worker.join()
+    assert errors == []
+    admin.ok("prune", "--max-unused", "0%")
+    return b_states

@@ -4,7 +4,6 @@ completes through the other node, `check --read-data` is clean and the restore i
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +15,15 @@ from benchmarks.serverkit import ServerProcess
 from engine.store.s3 import S3Root
 from tests.client.test_remote import agent, random_tree
 from tests.helpers import CHEAP_KDF_ARGS, restored, tree_state
-from tests.s3kit import Balancer, SeaweedFS, s3_node, s3_settings
+from tests.s3kit import Balancer, SeaweedFS, balanced_nodes, s3_settings
 
 REPO = "clinic"
 
 
 @pytest.fixture
 def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[ServerProcess], Balancer]]:
-    settings = s3_settings(seaweed, f"lb-{secrets.token_hex(6)}")
-    store = f"s3://{settings.bucket}/{settings.prefix}"
-    nodes = [s3_node(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
-    balancer = Balancer(tmp_path, nodes)
-    yield nodes, balancer
-    balancer.stop()
-    for node in nodes:
-        node.stop()
+    with balanced_nodes(seaweed, tmp_path, "lb") as made:
+        yield made
 
 
 def _packs_in_bucket(settings_prefix: str, weed: SeaweedFS) -> int:

@@ -10,8 +10,6 @@ test_prune_multinode.py; a server process has no clock to move.)"""
 from __future__ import annotations
 
 import json
-import secrets
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +17,18 @@ from pathlib import Path
 import pytest
 
 from benchmarks.serverkit import ServerProcess
-from tests.client.test_prune import _assert_all_restore, _change, _snap_states
+from tests.client.test_prune import _assert_all_restore, _snap_states, prune_while_backing_up
 from tests.client.test_remote import agent
-from tests.helpers import CHEAP_KDF_ARGS, assert_one_line_error, tree_state
-from tests.s3kit import Balancer, SeaweedFS, s3_node, s3_settings
+from tests.helpers import CHEAP_KDF_ARGS, assert_one_line_error
+from tests.s3kit import Balancer, SeaweedFS, balanced_nodes
 
 REPO = "clinic"
 
 
 @pytest.fixture
 def cluster(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[list[ServerProcess], Balancer]]:
-    settings = s3_settings(seaweed, f"prune-lb-{secrets.token_hex(6)}")
-    store = f"s3://{settings.bucket}/{settings.prefix}"
-    nodes = [s3_node(tmp_path / f"node{i}", store, seaweed).start() for i in range(2)]
-    balancer = Balancer(tmp_path, nodes)
-    yield nodes, balancer
-    balancer.stop()
-    for node in nodes:
-        node.stop()
+    with balanced_nodes(seaweed, tmp_path, "prune-lb") as made:
+        yield made
 
 
 def _call(method: str, url: str, token: str, body: dict[str, object] | None = None) -> object:
@@ -65,29 +57,7 @@ def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
     tree_a = tmp_path / "tree-a"
     states = _snap_states(a, tree_a, 4, seed=3)
     b = agent(tmp_path / "pc2", url, tokens["backup"])
-    tree_b = tmp_path / "tree-b"
-    b_states: dict[str, dict] = {}
-    errors: list[str] = []
-
-    def keep_backing_up() -> None:  # a second machine backs up all through the prunes
-        for r in range(5):
-            _change(tree_b, 100 + r)
-            state = tree_state(tree_b)
-            result = b.run("backup", str(tree_b), "--json")
-            if result.rc != 0:
-                errors.append(result.err)
-                return
-            b_states[result.doc["snapshot"]] = state
-
-    worker = threading.Thread(target=keep_backing_up)
-    worker.start()
-    for r in range(3):
-        states.update(_snap_states(a, tree_a, 1, seed=10 + r))
-        admin.ok("forget", "--keep-last", "2", "--group-by", "host,paths")
-        admin.ok("prune", "--max-unused", "0%")
-    worker.join()
-    assert errors == []
-    admin.ok("prune", "--max-unused", "0%")
+    b_states = prune_while_backing_up(a, admin, b, tree_a, tmp_path / "tree-b", states, 5)
 
     restore = tokens["restore"]
     listed = [_listed(node, restore) for node in nodes]
@@ -108,7 +78,7 @@ def test_forget_and_prune_through_the_balancer_while_a_machine_backs_up(
     reader = agent(tmp_path / "fresh", url, restore)
     reader.ok("check", "--read-data")
     _assert_all_restore(reader, tree_a, states, tmp_path / "ra")
-    _assert_all_restore(reader, tree_b, b_states, tmp_path / "rb")
+    _assert_all_restore(reader, tmp_path / "tree-b", b_states, tmp_path / "rb")
     for node in nodes:  # scheduled, not destroyed: both nodes know
         doc = _call("GET", f"{node.url}/v1/repos/{REPO}/deletions", restore)
         assert isinstance(doc, dict)
