@@ -16,6 +16,7 @@ back and made again listing every chunk, bringing back from trash what it needs.
 from __future__ import annotations
 
 import contextlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -334,10 +335,14 @@ class LocalBackend(Backend, Pruning):
             out.append(doc)
         if chosen:  # their chunks may be in packs a prune put aside since: bring all back
             async for name in self.store.list(TRASH_PACKS):
-                pack_id = PackId.parse(name.rsplit("/", 1)[-1])
-                await self.store.put(pack_name(pack_id), await self.store.get(name))
-                await self.store.delete(name)
+                await self._untrash(name)
         return out
+
+    async def _untrash(self, name: str) -> None:
+        """Put a trashed pack back (write-once: a copy already back wins)."""
+        pack_id = PackId.parse(name.rsplit("/", 1)[-1])
+        if not await self.store.move(name, self.store, pack_name(pack_id)):
+            await self.store.delete(name)
 
     async def purge_trash(self, now: float, window: float = UNDELETE_WINDOW) -> int:
         """Delete forgotten records and pruned packs older than the window; return how many."""
@@ -398,9 +403,7 @@ class LocalBackend(Backend, Pruning):
         async for name in self.store.list(TRASH_PACKS):
             with contextlib.suppress(ObjectNotFound):  # another commit brought it back first
                 if await self._holds_any(name, refs):
-                    pack_id = PackId.parse(name.rsplit("/", 1)[-1])
-                    await self.store.put(pack_name(pack_id), await self.store.get(name))
-                    await self.store.delete(name)
+                    await self._untrash(name)
 
     async def _holds_any(self, name: str, refs: set[bytes]) -> bool:
         async def read(offset: int, length: int) -> bytes:
@@ -433,13 +436,13 @@ class LocalBackend(Backend, Pruning):
             raise PruneLocked("this prune does not hold the lock (expired or taken): run it again")
         scheduled, absent = [], []
         for pack_id in packs:
-            try:
-                data = await self.store.get(pack_name(pack_id))
+            name, trash = pack_name(pack_id), f"{TRASH_PACKS}/{pack_id.hex()}"
+            try:  # the trash's time starts the undelete window
+                if not await self.store.move(name, self.store, trash, mtime=time.time()):
+                    await self.store.delete(name)  # an interrupted prune's copy is in trash
             except ObjectNotFound:
                 absent.append(pack_id.hex())
                 continue
-            await self.store.put(f"{TRASH_PACKS}/{pack_id.hex()}", data)  # durable first
-            await self.store.delete(pack_name(pack_id))
             scheduled.append(pack_id.hex())
         generation = await self._append(n, held)
         return {"scheduled": scheduled, "kept": [], "absent": absent, "generation": generation}

@@ -50,7 +50,7 @@ _SIZE = struct.Struct("<Q")
 MAP_SIZE = 1 << 40  # address space only: LMDB grows the file as it is used
 UNKNOWN_PACK = PackId(bytes(32))
 _NONCE_SIZE = 12  # random per record: at most ~10⁸ records per cache, far below GCM's 2³² bound
-WRITE_BATCH = 2_000  # rows per write transaction (module docstring): ≤ ~8 MiB of page buffers
+WRITE_BATCH = 500  # rows per write transaction (module docstring): ≤ ~2 MiB of page buffers
 SCAN_SLICE = 50_000  # rows one read transaction of a pass over the index looks at
 _ADDING = b"adding/"
 

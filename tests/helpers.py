@@ -165,8 +165,10 @@ def restored(target: Path, source: Path) -> Path:
 
 
 def write_pattern_file(path: Path, size: int, seed: int, random_every: int = 8) -> None:
-    """Write `size` bytes in 1 MiB pieces: compressible text that differs per piece, with every
-    `random_every`-th piece random, so chunks differ and compress like real mixed data."""
+    """Write `size` bytes in 1 MiB pieces: compressible text, with every `random_every`-th piece
+    random, so it compresses like real mixed data. Every 4 KiB block of text names itself, so no
+    two chunks are alike whatever the repository's chunker seed (text that repeated for a whole
+    piece could be cut into identical chunks at a seed-dependent phase)."""
     rng = random.Random(seed)
     with open(path, "wb") as f:
         written, i = 0, 0
@@ -175,10 +177,14 @@ def write_pattern_file(path: Path, size: int, seed: int, random_every: int = 8) 
             if random_every and i % random_every == random_every - 1:
                 piece = rng.randbytes(n)
             else:
-                line = b"seed %08d piece %08d dicomvault pattern\n" % (seed, i)
-                piece = (line * (n // len(line) + 1))[:n]
+                piece = b"".join(_pattern_block(seed, i, j) for j in range(-(-n // 4096)))[:n]
             f.write(piece)
             written, i = written + n, i + 1
+
+
+def _pattern_block(seed: int, piece: int, block: int) -> bytes:
+    line = b"seed %08d piece %08d block %04d dicomvault pattern\n" % (seed, piece, block)
+    return (line * (4096 // len(line) + 1))[:4096]
 
 
 def pydicom_test_files() -> list[Path]:

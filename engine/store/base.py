@@ -87,10 +87,11 @@ class Store(ABC):
       order, only those after `start_after` when it is given (to resume a listing); a missing
       folder yields nothing.
     - `delete` raises `ObjectNotFound` for a missing object.
-    - `move(name, dest, dest_name)` takes the object out of this store and publishes it as
-      `dest_name` in `dest` (write-once there: False, and the source left alone, when
-      `dest_name` exists). It raises `ObjectNotFound` for a missing object. A crash part-way
-      leaves the object in both stores, never in neither: the default copies, then deletes.
+    - `move(name, dest, dest_name, mtime=)` takes the object out of this store and publishes
+      it as `dest_name` in `dest` (write-once there: False, and the source left alone, when
+      `dest_name` exists), with `mtime` as its time when given, else the time it had. It
+      raises `ObjectNotFound` for a missing object. A crash part-way leaves the object in both
+      stores, never in neither: the default copies, then deletes.
     - `sweep(cutoff)` forgets staged uploads that were never published and last changed before
       `cutoff` (epoch seconds; all of them when None) and returns how many; staging is never
       visible, so this only forgets what was never acknowledged.
@@ -144,10 +145,14 @@ class Store(ABC):
     @abstractmethod
     async def delete(self, name: str) -> None: ...
 
-    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
+    async def move(
+        self, name: str, dest: Store, dest_name: str, *, mtime: float | None = None
+    ) -> bool:
         if await dest.exists(dest_name):
             return False
-        if not await dest.put_stream(dest_name, self.get_stream(name)):
+        if mtime is None:
+            mtime = (await self.stat(name)).mtime
+        if not await dest.put_stream(dest_name, self.get_stream(name), mtime=mtime):
             return False
         await self.delete(name)
         return True

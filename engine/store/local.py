@@ -214,13 +214,17 @@ class LocalStore(Store):
 
         await self._run(name, unlink)
 
-    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
+    async def move(
+        self, name: str, dest: Store, dest_name: str, *, mtime: float | None = None
+    ) -> bool:
         """Between two local stores on one filesystem: a hard link, then an unlink."""
         if not isinstance(dest, LocalStore):
-            return await super().move(name, dest, dest_name)
+            return await super().move(name, dest, dest_name, mtime=mtime)
         src, final = self._path(name), dest._path(dest_name)
-        moved = await self._run(name, lambda: _relink(src, final))
-        return await super().move(name, dest, dest_name) if moved is None else moved
+        moved = await self._run(name, lambda: _relink(src, final, mtime))
+        if moved is None:
+            return await super().move(name, dest, dest_name, mtime=mtime)
+        return moved
 
     async def sweep(self, cutoff: float | None = None) -> int:
         """Remove `.tmp-*` files in `.incoming/`, the root and its first-level folders.
@@ -246,11 +250,14 @@ async def _settled(task: asyncio.Future[T] | None) -> None:
             task.exception()  # retrieved, so asyncio does not log it as lost
 
 
-def _relink(src: Path, final: Path) -> bool | None:
-    """Link `src` to `final` and unlink it; None when they lie on different filesystems."""
+def _relink(src: Path, final: Path, mtime: float | None) -> bool | None:
+    """Link `src` to `final` and unlink it; None when they lie on different filesystems. The
+    new time is set before the link (one inode), so `final` never shows the old one."""
     if not final.parent.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
+    if mtime is not None and not final.exists():
+        os.utime(src, (mtime, mtime))
     try:
         os.link(src, final)
     except FileExistsError:

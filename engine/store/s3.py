@@ -613,10 +613,12 @@ class S3Store(Store):
         await self._head(key, name)  # S3 deletes a missing key silently; the contract does not
         await _call(name, lambda: obstore.delete_async(self.bucket, key))
 
-    async def move(self, name: str, dest: Store, dest_name: str) -> bool:
-        """Within one bucket: a server-side copy, then a delete."""
-        if not isinstance(dest, S3Store) or dest.bucket is not self.bucket:
-            return await super().move(name, dest, dest_name)
+    async def move(
+        self, name: str, dest: Store, dest_name: str, *, mtime: float | None = None
+    ) -> bool:
+        """Within one bucket: a server-side copy (which keeps the time), then a delete."""
+        if not isinstance(dest, S3Store) or dest.bucket is not self.bucket or mtime is not None:
+            return await super().move(name, dest, dest_name, mtime=mtime)
         src, final = self._key(name), dest._key(dest_name)
         if await dest.exists(dest_name):
             return False

@@ -358,7 +358,11 @@ async def test_move_takes_the_object_out_and_publishes_it_once(
     assert await src.move("packs/aa/p", dest, "moved-p")
     assert not await src.exists("packs/aa/p")
     assert await dest.get("moved-p") == b"rotten"
+    assert (await dest.stat("moved-p")).mtime == 7.0  # a move keeps the object's time
     assert await names(src) == ["packs/aa/q"]
+    await src.put("packs/aa/r", b"stamped", mtime=7.0)
+    assert await src.move("packs/aa/r", dest, "moved-r", mtime=1_800_000_000.0)
+    assert (await dest.stat("moved-r")).mtime == 1_800_000_000.0  # or takes the one given
     await dest.put("taken", b"x")
     assert not await src.move("packs/aa/q", dest, "taken")  # write-once there: source kept
     assert await src.get("packs/aa/q") == b"other" and await dest.get("taken") == b"x"
