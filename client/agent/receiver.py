@@ -53,6 +53,8 @@ NOT_THE_CLASS = 0xA900  # C-STORE: the dataset is of another SOP class than the 
 CANNOT_UNDERSTAND = 0xC000  # C-STORE: an empty or unreadable dataset
 C_STORE_RQ_FIELD = 0x0001  # Command Field of a C-STORE request
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known Push Model SOP Instance
+COMMITMENT_ACTION = 1  # Request Storage Commitment, the model's one action
+NO_SUCH_ACTION = 0x0123  # N-ACTION status (PS3.7 Annex C)
 EVENT_ALL_COMMITTED, EVENT_SOME_FAILED = 1, 2
 
 
@@ -236,8 +238,9 @@ class Receiver:
     # Storage Commitment
 
     def _n_action(self, event: Any) -> tuple[int, Dataset | None]:
-        if event.request.RequestedSOPClassUID != StorageCommitmentPushModel:
-            return 0x0112, None
+        refused = _not_a_commitment(event.request)
+        if refused:
+            return refused, None
         try:
             info = event.action_information
             items = tuple(
@@ -376,3 +379,14 @@ def _ref(class_uid: str, instance_uid: str, reason: int | None = None) -> Datase
     if reason is not None:
         item.FailureReason = reason
     return item
+
+
+def _not_a_commitment(request: Any) -> int:
+    """The N-ACTION status for a request that is not a Storage Commitment (0: it is one).
+    Its SOP class is the Push Model's: pynetdicom hands this handler no other (it leaves a
+    request for an unknown class unanswered before any handler)."""
+    if request.RequestedSOPInstanceUID != COMMITMENT_INSTANCE:
+        return NO_SUCH_INSTANCE
+    if request.ActionTypeID != COMMITMENT_ACTION:
+        return NO_SUCH_ACTION
+    return 0

@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -42,6 +43,7 @@ from benchmarks.agentkit import (
     transfer_syntax,
 )
 from benchmarks.serverkit import wait_for
+from client.agent.receiver import COMMITMENT_INSTANCE
 from tests.helpers import ct_small, pydicom_data_files, pydicom_test_files
 
 pytestmark = pytest.mark.slow
@@ -274,6 +276,28 @@ def test_storage_commitment_reports_committed_and_failed_instances(site: AgentSi
         (unknown, 0x0112)
     ]
     assert any(s["files"] == 1 for s in site.snapshots())  # success only once committed
+
+
+def test_storage_commitment_refuses_another_instance_or_action(site: AgentSite) -> None:
+    """PS3.7 Annex C: the N-ACTION status names what was wrong (not a silent success)."""
+    site.start(*listen_args())
+    ae = AE("MODALITY")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = [_ref(CTImageStorage, generate_uid())]
+    push = StorageCommitmentPushModel
+    statuses = []
+    for args in [(1, push, "1.2.3.4"), (2, push, COMMITMENT_INSTANCE)]:
+        assoc = ae.associate("127.0.0.1", site.dicom_port, ae_title=AGENT_AET)
+        assert assoc.is_established
+        try:
+            status, _ = assoc.send_n_action(request, *args)
+            statuses.append(status.get("Status"))
+        finally:
+            assoc.release()
+    no_instance, no_action = 0x0112, 0x0123
+    assert statuses == [no_instance, no_action]
 
 
 def _ref(class_uid: str, instance_uid: str) -> Dataset:
