@@ -252,6 +252,10 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             text += f"; {doc['bytes_reclaimed']:,} bytes reclaimed once the undelete window ends"
         if report.kept:
             text += f"; {len(report.kept)} packs kept for backups that ran meanwhile"
+        if report.absent:
+            text += f"; {len(report.absent)} packs already gone at the server: " + ", ".join(
+                report.absent
+            )
         emit(args, doc, text)
         return 0
 

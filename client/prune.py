@@ -33,7 +33,7 @@ from client.restore import catalogue
 from engine import blob
 from engine.backend import LocalBackend, Pruning
 from engine.catalogue import PACK_HEADER_AD
-from engine.errors import IntegrityError, UsageError
+from engine.errors import IntegrityError, ObjectNotFound, UsageError
 from engine.ids import ChunkId, PackId
 from engine.pack import (
     TRAILER_SIZE,
@@ -108,6 +108,7 @@ class PruneReport:
     bytes_written: int = 0
     scheduled: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # a concurrent backup named their chunks
+    absent: list[str] = field(default_factory=list)  # gone at the server already: dropped
     bytes_reclaimed: int = 0
     duration_s: float = 0.0
 
@@ -121,6 +122,7 @@ class PruneReport:
             "bytes_written": self.bytes_written,
             "packs_scheduled": len(self.scheduled),
             "packs_kept_for_concurrent_backups": self.kept,
+            "packs_absent": self.absent,
             "bytes_reclaimed": self.bytes_reclaimed,
             "duration_s": self.duration_s,
         }
@@ -154,6 +156,7 @@ async def prune(
             report.chunks_live = live.count
             report.plan = plan(list(usage(repo, live)), max_unused)
             if not dry_run:
+                await _sources_readable(repo, report.plan.repack)
                 await _repack(repo, report, live)
                 await _schedule(repo, backend, holder, report)
         finally:
@@ -245,6 +248,21 @@ def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
         )
     for pack_id, size in sizes.items():
         yield PackUse(pack_id, size, blobs[pack_id], used[pack_id])
+
+
+async def _sources_readable(repo: Repository, sources: list[PackId]) -> None:
+    """Before anything is written: every pack to repack can be read (its tail) at some site.
+    A pack that holds chunks snapshots need and that no site has stops the prune here, with
+    nothing changed, rather than after other packs were repacked."""
+    for source in sources:
+        try:
+            await repo.backend.get_pack_tail(source, TRAILER_SIZE)
+        except ObjectNotFound:
+            raise ObjectNotFound(
+                f"pack {source.hex()} holds chunks that snapshots need but is gone at "
+                f"{repo.backend.location} and at every other site: nothing was pruned "
+                "(run `dicomvault check`; the chunk server's scrub heals a pack from a peer)"
+            ) from None
 
 
 async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
@@ -343,5 +361,6 @@ async def _schedule(repo: Repository, backend: Pruning, holder: str, report: Pru
         gone = {PackId.parse(h) for h in answer["scheduled"] + answer["absent"]}
         report.scheduled += answer["scheduled"]
         report.kept += answer["kept"]
+        report.absent += answer["absent"]
         report.bytes_reclaimed += sum(sizes.get(PackId.parse(h), 0) for h in answer["scheduled"])
         repo.forget_packs(gone)
