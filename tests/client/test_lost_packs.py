@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from secrets import token_hex
 
 import pytest
 
@@ -16,9 +17,11 @@ from client.prune import PruneReport, prune
 from client.repository import Repository
 from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
+from engine.pack import pack_name
 from engine.prune_plan import MaxUnused
 from engine.remote import RemoteBackend
-from server.state import INDEX
+from engine.repoconfig import init_repository
+from server.state import INDEX, REPOS
 from tests.client.test_sites_read_fallback import (
     backup,
     both,
@@ -27,8 +30,9 @@ from tests.client.test_sites_read_fallback import (
     sites,
     tree,
 )
-from tests.helpers import PASSPHRASE, tree_state, write_pattern_file
-from tests.server.monitorkit import REPO, Site, pack_files
+from tests.helpers import PASSPHRASE, cheap_kdf, tree_state, write_pattern_file
+from tests.s3kit import SeaweedFS, s3_settings
+from tests.server.monitorkit import REPO, Site, pack_files, start_site
 
 __all__ = ["sites"]  # the two-site fixture, used by name
 
@@ -95,6 +99,40 @@ async def test_a_doomed_pack_the_server_lost_is_reported_absent_and_the_prune_co
         assert await restored(fresh, keep, keep_source, tmp_path / "out") == tree_state(keep_source)
     finally:
         await fresh.close()
+
+
+async def test_on_a_bucket_a_doomed_pack_deleted_behind_the_servers_back_is_absent(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """The same on the shared S3 store path (`server.deletion_shared`): an object deleted
+    from the bucket behind the server's back; the prune completes through that node."""
+    a = await start_site(tmp_path, "site-a", store=s3_settings(seaweed, f"lost-{token_hex(6)}"))
+    try:
+        a.add_repo()
+        await init_repository(one(a, "backup"), PASSPHRASE, cheap_kdf())
+        pc = await Repository.open(one(a, "backup"), PASSPHRASE, tmp_path / "pc")
+        try:
+            old = await backup(pc, tree(tmp_path / "old", 5))
+            old_packs = [row.pack_id for row in a.app[INDEX].packs(REPO)]
+            keep_source = tree(tmp_path / "new", 6)
+            keep = await backup(pc, keep_source)
+        finally:
+            await pc.close()
+        lost_id = old_packs[0]
+        await a.app[REPOS].get(REPO).store.delete(pack_name(lost_id))
+
+        report = await pruned(one(a, "admin"), tmp_path / "pc", old)
+        assert report.absent == [lost_id.hex()]
+        assert sorted(report.scheduled + report.absent) == sorted(p.hex() for p in old_packs)
+        assert not a.app[INDEX].has_pack(REPO, lost_id)
+        fresh = await Repository.open(one(a, "restore"), PASSPHRASE, tmp_path / "fresh")
+        try:
+            state = await restored(fresh, keep, keep_source, tmp_path / "out")
+            assert state == tree_state(keep_source)
+        finally:
+            await fresh.close()
+    finally:
+        await a.server.close()
 
 
 async def test_a_repack_source_the_primary_lost_is_read_from_the_peer(
