@@ -82,7 +82,8 @@ def forget_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "prune",
         "reclaim the space of chunks no snapshot references: delete packs without a live "
         "chunk, repack the ones with most unused bytes (admin token on a chunk server; safe "
-        "while other machines back up; resumable; one prune at a time)",
+        "while other machines back up; resumable; one prune at a time; a pack the server "
+        "lost is reported absent)",
     )
     c.add_argument(
         "--max-unused",
