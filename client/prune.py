@@ -149,7 +149,7 @@ async def prune(
     holder = holder or default_holder(repo)
     report = PruneReport(dry_run)
     async with _locked(backend, holder, dry_run):
-        await refresh(repo)
+        lost = await refresh(repo)
         live = LiveSet(scratch or Path(repo.index.env.path()).parent)
         try:
             report.snapshots = await _mark(repo, live)
@@ -158,7 +158,7 @@ async def prune(
             if not dry_run:
                 await _sources_readable(repo, report.plan.repack)
                 await _repack(repo, report, live)
-                await _schedule(repo, backend, holder, report)
+                await _schedule(repo, backend, holder, report, lost)
         finally:
             live.close()
         if isinstance(backend, LocalBackend) and not dry_run:
@@ -191,13 +191,18 @@ async def _locked(backend: Pruning, holder: str, dry_run: bool) -> AsyncIterator
     await backend.prune_release(holder)  # not on failure: the lock expires, or we retake it
 
 
-async def refresh(repo: Repository) -> None:
+async def refresh(repo: Repository) -> list[PackId]:
     """The index exactly as the backend's packs are now (after the lock: nothing is removed
-    from here on but by this prune)."""
+    from here on but by this prune). Returns the listed packs this index lacks that no site
+    can read: lost at the server. They are scheduled with the dead ones (and come back
+    `absent`) unless a snapshot needs a chunk no readable pack holds: then `usage` stops
+    the prune."""
     listed = {p async for p in repo.backend.list_packs()}
     repo.forget_packs(repo.index.indexed_packs() - listed)
-    await repo.sync_index()
+    lost: list[PackId] = []
+    await repo.sync_index(lost)
     repo.index.drop_unknown()
+    return sorted(lost)
 
 
 async def _mark(repo: Repository, live: LiveSet) -> int:
@@ -353,8 +358,10 @@ def _move(repo: Repository, moved: list[ChunkId], written: set[PackId]) -> None:
     moved.clear()
 
 
-async def _schedule(repo: Repository, backend: Pruning, holder: str, report: PruneReport) -> None:
-    doomed = report.plan.delete + report.plan.repack
+async def _schedule(
+    repo: Repository, backend: Pruning, holder: str, report: PruneReport, lost: list[PackId]
+) -> None:
+    doomed = report.plan.delete + report.plan.repack + lost
     sizes = dict(repo.index.pack_sizes())
     for i in range(0, len(doomed), SCHEDULE_BATCH):
         answer = await backend.prune_schedule(holder, doomed[i : i + SCHEDULE_BATCH])

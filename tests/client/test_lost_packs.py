@@ -69,9 +69,12 @@ async def pruned(backend: RemoteBackend | object, cache: Path, old: SnapshotId) 
         await admin.close()
 
 
+@pytest.mark.parametrize("admin_cache", ["pc", "fresh-admin"])
 async def test_a_doomed_pack_the_server_lost_is_reported_absent_and_the_prune_completes(
-    sites: tuple[Site, Site], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sites: tuple[Site, Site], tmp_path: Path, caplog: pytest.LogCaptureFixture, admin_cache: str
 ) -> None:
+    """From the machine that backed up (its index knows the lost pack) and from a fresh one
+    (whose index cannot read it: it is scheduled as lost, since no snapshot needs it)."""
     a, _ = sites
     pc = await Repository.open(one(a, "backup"), PASSPHRASE, tmp_path / "pc")
     try:
@@ -86,7 +89,7 @@ async def test_a_doomed_pack_the_server_lost_is_reported_absent_and_the_prune_co
     lost_id = PackId.parse(lost.name)
 
     with caplog.at_level(logging.WARNING, logger="server.handlers_deletion"):
-        report = await pruned(one(a, "admin"), tmp_path / "pc", old)
+        report = await pruned(one(a, "admin"), tmp_path / admin_cache, old)
     assert report.absent == [lost_id.hex()]
     assert sorted(report.scheduled + report.absent) == ids(old_packs)
     assert report.as_json()["packs_absent"] == [lost_id.hex()]
