@@ -4,7 +4,9 @@ Structure: every pack's trailer and manifest parse, every snapshot opens, and ev
 catalogue names is in some pack. Read-data: every pack is read in windows of whole blobs (never
 whole, so memory does not grow with pack size), hashed against its name, and every blob is
 decrypted, decoded and checked against its chunk id. Each problem names the pack or
-snapshot it concerns. Reports packs checked (and bytes read) to a `Progress` as it goes.
+snapshot it concerns. With several sites, an object one site lost or holds damaged that another
+served is a problem too (`Detour`): the data is safe, but that site needs repair. Reports packs
+checked (and bytes read) to a `Progress` as it goes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from client.progress import Progress
 from client.repository import Repository, pack_named
 from client.restore import catalogue
 from engine import blob
-from engine.backend import Backend
+from engine.backend import Backend, Detour, ServedElsewhere
 from engine.errors import DicomvaultError, IntegrityError
 from engine.ids import ChunkId, PackId
 from engine.keys import MasterKey
@@ -38,6 +40,8 @@ class CheckReport:
     chunks_referenced: int = 0
     bytes_verified: int = 0
     problems: list[str] = field(default_factory=list)
+    # Objects a site failed and another served: safe, but that site needs repair (a problem).
+    sites_damaged: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -47,13 +51,32 @@ async def check(
     repo: Repository, *, read_data: bool = False, progress: Progress | None = None
 ) -> CheckReport:
     report = CheckReport()
-    packs = [p async for p in repo.backend.list_packs()]
+    backend = repo.backend
+    mark = backend.served_elsewhere if isinstance(backend, ServedElsewhere) else 0
+    packs = [p async for p in backend.list_packs()]
     report.packs = len(packs)
     if progress is not None:
         progress.set_total(len(packs))
     await _packs(repo, packs, report, read_data, progress)
     await _snapshots(repo, report, set(packs))
+    if isinstance(backend, ServedElsewhere):
+        _detours(backend.detours(since=mark), packs, report)
     return report
+
+
+def _detours(detours: list[Detour], packs: list[PackId], report: CheckReport) -> None:
+    """A pack (or record) one site lost or holds damaged and another served: restorable, so
+    not lost, but the first site is damaged; named plainly, with both sites (a problem)."""
+    named = {f"pack {p.short()}": f"pack {p.hex()}" for p in packs}
+    for d in detours:
+        what = named.get(d.what, d.what)
+        report.sites_damaged.append(
+            {"object": what, "site": d.site, "error": d.error, "served_by": d.served_by}
+        )
+        report.problems.append(
+            f"{what}: lost or damaged at {d.site} ({d.error}); {d.served_by} served it, so the "
+            f"data is safe there, but {d.site} needs repair (its scrub heals it from the peer)"
+        )
 
 
 async def _packs(

@@ -201,7 +201,11 @@ def _parser() -> argparse.ArgumentParser:
     dicom_restore_options(c)
     c = cmd("find", "search the snapshots' DICOM catalogue for studies")
     find_options(c)
-    c = cmd("check", "verify the repository's structure (and with --read-data, every byte)")
+    c = cmd(
+        "check",
+        "verify the repository's structure (and with --read-data, every byte); with several "
+        "sites, an object one site lost that another served is a problem too (exit 17)",
+    )
     c.add_argument("--read-data", action="store_true", help="read and verify every pack")
     cmd("repair-index", "rebuild the local index from the packs")
     c = cmd(

@@ -82,7 +82,8 @@ def forget_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "prune",
         "reclaim the space of chunks no snapshot references: delete packs without a live "
         "chunk, repack the ones with most unused bytes (admin token on a chunk server; safe "
-        "while other machines back up; resumable; one prune at a time)",
+        "while other machines back up; resumable; one prune at a time; a pack the server "
+        "lost is reported absent)",
     )
     c.add_argument(
         "--max-unused",
@@ -252,6 +253,10 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             text += f"; {doc['bytes_reclaimed']:,} bytes reclaimed once the undelete window ends"
         if report.kept:
             text += f"; {len(report.kept)} packs kept for backups that ran meanwhile"
+        if report.absent:
+            text += f"; {len(report.absent)} packs already gone at the server: " + ", ".join(
+                report.absent
+            )
         emit(args, doc, text)
         return 0
 

@@ -33,7 +33,7 @@ from client.restore import catalogue
 from engine import blob
 from engine.backend import LocalBackend, Pruning
 from engine.catalogue import PACK_HEADER_AD
-from engine.errors import IntegrityError, UsageError
+from engine.errors import IntegrityError, ObjectNotFound, UsageError
 from engine.ids import ChunkId, PackId
 from engine.pack import (
     TRAILER_SIZE,
@@ -108,6 +108,7 @@ class PruneReport:
     bytes_written: int = 0
     scheduled: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # a concurrent backup named their chunks
+    absent: list[str] = field(default_factory=list)  # gone at the server already: dropped
     bytes_reclaimed: int = 0
     duration_s: float = 0.0
 
@@ -121,6 +122,7 @@ class PruneReport:
             "bytes_written": self.bytes_written,
             "packs_scheduled": len(self.scheduled),
             "packs_kept_for_concurrent_backups": self.kept,
+            "packs_absent": self.absent,
             "bytes_reclaimed": self.bytes_reclaimed,
             "duration_s": self.duration_s,
         }
@@ -147,15 +149,16 @@ async def prune(
     holder = holder or default_holder(repo)
     report = PruneReport(dry_run)
     async with _locked(backend, holder, dry_run):
-        await refresh(repo)
+        lost = await refresh(repo)
         live = LiveSet(scratch or Path(repo.index.env.path()).parent)
         try:
             report.snapshots = await _mark(repo, live)
             report.chunks_live = live.count
             report.plan = plan(list(usage(repo, live)), max_unused)
             if not dry_run:
+                await _sources_readable(repo, report.plan.repack)
                 await _repack(repo, report, live)
-                await _schedule(repo, backend, holder, report)
+                await _schedule(repo, backend, holder, report, lost)
         finally:
             live.close()
         if isinstance(backend, LocalBackend) and not dry_run:
@@ -188,13 +191,18 @@ async def _locked(backend: Pruning, holder: str, dry_run: bool) -> AsyncIterator
     await backend.prune_release(holder)  # not on failure: the lock expires, or we retake it
 
 
-async def refresh(repo: Repository) -> None:
+async def refresh(repo: Repository) -> list[PackId]:
     """The index exactly as the backend's packs are now (after the lock: nothing is removed
-    from here on but by this prune)."""
+    from here on but by this prune). Returns the listed packs this index lacks that no site
+    can read: lost at the server. They are scheduled with the dead ones (and come back
+    `absent`) unless a snapshot needs a chunk no readable pack holds: then `usage` stops
+    the prune."""
     listed = {p async for p in repo.backend.list_packs()}
     repo.forget_packs(repo.index.indexed_packs() - listed)
-    await repo.sync_index()
+    lost: list[PackId] = []
+    await repo.sync_index(lost)
     repo.index.drop_unknown()
+    return sorted(lost)
 
 
 async def _mark(repo: Repository, live: LiveSet) -> int:
@@ -245,6 +253,21 @@ def usage(repo: Repository, live: LiveSet) -> Iterator[PackUse]:
         )
     for pack_id, size in sizes.items():
         yield PackUse(pack_id, size, blobs[pack_id], used[pack_id])
+
+
+async def _sources_readable(repo: Repository, sources: list[PackId]) -> None:
+    """Before anything is written: every pack to repack can be read (its tail) at some site.
+    A pack that holds chunks snapshots need and that no site has stops the prune here, with
+    nothing changed, rather than after other packs were repacked."""
+    for source in sources:
+        try:
+            await repo.backend.get_pack_tail(source, TRAILER_SIZE)
+        except ObjectNotFound:
+            raise ObjectNotFound(
+                f"pack {source.hex()} holds chunks that snapshots need but is gone at "
+                f"{repo.backend.location} and at every other site: nothing was pruned "
+                "(run `dicomvault check`; the chunk server's scrub heals a pack from a peer)"
+            ) from None
 
 
 async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
@@ -335,13 +358,16 @@ def _move(repo: Repository, moved: list[ChunkId], written: set[PackId]) -> None:
     moved.clear()
 
 
-async def _schedule(repo: Repository, backend: Pruning, holder: str, report: PruneReport) -> None:
-    doomed = report.plan.delete + report.plan.repack
+async def _schedule(
+    repo: Repository, backend: Pruning, holder: str, report: PruneReport, lost: list[PackId]
+) -> None:
+    doomed = report.plan.delete + report.plan.repack + lost
     sizes = dict(repo.index.pack_sizes())
     for i in range(0, len(doomed), SCHEDULE_BATCH):
         answer = await backend.prune_schedule(holder, doomed[i : i + SCHEDULE_BATCH])
         gone = {PackId.parse(h) for h in answer["scheduled"] + answer["absent"]}
         report.scheduled += answer["scheduled"]
         report.kept += answer["kept"]
+        report.absent += answer["absent"]
         report.bytes_reclaimed += sum(sizes.get(PackId.parse(h), 0) for h in answer["scheduled"])
         repo.forget_packs(gone)

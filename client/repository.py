@@ -102,14 +102,21 @@ class Repository:
 
     # index reconciliation (invariant 3: the index is a cache of what the packs say)
 
-    async def sync_index(self) -> int:
-        """Index every pack the backend holds that the index lacks; return how many."""
+    async def sync_index(self, lost: list[PackId] | None = None) -> int:
+        """Index every pack the backend holds that the index lacks; return how many. With
+        `lost`, a listed pack no site can read (`ObjectNotFound`) goes there, not raised."""
         todo = [p async for p in self.backend.list_packs() if not self.index.has_pack(p)]
         sem = asyncio.Semaphore(INDEX_SYNC_CONCURRENCY)
 
         async def one(pack_id: PackId) -> None:
             async with sem:
-                size, entries = await read_manifest(self.backend, pack_id)
+                try:
+                    size, entries = await read_manifest(self.backend, pack_id)
+                except ObjectNotFound:
+                    if lost is None:
+                        raise
+                    lost.append(pack_id)
+                    return
                 self.index.add_pack(pack_id, size, entries)
 
         await asyncio.gather(*(one(p) for p in todo))

@@ -6,7 +6,8 @@ the plaintext repository config and commit records; neither sees plaintext or ke
 
 What only a chunk server can do is declared as optional capabilities, typed `Protocol`s a
 caller checks with `isinstance` (never by probing for a name): `Replicated` (per-site
-replication status) and `DrillReceiver` (keeps fire-drill reports). `Pruning` (the prune
+replication status), `DrillReceiver` (keeps fire-drill reports) and `ServedElsewhere` (several
+sites: which reads one failed and another served, `Detour`). `Pruning` (the prune
 protocol, docs/design.md §14) is implemented by both: a local folder keeps its lock and
 generation in write-once `locks/generation/<n>` objects and its removed objects in `trash/`;
 a local commit waits while a prune holds the lock, and one that raced a prune's start is taken
@@ -19,6 +20,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from engine.clock import SYSTEM, Clock
@@ -78,7 +80,7 @@ class Backend(ABC):
         self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
     ) -> None: ...
     @abstractmethod
-    async def get_pack(self, pack_id: PackId) -> bytes: ...
+    async def get_pack(self, pack_id: PackId) -> bytes | bytearray: ...
     @abstractmethod
     async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes: ...
     @abstractmethod
@@ -191,6 +193,30 @@ class Pruning(Protocol):
 
     async def prune_schedule(self, holder: str, packs: Sequence[PackId]) -> dict[str, Any]:
         """Schedule dead packs for deletion: {scheduled, kept, absent} (pack id hex lists)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Detour:
+    """A read one site failed (the object lost, damaged, a 5xx) that another site served: the
+    data is safe, the failing site needs repair."""
+
+    what: str  # the object as the read named it: "pack 1a2b3c4d", "snapshot …"
+    site: str  # the location that failed
+    error: str
+    served_by: str  # the location that served it
+    seen: int  # the reader's count of reads served elsewhere when last seen (`since`)
+
+
+@runtime_checkable
+class ServedElsewhere(Protocol):
+    """A backend with several sites (`engine.failover`) that tells which reads it served
+    from a site other than the first one asked."""
+
+    served_elsewhere: int  # reads served elsewhere so far: a mark for `detours(since=...)`
+
+    def detours(self, since: int = 0) -> list[Detour]:
+        """One `Detour` per object and failing site seen after the mark `since`."""
         ...
 
 

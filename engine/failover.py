@@ -19,6 +19,7 @@ an outage is first retried there for its `--retry-for` grace. Two rules, by what
   has it, and the site in use stays in use: a pack the primary lost must not move a practice's
   backups to the peer. A site's retries are spent only on no answer at all (`Unreachable`, which
   passes a lost site over for good, as by any call) or when no site serves the object now.
+  Each such read is kept as a `Detour` (`detours`), so `check` can name the damaged site.
 
 `read_only=True` (dicom-serve) is the same backend for a reader that never prunes: listings
 (and the prune generation) fall back like the objects above, every write but a sealed audit
@@ -33,7 +34,15 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from engine.backend import Backend, DrillReceiver, Pruning, Replicated, StatsReceiver
+from engine.backend import (
+    Backend,
+    Detour,
+    DrillReceiver,
+    Pruning,
+    Replicated,
+    ServedElsewhere,
+    StatsReceiver,
+)
 from engine.commit import verify_commit
 from engine.errors import (
     IntegrityError,
@@ -64,7 +73,7 @@ class ReadOnly(PermissionDenied):
     """These sites are open read-only (dicom-serve): nothing is written but audit events."""
 
 
-class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
+class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver, ServedElsewhere):
     def __init__(
         self, sites: Sequence[Backend], start: int = 0, *, read_only: bool = False
     ) -> None:
@@ -74,6 +83,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         # Read-only: no uploads, so the client relies on its own index to locate chunks.
         self.knows_chunks = not read_only and all(s.knows_chunks for s in sites)
         self.served_elsewhere = 0  # reads the site in use failed and another site served
+        self._detours: dict[tuple[str, str], Detour] = {}  # (what, failing site): the last
         self._told: set[str] = set()
 
     @property
@@ -116,6 +126,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         failure (a failed check included). Only a lost site is passed over for good; all
         failing, the first site that answered says why (else the site in use)."""
         answered: list[Exception] = []
+        failed: list[tuple[str, Exception]] = []
         lost: list[Exception] = []
         for index in self._order():
             site = self.sites[index]
@@ -128,17 +139,27 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
                 if not answered:
                     self._use(index, what)
                 answered.append(e)
+                failed.append((site.location, e))
                 self._tell(what, f"{site.location}: {e}")  # e names the object
                 continue
             if not answered:
                 self._use(index, what)
             else:
-                self.served_elsewhere += 1
-                self._tell(f"{what} served", f"{what}: read from {site.location}")
+                self._served(what, failed, site.location)
             return result
         if any(isinstance(e, TransientError) for e in answered):
             return await call(self.sites[self.current])  # no site has it now: its retries
         raise (answered or lost)[0]
+
+    def _served(self, what: str, failed: list[tuple[str, Exception]], by: str) -> None:
+        self.served_elsewhere += 1
+        self._tell(f"{what} served", f"{what}: read from {by}")
+        for where, e in failed:
+            self._detours.pop((what, where), None)  # re-seen: last in the order of `seen`
+            self._detours[(what, where)] = Detour(what, where, str(e), by, self.served_elsewhere)
+
+    def detours(self, since: int = 0) -> list[Detour]:
+        return [d for d in self._detours.values() if d.seen > since]
 
     async def read_checked(
         self,
@@ -212,8 +233,8 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
 
         await self._write(f"pack {pack_id.short()}", put)
 
-    async def get_pack(self, pack_id: PackId) -> bytes:
-        async def verified(data: bytes) -> bytes:
+    async def get_pack(self, pack_id: PackId) -> bytes | bytearray:
+        async def verified(data: bytes | bytearray) -> bytes | bytearray:
             await asyncio.to_thread(verify_pack, pack_id, data)
             return data
 

@@ -59,7 +59,7 @@ class PackInfo:
     size: int
 
 
-def pack_id_of(data: bytes | memoryview) -> PackId:
+def pack_id_of(data: bytes | bytearray | memoryview) -> PackId:
     return PackId(blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest())
 
 
@@ -168,7 +168,7 @@ def parse_manifest(manifest: bytes | memoryview, blob_len: int) -> Iterator[Mani
         raise FormatError("manifest does not cover the blob area")
 
 
-def read_pack_info(data: bytes | memoryview) -> PackInfo:
+def read_pack_info(data: bytes | bytearray | memoryview) -> PackInfo:
     """Parse and validate the keyless parts of a whole pack held in memory."""
     view = memoryview(data)
     count, header_len, blob_len = parse_trailer(bytes(view[-TRAILER_SIZE:]), len(view))
@@ -192,7 +192,7 @@ async def read_pack_info_ranged(
     return PackInfo(tuple(parse_manifest(manifest, blob_len)), blob_len, header_len, size)
 
 
-def verify_pack(pack_id: PackId, data: bytes | memoryview) -> PackInfo:
+def verify_pack(pack_id: PackId, data: bytes | bytearray | memoryview) -> PackInfo:
     """Check a pack against its name and its own structure; raise `IntegrityError` naming it."""
     if pack_id_of(data) != pack_id:
         raise IntegrityError(f"pack {pack_id.hex()}: content does not match its name")

@@ -19,8 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import NotFound, UsageError
+from engine.errors import NotFound, ObjectNotFound, UsageError
 from engine.ids import PackId, SnapshotId
+from engine.pack import ManifestEntry
 from engine.protocol import routes as routes_v1
 from server.auth import Action
 from server.bodies import parse_json_object
@@ -180,10 +181,10 @@ async def _schedule_locked(
     scheduled: list[PackId] = []
     kept, absent = [], []
     for pack_id in ids:
-        if not await app[CATCHUP].has_pack(repo, pack_id):
+        entries = await _indexed_entries(app, repo, pack_id, "prune")
+        if entries is None:
             absent.append(pack_id.hex())
             continue
-        entries = await pack_entries(repo, pack_id)
         if any(bytes(e.chunk_id) in live for e in entries):
             kept.append(pack_id.hex())
             continue
@@ -202,6 +203,27 @@ async def _schedule_locked(
         "absent": absent,
         "generation": generation,
     }
+
+
+async def _indexed_entries(
+    app: web.Application, repo: Repository, pack_id: PackId, why: str
+) -> tuple[ManifestEntry, ...] | None:
+    """The manifest of a pack about to be scheduled; None if the index does not list it, or
+    lists it but its file is gone (disk damage, an operator's `rm`, a bucket object deleted
+    behind the server's back): then its rows leave the index, so `missing` names its chunks
+    and the next backup sends them again, and the server log says so. Nothing else is lost:
+    its bytes were gone already."""
+    if not await app[CATCHUP].has_pack(repo, pack_id):
+        return None
+    try:
+        return await pack_entries(repo, pack_id)
+    except ObjectNotFound:
+        log.warning(
+            "%s: %s pack %s is indexed but its file is gone: dropped from the index",
+            why, repo.name, pack_id.hex(),
+        )  # fmt: skip
+        await asyncio.to_thread(app[DELETIONS].forget_object, repo.name, PACK, pack_id.hex())
+        return None
 
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +334,7 @@ async def schedule_for_primary(app: web.Application, repo: Repository, kind: str
     """A peer's half of a purge its primary sent: schedule the object here on this site's own
     clock and window (so it leaves listings at once, and only this site's purge destroys it,
     `undelete_days` later). False if this site does not list it (already scheduled, purged,
-    or never received)."""
+    or never received, or its file is gone here)."""
     deletions, now, window = app[DELETIONS], app[CLOCK].time(), _window(app)
     shared = app[SHARED_DELETIONS]
     async with deletions.lock(repo.name):
@@ -327,9 +349,9 @@ async def schedule_for_primary(app: web.Application, repo: Repository, kind: str
                 return False
             return True
         pack_id = PackId.parse(ident)
-        if not await app[CATCHUP].has_pack(repo, pack_id):
+        entries = await _indexed_entries(app, repo, pack_id, "purge from primary")
+        if entries is None:
             return False
-        entries = await pack_entries(repo, pack_id)
         doc = await asyncio.to_thread(
             deletions.schedule_pack, repo.name, pack_id, entries, now, window, by
         )

@@ -113,7 +113,10 @@ async def test_packs_the_primary_lost_are_restored_and_checked_from_the_peer(
     repo = await Repository.open(backend, PASSPHRASE, tmp_path / "fresh")
     try:
         report = await check(repo, read_data=True)
-        assert report.problems == [] and report.packs > 0, report.problems
+        # Safe (the peer served every pack), but the primary is damaged: one problem a pack.
+        lost = {PackId.parse(p.name).hex() for p in pack_files(b)}
+        assert {d["object"] for d in report.sites_damaged} == {f"pack {h}" for h in lost}
+        assert len(report.problems) == len(lost) and report.packs > 0, report.problems
         assert await restored(repo, sid, source, tmp_path / "out") == tree_state(source)
         assert backend.served_elsewhere > 0
         assert backend.location == f"{a.url}/{REPO}"  # the primary is still the site in use
@@ -138,8 +141,9 @@ async def test_a_chunk_that_rotted_at_the_primary_is_read_from_the_peer(
         for pack in pack_files(a):
             flip_byte(pack, 100)  # inside the pack's first blob
         assert await restored(repo, sid, source, tmp_path / "out") == tree_state(source)
-        report = await check(repo, read_data=True)
-        assert report.problems == [], report.problems
+        report = await check(repo, read_data=True)  # safe, but the primary needs repair
+        assert {d["site"] for d in report.sites_damaged} == {f"{a.url}/{REPO}"}
+        assert report.problems and all("data is safe" in p for p in report.problems)
         assert backend.served_elsewhere > 0 and backend.location == f"{a.url}/{REPO}"
     finally:
         await repo.close()

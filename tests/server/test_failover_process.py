@@ -128,8 +128,9 @@ def test_packs_the_primary_lost_are_read_from_the_peer_and_backups_stay_at_the_p
     sites: Callable[..., Site], tmp_path: Path
 ) -> None:
     """Real processes, both sites given: the primary lost every pack file (its index still
-    lists them); `check --read-data` and `restore` read them from the peer, saying so, and the
-    next backup still commits at the primary, which stays the site in use (docs/design.md §17)."""
+    lists them); `check --read-data` and `restore` read them from the peer, saying so (check
+    names each pack and exits 17: the primary needs repair), and the next backup still commits
+    at the primary, which stays the site in use (docs/design.md §17)."""
     b = sites("site-b")
     a = sites("site-a", [b.peer_entry("site-a")])
     tokens = a.create_repo()
@@ -149,8 +150,10 @@ def test_packs_the_primary_lost_are_read_from_the_peer_and_backups_stay_at_the_p
         pack.unlink()
 
     reader = {"DICOMVAULT_TOKEN": tokens["restore"], **both}
-    checked = vault.ok("check", "--read-data", DICOMVAULT_CACHE_DIR=str(tmp_path / "c1"), **reader)
+    checked = vault.run("check", "--read-data", DICOMVAULT_CACHE_DIR=str(tmp_path / "c1"), **reader)
+    assert checked.rc == 17, checked.err  # the data is safe, but the primary is damaged
     assert f"read from {b.url}/{REPO}" in checked.err, checked.err
+    assert all(f"pack {p.name}: lost or damaged at {a.url}/{REPO}" in checked.err for p in packs)
     target = tmp_path / "restored"
     vault.ok("restore", first["snapshot"], "--target", str(target),
              DICOMVAULT_CACHE_DIR=str(tmp_path / "c2"), **reader)  # fmt: skip

@@ -17,9 +17,13 @@ from pathlib import Path
 import aiohttp
 
 from client.check import check
+from client.repository import Repository
+from engine.failover import FailoverBackend
 from engine.ids import PackId
 from engine.pack import pack_name
+from engine.remote import RemoteBackend
 from server.state import ALERTS, SCRUB
+from tests.helpers import PASSPHRASE
 from tests.server.conftest import make_commit
 from tests.server.monitorkit import (
     REPO,
@@ -146,3 +150,41 @@ async def test_a_vanished_pack_is_reported_missing_with_nothing_quarantined(
     assert doc["pack"] == victim.name and doc["quarantine"] is None
     assert not [p for p in (a.config.data_dir / "quarantine").rglob("*") if p.is_file()]
     assert not list((a.config.data_dir / "quarantine").rglob("log"))
+
+
+async def test_check_names_a_pack_the_primary_lost_and_scrub_heals_it_from_the_peer(
+    sites: tuple[Site, Site], tmp_path: Path
+) -> None:
+    """The peer serves the pack, so the data is safe, but the primary is damaged: `check`
+    says so (a problem, exit 17, naming the pack and both sites), with and without
+    --read-data, until the primary's scrub has fetched the pack again from the peer."""
+    a, b = sites
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=3))
+        await wait_for(a.settled, what="replication to site-b")
+    finally:
+        await repo.close()
+    victim = pack_files(a)[-1]
+    victim_id = PackId.parse(victim.name)
+    victim.unlink()
+
+    token = a.tokens[REPO]["restore"]
+    backend = FailoverBackend([RemoteBackend(f"{s.url}/{REPO}", token) for s in (a, b)])
+    reader = await Repository.open(backend, PASSPHRASE, tmp_path / "reader")
+    try:
+        for read_data in (False, True):
+            report = await check(reader, read_data=read_data)
+            (problem,) = report.problems
+            assert victim_id.hex() in problem and a.url in problem and b.url in problem
+            (damage,) = report.sites_damaged
+            assert damage["object"] == f"pack {victim_id.hex()}"
+            assert (damage["site"], damage["served_by"]) == (f"{a.url}/{REPO}", f"{b.url}/{REPO}")
+
+        scrubbed = await a.app[SCRUB].run_pass()
+        assert [(bad.pack, bad.healed_from) for bad in scrubbed.bad] == [(victim.name, "site-b")]
+        assert victim.is_file()
+        report = await check(reader, read_data=True)
+        assert report.problems == [] and report.sites_damaged == []
+    finally:
+        await reader.close()
