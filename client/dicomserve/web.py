@@ -5,7 +5,8 @@ audit trail), the `application/dicom+json` rendering of query answers and instan
 the `multipart/related; type="application/dicom"` stream of a study, series or instance,
 each part the instance's Part 10 bytes as stored, labelled with its own transfer syntax (never
 transcoded), an instance's frames (`client.dicomserve.frames` cuts them) and bulk data values
-(`client.dicomserve.bulkdata`, whose URIs the metadata gives). An instance that
+(`client.dicomserve.bulkdata`, whose URIs the metadata gives), and an instance's frame rendered
+as JPEG or PNG (`client.dicomserve.rendered`). An instance that
 cannot be read is left out of the stream (with an alert); a bad request is a 4xx and nothing a
 client sends stops the server.
 """
@@ -27,6 +28,7 @@ from client.dicomserve.frames import FrameError, cut_frames, parse_accept, parse
 from client.dicomserve.index import InstanceRef
 from client.dicomserve.instances import part10
 from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
+from client.dicomserve.rendered import parse_rendering, render
 from client.dicomserve.service import Archive, alert
 
 ARCHIVE = web.AppKey("archive", Archive)
@@ -305,6 +307,22 @@ async def bulkdata(request: web.Request) -> web.StreamResponse:
     return _octet_parts(bulk.transfer_syntax, bulk.parts)
 
 
+async def rendered(request: web.Request) -> web.StreamResponse:
+    """`…/instances/{sop}/rendered` (the first frame) and `…/frames/{n}/rendered`: an image."""
+    numbers = parse_frame_list(request.match_info.get("frames", "1"))
+    if len(numbers) != 1:
+        raise FrameError(400, "a rendered image is one frame: ask for one frame number")
+    rendering = parse_rendering(request.headers.get("Accept", ""), request.query)
+    image = await _one_instance(request, "WADO-RS rendered",
+                                lambda data: render(data, numbers[0], rendering))  # fmt: skip
+    response = web.Response(body=image, content_type=rendering.media_type)
+    if rendering.ignored:
+        response.headers["Warning"] = (
+            f'299 dicomvault "parameters not supported, ignored: {", ".join(rendering.ignored)}"'
+        )
+    return response
+
+
 async def _one_instance(request: web.Request, action: str, work: Callable[[bytes], T]) -> T:
     """`work` done (in a thread) on the one instance the URL names, audited as `action`; a
     FrameError it raises is audited as failed and answered by the middleware."""
@@ -356,6 +374,8 @@ def make_app(archive: Archive) -> web.Application:
         app.router.add_get(f"{path}/metadata", metadata)
     app.router.add_get(f"{series}/instances/{{instance}}/frames/{{frames}}", frames)
     app.router.add_get(f"{series}/instances/{{instance}}/bulkdata/{{path:.+}}", bulkdata)
+    app.router.add_get(f"{series}/instances/{{instance}}/rendered", rendered)
+    app.router.add_get(f"{series}/instances/{{instance}}/frames/{{frames}}/rendered", rendered)
     return app
 
 
