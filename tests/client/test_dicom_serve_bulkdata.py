@@ -141,3 +141,15 @@ def test_bad_bulk_data_paths_are_answered_and_the_server_goes_on(
     assert requests.get(f"{base}/bulkdata/{path}", headers=AUTH, timeout=60).status_code == status
     assert requests.get(uri, headers=AUTH, timeout=60).status_code == 200
     assert server.proc.poll() is None
+
+
+def test_bulk_data_uris_carry_the_origin_the_client_named(
+    served: tuple[Served, dict[str, Path]],
+) -> None:
+    server, paths = served
+    ds = pydicom.dcmread(paths["ct"], stop_before_pixels=True)
+    uri = (f"{server.web}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/metadata")  # fmt: skip
+    for host in ("viewer.example", "viewer.example:8443"):  # a proxy in front names itself
+        doc = requests.get(uri, headers={**AUTH, "Host": host}, timeout=60).json()[0]
+        assert doc["7FE00010"]["BulkDataURI"].startswith(f"http://{host}/dicomweb/studies/")
