@@ -1,5 +1,6 @@
 """WADO-RS rendered resources (PS3.18 §10.4.1.1.4, §8.3.5): one frame of an instance as a
-consumer image, `image/jpeg` (the default) or `image/png`.
+consumer image, `image/jpeg` (the default), `image/png` or `image/gif` (grey lossless; colour
+reduced to 256 colours by Pillow).
 
 Owns the request's rendering parameters (the `Accept` header, `window=center,width,function`,
 `quality`) and the pipeline: decode the frame with pydicom (colour converted to RGB), then for
@@ -26,7 +27,9 @@ from client.dicomserve.frames import (
     transfer_syntax,
 )
 
-JPEG, PNG = "image/jpeg", "image/png"
+JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
+FORMATS = {JPEG: JPEG, PNG: PNG, GIF: GIF, "image/*": JPEG, "*/*": JPEG}  # Accept → sent
+PILLOW = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 DEFAULT_QUALITY = 90  # Pillow's JPEG quality when the request names none (Orthanc's default too)
 VOI_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
 HANDLED = frozenset({"window", "quality"})
@@ -65,18 +68,17 @@ def parse_rendering(accept: str, query: Mapping[str, str]) -> Rendering:
 
 
 def parse_media_type(header: str) -> str:
-    """The image type to send: the acceptable one with the highest q, JPEG on a tie or for
-    `image/*`, `*/*` or no header; 406 when the header takes neither."""
+    """The image type to send: the supported one with the highest q (JPEG on a tie). JPEG
+    is the default (PS3.18 table 8.7.4-1, "D"): sent for `image/*`, `*/*`, no header, or a
+    header naming only types not made here; only a DICOM media type is refused (406)."""
     best: tuple[float, str] | None = None
-    for media_range in header.split(",") if header.strip() else ["*/*"]:
-        fields = [f.strip().lower() for f in media_range.split(";")]
-        kind = {JPEG: JPEG, PNG: PNG, "image/*": JPEG, "*/*": JPEG}.get(fields[0])
-        q = _q(fields[1:])
+    ranges = [r.split(";") for r in header.lower().split(",") if r.strip()]
+    for kind, q in ((FORMATS.get(r[0].strip()), _q(r[1:])) for r in ranges):
         if kind and q > 0 and (best is None or q > best[0] or (q == best[0] and kind == JPEG)):
             best = (q, kind)
-    if best is None:
-        raise FrameError(406, f"rendered images are {JPEG} or {PNG} (Accept: {header[:120]!r})")
-    return best[1]
+    if best is None and any(r[0].strip().startswith("application/dicom") for r in ranges):
+        raise FrameError(406, f"a rendered resource is an image, not {header[:120]!r}")
+    return best[1] if best else JPEG
 
 
 def _q(params: list[str]) -> float:
@@ -229,9 +231,6 @@ def _encode(image: Any, rendering: Rendering) -> bytes:
     from PIL import Image
 
     out = io.BytesIO()
-    picture = Image.fromarray(image)
-    if rendering.media_type == PNG:
-        picture.save(out, format="PNG")
-    else:
-        picture.save(out, format="JPEG", quality=rendering.quality)
+    options = {"quality": rendering.quality} if rendering.media_type == JPEG else {}
+    Image.fromarray(image).save(out, format=PILLOW[rendering.media_type], **options)
     return out.getvalue()

@@ -177,9 +177,21 @@ def test_jpeg_is_the_default_and_quality_is_honoured(
     assert np.abs(np.asarray(image, dtype=np.float64) - expected).mean() < 3  # JPEG's loss
     low = requests.get(url(paths["mr"], server) + "?quality=5", headers=AUTH, timeout=60)
     assert len(low.content) < len(response.content)
-    wanted = {"Accept": "image/gif, image/png;q=0.9, image/jpeg;q=0.5", **AUTH}
+    wanted = {"Accept": "image/webp, image/png;q=0.9, image/jpeg;q=0.5", **AUTH}
     png = requests.get(url(paths["mr"], server), headers=wanted, timeout=60)
     assert png.headers["Content-Type"] == "image/png"
+    other = requests.get(
+        url(paths["mr"], server), headers={"Accept": "image/webp", **AUTH}, timeout=60
+    )
+    assert other.headers["Content-Type"] == "image/jpeg"  # the default when none is made here
+
+
+def test_gif_on_request(served: tuple[Served, dict[str, Path]]) -> None:
+    server, paths = served
+    gif = rendered(server, paths["mr"], media="image/gif")
+    assert gif.format == "GIF"
+    expected = pydicom_grey(pydicom.dcmread(paths["mr"]))
+    assert np.abs(np.asarray(gif.convert("L"), dtype=np.float64) - expected).max() <= 1
 
 
 def test_colour_is_kept(served: tuple[Served, dict[str, Path]]) -> None:
@@ -211,7 +223,7 @@ def test_a_syntax_not_decodable_here_is_refused_with_its_name(
     ("tail", "accept", "status"),
     [("rendered?window=abc", None, 400), ("rendered?window=40,0,linear", None, 400),
      ("rendered?window=40,80,cubic", None, 400), ("rendered?quality=0", None, 400),
-     ("rendered", "image/gif", 406), ("rendered", "application/dicom", 406),
+     ("rendered", "application/dicom", 406),
      ("frames/11/rendered", None, 404), ("frames/1,2/rendered", None, 400),
      ("frames/0/rendered", None, 400)],
 )  # fmt: skip
