@@ -254,9 +254,16 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 
 
 def _base_url(request: web.Request) -> str:
-    """This server's DICOMweb root as the client named it (Host), for BulkDataURIs. A client
-    that connected to our address but sent Host without the port (dicomweb-client 0.61 does)
-    gets the port it connected to: a proxy in front would have sent its own name."""
+    """This server's DICOMweb root as the client named it, for BulkDataURIs: a TLS proxy's
+    `Forwarded` (RFC 7239) or `X-Forwarded-Proto`/`-Host`, else Host. A client that connected
+    to our address but sent Host without the port (dicomweb-client 0.61 does) gets the port it
+    connected to: a proxy in front would have sent its own name. The URIs go back only to the
+    client that sent these headers, so believing them lets no one mislead anyone else."""
+    forwarded = request.forwarded[0] if request.forwarded else {}
+    proto = forwarded.get("proto") or request.headers.get("X-Forwarded-Proto")
+    host = forwarded.get("host") or request.headers.get("X-Forwarded-Host")
+    if host or proto:
+        return f"{proto or request.scheme}://{host or request.host}/dicomweb"
     url = request.url.origin()
     sock = request.transport.get_extra_info("sockname") if request.transport else None
     if url.explicit_port is None and sock and url.host == sock[0] and sock[1] != url.port:

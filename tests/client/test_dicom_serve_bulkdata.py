@@ -150,6 +150,13 @@ def test_bulk_data_uris_carry_the_origin_the_client_named(
     ds = pydicom.dcmread(paths["ct"], stop_before_pixels=True)
     uri = (f"{server.web}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
            f"/instances/{ds.SOPInstanceUID}/metadata")  # fmt: skip
-    for host in ("viewer.example", "viewer.example:8443"):  # a proxy in front names itself
-        doc = requests.get(uri, headers={**AUTH, "Host": host}, timeout=60).json()[0]
-        assert doc["7FE00010"]["BulkDataURI"].startswith(f"http://{host}/dicomweb/studies/")
+    named = {  # headers a proxy in front sends -> the origin the URIs must carry
+        (("Host", "viewer.example"),): "http://viewer.example",
+        (("Host", "viewer.example:8443"),): "http://viewer.example:8443",
+        (("Host", "pacs.lan"), ("X-Forwarded-Proto", "https")): "https://pacs.lan",
+        (("Forwarded", 'for=10.0.0.9;proto=https;host="pacs.example:8443"'),):
+            "https://pacs.example:8443",
+    }  # fmt: skip
+    for headers, origin in named.items():
+        doc = requests.get(uri, headers={**AUTH, **dict(headers)}, timeout=60).json()[0]
+        assert doc["7FE00010"]["BulkDataURI"].startswith(f"{origin}/dicomweb/studies/")
