@@ -4,9 +4,9 @@ Owns the routes under `/dicomweb`, the bearer-token check (the token's name is t
 audit trail), the `application/dicom+json` rendering of query answers and instance metadata,
 the `multipart/related; type="application/dicom"` stream of a study, series or instance,
 each part the instance's Part 10 bytes as stored, labelled with its own transfer syntax (never
-transcoded), an instance's frames (`client.dicomserve.frames` cuts them) and bulk data values
-(`client.dicomserve.bulkdata`, whose URIs the metadata gives), and an instance's frame rendered
-as JPEG or PNG (`client.dicomserve.rendered`). An instance that
+transcoded), an instance's frames (`client.dicomserve.frames` cuts them), its bulk data values
+(`client.dicomserve.bulkdata`, whose URIs the metadata gives) and a frame rendered as JPEG, PNG
+or GIF (`client.dicomserve.rendered`). An instance that
 cannot be read is left out of the stream (with an alert); a bad request is a 4xx and nothing a
 client sends stops the server.
 """
