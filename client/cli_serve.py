@@ -38,7 +38,8 @@ def serve_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c = cmd(
         "dicom-serve",
         "serve the backup's studies read-only over DICOM Q/R (C-FIND, C-GET, C-MOVE) and "
-        "DICOMweb (QIDO-RS, WADO-RS), fetching each instance on demand",
+        "DICOMweb (QIDO-RS; WADO-RS instances, metadata, frames, bulk data, rendered images), "
+        "fetching each instance on demand",
     )
     c.add_argument("--site", action="append", default=[], metavar="URL",
                    help="another place holding the repository (a peer chunk server or a local "

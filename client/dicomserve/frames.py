@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 OCTET = "application/octet-stream"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -85,15 +86,33 @@ def _param(field: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip().strip('"')
 
 
-def cut_frames(data: bytes, numbers: list[int], accepted: Accepted) -> Frames:
-    """The asked frames of a Part 10 instance, in the order asked."""
+def read_instance(data: bytes) -> Any:
+    """A Part 10 instance as a pydicom dataset (pixel data included, not decoded)."""
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+def transfer_syntax(ds: Any) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+
+
+def frame_count(ds: Any) -> int:
+    """NumberOfFrames of an instance with pixel data (404 for one without)."""
     if "PixelData" not in ds:
         raise FrameError(404, "this instance has no pixel data")
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def cut_frames(data: bytes, numbers: list[int], accepted: Accepted) -> Frames:
+    """The asked frames of a Part 10 instance, in the order asked."""
+    return cut_dataset(read_instance(data), numbers, accepted)
+
+
+def cut_dataset(ds: Any, numbers: list[int], accepted: Accepted) -> Frames:
+    """The asked frames of a read instance, in the order asked."""
+    ts = transfer_syntax(ds)
+    count = frame_count(ds)
     beyond = [n for n in numbers if n > count]
     if beyond:
         raise FrameError(404, f"frame {beyond[0]} asked, the instance has {count}")

@@ -4,7 +4,9 @@ Owns the routes under `/dicomweb`, the bearer-token check (the token's name is t
 audit trail), the `application/dicom+json` rendering of query answers and instance metadata,
 the `multipart/related; type="application/dicom"` stream of a study, series or instance,
 each part the instance's Part 10 bytes as stored, labelled with its own transfer syntax (never
-transcoded), and an instance's frames (`client.dicomserve.frames` cuts them). An instance that
+transcoded), an instance's frames (`client.dicomserve.frames` cuts them), its bulk data values
+(`client.dicomserve.bulkdata`, whose URIs the metadata gives) and a frame rendered as JPEG, PNG
+or GIF (`client.dicomserve.rendered`). An instance that
 cannot be read is left out of the stream (with an alert); a bad request is a 4xx and nothing a
 client sends stops the server.
 """
@@ -13,25 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from client.dicomserve.audit import AuditRecord
+from client.dicomserve.bulkdata import metadata_json, read_bulk
 from client.dicomserve.frames import FrameError, cut_frames, parse_accept, parse_frame_list
 from client.dicomserve.index import InstanceRef
 from client.dicomserve.instances import part10
 from client.dicomserve.query import BadQuery, Request, answer_dataset, answers
+from client.dicomserve.rendered import parse_rendering, render
 from client.dicomserve.service import Archive, alert
 
 ARCHIVE = web.AppKey("archive", Archive)
 WHO = "dicomserve.who"
 DICOM_JSON = "application/dicom+json"
 DEFAULT_LIMIT = 1000  # answers per QIDO response when the client gives no limit
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Keys a QIDO answer carries without `includefield` (PS3.18 table 10.6.3-3, those we hold).
 DEFAULT_KEYS = {
@@ -62,6 +66,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except BadQuery as e:
         return _error(400, str(e))
+    except FrameError as e:
+        return _error(e.status, str(e))
     except web.HTTPException:
         raise
     except Exception as e:  # a bug must cost one request, never the server
@@ -247,6 +253,24 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _base_url(request: web.Request) -> str:
+    """This server's DICOMweb root as the client named it, for BulkDataURIs: a TLS proxy's
+    `Forwarded` (RFC 7239) or `X-Forwarded-Proto`/`-Host`, else Host. A client that connected
+    to our address but sent Host without the port (dicomweb-client 0.61 does) gets the port it
+    connected to: a proxy in front would have sent its own name. The URIs go back only to the
+    client that sent these headers, so believing them lets no one mislead anyone else."""
+    forwarded = request.forwarded[0] if request.forwarded else {}
+    proto = forwarded.get("proto") or request.headers.get("X-Forwarded-Proto")
+    host = forwarded.get("host") or request.headers.get("X-Forwarded-Host")
+    if host or proto:
+        return f"{proto or request.scheme}://{host or request.host}/dicomweb"
+    url = request.url.origin()
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    if url.explicit_port is None and sock and url.host == sock[0] and sock[1] != url.port:
+        url = url.with_port(int(sock[1]))
+    return f"{url}/dicomweb"
+
+
 def _finish(request: web.Request, record: AuditRecord, failed: list[str], total: int) -> bool:
     if failed:
         record.outcome = "partial" if len(failed) < total else "failed"
@@ -261,11 +285,12 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     refs = await _refs(request, record)
     failed: list[str] = []
     docs = []
-    base = f"{request.scheme}://{request.host}/dicomweb"
+    base = _base_url(request)
     async for ref, read in archive.read_ahead(refs):
         got = _framed(ref, read, failed)
         if got is not None:
-            docs.append(await asyncio.to_thread(_metadata_json, got[0], base, ref))
+            uri = f"{base}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
+            docs.append(await asyncio.to_thread(metadata_json, got[0], uri))
             record.note(ref.attrs)
     _finish(request, record, failed, len(refs))
     return web.Response(text=json.dumps(docs), content_type=DICOM_JSON)
@@ -273,50 +298,72 @@ async def metadata(request: web.Request) -> web.StreamResponse:
 
 async def frames(request: web.Request) -> web.StreamResponse:
     """`…/instances/{sop}/frames/{list}`: the frames asked, one octet-stream part each."""
+    numbers = parse_frame_list(request.match_info["frames"])
+    accepted = parse_accept(request.headers.get("Accept", ""))
+    cut = await _one_instance(request, "WADO-RS frames",
+                              lambda data: cut_frames(data, numbers, accepted))  # fmt: skip
+    return _octet_parts(cut.transfer_syntax, cut.frames)
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    """`…/instances/{sop}/bulkdata/{path}`: a value the metadata gave as a BulkDataURI."""
+    path = request.match_info["path"]
+    accepted = parse_accept(request.headers.get("Accept", ""))
+    bulk = await _one_instance(request, "WADO-RS bulkdata",
+                               lambda data: read_bulk(data, path, accepted))  # fmt: skip
+    return _octet_parts(bulk.transfer_syntax, bulk.parts)
+
+
+async def rendered(request: web.Request) -> web.StreamResponse:
+    """`…/instances/{sop}/rendered` (the first frame) and `…/frames/{n}/rendered`: an image."""
+    numbers = parse_frame_list(request.match_info.get("frames", "1"))
+    if len(numbers) != 1:
+        raise FrameError(400, "a rendered image is one frame: ask for one frame number")
+    rendering = parse_rendering(request.headers.get("Accept", ""), request.query)
+    image = await _one_instance(request, "WADO-RS rendered",
+                                lambda data: render(data, numbers[0], rendering))  # fmt: skip
+    response = web.Response(body=image, content_type=rendering.media_type)
+    if rendering.ignored:
+        response.headers["Warning"] = (
+            f'299 dicomvault "parameters not supported, ignored: {", ".join(rendering.ignored)}"'
+        )
+    return response
+
+
+async def _one_instance(request: web.Request, action: str, work: Callable[[bytes], T]) -> T:
+    """`work` done (in a thread) on the one instance the URL names, audited as `action`; a
+    FrameError it raises is audited as failed and answered by the middleware."""
     archive = request.app[ARCHIVE]
-    record = AuditRecord(request[WHO], _address(request), "WADO-RS frames", "IMAGE")
-    try:
-        numbers = parse_frame_list(request.match_info["frames"])
-        accepted = parse_accept(request.headers.get("Accept", ""))
-    except FrameError as e:
-        return _error(e.status, str(e))
+    record = AuditRecord(request[WHO], _address(request), action, "IMAGE")
     ref = (await _refs(request, record))[0]
     failed: list[str] = []
-    cut = None
+    got = None
     async for _, read in archive.read_ahead([ref]):
         got = _framed(ref, read, failed)
-        if got is not None:
-            try:
-                cut = await asyncio.to_thread(cut_frames, got[0], numbers, accepted)
-            except FrameError as e:
-                record.outcome, record.detail = "failed", str(e)
-                _audit(request, record)
-                return _error(e.status, str(e))
-    if cut is not None:
-        record.note(ref.attrs)
+    if got is None:
+        _finish(request, record, failed, 1)
+        raise FrameError(500, f"instance {ref.sop} could not be read")
+    try:
+        done = await asyncio.to_thread(work, got[0])
+    except FrameError as e:
+        record.outcome, record.detail = "failed", str(e)
+        _audit(request, record)
+        raise
+    record.note(ref.attrs)
     _finish(request, record, failed, 1)
-    if cut is None:
-        return _error(500, f"instance {ref.sop} could not be read")
+    return done
+
+
+def _octet_parts(transfer_syntax: str, parts: list[bytes]) -> web.Response:
     boundary = secrets.token_hex(16)
-    head = f"Content-Type: application/octet-stream; transfer-syntax={cut.transfer_syntax}"
+    head = f"Content-Type: application/octet-stream; transfer-syntax={transfer_syntax}"
     body = b"".join(
-        f"--{boundary}\r\n{head}\r\nContent-Length: {len(f)}\r\n\r\n".encode() + f + b"\r\n"
-        for f in cut.frames
+        f"--{boundary}\r\n{head}\r\nContent-Length: {len(p)}\r\n\r\n".encode() + p + b"\r\n"
+        for p in parts
     )
     content_type = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
     return web.Response(body=body + f"--{boundary}--\r\n".encode(),
                         headers={"Content-Type": content_type})  # fmt: skip
-
-
-def _metadata_json(data: bytes, base: str, ref: InstanceRef) -> dict[str, Any]:
-    """The instance's attributes as DICOM JSON; bulk data (pixels) as a URI of the instance."""
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    uri = f"{base}/studies/{ref.study}/series/{ref.series}/instances/{ref.sop}"
-    doc: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1024,
-                                          bulk_data_element_handler=lambda elem: uri)  # fmt: skip
-    return doc
 
 
 def make_app(archive: Archive) -> web.Application:
@@ -333,6 +380,9 @@ def make_app(archive: Archive) -> web.Application:
         app.router.add_get(path, retrieve)
         app.router.add_get(f"{path}/metadata", metadata)
     app.router.add_get(f"{series}/instances/{{instance}}/frames/{{frames}}", frames)
+    app.router.add_get(f"{series}/instances/{{instance}}/bulkdata/{{path:.+}}", bulkdata)
+    app.router.add_get(f"{series}/instances/{{instance}}/rendered", rendered)
+    app.router.add_get(f"{series}/instances/{{instance}}/frames/{{frames}}/rendered", rendered)
     return app
 
 
