@@ -92,6 +92,29 @@ def dicom_serve(
         stop(proc)
 
 
+@contextlib.contextmanager
+def serving_testdata(
+    root: Path, sources: dict[str, str], root_uid: str
+) -> Iterator[tuple[Served, dict[str, Path]]]:
+    """dicom-serve (DICOMweb only) over one backup of pydicom's test files `sources` (our name →
+    file name), each saved with its own SOP Instance UID `root_uid.N` (N from 1, in order);
+    yields the server and our name → the saved file."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    def build(folder: Path) -> list[Path]:
+        folder.mkdir(parents=True)
+        for n, (name, source) in enumerate(sources.items()):
+            ds = dcmread(get_testdata_file(source))
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{root_uid}.{n + 1}"
+            ds.save_as(folder / f"{name}.dcm")
+        return [folder / f"{name}.dcm" for name in sources]
+
+    vault, paths = back_up(root, build)
+    with dicom_serve(vault, "--no-dimse") as served:
+        yield served, dict(zip(sources, paths, strict=True))
+
+
 def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     path = DCMTK / tool
     assert path.is_file(), f"dcmtk's {tool} is missing: `make setup-system` installs dcmtk"

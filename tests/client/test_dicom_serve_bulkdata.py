@@ -13,11 +13,10 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 
-from tests.client.servekit import WEB_TOKEN, Served, back_up, dicom_serve
+from tests.client.servekit import WEB_TOKEN, Served, serving_testdata
 from tests.client.test_dicom_serve_web import multipart_parts
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
@@ -35,20 +34,10 @@ SOURCES = {  # our SOP instance UID suffix -> pydicom test file
 ANY_TS = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
 
-def build(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True)
-    for n, (name, source) in enumerate(SOURCES.items()):
-        ds = pydicom.dcmread(get_testdata_file(source))
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ROOT_UID}.{n + 1}"
-        ds.save_as(folder / f"{name}.dcm")
-    return [folder / f"{name}.dcm" for name in SOURCES]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, dict[str, Path]]]:
-    vault, paths = back_up(tmp_path_factory.mktemp("bulkdata"), build)
-    with dicom_serve(vault, "--no-dimse") as s:
-        yield s, dict(zip(SOURCES, paths, strict=True))
+    with serving_testdata(tmp_path_factory.mktemp("bulkdata"), SOURCES, ROOT_UID) as served:
+        yield served
 
 
 def metadata(server: Served, path: Path) -> dict[str, Any]:

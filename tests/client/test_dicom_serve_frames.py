@@ -11,11 +11,10 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 
-from tests.client.servekit import WEB_TOKEN, Served, back_up, dicom_serve
+from tests.client.servekit import WEB_TOKEN, Served, serving_testdata
 from tests.client.test_dicom_serve_web import multipart_parts
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
@@ -28,22 +27,10 @@ SOURCES = {  # our SOP instance UID suffix -> pydicom test file (one MR, four en
 ROOT_UID = "1.2.826.0.1.3680043.10.511.9"
 
 
-def build(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True)
-    out = []
-    for suffix, name in SOURCES.items():
-        ds = pydicom.dcmread(get_testdata_file(name))
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ROOT_UID}.{suffix}"
-        out.append(folder / f"{suffix}.dcm")
-        ds.save_as(out[-1])
-    return out
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, list[Path]]]:
-    vault, paths = back_up(tmp_path_factory.mktemp("frames"), build)
-    with dicom_serve(vault, "--no-dimse") as s:
-        yield s, paths
+    with serving_testdata(tmp_path_factory.mktemp("frames"), SOURCES, ROOT_UID) as (s, paths):
+        yield s, list(paths.values())
 
 
 def url(served: Served, path: Path, frames: str) -> str:

@@ -16,10 +16,9 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
-from tests.client.servekit import WEB_TOKEN, Served, back_up, dicom_serve
+from tests.client.servekit import WEB_TOKEN, Served, serving_testdata
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
 ROOT_UID = "1.2.826.0.1.3680043.10.511.12"
@@ -37,20 +36,10 @@ SOURCES = {  # our name -> pydicom test file
 }
 
 
-def build(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True)
-    for n, (name, source) in enumerate(SOURCES.items()):
-        ds = pydicom.dcmread(get_testdata_file(source))
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ROOT_UID}.{n + 1}"
-        ds.save_as(folder / f"{name}.dcm")
-    return [folder / f"{name}.dcm" for name in SOURCES]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, dict[str, Path]]]:
-    vault, paths = back_up(tmp_path_factory.mktemp("rendered"), build)
-    with dicom_serve(vault, "--no-dimse") as s:
-        yield s, dict(zip(SOURCES, paths, strict=True))
+    with serving_testdata(tmp_path_factory.mktemp("rendered"), SOURCES, ROOT_UID) as served:
+        yield served
 
 
 def rendered(
