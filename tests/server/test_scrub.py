@@ -86,13 +86,7 @@ async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_aler
     sites: tuple[Site, Site], tmp_path: Path
 ) -> None:
     a, b = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
-        await backup(repo, make_tree(tmp_path, files=3))
-        await wait_for(a.settled, what="replication to site-b")
-    finally:
-        await repo.close()
-    victim = pack_files(a)[-1]
+    victim = await _replicated_backup(a, tmp_path)
     pack_id = PackId.parse(victim.name)
     (b.repo_dir() / pack_name(pack_id)).unlink()  # the peer lost its copy too
     flip_byte(victim, victim.stat().st_size // 2)
@@ -122,6 +116,17 @@ async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_aler
     assert rc == 17 and "NOT HEALED" in out
 
 
+async def _replicated_backup(a: Site, tmp_path: Path) -> Path:
+    """A practice's backup of three files at site a, replicated to site-b; its last pack."""
+    repo = await init_practice(a, tmp_path / "cache")
+    try:
+        await backup(repo, make_tree(tmp_path, files=3))
+        await wait_for(a.settled, what="replication to site-b")
+    finally:
+        await repo.close()
+    return pack_files(a)[-1]
+
+
 def _chunk_ids(path: Path) -> list[bytes]:
     from engine.pack import read_pack_info
 
@@ -132,13 +137,7 @@ async def test_a_vanished_pack_is_reported_missing_with_nothing_quarantined(
     sites: tuple[Site, Site], tmp_path: Path
 ) -> None:
     a, b = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
-        await backup(repo, make_tree(tmp_path, files=3))
-        await wait_for(a.settled, what="replication to site-b")
-    finally:
-        await repo.close()
-    victim = pack_files(a)[-1]
+    victim = await _replicated_backup(a, tmp_path)
     (b.repo_dir() / pack_name(PackId.parse(victim.name))).unlink()
     victim.unlink()
 
@@ -159,13 +158,7 @@ async def test_check_names_a_pack_the_primary_lost_and_scrub_heals_it_from_the_p
     says so (a problem, exit 17, naming the pack and both sites), with and without
     --read-data, until the primary's scrub has fetched the pack again from the peer."""
     a, b = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
-        await backup(repo, make_tree(tmp_path, files=3))
-        await wait_for(a.settled, what="replication to site-b")
-    finally:
-        await repo.close()
-    victim = pack_files(a)[-1]
+    victim = await _replicated_backup(a, tmp_path)
     victim_id = PackId.parse(victim.name)
     victim.unlink()
 
