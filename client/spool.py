@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import mmap
 import os
@@ -45,7 +46,7 @@ class Spool:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob(f"{TMP_PREFIX}*"):  # from a crash mid-write; never a pack
-            stray.unlink(missing_ok=True)
+            _remove_unless_locked(stray)
 
     def _path(self, pack_id: PackId) -> Path:
         return self.folder / pack_id.hex()
@@ -54,7 +55,11 @@ class Spool:
         write_durably(self._path(pack_id), data)
 
     def new_file(self) -> IO[bytes]:
-        return open(self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}", "xb")
+        file = open(self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}", "xb")  # noqa: SIM115
+        # Locked until published or discarded: another repository opened on this spool (a
+        # `snapshots` while a backup runs) must not sweep a pack that is being built.
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        return file
 
     async def publish(self, pack: SealedPack) -> None:
         await asyncio.to_thread(self._publish, pack)
@@ -62,16 +67,16 @@ class Spool:
     def _publish(self, pack: SealedPack) -> None:
         """fsync the pack's file, then link it under its id (the temp name always goes)."""
         staged = Path(pack.file.name)
-        try:
-            with pack.file as f:
+        with pack.file as f:  # closed (unlocked) only once its temp name is gone
+            try:
                 os.fsync(f.fileno())  # `seal` flushed it
-            link_durably(staged, self._path(pack.pack_id))  # False: already spooled, same bytes
-        finally:
-            staged.unlink(missing_ok=True)
+                link_durably(staged, self._path(pack.pack_id))  # False: spooled, same bytes
+            finally:
+                staged.unlink(missing_ok=True)
 
     def discard(self, file: IO[bytes]) -> None:
-        file.close()
-        Path(file.name).unlink(missing_ok=True)
+        with file:
+            Path(file.name).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def mapped(self, pack_id: PackId) -> Iterator[mmap.mmap]:
@@ -102,6 +107,16 @@ class Spool:
                 if not p.name.startswith("."):
                     total += p.stat().st_size
         return total
+
+
+def _remove_unless_locked(stray: Path) -> None:
+    """Remove a temp file unless a live process holds its lock (a pack it is building)."""
+    with contextlib.suppress(FileNotFoundError), open(stray, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        stray.unlink(missing_ok=True)
 
 
 @dataclass

@@ -176,3 +176,19 @@ async def test_a_pack_dropped_before_it_is_sealed_leaves_nothing_in_the_spool(
         assert spool.pending() == []
     finally:
         index.close()
+
+
+async def test_opening_the_spool_again_leaves_a_pack_being_built_alone(tmp_path: Path) -> None:
+    """A second repository opened on the same cache (`snapshots` while a backup runs) sweeps
+    the temp files of dead writers only: the pack being built is locked, and still publishes."""
+    spool, index = Spool(tmp_path / "spool"), LocalIndex(tmp_path / "index")
+    try:
+        packer = packer_into(spool, index)
+        dead = spool.folder / ".tmp-from-a-killed-run"
+        dead.write_bytes(b"half a pack")
+        Spool(spool.folder)
+        assert not dead.exists()
+        await packer.flush()
+        assert len(spool.pending()) == 1 and index.has_pack(spool.pending()[0])
+    finally:
+        index.close()
