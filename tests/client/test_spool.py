@@ -14,15 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.linkproxy import LinkProxy
 from benchmarks.serverkit import REPO, ServerProcess
-from client.spool import Spool
+from client.spool import Spool, Uploader
 from engine import blob
+from engine.errors import IntegrityError
 from engine.ids import PackId
 from engine.index import LocalIndex
 from engine.keys import MasterKey
 from engine.pack import TARGET_SIZE, verify_pack
 from engine.packer import Packer
+from engine.remote import RemoteBackend
 from tests.client.test_remote import (
     agent,
     assert_restores_bit_exact,
@@ -191,4 +195,28 @@ async def test_opening_the_spool_again_leaves_a_pack_being_built_alone(tmp_path:
         await packer.flush()
         assert len(spool.pending()) == 1 and index.has_pack(spool.pending()[0])
     finally:
+        index.close()
+
+
+async def test_a_spooled_pack_damaged_on_disk_is_refused_by_the_server_and_kept(
+    server: ServerProcess,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The uploader sends the spool file's bytes as they are: a pack whose file rotted after it
+    was spooled fails the server's BLAKE3 check (422), and stays in the spool for an operator."""
+    tokens = server.create_repo()
+    spool, index = Spool(tmp_path / "spool"), LocalIndex(tmp_path / "index")
+    backend = RemoteBackend(f"{server.url}/{REPO}", tokens["backup"])
+    try:
+        await packer_into(spool, index).flush()
+        (pack_id,) = spool.pending()
+        path = spool.folder / pack_id.hex()
+        data = bytearray(path.read_bytes())
+        data[100] ^= 1
+        path.write_bytes(bytes(data))
+        with pytest.raises(IntegrityError):
+            await Uploader(backend, spool, max_attempts=1).drain()
+        assert spool.pending() == [pack_id] and not await backend.has_pack(pack_id)
+    finally:
+        await backend.close()
         index.close()
