@@ -60,14 +60,10 @@ class Repository:
             self.warn(message)
         self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
-        notify = uploader.notify if uploader is not None else None
-        self.packer = Packer(key, index, self._put_pack, notify)
-
-    async def _put_pack(self, pack_id: PackId, data: bytes) -> None:
-        if self.uploader is None:
-            await self.backend.put_pack(pack_id, data)
-        else:
-            await asyncio.to_thread(self.uploader.spool.put, pack_id, data)
+        if uploader is None:
+            self.packer = Packer(key, index, backend.put_pack)
+        else:  # packs are built in the spool and uploaded from it (docs/design.md §2.1)
+            self.packer = Packer(key, index, uploader.spool, uploader.notify)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -97,6 +93,7 @@ class Repository:
         return cls(backend, config, key, index, uploader, warnings)
 
     async def close(self) -> None:
+        self.packer.discard()
         self.index.close()
         await self.backend.close()
 

@@ -1,41 +1,52 @@
 """The pack spool and its uploader: sealed packs wait on local disk until the server has them.
 
-A pack enters the spool durably (temp file, fsync, link, folder fsync) before the index records
-its chunks, and leaves it only after the server acknowledged it, so a crash, a dropped link or a
-server restart costs at most the re-sending of packs that were not acknowledged. The uploader
-retries transient failures with capped exponential backoff and sends each body through the rate
-limiter.
+A pack is built straight into a spool file under a temp name (`Spool` is the packer's
+`PackSink`: blobs written and hashed as they come, never assembled in memory) and enters the
+spool durably (fsync, link to its id, folder fsync) before the index records its chunks; it
+leaves only after the server acknowledged it, so a crash, a dropped link or a server restart
+costs at most the re-sending of packs that were not acknowledged, and a crash mid-build leaves a
+temp file that the next start removes. The uploader sends each pack from its mapped file in
+pieces through the rate limiter (never the whole pack in memory) and retries transient failures
+with capped exponential backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import mmap
+import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from client.ratelimit import RateLimiter
 from engine.backend import Backend
 from engine.errors import TransientError
 from engine.ids import PackId
-from engine.store.local import TMP_PREFIX, write_durably
+from engine.pack import SealedPack
+from engine.store.local import TMP_PREFIX, link_durably, write_durably
 
 log = logging.getLogger(__name__)
-SEND_PIECE = 64 * 1024  # bytes handed to the socket per rate-limiter grant
+SEND_PIECE = 64 * 1024  # bytes handed to the socket per rate-limiter grant (a page multiple)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
 
 
 class Spool:
+    """Sealed packs waiting for upload, one file each named by pack id; `.tmp-*` files are packs
+    being built (`PackSink`: `new_file`, `publish`, `discard`)."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob(f"{TMP_PREFIX}*"):  # from a crash mid-write; never a pack
-            stray.unlink(missing_ok=True)
+            _remove_unless_locked(stray)
 
     def _path(self, pack_id: PackId) -> Path:
         return self.folder / pack_id.hex()
@@ -43,8 +54,40 @@ class Spool:
     def put(self, pack_id: PackId, data: bytes) -> None:
         write_durably(self._path(pack_id), data)
 
-    def read(self, pack_id: PackId) -> bytes:
-        return self._path(pack_id).read_bytes()
+    def new_file(self) -> IO[bytes]:
+        file = open(self.folder / f"{TMP_PREFIX}{secrets.token_hex(8)}", "xb")  # noqa: SIM115
+        # Locked until published or discarded: another repository opened on this spool (a
+        # `snapshots` while a backup runs) must not sweep a pack that is being built.
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        return file
+
+    async def publish(self, pack: SealedPack) -> None:
+        await asyncio.to_thread(self._publish, pack)
+
+    def _publish(self, pack: SealedPack) -> None:
+        """fsync the pack's file, then link it under its id (the temp name always goes)."""
+        staged = Path(pack.file.name)
+        with pack.file as f:  # closed (unlocked) only once its temp name is gone
+            try:
+                os.fsync(f.fileno())  # `seal` flushed it
+                link_durably(staged, self._path(pack.pack_id))  # False: spooled, same bytes
+            finally:
+                staged.unlink(missing_ok=True)
+
+    def discard(self, file: IO[bytes]) -> None:
+        with file:
+            Path(file.name).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def mapped(self, pack_id: PackId) -> Iterator[mmap.mmap]:
+        """A spooled pack mapped read-only: its pages are the page cache's, not the heap's."""
+        with open(self._path(pack_id), "rb") as f:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mapping
+        finally:
+            with contextlib.suppress(BufferError):  # a view still held: unmapped when it goes
+                mapping.close()
 
     def remove(self, pack_id: PackId) -> None:
         self._path(pack_id).unlink(missing_ok=True)
@@ -66,6 +109,16 @@ class Spool:
         return total
 
 
+def _remove_unless_locked(stray: Path) -> None:
+    """Remove a temp file unless a live process holds its lock (a pack it is building)."""
+    with contextlib.suppress(FileNotFoundError), open(stray, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        stray.unlink(missing_ok=True)
+
+
 @dataclass
 class UploadStats:
     packs: int = 0
@@ -75,12 +128,14 @@ class UploadStats:
     last_error: str | None = None
 
 
-async def _pieces(data: bytes, limiter: RateLimiter) -> AsyncIterator[bytes]:
-    view = memoryview(data)
-    for start in range(0, len(view), SEND_PIECE):
-        piece = view[start : start + SEND_PIECE]
+async def _pieces(mapping: mmap.mmap, limiter: RateLimiter) -> AsyncIterator[bytes]:
+    """The mapped pack in `SEND_PIECE` copies; each piece's pages leave this process once
+    sent, so an upload holds one piece, not the pack (docs/design.md §2.2)."""
+    for start in range(0, len(mapping), SEND_PIECE):
+        piece = mapping[start : start + SEND_PIECE]
         await limiter.acquire(len(piece))
-        yield bytes(piece)
+        yield piece
+        mapping.madvise(mmap.MADV_DONTNEED, start, len(piece))
 
 
 class Uploader:
@@ -137,13 +192,23 @@ class Uploader:
             if await self.backend.has_pack(pack_id):
                 self.spool.remove(pack_id)
                 return
-        data = await asyncio.to_thread(self.spool.read, pack_id)
+        with self.spool.mapped(pack_id) as mapping:
+            await self._send(pack_id, mapping)
+            size = len(mapping)
+        self.spool.remove(pack_id)
+        self.stats.packs += 1
+        self.stats.bytes += size
+        self.stats.failures_in_row = 0
+        self.stats.last_error = None
+
+    async def _send(self, pack_id: PackId, mapping: mmap.mmap) -> None:
         delay, attempt = BACKOFF_START, 0
         while True:
             attempt += 1
+            view = memoryview(mapping)  # `data`: its size, and a failover's unpaced re-send
             try:
-                await self.backend.put_pack(pack_id, data, body=_pieces(data, self.limiter))
-                break
+                await self.backend.put_pack(pack_id, view, body=_pieces(mapping, self.limiter))
+                return
             except TransientError as e:
                 self.stats.retries += 1
                 self.stats.failures_in_row += 1
@@ -155,8 +220,6 @@ class Uploader:
                 )
                 await self._sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX)
-        self.spool.remove(pack_id)
-        self.stats.packs += 1
-        self.stats.bytes += len(data)
-        self.stats.failures_in_row = 0
-        self.stats.last_error = None
+            finally:
+                with contextlib.suppress(BufferError):  # a socket buffer may still hold it
+                    view.release()

@@ -49,7 +49,8 @@ class Backend(ABC):
       whether that answer is authoritative; a backend that cannot tell returns every id, and the
       client then relies on its own index (rebuilt from `list_packs`).
     - `put_pack` is idempotent and verifies the pack against its name before it is visible.
-      `body`, when given, yields exactly `data` in pieces: the caller paces the upload with it.
+      `body`, when given, yields exactly `data` in pieces: the caller paces the upload with it
+      (the client's uploader passes a view of the mapped spool file as `data`).
     - `commit` stores a commit record under its BLAKE3 name; an authoritative backend refuses a
       record whose `refs` name chunks it does not hold.
     - Missing objects raise `ObjectNotFound`; a missing repository raises `RepositoryNotFound`.
@@ -77,7 +78,7 @@ class Backend(ABC):
     async def missing(self, ids: Sequence[ChunkId]) -> set[ChunkId]: ...
     @abstractmethod
     async def put_pack(
-        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+        self, pack_id: PackId, data: bytes | memoryview, body: AsyncIterable[bytes] | None = None
     ) -> None: ...
     @abstractmethod
     async def get_pack(self, pack_id: PackId) -> bytes | bytearray: ...
@@ -280,7 +281,7 @@ class LocalBackend(Backend, Pruning):
         return set(ids)
 
     async def put_pack(
-        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+        self, pack_id: PackId, data: bytes | memoryview, body: AsyncIterable[bytes] | None = None
     ) -> None:
         verify_pack(pack_id, data)
         await self.store.put(pack_name(pack_id), data)

@@ -222,7 +222,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         return await self._each("missing", lambda b: b.missing(ids))
 
     async def put_pack(
-        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+        self, pack_id: PackId, data: bytes | memoryview, body: AsyncIterable[bytes] | None = None
     ) -> None:
         # A paced body is consumed by the first try; a retry elsewhere sends `data` unpaced.
         tries: list[Backend] = []

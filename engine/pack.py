@@ -2,8 +2,8 @@
 
 A pack is `blobs ‖ sealed header ‖ manifest ‖ trailer`. The blobs and the header are opaque here
 (the client seals them); the manifest is plaintext so a keyless server can index and verify a
-pack. Does not touch storage (a pack being built waits in an unlinked temporary file, not in
-memory) and holds no keys.
+pack. Does not touch storage (a pack is built in a file its caller opens, not in memory) and
+holds no keys.
 
     blob area      sum(entry.length) bytes, blobs back to back in manifest order
     header         header_len bytes, sealed by the client (opaque to the server); its plaintext
@@ -17,8 +17,6 @@ Pack id = unkeyed BLAKE3-256 of all the pack's bytes, so anyone can verify a pac
 
 from __future__ import annotations
 
-import io
-import shutil
 import struct
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -63,15 +61,32 @@ def pack_id_of(data: bytes | bytearray | memoryview) -> PackId:
     return PackId(blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest())
 
 
+@dataclass(frozen=True, slots=True)
+class SealedPack:
+    """A finished pack in the file it was built in (flushed, not yet durable): whoever it is
+    handed to makes it durable and closes the file."""
+
+    pack_id: PackId
+    size: int
+    file: IO[bytes]
+
+    def read(self) -> bytes:
+        """The whole pack, for a caller that stores bytes (and the file closed)."""
+        with self.file:
+            self.file.seek(0)
+            return self.file.read()
+
+
 class PackBuilder:
-    """Accumulates sealed blobs (≤ one pack, ~16 MiB) and emits the finished pack.
+    """Writes sealed blobs (≤ one pack, ~16 MiB) into a file, hashing them as they go, so a
+    pack is never assembled in memory: `seal` appends the header, manifest and trailer and
+    names the pack (docs/design.md §2.2). The file comes from `new_file`, called at the first
+    write: an unlinked temporary file by default, a client's spool file (`client.spool`)."""
 
-    The blobs wait in an unlinked temporary file, not in memory: a backup's peak came when a
-    nearly full pack coincided with both workers' frames (docs/design.md §2.2), and the pack is
-    now in memory only while `finish` assembles it."""
-
-    def __init__(self) -> None:
-        self._spool: IO[bytes] | None = None  # opened at the first blob
+    def __init__(self, new_file: Callable[[], IO[bytes]] = tempfile.TemporaryFile) -> None:
+        self._new_file = new_file
+        self._file: IO[bytes] | None = None
+        self._hash = blake3.blake3(max_threads=blake3.blake3.AUTO)
         self._entries: list[ManifestEntry] = []
         self._ids: set[ChunkId] = set()
         self.blob_bytes = 0
@@ -89,42 +104,45 @@ class PackBuilder:
     def add(self, chunk_id: ChunkId, blob: bytes) -> ManifestEntry:
         if chunk_id in self._ids:
             raise ValueError(f"{chunk_id!r} already in this pack")
-        if self._spool is None:
-            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by `finish`)
         entry = ManifestEntry(chunk_id, self.blob_bytes, len(blob))
-        self._spool.write(blob)
+        self._write(blob)
         self._entries.append(entry)
         self._ids.add(chunk_id)
         self.blob_bytes += len(blob)
         return entry
 
-    def finish(self, sealed_header: bytes) -> tuple[PackId, bytes]:
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = self._new_file()
+        self._file.write(data)
+        self._hash.update(data)
+
+    def seal(self, sealed_header: bytes) -> SealedPack:
+        """Append header, manifest and trailer; the file is then the returned pack's. Once."""
         manifest = b"".join(_ENTRY.pack(e.chunk_id, e.offset, e.length) for e in self._entries)
+        size = self.blob_bytes + len(sealed_header) + len(manifest) + TRAILER_SIZE
+        if size >= MAX_SIZE:
+            raise ValueError("pack too large")
         trailer = _TRAILER.pack(
             MAGIC, VERSION, len(self._entries), len(sealed_header), self.blob_bytes
         )
-        spool, self._spool = self._spool, None  # finish consumes the blobs: finished once
-        data = _assemble(spool, [sealed_header, manifest, trailer])
-        if len(data) >= MAX_SIZE:
-            raise ValueError("pack too large")
-        return pack_id_of(data), data
+        for part in (sealed_header, manifest, trailer):
+            self._write(part)
+        file, self._file = self._file, None
+        assert file is not None  # the trailer was written to it
+        file.flush()
+        return SealedPack(PackId(self._hash.digest()), size, file)
 
+    def finish(self, sealed_header: bytes) -> tuple[PackId, bytes]:
+        """`seal`, then the pack read back whole (callers that hold packs as bytes)."""
+        pack = self.seal(sealed_header)
+        return pack.pack_id, pack.read()
 
-def _assemble(spool: IO[bytes] | None, tail: list[bytes]) -> bytes:
-    """The spooled blobs followed by `tail`, as one bytes object that is never in memory twice:
-    BytesIO grows one buffer in place (a mapping, remapped rather than copied) and hands it over
-    without a copy when nothing else holds it. Closes (and so deletes) the spool."""
-    out = io.BytesIO()
-    if spool is not None:
-        with spool:
-            spool.seek(0)
-            shutil.copyfileobj(spool, out, _COPY_PIECE)
-    for part in tail:
-        out.write(part)
-    return out.getvalue()
-
-
-_COPY_PIECE = 1024 * 1024
+    def abandon(self) -> IO[bytes] | None:
+        """Hand back the file of a pack that will not be sealed (None before the first blob),
+        for its opener to close and remove."""
+        file, self._file = self._file, None
+        return file
 
 
 def header_entry(raw_len: int, content: int) -> bytes:

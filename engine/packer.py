@@ -1,14 +1,17 @@
 """Packs through a `Backend`: building and sealing them from blobs, reading their manifests back.
 
 `Packer` owns the pack side of invariant 1 (docs/design.md §5): a finished pack is durable
-(`put_pack` returned) before the index records it. Where the pack goes — the backend itself, or
-a client's spool that uploads later — is the caller's `put_pack`.
+(its sink's `publish` returned) before the index records it. Where a pack is built and where it
+goes — a temporary file handed to the backend's `put_pack`, or a client's spool file that is
+uploaded later — is the caller's `PackSink`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Awaitable, Callable
+from typing import IO, Protocol, runtime_checkable
 
 from engine import blob
 from engine.backend import Backend
@@ -23,12 +26,48 @@ from engine.pack import (
     TRAILER_SIZE,
     ManifestEntry,
     PackBuilder,
+    SealedPack,
     header_entry,
     parse_manifest,
     parse_trailer,
 )
 
 PutPack = Callable[[PackId, bytes], Awaitable[None]]
+
+
+@runtime_checkable
+class PackSink(Protocol):
+    """Where packs are built and made durable."""
+
+    def new_file(self) -> IO[bytes]:
+        """A file to build the next pack in (`PackBuilder` writes it, `publish` takes it)."""
+        ...
+
+    async def publish(self, pack: SealedPack) -> None:
+        """Make a sealed pack durable under its id and close its file (invariant 1)."""
+        ...
+
+    def discard(self, file: IO[bytes]) -> None:
+        """Close and remove the file of a pack that will not be sealed."""
+        ...
+
+
+class BackendSink:
+    """Builds each pack in an unlinked temporary file and hands it to `put_pack` as bytes: a
+    local repository's store, prune's repack and retention take packs whole."""
+
+    def __init__(self, put_pack: PutPack) -> None:
+        self.put_pack = put_pack
+
+    def new_file(self) -> IO[bytes]:
+        return tempfile.TemporaryFile()
+
+    async def publish(self, pack: SealedPack) -> None:
+        data = await asyncio.to_thread(pack.read)
+        await self.put_pack(pack.pack_id, data)
+
+    def discard(self, file: IO[bytes]) -> None:
+        file.close()
 
 
 class Packer:
@@ -39,11 +78,12 @@ class Packer:
         self,
         key: MasterKey,
         index: LocalIndex,
-        put_pack: PutPack,
+        sink: PackSink | PutPack,
         on_indexed: Callable[[], None] | None = None,
     ) -> None:
-        self.key, self.index, self.put_pack, self.on_indexed = key, index, put_pack, on_indexed
-        self.builder = PackBuilder()
+        self.key, self.index, self.on_indexed = key, index, on_indexed
+        self.sink = sink if isinstance(sink, PackSink) else BackendSink(sink)
+        self.builder = PackBuilder(self.sink.new_file)
         self.header: list[bytes] = []
         self.packs_written = 0
         self.bytes_written = 0
@@ -63,15 +103,29 @@ class Packer:
         if not len(self.builder):
             return
         builder, header = self.builder, b"".join(self.header)
-        self.builder, self.header = PackBuilder(), []
+        self.builder, self.header = PackBuilder(self.sink.new_file), []
         sealed_header = blob.seal_plaintext(self.key, PACK_HEADER_AD, header)
-        pack_id, data = await asyncio.to_thread(builder.finish, sealed_header)
-        await self.put_pack(pack_id, data)  # invariant 1: durable before the index
-        self.index.add_pack(pack_id, len(data), builder.entries)
+        try:
+            pack = await asyncio.to_thread(builder.seal, sealed_header)
+        except BaseException:
+            self._abandon(builder)
+            raise
+        await self.sink.publish(pack)  # invariant 1: durable before the index
+        self.index.add_pack(pack.pack_id, pack.size, builder.entries)
         if self.on_indexed is not None:
             self.on_indexed()
         self.packs_written += 1
-        self.bytes_written += len(data)
+        self.bytes_written += pack.size
+
+    def discard(self) -> None:
+        """Drop the pack being built (its chunks were never indexed): a repository closing."""
+        self._abandon(self.builder)
+        self.builder, self.header = PackBuilder(self.sink.new_file), []
+
+    def _abandon(self, builder: PackBuilder) -> None:
+        file = builder.abandon()
+        if file is not None:
+            self.sink.discard(file)
 
 
 async def read_manifest(backend: Backend, pack_id: PackId) -> tuple[int, list[ManifestEntry]]:

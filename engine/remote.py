@@ -124,7 +124,7 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
         return out
 
     async def put_pack(
-        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+        self, pack_id: PackId, data: bytes | memoryview, body: AsyncIterable[bytes] | None = None
     ) -> None:
         # Content-Length is always sent, so a paced `body` still goes as one plain request
         # (no chunked encoding) and the server can refuse an oversize pack before reading it.

@@ -118,7 +118,7 @@ class RetryingBackend(Backend):
         return await self._retry("missing-query", lambda: self.inner.missing(ids))
 
     async def put_pack(
-        self, pack_id: PackId, data: bytes, body: AsyncIterable[bytes] | None = None
+        self, pack_id: PackId, data: bytes | memoryview, body: AsyncIterable[bytes] | None = None
     ) -> None:
         if body is not None:
             await self.inner.put_pack(pack_id, data, body)

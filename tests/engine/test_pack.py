@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,19 @@ def test_a_pack_being_built_holds_its_blobs_outside_memory() -> None:
     assert held < blob_size // 2, f"{held / 2**20:.1f} MiB held before finish"
     assert read_pack_info(data).entries == tuple(builder.entries)
     assert pack_id == pack_id_of(data) and len(data) > blob_size * count
+
+
+def test_a_pack_is_written_into_the_file_it_is_given_and_named_by_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """`seal` hashes the bytes as they are written: the id is BLAKE3 of exactly the file's
+    content, and no copy of the pack is returned (`finish` reads it back for byte callers)."""
+    path = tmp_path / "building"
+    builder = PackBuilder(lambda: open(path, "xb"))  # noqa: SIM115 - the sealed pack's file
+    for i in range(3):
+        builder.add(ChunkId(bytes([i + 1]) * 32), os.urandom(1000 + i))
+    pack = builder.seal(b"sealed-header")
+    pack.file.close()
+    data = path.read_bytes()
+    assert pack.pack_id == pack_id_of(data) and pack.size == len(data)
+    assert verify_pack(pack.pack_id, data).entries == builder.entries
