@@ -23,6 +23,7 @@ from engine.protocol.client import CLIENT_TIMEOUT, OCTETS, ProtocolClient
 from engine.protocol.routes import PRIMARY_GENERATION_HEADER, repo_url
 
 MISSING_BATCH = 10_000  # ids per query: 320 KB each way, well under the server's cap
+SEND_PIECE = 1 << 20  # bytes of a pack handed to aiohttp at a time (`put_pack` without a body)
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -128,12 +129,14 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
     ) -> None:
         # Content-Length is always sent, so a paced `body` still goes as one plain request
         # (no chunked encoding) and the server can refuse an oversize pack before reading it.
+        # Without one, the pack goes in pieces too: aiohttp joins a bytes body with its headers
+        # and the socket keeps what it cannot take, two more copies of the pack.
         headers = {**OCTETS, "Content-Length": str(len(data))}
         await self._request(
             "PUT",
             f"packs/{pack_id.hex()}",
             f"pack {pack_id.short()}",
-            data=data if body is None else body,
+            data=_pieces(data) if body is None else body,
             headers=headers,
         )
 
@@ -286,3 +289,10 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
 
     async def close(self) -> None:
         await self.http.close()
+
+
+async def _pieces(data: bytes | memoryview) -> AsyncIterator[bytes]:
+    """`data` in copies of at most SEND_PIECE bytes."""
+    with memoryview(data) as view:
+        for start in range(0, len(view), SEND_PIECE):
+            yield bytes(view[start : start + SEND_PIECE])

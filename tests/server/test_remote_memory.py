@@ -1,26 +1,46 @@
-"""`RemoteBackend.get_pack` holds one copy of a pack: the body is read into one buffer of its
-Content-Length, not gathered in pieces and joined into a second copy. A real chunk server on
-loopback in this process (its streaming of the file counts too), measured with tracemalloc."""
+"""`RemoteBackend` holds no more than the caller's copy of a pack: `get_pack` reads the body into
+one buffer of its Content-Length, not gathered in pieces and joined into a second copy, and
+`put_pack` sends the caller's bytes in pieces, not joined with the headers into another copy
+that the socket then keeps. A real chunk server on loopback in this process (its streaming of
+the file counts too), measured with tracemalloc."""
 
 from __future__ import annotations
 
 import os
 import tracemalloc
 
-from engine.ids import ChunkId
+from engine.ids import ChunkId, PackId
 from engine.pack import PackBuilder
 from tests.server.conftest import Harness, MiB
 
 
-async def test_get_pack_holds_about_one_copy_of_a_16_mib_pack(srv: Harness) -> None:
+def _pack() -> tuple[PackId, bytes]:
     builder = PackBuilder()
     for _ in range(16):
         builder.add(ChunkId(os.urandom(32)), os.urandom(MiB))
-    pack_id, data = builder.finish(sealed_header=os.urandom(64))
+    return builder.finish(sealed_header=os.urandom(64))
+
+
+async def test_put_pack_holds_no_second_copy_of_a_16_mib_pack(srv: Harness) -> None:
+    pack_id, data = _pack()
+    backend = srv.backend()
+    tracemalloc.start()
+    try:
+        await backend.put_pack(pack_id, data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert await backend.get_pack(pack_id) == data
+    print(f"put_pack of {len(data) / MiB:.1f} MiB: tracemalloc peak {peak / MiB:.1f} MiB")
+    assert peak < 0.5 * len(data), f"peak {peak / MiB:.1f} MiB (before: 28)"
+
+
+async def test_get_pack_holds_about_one_copy_of_a_16_mib_pack(srv: Harness) -> None:
+    pack_id, data = _pack()
     backend = srv.backend()
     await backend.put_pack(pack_id, data)
     size = len(data)
-    del data, builder
+    del data
 
     tracemalloc.start()
     try:
