@@ -89,7 +89,7 @@ class Repository:
         uploader = None
         if backend.knows_chunks:
             spool = Spool(spool_dir or cache_root / config.repo_id / "spool")
-            uploader = Uploader(backend, spool, limiter)
+            uploader = Uploader(backend, spool, limiter, forget=index.drop_packs)
         return cls(backend, config, key, index, uploader, warnings)
 
     async def close(self) -> None:

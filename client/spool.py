@@ -7,7 +7,10 @@ leaves only after the server acknowledged it, so a crash, a dropped link or a se
 costs at most the re-sending of packs that were not acknowledged, and a crash mid-build leaves a
 temp file that the next start removes. The uploader sends each pack from its mapped file in
 pieces through the rate limiter (never the whole pack in memory) and retries transient failures
-with capped exponential backoff.
+with capped exponential backoff. A spooled pack the server refuses because its file no longer
+matches its name (the disk under the spool rotted) is set aside in `.damaged/` and its chunks
+leave the index, so the backup fails naming it and the next one reads and sends them again: one
+bad file must not stop every backup after it.
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ from typing import IO, Any
 
 from client.ratelimit import RateLimiter
 from engine.backend import Backend
-from engine.errors import TransientError
+from engine.errors import IntegrityError, TransientError
 from engine.ids import PackId
-from engine.pack import SealedPack
+from engine.pack import SealedPack, pack_id_of
 from engine.store.local import TMP_PREFIX, link_durably, write_durably
 
 log = logging.getLogger(__name__)
 SEND_PIECE = 64 * 1024  # bytes handed to the socket per rate-limiter grant (a page multiple)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
+DAMAGED = ".damaged"  # spooled packs whose file no longer matches its name, kept for a look
 
 
 class Spool:
@@ -92,6 +96,13 @@ class Spool:
     def remove(self, pack_id: PackId) -> None:
         self._path(pack_id).unlink(missing_ok=True)
 
+    def set_aside(self, pack_id: PackId) -> Path:
+        """Move a damaged pack out of the queue into `.damaged/`; return where it went."""
+        aside = self.folder / DAMAGED / pack_id.hex()
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(self._path(pack_id), aside)
+        return aside
+
     def pending(self) -> list[PackId]:
         """Packs waiting, oldest first (the order they were sealed in)."""
         entries = []
@@ -107,6 +118,11 @@ class Spool:
                 if not p.name.startswith("."):
                     total += p.stat().st_size
         return total
+
+
+def _whole(pack_id: PackId, mapping: mmap.mmap) -> bool:
+    with memoryview(mapping) as view:
+        return pack_id_of(view) == pack_id
 
 
 def _remove_unless_locked(stray: Path) -> None:
@@ -149,8 +165,11 @@ class Uploader:
         *,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_attempts: int | None = None,
+        forget: Callable[[set[PackId]], None] = lambda packs: None,
     ) -> None:
+        """`forget` drops packs from the index (a damaged pack's chunks are sent again)."""
         self.backend, self.spool = backend, spool
+        self._forget = forget
         self.limiter = limiter or RateLimiter()
         self.stats = UploadStats()
         self._sleep = sleep
@@ -193,13 +212,30 @@ class Uploader:
                 self.spool.remove(pack_id)
                 return
         with self.spool.mapped(pack_id) as mapping:
-            await self._send(pack_id, mapping)
+            refused: IntegrityError | None = None
+            try:
+                await self._send(pack_id, mapping)
+            except IntegrityError as e:
+                if await asyncio.to_thread(_whole, pack_id, mapping):
+                    raise  # the spooled copy is whole: the server's refusal is for an operator
+                refused = e
             size = len(mapping)
+        if refused is not None:
+            self._set_aside(pack_id, refused)
         self.spool.remove(pack_id)
         self.stats.packs += 1
         self.stats.bytes += size
         self.stats.failures_in_row = 0
         self.stats.last_error = None
+
+    def _set_aside(self, pack_id: PackId, refused: IntegrityError) -> None:
+        aside = self.spool.set_aside(pack_id)
+        self._forget({pack_id})
+        raise IntegrityError(
+            f"spooled pack {pack_id.hex()} was damaged on this disk after it was sealed (its "
+            f"bytes no longer match its name; the server said: {refused}): set aside in "
+            f"{aside}; the next backup reads its chunks again and sends them"
+        ) from None
 
     async def _send(self, pack_id: PackId, mapping: mmap.mmap) -> None:
         delay, attempt = BACKOFF_START, 0

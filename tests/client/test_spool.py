@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.linkproxy import LinkProxy
 from benchmarks.serverkit import REPO, ServerProcess
-from client.spool import Spool, Uploader
+from client.spool import DAMAGED, Spool, Uploader
 from engine import blob
 from engine.errors import IntegrityError
 from engine.ids import PackId
@@ -207,25 +207,68 @@ async def test_opening_the_spool_again_leaves_a_pack_being_built_alone(tmp_path:
         index.close()
 
 
-async def test_a_spooled_pack_damaged_on_disk_is_refused_by_the_server_and_kept(
+async def test_a_spooled_pack_damaged_on_disk_is_set_aside_and_its_chunks_forgotten(
     server: ServerProcess,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """The uploader sends the spool file's bytes as they are: a pack whose file rotted after it
-    was spooled fails the server's BLAKE3 check (422), and stays in the spool for an operator."""
+    was spooled fails the server's BLAKE3 check (422). Its file no longer matches its name, so
+    it leaves the queue for `.damaged/` and its chunks leave the index (the next backup sends
+    them again); the error names it. A refused pack whose file is whole stays queued."""
     tokens = server.create_repo()
     spool, index = Spool(tmp_path / "spool"), LocalIndex(tmp_path / "index")
     backend = RemoteBackend(f"{server.url}/{REPO}", tokens["backup"])
     try:
         await packer_into(spool, index).flush()
         (pack_id,) = spool.pending()
+        chunks = [bytes(cid) for cid, loc, _ in index.locations() if loc.pack_id == pack_id]
+        assert len(chunks) == 2
         path = spool.folder / pack_id.hex()
         data = bytearray(path.read_bytes())
         data[100] ^= 1
         path.write_bytes(bytes(data))
-        with pytest.raises(IntegrityError):
-            await Uploader(backend, spool, max_attempts=1).drain()
-        assert spool.pending() == [pack_id] and not await backend.has_pack(pack_id)
+        uploader = Uploader(backend, spool, max_attempts=1, forget=index.drop_packs)
+        with pytest.raises(IntegrityError, match=f"{pack_id.hex()}.*set aside"):
+            await uploader.drain()
+        assert spool.pending() == [] and spool.bytes_pending() == 0
+        assert (spool.folder / DAMAGED / pack_id.hex()).read_bytes() == data
+        assert not index.has_pack(pack_id) and not any(c in index for c in chunks)
+        assert not await backend.has_pack(pack_id)
     finally:
         await backend.close()
         index.close()
+
+
+def test_a_backup_after_a_spooled_pack_rotted_sends_its_chunks_again(
+    server: ServerProcess,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The CLI end to end: a backup killed while packs wait in the spool (slow link), one
+    spooled pack damaged on disk meanwhile. The next backup uploads the others, sets the
+    damaged one aside and fails naming it (exit 13, nothing committed); the one after reads
+    those files again, and everything restores bit-exact."""
+    tokens = server.create_repo()
+    tree = random_tree(tmp_path / "tree", [15, 15, 15, 4])
+    with LinkProxy(server.port, rate=4 * MiB) as link:
+        a = agent(tmp_path / "pc1", f"{link.url}/{REPO}", tokens["backup"])
+        a.ok("init", *CHEAP_KDF_ARGS)
+        proc = a.popen("backup", "--json", str(tree))
+        wait_until(lambda: len(spool_files(a.cache)[0]) >= 2, what="two packs in the spool")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        link.rate = None
+    a = a.direct(server)
+    victim = spool_files(a.cache)[0][-1]
+    with victim.open("r+b") as f:
+        f.seek(victim.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    failed = a.run("backup", str(tree))
+    assert failed.rc == 13 and victim.name in failed.err and "set aside" in failed.err
+    assert a.json("snapshots")["snapshots"] == []
+    assert (victim.parent / DAMAGED / victim.name).is_file()
+    a.json("backup", str(tree))
+    assert spool_files(a.cache) == ([], [])
+    assert a.json("check", "--read-data")["problems"] == []
+    assert_restores_bit_exact(a, tree, tmp_path / "restored")
