@@ -279,7 +279,7 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
         return
     written: set[PackId] = set()
 
-    async def put(pack_id: PackId, data: bytes) -> None:
+    async def put(pack_id: PackId, data: bytes | memoryview) -> None:
         await repo.backend.put_pack(pack_id, data)
         written.add(pack_id)
 

@@ -9,6 +9,8 @@ uploaded later — is the caller's `PackSink`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import mmap
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import IO, Protocol, runtime_checkable
@@ -32,7 +34,7 @@ from engine.pack import (
     parse_trailer,
 )
 
-PutPack = Callable[[PackId, bytes], Awaitable[None]]
+PutPack = Callable[[PackId, bytes | memoryview], Awaitable[None]]
 
 
 @runtime_checkable
@@ -53,8 +55,9 @@ class PackSink(Protocol):
 
 
 class BackendSink:
-    """Builds each pack in an unlinked temporary file and hands it to `put_pack` as bytes: a
-    local repository's store, prune's repack and retention take packs whole."""
+    """Builds each pack in an unlinked temporary file and hands it to `put_pack` as a view of
+    the file mapped read-only (a local repository's store, prune's repack and retention): the
+    pack's pages are the page cache's, never a copy on the heap."""
 
     def __init__(self, put_pack: PutPack) -> None:
         self.put_pack = put_pack
@@ -63,8 +66,14 @@ class BackendSink:
         return tempfile.TemporaryFile()
 
     async def publish(self, pack: SealedPack) -> None:
-        data = await asyncio.to_thread(pack.read)
-        await self.put_pack(pack.pack_id, data)
+        with pack.file:
+            mapping = mmap.mmap(pack.file.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                with memoryview(mapping) as view:
+                    await self.put_pack(pack.pack_id, view)
+            finally:
+                with contextlib.suppress(BufferError):  # a view still held: unmapped with it
+                    mapping.close()
 
     def discard(self, file: IO[bytes]) -> None:
         file.close()
