@@ -61,7 +61,8 @@ class Stats:
 
 async def stats(repo: Repository) -> Stats:
     out = Stats()
-    await refresh(repo)
+    for lost in await refresh(repo):  # counted nowhere: say so rather than skip it quietly
+        repo.warn(f"pack {lost.hex()} is listed but no site can read it (`dicomvault check`)")
     seen = LiveSet(Path(repo.index.env.path()).parent)
     try:
         snapshots = await repo.snapshots()

@@ -15,6 +15,7 @@ import pytest
 
 from client.prune import PruneReport, prune
 from client.repository import Repository
+from client.stats import stats
 from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
@@ -60,10 +61,14 @@ async def two_snapshots(site: Site, cache: Path, source: Path) -> tuple[Snapshot
     return old, old_packs
 
 
-async def pruned(backend: RemoteBackend | object, cache: Path, old: SnapshotId) -> PruneReport:
+async def pruned(
+    backend: RemoteBackend | object, cache: Path, old: SnapshotId | None
+) -> PruneReport:
+    """Forget `old` (unless None: forgotten already), then prune with `--max-unused 0%`."""
     admin = await Repository.open(backend, PASSPHRASE, cache)  # type: ignore[arg-type]
     try:
-        await admin.backend.forget([old])
+        if old is not None:
+            await admin.backend.forget([old])
         return await prune(admin, max_unused=MaxUnused(0.0), holder="admin")
     finally:
         await admin.close()
@@ -87,9 +92,16 @@ async def test_a_doomed_pack_the_server_lost_is_reported_absent_and_the_prune_co
     lost = old_packs[0]
     lost.unlink()  # an operator's `rm`: the server's index still lists it
     lost_id = PackId.parse(lost.name)
+    counting = await Repository.open(one(a, "admin"), PASSPHRASE, tmp_path / "stats")
+    try:  # forgotten, the lost pack is dead: stats counts it nowhere and says so
+        await counting.backend.forget([old])
+        await stats(counting)
+        assert [w for w in counting.warnings if lost_id.hex() in w]
+    finally:
+        await counting.close()
 
     with caplog.at_level(logging.WARNING, logger="server.handlers_deletion"):
-        report = await pruned(one(a, "admin"), tmp_path / admin_cache, old)
+        report = await pruned(one(a, "admin"), tmp_path / admin_cache, None)
     assert report.absent == [lost_id.hex()]
     assert sorted(report.scheduled + report.absent) == ids(old_packs)
     assert report.as_json()["packs_absent"] == [lost_id.hex()]
