@@ -23,7 +23,7 @@ SMALL, LARGE = 40_000, 240_000
 # held without their refs it added 20 MiB to forget, 13 to prune and 10 to stats here; with
 # transactions of 2,000 rows prune still added 3 to 6.5 (their page buffers: 2,000 random ids
 # dirty more of the larger index's leaves) and a local prune read each doomed pack whole to copy
-# it to trash; with 500 rows and a move to trash, -0.5 to 0.1.
+# it to trash; with 500 rows and a move to trash, -0.3 to 0.3.
 GROWTH_MIB = 6
 
 
