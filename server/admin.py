@@ -96,26 +96,40 @@ def bind_replica_names(
     """Reserve `names` for replicas pushed by `peer`: only these may it create here, and no
     practice of this site may take them. A name already this site's own, or another
     primary's, is refused before anything is written."""
+    from server.failover_shared import SharedFailover
     from server.replication.state import ReplicationState
 
     state = ReplicationState(index)
+    shared = SharedFailover(repos.site, state) if repos.root.shared else None
     for name in names:
+        if shared is not None:  # a binding another node of this site made
+            asyncio.run(shared.refresh(validate_repo_name(name)))
         owner = state.replica_owner(validate_repo_name(name))
         if owner not in (None, peer) or (owner is None and name in repos.names()):
             held = f"replicas from {owner!r}" if owner else "a practice of this site"
             raise RepositoryExists(f"repository name {name!r} is already held by {held}")
     for name in names:
-        state.claim_replica(name, peer, now)
+        if shared is not None:
+            asyncio.run(shared.bind(name, peer, now))
+        else:
+            state.claim_replica(name, peer, now)
 
 
 def promote_replica_offline(config: ServerConfig, name: str) -> bool:
     """Make a replica held here writable by its practice (after the primary is gone for good)."""
+    from server.failover_shared import SharedFailover
     from server.replication.state import ReplicationState
 
     with open_index(config) as index:
-        open_repositories(config).get(name)
+        repos = open_repositories(config)
+        repos.get(name)
         state = ReplicationState(index)
+        shared = SharedFailover(repos.site, state) if repos.root.shared else None
+        if shared is not None:
+            asyncio.run(shared.refresh(name))
         was_replica = state.replica_owner(name) is not None
-        if was_replica:
-            state.promote(name)  # a generation above the old primary's fences it
+        if was_replica and shared is not None:  # a generation above the old primary's fences it
+            asyncio.run(shared.promote(name))
+        elif was_replica:
+            state.promote(name)
         return was_replica

@@ -14,6 +14,9 @@ Tables (keys use NUL as the separator; peer and repository names cannot contain 
     repl_meta     "gen" ‖ repo                       → JSON Generation (docs/design.md §17)
     replicas      repo                               → JSON {owner, since}   (peer side)
 
+On a store several nodes share, "gen" and `replicas` are a cache of the bucket's
+(server.failover_shared), re-read before the decisions that depend on them.
+
 Unlike the chunks/packs/snapshots cache, these tables are not dropped by reindex; losing them
 costs only a re-comparison with the peer (anti-entropy), never data.
 """
@@ -211,6 +214,21 @@ class ReplicationState:
         with self.env.begin(db=self.db["replicas"]) as txn:
             raw = txn.get(repo.encode())
         return str(json.loads(raw)["owner"]) if raw is not None else None
+
+    def replica_binding(self, repo: str) -> dict[str, Any] | None:
+        """The binding's JSON doc `{owner, since}`, None for a repository bound to no replica."""
+        with self.env.begin(db=self.db["replicas"]) as txn:
+            raw = txn.get(repo.encode())
+        return dict(json.loads(raw)) if raw is not None else None
+
+    def mirror(self, repo: str, gen: Generation, replica: dict[str, Any] | None) -> None:
+        """Set both rows to what the store several nodes share says (server.failover_shared)."""
+        with self.env.begin(write=True) as txn:
+            self._put_generation(txn, repo, gen)
+            if replica is None:
+                txn.delete(repo.encode(), db=self.db["replicas"])
+            else:
+                txn.put(repo.encode(), json.dumps(replica).encode(), db=self.db["replicas"])
 
     def claim_replica(self, repo: str, owner: str, now: float) -> str:
         """Bind `repo` to replica `owner` unless already bound; return the owner it has."""
