@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.clock import SYSTEM
 from engine.errors import RepositoryExists
@@ -19,6 +19,9 @@ from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex
 from server.repos import Repositories, open_repositories
+
+if TYPE_CHECKING:
+    from server.failover_shared import SharedFailover
 
 
 @contextmanager
@@ -52,9 +55,24 @@ def publish_tokens_offline(config: ServerConfig, index: ServerIndex) -> None:
         asyncio.run(publish_tokens(index, repos.site))
 
 
+def sync_failover(repos: Repositories, index: ServerIndex, name: str) -> SharedFailover | None:
+    """On a store several nodes share, read `name`'s generation and replica binding from it
+    into this node's index (server.failover_shared); None on a store only this node writes."""
+    from server.failover_shared import SharedFailover
+    from server.replication.state import ReplicationState
+
+    if not repos.root.shared:
+        return None
+    shared = SharedFailover(repos.site, ReplicationState(index))
+    asyncio.run(shared.refresh(validate_repo_name(name)))
+    return shared
+
+
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
     with open_index(config) as index:
-        tokens = create_repository(open_repositories(config), index, name, SYSTEM.time())
+        repos = open_repositories(config)
+        sync_failover(repos, index, name)  # a name another node bound to replicas
+        tokens = create_repository(repos, index, name, SYSTEM.time())
         publish_tokens_offline(config, index)
         return tokens
 
@@ -96,14 +114,12 @@ def bind_replica_names(
     """Reserve `names` for replicas pushed by `peer`: only these may it create here, and no
     practice of this site may take them. A name already this site's own, or another
     primary's, is refused before anything is written."""
-    from server.failover_shared import SharedFailover
     from server.replication.state import ReplicationState
 
     state = ReplicationState(index)
-    shared = SharedFailover(repos.site, state) if repos.root.shared else None
+    shared = None
     for name in names:
-        if shared is not None:  # a binding another node of this site made
-            asyncio.run(shared.refresh(validate_repo_name(name)))
+        shared = sync_failover(repos, index, name)  # a binding another node of this site made
         owner = state.replica_owner(validate_repo_name(name))
         if owner not in (None, peer) or (owner is None and name in repos.names()):
             held = f"replicas from {owner!r}" if owner else "a practice of this site"
@@ -117,16 +133,13 @@ def bind_replica_names(
 
 def promote_replica_offline(config: ServerConfig, name: str) -> bool:
     """Make a replica held here writable by its practice (after the primary is gone for good)."""
-    from server.failover_shared import SharedFailover
     from server.replication.state import ReplicationState
 
     with open_index(config) as index:
         repos = open_repositories(config)
         repos.get(name)
         state = ReplicationState(index)
-        shared = SharedFailover(repos.site, state) if repos.root.shared else None
-        if shared is not None:
-            asyncio.run(shared.refresh(name))
+        shared = sync_failover(repos, index, name)
         was_replica = state.replica_owner(name) is not None
         if was_replica and shared is not None:  # a generation above the old primary's fences it
             asyncio.run(shared.promote(name))

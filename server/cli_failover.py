@@ -19,9 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import PrimaryAlive, UsageError
-from server.admin import open_index
+from server.admin import open_index, sync_failover
 from server.config import ServerConfig
-from server.failover_shared import SharedFailover
 from server.replication.state import ReplicationState
 from server.repos import open_repositories
 
@@ -52,9 +51,7 @@ def cmd_promote(args: argparse.Namespace, config: ServerConfig) -> int:
         repos = open_repositories(config)
         repos.get(args.name)
         state = ReplicationState(index)
-        shared = SharedFailover(repos.site, state) if repos.root.shared else None
-        if shared is not None:  # the site's state, as every node of it sees it
-            asyncio.run(shared.refresh(args.name))
+        shared = sync_failover(repos, index, args.name)  # as every node of the site sees it
         owner, gen = state.replica_owner(args.name), state.generation(args.name)
         if owner is None and not gen.fenced:
             raise UsageError(

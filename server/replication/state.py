@@ -262,15 +262,18 @@ class ReplicationState:
             self._put_generation(txn, repo, replace(gen, fenced_by=generation, primary=primary))
             return True
 
-    def observe_peer(self, repo: str, peer: str, text: str) -> None:
-        """A peer answered about `repo` with generation `text`: above ours fences this site."""
+    def observe_peer(self, repo: str, peer: str, text: str) -> bool:
+        """A peer answered about `repo` with generation `text`: above ours fences this site
+        (True: this answer did)."""
         try:
             generation = int(text)
         except ValueError:
-            return
+            return False
         if self.replica_owner(repo) is None and self.fence(repo, generation, peer):
             log.warning("%s: %s is primary at generation %d: this site is fenced", repo, peer,
                         generation)  # fmt: skip
+            return True
+        return False
 
     def promote(self, repo: str) -> Generation:
         """Make this site primary of `repo` at a generation above any it knows of: drop the

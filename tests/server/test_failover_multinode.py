@@ -65,13 +65,13 @@ def test_a_replica_binding_made_on_one_node_takes_the_peers_pushes_at_the_other(
 ) -> None:
     nodes, balancer = cluster
     token = nodes[0].cli_json("peer-token", "create", "--name", PRIMARY, "--repo", REPO)["token"]
+    # the binding is the site's: node 1 refuses a practice of its own taking the name
+    taken = nodes[1].cli("repo", "create", REPO)
+    assert taken.returncode == 11 and f"reserved for replicas from '{PRIMARY}'" in taken.stderr
     for n in range(4):  # straight to node 1, and through the balancer to both
         for base in (nodes[1].url, balancer.url):
             status, _ = _put(base, f"/v1/replica/repos/{REPO}/keys/r{n}", token)
             assert status in (200, 201), f"push {n} through {base}: {status}"
-    # the binding is the site's: node 1 refuses a practice of its own taking the name
-    taken = nodes[1].cli("repo", "create", REPO)
-    assert taken.returncode == 11, taken.stderr
 
 
 def test_promote_through_one_node_makes_the_other_primary_and_a_fence_reaches_both(
