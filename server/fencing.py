@@ -117,8 +117,11 @@ async def _fresh(request: web.Request, shared: SharedFailover, name: str) -> Non
     replica_route = request.match_info.route.resource is not None and (
         request.match_info.route.resource.canonical.startswith(REPLICA_REPO)
     )
-    bound = state.replica_owner(name) is not None
-    would_refuse = bound != replica_route or state.generation(name).fenced
+    bound, gen = state.replica_owner(name) is not None, state.generation(name)
+    if replica_route:  # a name this site has no failover history for, bound to no one
+        would_refuse = not (bound or gen.promoted_from or gen.fenced)
+    else:
+        would_refuse = bound or gen.fenced
     checked, _ = app[FAILOVER_CHECKS].get(name, (float("-inf"), Generation()))
     now = app[CLOCK].time()
     if would_refuse or now - checked >= FENCE_EVERY:
