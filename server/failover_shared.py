@@ -98,8 +98,8 @@ class SharedFailover:
         for _ in range(RETRIES):
             n, gen, replica = await self.refresh(repo)
             new = fn(gen, replica)
-            if new == (gen, replica):
-                return gen
+            if new == (gen, replica) and (n > 0 or new == (Generation(), None)):
+                return gen  # nothing to change (an empty log publishes this node's own rows)
             if await self.site.put(entry_name(repo, n + 1), encode(*new)):
                 self.state.mirror(repo, *new)
                 if self.tidy:

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from engine.clock import SYSTEM
+from engine.store.local import LocalRoot
 from engine.store.memory import MemoryStore
 from server.failover_shared import PromoteRaced, SharedFailover
 from server.index import ServerIndex
+from server.replication.settings import PeerConfig
 from server.replication.state import Generation, ReplicationState
+from server.replication.worker import Replicator
+from server.repos import Repositories
 
 REPO = "clinic"
 
@@ -81,3 +86,31 @@ async def test_the_log_keeps_the_newest_two_entries(nodes: list[SharedFailover])
         await a.fence(REPO, generation, "site-b")
     names = [n async for n in a.site.list(f"failover/{REPO}")]
     assert [int(n.rsplit("/", 1)[-1], 16) for n in names] == [4, 5]
+
+
+class SharedFolder(LocalRoot):
+    """A local folder that several nodes open, as a bucket is (the S3 root's `shared`)."""
+
+    shared = True
+
+
+async def test_a_fence_the_replicator_hears_from_its_peer_is_published(tmp_path: Path) -> None:
+    index = ServerIndex(tmp_path / "index", 64 << 20)
+    try:
+        repos = Repositories(SharedFolder(tmp_path / "store"))
+        peer = PeerConfig("http://127.0.0.1:9", "dv_x", name="site-b")
+        worker = Replicator(
+            peer, ReplicationState(index), index, repos, clock=SYSTEM, poll=1.0, retry_max=1.0
+        )
+        worker.client.on_generation(REPO, "2")  # the peer answered: it is primary at 2
+        b = ServerIndex(tmp_path / "b", 1 << 24)
+        other = SharedFailover(repos.site, ReplicationState(b))
+        for _ in range(100):  # published by a task of the worker's
+            await asyncio.sleep(0.01)
+            _, gen, _ = await other.refresh(REPO)
+            if gen.fenced:
+                break
+        b.close()
+        assert (gen.fenced_by, gen.primary) == (2, "site-b")
+    finally:
+        index.close()
