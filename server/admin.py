@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.clock import SYSTEM
 from engine.errors import RepositoryExists
@@ -19,6 +19,9 @@ from server.config import ServerConfig
 from server.index import ServerIndex
 from server.reindex import ReindexReport, reindex
 from server.repos import Repositories, open_repositories
+
+if TYPE_CHECKING:
+    from server.failover_shared import SharedFailover
 
 
 @contextmanager
@@ -52,9 +55,24 @@ def publish_tokens_offline(config: ServerConfig, index: ServerIndex) -> None:
         asyncio.run(publish_tokens(index, repos.site))
 
 
+def sync_failover(repos: Repositories, index: ServerIndex, name: str) -> SharedFailover | None:
+    """On a store several nodes share, read `name`'s generation and replica binding from it
+    into this node's index (server.failover_shared); None on a store only this node writes."""
+    from server.failover_shared import SharedFailover
+    from server.replication.state import ReplicationState
+
+    if not repos.root.shared:
+        return None
+    shared = SharedFailover(repos.site, ReplicationState(index))
+    asyncio.run(shared.refresh(validate_repo_name(name)))
+    return shared
+
+
 def create_repository_offline(config: ServerConfig, name: str) -> dict[str, str]:
     with open_index(config) as index:
-        tokens = create_repository(open_repositories(config), index, name, SYSTEM.time())
+        repos = open_repositories(config)
+        sync_failover(repos, index, name)  # a name another node bound to replicas
+        tokens = create_repository(repos, index, name, SYSTEM.time())
         publish_tokens_offline(config, index)
         return tokens
 
@@ -99,13 +117,18 @@ def bind_replica_names(
     from server.replication.state import ReplicationState
 
     state = ReplicationState(index)
+    shared = None
     for name in names:
+        shared = sync_failover(repos, index, name)  # a binding another node of this site made
         owner = state.replica_owner(validate_repo_name(name))
         if owner not in (None, peer) or (owner is None and name in repos.names()):
             held = f"replicas from {owner!r}" if owner else "a practice of this site"
             raise RepositoryExists(f"repository name {name!r} is already held by {held}")
     for name in names:
-        state.claim_replica(name, peer, now)
+        if shared is not None:
+            asyncio.run(shared.bind(name, peer, now))
+        else:
+            state.claim_replica(name, peer, now)
 
 
 def promote_replica_offline(config: ServerConfig, name: str) -> bool:
@@ -113,9 +136,13 @@ def promote_replica_offline(config: ServerConfig, name: str) -> bool:
     from server.replication.state import ReplicationState
 
     with open_index(config) as index:
-        open_repositories(config).get(name)
+        repos = open_repositories(config)
+        repos.get(name)
         state = ReplicationState(index)
+        shared = sync_failover(repos, index, name)
         was_replica = state.replica_owner(name) is not None
-        if was_replica:
-            state.promote(name)  # a generation above the old primary's fences it
+        if was_replica and shared is not None:  # a generation above the old primary's fences it
+            asyncio.run(shared.promote(name))
+        elif was_replica:
+            state.promote(name)
         return was_replica

@@ -27,7 +27,7 @@ from server.catchup import CatchUp, fetch_token, publish_tokens, recheck_token
 from server.config import ServerConfig
 from server.errors import MissingChunks, StorageFull, from_os_error, http_status
 from server.events import routes as event_routes
-from server.fencing import add_generation
+from server.fencing import add_generation, failover_middleware
 from server.handlers import routes
 from server.handlers_deletion import deletion_routes, purge_ctx
 from server.index import ServerIndex
@@ -45,6 +45,7 @@ from server.state import (
     CLOCK,
     CONFIG,
     DISK_USAGE,
+    FAILOVER_CHECKS,
     INDEX,
     METRICS,
     REPLICATION,
@@ -250,7 +251,13 @@ def make_app(
     # Metrics outermost so they time the error responses too; the audit trail outside the error
     # middleware, so it records the status a refused request was answered with.
     app = web.Application(
-        middlewares=[metrics_middleware, audit_middleware, error_middleware, token_middleware],
+        middlewares=[
+            metrics_middleware,
+            audit_middleware,
+            error_middleware,
+            token_middleware,
+            failover_middleware,
+        ],
         client_max_size=config.max_body_size,
     )
     app[CONFIG] = config
@@ -258,6 +265,7 @@ def make_app(
     app[METRICS] = Metrics()
     app[CLOCK] = clock
     app[DISK_USAGE] = disk_usage
+    app[FAILOVER_CHECKS] = {}
     app.cleanup_ctx.append(_index_ctx)
     app.on_response_prepare.append(add_generation)
     app.cleanup_ctx.append(audit_ctx)  # after the index: the middleware reads token records

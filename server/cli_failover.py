@@ -3,12 +3,15 @@ replica of, after the primary is lost (docs/design.md §17).
 
 Owns the command's checks: the repository is here and not already primary; the old primary
 (`--primary URL`) does not answer its health check, unless `--force`. The generation bump and
-the binding are `ReplicationState.promote`'s. Works on the data folder, beside a running server.
+the binding are `ReplicationState.promote`'s (`SharedFailover.promote`'s on a store several
+nodes share: of two promotions at once, one is refused). Works on the data folder, beside a
+running server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import PrimaryAlive, UsageError
-from server.admin import open_index
+from server.admin import open_index, sync_failover
 from server.config import ServerConfig
 from server.replication.state import ReplicationState
 from server.repos import open_repositories
@@ -45,8 +48,10 @@ def promote_parser(sub: Any, data_arg: Callable[[argparse.ArgumentParser], None]
 
 def cmd_promote(args: argparse.Namespace, config: ServerConfig) -> int:
     with open_index(config) as index:
-        open_repositories(config).get(args.name)
+        repos = open_repositories(config)
+        repos.get(args.name)
         state = ReplicationState(index)
+        shared = sync_failover(repos, index, args.name)  # as every node of the site sees it
         owner, gen = state.replica_owner(args.name), state.generation(args.name)
         if owner is None and not gen.fenced:
             raise UsageError(
@@ -60,7 +65,7 @@ def cmd_promote(args: argparse.Namespace, config: ServerConfig) -> int:
                     f"the primary {args.primary} still answers: promoting now would make two "
                     "primaries; nothing changed (--force if you are sure it is being retired)"
                 )
-        new = state.promote(args.name)
+        new = asyncio.run(shared.promote(args.name)) if shared else state.promote(args.name)
     doc = {"repository": args.name, "generation": new.generation, "from": new.promoted_from}
     print(
         json.dumps(doc)

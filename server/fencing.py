@@ -5,21 +5,30 @@ Owns the rules, on top of `ReplicationState.generation`: every answer about a re
 refused with `NotPrimary` at a replica, at a fenced site (another site was promoted above this
 one), and when the client carries a higher generation than this site knows (which fences this
 site at once), and which replica token may push where (the bound primary; the old primary of a
-promoted repository, whose leftovers are welcome; the new primary of a fenced one). Must not do
-network I/O: the replicator reports what peers answer (`ReplicationState.observe_peer`).
+promoted repository, whose leftovers are welcome; the new primary of a fenced one). On a store
+several nodes share, `failover_middleware` re-reads the state from the bucket before a write
+decides on it and publishes a fence this node heard (server.failover_shared). Must not talk to
+peers: the replicator reports what they answer (`ReplicationState.observe_peer`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from engine.errors import RepositoryNotFound, UsageError
 from engine.protocol.errors import NotPrimary
-from engine.protocol.routes import PRIMARY_GENERATION_HEADER
-from server.replication.state import ReplicationState
-from server.state import REPLICATION
+from engine.protocol.routes import PRIMARY_GENERATION_HEADER, REPLICA_REPO
+from server.auth import Unauthenticated, bearer_token, hash_token, validate_repo_name
+from server.failover_shared import FENCE_EVERY, SharedFailover
+from server.replication.state import Generation, ReplicationState
+from server.state import CLOCK, FAILOVER_CHECKS, INDEX, REPLICATION, REPOS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_READS = frozenset({"GET", "HEAD"})
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +83,56 @@ async def add_generation(request: web.Request, response: web.StreamResponse) -> 
     except Exception:  # a name that failed validation, or the index closing at shutdown
         return
     response.headers[PRIMARY_GENERATION_HEADER] = str(gen.current)
+
+
+@web.middleware
+async def failover_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a shared store, a write about a repository (a known token's) decides on the failover
+    state the bucket holds, at most `FENCE_EVERY` seconds old, and re-read at once when this
+    node would refuse it; a fence the write taught this node is published for the others."""
+    name = request.match_info.get("name")
+    if name is None or request.method in _READS or not await _known_token(request):
+        return await handler(request)
+    shared = SharedFailover(request.app[REPOS].site, request.app[REPLICATION].state, tidy=True)
+    name = validate_repo_name(name)
+    await _fresh(request, shared, name)
+    try:
+        return await handler(request)
+    finally:
+        await _publish_fence(request, shared, name)
+
+
+async def _known_token(request: web.Request) -> bool:
+    if not request.app[REPOS].root.shared:
+        return False
+    try:
+        digest = hash_token(bearer_token(request))
+    except Unauthenticated:  # the handler answers 401 without reading the state
+        return False
+    return await asyncio.to_thread(request.app[INDEX].get_token, digest) is not None
+
+
+async def _fresh(request: web.Request, shared: SharedFailover, name: str) -> None:
+    app, state = request.app, shared.state
+    replica_route = request.match_info.route.resource is not None and (
+        request.match_info.route.resource.canonical.startswith(REPLICA_REPO)
+    )
+    bound, gen = state.replica_owner(name) is not None, state.generation(name)
+    if replica_route:  # a name this site has no failover history for, bound to no one
+        would_refuse = not (bound or gen.promoted_from or gen.fenced)
+    else:
+        would_refuse = bound or gen.fenced
+    checked, _ = app[FAILOVER_CHECKS].get(name, (float("-inf"), Generation()))
+    now = app[CLOCK].time()
+    if would_refuse or now - checked >= FENCE_EVERY:
+        _, gen, _ = await shared.refresh(name)
+        app[FAILOVER_CHECKS][name] = (now, gen)
+
+
+async def _publish_fence(request: web.Request, shared: SharedFailover, name: str) -> None:
+    checks = request.app[FAILOVER_CHECKS]
+    gen = shared.state.generation(name)
+    checked, known = checks.get(name, (float("-inf"), Generation()))
+    if gen.fenced_by > known.fenced_by:
+        await shared.fence(name, gen.fenced_by, gen.primary)
+        checks[name] = (checked, shared.state.generation(name))

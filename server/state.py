@@ -18,6 +18,7 @@ from server.deletion_shared import SharedDeletions
 from server.index import ServerIndex
 from server.metrics import Metrics
 from server.replication.service import Replication
+from server.replication.state import Generation
 from server.repos import Repositories
 from server.scrub import Scrubber
 
@@ -35,5 +36,7 @@ CATCHUP = web.AppKey("catchup", CatchUp)
 # On a shared store: when this node last checked each token hash against the site store.
 TOKEN_CHECKS: web.AppKey[dict[bytes, float]] = web.AppKey("token_checks")
 DELETIONS = web.AppKey("deletions", Deletions)
+# On a shared store: when this node last read each repository's failover state, and what it read.
+FAILOVER_CHECKS: web.AppKey[dict[str, tuple[float, Generation]]] = web.AppKey("failover_checks")
 # Schedules, revival and the prune log in the store too, for repositories several nodes serve.
 SHARED_DELETIONS = web.AppKey("shared_deletions", SharedDeletions)

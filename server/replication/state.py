@@ -14,6 +14,9 @@ Tables (keys use NUL as the separator; peer and repository names cannot contain 
     repl_meta     "gen" ‖ repo                       → JSON Generation (docs/design.md §17)
     replicas      repo                               → JSON {owner, since}   (peer side)
 
+On a store several nodes share, "gen" and `replicas` are a cache of the bucket's
+(server.failover_shared), re-read before the decisions that depend on them.
+
 Unlike the chunks/packs/snapshots cache, these tables are not dropped by reindex; losing them
 costs only a re-comparison with the peer (anti-entropy), never data.
 """
@@ -212,6 +215,21 @@ class ReplicationState:
             raw = txn.get(repo.encode())
         return str(json.loads(raw)["owner"]) if raw is not None else None
 
+    def replica_binding(self, repo: str) -> dict[str, Any] | None:
+        """The binding's JSON doc `{owner, since}`, None for a repository bound to no replica."""
+        with self.env.begin(db=self.db["replicas"]) as txn:
+            raw = txn.get(repo.encode())
+        return dict(json.loads(raw)) if raw is not None else None
+
+    def mirror(self, repo: str, gen: Generation, replica: dict[str, Any] | None) -> None:
+        """Set both rows to what the store several nodes share says (server.failover_shared)."""
+        with self.env.begin(write=True) as txn:
+            self._put_generation(txn, repo, gen)
+            if replica is None:
+                txn.delete(repo.encode(), db=self.db["replicas"])
+            else:
+                txn.put(repo.encode(), json.dumps(replica).encode(), db=self.db["replicas"])
+
     def claim_replica(self, repo: str, owner: str, now: float) -> str:
         """Bind `repo` to replica `owner` unless already bound; return the owner it has."""
         doc: dict[str, Any] = {"owner": owner, "since": now}
@@ -244,15 +262,18 @@ class ReplicationState:
             self._put_generation(txn, repo, replace(gen, fenced_by=generation, primary=primary))
             return True
 
-    def observe_peer(self, repo: str, peer: str, text: str) -> None:
-        """A peer answered about `repo` with generation `text`: above ours fences this site."""
+    def observe_peer(self, repo: str, peer: str, text: str) -> bool:
+        """A peer answered about `repo` with generation `text`: above ours fences this site
+        (True: this answer did)."""
         try:
             generation = int(text)
         except ValueError:
-            return
+            return False
         if self.replica_owner(repo) is None and self.fence(repo, generation, peer):
             log.warning("%s: %s is primary at generation %d: this site is fenced", repo, peer,
                         generation)  # fmt: skip
+            return True
+        return False
 
     def promote(self, repo: str) -> Generation:
         """Make this site primary of `repo` at a generation above any it knows of: drop the

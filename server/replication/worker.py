@@ -21,6 +21,7 @@ from engine.errors import ObjectNotFound
 from engine.ids import PackId, SnapshotId
 from engine.pack import pack_name
 from engine.rates import TokenBucket
+from server.failover_shared import SharedFailover
 from server.index import ServerIndex
 from server.replication.peer import PeerClient, PeerRefused, PeerUnavailable, RepoNotOnPeer
 from server.replication.settings import PeerConfig
@@ -99,14 +100,29 @@ class Replicator:
         self.client = PeerClient(
             peer,
             generation_of=lambda repo: state.generation(repo).current,
-            on_generation=lambda repo, text: state.observe_peer(repo, peer.name, text),
+            on_generation=self._on_generation,
         )
+        self._publishing: set[asyncio.Task[bool]] = set()
         self.bucket = TokenBucket(peer.rate_limit, clock=clock)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
         self._next_anti_entropy = 0.0  # due at start-up
         self._peer_backoff = _Backoff()
         self._item_backoff: dict[tuple[str, str, str], _Backoff] = {}
+
+    def _on_generation(self, repo: str, text: str) -> None:
+        """The peer's answer fenced this site: on a shared store, tell the other nodes."""
+        if self.state.observe_peer(repo, self.peer.name, text) and self.repos.root.shared:
+            gen = self.state.generation(repo)
+            shared = SharedFailover(self.repos.site, self.state, tidy=True)
+            task = asyncio.create_task(shared.fence(repo, gen.fenced_by, gen.primary))
+            self._publishing.add(task)
+            task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[bool]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("publishing a fence to the store failed: %s", task.exception())
 
     @property
     def name(self) -> str:

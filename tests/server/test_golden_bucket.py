@@ -32,8 +32,12 @@ from server.deletion_shared import (
     intent_name,
     schedule_name,
 )
+from server.failover_shared import SharedFailover
+from server.failover_shared import encode as encode_failover
+from server.failover_shared import entry_name as failover_name
 from server.index import ServerIndex
 from server.reindex import snapshot_summary
+from server.replication.state import Generation, ReplicationState
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 NAMES: dict[str, str] = json.loads((FIXTURES / "bucket-names-v1.json").read_text())
@@ -114,6 +118,16 @@ async def test_prune_log_entry_v1_is_read_as_the_generation_and_lock() -> None:
     assert live(doc, STAMP + 3599) and not live(doc, STAMP + 3601)
 
 
+async def test_failover_entry_v1_is_read_as_the_generation_and_binding(index: Any) -> None:
+    site = MemoryStore()  # the site store, beside the repositories
+    await site.put(NAMES["failover-v1.json"], _bytes("failover-v1.json"))
+    state = ReplicationState(index)
+    n, gen, replica = await SharedFailover(site, state).refresh(REPO)
+    assert (n, gen) == (3, Generation(1, 2, "site-a", ""))
+    assert replica == {"owner": "site-a", "since": STAMP}
+    assert state.generation(REPO).fenced and state.replica_owner(REPO) == "site-a"
+
+
 def test_intent_and_claim_v1_are_empty_marks_named_by_stamp_and_object() -> None:
     assert _bytes("intent-v1.json") == _bytes("claim-v1.json") == b"{}"
     stamp = NAMES["intent-v1.json"].rsplit("/", 1)[-1].partition("-")[0]
@@ -146,6 +160,12 @@ def test_todays_schedules_produce_the_fixtures(index: ServerIndex) -> None:
     (doc,) = deletions.schedule_snapshots(REPO, [sid], STAMP, WINDOW, "admin")
     assert encode_schedule(doc) == _bytes("tombstone-snapshot-v1.json")
     assert schedule_name("snapshot", SNAPSHOT) == NAMES["tombstone-snapshot-v1.json"]
+
+
+def test_todays_failover_entry_produces_the_fixture() -> None:
+    replica = {"owner": "site-a", "since": STAMP}
+    assert encode_failover(Generation(1, 2, "site-a", ""), replica) == _bytes("failover-v1.json")
+    assert failover_name(REPO, 3) == NAMES["failover-v1.json"]
 
 
 def test_todays_prune_log_intent_and_claim_produce_the_fixtures() -> None:
