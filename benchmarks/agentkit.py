@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -190,6 +192,21 @@ class AgentSite:
             result = self.cli("restore", snap["id"], "--target", str(target))
             assert result.rc == 0, result.err
         return sorted(p for p in target.rglob("*") if p.is_file())
+
+
+@contextmanager
+def agent_site(root: Path) -> Iterator[AgentSite]:
+    """A chunk server under ROOT and an initialised practice site at ROOT/site on it (the agent
+    not started); both stopped on the way out."""
+    server = ChunkServer(root).start()
+    try:
+        site = AgentSite(root / "site", server).init()
+        try:
+            yield site
+        finally:
+            site.stop()
+    finally:
+        server.stop()
 
 
 # DICOM

@@ -26,14 +26,6 @@ Nodes = tuple[Site, Site, FakeClock]
 
 
 @pytest.fixture
-async def hook() -> AsyncIterator[Webhook]:
-    receiver = Webhook()
-    await receiver.server.start_server()
-    yield receiver
-    await receiver.server.close()
-
-
-@pytest.fixture
 async def nodes(seaweed: SeaweedFS, tmp_path: Path, hook: Webhook) -> AsyncIterator[Nodes]:
     """Nodes A and B on one bucket prefix, one practice (agent timeout 60 s), one webhook."""
     store = s3_settings(seaweed, f"alerts-{secrets.token_hex(6)}")
