@@ -524,6 +524,18 @@ def md_table(header: Sequence[str], align: str, rows: Iterable[Sequence[object]]
     return ["| " + " | ".join(header) + " |", rule, *cells]
 
 
+def report_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of `python -m benchmarks.NAME` whose `main` ends in `run_and_report`: its
+    `--out` (the JSON document, default $TMPDIR/dv-NAME/NAME.json, outside the checkout) and
+    `--work` options; the benchmark adds its own."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n")[0])
+    default = Path(tempfile.gettempdir()) / f"dv-{name}" / f"{name}.json"
+    p.add_argument("--out", type=Path, default=default,
+                   help=f"JSON results file (default: $TMPDIR/dv-{name}/{name}.json)")  # fmt: skip
+    p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
+    return p
+
+
 def run_and_report(
     args: argparse.Namespace,
     prefix: str,
