@@ -22,7 +22,14 @@ from typing import Any, Self
 import pydicom
 from pynetdicom import AllStoragePresentationContexts
 
-from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
+from benchmarks.clikit import (
+    CHEAP_KDF_ARGS,
+    CHEAP_KDF_ENV,
+    PASSPHRASE,
+    Result,
+    cli_command,
+    cli_env,
+)
 from benchmarks.serverkit import REPO, ServerProcess, wait_for
 from client.agent.inbox import valid_uid
 
@@ -84,16 +91,16 @@ class AgentSite:
         return self.root / "state"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
-            DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
-            DICOMVAULT_TOKEN=self.server.tokens["backup"],
-            DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
-            DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
-            **CHEAP_KDF_ENV,
+        return (
+            cli_env(
+                DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
+                DICOMVAULT_TOKEN=self.server.tokens["backup"],
+                DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
+                DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
+                **CHEAP_KDF_ENV,
+            )
+            | self.extra_env
         )
-        env.update(self.extra_env)
-        return env
 
     def cli(self, *args: str, timeout: float = 300) -> Result:
         proc = subprocess.run(

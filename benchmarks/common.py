@@ -37,6 +37,8 @@ from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
+from benchmarks.clikit import cli_env
+
 CORPUS_VERSION = 2  # bump when the copies' bytes change for the same seed and size
 STAMP = "corpus.json"
 NOISE_FRACTION = 1 / 200  # share of pixel samples whose lowest bit is flipped in each copy
@@ -425,14 +427,12 @@ class Dicomvault:
     last_backup: dict[str, object] = field(default_factory=dict)
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
+        return cli_env(
             DICOMVAULT_REPO=str(self.repo),
             DICOMVAULT_PASSWORD=PASSWORD,
             DICOMVAULT_CACHE_DIR=str(self.cache),
             DICOMVAULT_TEST_CHEAP_KDF="1",  # init's 8 MiB, 1 pass: KDF cost is not measured
         )
-        return env
 
     def _cmd(self, command: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "client", command, "--json", *args]

@@ -37,6 +37,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
+from benchmarks.clikit import cli_env
 from benchmarks.common import report_parser, run_and_report
 from benchmarks.dicom_study import free_port
 from benchmarks.link import REPO, chunk_server
@@ -107,9 +108,8 @@ def make_study(folder: Path, name: str, number: int, spec: tuple[str, str, int, 
 class Cli:
     def __init__(self, work: Path, repo_url: str, token: str) -> None:
         self.work = work
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        self.env.update(DICOMVAULT_REPO=repo_url, DICOMVAULT_TOKEN=token,
-                        DICOMVAULT_PASSWORD=PASSWORD)  # fmt: skip
+        self.env = cli_env(DICOMVAULT_REPO=repo_url, DICOMVAULT_TOKEN=token,
+                           DICOMVAULT_PASSWORD=PASSWORD)  # fmt: skip
 
     def command(self, cache: Path, *args: str) -> tuple[list[str], dict[str, str]]:
         env = {**self.env, "DICOMVAULT_CACHE_DIR": str(cache)}

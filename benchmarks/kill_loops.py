@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
+from benchmarks.clikit import (
+    CHEAP_KDF_ARGS,
+    CHEAP_KDF_ENV,
+    PASSPHRASE,
+    Result,
+    cli_command,
+    cli_env,
+)
 from benchmarks.common import tree_digest
 from benchmarks.killcore import (
     SEED_ENV,
@@ -46,15 +53,13 @@ class Dicomvault:
     token: str = ""
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
+        return cli_env(
             DICOMVAULT_REPO=self.repo,
             DICOMVAULT_PASSWORD=PASSPHRASE.decode(),
             DICOMVAULT_CACHE_DIR=str(self.cache),
             DICOMVAULT_TOKEN=self.token,
             **CHEAP_KDF_ENV,
         )
-        return env
 
     def run(self, *args: str) -> Result:
         cmd = [*cli_command(), *args]

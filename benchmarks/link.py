@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.clikit import cli_env
 from benchmarks.common import MB, build_corpus, corpus_files, report_parser, run_and_report
 from benchmarks.linkproxy import LinkProxy
 from benchmarks.serverkit import ROOT, ServerProcess
@@ -100,8 +101,7 @@ class Client:
 
     def __init__(self, work: Path, url: str, token: str, link: LinkProxy) -> None:
         self.link = link
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        self.env.update(
+        self.env = cli_env(
             DICOMVAULT_REPO=url,
             DICOMVAULT_TOKEN=token,
             DICOMVAULT_PASSWORD=PASSWORD,

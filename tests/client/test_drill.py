@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.clikit import PASSPHRASE, cli_command
+from benchmarks.clikit import PASSPHRASE, cli_command, cli_env
 from client import drill
 from client.agent.drills import DrillSchedule
 from client.drill import DrillSettings, run_drill
@@ -98,8 +98,7 @@ async def test_changed_source_with_the_same_mtime_is_a_mismatch(
 async def _cli(site: Site, tmp_path: Path, *args: str) -> tuple[int, Any, str]:
     pw = tmp_path / "passphrase"
     pw.write_bytes(PASSPHRASE + b"\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-    env.update(
+    env = cli_env(
         DICOMVAULT_REPO=f"{site.url}/{REPO}",
         DICOMVAULT_TOKEN=site.tokens[REPO]["backup"],
         DICOMVAULT_PASSWORD_FILE=str(pw),
