@@ -9,7 +9,8 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes
@@ -164,6 +165,16 @@ async def init_practice(site: Site, cache: Path) -> Repository:
     finally:
         await backend.close()
     return await open_practice(site, cache)
+
+
+@asynccontextmanager
+async def practice(site: Site, cache: Path) -> AsyncIterator[Repository]:
+    """A practice repository initialised on `site`, opened with `cache`, closed on the way out."""
+    repo = await init_practice(site, cache)
+    try:
+        yield repo
+    finally:
+        await repo.close()
 
 
 async def backup(repo: Repository, *paths: Path) -> str:

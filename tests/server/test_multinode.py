@@ -26,9 +26,9 @@ from tests.server.monitorkit import (
     REPO,
     Site,
     backup,
-    init_practice,
     make_tree,
     open_practice,
+    practice,
     start_site,
     wait_for,
 )
@@ -101,11 +101,8 @@ async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
     b = await node("node-b")
     await _wait_token(b)
     tree = make_tree(tmp_path, files=6, size=1_200_000)
-    repo = await init_practice(a, tmp_path / "cache-a")
-    try:
+    async with practice(a, tmp_path / "cache-a") as repo:
         first = await backup(repo, tree)
-    finally:
-        await repo.close()
     # The same tree again from another machine through node B: B's index never saw these
     # chunks, yet it answers them present, so no pack crosses the wire again.
     received = b.app[METRICS].bytes_received
