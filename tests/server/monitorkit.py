@@ -18,6 +18,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -143,6 +144,20 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: st
 
 
 # -- a practice: a real client repository on a site -----------------------------------------------
+
+
+async def wait_token(site: Site, role: str = "backup", status: int = 200) -> None:
+    """Until `site` answers `status` to the `role` token of REPO: 200 once a token minted on
+    another node has reached it (published every token_publish_interval), 401 once a token
+    revoked elsewhere has left it."""
+    headers = {"Authorization": f"Bearer {site.tokens[REPO][role]}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def answered() -> bool:
+            async with http.get(f"{site.url}/v1/repos/{REPO}/snapshots") as r:
+                return r.status == status
+
+        await wait_for(answered, what=f"{site.config.site_name} to answer {status} to {role}")
 
 
 def make_tree(root: Path, files: int = 6, size: int = 300_000) -> Path:

@@ -26,7 +26,7 @@ from server.state import DELETIONS, REPOS, SHARED_DELETIONS
 from tests.helpers import PASSPHRASE
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
-from tests.server.monitorkit import REPO, Site, init_practice, start_site, wait_for
+from tests.server.monitorkit import REPO, Site, init_practice, start_site, wait_token
 from tests.server.test_prune_interleaving import _one_schedule
 
 SCHEDULES = int(os.environ.get("PRUNE_MULTINODE_SCHEDULES", "100"))
@@ -61,23 +61,12 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[Nodes]:
         pair[0].add_repo()
         for other in pair[1:]:
             other.tokens = pair[0].tokens
-            await _wait_token(other)
+            await wait_token(other, "admin")
         return pair
 
     yield start
     for site in started:
         await site.server.close()
-
-
-async def _wait_token(site: Site) -> None:
-    headers = {"Authorization": f"Bearer {site.tokens[REPO]['admin']}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-
-        async def accepted() -> bool:
-            async with http.get(f"{site.url}/v1/repos/{REPO}/snapshots") as r:
-                return r.status == 200
-
-        await wait_for(accepted, what="the tokens to reach the second node")
 
 
 def _url(site: Site, path: str) -> str:
