@@ -22,14 +22,8 @@ from typing import Any, Self
 import pydicom
 from pynetdicom import AllStoragePresentationContexts
 
-from benchmarks.clikit import (
-    CHEAP_KDF_ARGS,
-    CHEAP_KDF_ENV,
-    PASSPHRASE,
-    Result,
-    cli_command,
-    cli_env,
-)
+from benchmarks import clikit
+from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from benchmarks.serverkit import REPO, ServerProcess, wait_for
 from client.agent.inbox import valid_uid
 
@@ -92,7 +86,7 @@ class AgentSite:
 
     def env(self) -> dict[str, str]:
         return (
-            cli_env(
+            clikit.cli_env(
                 DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
                 DICOMVAULT_TOKEN=self.server.tokens["backup"],
                 DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),

@@ -21,14 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clikit import (
-    CHEAP_KDF_ARGS,
-    CHEAP_KDF_ENV,
-    PASSPHRASE,
-    Result,
-    cli_command,
-    cli_env,
-)
+from benchmarks import clikit
+from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from benchmarks.common import tree_digest
 from benchmarks.killcore import (
     SEED_ENV,
@@ -53,7 +47,7 @@ class Dicomvault:
     token: str = ""
 
     def _env(self) -> dict[str, str]:
-        return cli_env(
+        return clikit.cli_env(
             DICOMVAULT_REPO=self.repo,
             DICOMVAULT_PASSWORD=PASSPHRASE.decode(),
             DICOMVAULT_CACHE_DIR=str(self.cache),
