@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -20,6 +22,7 @@ from typing import Any, Self
 import pydicom
 from pynetdicom import AllStoragePresentationContexts
 
+from benchmarks import clikit
 from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from benchmarks.serverkit import REPO, ServerProcess, wait_for
 from client.agent.inbox import valid_uid
@@ -82,16 +85,16 @@ class AgentSite:
         return self.root / "state"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
-            DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
-            DICOMVAULT_TOKEN=self.server.tokens["backup"],
-            DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
-            DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
-            **CHEAP_KDF_ENV,
+        return (
+            clikit.cli_env(
+                DICOMVAULT_REPO=self.server.repo_url(self.server.repo),
+                DICOMVAULT_TOKEN=self.server.tokens["backup"],
+                DICOMVAULT_PASSWORD_FILE=str(self.root / "passphrase"),
+                DICOMVAULT_CACHE_DIR=str(self.root / "cache"),
+                **CHEAP_KDF_ENV,
+            )
+            | self.extra_env
         )
-        env.update(self.extra_env)
-        return env
 
     def cli(self, *args: str, timeout: float = 300) -> Result:
         proc = subprocess.run(
@@ -190,6 +193,21 @@ class AgentSite:
             result = self.cli("restore", snap["id"], "--target", str(target))
             assert result.rc == 0, result.err
         return sorted(p for p in target.rglob("*") if p.is_file())
+
+
+@contextmanager
+def agent_site(root: Path) -> Iterator[AgentSite]:
+    """A chunk server under ROOT and an initialised practice site at ROOT/site on it (the agent
+    not started); both stopped on the way out."""
+    server = ChunkServer(root).start()
+    try:
+        site = AgentSite(root / "site", server).init()
+        try:
+            yield site
+        finally:
+            site.stop()
+    finally:
+        server.stop()
 
 
 # DICOM

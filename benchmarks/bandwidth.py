@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import MB, Archive, DayLog
-from benchmarks.serverkit import ServerProcess
+from benchmarks.link import REPO, chunk_server
 
 IDEAL_TARGET = 1.2  # wire bytes per day at most 1.2 × the ideal engine's
 PEER_TARGET = 0.5  # and at most half of restic's and borg's
@@ -53,18 +52,6 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     if proc.returncode not in (0, 3):  # 3: dicomvault skipped a file; reported, not fatal
         raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc.stdout
-
-
-# --- the chunk server behind a throttled link -------------------------------------------------
-
-
-@contextlib.contextmanager
-def chunk_server(data: Path) -> Iterator[tuple[int, str]]:
-    """A real `dicomvault-server` on loopback with one repository; yields (port, backup token)."""
-    server = ServerProcess(data)
-    tokens = server.create_repo("bench")
-    with server:
-        yield server.port, tokens["backup"]
 
 
 # --- the systems under test -------------------------------------------------------------------
@@ -224,8 +211,11 @@ def run_days(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peers = [] if args.skip_peers else [p(work) for p in (Restic, Borg) if p.available()]
     from benchmarks.linkproxy import LinkProxy
 
-    with chunk_server(work / "server") as (port, token), LinkProxy(port, rate=rate_bps / 8) as px:
-        dv = Dicomvault(work, f"{px.url}/bench", token, px)
+    with (
+        chunk_server(work / "server") as (port, tokens, _),
+        LinkProxy(port, rate=rate_bps / 8) as px,
+    ):
+        dv = Dicomvault(work, f"{px.url}/{REPO}", tokens["backup"], px)
         dv.init()
         for peer in peers:
             peer.init()

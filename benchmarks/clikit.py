@@ -6,6 +6,7 @@ only in test mode, `DICOMVAULT_TEST_CHEAP_KDF=1`). Tests import this module; it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,14 @@ CHEAP_KDF_ARGS = ("--kdf-memory-mib", str(CHEAP_KDF.memory_kib / 1024), "--kdf-i
 def cli_command() -> list[str]:
     script = shutil.which("dicomvault")
     return [script] if script else [sys.executable, "-m", "client"]
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """The environment of a `dicomvault` run: this process's without any DICOMVAULT_ variable
+    (a developer's own settings must not reach a test), then `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
+    env.update(settings)
+    return env
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
+from benchmarks.clikit import cli_env
+
 CORPUS_VERSION = 2  # bump when the copies' bytes change for the same seed and size
 STAMP = "corpus.json"
 NOISE_FRACTION = 1 / 200  # share of pixel samples whose lowest bit is flipped in each copy
@@ -425,14 +427,12 @@ class Dicomvault:
     last_backup: dict[str, object] = field(default_factory=dict)
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
+        return cli_env(
             DICOMVAULT_REPO=str(self.repo),
             DICOMVAULT_PASSWORD=PASSWORD,
             DICOMVAULT_CACHE_DIR=str(self.cache),
             DICOMVAULT_TEST_CHEAP_KDF="1",  # init's 8 MiB, 1 pass: KDF cost is not measured
         )
-        return env
 
     def _cmd(self, command: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "client", command, "--json", *args]
@@ -522,6 +522,18 @@ def md_table(header: Sequence[str], align: str, rows: Iterable[Sequence[object]]
     rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
     cells = ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return ["| " + " | ".join(header) + " |", rule, *cells]
+
+
+def report_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of `python -m benchmarks.NAME` whose `main` ends in `run_and_report`: its
+    `--out` (the JSON document, default $TMPDIR/dv-NAME/NAME.json, outside the checkout) and
+    `--work` options; the benchmark adds its own."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n")[0])
+    default = Path(tempfile.gettempdir()) / f"dv-{name}" / f"{name}.json"
+    p.add_argument("--out", type=Path, default=default,
+                   help=f"JSON results file (default: $TMPDIR/dv-{name}/{name}.json)")  # fmt: skip
+    p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
+    return p
 
 
 def run_and_report(

@@ -24,7 +24,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MB, run_and_report
+from benchmarks.common import MB, report_parser, run_and_report
 from benchmarks.link import REPO, ROOT, chunk_server, cpu_seconds, ingest_packs, random_pack
 from engine.remote import RemoteBackend
 
@@ -184,22 +183,13 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.ingest", description=__doc__.split("\n")[0]
-    )
+    p = report_parser("ingest", __doc__)
     p.add_argument("--packs", type=int, default=16, help="16 MiB packs per measurement")
     p.add_argument("--rounds", type=int, default=2, help="idle/busy rounds (default 2)")
     p.add_argument(
         "--hogs", type=int, default=os.cpu_count() or 2, help="busy processes (default: one a core)"
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "dv-ingest" / "ingest.json",
-        help="JSON results file (default: $TMPDIR/dv-ingest/ingest.json, outside the checkout)",
-    )
     p.add_argument("--baseline", type=Path, help="source tree of the code to compare against")
-    p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
     return run_and_report(p.parse_args(argv), "dv-ingest-", run_all, markdown)
 
 

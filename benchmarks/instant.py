@@ -24,7 +24,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +37,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
-from benchmarks.common import run_and_report
+from benchmarks.clikit import cli_env
+from benchmarks.common import report_parser, run_and_report
 from benchmarks.dicom_study import free_port
 from benchmarks.link import REPO, chunk_server
 from benchmarks.linkproxy import LinkProxy
@@ -108,9 +108,8 @@ def make_study(folder: Path, name: str, number: int, spec: tuple[str, str, int, 
 class Cli:
     def __init__(self, work: Path, repo_url: str, token: str) -> None:
         self.work = work
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        self.env.update(DICOMVAULT_REPO=repo_url, DICOMVAULT_TOKEN=token,
-                        DICOMVAULT_PASSWORD=PASSWORD)  # fmt: skip
+        self.env = cli_env(DICOMVAULT_REPO=repo_url, DICOMVAULT_TOKEN=token,
+                           DICOMVAULT_PASSWORD=PASSWORD)  # fmt: skip
 
     def command(self, cache: Path, *args: str) -> tuple[list[str], dict[str, str]]:
         env = {**self.env, "DICOMVAULT_CACHE_DIR": str(cache)}
@@ -354,16 +353,11 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.instant",
-                                description=__doc__.split("\n")[0])  # fmt: skip
+    p = report_parser("instant", __doc__)
     p.add_argument("--rates", default="10Mbit,100Mbit", help="link rates, comma-separated")
     p.add_argument("--mammo-size", type=int, default=1024, help="mammography rows (default 1024)")
     p.add_argument("--ct-images", type=int, default=300, help="CT images (default 300)")
     p.add_argument("--ct-size", type=int, default=256, help="CT rows and columns (default 256)")
-    p.add_argument(
-        "--out", type=Path, default=Path(tempfile.gettempdir()) / "dv-instant" / "instant.json"
-    )
-    p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
     args = p.parse_args(argv)
     return run_and_report(args, "dv-instant-", run_all, markdown)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import clikit
 from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, PASSPHRASE, Result, cli_command
 from benchmarks.common import tree_digest
 from benchmarks.killcore import (
@@ -46,15 +47,13 @@ class Dicomvault:
     token: str = ""
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
+        return clikit.cli_env(
             DICOMVAULT_REPO=self.repo,
             DICOMVAULT_PASSWORD=PASSPHRASE.decode(),
             DICOMVAULT_CACHE_DIR=str(self.cache),
             DICOMVAULT_TOKEN=self.token,
             **CHEAP_KDF_ENV,
         )
-        return env
 
     def run(self, *args: str) -> Result:
         cmd = [*cli_command(), *args]

@@ -25,7 +25,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MB, build_corpus, corpus_files, run_and_report
+from benchmarks.clikit import cli_env
+from benchmarks.common import MB, build_corpus, corpus_files, report_parser, run_and_report
 from benchmarks.linkproxy import LinkProxy
 from benchmarks.serverkit import ROOT, ServerProcess
 from engine.ids import ChunkId, PackId
@@ -101,8 +101,7 @@ class Client:
 
     def __init__(self, work: Path, url: str, token: str, link: LinkProxy) -> None:
         self.link = link
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        self.env.update(
+        self.env = cli_env(
             DICOMVAULT_REPO=url,
             DICOMVAULT_TOKEN=token,
             DICOMVAULT_PASSWORD=PASSWORD,
@@ -281,20 +280,11 @@ def _server_table(srv: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.link", description=__doc__.split("\n")[0]
-    )
+    p = report_parser("link", __doc__)
     p.add_argument("--rate", default="10Mbit", help="link rate, e.g. 10Mbit, 2MB (default 10Mbit)")
     p.add_argument("--size-mb", type=float, default=64, help="corpus size in MB (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ingest-packs", type=int, default=16, help="packs per ingest measurement")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "dv-link" / "link.json",
-        help="JSON results file (default: $TMPDIR/dv-link/link.json, outside the checkout)",
-    )
-    p.add_argument("--work", type=Path, help="work folder (default: a temp folder, removed)")
     p.add_argument("--server-only", action="store_true", help="skip the backups over the link")
     args = p.parse_args(argv)
     args.rate_bytes = parse_rate(args.rate)

@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clikit import PASSPHRASE, cli_command
+from benchmarks.clikit import PASSPHRASE, cli_command, cli_env
 from benchmarks.serverkit import ServerProcess
 from client.repository import Repository
 from engine import blob
@@ -209,9 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = ServerProcess(data).start()
         port = server.port
         (root / "pw").write_bytes(PASSPHRASE + b"\n")
-        base = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        base |= {"DICOMVAULT_REPO": f"http://127.0.0.1:{port}/{REPO}",
-                 "DICOMVAULT_PASSWORD_FILE": str(root / "pw")}  # fmt: skip
+        base = cli_env(DICOMVAULT_REPO=f"http://127.0.0.1:{port}/{REPO}",
+                       DICOMVAULT_PASSWORD_FILE=str(root / "pw"))  # fmt: skip
         agent = base | {"DICOMVAULT_TOKEN": tokens["backup"],
                         "DICOMVAULT_CACHE_DIR": str(root / "agent")}  # fmt: skip
         admin = base | {"DICOMVAULT_TOKEN": tokens["admin"],

@@ -1,5 +1,6 @@
-"""Fixtures shared across the test tiers: initialised repositories, a real DICOM tree, and two
-chunk servers replicating site-a → site-b."""
+"""Fixtures shared across the test tiers: initialised repositories, a real DICOM tree, two
+chunk servers replicating site-a → site-b, and what alerts reach (a real SMTP server and a real
+webhook receiver)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from benchmarks.seaweed import SeaweedFS, start_seaweedfs
+from benchmarks.serverkit import free_port
 from tests.helpers import Vault, pydicom_data_files, pydicom_test_files
-from tests.server.monitorkit import Site, start_site
+from tests.server.monitorkit import MailSink, Site, Webhook, start_site
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +96,23 @@ async def sites(tmp_path: Path) -> AsyncIterator[tuple[Site, Site]]:
     yield a, b
     await a.server.close()
     await b.server.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[MailSink]:
+    """A real SMTP server (aiosmtpd) on loopback keeping every message it is sent."""
+    sink = MailSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    sink.port = controller.port
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Webhook]:
+    """A real aiohttp webhook receiver on loopback keeping every document POSTed to it."""
+    receiver = Webhook()
+    await receiver.server.start_server()
+    yield receiver
+    await receiver.server.close()

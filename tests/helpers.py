@@ -23,6 +23,7 @@ from benchmarks.clikit import (
     PASSPHRASE,
     Result,
     cli_command,
+    cli_env,
 )
 from engine.backend import LocalBackend
 from engine.keys import CHEAP_KDF, KdfParams
@@ -55,15 +56,15 @@ class Vault:
         return self.root / "passphrase"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-        env.update(
-            DICOMVAULT_REPO=str(self.repo),
-            DICOMVAULT_PASSWORD_FILE=str(self.password_file),
-            DICOMVAULT_CACHE_DIR=str(self.cache),
-            **CHEAP_KDF_ENV,
+        return (
+            cli_env(
+                DICOMVAULT_REPO=str(self.repo),
+                DICOMVAULT_PASSWORD_FILE=str(self.password_file),
+                DICOMVAULT_CACHE_DIR=str(self.cache),
+                **CHEAP_KDF_ENV,
+            )
+            | extra
         )
-        env.update(extra)
-        return env
 
     def command(self, *args: str, prefix: tuple[str, ...] = ()) -> list[str]:
         return [*prefix, *cli_command(), *args]

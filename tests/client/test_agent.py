@@ -34,6 +34,7 @@ from benchmarks.agentkit import (
     STORESCU,
     AgentSite,
     ChunkServer,
+    agent_site,
     allow,
     dataset_digest,
     dcmsend,
@@ -61,17 +62,14 @@ max_delay_seconds = 10
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ChunkServer]:
-    srv = ChunkServer(tmp_path).start()
-    yield srv
-    srv.stop()
+def site(tmp_path: Path) -> Iterator[AgentSite]:
+    with agent_site(tmp_path) as s:
+        yield s
 
 
 @pytest.fixture
-def site(tmp_path: Path, server: ChunkServer) -> Iterator[AgentSite]:
-    s = AgentSite(tmp_path / "site", server).init()
-    yield s
-    s.stop()
+def server(site: AgentSite) -> ChunkServer:
+    return site.server
 
 
 def listen_args() -> tuple[str, ...]:

@@ -32,14 +32,6 @@ SMALL_REQUESTS = 16 * 1024  # heartbeats and missing-queries pass; a 128 KiB pac
 
 
 @pytest.fixture
-async def hook() -> AsyncIterator[Webhook]:
-    receiver = Webhook()
-    await receiver.server.start_server()
-    yield receiver
-    await receiver.server.close()
-
-
-@pytest.fixture
 async def site(tmp_path: Path, hook: Webhook) -> AsyncIterator[Site]:
     alerts = AlertSettings(
         webhooks=(hook.url,), evaluate_interval=0.05, digest_time=None, disk_threshold=1.01

@@ -41,7 +41,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from benchmarks.agentkit import AgentSite, ChunkServer, require_tool
+from benchmarks.agentkit import agent_site, require_tool
 from benchmarks.serverkit import wait_for
 from client.agent.config import DicomSettings, Sender
 from client.agent.inbox import Inbox, Instance
@@ -388,10 +388,8 @@ def test_receiving_an_instance_larger_than_memory_allows_keeps_memory_bounded(
     big.PixelData = os.urandom(1 << 20) * 256  # 256 MiB of 16-bit pixels
     path = saved(big, tmp_path)
     del big
-    server = ChunkServer(tmp_path).start()
-    site = AgentSite(tmp_path / "site", server).init()
-    (site.root / "agent.toml").write_text("[batch]\ninterval_seconds = 3600\n")
-    try:
+    with agent_site(tmp_path) as site:
+        (site.root / "agent.toml").write_text("[batch]\ninterval_seconds = 3600\n")
         config = str(site.root / "agent.toml")
         site.start("--dicom-listen", "127.0.0.1:0", "--ae-title", AGENT_AET,
                    "--allow-sender", MODALITY_AET, "--config", config)  # fmt: skip
@@ -402,9 +400,6 @@ def test_receiving_an_instance_larger_than_memory_allows_keeps_memory_bounded(
         peak = _peak_rss(site.proc.pid)
         (spooled,) = site.spooled()  # its meta group is the agent's: the size differs a little
         assert abs(spooled.stat().st_size - path.stat().st_size) < 1024
-    finally:
-        site.stop()
-        server.stop()
     assert peak - before < 64 << 20, f"peak RSS grew by {(peak - before) >> 20} MiB"
 
 

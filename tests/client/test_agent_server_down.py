@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from benchmarks.agentkit import AgentSite, ChunkServer, pick_files, storescu
+from benchmarks.agentkit import AgentSite, agent_site, pick_files, storescu
 from benchmarks.serverkit import wait_for
 from tests.client.test_agent import (
     assert_same_instances,
@@ -28,11 +28,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[AgentSite]:
-    server = ChunkServer(tmp_path).start()
-    s = AgentSite(tmp_path / "site", server).init()
-    yield s
-    s.stop()
-    server.stop()
+    with agent_site(tmp_path) as s:
+        yield s
 
 
 def test_agent_receives_while_the_server_is_down_at_start_and_backs_up_once_it_is_up(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.clikit import cli_env
 from tests.helpers import pydicom_test_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,8 +26,7 @@ def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
         shutil.copyfile(path, sample / path.name)
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-    base.update(
+    base = cli_env(
         PY=sys.executable, TMPDIR=str(scratch), DICOMVAULT_DEMO_SAMPLE=str(sample),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         PYTHONPATH=str(ROOT), **env,

@@ -10,11 +10,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from benchmarks.dicom_study import STUDY_UID
-from tests.client.servekit import back_up, dicom_serve
-from tests.client.test_orthanc import Orthanc, build_mixed_study, describe, received, run_orthanc
+from tests.client.servekit import dicom_serve
+from tests.client.test_orthanc import (  # noqa: F401 - the `backed_up` fixture
+    Orthanc,
+    backed_up,
+    describe,
+    received,
+    run_orthanc,
+)
 from tests.helpers import Vault
 
 
@@ -26,13 +30,9 @@ def post(orthanc: Orthanc, path: str, body: Any) -> Any:
         return json.loads(response.read() or b"null")
 
 
-@pytest.fixture(scope="module")
-def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, list[Path]]:
-    return back_up(tmp_path_factory.mktemp("serve-orthanc"), build_mixed_study)
-
-
 def test_orthanc_queries_and_retrieves_a_study_from_the_backup(
-    backed_up: tuple[Vault, list[Path]], tmp_path: Path
+    backed_up: tuple[Vault, list[Path]],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     vault, paths = backed_up
     originals = dict(describe(p.read_bytes()) for p in paths)

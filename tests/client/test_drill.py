@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.clikit import PASSPHRASE, cli_command
+from benchmarks.clikit import PASSPHRASE, cli_command, cli_env
 from client import drill
 from client.agent.drills import DrillSchedule
 from client.drill import DrillSettings, run_drill
@@ -26,9 +26,9 @@ from tests.server.monitorkit import (
     Site,
     backup,
     flip_byte,
-    init_practice,
     make_tree,
     pack_files,
+    practice,
     wait_for,
 )
 
@@ -40,8 +40,7 @@ async def test_drill_passes_on_a_good_repository_comparing_with_the_sources(
 ) -> None:
     a, _ = sites
     tree = make_tree(tmp_path, files=5)
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, tree)
         report = await run_drill(repo, ALL, agent="pc-1", site="site-a", rng=random.Random(1))
         assert report.ok, report.problems
@@ -49,16 +48,13 @@ async def test_drill_passes_on_a_good_repository_comparing_with_the_sources(
         (tree / "file0.bin").write_bytes(b"changed later, so the chunk ids are the record")
         report = await run_drill(repo, ALL, agent="pc-1", site="site-a")
         assert report.ok and report.compared_with_source == 4 and report.verified_by_chunks == 1
-    finally:
-        await repo.close()
 
 
 async def test_sample_takes_every_recent_file_and_a_seeded_share_of_older_ones(
     sites: tuple[Site, Site], tmp_path: Path
 ) -> None:
     a, _ = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=40, size=2000))
         later = 10 * 86400.0 + 1e9 * 2  # far in the future: nothing is recent any more
         none = DrillSettings(sample_percent=0.0, recent_hours=24)
@@ -70,8 +66,6 @@ async def test_sample_takes_every_recent_file_and_a_seeded_share_of_older_ones(
         assert first == again and 2 <= len(first) <= 25
         recent = [e async for _, e in drill.sample(repo, none, random.Random(3), 0.0)]
         assert len(recent) == 40  # the snapshot is "of the last day": every file
-    finally:
-        await repo.close()
 
 
 async def test_changed_source_with_the_same_mtime_is_a_mismatch(
@@ -79,8 +73,7 @@ async def test_changed_source_with_the_same_mtime_is_a_mismatch(
 ) -> None:
     a, _ = sites
     tree = make_tree(tmp_path, files=3)
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, tree)
         victim = tree / "file1.bin"
         st = victim.stat()
@@ -91,15 +84,12 @@ async def test_changed_source_with_the_same_mtime_is_a_mismatch(
         report = await run_drill(repo, ALL, agent="pc-1", site="site-a")
         assert not report.ok and report.mismatches == 1
         assert "file1.bin" in report.problems[0] and "differ" in report.problems[0]
-    finally:
-        await repo.close()
 
 
 async def _cli(site: Site, tmp_path: Path, *args: str) -> tuple[int, Any, str]:
     pw = tmp_path / "passphrase"
     pw.write_bytes(PASSPHRASE + b"\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-    env.update(
+    env = cli_env(
         DICOMVAULT_REPO=f"{site.url}/{REPO}",
         DICOMVAULT_TOKEN=site.tokens[REPO]["backup"],
         DICOMVAULT_PASSWORD_FILE=str(pw),
@@ -117,11 +107,8 @@ async def test_tampered_pack_fails_the_cli_drill_raises_an_alert_and_the_peer_st
     sites: tuple[Site, Site], tmp_path: Path
 ) -> None:
     a, b = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=4))
-    finally:
-        await repo.close()
     await wait_for(a.settled, what="replication to site-b")
     state = tmp_path / "state"
     rc, doc, err = await _cli(a, tmp_path, "--sample-percent", "100", "--state-dir", str(state))

@@ -28,9 +28,7 @@ from tests.client.agentloop import (
 from tests.client.test_recovery_kit import fresh_machine, rasterise
 from tests.helpers import PASSPHRASE, Vault
 from tests.server.monitorkit import REPO, FakeClock, MailSink, start_site, wait_for
-from tests.server.test_alerts import smtp as smtp_fixture
 
-smtp = smtp_fixture
 pytestmark = pytest.mark.slow
 PRACTICE = ("dr.smith@clinic.test",)
 PROVIDER = ("ops@provider.test",)

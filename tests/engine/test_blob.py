@@ -13,6 +13,7 @@ from engine.blob import BLOB_OVERHEAD, Codec, Content, Hint, padme
 from engine.dicom import PixelLayout
 from engine.errors import IntegrityError
 from engine.keys import MasterKey
+from tests.engine.test_imagecodec import layout_of
 from tests.helpers import ct_small
 
 KEY = MasterKey(bytes(range(32)))
@@ -31,17 +32,7 @@ def round_trip(data: bytes, hint: Hint | None = None) -> tuple[int, bytes]:
 
 def ct_frame() -> tuple[bytes, PixelLayout]:
     ds = pydicom.dcmread(ct_small())
-    layout = PixelLayout(
-        rows=ds.Rows,
-        columns=ds.Columns,
-        samples_per_pixel=ds.SamplesPerPixel,
-        bits_allocated=ds.BitsAllocated,
-        bits_stored=ds.BitsStored,
-        pixel_representation=ds.PixelRepresentation,
-        planar_configuration=0,
-        little_endian=True,
-    )
-    return bytes(ds.PixelData), layout
+    return bytes(ds.PixelData), layout_of(ds)
 
 
 def test_random_data_is_stored_as_is() -> None:

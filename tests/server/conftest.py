@@ -1,9 +1,10 @@
-"""Fixtures: a real chunk server on loopback (real LMDB in tmp_path) and pack/commit builders."""
+"""Fixtures: a real chunk server on loopback (real LMDB in tmp_path), three nodes' server indexes
+(real LMDB, no server) and pack/commit builders."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from engine.remote import RemoteBackend
 from server.admin import create_repository
 from server.app import make_app
 from server.config import ServerConfig
+from server.index import ServerIndex
 from server.state import CLOCK, INDEX, REPOS
 
 MiB = 1024 * 1024
@@ -113,3 +115,12 @@ async def srv(make_server: ServerFactory) -> Harness:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def indexes(tmp_path: Path) -> Iterator[list[ServerIndex]]:
+    """Three nodes' server indexes on real LMDB (64 MiB maps), closed afterwards."""
+    opened = [ServerIndex(tmp_path / f"node{i}", 64 << 20) for i in range(3)]
+    yield opened
+    for index in opened:
+        index.close()

@@ -9,7 +9,8 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes
@@ -17,6 +18,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -144,6 +146,20 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: st
 # -- a practice: a real client repository on a site -----------------------------------------------
 
 
+async def wait_token(site: Site, role: str = "backup", status: int = 200) -> None:
+    """Until `site` answers `status` to the `role` token of REPO: 200 once a token minted on
+    another node has reached it (published every token_publish_interval), 401 once a token
+    revoked elsewhere has left it."""
+    headers = {"Authorization": f"Bearer {site.tokens[REPO][role]}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def answered() -> bool:
+            async with http.get(f"{site.url}/v1/repos/{REPO}/snapshots") as r:
+                return r.status == status
+
+        await wait_for(answered, what=f"{site.config.site_name} to answer {status} to {role}")
+
+
 def make_tree(root: Path, files: int = 6, size: int = 300_000) -> Path:
     tree = root / "tree"
     tree.mkdir(parents=True, exist_ok=True)
@@ -164,6 +180,16 @@ async def init_practice(site: Site, cache: Path) -> Repository:
     finally:
         await backend.close()
     return await open_practice(site, cache)
+
+
+@asynccontextmanager
+async def practice(site: Site, cache: Path) -> AsyncIterator[Repository]:
+    """A practice repository initialised on `site`, opened with `cache`, closed on the way out."""
+    repo = await init_practice(site, cache)
+    try:
+        yield repo
+    finally:
+        await repo.close()
 
 
 async def backup(repo: Repository, *paths: Path) -> str:

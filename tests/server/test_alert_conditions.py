@@ -26,6 +26,7 @@ from tests.server.monitorkit import (
     backup,
     init_practice,
     make_tree,
+    practice,
     start_site,
     wait_for,
 )
@@ -75,11 +76,8 @@ async def test_replication_lag_over_its_threshold_opens_and_resolves_once_the_pe
     lagging: tuple[Site, LinkProxy, FakeClock], tmp_path: Path
 ) -> None:
     a, link, clock = lagging
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=2, size=100_000))
-    finally:
-        await repo.close()
     assert "replication_lag" not in kinds(await evaluated(a))  # queued, but not for long
 
     clock.advance(601)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from engine.remote import RemoteBackend
 from server.alerts.settings import AlertSettings, RepoPolicy, alerts_from_dict
@@ -24,30 +22,6 @@ from tests.server.monitorkit import REPO, FakeClock, MailSink, Site, Webhook, st
 
 PRACTICE = ("dr.smith@clinic.test", "it@clinic.test")
 PROVIDER = ("ops@provider.test", "oncall@provider.test")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def smtp() -> Iterator[MailSink]:
-    sink = MailSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    sink.port = controller.port
-    yield sink
-    controller.stop()
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Webhook]:
-    receiver = Webhook()
-    await receiver.server.start_server()
-    yield receiver
-    await receiver.server.close()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ re-indexed; an entry stamped a little before the reader's cursor is still seen."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,14 +19,6 @@ from server.index import ServerIndex
 from server.repos import Repository
 
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture
-def indexes(tmp_path: Path) -> Iterator[list[ServerIndex]]:
-    opened = [ServerIndex(tmp_path / f"node{i}", 64 << 20) for i in range(3)]
-    yield opened
-    for index in opened:
-        index.close()
 
 
 def _repo() -> Repository:

@@ -26,11 +26,11 @@ from tests.server.monitorkit import (
     REPO,
     Site,
     backup,
-    init_practice,
     make_tree,
     open_practice,
+    practice,
     start_site,
-    wait_for,
+    wait_token,
 )
 
 NodeFactory = Callable[[str], Awaitable[Site]]
@@ -54,23 +54,11 @@ async def node(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[NodeFactory]
         await site.server.close()
 
 
-async def _wait_token(site: Site, role: str = "backup") -> None:
-    """Until `site` accepts a token minted on another node (published every 0.05 s)."""
-    headers = {"Authorization": f"Bearer {site.tokens[REPO][role]}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-
-        async def accepted() -> bool:
-            async with http.get(f"{site.url}/v1/repos/{REPO}/snapshots") as r:
-                return r.status == 200
-
-        await wait_for(accepted, what=f"the {role} token to reach {site.config.site_name}")
-
-
 async def test_a_commit_through_b_may_name_chunks_uploaded_through_a(node: NodeFactory) -> None:
     a = await node("node-a")
     a.add_repo()
     b = await node("node-b")
-    await _wait_token(b)
+    await wait_token(b)
     headers = {"Authorization": f"Bearer {a.tokens[REPO]['backup']}"}
     pack_id, data, chunks = make_pack()
     async with aiohttp.ClientSession(headers=headers) as http:
@@ -99,13 +87,10 @@ async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
     a = await node("node-a")
     a.add_repo()
     b = await node("node-b")
-    await _wait_token(b)
+    await wait_token(b)
     tree = make_tree(tmp_path, files=6, size=1_200_000)
-    repo = await init_practice(a, tmp_path / "cache-a")
-    try:
+    async with practice(a, tmp_path / "cache-a") as repo:
         first = await backup(repo, tree)
-    finally:
-        await repo.close()
     # The same tree again from another machine through node B: B's index never saw these
     # chunks, yet it answers them present, so no pack crosses the wire again.
     received = b.app[METRICS].bytes_received
@@ -116,7 +101,7 @@ async def test_backups_through_two_nodes_dedup_and_a_fresh_node_restores(
         await repo.close()
     assert b.app[METRICS].bytes_received - received < 100_000  # commit and metadata only
     fresh = await node("node-c")
-    await _wait_token(fresh, "restore")
+    await wait_token(fresh, "restore")
     repo = await open_practice(fresh, tmp_path / "cache-c", role="restore")
     try:
         report = await check(repo, read_data=True)
@@ -142,17 +127,10 @@ async def test_a_token_revoked_through_one_node_stops_working_on_the_others(
     try:
         a.add_repo()
         b.tokens = a.tokens
-        await _wait_token(b)
+        await wait_token(b)
         digest = hash_token(a.tokens[REPO]["backup"])
         await b.app[REPOS].site.delete(f"tokens/{digest.hex()}")  # revoked (as replica.py does)
-        headers = {"Authorization": f"Bearer {a.tokens[REPO]['backup']}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-
-            async def refused() -> bool:
-                async with http.get(f"{b.url}/v1/repos/{REPO}/snapshots") as r:
-                    return r.status == 401
-
-            await wait_for(refused, what="node-b to drop the revoked token")
+        await wait_token(b, "backup", status=401)  # node-b drops the revoked token
     finally:
         await a.server.close()
         await b.server.close()

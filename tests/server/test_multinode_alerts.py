@@ -19,18 +19,9 @@ from server.alerts.settings import AlertSettings, RepoPolicy
 from server.alerts.shared import HEARTBEATS, PUBLISH_INTERVAL
 from server.state import ALERTS, REPOS
 from tests.s3kit import SeaweedFS, s3_settings
-from tests.server.monitorkit import REPO, FakeClock, Site, Webhook, start_site, wait_for
-from tests.server.test_multinode import _wait_token
+from tests.server.monitorkit import REPO, FakeClock, Site, Webhook, start_site, wait_for, wait_token
 
 Nodes = tuple[Site, Site, FakeClock]
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Webhook]:
-    receiver = Webhook()
-    await receiver.server.start_server()
-    yield receiver
-    await receiver.server.close()
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path, hook: Webhook) -> AsyncItera
     a.add_repo()
     b = await start_site(tmp_path, "node-b", repos=(policy,), **kw)
     b.tokens = a.tokens
-    await _wait_token(b)
+    await wait_token(b)
     for site in (a, b):
         await wait_for(lambda s=site: s.app[ALERTS].last_tick is not None, what="first tick")
     yield a, b, clock

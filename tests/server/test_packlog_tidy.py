@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import pytest
 
 from engine.clock import SimulatedClock
 from engine.ids import ChunkId, PackId
@@ -47,14 +44,6 @@ class _FoldMeanwhile(FaultyStore):
                 self._done.set()
             await self._done.wait()
         return await super().get(name)
-
-
-@pytest.fixture
-def indexes(tmp_path: Path) -> Iterator[list[ServerIndex]]:
-    opened = [ServerIndex(tmp_path / f"node{i}", 64 << 20) for i in range(3)]
-    yield opened
-    for index in opened:
-        index.close()
 
 
 def _repo(store: Store, quarantine: Store) -> Repository:

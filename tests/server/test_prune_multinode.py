@@ -19,6 +19,7 @@ import pytest
 
 from client.repository import Repository
 from engine.clock import SimulatedClock
+from engine.ids import PackId
 from engine.pack import pack_name
 from engine.remote import RemoteBackend
 from server.handlers_deletion import purge_once
@@ -26,7 +27,7 @@ from server.state import DELETIONS, REPOS, SHARED_DELETIONS
 from tests.helpers import PASSPHRASE
 from tests.s3kit import SeaweedFS, s3_settings
 from tests.server.conftest import make_commit, make_pack
-from tests.server.monitorkit import REPO, Site, init_practice, start_site, wait_for
+from tests.server.monitorkit import REPO, Site, init_practice, start_site, wait_token
 from tests.server.test_prune_interleaving import _one_schedule
 
 SCHEDULES = int(os.environ.get("PRUNE_MULTINODE_SCHEDULES", "100"))
@@ -61,23 +62,12 @@ async def nodes(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[Nodes]:
         pair[0].add_repo()
         for other in pair[1:]:
             other.tokens = pair[0].tokens
-            await _wait_token(other)
+            await wait_token(other, "admin")
         return pair
 
     yield start
     for site in started:
         await site.server.close()
-
-
-async def _wait_token(site: Site) -> None:
-    headers = {"Authorization": f"Bearer {site.tokens[REPO]['admin']}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-
-        async def accepted() -> bool:
-            async with http.get(f"{site.url}/v1/repos/{REPO}/snapshots") as r:
-                return r.status == 200
-
-        await wait_for(accepted, what="the tokens to reach the second node")
 
 
 def _url(site: Site, path: str) -> str:
@@ -92,6 +82,24 @@ async def _listed(http: aiohttp.ClientSession, site: Site) -> set[str]:
     async with http.get(_url(site, "snapshots"), headers=_auth(site, "restore")) as r:
         assert r.status == 200, await r.text()
         return {s["id"] for s in (await r.json())["snapshots"]}
+
+
+async def _scheduled_through_a(
+    http: aiohttp.ClientSession, a: Site, b: Site, pack_id: PackId, data: bytes
+) -> None:
+    """The pack stored through node A and indexed by node B (a HEAD there), then scheduled for
+    deletion through A under prune lock holder "p" (the lock stays held)."""
+    put = http.put(_url(a, f"packs/{pack_id.hex()}"), data=data, headers=_auth(a, "backup"))
+    async with put as r:
+        assert r.status in (200, 201)
+    async with http.head(_url(b, f"packs/{pack_id.hex()}"), headers=_auth(b, "restore")) as r:
+        assert r.status == 200  # B indexes it
+    take = http.post(_url(a, "prune/lock"), json={"holder": "p"}, headers=_auth(a, "admin"))
+    async with take as r:
+        assert r.status == 200
+    body = {"holder": "p", "packs": [pack_id.hex()]}
+    async with http.post(_url(a, "prune/schedule"), json=body, headers=_auth(a, "admin")) as r:
+        assert (await r.json())["scheduled"] == [pack_id.hex()]
 
 
 async def test_a_snapshot_forgotten_through_one_node_leaves_both_listings_and_comes_back(
@@ -152,17 +160,7 @@ async def test_a_pack_scheduled_through_one_node_leaves_the_others_index_and_cat
     a, b, c = await nodes(clock, ("node-a", "node-b", "node-c"))
     pack_id, data, chunks = make_pack()
     async with aiohttp.ClientSession() as http:
-        put = http.put(_url(a, f"packs/{pack_id.hex()}"), data=data, headers=_auth(a, "backup"))
-        async with put as r:
-            assert r.status in (200, 201)
-        async with http.head(_url(b, f"packs/{pack_id.hex()}"), headers=_auth(b, "restore")) as r:
-            assert r.status == 200  # B indexes it
-        take = http.post(_url(a, "prune/lock"), json={"holder": "p"}, headers=_auth(a, "admin"))
-        async with take as r:
-            assert r.status == 200
-        body = {"holder": "p", "packs": [pack_id.hex()]}
-        async with http.post(_url(a, "prune/schedule"), json=body, headers=_auth(a, "admin")) as r:
-            assert (await r.json())["scheduled"] == [pack_id.hex()]
+        await _scheduled_through_a(http, a, b, pack_id, data)  # B indexed it first
         clock.advance(3.0)  # past the missing-query's freshness window
         for site in (a, b, c):
             missing = http.post(
@@ -228,18 +226,8 @@ async def test_a_commit_reviving_a_pack_a_purge_has_claimed_is_told_its_chunks_a
     a, b = await nodes(clock)
     pack_id, data, chunks = make_pack()
     async with aiohttp.ClientSession() as http:
-        put = http.put(_url(a, f"packs/{pack_id.hex()}"), data=data, headers=_auth(a, "backup"))
-        async with put as r:
-            assert r.status in (200, 201)
-        head = http.head(_url(b, f"packs/{pack_id.hex()}"), headers=_auth(b, "restore"))
-        async with head as r:
-            assert r.status == 200  # B indexes P: its sync will condemn P's chunks, not drop them
-        take = http.post(_url(a, "prune/lock"), json={"holder": "p"}, headers=_auth(a, "admin"))
-        async with take as r:
-            assert r.status == 200
-        body = {"holder": "p", "packs": [pack_id.hex()]}
-        async with http.post(_url(a, "prune/schedule"), json=body, headers=_auth(a, "admin")) as r:
-            assert (await r.json())["scheduled"] == [pack_id.hex()]
+        # B indexed P first: its sync will condemn P's chunks, not drop them
+        await _scheduled_through_a(http, a, b, pack_id, data)
         async with http.delete(_url(a, "prune/lock?holder=p"), headers=_auth(a, "admin")) as r:
             assert r.status == 200
         clock.advance(15 * DAY)

@@ -41,6 +41,7 @@ from server.state import CLOCK, CONFIG, DELETIONS, INDEX, REPLICATION, REPOS
 from tests.server.conftest import make_commit, make_key_object, make_pack
 
 MiB = 1024 * 1024
+DAY = 86_400.0
 REPO = "clinic"
 
 
@@ -148,6 +149,41 @@ async def backup(
     finally:
         await client.close()
     return ids, sid.hex()
+
+
+@dataclass
+class Deletion:
+    """A primary holding two replicated snapshots; the older one's first pack is to be deleted."""
+
+    a: Site
+    tokens: dict[str, str]
+    old: str
+    kept: str
+    dead: PackId
+    admin: RemoteBackend
+
+    async def schedule(self, clock: SimulatedClock) -> None:
+        """Forget the older snapshot and schedule its pack under a 14-day undelete window."""
+        await self.admin.forget([SnapshotId.parse(self.old)])
+        entries = await pack_entries(self.a.app[REPOS].get(REPO), self.dead)
+        window = UndeleteWindow(14 * DAY)
+        self.a.app[DELETIONS].schedule_pack(REPO, self.dead, entries, clock.time(), window, "t")
+
+    async def seen_by(self, reader: RemoteBackend) -> tuple[list[str], bool]:
+        """The snapshots `reader` lists, and whether it still lists the pack to delete."""
+        listed = sorted(s.hex() for s in await reader.list_snapshots())
+        return listed, self.dead in [p async for p in reader.list_packs()]
+
+
+async def two_snapshots(site: SiteFactory, peer: dict[str, Any], clock: SimulatedClock) -> Deletion:
+    """Primary site-a replicating to `peer`: a practice repository, two backups, replicated."""
+    a = await site("site-a", [peer], clock=clock)
+    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, clock.time())
+    old_packs, old = await backup(a, tokens)
+    _, kept = await backup(a, tokens, init=False)
+    await wait_for(lambda: settled(a))
+    admin = RemoteBackend(f"{a.url}/{REPO}", tokens["admin"])
+    return Deletion(a, tokens, old, kept, old_packs[0], admin)
 
 
 # -- continuous mode, the practice's tokens at the peer -----------------------------------------
@@ -474,57 +510,40 @@ def test_the_replicator_reads_the_same_table(status: int, code: str, expected: t
 
 
 async def test_peers_apply_a_deletion_only_after_the_primarys_window(site: SiteFactory) -> None:
-    day = 86_400.0
     clock = SimulatedClock(1_900_000_000.0)
     b = await site("site-b", clock=clock)
-    peer = {"url": b.url, "token": b.replica_token(), "name": "site-b"}
-    a = await site("site-a", [peer], clock=clock)
-    tokens = create_repository(a.app[REPOS], a.app[INDEX], REPO, clock.time())
-    old_packs, old = await backup(a, tokens)
-    _, kept = await backup(a, tokens, init=False)
-    await wait_for(lambda: settled(a))
-    admin = RemoteBackend(f"{a.url}/{REPO}", tokens["admin"])
-    at_b = RemoteBackend(f"{b.url}/{REPO}", tokens["restore"])
-    dead = old_packs[0]
-
-    async def schedule() -> None:
-        await admin.forget([SnapshotId.parse(old)])
-        entries = await pack_entries(a.app[REPOS].get(REPO), dead)
-        a.app[DELETIONS].schedule_pack(
-            REPO, dead, entries, clock.time(), UndeleteWindow(14 * day), "t"
-        )
-
-    async def at_peer() -> tuple[list[str], bool]:
-        listed = sorted(s.hex() for s in await at_b.list_snapshots())
-        return listed, dead in [p async for p in at_b.list_packs()]
-
+    d = await two_snapshots(
+        site, {"url": b.url, "token": b.replica_token(), "name": "site-b"}, clock
+    )
+    a, old, kept, dead = d.a, d.old, d.kept, d.dead
+    at_b = RemoteBackend(f"{b.url}/{REPO}", d.tokens["restore"])
     try:
-        await schedule()  # scheduled at the primary: the peer still has it
-        assert await at_peer() == (sorted([old, kept]), True)
-        await admin.undelete(None)  # undone: nothing ever reaches the peer
-        clock.advance(15 * day)
+        await d.schedule(clock)  # scheduled at the primary: the peer still has it
+        assert await d.seen_by(at_b) == (sorted([old, kept]), True)
+        await d.admin.undelete(None)  # undone: nothing ever reaches the peer
+        clock.advance(15 * DAY)
         assert await purge_once(a.app) == []
         queued = a.app[REPLICATION].state.head("site-b", REPO, 1000)
         assert all(item.kind != "purge" for item in queued)
         await asyncio.sleep(0.3)  # several replication rounds
-        assert await at_peer() == (sorted([old, kept]), True)
+        assert await d.seen_by(at_b) == (sorted([old, kept]), True)
 
-        await schedule()  # again, and this time the window passes
-        clock.advance(14 * day + 1)
+        await d.schedule(clock)  # again, and this time the window passes
+        clock.advance(14 * DAY + 1)
         assert len(await purge_once(a.app)) == 2
         await wait_for(lambda: settled(a))
-        assert await at_peer() == ([kept], False)  # listings agree with the primary's
-        assert [s.hex() for s in await admin.list_snapshots()] == [kept]
+        assert await d.seen_by(at_b) == ([kept], False)  # listings agree with the primary's
+        assert [s.hex() for s in await d.admin.list_snapshots()] == [kept]
         # The peer scheduled them on its own window: a stolen replica token hides, never destroys.
         assert (b.repo_dir() / pack_name(dead)).is_file()
         assert (b.repo_dir() / snapshot_name(SnapshotId.parse(old))).is_file()
-        clock.advance(14 * day + 1)
+        clock.advance(14 * DAY + 1)
         assert len(await purge_once(b.app)) == 2
         assert not (b.repo_dir() / pack_name(dead)).exists()
         assert not (b.repo_dir() / snapshot_name(SnapshotId.parse(old))).exists()
         assert await purge_once(b.app) == []
     finally:
-        await admin.close()
+        await d.admin.close()
         await at_b.close()
 
 

@@ -98,6 +98,20 @@ async def upload(site: Site, token: str, packs: int, size: int) -> tuple[list[Pa
     return ids, record
 
 
+async def mid_transfer(
+    sites: Callable[..., Site], packs: int
+) -> tuple[Site, Site, dict[str, str], list[PackId]]:
+    """Peer site-b and primary site-a replicating to it at 2 MiB/s, both running; `packs` packs of
+    1 MiB and their commit uploaded to a practice on site-a, mostly still to be sent."""
+    b = sites("site-b")
+    a = sites("site-a", [b.peer_entry("site-a", rate_limit="2MiB/s")])
+    tokens = a.create_repo()
+    b.start()
+    a.start()
+    ids, _ = await upload(a, tokens["backup"], packs=packs, size=1024 * 1024)
+    return a, b, tokens, ids
+
+
 def assert_all_verified(site: Site, packs: list[PackId]) -> None:
     held = {p.name: p for p in site.pack_files()}
     assert sorted(held) == sorted(p.hex() for p in packs)
@@ -109,12 +123,7 @@ def assert_all_verified(site: Site, packs: list[PackId]) -> None:
 async def test_kill_9_of_the_primary_mid_transfer_resumes_without_resending(
     sites: Callable[..., Site],
 ) -> None:
-    b = sites("site-b")
-    a = sites("site-a", [b.peer_entry("site-a", rate_limit="2MiB/s")])
-    tokens = a.create_repo()
-    b.start()
-    a.start()
-    packs, _ = await upload(a, tokens["backup"], packs=12, size=1024 * 1024)  # ~6 s at 2 MiB/s
+    a, b, tokens, packs = await mid_transfer(sites, 12)  # ~6 s at 2 MiB/s
     wait_until(lambda: len(b.pack_files()) >= 3, what="some packs at the peer")
     a.kill()
     assert len(b.pack_files()) < len(packs)
@@ -134,12 +143,7 @@ async def test_kill_9_of_the_primary_mid_transfer_resumes_without_resending(
 async def test_kill_9_of_the_peer_mid_transfer_then_restart_delivers_everything(
     sites: Callable[..., Site],
 ) -> None:
-    b = sites("site-b")
-    a = sites("site-a", [b.peer_entry("site-a", rate_limit="2MiB/s")])
-    tokens = a.create_repo()
-    b.start()
-    a.start()
-    packs, _ = await upload(a, tokens["backup"], packs=10, size=1024 * 1024)
+    a, b, tokens, packs = await mid_transfer(sites, 10)
     wait_until(lambda: len(b.pack_files()) >= 2, what="some packs at the peer")
     b.kill()
     lag = a.replication(tokens["admin"])["peers"][0]

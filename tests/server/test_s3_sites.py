@@ -22,8 +22,8 @@ from tests.server.monitorkit import (
     REPO,
     Site,
     backup,
-    init_practice,
     make_tree,
+    practice,
     start_site,
     wait_for,
 )
@@ -50,8 +50,7 @@ async def test_replication_and_scrub_healing_between_s3_backed_sites(
     s3_sites: tuple[Site, Site], seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     a, b = s3_sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=6, size=1_500_000))
         await wait_for(a.settled, what="replication to site-b")
         good = await _packs(a)
@@ -72,8 +71,6 @@ async def test_replication_and_scrub_healing_between_s3_backed_sites(
         assert not (a.config.data_dir / "repos").exists()  # ranged reads, no local copy
         assert not (a.config.data_dir / "quarantine").exists()
         assert (await check(repo, read_data=True)).problems == []
-    finally:
-        await repo.close()
 
     settings = b.config.store
     assert settings is not None

@@ -30,9 +30,9 @@ from tests.server.monitorkit import (
     Site,
     backup,
     flip_byte,
-    init_practice,
     make_tree,
     pack_files,
+    practice,
     wait_for,
 )
 
@@ -59,8 +59,7 @@ async def test_cli_scrub_names_quarantines_and_heals_a_flipped_pack_while_servin
     sites: tuple[Site, Site], tmp_path: Path
 ) -> None:
     a, _ = sites
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=12, size=2_000_000))
         await wait_for(a.settled, what="replication to site-b")
         victim = pack_files(a)[0]
@@ -78,8 +77,6 @@ async def test_cli_scrub_names_quarantines_and_heals_a_flipped_pack_while_servin
         assert report.problems == [] and report.packs == len(pack_files(a))
         rc, out = await _scrub_cli(a, tmp_path, "--json")
         assert rc == 0 and json.loads(out.splitlines()[-1])["bad"] == []
-    finally:
-        await repo.close()
 
 
 async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_alerted(
@@ -118,12 +115,9 @@ async def test_bad_pack_without_a_good_copy_is_reported_missing_refused_and_aler
 
 async def _replicated_backup(a: Site, tmp_path: Path) -> Path:
     """A practice's backup of three files at site a, replicated to site-b; its last pack."""
-    repo = await init_practice(a, tmp_path / "cache")
-    try:
+    async with practice(a, tmp_path / "cache") as repo:
         await backup(repo, make_tree(tmp_path, files=3))
         await wait_for(a.settled, what="replication to site-b")
-    finally:
-        await repo.close()
     return pack_files(a)[-1]
 
 
