@@ -230,12 +230,17 @@ def test_a_pack_half_indexed_by_a_killed_sync_is_unlisted_but_dropped_when_gone(
     assert index.has_pack(PACK) and index.chunk_count() == 10
 
 
+def _two_copies(index: LocalIndex, ids: list[ChunkId], others: list[ChunkId]) -> None:
+    """`ids` in PACK (10 bytes each), then `others` again in OTHER (5 bytes each)."""
+    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
+    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(others)])
+
+
 def test_dropping_packs_falls_back_to_other_copies_in_bounded_transactions(
     index: LocalIndex, counted: _CountingEnv
 ) -> None:
     ids = [cid(n) for n in range(1, 14)]
-    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
-    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids[:4])])
+    _two_copies(index, ids, ids[:4])
     index.add_remote([cid(20), cid(21)])
     counted.largest = 0
     index.drop_packs({PACK})
@@ -253,8 +258,7 @@ def test_a_dropped_pack_that_was_the_other_copy_leaves_the_location(
     index: LocalIndex, counted: _CountingEnv
 ) -> None:
     ids = [cid(n) for n in range(1, 8)]
-    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
-    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids)])
+    _two_copies(index, ids, ids)
     index.drop_packs({OTHER})
     assert all(index.lookup(c) == Location(PACK, 10 * i, 10) for i, c in enumerate(ids))
     assert all(index.others(c) == [] for c in ids) and index.indexed_packs() == {PACK}
@@ -264,8 +268,7 @@ def test_many_preferred_locations_are_written_in_bounded_transactions(
     index: LocalIndex, counted: _CountingEnv
 ) -> None:
     ids = [cid(n) for n in range(1, 11)]
-    index.add_pack(PACK, 1000, [ManifestEntry(c, 10 * i, 10) for i, c in enumerate(ids)])
-    index.add_pack(OTHER, 500, [ManifestEntry(c, 5 * i, 5) for i, c in enumerate(ids)])
+    _two_copies(index, ids, ids)
     counted.largest = 0
     index.prefer_many((c, Location(OTHER, 5 * i, 5)) for i, c in enumerate(ids))
     assert counted.largest <= 3 * 2  # a location and its others row per move
