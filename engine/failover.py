@@ -233,8 +233,8 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
 
         await self._write(f"pack {pack_id.short()}", put)
 
-    async def get_pack(self, pack_id: PackId) -> bytes | bytearray:
-        async def verified(data: bytes | bytearray) -> bytes | bytearray:
+    async def get_pack(self, pack_id: PackId) -> bytes:
+        async def verified(data: bytes) -> bytes:
             await asyncio.to_thread(verify_pack, pack_id, data)
             return data
 

@@ -140,9 +140,8 @@ class RemoteBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver):
             headers=headers,
         )
 
-    async def get_pack(self, pack_id: PackId) -> bytes | bytearray:
-        url = f"{self._root}/packs/{pack_id.hex()}"
-        return await self.http.fetch_whole(url, f"pack {pack_id.short()}")  # one copy held
+    async def get_pack(self, pack_id: PackId) -> bytes:
+        return await self._request("GET", f"packs/{pack_id.hex()}", f"pack {pack_id.short()}")
 
     async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes:
         if length <= 0:

@@ -125,7 +125,7 @@ class RetryingBackend(Backend):
             return
         await self._retry("pack upload", lambda: self.inner.put_pack(pack_id, data))
 
-    async def get_pack(self, pack_id: PackId) -> bytes | bytearray:
+    async def get_pack(self, pack_id: PackId) -> bytes:
         return await self._retry("pack read", lambda: self.inner.get_pack(pack_id))
 
     async def get_pack_range(self, pack_id: PackId, offset: int, length: int) -> bytes:

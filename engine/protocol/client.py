@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.errors import DicomvaultError, StoreError, TransientError, Unreachable
+from engine.errors import DicomvaultError, StoreError, Unreachable
 from engine.protocol.errors import error_for
 from engine.protocol.routes import PRIMARY_GENERATION_HEADER
 
@@ -218,33 +218,7 @@ class ProtocolClient:
         async with self.response(method, url, what, ok, **kw) as resp:
             return resp.status, resp.headers.get("Content-Range", ""), await resp.read()
 
-    async def fetch_whole(self, url: str, what: str) -> bytes | bytearray:
-        """A GET's whole body (status 200), in one buffer of its Content-Length: aiohttp's
-        `read` gathers the pieces and joins them, two copies at its peak (a 16 MiB pack:
-        32 MiB). Without a Content-Length (or with an encoding) it falls back to `read`."""
-        async with self.response("GET", url, what, (200,)) as resp:
-            size = resp.content_length
-            if size is None or resp.headers.get("Content-Encoding"):
-                return await resp.read()
-            return await _read_into(resp.content, bytearray(size), what)
-
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def _read_into(content: aiohttp.StreamReader, buf: bytearray, what: str) -> bytearray:
-    """Fill `buf` from the body's pieces as they arrive; a body of another length than its
-    Content-Length is `TransientError` (aiohttp raises first for one cut short)."""
-    at = 0
-    with memoryview(buf) as view:
-        async for piece in content.iter_any():
-            end = at + len(piece)
-            if end > len(buf):
-                raise TransientError(f"{what}: body longer than its Content-Length")
-            view[at:end] = piece
-            at = end
-    if at != len(buf):
-        raise TransientError(f"{what}: body ended at {at} of {len(buf)} bytes")
-    return buf
