@@ -323,8 +323,8 @@ class CatchUp:
             if data is not None:  # None: folded and deleted by another node just now
                 rows.append((parsed[1], data))
         first, last = batch[0][0], batch[-1][0]
-        cursor.segmented = last
         if not rows:  # all folded into another node's segment and deleted meanwhile
+            cursor.segmented = last
             return
         seg = segment_name(first, last)
         if not await repo.store.put(seg, encode_segment(rows)):
@@ -333,6 +333,7 @@ class CatchUp:
             report.requests += 1
         else:
             report.segments_written += 1
+        cursor.segmented = last  # only once the segment is stored: a failed put folds again
         folded = [names[p] for p, _ in rows if p in names]
         await _bounded([partial(_delete_quietly, repo.store, name) for name in folded])
         report.requests += len(folded)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from engine.errors import ObjectNotFound, PrimaryAlive
+from engine.errors import ObjectNotFound, PrimaryAlive, TransientError
 from engine.store.base import Store
 from server.replication.state import Generation, ReplicationState
 
@@ -32,7 +32,7 @@ RETRIES = 20  # appends a fence or binding retries while other nodes keep changi
 # A write re-reads the state at most this often per repository and node (one LIST of at most
 # two names and one GET: 2 ms on a local SeaweedFS); a write the cache would refuse re-reads
 # first, so the window only delays a fence another node heard, never a promotion.
-FENCE_EVERY = 5.0
+REFRESH_EVERY = 5.0
 
 Binding = dict[str, Any] | None  # {"owner": replica label, "since": unix seconds}
 
@@ -79,7 +79,7 @@ class SharedFailover:
             except ObjectNotFound:  # tidied away meanwhile: look again
                 continue
             return int(names[-1].rsplit("/", 1)[-1], 16), decode(data)
-        raise PromoteRaced(f"{FAILOVER}/{repo} keeps changing")
+        raise TransientError(f"{FAILOVER}/{repo} keeps changing: try again")
 
     def _local(self, repo: str) -> tuple[Generation, Binding]:
         owner = self.state.replica_binding(repo)
@@ -110,7 +110,7 @@ class SharedFailover:
                     f"another node changed {repo}'s failover state just now; nothing changed "
                     "here (check `dicomvault-server promote` was not run twice)"
                 )
-        raise PromoteRaced(f"{FAILOVER}/{repo} keeps changing")
+        raise TransientError(f"{FAILOVER}/{repo} keeps changing: try again")
 
     async def _tidy(self, repo: str, newest: int) -> None:
         """Delete entries older than the newest two: a reader that listed just before still
@@ -122,21 +122,25 @@ class SharedFailover:
                 except ObjectNotFound:
                     continue
 
-    async def fence(self, repo: str, generation: int, primary: str) -> bool:
-        """Publish that `primary` holds `repo` at `generation`; True if that is news."""
+    async def fence(self, repo: str, generation: int, primary: str) -> None:
+        """Publish that `primary` holds `repo` at `generation` (unless the bucket knows more)."""
 
         def fenced(gen: Generation, replica: Binding) -> tuple[Generation, Binding]:
             if generation <= gen.current:
                 return gen, replica
             return replace(gen, fenced_by=generation, primary=primary), replica
 
-        before = self.state.generation(repo).current
-        return (await self.change(repo, fenced)).current > before
+        await self.change(repo, fenced)
 
     async def promote(self, repo: str) -> Generation:
         """`ReplicationState.promote`, on the bucket: of two nodes promoting at once, one wins."""
 
         def promoted(gen: Generation, replica: Binding) -> tuple[Generation, Binding]:
+            if replica is None and not gen.fenced:  # read after another node's promote won
+                raise PromoteRaced(
+                    f"another node promoted {repo} just now (generation {gen.current}); "
+                    "nothing changed here"
+                )
             owner = str(replica["owner"]) if replica else gen.promoted_from
             return Generation(gen.current + 1, 0, "", owner), None
 

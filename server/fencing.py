@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from engine.errors import RepositoryNotFound, UsageError
+from engine.errors import RepositoryNotFound, StoreError, UsageError
 from engine.protocol.errors import NotPrimary
 from engine.protocol.routes import PRIMARY_GENERATION_HEADER, REPLICA_REPO
 from server.auth import Unauthenticated, bearer_token, hash_token, validate_repo_name
-from server.failover_shared import FENCE_EVERY, SharedFailover
+from server.failover_shared import REFRESH_EVERY, SharedFailover
 from server.replication.state import Generation, ReplicationState
 from server.state import CLOCK, FAILOVER_CHECKS, INDEX, REPLICATION, REPOS
 
@@ -88,7 +88,7 @@ async def add_generation(request: web.Request, response: web.StreamResponse) -> 
 @web.middleware
 async def failover_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On a shared store, a write about a repository (a known token's) decides on the failover
-    state the bucket holds, at most `FENCE_EVERY` seconds old, and re-read at once when this
+    state the bucket holds, at most `REFRESH_EVERY` seconds old, and re-read at once when this
     node would refuse it; a fence the write taught this node is published for the others."""
     name = request.match_info.get("name")
     if name is None or request.method in _READS or not await _known_token(request):
@@ -124,7 +124,7 @@ async def _fresh(request: web.Request, shared: SharedFailover, name: str) -> Non
         would_refuse = bound or gen.fenced
     checked, _ = app[FAILOVER_CHECKS].get(name, (float("-inf"), Generation()))
     now = app[CLOCK].time()
-    if would_refuse or now - checked >= FENCE_EVERY:
+    if would_refuse or now - checked >= REFRESH_EVERY:
         _, gen, _ = await shared.refresh(name)
         app[FAILOVER_CHECKS][name] = (now, gen)
 
@@ -134,5 +134,9 @@ async def _publish_fence(request: web.Request, shared: SharedFailover, name: str
     gen = shared.state.generation(name)
     checked, known = checks.get(name, (float("-inf"), Generation()))
     if gen.fenced_by > known.fenced_by:
-        await shared.fence(name, gen.fenced_by, gen.primary)
+        try:
+            await shared.fence(name, gen.fenced_by, gen.primary)
+        except StoreError as e:  # the answer stands; the other nodes hear of it at their refresh
+            log.warning("cannot publish %s's fence at generation %d: %s", name, gen.fenced_by, e)
+            return
         checks[name] = (checked, shared.state.generation(name))

@@ -192,7 +192,10 @@ def keeps(index: ServerIndex, deletions: Deletions, repo: str) -> Callable[[str]
         if name in snaps:
             return True
         if top.startswith("packs/"):
-            pack_id = PackId.parse(ident)
+            try:
+                pack_id = PackId.parse(ident)
+            except ValueError:
+                return True  # not a pack name: keep, like any name the sweep does not know
             return index.has_pack(repo, pack_id) or deletions.is_scheduled(repo, PACK, ident)
         if top == "snapshots":
             return deletions.is_scheduled(repo, SNAPSHOT, ident)

@@ -102,7 +102,7 @@ class Replicator:
             generation_of=lambda repo: state.generation(repo).current,
             on_generation=self._on_generation,
         )
-        self._publishing: set[asyncio.Task[bool]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
         self.bucket = TokenBucket(peer.rate_limit, clock=clock)
         self.status = PeerStatus()
         self.wake = asyncio.Event()
@@ -119,7 +119,7 @@ class Replicator:
             self._publishing.add(task)
             task.add_done_callback(self._published)
 
-    def _published(self, task: asyncio.Task[bool]) -> None:
+    def _published(self, task: asyncio.Task[None]) -> None:
         self._publishing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("publishing a fence to the store failed: %s", task.exception())

@@ -5,7 +5,7 @@ exactly as two processes' may (docs/design.md §17, "Several nodes")."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -35,12 +35,9 @@ class InterleavingStore(MemoryStore):
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[SharedFailover]]:
+def nodes(indexes: list[ServerIndex]) -> list[SharedFailover]:
     site = InterleavingStore()
-    indexes = [ServerIndex(tmp_path / f"node{i}", 64 << 20) for i in range(2)]
-    yield [SharedFailover(site, ReplicationState(index), tidy=True) for index in indexes]
-    for index in indexes:
-        index.close()
+    return [SharedFailover(site, ReplicationState(index), tidy=True) for index in indexes[:2]]
 
 
 async def test_two_promotions_that_read_the_same_state_one_is_refused(
@@ -65,7 +62,23 @@ async def test_two_fences_at_once_both_land_and_the_higher_stands(
     for node in nodes:
         _, gen, _ = await node.refresh(REPO)
         assert (gen.fenced_by, gen.primary) == (4, "site-d")
-    assert not await a.fence(REPO, 2, "site-b")  # old news changes nothing
+    await a.fence(REPO, 2, "site-b")  # old news changes nothing
+    _, gen, _ = await b.refresh(REPO)
+    assert (gen.fenced_by, gen.primary) == (4, "site-d")
+
+
+async def test_a_promotion_that_reads_another_nodes_promotion_is_refused(
+    nodes: list[SharedFailover],
+) -> None:
+    """The CLI checked "still a replica" on its own rows; the bucket says otherwise by then."""
+    a, b = nodes
+    await a.bind(REPO, "site-a", 1.0)
+    await b.refresh(REPO)
+    await a.promote(REPO)
+    with pytest.raises(PromoteRaced, match="another node promoted"):
+        await b.promote(REPO)
+    _, gen, _ = await a.refresh(REPO)
+    assert gen.generation == 2
 
 
 async def test_a_nodes_own_rows_stand_until_the_first_change_publishes_them(
