@@ -162,7 +162,7 @@ async def prune(
         finally:
             live.close()
         if isinstance(backend, LocalBackend) and not dry_run:
-            await backend.purge_trash(time.time())
+            await backend.purge_trash(backend.clock.time())
     report.duration_s = round(time.monotonic() - start, 3)
     return report
 

@@ -221,21 +221,22 @@ class Uploader:
                 refused = e
             size = len(mapping)
         if refused is not None:
-            self._set_aside(pack_id, refused)
+            raise self._set_aside(pack_id, refused)
         self.spool.remove(pack_id)
         self.stats.packs += 1
         self.stats.bytes += size
         self.stats.failures_in_row = 0
         self.stats.last_error = None
 
-    def _set_aside(self, pack_id: PackId, refused: IntegrityError) -> None:
+    def _set_aside(self, pack_id: PackId, refused: IntegrityError) -> IntegrityError:
+        """Move a damaged pack aside and forget its chunks; the error that says so."""
         aside = self.spool.set_aside(pack_id)
         self._forget({pack_id})
-        raise IntegrityError(
+        return IntegrityError(
             f"spooled pack {pack_id.hex()} was damaged on this disk after it was sealed (its "
             f"bytes no longer match its name; the server said: {refused}): set aside in "
             f"{aside}; the next backup reads its chunks again and sends them"
-        ) from None
+        )
 
     async def _send(self, pack_id: PackId, mapping: mmap.mmap) -> None:
         delay, attempt = BACKOFF_START, 0

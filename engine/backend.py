@@ -17,7 +17,6 @@ back and made again listing every chunk, bringing back from trash what it needs.
 from __future__ import annotations
 
 import contextlib
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -465,7 +464,7 @@ class LocalBackend(Backend, Pruning):
         for pack_id in packs:
             name, trash = pack_name(pack_id), f"{TRASH_PACKS}/{pack_id.hex()}"
             try:  # the trash's time starts the undelete window
-                if not await self.store.move(name, self.store, trash, mtime=time.time()):
+                if not await self.store.move(name, self.store, trash, mtime=self.clock.time()):
                     await self.store.delete(name)  # an interrupted prune's copy is in trash
             except ObjectNotFound:
                 absent.append(pack_id.hex())

@@ -125,8 +125,7 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
         """An object that is the same at every site: the site in use, then each other on any
         failure (a failed check included). Only a lost site is passed over for good; all
         failing, the first site that answered says why (else the site in use)."""
-        answered: list[Exception] = []
-        failed: list[tuple[str, Exception]] = []
+        failed: list[tuple[str, Exception]] = []  # (site, why), of the sites that answered
         lost: list[Exception] = []
         for index in self._order():
             site = self.sites[index]
@@ -136,20 +135,19 @@ class FailoverBackend(Backend, Replicated, DrillReceiver, Pruning, StatsReceiver
                 lost.append(e)
                 continue
             except ELSEWHERE as e:
-                if not answered:
+                if not failed:
                     self._use(index, what)
-                answered.append(e)
                 failed.append((site.location, e))
                 self._tell(what, f"{site.location}: {e}")  # e names the object
                 continue
-            if not answered:
+            if not failed:
                 self._use(index, what)
             else:
                 self._served(what, failed, site.location)
             return result
-        if any(isinstance(e, TransientError) for e in answered):
+        if any(isinstance(e, TransientError) for _, e in failed):
             return await call(self.sites[self.current])  # no site has it now: its retries
-        raise (answered or lost)[0]
+        raise (failed[0][1] if failed else lost[0])
 
     def _served(self, what: str, failed: list[tuple[str, Exception]], by: str) -> None:
         self.served_elsewhere += 1
