@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,11 +100,11 @@ def balanced_nodes(
     """Two `serve --store s3://` nodes on a fresh bucket prefix behind a real haproxy."""
     settings = s3_settings(weed, f"{tag}-{secrets.token_hex(6)}")
     store = f"s3://{settings.bucket}/{settings.prefix}"
-    nodes = [s3_node(root / f"node{i}", store, weed).start() for i in range(2)]
-    balancer = Balancer(root, nodes)
-    try:
+    with ExitStack() as stack:  # whatever started is stopped, even if a later start fails
+        nodes = []
+        for i in range(2):
+            nodes.append(s3_node(root / f"node{i}", store, weed).start())
+            stack.callback(nodes[-1].stop)
+        balancer = Balancer(root, nodes)
+        stack.callback(balancer.stop)
         yield nodes, balancer
-    finally:
-        balancer.stop()
-        for node in nodes:
-            node.stop()

@@ -18,7 +18,7 @@ from tests.client.servekit import WEB_TOKEN, Served, serving_testdata
 from tests.client.test_dicom_serve_web import multipart_parts
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}"}
-SOURCES = {  # our SOP instance UID suffix -> pydicom test file (one MR, four encodings)
+SOURCES = {  # our name, the SOP instance UID's suffix -> pydicom test file (one MR, 4 syntaxes)
     "1": "emri_small.dcm",
     "2": "emri_small_RLE.dcm",
     "3": "emri_small_jpeg_2k_lossless.dcm",
