@@ -1,9 +1,10 @@
 """Peak RSS of `dicomvault backup` to a chunk server (or a local folder), source trees alternated.
 
 Each run backs up one folder into a fresh repository with a fresh cache, through the `dicomvault`
-script under `/usr/bin/time -v` with the run's tree first on `PYTHONPATH`, against one
-`dicomvault-server` on loopback (this checkout's). Trees alternate in the order given, so load
-from other work falls on both alike. Reports peak RSS, CPU seconds, wall time and the load.
+script with the run's tree first on `PYTHONPATH`, measured by `benchmarks.common.run_measured`
+(GNU time, else getrusage), against one `dicomvault-server` on loopback (this checkout's). Trees
+alternate in the order given, so load from other work falls on both alike. Reports peak RSS,
+CPU seconds, wall time and the load.
 
     python -m benchmarks.corpus --out /var/tmp/practice --scale 1 --days 0 --no-measure
     git archive ecb5cf6 | tar -x -C /tmp/before
@@ -21,39 +22,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV
+from benchmarks.clikit import CHEAP_KDF_ARGS, CHEAP_KDF_ENV, cli_env
+from benchmarks.common import run_measured
 from benchmarks.serverkit import ServerProcess
-
-TIME = "/usr/bin/time"
-FIELDS = {  # `time -v` line → our name
-    "Maximum resident set size (kbytes)": "rss_kib",
-    "User time (seconds)": "user_s",
-    "System time (seconds)": "sys_s",
-    "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall",
-}
-
-
-def _time_fields(stderr: str) -> dict[str, str]:
-    out = {}
-    for line in stderr.splitlines():
-        key, _, value = line.strip().rpartition(": ")
-        if key in FIELDS:
-            out[FIELDS[key]] = value
-    return out
 
 
 def _env(tree: Path, repo: str, token: str, cache: Path) -> dict[str, str]:
-    return {
-        **os.environ, **CHEAP_KDF_ENV, "PYTHONPATH": str(tree), "DICOMVAULT_REPO": repo,
-        "DICOMVAULT_TOKEN": token, "DICOMVAULT_PASSWORD": "benchmark",
-        "DICOMVAULT_CACHE_DIR": str(cache),
-    }  # fmt: skip
+    return cli_env(
+        **CHEAP_KDF_ENV, PYTHONPATH=str(tree), DICOMVAULT_REPO=repo, DICOMVAULT_TOKEN=token,
+        DICOMVAULT_PASSWORD="benchmark", DICOMVAULT_CACHE_DIR=str(cache),
+    )  # fmt: skip
 
 
 def one_run(
     name: str, tree: Path, source: Path, work: Path, server: ServerProcess | None, n: int
 ) -> dict[str, Any]:
-    """Init a fresh repository, back `source` up into it once under `time -v`."""
+    """Init a fresh repository, back `source` up into it once, measured (`run_measured`)."""
     if server is None:
         repo, tokens = str(work / f"repo{n}"), {"backup": "", "admin": ""}
     else:
@@ -64,16 +48,11 @@ def one_run(
     )
     load = os.getloadavg()[0]
     env["DICOMVAULT_TOKEN"] = tokens["backup"]
-    command = [TIME, "-v", "dicomvault", "backup", str(source), "--json"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
-    if done.returncode:
-        raise SystemExit(f"{name}: backup exited {done.returncode}: {done.stderr[-2000:]}")
-    got = _time_fields(done.stderr)
-    summary = json.loads(done.stdout)
+    got = run_measured(["dicomvault", "backup", str(source), "--json"], env)
     return {
-        "tree": name, "peak_rss_mib": round(int(got["rss_kib"]) / 1024, 1),
-        "user_s": float(got["user_s"]), "sys_s": float(got["sys_s"]), "wall": got["wall"],
-        "load": round(load, 1), "packs": summary.get("packs"),
+        "tree": name, "peak_rss_mib": round(got.max_rss_bytes / 2**20, 1), "user_s": got.user_s,
+        "sys_s": got.sys_s, "wall_s": round(got.wall_s, 2), "load": round(load, 1),
+        "packs": json.loads(got.stdout).get("packs"),
     }  # fmt: skip
 
 
