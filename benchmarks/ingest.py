@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MB, report_parser, run_and_report
+from benchmarks.common import MB, md_table, report_parser, run_and_report
 from benchmarks.link import REPO, ROOT, chunk_server, cpu_seconds, ingest_packs, random_pack
 from engine.remote import RemoteBackend
 
@@ -135,30 +135,22 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [
+    runs = md_table(
+        ["round", "load", "uploads", "code", "MB/s", "server CPU s/GB", "server CPU s / wall s",
+         "sender CPU s / wall s", "server waits per pack"], "llllrrrrr",
+        ([r["round"], r["load"], r["mode"], r["code"], r["mb_per_s"], r["server_cpu_s_per_gb"],
+          r["server_cpu_per_wall"], r["sender_cpu_per_wall"], r["server_waits_per_pack"]]
+         for r in doc["runs"]),
+    )  # fmt: skip
+    summary = md_table(
+        ["code", "uploads", "idle MB/s", "busy MB/s", "busy ÷ idle"], "llrrr",
+        ([r["code"], r["mode"], r["idle"], r["busy"], r["ratio"]] for r in doc["summary"]),
+    )  # fmt: skip
+    title = (
         f"## Chunk-server ingest, idle and busy ({doc['hogs']} CPU hogs; load average "
-        f"{doc['load_before']} before, {doc['load_after']} after)",
-        "",
-        "| round | load | uploads | code | MB/s | server CPU s/GB | server CPU s / wall s "
-        "| sender CPU s / wall s | server waits per pack |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in doc["runs"]:
-        lines.append(
-            f"| {r['round']} | {r['load']} | {r['mode']} | {r['code']} | {r['mb_per_s']} | "
-            f"{r['server_cpu_s_per_gb']} | {r['server_cpu_per_wall']} | "
-            f"{r['sender_cpu_per_wall']} | {r['server_waits_per_pack']} |"
-        )
-    lines += [
-        "",
-        "| code | uploads | idle MB/s | busy MB/s | busy ÷ idle |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for row in doc["summary"]:
-        lines.append(
-            f"| {row['code']} | {row['mode']} | {row['idle']} | {row['busy']} | {row['ratio']} |"
-        )
-    return "\n".join(lines)
+        f"{doc['load_before']} before, {doc['load_after']} after)"
+    )
+    return "\n".join([title, "", *runs, "", *summary])
 
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
