@@ -47,6 +47,7 @@ from server.state import (
     DISK_USAGE,
     FAILOVER_CHECKS,
     INDEX,
+    KNOWN_TOKEN,
     METRICS,
     REPLICATION,
     REPOS,
@@ -136,23 +137,24 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     store into this node's index before any handler authorizes it (server.catchup)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if request.app[REPOS].root.shared and scheme.lower() == "bearer" and token.strip():
-        await _cached_token(request.app, hash_token(token.strip()))
+        request[KNOWN_TOKEN] = await _cached_token(request.app, hash_token(token.strip()))
     return await handler(request)
 
 
-async def _cached_token(app: web.Application, digest: bytes) -> None:
+async def _cached_token(app: web.Application, digest: bytes) -> bool:
     """Fetch a token this node lacks; re-check a cached one every `token_recheck_interval`
-    seconds, so a token revoked through another node stops working here too."""
+    seconds, so a token revoked through another node stops working here too. Whether this
+    node now holds it."""
     index, site, now = app[INDEX], app[REPOS].site, app[CLOCK].time()
     doc = await asyncio.to_thread(index.get_token, digest)
     if doc is None:
-        await fetch_token(index, site, digest)
         app[TOKEN_CHECKS][digest] = now
-        return
+        return await fetch_token(index, site, digest)
     interval = app[CONFIG].token_recheck_interval
     if now - app[TOKEN_CHECKS].get(digest, float("-inf")) >= interval:
         app[TOKEN_CHECKS][digest] = now
-        await recheck_token(index, site, digest, doc, now, interval)
+        return await recheck_token(index, site, digest, doc, now, interval)
+    return True
 
 
 async def _catchup_ctx(app: web.Application) -> AsyncIterator[None]:

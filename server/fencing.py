@@ -13,7 +13,6 @@ peers: the replicator reports what they answer (`ReplicationState.observe_peer`)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,10 +21,10 @@ from aiohttp import web
 from engine.errors import RepositoryNotFound, StoreError, UsageError
 from engine.protocol.errors import NotPrimary
 from engine.protocol.routes import PRIMARY_GENERATION_HEADER, REPLICA_REPO
-from server.auth import Unauthenticated, bearer_token, hash_token, validate_repo_name
+from server.auth import validate_repo_name
 from server.failover_shared import REFRESH_EVERY, SharedFailover
 from server.replication.state import Generation, ReplicationState
-from server.state import CLOCK, FAILOVER_CHECKS, INDEX, REPLICATION, REPOS
+from server.state import CLOCK, FAILOVER_CHECKS, KNOWN_TOKEN, REPLICATION, REPOS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _READS = frozenset({"GET", "HEAD"})
@@ -91,7 +90,8 @@ async def failover_middleware(request: web.Request, handler: Handler) -> web.Str
     state the bucket holds, at most `REFRESH_EVERY` seconds old, and re-read at once when this
     node would refuse it; a fence the write taught this node is published for the others."""
     name = request.match_info.get("name")
-    if name is None or request.method in _READS or not await _known_token(request):
+    # KNOWN_TOKEN: set by `token_middleware`, on shared stores only (unset: nothing to share)
+    if name is None or request.method in _READS or not request.get(KNOWN_TOKEN, False):
         return await handler(request)
     shared = SharedFailover(request.app[REPOS].site, request.app[REPLICATION].state, tidy=True)
     name = validate_repo_name(name)
@@ -100,16 +100,6 @@ async def failover_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     finally:
         await _publish_fence(request, shared, name)
-
-
-async def _known_token(request: web.Request) -> bool:
-    if not request.app[REPOS].root.shared:
-        return False
-    try:
-        digest = hash_token(bearer_token(request))
-    except Unauthenticated:  # the handler answers 401 without reading the state
-        return False
-    return await asyncio.to_thread(request.app[INDEX].get_token, digest) is not None
 
 
 async def _fresh(request: web.Request, shared: SharedFailover, name: str) -> None:

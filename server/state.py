@@ -27,6 +27,7 @@ INDEX = web.AppKey("index", ServerIndex)
 REPOS = web.AppKey("repos", Repositories)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+KNOWN_TOKEN = web.RequestKey("known_token", bool)  # a shared store's node holds the bearer token
 DISK_USAGE: web.AppKey[DiskUsageFn] = web.AppKey("disk_usage")
 REPLICATION = web.AppKey("replication", Replication)
 SCRUB = web.AppKey("scrub", Scrubber)
