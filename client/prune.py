@@ -41,7 +41,7 @@ from engine.pack import (
     header_entries,
     read_pack_info_ranged,
 )
-from engine.packer import Packer
+from engine.packer import BackendSink, Packer
 from engine.prune_plan import MaxUnused, PackUse, Plan, plan
 
 LOCK_TTL = 600.0  # seconds; renewed every third of it while the prune runs
@@ -283,7 +283,7 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
         await repo.backend.put_pack(pack_id, data)
         written.add(pack_id)
 
-    packer = Packer(repo.key, repo.index, put)
+    packer = Packer(repo.key, repo.index, BackendSink(put))
     moved: list[ChunkId] = []
     for source in report.plan.repack:
         async for cid, sealed, raw_len, content in _live_blobs(repo, source, live, packer):

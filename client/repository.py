@@ -28,7 +28,7 @@ from engine.errors import IntegrityError, NotFound, ObjectNotFound
 from engine.ids import ChunkId, PackId, SnapshotId
 from engine.index import LocalIndex, Location
 from engine.keys import MasterKey
-from engine.packer import Packer, read_manifest
+from engine.packer import BackendSink, Packer, read_manifest
 from engine.protocol.errors import FullRefsRequired
 from engine.repoconfig import RepoConfig, unlock
 
@@ -61,7 +61,7 @@ class Repository:
         self.uploader = uploader
         self.chunker = Chunker(key.chunker_seed)
         if uploader is None:
-            self.packer = Packer(key, index, backend.put_pack)
+            self.packer = Packer(key, index, BackendSink(backend.put_pack))
         else:  # packs are built in the spool and uploaded from it (docs/design.md §2.1)
             self.packer = Packer(key, index, uploader.spool, uploader.notify)
 

@@ -25,7 +25,7 @@ from engine import blob
 from engine.blob import Content, Hint
 from engine.catalogue import Entry, SnapshotBody
 from engine.ids import ChunkId, SnapshotId
-from engine.packer import Packer
+from engine.packer import BackendSink, Packer
 from engine.retention import RetentionPolicy
 
 TAG = "retention"
@@ -116,7 +116,7 @@ async def _write(repo: Repository, entries: list[Entry], source: str, forgotten:
     """Seal the catalogue like a backup's, upload its chunks (only they are new), commit."""
     await repo.reconcile()
     put = repo.backend.put_pack
-    packer = Packer(repo.key, repo.index, put)
+    packer = Packer(repo.key, repo.index, BackendSink(put))
     tree: list[tuple[ChunkId, int]] = []
     with tempfile.TemporaryFile() as f:
         for e in _with_parents(entries):

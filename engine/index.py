@@ -184,15 +184,11 @@ class LocalIndex:
 
     def prefer_many(self, moves: Iterable[tuple[ChunkId, Location]]) -> None:
         """`prefer` for many chunks (a prune's repack), WRITE_BATCH per transaction."""
-        batch: list[tuple[ChunkId, Location]] = []
-        for move in [*moves, None]:
-            if move is not None:
-                batch.append(move)
-            if batch and (move is None or len(batch) >= WRITE_BATCH):
-                with self.env.begin(write=True) as txn:
-                    for chunk_id, good in batch:
-                        self._prefer(txn, chunk_id, good, ())
-                batch = []
+        rows = list(moves)
+        for i in range(0, len(rows), WRITE_BATCH):
+            with self.env.begin(write=True) as txn:
+                for chunk_id, good in rows[i : i + WRITE_BATCH]:
+                    self._prefer(txn, chunk_id, good, ())
 
     def _prefer(
         self, txn: lmdb.Transaction, chunk_id: ChunkId, good: Location, bad: Iterable[Location]

@@ -13,7 +13,7 @@ import contextlib
 import mmap
 import tempfile
 from collections.abc import Awaitable, Callable
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Protocol
 
 from engine import blob
 from engine.backend import Backend
@@ -37,7 +37,6 @@ from engine.pack import (
 PutPack = Callable[[PackId, bytes | memoryview], Awaitable[None]]
 
 
-@runtime_checkable
 class PackSink(Protocol):
     """Where packs are built and made durable."""
 
@@ -87,11 +86,11 @@ class Packer:
         self,
         key: MasterKey,
         index: LocalIndex,
-        sink: PackSink | PutPack,
+        sink: PackSink,
         on_indexed: Callable[[], None] | None = None,
     ) -> None:
         self.key, self.index, self.on_indexed = key, index, on_indexed
-        self.sink = sink if isinstance(sink, PackSink) else BackendSink(sink)
+        self.sink = sink
         self.builder = PackBuilder(self.sink.new_file)
         self.header: list[bytes] = []
         self.packs_written = 0

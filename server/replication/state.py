@@ -211,9 +211,8 @@ class ReplicationState:
     # -- peer side: which replica owns a repository ----------------------------------------------
 
     def replica_owner(self, repo: str) -> str | None:
-        with self.env.begin(db=self.db["replicas"]) as txn:
-            raw = txn.get(repo.encode())
-        return str(json.loads(raw)["owner"]) if raw is not None else None
+        binding = self.replica_binding(repo)
+        return str(binding["owner"]) if binding is not None else None
 
     def replica_binding(self, repo: str) -> dict[str, Any] | None:
         """The binding's JSON doc `{owner, since}`, None for a repository bound to no replica."""

@@ -15,7 +15,7 @@ from engine.errors import FormatError, TransientError
 from engine.index import LocalIndex
 from engine.keys import MasterKey
 from engine.pack import header_entry, pack_id_of, pack_name
-from engine.packer import Packer, read_manifest
+from engine.packer import BackendSink, Packer, read_manifest
 from engine.store.faulty import Fault, FaultyStore
 from engine.store.memory import MemoryStore
 
@@ -25,7 +25,10 @@ DATA = [b"first chunk " * 100, b"second"]
 def packer_on(backend: LocalBackend, index: LocalIndex, key: MasterKey) -> tuple[Packer, list]:
     heard: list[bool] = []
     packer = Packer(
-        key, index, backend.put_pack, lambda: heard.append(len(list(index.pack_ids())) == 1)
+        key,
+        index,
+        BackendSink(backend.put_pack),
+        lambda: heard.append(len(list(index.pack_ids())) == 1),
     )
     for n, data in enumerate(DATA):
         cid = key.chunk_id(data)
