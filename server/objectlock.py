@@ -212,10 +212,7 @@ async def sweep_repo(repo: Repository, index: ServerIndex, now: float) -> Versio
         return total
     keep = await asyncio.to_thread(keeps, index, Deletions(index), repo.name)
     for prefix in SWEPT:
-        done = await repo.store.sweep_versions(prefix, now, keep)
-        total.requests += done.requests
-        total.removed += done.removed
-        total.locked += done.locked
+        total += await repo.store.sweep_versions(prefix, now, keep)
     return total
 
 
@@ -225,10 +222,7 @@ async def sweep_once(app: web.Application) -> VersionSweep:
     if getattr(app[REPOS].root, "retention", None) is None:
         return total
     for name in await asyncio.to_thread(app[REPOS].names):
-        done = await sweep_repo(app[REPOS].get(name), app[INDEX], app[CLOCK].time())
-        total.requests += done.requests
-        total.removed += done.removed
-        total.locked += done.locked
+        total += await sweep_repo(app[REPOS].get(name), app[INDEX], app[CLOCK].time())
     return total
 
 

@@ -94,6 +94,12 @@ class VersionSweep:
     removed: int = 0
     locked: int = 0
 
+    def __iadd__(self, other: VersionSweep) -> VersionSweep:
+        self.requests += other.requests
+        self.removed += other.removed
+        self.locked += other.locked
+        return self
+
 
 @dataclass(frozen=True)
 class Retention:
