@@ -57,6 +57,19 @@ async def pack_entries(repo: Repository, pack_id: PackId) -> tuple[ManifestEntry
     return (await read_pack_info_ranged(read, size)).entries
 
 
+async def entries_or_forget(
+    deletions: Deletions, repo: Repository, pack_id: PackId
+) -> tuple[ManifestEntry, ...] | None:
+    """An indexed pack's manifest; None if its file is gone (purged by another node, disk
+    damage, an operator's `rm`, a bucket object deleted behind the server's back): then its
+    rows leave the index (`Deletions.forget_object`), so `missing` names its chunks again."""
+    try:
+        return await pack_entries(repo, pack_id)
+    except ObjectNotFound:
+        await asyncio.to_thread(deletions.forget_object, repo.name, PACK, pack_id.hex())
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """The undelete window in seconds (the provider's, from server.toml)."""
@@ -222,10 +235,10 @@ class Deletions:
             txn.put(_key(repo, doc["kind"], doc["id"]), json.dumps(doc).encode(), db=self.db)
 
     def forget_object(self, repo: str, kind: str, ident: str) -> None:
-        """An object another node purged (docs/design.md §14, several nodes) that this index
-        still lists: its snapshot row, or its pack row and every chunk row pointing into it
-        (a scan of the repository's chunk rows: the manifest is gone with the pack), and any
-        schedule row."""
+        """An object this index still lists that is gone from the store (another node purged
+        it, docs/design.md §14, several nodes; or its file was lost): its snapshot row, or its
+        pack row and every chunk row pointing into it (a scan of the repository's chunk rows:
+        the manifest is gone with the pack), and any schedule row."""
         prefix = repo.encode() + b"\0"
         chunks = self.index.dbs["chunks"]
         with self.env.begin(write=True) as txn:

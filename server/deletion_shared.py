@@ -32,7 +32,15 @@ from engine.pack import pack_name
 from engine.protocol.errors import FullRefsRequired, PruneLocked
 from engine.prunelog import PruneLog, live, lock_doc
 from server.catchup import MISSING_EVERY, WINDOW, CatchUp
-from server.deletion import PACK, SNAPSHOT, Deletions, Window, pack_entries, refs_since
+from server.deletion import (
+    PACK,
+    SNAPSHOT,
+    Deletions,
+    Window,
+    entries_or_forget,
+    pack_entries,
+    refs_since,
+)
 from server.repos import Repository
 
 log = logging.getLogger(__name__)
@@ -179,10 +187,8 @@ class SharedDeletions:
         if not self.deletions.index.has_pack(repo.name, pack_id):
             await asyncio.to_thread(self.deletions.put_schedule, repo.name, doc)
             return False
-        try:
-            entries = await pack_entries(repo, pack_id)
-        except ObjectNotFound:  # purged just now
-            await asyncio.to_thread(self.deletions.forget_object, repo.name, PACK, doc["id"])
+        entries = await entries_or_forget(self.deletions, repo, pack_id)
+        if entries is None:  # purged just now
             return True
         window = Window(float(doc["purge_after"]) - float(doc["scheduled"]))
         at, by = float(doc["scheduled"]), str(doc.get("by", ""))

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.errors import NotFound, ObjectNotFound, UsageError
+from engine.errors import NotFound, UsageError
 from engine.ids import PackId, SnapshotId
 from engine.pack import ManifestEntry
 from engine.protocol import routes as routes_v1
@@ -32,7 +32,7 @@ from server.deletion import (
     STATS_KEYS,
     Deletions,
     Window,
-    pack_entries,
+    entries_or_forget,
     refs_since,
 )
 from server.deletion_shared import SharedDeletions
@@ -215,15 +215,13 @@ async def _indexed_entries(
     its bytes were gone already."""
     if not await app[CATCHUP].has_pack(repo, pack_id):
         return None
-    try:
-        return await pack_entries(repo, pack_id)
-    except ObjectNotFound:
+    entries = await entries_or_forget(app[DELETIONS], repo, pack_id)
+    if entries is None:
         log.warning(
             "%s: %s pack %s is indexed but its file is gone: dropped from the index",
             why, repo.name, pack_id.hex(),
         )  # fmt: skip
-        await asyncio.to_thread(app[DELETIONS].forget_object, repo.name, PACK, pack_id.hex())
-        return None
+    return entries
 
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
