@@ -284,9 +284,11 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
         written.add(pack_id)
 
     packer = Packer(repo.key, repo.index, BackendSink(put))
+    sizes = dict(repo.index.pack_sizes())
     moved: list[ChunkId] = []
     for source in report.plan.repack:
-        async for cid, sealed, raw_len, content in _live_blobs(repo, source, live, packer):
+        size = sizes[source]
+        async for cid, sealed, raw_len, content in _live_blobs(repo, source, size, live, packer):
             packer.add(cid, sealed, raw_len, content)
             moved.append(cid)
             if packer.full:
@@ -299,11 +301,11 @@ async def _repack(repo: Repository, report: PruneReport, live: LiveSet) -> None:
 
 
 async def _live_blobs(
-    repo: Repository, source: PackId, live: LiveSet, packer: Packer
+    repo: Repository, source: PackId, size: int, live: LiveSet, packer: Packer
 ) -> AsyncIterator[tuple[ChunkId, bytes, int, int]]:
-    """The blobs of `source` a snapshot needs whose live copy is this one, not yet copied:
-    read by ranges (`_runs`) from its manifest and sealed header, never the whole pack."""
-    size, _ = await repo.backend.get_pack_tail(source, TRAILER_SIZE)
+    """The blobs of `source` (`size` bytes, as indexed) a snapshot needs whose live copy is this
+    one, not yet copied: read by ranges (`_runs`) from its manifest and sealed header, never
+    the whole pack."""
 
     async def read(offset: int, length: int) -> bytes:
         data = await repo.backend.get_pack_range(source, offset, length)
